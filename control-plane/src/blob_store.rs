@@ -1,0 +1,138 @@
+//! Content-addressed blob store for app packages.
+//!
+//! Durable: one file per blob at `<data-dir>/blobs/sha256/<hex>`, written to a temp
+//! file in the same directory, fsync'd and renamed, so a blob is either complete or
+//! absent. The name is the SHA-256 of the content and is checked on every write
+//! and on read, so a corrupted or truncated file is never served.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use strom_proto::ids::VersionId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob store at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {expected}: content hashes to {actual}")]
+    HashMismatch {
+        expected: VersionId,
+        actual: VersionId,
+    },
+    #[error("blob {0} not found")]
+    NotFound(VersionId),
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    pub fn open(data_dir: &Path) -> Result<Self, BlobError> {
+        let dir = data_dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(BlobStore { dir })
+    }
+
+    pub fn path_of(&self, id: &VersionId) -> PathBuf {
+        self.dir.join(id.as_str())
+    }
+
+    pub fn contains(&self, id: &VersionId) -> bool {
+        self.path_of(id).is_file()
+    }
+
+    /// Store `bytes`, returning their id. Idempotent.
+    pub async fn put(&self, bytes: std::sync::Arc<Vec<u8>>) -> Result<VersionId, BlobError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.put_blocking(&bytes))
+            .await
+            .expect("blob write task panicked")
+    }
+
+    fn put_blocking(&self, bytes: &[u8]) -> Result<VersionId, BlobError> {
+        let id = VersionId::of_bytes(bytes);
+        let target = self.path_of(&id);
+        if target.is_file() {
+            return Ok(id);
+        }
+        let io = |source| BlobError::Io {
+            path: target.clone(),
+            source,
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
+        tmp.write_all(bytes).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&target).map_err(|e| io(e.error))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(id)
+    }
+
+    /// Read a blob and verify its hash.
+    pub async fn get(&self, id: &VersionId) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_of(id);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound(id.clone()))
+            }
+            Err(source) => return Err(BlobError::Io { path, source }),
+        };
+        let actual = VersionId::from_digest(&Sha256::digest(&bytes));
+        if &actual != id {
+            return Err(BlobError::HashMismatch {
+                expected: id.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_are_named_by_content_and_verified_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let id = store
+            .put(std::sync::Arc::new(b"package".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(id, VersionId::of_bytes(b"package"));
+        assert_eq!(store.get(&id).await.unwrap(), b"package");
+        // Idempotent.
+        assert_eq!(
+            store
+                .put(std::sync::Arc::new(b"package".to_vec()))
+                .await
+                .unwrap(),
+            id
+        );
+
+        std::fs::write(store.path_of(&id), b"tampered").unwrap();
+        assert!(matches!(
+            store.get(&id).await,
+            Err(BlobError::HashMismatch { .. })
+        ));
+
+        let missing = VersionId::of_bytes(b"other");
+        assert!(matches!(
+            store.get(&missing).await,
+            Err(BlobError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,320 @@
+//! `ClusterState`: the replicated state machine's data, and the pure function that
+//! applies one [`Command`] to it.
+//!
+//! Durability: this lives in memory on every management node. It is rebuilt on start
+//! from the latest snapshot file plus the committed Raft log entries after it, so
+//! `apply` must be deterministic (no clocks, no randomness, no I/O): everything
+//! variable comes inside the command.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use strom_proto::command::{Command, CommandResult, DeployVersion, KeyScope, Rejection};
+use strom_proto::ids::{AppName, ClusterId, TokenHash, VersionId};
+use strom_proto::manifest::{AppManifest, FunctionManifest, Trigger};
+
+/// Identity of the cluster, set once by `InitCluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: ClusterId,
+    pub admin_token_hash: TokenHash,
+    pub join_token_hash: TokenHash,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: Option<ClusterInfo>,
+    pub apps: BTreeMap<AppName, AppState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    pub name: AppName,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub settings: BTreeMap<String, String>,
+    /// Every version deployed, oldest first.
+    pub versions: Vec<VersionState>,
+    pub active_version: VersionId,
+    pub keys: AppKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionState {
+    pub id: VersionId,
+    pub size_bytes: u64,
+    pub deployed_at_ms: i64,
+    pub manifest: AppManifest,
+}
+
+/// An app's keys, as Azure keeps them per function app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppKeys {
+    pub master: String,
+    pub host: BTreeMap<String, String>,
+    pub functions: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl AppState {
+    pub fn version(&self, id: &VersionId) -> Option<&VersionState> {
+        self.versions.iter().find(|v| &v.id == id)
+    }
+
+    pub fn active(&self) -> &VersionState {
+        self.version(&self.active_version)
+            .expect("the active version is always one of the app's versions")
+    }
+}
+
+impl ClusterState {
+    /// Apply one committed command. Rejections change nothing.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match self.try_apply(command) {
+            Ok(true) => CommandResult::Applied,
+            Ok(false) => CommandResult::Unchanged,
+            Err(r) => CommandResult::Rejected(r),
+        }
+    }
+
+    fn try_apply(&mut self, command: &Command) -> Result<bool, Rejection> {
+        if self.cluster.is_none() && !matches!(command, Command::InitCluster { .. }) {
+            return Err(Rejection::NotInitialized);
+        }
+        match command {
+            Command::InitCluster {
+                cluster_id,
+                admin_token_hash,
+                join_token_hash,
+                at_ms,
+            } => {
+                if self.cluster.is_some() {
+                    return Err(Rejection::AlreadyInitialized);
+                }
+                self.cluster = Some(ClusterInfo {
+                    cluster_id: cluster_id.clone(),
+                    admin_token_hash: admin_token_hash.clone(),
+                    join_token_hash: join_token_hash.clone(),
+                    created_at_ms: *at_ms,
+                });
+                Ok(true)
+            }
+            Command::DeployVersion(d) => self.deploy(d),
+            Command::ActivateVersion {
+                app,
+                version,
+                at_ms,
+            } => {
+                let conflicts = {
+                    let state = self.app(app)?;
+                    let v = state
+                        .version(version)
+                        .ok_or_else(|| Rejection::VersionNotFound {
+                            app: app.clone(),
+                            version: version.clone(),
+                        })?;
+                    if &state.active_version == version {
+                        return Ok(false);
+                    }
+                    self.route_conflict(app, &v.manifest)
+                };
+                if let Some(c) = conflicts {
+                    return Err(c);
+                }
+                let state = self.app_mut(app)?;
+                state.active_version = version.clone();
+                state.updated_at_ms = *at_ms;
+                Ok(true)
+            }
+            Command::DeleteApp { app, .. } => self
+                .apps
+                .remove(app)
+                .map(|_| true)
+                .ok_or_else(|| Rejection::AppNotFound { app: app.clone() }),
+            Command::SetAppSettings {
+                app,
+                set,
+                remove,
+                at_ms,
+            } => {
+                let state = self.app_mut(app)?;
+                let before = state.settings.clone();
+                for k in remove {
+                    state.settings.remove(k);
+                }
+                for (k, v) in set {
+                    state.settings.insert(k.clone(), v.clone());
+                }
+                let changed = before != state.settings;
+                if changed {
+                    state.updated_at_ms = *at_ms;
+                }
+                Ok(changed)
+            }
+            Command::PutKey {
+                app,
+                scope,
+                name,
+                value,
+                ..
+            } => {
+                let state = self.app_mut(app)?;
+                let slot = match scope {
+                    KeyScope::Master => {
+                        let changed = &state.keys.master != value;
+                        state.keys.master = value.clone();
+                        return Ok(changed);
+                    }
+                    KeyScope::Host => &mut state.keys.host,
+                    KeyScope::Function(f) => {
+                        if !state
+                            .active()
+                            .manifest
+                            .functions
+                            .iter()
+                            .any(|x| &x.name == f)
+                        {
+                            return Err(Rejection::FunctionNotFound {
+                                app: app.clone(),
+                                function: f.clone(),
+                            });
+                        }
+                        state.keys.functions.entry(f.clone()).or_default()
+                    }
+                };
+                Ok(slot.insert(name.clone(), value.clone()).as_ref() != Some(value))
+            }
+            Command::DeleteKey {
+                app, scope, name, ..
+            } => {
+                let state = self.app_mut(app)?;
+                let slot = match scope {
+                    KeyScope::Master => return Err(Rejection::MasterKeyIsPermanent),
+                    KeyScope::Host => Some(&mut state.keys.host),
+                    KeyScope::Function(f) => state.keys.functions.get_mut(f),
+                };
+                slot.and_then(|s| s.remove(name))
+                    .map(|_| true)
+                    .ok_or_else(|| Rejection::KeyNotFound { name: name.clone() })
+            }
+        }
+    }
+
+    fn deploy(&mut self, d: &DeployVersion) -> Result<bool, Rejection> {
+        if let Some(c) = self.route_conflict(&d.app, &d.manifest) {
+            return Err(c);
+        }
+        let state = self.apps.entry(d.app.clone()).or_insert_with(|| AppState {
+            name: d.app.clone(),
+            created_at_ms: d.at_ms,
+            updated_at_ms: d.at_ms,
+            settings: BTreeMap::new(),
+            versions: Vec::new(),
+            active_version: d.version.clone(),
+            keys: AppKeys {
+                master: d.initial_keys.master.clone(),
+                host: BTreeMap::from([(
+                    "default".to_string(),
+                    d.initial_keys.host_default.clone(),
+                )]),
+                functions: BTreeMap::new(),
+            },
+        });
+        for (function, value) in &d.initial_keys.function_defaults {
+            if d.manifest.functions.iter().any(|f| &f.name == function) {
+                state
+                    .keys
+                    .functions
+                    .entry(function.clone())
+                    .or_default()
+                    .entry("default".to_string())
+                    .or_insert_with(|| value.clone());
+            }
+        }
+        let existed = state.version(&d.version).is_some();
+        if existed && state.active_version == d.version {
+            return Ok(false);
+        }
+        if !existed {
+            state.versions.push(VersionState {
+                id: d.version.clone(),
+                size_bytes: d.size_bytes,
+                deployed_at_ms: d.at_ms,
+                manifest: d.manifest.clone(),
+            });
+        }
+        state.active_version = d.version.clone();
+        state.updated_at_ms = d.at_ms;
+        Ok(true)
+    }
+
+    /// On the bare address, HTTP routes of all apps form one namespace: a version
+    /// whose route+method pairs overlap another app's active version is refused.
+    pub fn route_conflict(&self, app: &AppName, manifest: &AppManifest) -> Option<Rejection> {
+        for (other_name, other) in &self.apps {
+            if other_name == app {
+                continue;
+            }
+            let other_manifest = &other.active().manifest;
+            for f in &manifest.functions {
+                for g in &other_manifest.functions {
+                    if http_functions_overlap(manifest, f, other_manifest, g) {
+                        return Some(Rejection::RouteConflict {
+                            app: app.clone(),
+                            function: f.name.clone(),
+                            route: full_route(manifest, f),
+                            other_app: other_name.clone(),
+                            other_function: g.name.clone(),
+                            other_route: full_route(other_manifest, g),
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn app(&self, app: &AppName) -> Result<&AppState, Rejection> {
+        self.apps
+            .get(app)
+            .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })
+    }
+
+    fn app_mut(&mut self, app: &AppName) -> Result<&mut AppState, Rejection> {
+        self.apps
+            .get_mut(app)
+            .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })
+    }
+}
+
+fn full_route(m: &AppManifest, f: &FunctionManifest) -> String {
+    match &f.trigger {
+        Trigger::Http(h) => h.url_path(&m.host.route_prefix),
+        _ => String::new(),
+    }
+}
+
+fn http_functions_overlap(
+    am: &AppManifest,
+    a: &FunctionManifest,
+    bm: &AppManifest,
+    b: &FunctionManifest,
+) -> bool {
+    let (Trigger::Http(ha), Trigger::Http(hb)) = (&a.trigger, &b.trigger) else {
+        return false;
+    };
+    let methods_meet = ha.methods.is_empty()
+        || hb.methods.is_empty()
+        || ha.methods.iter().any(|m| hb.methods.contains(m));
+    if !methods_meet {
+        return false;
+    }
+    // Compare the full paths (prefix + route), so `api/x` and `v2/x` don't clash.
+    let parse = |m: &AppManifest, h: &strom_proto::manifest::HttpTrigger| {
+        strom_proto::manifest::RouteTemplate::parse(&h.url_path(&m.host.route_prefix))
+    };
+    match (parse(am, ha), parse(bm, hb)) {
+        (Ok(x), Ok(y)) => x.overlaps(&y),
+        _ => false,
+    }
+}

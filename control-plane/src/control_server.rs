@@ -1,0 +1,86 @@
+//! The control port: one tonic server carrying the admin API (behind the admin
+//! token), the internal Raft service, and gRPC server reflection.
+
+use std::net::SocketAddr;
+
+use strom_proto::admin_v1::admin_service_server::AdminServiceServer;
+use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+use crate::admin_service::AdminApi;
+use crate::impl_raft_network::{PeerIdentity, RaftServer};
+use crate::management::ManagementNode;
+
+/// Checks `authorization: Bearer <admin token>` against the replicated token hash.
+#[derive(Clone)]
+pub struct AdminAuth {
+    node: ManagementNode,
+}
+
+impl Interceptor for AdminAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let view = self.node.read_local();
+        let Some(cluster) = view.state.cluster.as_ref() else {
+            return Err(Status::unavailable("the cluster is not initialized yet"));
+        };
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing admin token (authorization: Bearer …)")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                Status::unauthenticated("authorization must be `Bearer <admin token>`")
+            })?;
+        if !cluster.admin_token_hash.matches(token.trim()) {
+            return Err(Status::unauthenticated("invalid admin token"));
+        }
+        Ok(request)
+    }
+}
+
+/// Maximum gRPC message size: deploy chunks are 1 MiB; Raft payloads can be larger.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Serve the control port on a bound listener until `cancel` fires.
+pub async fn serve(
+    node: ManagementNode,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strom_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set is generated at build time");
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        AdminServiceServer::new(AdminApi::new(node.clone())).max_decoding_message_size(MAX_MESSAGE),
+        AdminAuth { node: node.clone() },
+    );
+    let raft = RaftServiceServer::new(RaftServer {
+        raft: node.raft.clone(),
+        identity: PeerIdentity {
+            node_id: node.config.node_id,
+            state: node.state.clone(),
+        },
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(admin)
+        .add_service(raft)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .await
+}
+
+/// Bind the control address (fails clearly if it is taken).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

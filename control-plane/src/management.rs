@@ -1,0 +1,374 @@
+//! The management role of one node: opens its durable stores, runs the Raft node,
+//! bootstraps a new cluster exactly once, and offers a cheap-to-clone handle to
+//! propose commands and read the applied state.
+//!
+//! Durable, under the data dir: `raft/log.redb` (log + vote + committed),
+//! `raft/snapshots/`, `blobs/`, `node.json` (this node's id, checked on restart),
+//! `admin.token` and `join.token` (mode 0600, for local CLI use; only their hashes
+//! are replicated). In memory: the applied [`StateView`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use strom_proto::command::{Command, CommandResult};
+use strom_proto::ids::{ClusterId, NodeId, TokenHash};
+use strom_proto::manifest::ZipLimits;
+use strom_proto::raft_types::Raft;
+use tokio::sync::watch;
+
+use crate::blob_store::{BlobError, BlobStore};
+use crate::impl_raft_network::{NetworkFactory, PeerIdentity};
+use crate::log_store::LogStore;
+use crate::state_machine::{StateMachine, StateView};
+
+#[derive(Debug, Clone)]
+pub struct ManagementConfig {
+    pub data_dir: PathBuf,
+    pub node_id: NodeId,
+    /// Address other nodes reach this node's control port at (`host:port`).
+    pub advertise_control_addr: String,
+    /// Base URL of this node's function HTTP port, for the function URLs shown to users.
+    pub public_http_url: String,
+    pub package_limits: ZipLimits,
+    /// Raft heartbeat; election timeouts are 4–8 heartbeats.
+    pub heartbeat: Duration,
+}
+
+impl ManagementConfig {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        node_id: NodeId,
+        control_addr: &str,
+        http_url: &str,
+    ) -> Self {
+        ManagementConfig {
+            data_dir: data_dir.into(),
+            node_id,
+            advertise_control_addr: control_addr.to_string(),
+            public_http_url: http_url.trim_end_matches('/').to_string(),
+            package_limits: ZipLimits::default(),
+            heartbeat: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir {path} belongs to node {found}, not node {expected}")]
+    WrongNode {
+        path: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
+    #[error("raft log store {path}: {source}")]
+    LogStore {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("no leader was elected within {0:?}")]
+    NoLeader(Duration),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+}
+
+/// Why a write or a fresh read could not be done. Business rejections are not
+/// errors: they come back as `CommandResult::Rejected`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader{}", leader_hint(.leader_id, .leader_addr))]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("raft is shutting down: {0}")]
+    Fatal(String),
+    #[error("raft: {0}")]
+    Other(String),
+}
+
+fn leader_hint(id: &Option<NodeId>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(a)) => format!("; the leader is node {id} at {a}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        _ => "; no leader is known (election in progress or no quorum)".into(),
+    }
+}
+
+/// Cheap to clone; every clone drives the same Raft node.
+#[derive(Clone)]
+pub struct ManagementNode {
+    pub raft: Raft,
+    pub state: watch::Receiver<Arc<StateView>>,
+    pub blobs: BlobStore,
+    pub config: Arc<ManagementConfig>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    node_id: NodeId,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write a secret file readable by its owner only.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    tmp.write_all(contents.as_bytes())?;
+    tmp.write_all(b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A new random secret token: `strom_` + 32 random bytes, base64url.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "strom_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// A new random function/host key value (Azure keys are 56 base64 characters).
+pub fn new_function_key() -> String {
+    let mut bytes = [0u8; 42];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What bootstrapping did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A new cluster was created; the admin token is shown once.
+    Created { admin_token: String },
+    /// The node restarted into its existing cluster.
+    Existing,
+}
+
+impl ManagementNode {
+    /// Open the stores under the data dir and start the Raft node.
+    pub async fn start(config: ManagementConfig) -> Result<Self, StartError> {
+        let data = config.data_dir.clone();
+        let raft_dir = data.join("raft");
+        std::fs::create_dir_all(&raft_dir).map_err(io_err(&raft_dir))?;
+        check_node_file(&data, config.node_id)?;
+
+        let log_path = raft_dir.join("log.redb");
+        let log_store = LogStore::open(&log_path).map_err(|source| StartError::LogStore {
+            path: log_path.clone(),
+            source,
+        })?;
+        let snap_dir = raft_dir.join("snapshots");
+        let (state_machine, state) = StateMachine::open(&snap_dir).map_err(io_err(&snap_dir))?;
+        let blobs = BlobStore::open(&data)?;
+
+        let hb = config.heartbeat.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "strom".into(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 4,
+            election_timeout_max: hb * 8,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let identity = PeerIdentity {
+            node_id: config.node_id,
+            state: state.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory { identity },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        Ok(ManagementNode {
+            raft,
+            state,
+            blobs,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Make this node a single-member cluster if it has never been initialized,
+    /// and commit the cluster's identity and token hashes. On a restart this does
+    /// nothing but wait for the node to be ready: `initialize()` runs only once.
+    pub async fn bootstrap(&self, wait: Duration) -> Result<Bootstrap, StartError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            let members = std::collections::BTreeMap::from([(
+                self.config.node_id,
+                BasicNode::new(&self.config.advertise_control_addr),
+            )]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(
+                node_id = self.config.node_id,
+                "initialized a new raft group"
+            );
+        }
+        self.wait_for_leader(wait).await?;
+        // Wait until everything committed before the restart has been applied.
+        self.read_linearizable().await?;
+        if self.state.borrow().state.cluster.is_some() {
+            return Ok(Bootstrap::Existing);
+        }
+        // A crash between writing the token file and committing InitCluster leaves
+        // the file: reuse it so the operator's copy stays valid.
+        let admin_path = self.config.data_dir.join("admin.token");
+        let admin_token = match std::fs::read_to_string(&admin_path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => new_token(),
+        };
+        let join_path = self.config.data_dir.join("join.token");
+        let join_token = match std::fs::read_to_string(&join_path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => new_token(),
+        };
+        write_secret_file(&admin_path, &admin_token).map_err(io_err(&admin_path))?;
+        write_secret_file(&join_path, &join_token).map_err(io_err(&join_path))?;
+        let (_, result) = self
+            .propose(Command::InitCluster {
+                cluster_id: ClusterId::new_random(),
+                admin_token_hash: TokenHash::of(&admin_token),
+                join_token_hash: TokenHash::of(&join_token),
+                at_ms: now_ms(),
+            })
+            .await?;
+        tracing::info!(?result, "cluster initialized");
+        Ok(Bootstrap::Created { admin_token })
+    }
+
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, StartError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| StartError::NoLeader(timeout))?;
+        Ok(metrics.current_leader.expect("waited for it"))
+    }
+
+    /// Commit a command through Raft; returns its log index and what applying it did.
+    /// Acknowledged only after commit.
+    pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Other(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
+        }
+    }
+
+    /// The applied state, after a linearizable read barrier: it reflects every
+    /// write acknowledged before this call.
+    pub async fn read_linearizable(&self) -> Result<Arc<StateView>, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.state.borrow().clone()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Other(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
+        }
+    }
+
+    /// The locally applied state, without a read barrier.
+    pub fn read_local(&self) -> Arc<StateView> {
+        self.state.borrow().clone()
+    }
+
+    pub fn server_state(&self) -> ServerState {
+        self.raft.metrics().borrow().state
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn check_node_file(data: &Path, node_id: NodeId) -> Result<(), StartError> {
+    let path = data.join("node.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let file: NodeFile = serde_json::from_slice(&bytes).map_err(|e| StartError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            if file.node_id != node_id {
+                return Err(StartError::WrongNode {
+                    path,
+                    found: file.node_id,
+                    expected: node_id,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let json = serde_json::to_vec(&NodeFile { node_id }).expect("plain struct");
+            std::fs::write(&path, json).map_err(io_err(&path))
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}

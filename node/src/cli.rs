@@ -1,0 +1,174 @@
+//! The `strom` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strom",
+    version,
+    about = "Strom runs Azure Functions apps (custom handlers) on servers you own.",
+    long_about = "Strom runs Azure Functions apps (host.json + one folder per function with \
+function.json, any language through the custom handler protocol) on a cluster of your own \
+machines.\n\nStart a single-node cluster with `strom up [APP_DIR…]`; manage it with the client \
+commands (`strom app …`, `strom fn …`, `strom cluster …`), which talk gRPC to a management node.\n\n\
+Exit codes: 0 success, 1 error, 2 invalid input or usage, 3 not found, 4 authentication failed, \
+5 server unavailable (unreachable, or no leader)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a single-node cluster in the foreground and deploy the given app folders.
+    Up(UpArgs),
+    /// Manage function apps.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// List functions.
+    #[command(subcommand)]
+    Fn(FnCommand),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// App folders to deploy on start (each holds host.json and function folders).
+    pub app_dirs: Vec<PathBuf>,
+    /// Where the node keeps its state (Raft log, snapshots, packages, tokens).
+    #[arg(long, env = "STROM_DATA_DIR", default_value = "./.strom")]
+    pub data_dir: PathBuf,
+    /// Control port: gRPC admin API and internal RPC.
+    #[arg(long, env = "STROM_CONTROL_ADDR", default_value = "127.0.0.1:7171")]
+    pub control_addr: SocketAddr,
+    /// Function HTTP port (Azure Core Tools' default is 7071).
+    #[arg(long, env = "STROM_HTTP_ADDR", default_value = "127.0.0.1:7071")]
+    pub http_addr: SocketAddr,
+    /// Largest app package accepted, in bytes.
+    #[arg(long, env = "STROM_MAX_PACKAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_package_bytes: u64,
+    /// Largest total uncompressed size of an app package, in bytes.
+    #[arg(long, env = "STROM_MAX_UNCOMPRESSED_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_uncompressed_bytes: u64,
+    /// Most entries (files and folders) in an app package.
+    #[arg(long, env = "STROM_MAX_PACKAGE_ENTRIES", default_value_t = 10_000)]
+    pub max_package_entries: u32,
+}
+
+/// How a client command reaches and authenticates to a management node.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// A management node's control URL.
+    #[arg(long, env = "STROM_SERVER", default_value = "http://127.0.0.1:7171")]
+    pub server: String,
+    /// Admin token (default: `admin.token` in --data-dir).
+    #[arg(long, env = "STROM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir whose `admin.token` is used when --token is not given.
+    #[arg(long, env = "STROM_DATA_DIR", default_value = "./.strom")]
+    pub data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Zip an app folder (honoring .funcignore) and deploy it as a new version.
+    Deploy {
+        dir: PathBuf,
+        /// App name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List apps.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show an app: versions, active version, functions with their URLs.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete an app and all its versions.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// App settings (passed to the handler as environment variables).
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Make an earlier version active again.
+    Rollback {
+        name: String,
+        /// Version id or a unique prefix (≥ 7 hex digits).
+        version: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// Set settings: `strom app settings set NAME K=V [K=V…]`.
+    Set {
+        name: String,
+        #[arg(required = true, value_name = "K=V")]
+        pairs: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show settings.
+    Get {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove settings.
+    Unset {
+        name: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FnCommand {
+    /// List functions of one app, or of every app.
+    List {
+        app: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Cluster id, leader, term, applied index, members, app count.
+    Status {
+        /// Answer from the node's local state without a linearizable read.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}

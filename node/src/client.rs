@@ -1,0 +1,342 @@
+//! Client commands: talk gRPC to a management node's admin API.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use prost::Message;
+use strom_proto::admin_v1 as pb;
+use strom_proto::admin_v1::admin_service_client::AdminServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::cli::{AppCommand, ClientArgs, ClusterCommand, FnCommand, SettingsCommand};
+use crate::output::Printer;
+
+/// Upload chunk size.
+const CHUNK: usize = 1024 * 1024;
+
+/// A failed command: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::new(1, format!("{e:#}"))
+    }
+}
+
+/// Exit code and one-line reason for a gRPC error; validation errors are listed.
+pub fn status_error(status: tonic::Status) -> CliError {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 2,
+        Code::NotFound => 3,
+        Code::Unauthenticated | Code::PermissionDenied => 4,
+        Code::Unavailable | Code::DeadlineExceeded => 5,
+        _ => 1,
+    };
+    let mut message = status.message().lines().next().unwrap_or("").to_string();
+    if let Ok(details) = pb::ValidationErrors::decode(status.details()) {
+        for e in &details.errors {
+            message.push_str("\n  ");
+            message.push_str(&e.file);
+            if !e.json_path.is_empty() {
+                message.push_str(": ");
+                message.push_str(&e.json_path);
+            }
+            message.push_str(": ");
+            message.push_str(&e.message);
+        }
+    }
+    if message.is_empty() {
+        message = format!("{:?}", status.code());
+    }
+    CliError::new(code, message)
+}
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn read_token(args: &ClientArgs) -> Result<String, CliError> {
+    if let Some(t) = &args.token {
+        return Ok(t.trim().to_string());
+    }
+    let path = args.data_dir.join("admin.token");
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
+            CliError::new(
+                4,
+                format!(
+                    "no admin token: pass --token or STROM_TOKEN, or run where {} is readable ({e})",
+                    path.display()
+                ),
+            )
+        })
+}
+
+pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
+    let token = read_token(args)?;
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+        CliError::new(
+            2,
+            "the admin token contains characters not allowed in a header",
+        )
+    })?;
+    let endpoint = Channel::from_shared(args.server.clone())
+        .map_err(|e| CliError::new(2, format!("--server `{}`: {e}", args.server)))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        CliError::new(
+            5,
+            format!("cannot reach {}: {e} (is `strom up` running?)", args.server),
+        )
+    })?;
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(value))
+        .max_decoding_message_size(64 * 1024 * 1024))
+}
+
+pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
+    match cmd {
+        AppCommand::Deploy { dir, name, client } => {
+            let name = match name {
+                Some(n) => n,
+                None => default_app_name(&dir)?,
+            };
+            let mut c = connect(&client).await?;
+            let zip = pack(&dir)?;
+            let out = Printer::new(client.output);
+            let resp = upload(&mut c, &name, zip, out.interactive()).await?;
+            out.deployed(&resp);
+        }
+        AppCommand::List { client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .list_apps(pb::ListAppsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).apps(&resp);
+        }
+        AppCommand::Show { name, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .get_app(pb::GetAppRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).app(&resp);
+        }
+        AppCommand::Delete { name, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .delete_app(pb::DeleteAppRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(&format!("deleted app `{name}`"), &resp);
+        }
+        AppCommand::Rollback {
+            name,
+            version,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .rollback_app(pb::RollbackAppRequest {
+                    name: name.clone(),
+                    version_id: version,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(
+                &format!("app `{name}` now runs version {}", &resp.version_id[..12]),
+                &resp,
+            );
+        }
+        AppCommand::Settings(s) => run_settings(s).await?,
+    }
+    Ok(())
+}
+
+async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
+    match cmd {
+        SettingsCommand::Set {
+            name,
+            pairs,
+            client,
+        } => {
+            let mut set = HashMap::new();
+            for p in &pairs {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    CliError::new(2, format!("setting `{p}`: expected KEY=VALUE"))
+                })?;
+                set.insert(k.to_string(), v.to_string());
+            }
+            let mut c = connect(&client).await?;
+            let resp = c
+                .set_app_settings(pb::SetAppSettingsRequest {
+                    name,
+                    set,
+                    remove: vec![],
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).settings(&resp.settings, &resp);
+        }
+        SettingsCommand::Unset { name, keys, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .set_app_settings(pb::SetAppSettingsRequest {
+                    name,
+                    set: HashMap::new(),
+                    remove: keys,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).settings(&resp.settings, &resp);
+        }
+        SettingsCommand::Get { name, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .get_app_settings(pb::GetAppSettingsRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).settings(&resp.settings, &resp);
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
+    match cmd {
+        FnCommand::List { app, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .list_functions(pb::ListFunctionsRequest {
+                    app_name: app.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).functions(&resp.functions, &resp);
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
+    match cmd {
+        ClusterCommand::Status { stale, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .get_cluster_status(pb::GetClusterStatusRequest { stale })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).status(&resp);
+        }
+    }
+    Ok(())
+}
+
+/// The app name a folder deploys as: its name, lower-cased.
+pub fn default_app_name(dir: &Path) -> Result<String, CliError> {
+    let abs = std::fs::canonicalize(dir)
+        .map_err(|e| CliError::new(2, format!("app folder {}: {e}", dir.display())))?;
+    abs.file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.to_ascii_lowercase())
+        .ok_or_else(|| {
+            CliError::new(
+                2,
+                format!(
+                    "app folder {} has no usable name; pass --name",
+                    dir.display()
+                ),
+            )
+        })
+}
+
+/// Zip an app folder, honoring `.funcignore`.
+pub fn pack(dir: &Path) -> Result<Vec<u8>, CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::new(
+            2,
+            format!(
+                "app folder {} does not exist or is not a folder",
+                dir.display()
+            ),
+        ));
+    }
+    strom_proto::manifest::pack_dir(dir)
+        .map_err(|e| CliError::new(2, format!("packing {}: {e}", dir.display())))
+}
+
+/// Stream a package to DeployApp in chunks, with a progress bar on a terminal.
+pub async fn upload(
+    client: &mut Client,
+    name: &str,
+    zip: Vec<u8>,
+    progress: bool,
+) -> Result<pb::DeployAppResponse, CliError> {
+    let total = zip.len() as u64;
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(name.to_string());
+        Some(bar)
+    } else {
+        None
+    };
+    let name = name.to_string();
+    let bar2 = bar.clone();
+    let chunks: Vec<Vec<u8>> = zip.chunks(CHUNK).map(|c| c.to_vec()).collect();
+    let stream = futures::stream::iter(chunks.into_iter().enumerate().map(move |(i, data)| {
+        if let Some(b) = &bar2 {
+            b.inc(data.len() as u64);
+        }
+        pb::DeployAppChunk {
+            app_name: if i == 0 { name.clone() } else { String::new() },
+            total_size: if i == 0 { total } else { 0 },
+            data,
+        }
+    }));
+    let result = client.deploy_app(stream).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(result.map_err(status_error)?.into_inner())
+}

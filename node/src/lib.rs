@@ -1,0 +1,33 @@
+//! `strom-node`: the `strom` binary's library: CLI, client commands, and the wiring
+//! of the roles into one process (`strom up`).
+
+pub mod cli;
+pub mod client;
+pub mod output;
+pub mod up;
+
+use clap::Parser;
+
+/// Run the CLI; returns the process exit code.
+pub async fn main_with_args(args: Vec<String>) -> i32 {
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let result = match cli.command {
+        cli::Command::Up(a) => up::run(a).await,
+        cli::Command::App(c) => client::run_app(c).await,
+        cli::Command::Fn(c) => client::run_fn(c).await,
+        cli::Command::Cluster(c) => client::run_cluster(c).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}

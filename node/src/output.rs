@@ -1,0 +1,232 @@
+//! What client commands print: tables for people, JSON for scripts.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::Serialize;
+use strom_proto::admin_v1 as pb;
+
+use crate::cli::Output;
+
+pub struct Printer {
+    output: Output,
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, seconds).
+pub fn format_time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header.iter().copied());
+    t
+}
+
+fn short(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}
+
+impl Printer {
+    pub fn new(output: Output) -> Self {
+        Printer { output }
+    }
+
+    /// Progress bars only for people at a terminal.
+    pub fn interactive(&self) -> bool {
+        self.output == Output::Table && std::io::stderr().is_terminal()
+    }
+
+    fn json<T: Serialize>(&self, value: &T) -> bool {
+        if self.output == Output::Json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("serializable")
+            );
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn message<T: Serialize>(&self, text: &str, value: &T) {
+        if !self.json(value) {
+            println!("{text}");
+        }
+    }
+
+    pub fn deployed(&self, r: &pb::DeployAppResponse) {
+        if self.json(r) {
+            return;
+        }
+        if r.changed {
+            println!(
+                "deployed app `{}` version {}",
+                r.app_name,
+                short(&r.version_id)
+            );
+        } else {
+            println!(
+                "app `{}` already runs version {} (nothing changed)",
+                r.app_name,
+                short(&r.version_id)
+            );
+        }
+        print_functions(&r.functions, false);
+    }
+
+    pub fn apps(&self, r: &pb::ListAppsResponse) {
+        if self.json(r) {
+            return;
+        }
+        if r.apps.is_empty() {
+            println!("no apps");
+            return;
+        }
+        let mut t = table(&["APP", "ACTIVE VERSION", "VERSIONS", "FUNCTIONS", "UPDATED"]);
+        for a in &r.apps {
+            t.add_row(vec![
+                a.name.clone(),
+                short(&a.active_version).to_string(),
+                a.version_count.to_string(),
+                a.function_count.to_string(),
+                format_time(a.updated_at_ms),
+            ]);
+        }
+        println!("{t}");
+    }
+
+    pub fn app(&self, r: &pb::GetAppResponse) {
+        if self.json(r) {
+            return;
+        }
+        let Some(a) = &r.app else { return };
+        println!("app:            {}", a.name);
+        println!("active version: {}", a.active_version);
+        println!("created:        {}", format_time(a.created_at_ms));
+        println!("updated:        {}", format_time(a.updated_at_ms));
+        println!("route prefix:   /{}", r.route_prefix);
+        println!();
+        let mut t = table(&["VERSION", "DEPLOYED", "SIZE", "FUNCTIONS", "ACTIVE"]);
+        for v in &r.versions {
+            t.add_row(vec![
+                short(&v.version_id).to_string(),
+                format_time(v.deployed_at_ms),
+                format!("{} B", v.size_bytes),
+                v.function_count.to_string(),
+                if v.active { "*".into() } else { String::new() },
+            ]);
+        }
+        println!("{t}");
+        println!();
+        print_functions(&r.functions, false);
+    }
+
+    pub fn functions<T: Serialize>(&self, functions: &[pb::FunctionInfo], whole: &T) {
+        if self.json(whole) {
+            return;
+        }
+        if functions.is_empty() {
+            println!("no functions");
+            return;
+        }
+        print_functions(functions, true);
+    }
+
+    pub fn settings<T: Serialize>(&self, settings: &HashMap<String, String>, whole: &T) {
+        if self.json(whole) {
+            return;
+        }
+        let mut keys: Vec<_> = settings.keys().collect();
+        keys.sort();
+        if keys.is_empty() {
+            println!("no settings");
+        }
+        for k in keys {
+            println!("{k}={}", settings[k]);
+        }
+    }
+
+    pub fn status(&self, r: &pb::GetClusterStatusResponse) {
+        if self.json(r) {
+            return;
+        }
+        println!("cluster:      {}", r.cluster_id);
+        println!("node:         {} ({})", r.node_id, r.state);
+        println!(
+            "leader:       {}",
+            if r.leader_id == 0 {
+                "none".to_string()
+            } else {
+                r.leader_id.to_string()
+            }
+        );
+        println!("term:         {}", r.term);
+        println!(
+            "applied:      {} (last log {})",
+            r.last_applied_index, r.last_log_index
+        );
+        println!("apps:         {}", r.app_count);
+        println!("build:        {}", r.build_version);
+        let mut t = table(&["MEMBER", "ADDRESS", "ROLE"]);
+        for m in &r.members {
+            t.add_row(vec![
+                m.node_id.to_string(),
+                m.address.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+}
+
+pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
+    let mut header = vec![
+        "FUNCTION",
+        "TRIGGER",
+        "AUTH",
+        "METHODS",
+        "URL / SCHEDULE",
+        "STATUS",
+    ];
+    if with_app {
+        header.insert(0, "APP");
+    }
+    let mut t = table(&header);
+    for f in functions {
+        let status = if !f.supported {
+            format!("not supported: {}", f.unsupported_reasons.join("; "))
+        } else if f.disabled {
+            "disabled".into()
+        } else {
+            "ok".into()
+        };
+        let mut row = vec![
+            f.name.clone(),
+            f.trigger_type.clone(),
+            f.auth_level.clone(),
+            if f.methods.is_empty() && f.trigger_type == "httpTrigger" {
+                "*".into()
+            } else {
+                f.methods.join(",")
+            },
+            if f.url.is_empty() {
+                f.schedule.clone()
+            } else {
+                f.url.clone()
+            },
+            status,
+        ];
+        if with_app {
+            row.insert(0, f.app_name.clone());
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+}

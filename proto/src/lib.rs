@@ -1,0 +1,30 @@
+//! `strom-proto`: what Strom's components say to each other and what they agree on.
+//!
+//! - [`manifest`]: the Azure Functions app model (`host.json`, `function.json`, app
+//!   packages) parsed and validated once at the edge.
+//! - [`ids`]: newtypes for names and ids, parsed once and trusted inside.
+//! - [`command`]: the replicated commands of the control plane (only ever extended).
+//! - [`codec`]: the bincode codec and versioned envelope for Raft entries and snapshots.
+//! - [`admin_v1`] / [`internal_v1`]: generated gRPC code.
+
+pub mod codec;
+pub mod command;
+pub mod ids;
+pub mod manifest;
+pub mod raft_types;
+
+/// Generated code of `proto/strom/admin/v1/admin.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod admin_v1 {
+    tonic::include_proto!("strom.admin.v1");
+}
+
+/// Generated code of `proto/strom/internal/v1/raft.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod internal_v1 {
+    tonic::include_proto!("strom.internal.v1");
+}
+
+/// The encoded descriptor set of every Strom .proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/strom_descriptor.bin"));
