@@ -97,14 +97,14 @@ impl AdminApi {
                 .collect(),
         };
         let (log_index, result) = self
-            .commit(Command::DeployVersion(DeployVersion {
+            .commit(Command::DeployVersion(Box::new(DeployVersion {
                 app: app.clone(),
                 version: version.clone(),
                 size_bytes,
                 manifest: manifest.clone(),
                 at_ms: now_ms(),
                 initial_keys,
-            }))
+            })))
             .await?;
         tracing::info!(%app, version = version.short(), log_index, "deployed");
         let view = self.node.read_local();

@@ -318,3 +318,316 @@ fn http_functions_overlap(
         _ => false,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use strom_proto::command::InitialKeys;
+    use strom_proto::manifest::{pack_dir, validate_app, AppPackage, ZipLimits};
+
+    /// A validated manifest of an app whose functions are `(name, function.json)`.
+    pub(crate) fn manifest(prefix: &str, functions: &[(&str, &str)]) -> AppManifest {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("host.json"),
+            format!(
+                r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"sh"}}}},
+                   "extensions":{{"http":{{"routePrefix":"{prefix}"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        for (name, json) in functions {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("function.json"), json).unwrap();
+        }
+        let zip = pack_dir(dir.path()).unwrap();
+        let pkg = AppPackage::from_zip_bytes(&zip, &ZipLimits::default()).unwrap();
+        validate_app(&pkg, &BTreeMap::new()).unwrap()
+    }
+
+    pub(crate) fn http(route: &str, methods: &str) -> String {
+        format!(
+            r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}","methods":[{methods}]}},
+                {{"type":"http","direction":"out","name":"res"}}]}}"#
+        )
+    }
+
+    fn app(name: &str) -> AppName {
+        AppName::parse(name).unwrap()
+    }
+
+    fn version(n: u8) -> VersionId {
+        VersionId::of_bytes(&[n])
+    }
+
+    fn deploy(app_name: &str, v: u8, m: AppManifest, at: i64) -> Command {
+        Command::DeployVersion(Box::new(DeployVersion {
+            app: app(app_name),
+            version: version(v),
+            size_bytes: 10,
+            initial_keys: InitialKeys {
+                master: format!("master-{v}"),
+                host_default: format!("host-{v}"),
+                function_defaults: m
+                    .functions
+                    .iter()
+                    .map(|f| (f.name.clone(), format!("{}-{v}", f.name)))
+                    .collect(),
+            },
+            manifest: m,
+            at_ms: at,
+        }))
+    }
+
+    fn initialized() -> ClusterState {
+        let mut s = ClusterState::default();
+        let r = s.apply(&Command::InitCluster {
+            cluster_id: ClusterId::new_random(),
+            admin_token_hash: TokenHash::of("a"),
+            join_token_hash: TokenHash::of("j"),
+            at_ms: 1,
+        });
+        assert_eq!(r, CommandResult::Applied);
+        s
+    }
+
+    #[test]
+    fn commands_before_init_and_a_second_init_are_rejected() {
+        let mut s = ClusterState::default();
+        let m = manifest("api", &[("a", &http("a", r#""get""#))]);
+        assert_eq!(
+            s.apply(&deploy("x1", 1, m, 1)),
+            CommandResult::Rejected(Rejection::NotInitialized)
+        );
+        let mut s = initialized();
+        let again = s.apply(&Command::InitCluster {
+            cluster_id: ClusterId::new_random(),
+            admin_token_hash: TokenHash::of("b"),
+            join_token_hash: TokenHash::of("k"),
+            at_ms: 2,
+        });
+        assert_eq!(
+            again,
+            CommandResult::Rejected(Rejection::AlreadyInitialized)
+        );
+        assert!(s.cluster.as_ref().unwrap().admin_token_hash.matches("a"));
+    }
+
+    #[test]
+    fn deploy_creates_the_app_with_keys_and_redeploy_keeps_them() {
+        let mut s = initialized();
+        let m1 = manifest("api", &[("a", &http("a", r#""get""#))]);
+        assert_eq!(
+            s.apply(&deploy("orders", 1, m1.clone(), 10)),
+            CommandResult::Applied
+        );
+        let st = &s.apps[&app("orders")];
+        assert_eq!(st.active_version, version(1));
+        assert_eq!(st.keys.master, "master-1");
+        assert_eq!(st.keys.host["default"], "host-1");
+        assert_eq!(st.keys.functions["a"]["default"], "a-1");
+
+        // Same package again: nothing changes.
+        assert_eq!(
+            s.apply(&deploy("orders", 1, m1, 11)),
+            CommandResult::Unchanged
+        );
+
+        // A new version with a new function: old keys kept, new function gets one.
+        let m2 = manifest(
+            "api",
+            &[("a", &http("a", r#""get""#)), ("b", &http("b", r#""get""#))],
+        );
+        assert_eq!(
+            s.apply(&deploy("orders", 2, m2, 12)),
+            CommandResult::Applied
+        );
+        let st = &s.apps[&app("orders")];
+        assert_eq!(st.active_version, version(2));
+        assert_eq!(st.versions.len(), 2);
+        assert_eq!(st.keys.master, "master-1");
+        assert_eq!(st.keys.functions["a"]["default"], "a-1");
+        assert_eq!(st.keys.functions["b"]["default"], "b-2");
+        assert_eq!(st.created_at_ms, 10);
+        assert_eq!(st.updated_at_ms, 12);
+    }
+
+    #[test]
+    fn rollback_activates_an_earlier_version_and_unknown_versions_are_rejected() {
+        let mut s = initialized();
+        s.apply(&deploy(
+            "orders",
+            1,
+            manifest("api", &[("a", &http("a", ""))]),
+            1,
+        ));
+        s.apply(&deploy(
+            "orders",
+            2,
+            manifest("api", &[("b", &http("b", ""))]),
+            2,
+        ));
+        let r = s.apply(&Command::ActivateVersion {
+            app: app("orders"),
+            version: version(1),
+            at_ms: 3,
+        });
+        assert_eq!(r, CommandResult::Applied);
+        assert_eq!(
+            s.apps[&app("orders")].active().manifest.functions[0].name,
+            "a"
+        );
+        let r = s.apply(&Command::ActivateVersion {
+            app: app("orders"),
+            version: version(9),
+            at_ms: 4,
+        });
+        assert!(matches!(
+            r,
+            CommandResult::Rejected(Rejection::VersionNotFound { .. })
+        ));
+        assert_eq!(s.apps[&app("orders")].active_version, version(1));
+    }
+
+    #[test]
+    fn overlapping_routes_across_apps_are_refused_naming_both_apps() {
+        let mut s = initialized();
+        s.apply(&deploy(
+            "one",
+            1,
+            manifest("api", &[("get-item", &http("items/{id}", r#""get""#))]),
+            1,
+        ));
+        let before = s.clone();
+        let r = s.apply(&deploy(
+            "two",
+            2,
+            manifest("api", &[("item", &http("items/{key}", r#""get","post""#))]),
+            2,
+        ));
+        match r {
+            CommandResult::Rejected(e @ Rejection::RouteConflict { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("`one`") && text.contains("`two`"), "{text}");
+            }
+            other => panic!("expected a route conflict, got {other:?}"),
+        }
+        assert_eq!(s, before, "a rejected deploy changes nothing");
+        // Different methods, a different prefix, or a different shape are fine.
+        for (v, m) in [
+            (
+                3,
+                manifest("api", &[("item", &http("items/{key}", r#""post""#))]),
+            ),
+            (
+                4,
+                manifest("v2", &[("item", &http("items/{key}", r#""get""#))]),
+            ),
+            (
+                5,
+                manifest("api", &[("item", &http("items/{key:int}/x", r#""get""#))]),
+            ),
+        ] {
+            let r = s.apply(&deploy("two", v, m, v as i64));
+            assert_eq!(r, CommandResult::Applied, "version {v}");
+        }
+    }
+
+    #[test]
+    fn settings_are_set_and_removed_and_unknown_apps_are_not_found() {
+        let mut s = initialized();
+        s.apply(&deploy(
+            "orders",
+            1,
+            manifest("api", &[("a", &http("a", ""))]),
+            1,
+        ));
+        let set = |set: &[(&str, &str)], remove: &[&str]| Command::SetAppSettings {
+            app: app("orders"),
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            remove: remove.iter().map(|k| k.to_string()).collect(),
+            at_ms: 5,
+        };
+        assert_eq!(
+            s.apply(&set(&[("A", "1"), ("B", "2")], &[])),
+            CommandResult::Applied
+        );
+        assert_eq!(s.apply(&set(&[("A", "1")], &[])), CommandResult::Unchanged);
+        assert_eq!(s.apply(&set(&[], &["B"])), CommandResult::Applied);
+        assert_eq!(
+            s.apps[&app("orders")].settings,
+            BTreeMap::from([("A".to_string(), "1".to_string())])
+        );
+        let r = s.apply(&Command::SetAppSettings {
+            app: app("nope"),
+            set: BTreeMap::new(),
+            remove: vec![],
+            at_ms: 6,
+        });
+        assert!(matches!(
+            r,
+            CommandResult::Rejected(Rejection::AppNotFound { .. })
+        ));
+        let r = s.apply(&Command::DeleteApp {
+            app: app("orders"),
+            at_ms: 7,
+        });
+        assert_eq!(r, CommandResult::Applied);
+        assert!(s.apps.is_empty());
+    }
+
+    #[test]
+    fn keys_can_be_put_and_deleted_but_master_is_permanent() {
+        let mut s = initialized();
+        s.apply(&deploy(
+            "orders",
+            1,
+            manifest("api", &[("a", &http("a", ""))]),
+            1,
+        ));
+        let put = Command::PutKey {
+            app: app("orders"),
+            scope: KeyScope::Function("a".into()),
+            name: "ci".into(),
+            value: "v".into(),
+            at_ms: 2,
+        };
+        assert_eq!(s.apply(&put), CommandResult::Applied);
+        assert_eq!(s.apply(&put), CommandResult::Unchanged);
+        let bad = Command::PutKey {
+            app: app("orders"),
+            scope: KeyScope::Function("zzz".into()),
+            name: "ci".into(),
+            value: "v".into(),
+            at_ms: 2,
+        };
+        assert!(matches!(
+            s.apply(&bad),
+            CommandResult::Rejected(Rejection::FunctionNotFound { .. })
+        ));
+        let del_master = Command::DeleteKey {
+            app: app("orders"),
+            scope: KeyScope::Master,
+            name: "_master".into(),
+            at_ms: 3,
+        };
+        assert_eq!(
+            s.apply(&del_master),
+            CommandResult::Rejected(Rejection::MasterKeyIsPermanent)
+        );
+        let del = Command::DeleteKey {
+            app: app("orders"),
+            scope: KeyScope::Function("a".into()),
+            name: "ci".into(),
+            at_ms: 4,
+        };
+        assert_eq!(s.apply(&del), CommandResult::Applied);
+        assert!(matches!(
+            s.apply(&del),
+            CommandResult::Rejected(Rejection::KeyNotFound { .. })
+        ));
+    }
+}

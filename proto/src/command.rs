@@ -25,7 +25,7 @@ pub enum Command {
     },
     /// A validated package (already in the blob store) becomes the app's active version;
     /// the app is created if it does not exist yet.
-    DeployVersion(DeployVersion),
+    DeployVersion(Box<DeployVersion>),
     /// Make an earlier version active again (rollback).
     ActivateVersion {
         app: AppName,

@@ -12,6 +12,7 @@ use super::function_json::{
     function_json_path, FunctionContext, FunctionManifest, HttpTrigger, Trigger,
 };
 use super::host_json::{parse_host, HostConfig, HOST_JSON};
+use super::json_walk::{get, parse_document};
 use super::package::AppPackage;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,20 @@ pub struct AppManifest {
 }
 
 /// Validates a package against the given app settings; `Err` holds every problem found.
+/// `defaultExecutablePath` read leniently from a host.json that failed validation
+/// elsewhere; `None` if it cannot be found as a string.
+fn raw_executable_path(bytes: &[u8]) -> Option<(&'static str, String)> {
+    let root = parse_document(bytes, HOST_JSON).ok()?;
+    let root = root.as_object()?;
+    let (section, handler) = match get(root, "customHandler") {
+        Some(h) => ("customHandler", h),
+        None => ("httpWorker", get(root, "httpWorker")?),
+    };
+    let desc = get(handler.as_object()?, "description")?.as_object()?;
+    let exe = get(desc, "defaultExecutablePath")?.as_str()?;
+    (!exe.trim().is_empty()).then(|| (section, exe.to_string()))
+}
+
 pub fn validate_app(
     pkg: &AppPackage,
     settings: &BTreeMap<String, String>,
@@ -50,6 +65,17 @@ pub fn validate_app(
             Ok(h) => Some(h),
             Err(e) => {
                 errors.extend(e);
+                // Still check the handler when host.json names one, so one round
+                // trip reports every problem.
+                if let Some((section, exe)) = raw_executable_path(bytes) {
+                    if let Err(message) = check_executable(pkg, &exe) {
+                        errors.push(ManifestError::new(
+                            HOST_JSON,
+                            format!("{section}.description.defaultExecutablePath"),
+                            message,
+                        ));
+                    }
+                }
                 None
             }
         },

@@ -1,0 +1,438 @@
+//! The `strom` binary as a user runs it: `strom up` in the background, client
+//! commands against it, restarts (SIGTERM and kill -9), bad input.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const STROM: &str = env!("CARGO_BIN_EXE_strom");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A running `strom up`.
+struct Up {
+    child: Child,
+    server: String,
+    stdout: Vec<String>,
+    data_dir: PathBuf,
+}
+
+impl Up {
+    fn start(data_dir: &Path, apps: &[&Path], extra: &[&str]) -> Up {
+        let mut cmd = Command::new(STROM);
+        cmd.arg("up")
+            .args(apps)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--control-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:7071",
+            ])
+            .args(extra)
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn strom up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let mut server = None;
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("control:") {
+                        server = rest.split_whitespace().next().map(str::to_string);
+                    }
+                    let ready = line.starts_with("Ready.");
+                    lines.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!("strom up did not become ready; output so far: {lines:#?}"),
+            }
+        }
+        Up {
+            child,
+            server: server.expect("strom up prints its control address"),
+            stdout: lines,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    fn strom(&self, args: &[&str]) -> Out {
+        self.strom_with(args, &[])
+    }
+
+    fn strom_with(&self, args: &[&str], extra: &[&str]) -> Out {
+        let out = Command::new(STROM)
+            .args(args)
+            .args(["--server", &self.server, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(extra)
+            .output()
+            .expect("run strom");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.strom_with(args, &["--output", "json"]);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("json output")
+    }
+
+    fn stop(mut self) {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
+        #[cfg(not(unix))]
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "strom up exits cleanly on SIGTERM: {status:?}"
+        );
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn write_app(dir: &Path, host: &str, functions: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("host.json"), host).unwrap();
+    for (name, json) in functions {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("function.json"), json).unwrap();
+    }
+}
+
+const HOST: &str =
+    r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#;
+
+fn http_fn(route: &str) -> String {
+    format!(
+        r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"function","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+    )
+}
+
+#[test]
+fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[&examples().join("hello")], &[]);
+    assert!(up
+        .stdout
+        .iter()
+        .any(|l| l.contains("Admin token (shown once")));
+    assert!(up
+        .stdout
+        .iter()
+        .any(|l| l.contains("http://127.0.0.1:7071/api/hello/{name?}")));
+
+    let apps = up.json(&["app", "list"]);
+    assert_eq!(apps["apps"][0]["name"], "hello");
+    assert_eq!(apps["apps"][0]["function_count"], 2);
+
+    let show = up.json(&["app", "show", "hello"]);
+    let functions = show["functions"].as_array().unwrap();
+    let names: Vec<_> = functions
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "nightly"]);
+    assert_eq!(functions[0]["trigger_type"], "httpTrigger");
+    assert_eq!(functions[0]["methods"], serde_json::json!(["GET", "POST"]));
+    assert_eq!(
+        functions[0]["url"],
+        "http://127.0.0.1:7071/api/hello/{name?}"
+    );
+    assert_eq!(functions[1]["trigger_type"], "timerTrigger");
+    assert_eq!(functions[1]["schedule"], "0 30 2 * * *");
+
+    let fns = up.json(&["fn", "list", "hello"]);
+    assert_eq!(fns["functions"].as_array().unwrap().len(), 2);
+
+    let table = up.strom(&["app", "list"]);
+    assert_eq!(table.code, 0);
+    assert!(table.stdout.contains("hello"), "{}", table.stdout);
+
+    let status = up.json(&["cluster", "status"]);
+    assert_eq!(status["leader_id"], 1);
+    assert_eq!(status["app_count"], 1);
+    assert_eq!(status["members"][0]["voter"], true);
+    up.stop();
+}
+
+#[test]
+fn t21_restart_after_sigterm_and_kill9_keeps_everything_and_does_not_reinitialize() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("orders");
+    write_app(&app, HOST, &[("list", &http_fn("orders"))]);
+
+    let up = Up::start(data.path(), &[], &[]);
+    let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let deploy = up.strom(&["app", "deploy", app.to_str().unwrap()]);
+    assert_eq!(deploy.code, 0, "{}", deploy.stderr);
+    let set = up.strom(&["app", "settings", "set", "orders", "MODE=batch", "X=1"]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let cluster_id = up.json(&["cluster", "status"])["cluster_id"].clone();
+    up.stop();
+
+    let up = Up::start(data.path(), &[], &[]);
+    assert!(
+        up.stdout
+            .iter()
+            .any(|l| l.starts_with("Restarted into cluster")),
+        "{:#?}",
+        up.stdout
+    );
+    assert!(!up.stdout.iter().any(|l| l.contains("Admin token")));
+    assert_eq!(up.json(&["cluster", "status"])["cluster_id"], cluster_id);
+    assert_eq!(up.json(&["app", "list"])["apps"][0]["name"], "orders");
+    // One more write, then kill -9 right after it was acknowledged.
+    let set = up.strom(&["app", "settings", "set", "orders", "AFTER=restart"]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    up.kill9();
+
+    let up = Up::start(data.path(), &[], &[]);
+    assert!(!up.stdout.iter().any(|l| l.contains("Admin token")));
+    assert_eq!(up.json(&["cluster", "status"])["cluster_id"], cluster_id);
+    let settings = up.json(&["app", "settings", "get", "orders"]);
+    assert_eq!(settings["settings"]["MODE"], "batch");
+    assert_eq!(settings["settings"]["AFTER"], "restart");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("admin.token")).unwrap(),
+        token,
+        "the admin token is unchanged"
+    );
+    assert_eq!(up.json(&["fn", "list"])["functions"][0]["name"], "list");
+    up.stop();
+}
+
+#[test]
+fn t22_bad_apps_are_refused_with_all_their_errors_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let good = apps.path().join("shop");
+    write_app(&good, HOST, &[("items", &http_fn("items/{id:int}"))]);
+    let up = Up::start(data.path(), &[&good], &[]);
+    let active = up.json(&["app", "show", "shop"])["app"]["active_version"].clone();
+
+    let bad = apps.path().join("bad").join("shop");
+    write_app(
+        &bad,
+        r#"{"version":"1.0","customHandler":{"description":{"defaultExecutablePath":"no-such-handler-xyz"}}}"#,
+        &[
+            ("1abc", &http_fn("x")),
+            ("admin-fn", &http_fn("admin/things")),
+            ("badroute", &http_fn("items/{id:int")),
+            (
+                "badcron",
+                r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"61 * * * * *"}]}"#,
+            ),
+            ("broken", "{ not json"),
+        ],
+    );
+    let out = up.strom(&["app", "deploy", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "invalid input exits with 2: {}", out.stderr);
+    for expected in [
+        "host.json: version",
+        "no-such-handler-xyz",
+        "1abc",
+        "admin-fn/function.json: bindings[0].route",
+        "badroute/function.json: bindings[0].route",
+        "badcron/function.json: bindings[0].schedule",
+        "broken/function.json",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "missing `{expected}` in:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        up.json(&["app", "show", "shop"])["app"]["active_version"],
+        active,
+        "the previous version stays active"
+    );
+
+    // An empty app.
+    let empty = apps.path().join("empty").join("shop");
+    write_app(&empty, HOST, &[]);
+    let out = up.strom(&["app", "deploy", empty.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no functions"), "{}", out.stderr);
+
+    // Overlapping routes with another app on the shared address.
+    let other = apps.path().join("other");
+    write_app(&other, HOST, &[("item", &http_fn("items/{key:int}"))]);
+    let out = up.strom(&["app", "deploy", other.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`shop`") && out.stderr.contains("`other`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        up.json(&["app", "list"])["apps"].as_array().unwrap().len(),
+        1
+    );
+    up.stop();
+}
+
+#[test]
+fn t23_wrong_or_missing_admin_token_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[], &[]);
+    let out = up.strom_with(&["app", "list"], &["--token", "strom_wrong"]);
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.contains("invalid admin token"), "{}", out.stderr);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(STROM)
+        .args(["app", "list", "--server", &up.server, "--data-dir"])
+        .arg(elsewhere.path())
+        .env_remove("STROM_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no admin token"));
+
+    let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let out = Command::new(STROM)
+        .args(["app", "list", "--server", &up.server, "--data-dir"])
+        .arg(elsewhere.path())
+        .env("STROM_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.stop();
+}
+
+#[test]
+fn t24_rollback_activates_the_earlier_version() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("billing");
+    write_app(&app, HOST, &[("v1fn", &http_fn("one"))]);
+    let up = Up::start(data.path(), &[&app], &[]);
+    let v1 = up.json(&["app", "show", "billing"])["app"]["active_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    std::fs::remove_dir_all(app.join("v1fn")).unwrap();
+    write_app(&app, HOST, &[("v2fn", &http_fn("two"))]);
+    let d = up.json(&["app", "deploy", app.to_str().unwrap()]);
+    assert_eq!(d["changed"], true);
+    assert_eq!(d["functions"][0]["name"], "v2fn");
+    let show = up.json(&["app", "show", "billing"]);
+    assert_eq!(show["versions"].as_array().unwrap().len(), 2);
+
+    let out = up.strom(&["app", "rollback", "billing", &v1[..10]]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let show = up.json(&["app", "show", "billing"]);
+    assert_eq!(show["app"]["active_version"], v1.as_str());
+    assert_eq!(show["functions"][0]["name"], "v1fn");
+
+    let out = up.strom(&["app", "rollback", "billing", "0000000000"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let out = up.strom(&["app", "rollback", "nope", &v1]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    up.stop();
+}
+
+#[test]
+fn t25_oversized_uploads_are_refused_by_the_configured_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("big");
+    write_app(&app, HOST, &[("f", &http_fn("big"))]);
+    // Incompressible filler so the zip itself is large.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let filler: Vec<u8> = (0..400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    std::fs::write(app.join("blob.bin"), filler).unwrap();
+    let up = Up::start(data.path(), &[], &["--max-package-bytes", "100000"]);
+    let out = up.strom(&["app", "deploy", app.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("upload limit of 100000 bytes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        up.json(&["app", "list"])["apps"].as_array().unwrap().len(),
+        0
+    );
+    up.stop();
+}
+
+#[test]
+fn t26_usage_errors_exit_non_zero_with_a_reason() {
+    let out = Command::new(STROM)
+        .args(["app", "deploy", "/definitely/not/here"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let out = Command::new(STROM)
+        .args([
+            "app",
+            "list",
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
