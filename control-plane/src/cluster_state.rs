@@ -6,6 +6,9 @@
 //! `apply` must be deterministic (no clocks, no randomness, no I/O): everything
 //! variable comes inside the command.
 
+// Rejections are rare business outcomes, returned by value on purpose.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

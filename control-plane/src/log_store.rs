@@ -10,6 +10,9 @@
 //! A storage error here is fatal by design: openraft shuts the node down rather
 //! than continue with a log it cannot trust.
 
+// openraft's StorageIOError is large by design; these are cold error paths.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;

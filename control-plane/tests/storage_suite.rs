@@ -18,6 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 }
 
 #[test]
-fn t01_redb_log_store_and_state_machine_pass_the_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(Builder)
+fn t01_redb_log_store_and_state_machine_pass_the_openraft_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }
