@@ -16,7 +16,7 @@ use strom_proto::command::{Command, CommandResult, DeployVersion, InitialKeys, R
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::manifest::{
     is_function_disabled, validate_app, AppManifest, AppPackage, FunctionManifest, ManifestError,
-    Trigger,
+    Schedule, Trigger,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -358,6 +358,10 @@ impl AdminService for AdminApi {
         if req.set.is_empty() && req.remove.is_empty() {
             return Err(Status::invalid_argument("nothing to set or remove"));
         }
+        if let Some(state) = self.node.read_local().state.apps.get(&app) {
+            check_schedule_settings(&state.active().manifest, &req.set)
+                .map_err(Status::invalid_argument)?;
+        }
         let (log_index, _) = self
             .commit(Command::SetAppSettings {
                 app: app.clone(),
@@ -482,6 +486,40 @@ fn too_large(limit: u64) -> Status {
         "",
         format!("the package exceeds the upload limit of {limit} bytes"),
     )])
+}
+
+/// Settings that timer schedules refer to (`"schedule": "%NAME%"`) must hold a
+/// valid NCRONTAB schedule, or the timer would silently never run.
+fn check_schedule_settings(
+    manifest: &AppManifest,
+    set: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for f in &manifest.functions {
+        let Trigger::Timer(t) = &f.trigger else {
+            continue;
+        };
+        let Some(name) = t
+            .schedule
+            .strip_prefix('%')
+            .and_then(|s| s.strip_suffix('%'))
+        else {
+            continue;
+        };
+        if let Some(value) = set.get(name) {
+            if let Err(e) = Schedule::parse(value) {
+                problems.push(format!(
+                    "setting `{name}` is the schedule of timer function `{}`: {e}",
+                    f.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// App setting names become environment variables: no `=`, no NUL, not empty.

@@ -1,9 +1,9 @@
 //! The Raft log and vote store, in redb.
 //!
 //! Durable: every entry, the vote, the last committed log id and the last purged
-//! log id, in one redb file (`<data-dir>/raft/log.redb`). Every write transaction
-//! commits with redb's default `Durability::Immediate` (fsync) **before** openraft
-//! is told the write is done, so a vote or an entry acknowledged to a peer survives
+//! log id, in one redb file (`<data-dir>/raft/log.redb`). Vote, log and purge
+//! transactions commit with redb's `Durability::Immediate` (fsync) **before**
+//! openraft is told the write is done, so a vote or an entry acknowledged to a peer survives
 //! a crash. In memory: nothing but the database handle. redb calls block, so they
 //! run on tokio's blocking pool.
 //!
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use strom_proto::codec;
 use strom_proto::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -159,9 +159,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.blocking(|db| Self::read_meta(db, KEY_VOTE)).await
     }
 
+    /// The committed log id is a hint that lets a restarted node apply committed
+    /// entries before it hears from a leader; losing the latest value in a crash is
+    /// harmless (it only lags), so it is written without its own fsync and becomes
+    /// durable with the next vote or log write.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.blocking(move |db| {
-            Self::write_meta(db, KEY_COMMITTED, &committed, |e| StorageIOError::write(e))
+            let bytes = codec::encode(&committed).map_err(|e| StorageIOError::write(&e))?;
+            let run = || -> Result<(), redb::Error> {
+                let mut tx = db.begin_write()?;
+                tx.set_durability(Durability::None)?;
+                tx.open_table(META)?
+                    .insert(KEY_COMMITTED, bytes.as_slice())?;
+                tx.commit()?;
+                Ok(())
+            };
+            run().map_err(|e| StorageIOError::write(&e))
         })
         .await
     }

@@ -1,0 +1,378 @@
+//! The gRPC admin API as a client sees it: authentication, error codes, validation
+//! details, bad packages that change nothing, and server reflection.
+
+use std::io::Write;
+use std::time::Duration;
+
+use prost::Message;
+use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
+use strom_proto::admin_v1 as pb;
+use strom_proto::admin_v1::admin_service_client::AdminServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Server {
+    node: ManagementNode,
+    url: String,
+    token: String,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(max_package: u64) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = control_server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config =
+        ManagementConfig::new(dir.path(), 1, &addr.to_string(), "http://127.0.0.1:7071");
+    config.package_limits.max_compressed_bytes = max_package;
+    config.package_limits.max_uncompressed_bytes = 1_000_000;
+    let node = ManagementNode::start(config).await.unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(control_server::serve(
+        node.clone(),
+        listener,
+        cancel.clone(),
+    ));
+    let Bootstrap::Created { admin_token } = node.bootstrap(Duration::from_secs(20)).await.unwrap()
+    else {
+        panic!("new cluster expected")
+    };
+    Server {
+        node,
+        url: format!("http://{addr}"),
+        token: admin_token,
+        cancel,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(
+        &self,
+        token: Option<&str>,
+    ) -> AdminServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            Channel,
+            impl tonic::service::Interceptor + Clone,
+        >,
+    > {
+        let header = token.map(|t| {
+            format!("Bearer {t}")
+                .parse::<tonic::metadata::MetadataValue<_>>()
+                .unwrap()
+        });
+        AdminServiceClient::with_interceptor(
+            self.channel().await,
+            move |mut req: tonic::Request<()>| {
+                if let Some(h) = &header {
+                    req.metadata_mut().insert("authorization", h.clone());
+                }
+                Ok(req)
+            },
+        )
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.node.shutdown().await;
+    }
+}
+
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+const HOST: &[u8] =
+    br#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#;
+const FUNC: &[u8] = br#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","route":"r/{id:int}"},{"type":"http","direction":"out","name":"res"}]}"#;
+const TIMER: &[u8] =
+    br#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"%NIGHTLY%"}]}"#;
+
+fn chunks(
+    name: &str,
+    zip: Vec<u8>,
+) -> impl futures::Stream<Item = pb::DeployAppChunk> + Send + 'static {
+    let name = name.to_string();
+    let parts: Vec<Vec<u8>> = zip.chunks(1000).map(<[u8]>::to_vec).collect();
+    futures::stream::iter(
+        parts
+            .into_iter()
+            .enumerate()
+            .map(move |(i, data)| pb::DeployAppChunk {
+                app_name: if i == 0 { name.clone() } else { String::new() },
+                data,
+                total_size: 0,
+            }),
+    )
+}
+
+fn details(status: &tonic::Status) -> Vec<String> {
+    pb::ValidationErrors::decode(status.details())
+        .unwrap()
+        .errors
+        .into_iter()
+        .map(|e| format!("{}|{}|{}", e.file, e.json_path, e.message))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_missing_or_wrong_token_is_unauthenticated() {
+    let s = serve(1 << 20).await;
+    let err = s
+        .client(None)
+        .await
+        .list_apps(pb::ListAppsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = s
+        .client(Some("strom_not-the-token"))
+        .await
+        .list_apps(pb::ListAppsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let ok = s
+        .client(Some(&s.token))
+        .await
+        .list_apps(pb::ListAppsRequest {})
+        .await;
+    assert!(ok.is_ok());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_bad_packages_are_invalid_argument_with_details_and_change_nothing() {
+    let s = serve(1 << 20).await;
+    let mut c = s.client(Some(&s.token)).await;
+    let good = zip_of(&[("host.json", HOST), ("f/function.json", FUNC)]);
+    let deployed = c
+        .deploy_app(chunks("shop", good))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        deployed.functions[0].url,
+        "http://127.0.0.1:7071/api/r/{id:int}"
+    );
+    let applied_before = s.node.read_local().applied_index();
+
+    let traversal = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", FUNC),
+        ("../evil", b"x"),
+    ]);
+    let absolute = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", FUNC),
+        ("/etc/evil", b"x"),
+    ]);
+    let bomb = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", FUNC),
+        ("zeros", &vec![0u8; 5_000_000]),
+    ]);
+    let not_zip = b"this is not a zip".to_vec();
+    let bad_json = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", b"{\"bindings\": ["),
+    ]);
+    for (what, zip, expected) in [
+        ("traversal", traversal, "../evil"),
+        ("absolute", absolute, "/etc/evil"),
+        ("bomb", bomb, "1000000"),
+        ("not a zip", not_zip, "zip"),
+        ("malformed json", bad_json, "f/function.json||invalid JSON"),
+    ] {
+        let err = c.deploy_app(chunks("shop", zip)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        let d = details(&err);
+        assert!(d.iter().any(|e| e.contains(expected)), "{what}: {d:?}");
+    }
+    let err = c.deploy_app(chunks("shop", Vec::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .deploy_app(chunks("Not_A_Valid_Name!", zip_of(&[("host.json", HOST)])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("app name"), "{}", err.message());
+    let big = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", FUNC),
+        ("noise", &noise(2 << 20)),
+    ]);
+    let err = c.deploy_app(chunks("shop", big)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("upload limit"), "{}", err.message());
+
+    assert_eq!(
+        s.node.read_local().applied_index(),
+        applied_before,
+        "nothing was committed"
+    );
+    let app = c
+        .get_app(pb::GetAppRequest {
+            name: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.app.unwrap().active_version, deployed.version_id);
+    s.stop().await;
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = 88172645463325252u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
+    let s = serve(1 << 20).await;
+    let mut c = s.client(Some(&s.token)).await;
+    for err in [
+        c.get_app(pb::GetAppRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.delete_app(pb::DeleteAppRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.get_app_settings(pb::GetAppSettingsRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err(),
+        c.list_functions(pb::ListFunctionsRequest {
+            app_name: "nope".into(),
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    let zip = zip_of(&[
+        ("host.json", HOST),
+        ("f/function.json", FUNC),
+        ("nightly/function.json", TIMER),
+    ]);
+    c.deploy_app(chunks("jobs", zip)).await.unwrap();
+
+    // A setting that a timer schedule refers to must be a valid schedule.
+    let err = c
+        .set_app_settings(pb::SetAppSettingsRequest {
+            name: "jobs".into(),
+            set: [("NIGHTLY".to_string(), "every night".to_string())].into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("nightly"), "{}", err.message());
+
+    let set = c
+        .set_app_settings(pb::SetAppSettingsRequest {
+            name: "jobs".into(),
+            set: [
+                ("NIGHTLY".to_string(), "0 0 3 * * *".to_string()),
+                ("AzureWebJobs.f.Disabled".to_string(), "true".to_string()),
+            ]
+            .into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.settings["NIGHTLY"], "0 0 3 * * *");
+    let fns = c
+        .list_functions(pb::ListFunctionsRequest {
+            app_name: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .functions;
+    let f = fns.iter().find(|f| f.name == "f").unwrap();
+    assert!(f.disabled);
+    let err = c
+        .set_app_settings(pb::SetAppSettingsRequest {
+            name: "jobs".into(),
+            set: [("BAD=KEY".to_string(), "v".to_string())].into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    c.delete_app(pb::DeleteAppRequest {
+        name: "jobs".into(),
+    })
+    .await
+    .unwrap();
+    let apps = c
+        .list_apps(pb::ListAppsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(apps.apps.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_server_reflection_lists_the_admin_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let s = serve(1 << 20).await;
+    let mut client = ServerReflectionClient::new(s.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"strom.admin.v1.AdminService".to_string()),
+        "{names:?}"
+    );
+    s.stop().await;
+}
