@@ -1,6 +1,34 @@
 //! `strom-actors`: the worker role as a library.
 //!
-//! It will hold the ractor supervisor tree (`NodeSupervisor` → `AppSupervisor` →
-//! `InstanceActor`), the instance runtimes (process by default, Docker via bollard)
-//! and the routing snapshot the gateway reads. It depends only on `strom-proto`;
-//! it meets the control plane in `strom-node`. See `docs/architecture.md` §Worker.
+//! ```text
+//! NodeSupervisor                root: assignments in, routing snapshot + statuses out
+//!  └─ AppSupervisor(app, ver)   one per deployment; restart policy (one-for-one)
+//!      └─ InstanceActor #n      owns one handler process (or container)
+//! ```
+//!
+//! - [`restart_policy`]: the pure restart decision (immediate, backoff, CrashLooping).
+//! - [`runtime`]: the instance runtime trait and the process runtime.
+//! - [`readiness`]: the 25 ms `GET /` readiness probe.
+//! - [`routing`]: the immutable routing snapshot the gateway reads lock-free.
+//!
+//! Actors own lifecycle, never the request path: the gateway reads Ready endpoints
+//! from the routing snapshot and talks to handlers directly.
+//!
+//! Why hand-written supervision rather than `ractor-supervisor`: our policy keeps
+//! retrying a crash-looping app at the capped backoff and reports it, where OTP
+//! (and `ractor-supervisor`) gives up and escalates after `max_restarts`; and the
+//! app supervisor also owns scaling, draining and status reporting. A small
+//! supervisor over ractor's supervision events, with the policy as a pure
+//! function, is the clearer of the two.
+
+pub mod app_supervisor;
+pub mod instance_actor;
+pub mod node_supervisor;
+pub mod readiness;
+pub mod restart_policy;
+pub mod routing;
+pub mod runtime;
+
+pub use app_supervisor::Lifecycle;
+pub use node_supervisor::{Assignment, NodeArgs, NodeMsg, NodeSupervisor};
+pub use routing::{Endpoint, RoutingSnapshot, RoutingTable, ServingApp};

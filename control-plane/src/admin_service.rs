@@ -14,23 +14,66 @@ use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
 use strom_proto::command::{Command, CommandResult, DeployVersion, InitialKeys, Rejection};
 use strom_proto::ids::{AppName, VersionId};
+use strom_proto::instances::InstanceStatus;
+use strom_proto::invocations::{self, InvocationRecord, InvocationStore};
+use strom_proto::manifest::AuthLevel;
 use strom_proto::manifest::{
     is_function_disabled, validate_app, AppManifest, AppPackage, FunctionManifest, ManifestError,
     Schedule, Trigger,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster_state::AppState;
+use crate::cluster_state::{AppKeys, AppState};
 use crate::management::{new_function_key, now_ms, ManagementNode, ProposeError};
 use crate::state_machine::StateView;
 
 pub struct AdminApi {
     node: ManagementNode,
+    worker: Option<WorkerView>,
 }
+
+/// What the admin API can see of this node's worker role (when it has one).
+#[derive(Clone)]
+pub struct WorkerView {
+    pub node_id: u64,
+    pub invocations: InvocationStore,
+    pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+}
+
+/// Most instances of one app on one node.
+pub const MAX_SCALE: u32 = 64;
 
 impl AdminApi {
     pub fn new(node: ManagementNode) -> Self {
-        AdminApi { node }
+        AdminApi { node, worker: None }
+    }
+
+    pub fn with_worker(mut self, worker: WorkerView) -> Self {
+        self.worker = Some(worker);
+        self
+    }
+
+    fn instances(&self, app: Option<&AppName>) -> Vec<pb::InstanceInfo> {
+        let Some(w) = &self.worker else {
+            return Vec::new();
+        };
+        let all = w.instances.borrow().clone();
+        all.iter()
+            .filter(|i| app.is_none_or(|a| &i.app == a))
+            .map(|i| pb::InstanceInfo {
+                app_name: i.app.to_string(),
+                version_id: i.version.to_string(),
+                slot: i.slot,
+                instance_id: i.instance_id.clone(),
+                state: i.state.as_str().to_string(),
+                restarts: i.restarts,
+                pid: i.pid.unwrap_or(0),
+                last_error: i.last_error.clone().unwrap_or_default(),
+                serving: i.serving,
+                node_id: w.node_id,
+            })
+            .collect()
     }
 
     async fn fresh(&self) -> Result<Arc<StateView>, Status> {
@@ -212,6 +255,7 @@ pub fn function_info(
     manifest: &AppManifest,
     f: &FunctionManifest,
     settings: &BTreeMap<String, String>,
+    keys: &AppKeys,
     http_base: &str,
 ) -> pb::FunctionInfo {
     let mut info = pb::FunctionInfo {
@@ -224,6 +268,16 @@ pub fn function_info(
     };
     match &f.trigger {
         Trigger::Http(h) => {
+            info.key = match h.auth_level {
+                AuthLevel::Anonymous => String::new(),
+                AuthLevel::Function => keys
+                    .functions
+                    .get(&f.name)
+                    .and_then(|k| k.get("default"))
+                    .cloned()
+                    .unwrap_or_default(),
+                AuthLevel::Admin => keys.master.clone(),
+            };
             info.trigger_type = "httpTrigger".into();
             info.auth_level = format!("{:?}", h.auth_level).to_ascii_lowercase();
             info.methods = h.methods.clone();
@@ -245,7 +299,7 @@ fn functions_of(app: &AppState, manifest: &AppManifest, http_base: &str) -> Vec<
     manifest
         .functions
         .iter()
-        .map(|f| function_info(&app.name, manifest, f, &app.settings, http_base))
+        .map(|f| function_info(&app.name, manifest, f, &app.settings, &app.keys, http_base))
         .collect()
 }
 
@@ -323,6 +377,8 @@ impl AdminService for AdminApi {
             functions: functions_of(app, manifest, self.http_base()),
             applied_index: view.applied_index(),
             route_prefix: manifest.host.route_prefix.clone(),
+            instances: self.instances(Some(&name)),
+            scale: app.scale.unwrap_or(1),
         }))
     }
 
@@ -476,7 +532,213 @@ impl AdminService for AdminApi {
             app_count: view.state.apps.len() as u32,
             state: format!("{:?}", metrics.state).to_ascii_lowercase(),
             build_version: env!("CARGO_PKG_VERSION").to_string(),
+            instances: self.instances(None),
         }))
+    }
+
+    async fn scale_app(
+        &self,
+        request: Request<pb::ScaleAppRequest>,
+    ) -> Result<Response<pb::ScaleAppResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.name)?;
+        if req.instances > MAX_SCALE {
+            return Err(Status::invalid_argument(format!(
+                "instances: {} is more than the limit of {MAX_SCALE}",
+                req.instances
+            )));
+        }
+        let (log_index, _) = self
+            .commit(Command::SetScale {
+                app,
+                instances: req.instances,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(pb::ScaleAppResponse {
+            instances: req.instances,
+            log_index,
+        }))
+    }
+
+    async fn list_function_keys(
+        &self,
+        request: Request<pb::ListFunctionKeysRequest>,
+    ) -> Result<Response<pb::ListFunctionKeysResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        let view = self.fresh().await?;
+        let state = find_app(&view, &app)?;
+        let f = state
+            .active()
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(&req.function_name))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "app `{app}` has no function `{}`",
+                    req.function_name
+                ))
+            })?;
+        let key = |scope: &str, (name, value): (&String, &String)| pb::FunctionKey {
+            name: name.clone(),
+            value: value.clone(),
+            scope: scope.to_string(),
+        };
+        let mut keys: Vec<pb::FunctionKey> = state
+            .keys
+            .functions
+            .get(&f.name)
+            .into_iter()
+            .flatten()
+            .map(|kv| key("function", kv))
+            .collect();
+        keys.extend(state.keys.host.iter().map(|kv| key("host", kv)));
+        keys.push(key("master", (&"_master".to_string(), &state.keys.master)));
+        let auth_level = match &f.trigger {
+            Trigger::Http(h) => format!("{:?}", h.auth_level).to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListFunctionKeysResponse {
+            keys,
+            auth_level,
+        }))
+    }
+
+    async fn list_invocations(
+        &self,
+        request: Request<pb::ListInvocationsRequest>,
+    ) -> Result<Response<pb::ListInvocationsResponse>, Status> {
+        let filter = InvocationFilter::parse(request.get_ref())?;
+        let invocations = match &self.worker {
+            Some(w) => w
+                .invocations
+                .recent(
+                    filter.app.as_ref(),
+                    filter.function.as_deref(),
+                    filter.limit,
+                )
+                .iter()
+                .map(|r| invocation_info(r))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Response::new(pb::ListInvocationsResponse { invocations }))
+    }
+
+    type StreamInvocationsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::InvocationInfo, Status>> + Send + 'static>,
+    >;
+
+    async fn stream_invocations(
+        &self,
+        request: Request<pb::ListInvocationsRequest>,
+    ) -> Result<Response<Self::StreamInvocationsStream>, Status> {
+        let filter = InvocationFilter::parse(request.get_ref())?;
+        let follow = request.get_ref().follow;
+        let Some(w) = self.worker.clone() else {
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        };
+        // Subscribe before reading the backlog so nothing falls in between.
+        let mut live = w.invocations.subscribe();
+        let backlog = w.invocations.recent(
+            filter.app.as_ref(),
+            filter.function.as_deref(),
+            filter.limit,
+        );
+        let seen: std::collections::HashSet<String> =
+            backlog.iter().map(|r| r.id.clone()).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            for r in &backlog {
+                if tx.send(Ok(invocation_info(r))).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = live.recv() => next,
+                };
+                match next {
+                    Ok(r) => {
+                        if seen.contains(&r.id)
+                            || !invocations::matches(
+                                &r,
+                                filter.app.as_ref(),
+                                filter.function.as_deref(),
+                            )
+                        {
+                            continue;
+                        }
+                        if tx.send(Ok(invocation_info(&r))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("log follower lagged; {n} invocations skipped");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+struct InvocationFilter {
+    app: Option<AppName>,
+    function: Option<String>,
+    limit: usize,
+}
+
+impl InvocationFilter {
+    fn parse(req: &pb::ListInvocationsRequest) -> Result<Self, Status> {
+        let app = match req.app_name.as_str() {
+            "" => None,
+            raw => Some(parse_app(raw)?),
+        };
+        let function = (!req.function_name.is_empty()).then(|| req.function_name.clone());
+        if function.is_some() && app.is_none() {
+            return Err(Status::invalid_argument("function_name needs app_name"));
+        }
+        let limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(10_000),
+        };
+        Ok(InvocationFilter {
+            app,
+            function,
+            limit,
+        })
+    }
+}
+
+fn invocation_info(r: &InvocationRecord) -> pb::InvocationInfo {
+    pb::InvocationInfo {
+        id: r.id.clone(),
+        app_name: r.app.to_string(),
+        function_name: r.function.clone(),
+        instance_id: r.instance_id.clone(),
+        started_at_ms: r.started_at_ms,
+        duration_us: r.duration_us,
+        status: r.status.as_str().to_string(),
+        http_status: r.http_status as u32,
+        error: r.error.clone().unwrap_or_default(),
+        logs: r
+            .logs
+            .iter()
+            .map(|l| pb::InvocationLog {
+                source: l.source.clone(),
+                text: l.text.clone(),
+            })
+            .collect(),
     }
 }
 

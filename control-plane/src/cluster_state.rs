@@ -41,6 +41,8 @@ pub struct AppState {
     pub versions: Vec<VersionState>,
     pub active_version: VersionId,
     pub keys: AppKeys,
+    /// Desired instances; `None` = the default (one per node today).
+    pub scale: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +189,19 @@ impl ClusterState {
                 };
                 Ok(slot.insert(name.clone(), value.clone()).as_ref() != Some(value))
             }
+            Command::SetScale {
+                app,
+                instances,
+                at_ms,
+            } => {
+                let state = self.app_mut(app)?;
+                if state.scale == Some(*instances) {
+                    return Ok(false);
+                }
+                state.scale = Some(*instances);
+                state.updated_at_ms = *at_ms;
+                Ok(true)
+            }
             Command::DeleteKey {
                 app, scope, name, ..
             } => {
@@ -214,6 +229,7 @@ impl ClusterState {
             settings: BTreeMap::new(),
             versions: Vec::new(),
             active_version: d.version.clone(),
+            scale: None,
             keys: AppKeys {
                 master: d.initial_keys.master.clone(),
                 host: BTreeMap::from([(

@@ -51,6 +51,7 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Serve the control port on a bound listener until `cancel` fires.
 pub async fn serve(
     node: ManagementNode,
+    api: AdminApi,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -59,7 +60,7 @@ pub async fn serve(
         .build_v1()
         .expect("the descriptor set is generated at build time");
     let admin = tonic::service::interceptor::InterceptedService::new(
-        AdminServiceServer::new(AdminApi::new(node.clone())).max_decoding_message_size(MAX_MESSAGE),
+        AdminServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE),
         AdminAuth { node: node.clone() },
     );
     let raft = RaftServiceServer::new(RaftServer {

@@ -34,6 +34,7 @@ async fn serve(max_package: u64) -> Server {
     let cancel = CancellationToken::new();
     tokio::spawn(control_server::serve(
         node.clone(),
+        strom_control_plane::admin_service::AdminApi::new(node.clone()),
         listener,
         cancel.clone(),
     ));

@@ -47,9 +47,16 @@ pub struct UpArgs {
     /// Control port: gRPC admin API and internal RPC.
     #[arg(long, env = "STROM_CONTROL_ADDR", default_value = "127.0.0.1:7171")]
     pub control_addr: SocketAddr,
-    /// Function HTTP port (Azure Core Tools' default is 7071).
-    #[arg(long, env = "STROM_HTTP_ADDR", default_value = "127.0.0.1:7071")]
-    pub http_addr: SocketAddr,
+    /// Function HTTP port [default: 127.0.0.1:7071, or `Host.LocalHttpPort` of the
+    /// first app's local.settings.json].
+    #[arg(long, env = "STROM_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// How long a handler may take to answer its readiness probe.
+    #[arg(long, env = "STROM_STARTUP_TIMEOUT_SECS", default_value_t = 60)]
+    pub startup_timeout_secs: u64,
+    /// Largest HTTP request body accepted by the function port, in bytes.
+    #[arg(long, env = "STROM_MAX_REQUEST_BODY_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_request_body_bytes: usize,
     /// Largest app package accepted, in bytes.
     #[arg(long, env = "STROM_MAX_PACKAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_package_bytes: u64,
@@ -115,6 +122,13 @@ pub enum AppCommand {
     /// App settings (passed to the handler as environment variables).
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Set how many instances of the app run.
+    Scale {
+        name: String,
+        instances: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Make an earlier version active again.
     Rollback {
         name: String,
@@ -156,6 +170,26 @@ pub enum FnCommand {
     /// List functions of one app, or of every app.
     List {
         app: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the keys that can call a function (function, host and master keys).
+    Keys {
+        app: String,
+        function: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show recent invocations with their logs; `--follow` keeps streaming.
+    Logs {
+        app: String,
+        function: Option<String>,
+        /// Keep streaming new invocations.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many recent invocations to show first.
+        #[arg(long, default_value_t = 20)]
+        tail: u32,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -177,6 +177,25 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 &resp,
             );
         }
+        AppCommand::Scale {
+            name,
+            instances,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .scale_app(pb::ScaleAppRequest {
+                    name: name.clone(),
+                    instances,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(
+                &format!("app `{name}` now runs {} instance(s)", resp.instances),
+                &resp,
+            );
+        }
         AppCommand::Settings(s) => run_settings(s).await?,
     }
     Ok(())
@@ -246,6 +265,45 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .map_err(status_error)?
                 .into_inner();
             Printer::new(client.output).functions(&resp.functions, &resp);
+        }
+        FnCommand::Keys {
+            app,
+            function,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .list_function_keys(pb::ListFunctionKeysRequest {
+                    app_name: app,
+                    function_name: function,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).keys(&resp);
+        }
+        FnCommand::Logs {
+            app,
+            function,
+            follow,
+            tail,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let mut stream = c
+                .stream_invocations(pb::ListInvocationsRequest {
+                    app_name: app,
+                    function_name: function.unwrap_or_default(),
+                    limit: tail,
+                    follow,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let out = Printer::new(client.output);
+            while let Some(inv) = stream.message().await.map_err(status_error)? {
+                out.invocation(&inv);
+            }
         }
     }
     Ok(())

@@ -3,8 +3,11 @@
 
 pub mod cli;
 pub mod client;
+pub mod gateway;
+pub mod local_settings;
 pub mod output;
 pub mod up;
+pub mod worker;
 
 use clap::Parser;
 

@@ -126,6 +126,48 @@ impl Printer {
         println!("{t}");
         println!();
         print_functions(&r.functions, false);
+        if !r.instances.is_empty() {
+            println!();
+            print_instances(&r.instances);
+        }
+    }
+
+    pub fn keys(&self, r: &pb::ListFunctionKeysResponse) {
+        if self.json(r) {
+            return;
+        }
+        println!("auth level: {}", r.auth_level);
+        let mut t = table(&["SCOPE", "NAME", "VALUE"]);
+        for k in &r.keys {
+            t.add_row(vec![k.scope.clone(), k.name.clone(), k.value.clone()]);
+        }
+        println!("{t}");
+    }
+
+    /// One invocation: a JSON line, or a header line and its logs.
+    pub fn invocation(&self, i: &pb::InvocationInfo) {
+        if self.output == Output::Json {
+            println!("{}", serde_json::to_string(i).expect("serializable"));
+            return;
+        }
+        println!(
+            "{} {}/{} {} {} {:.1} ms id={}{}",
+            format_time_ms(i.started_at_ms),
+            i.app_name,
+            i.function_name,
+            i.status,
+            i.http_status,
+            i.duration_us as f64 / 1000.0,
+            i.id,
+            if i.error.is_empty() {
+                String::new()
+            } else {
+                format!(" error: {}", i.error)
+            }
+        );
+        for l in &i.logs {
+            println!("    [{}] {}", l.source, l.text);
+        }
     }
 
     pub fn functions<T: Serialize>(&self, functions: &[pb::FunctionInfo], whole: &T) {
@@ -183,7 +225,55 @@ impl Printer {
             ]);
         }
         println!("{t}");
+        if !r.instances.is_empty() {
+            print_instances(&r.instances);
+        }
     }
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds.
+pub fn format_time_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn print_instances(instances: &[pb::InstanceInfo]) {
+    let mut t = table(&[
+        "APP",
+        "VERSION",
+        "SLOT",
+        "NODE",
+        "STATE",
+        "RESTARTS",
+        "PID",
+        "SERVING",
+        "LAST ERROR",
+    ]);
+    for i in instances {
+        t.add_row(vec![
+            i.app_name.clone(),
+            short(&i.version_id).to_string(),
+            i.slot.to_string(),
+            i.node_id.to_string(),
+            i.state.clone(),
+            i.restarts.to_string(),
+            if i.pid == 0 {
+                "-".into()
+            } else {
+                i.pid.to_string()
+            },
+            if i.serving {
+                "yes".into()
+            } else {
+                String::new()
+            },
+            i.last_error.clone(),
+        ]);
+    }
+    println!("{t}");
 }
 
 pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
@@ -193,6 +283,7 @@ pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
         "AUTH",
         "METHODS",
         "URL / SCHEDULE",
+        "KEY",
         "STATUS",
     ];
     if with_app {
@@ -221,6 +312,7 @@ pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
             } else {
                 f.url.clone()
             },
+            f.key.clone(),
             status,
         ];
         if with_app {

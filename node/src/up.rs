@@ -1,70 +1,158 @@
 //! `strom up`: a single-node cluster in the foreground, on the embedded defaults
-//! (local storage under the data dir, no external services).
+//! (both roles, local storage under the data dir, process runtime, no external
+//! services) — like Azure Core Tools' `func start`, but a real cluster of one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_control_plane::admin_service::AdminApi;
+use strom_actors::Lifecycle;
+use strom_control_plane::admin_service::{AdminApi, WorkerView};
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
+use strom_proto::command::Command;
 use strom_proto::ids::AppName;
+use strom_proto::invocations::InvocationStore;
 use strom_proto::manifest::ZipLimits;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::UpArgs;
 use crate::client::{default_app_name, pack, status_error, CliError};
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::local_settings::{self, LocalSettings};
 use crate::output::print_functions;
+use crate::worker::Worker;
 
 /// The node id of the single node `strom up` runs.
 pub const UP_NODE_ID: u64 = 1;
+/// Invocation records kept per node.
+pub const INVOCATION_RECORDS: usize = 10_000;
+
+struct AppDir {
+    dir: std::path::PathBuf,
+    name: AppName,
+    local: Option<LocalSettings>,
+}
+
+fn read_app_dirs(args: &UpArgs) -> Result<Vec<AppDir>, CliError> {
+    let mut out = Vec::new();
+    for dir in &args.app_dirs {
+        let name = default_app_name(dir)?;
+        let name = AppName::parse(&name)
+            .map_err(|e| CliError::new(2, format!("{}: {e}; rename the folder", dir.display())))?;
+        let local = local_settings::read(dir).map_err(|e| CliError::new(2, e))?;
+        out.push(AppDir {
+            dir: dir.clone(),
+            name,
+            local,
+        });
+    }
+    Ok(out)
+}
 
 pub async fn run(args: UpArgs) -> Result<(), CliError> {
+    let apps = read_app_dirs(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| CliError::new(2, format!("data dir {}: {e}", args.data_dir.display())))?;
+    let http_addr: SocketAddr = match args.http_addr {
+        Some(a) => a,
+        None => {
+            let port = apps
+                .iter()
+                .find_map(|a| a.local.as_ref().and_then(|l| l.local_http_port))
+                .unwrap_or(7071);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
     // Bind first: a taken port is reported before anything else happens.
-    let listener = control_server::bind(args.control_addr)
+    let control = control_server::bind(args.control_addr)
         .await
         .map_err(|e| CliError::new(2, format!("control address {}: {e}", args.control_addr)))?;
-    let control_addr = listener
+    let control_addr = control
+        .local_addr()
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| CliError::new(2, format!("HTTP address {http_addr}: {e}")))?;
+    let http_addr = http
         .local_addr()
         .map_err(|e| CliError::new(1, e.to_string()))?;
 
-    let mut config = ManagementConfig::new(
-        &args.data_dir,
-        UP_NODE_ID,
-        &control_addr.to_string(),
-        &format!("http://{}", args.http_addr),
-    );
-    config.package_limits = ZipLimits {
+    let limits = ZipLimits {
         max_compressed_bytes: args.max_package_bytes,
         max_uncompressed_bytes: args.max_uncompressed_bytes,
         max_entries: args.max_package_entries,
         ..ZipLimits::default()
     };
+    let mut config = ManagementConfig::new(
+        &args.data_dir,
+        UP_NODE_ID,
+        &control_addr.to_string(),
+        &format!("http://{http_addr}"),
+    );
+    config.package_limits = limits.clone();
     let node = ManagementNode::start(config)
         .await
         .map_err(|e| CliError::new(1, e.to_string()))?;
+
+    let lifecycle = Lifecycle {
+        startup_timeout: Duration::from_secs(args.startup_timeout_secs),
+        ..Lifecycle::default()
+    };
+    let worker = Worker::start(
+        &args.data_dir,
+        lifecycle,
+        node.state.clone(),
+        node.blobs.clone(),
+        limits,
+    )
+    .await
+    .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?;
+    let invocations = InvocationStore::new(INVOCATION_RECORDS);
+    let api = AdminApi::new(node.clone()).with_worker(WorkerView {
+        node_id: UP_NODE_ID,
+        invocations: invocations.clone(),
+        instances: worker.instances.clone(),
+    });
     let cancel = CancellationToken::new();
     let server = tokio::spawn(control_server::serve(
         node.clone(),
-        listener,
+        api,
+        control,
         cancel.clone(),
     ));
-
-    let bootstrap = node
-        .bootstrap(Duration::from_secs(30))
-        .await
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-
-    println!(
-        "strom {} — single-node cluster (management role)",
-        env!("CARGO_PKG_VERSION")
+    let gateway = Gateway::new(
+        GatewayConfig {
+            max_body_bytes: args.max_request_body_bytes,
+            cold_start_timeout: Duration::from_secs(args.startup_timeout_secs),
+            ..GatewayConfig::default()
+        },
+        worker.routing.clone(),
+        node.state.clone(),
+        invocations,
     );
+    let http_cancel = CancellationToken::new();
+    let gateway_task = tokio::spawn(gateway.serve(http, http_cancel.clone()));
+
+    let stop = |node: ManagementNode, worker: Worker| async move {
+        http_cancel.cancel();
+        let _ = gateway_task.await;
+        worker.shutdown(Duration::from_secs(40)).await;
+        cancel.cancel();
+        let _ = server.await;
+        node.shutdown().await;
+    };
+
+    let bootstrap = match node.bootstrap(Duration::from_secs(30)).await {
+        Ok(b) => b,
+        Err(e) => {
+            stop(node, worker).await;
+            return Err(CliError::new(1, e.to_string()));
+        }
+    };
+    println!("strom {} — single-node cluster", env!("CARGO_PKG_VERSION"));
     println!("  data dir:  {}", args.data_dir.display());
     println!("  control:   http://{control_addr}  (gRPC admin API)");
-    println!(
-        "  functions: http://{}  (function URLs; this build has no worker role yet, so nothing serves them)",
-        args.http_addr
-    );
+    println!("  functions: http://{http_addr}");
     match &bootstrap {
         Bootstrap::Created { admin_token } => {
             println!(
@@ -87,44 +175,27 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         }
     }
 
-    let result = deploy_dirs(&node, &args).await;
-    if let Err(e) = result {
-        cancel.cancel();
-        let _ = server.await;
-        node.shutdown().await;
+    if let Err(e) = deploy_dirs(&node, &apps).await {
+        stop(node, worker).await;
         return Err(e);
     }
-    print_running(&node);
+    wait_until_ready(&worker, Duration::from_secs(args.startup_timeout_secs)).await;
+    print_running(&node, &worker);
     println!("Ready. Press Ctrl-C to stop.");
 
-    let stop = shutdown_signal();
-    tokio::select! {
-        _ = stop => {}
-        r = server => {
-            node.shutdown().await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(CliError::new(1, format!("control server: {e}"))),
-                Err(e) => Err(CliError::new(1, format!("control server: {e}"))),
-            };
-        }
-    }
+    shutdown_signal().await;
     eprintln!("stopping…");
-    cancel.cancel();
-    node.shutdown().await;
+    stop(node, worker).await;
     Ok(())
 }
 
-async fn deploy_dirs(node: &ManagementNode, args: &UpArgs) -> Result<(), CliError> {
+async fn deploy_dirs(node: &ManagementNode, apps: &[AppDir]) -> Result<(), CliError> {
     let api = Arc::new(AdminApi::new(node.clone()));
-    for dir in &args.app_dirs {
-        let name = default_app_name(dir)?;
-        let app = AppName::parse(&name)
-            .map_err(|e| CliError::new(2, format!("{}: {e}; rename the folder", dir.display())))?;
-        let zip = pack(dir)?;
-        let resp = api.deploy_bytes(app, zip).await.map_err(|s| {
+    for app in apps {
+        let zip = pack(&app.dir)?;
+        let resp = api.deploy_bytes(app.name.clone(), zip).await.map_err(|s| {
             let mut e = status_error(s);
-            e.message = format!("deploying {}: {}", dir.display(), e.message);
+            e.message = format!("deploying {}: {}", app.dir.display(), e.message);
             e
         })?;
         if resp.changed {
@@ -134,11 +205,71 @@ async fn deploy_dirs(node: &ManagementNode, args: &UpArgs) -> Result<(), CliErro
                 &resp.version_id[..12]
             );
         }
+        if let Some(local) = &app.local {
+            let current = node
+                .read_local()
+                .state
+                .apps
+                .get(&app.name)
+                .map(|a| a.settings.clone())
+                .unwrap_or_default();
+            let set: std::collections::BTreeMap<_, _> = local
+                .values
+                .iter()
+                .filter(|(k, v)| current.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !set.is_empty() {
+                node.propose(Command::SetAppSettings {
+                    app: app.name.clone(),
+                    set,
+                    remove: vec![],
+                    at_ms: strom_control_plane::management::now_ms(),
+                })
+                .await
+                .map_err(|e| CliError::new(5, format!("applying {}: {e}", local_settings::FILE)))?;
+                println!(
+                    "Applied {} settings of app `{}` from {}.",
+                    local.values.len(),
+                    app.name,
+                    local_settings::FILE
+                );
+            }
+        }
     }
     Ok(())
 }
 
-fn print_running(node: &ManagementNode) {
+/// Wait (bounded) until every app has a Ready instance or is crash-looping, so the
+/// URLs printed next answer at once.
+async fn wait_until_ready(worker: &Worker, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut rx = worker.instances.clone();
+    loop {
+        {
+            let all = rx.borrow_and_update();
+            let settled = all.iter().all(|i| {
+                !i.serving
+                    || matches!(
+                        i.state,
+                        strom_proto::instances::InstanceState::Ready
+                            | strom_proto::instances::InstanceState::CrashLooping
+                    )
+            });
+            if settled && (all.iter().any(|i| i.serving) || worker.routing.load().apps.is_empty()) {
+                return;
+            }
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn print_running(node: &ManagementNode, worker: &Worker) {
     let view = node.read_local();
     if view.state.apps.is_empty() {
         println!("No apps yet: deploy one with `strom app deploy DIR`.");
@@ -153,11 +284,19 @@ fn print_running(node: &ManagementNode) {
                 manifest,
                 f,
                 &app.settings,
+                &app.keys,
                 &node.config.public_http_url,
             ));
         }
     }
     print_functions(&functions, true);
+    for i in worker.instances.borrow().iter() {
+        if let Some(e) = &i.last_error {
+            if i.state != strom_proto::instances::InstanceState::Ready {
+                println!("app `{}`: {} — {e}", i.app, i.state.as_str());
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

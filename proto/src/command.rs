@@ -56,6 +56,12 @@ pub enum Command {
         name: String,
         at_ms: i64,
     },
+    /// How many instances of the app to run.
+    SetScale {
+        app: AppName,
+        instances: u32,
+        at_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

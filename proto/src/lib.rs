@@ -10,8 +10,11 @@
 pub mod codec;
 pub mod command;
 pub mod ids;
+pub mod instances;
+pub mod invocations;
 pub mod manifest;
 pub mod raft_types;
+pub mod route_table;
 
 /// Generated code of `proto/strom/admin/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]

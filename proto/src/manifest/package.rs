@@ -430,6 +430,7 @@ fn make_symlink(_target: &str, _link: &Path) -> Result<(), PackageError> {
 /// `.gitignore` not; deflate; unix permissions kept (the handler stays executable);
 /// `/` separators; sorted, timestamp-free entries so the same folder gives the same bytes.
 /// Symlinks are stored as links if they stay inside `dir`, and refused otherwise.
+/// `local.settings.json` at the root is always left out, as Core Tools does.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     let mut items: Vec<(String, std::fs::Metadata, std::path::PathBuf)> = Vec::new();
     let walker = ignore::WalkBuilder::new(dir)
@@ -449,7 +450,9 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
-        if rel.is_empty() {
+        // Never published (Core Tools keeps it local): it holds local secrets.
+        if rel.is_empty() || (rel.len() == 1 && rel[0].eq_ignore_ascii_case("local.settings.json"))
+        {
             continue;
         }
         let meta = std::fs::symlink_metadata(entry.path())

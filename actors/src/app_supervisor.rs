@@ -1,0 +1,382 @@
+//! `AppSupervisor(app, version)`: keeps N instances of one app version running.
+//!
+//! One-for-one supervision: a failed instance is replaced under the
+//! [`RestartPolicy`](crate::restart_policy) (immediate, then exponential backoff;
+//! CrashLooping reported, never given up). It reports its instances' states and
+//! Ready endpoints to the node supervisor after every change. `Drain` stops every
+//! instance gracefully and then the supervisor itself. In memory only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use rand::Rng;
+use strom_proto::instances::{InstanceState, InstanceStatus};
+use tokio::time::Instant;
+
+use crate::instance_actor::{InstanceActor, InstanceArgs, InstanceMsg};
+use crate::node_supervisor::{DeployKey, NodeMsg};
+use crate::restart_policy::{RestartPolicy, RestartTracker};
+use crate::routing::Endpoint;
+use crate::runtime::{InstanceRuntime, InstanceSpec};
+
+/// Timings of instance lifecycles (worker configuration).
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub startup_timeout: Duration,
+    pub stop_grace: Duration,
+    pub drain_timeout: Duration,
+    pub restart: RestartPolicy,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            startup_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+pub struct AppSupervisor;
+
+pub struct AppArgs {
+    pub key: DeployKey,
+    /// Template; `instance_id` is filled per start.
+    pub spec: InstanceSpec,
+    pub instances: u32,
+    pub runtime: Arc<dyn InstanceRuntime>,
+    pub lifecycle: Lifecycle,
+    pub parent: ActorRef<NodeMsg>,
+}
+
+pub enum AppMsg {
+    InstanceReady {
+        slot: u32,
+        generation: u64,
+        endpoint: Arc<Endpoint>,
+    },
+    Restart {
+        slot: u32,
+        generation: u64,
+    },
+    SetScale(u32),
+    /// Stop every instance gracefully, then stop.
+    Drain,
+}
+
+struct Slot {
+    actor: Option<ActorRef<InstanceMsg>>,
+    generation: u64,
+    tracker: RestartTracker,
+    endpoint: Option<Arc<Endpoint>>,
+    state: InstanceState,
+    instance_id: String,
+    pid: Option<u32>,
+    last_error: Option<String>,
+    retired: bool,
+}
+
+pub struct AppState {
+    args: AppArgs,
+    slots: Vec<Slot>,
+    by_actor: HashMap<ActorId, (u32, u64)>,
+    draining: bool,
+}
+
+impl AppState {
+    fn report(&self) {
+        let statuses = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| InstanceStatus {
+                app: self.args.spec.app.clone(),
+                version: self.args.spec.version.clone(),
+                slot: i as u32,
+                instance_id: s.instance_id.clone(),
+                state: if self.draining || s.retired {
+                    InstanceState::Draining
+                } else {
+                    s.state
+                },
+                restarts: s.tracker.total_failures(),
+                pid: s.pid,
+                last_error: s.last_error.clone(),
+                serving: false,
+            })
+            .collect();
+        let endpoints = if self.draining {
+            Vec::new()
+        } else {
+            self.slots
+                .iter()
+                .filter(|s| !s.retired)
+                .filter_map(|s| s.endpoint.clone())
+                .collect()
+        };
+        let wanted = self.slots.iter().filter(|s| !s.retired).count() as u32;
+        let _ = self.args.parent.send_message(NodeMsg::AppReport {
+            key: self.args.key.clone(),
+            statuses,
+            endpoints,
+            wanted,
+        });
+    }
+
+    async fn start_slot(&mut self, myself: &ActorRef<AppMsg>, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.generation += 1;
+        let generation = s.generation;
+        let mut spec = self.args.spec.clone();
+        spec.instance_id = format!(
+            "{}-{}-{}-{}",
+            spec.app,
+            spec.version.short(),
+            slot,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        s.instance_id = spec.instance_id.clone();
+        s.state = if s.state == InstanceState::CrashLooping {
+            InstanceState::CrashLooping
+        } else {
+            InstanceState::Starting
+        };
+        s.endpoint = None;
+        s.pid = None;
+        let args = InstanceArgs {
+            spec,
+            runtime: self.args.runtime.clone(),
+            slot,
+            generation,
+            parent: myself.clone(),
+            startup_timeout: self.args.lifecycle.startup_timeout,
+            stop_grace: self.args.lifecycle.stop_grace,
+            drain_timeout: self.args.lifecycle.drain_timeout,
+        };
+        match Actor::spawn_linked(None, InstanceActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), (slot, generation));
+                self.slots[slot as usize].actor = Some(actor);
+            }
+            Err(e) => {
+                let message = match e {
+                    ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+                    other => other.to_string(),
+                };
+                self.on_failure(myself, slot, message);
+            }
+        }
+    }
+
+    fn on_failure(&mut self, myself: &ActorRef<AppMsg>, slot: u32, error: String) {
+        let s = &mut self.slots[slot as usize];
+        s.actor = None;
+        s.endpoint = None;
+        s.last_error = Some(error.clone());
+        if self.draining || s.retired {
+            return;
+        }
+        let decision = s
+            .tracker
+            .on_failure(Instant::now(), rand::rng().random::<f64>());
+        s.state = if decision.crash_looping {
+            InstanceState::CrashLooping
+        } else {
+            InstanceState::Restarting
+        };
+        tracing::warn!(
+            app = %self.args.spec.app,
+            version = self.args.spec.version.short(),
+            slot,
+            %error,
+            delay_ms = decision.delay.as_millis() as u64,
+            crash_looping = decision.crash_looping,
+            "instance failed; restarting"
+        );
+        let generation = s.generation;
+        if decision.delay.is_zero() {
+            let _ = myself.send_message(AppMsg::Restart { slot, generation });
+        } else {
+            myself.send_after(decision.delay, move || AppMsg::Restart { slot, generation });
+        }
+    }
+
+    fn finish_if_drained(&mut self, myself: &ActorRef<AppMsg>) {
+        self.slots.truncate(
+            self.slots
+                .iter()
+                .rposition(|s| !s.retired || s.actor.is_some())
+                .map(|i| i + 1)
+                .unwrap_or(0),
+        );
+        if self.draining && self.slots.iter().all(|s| s.actor.is_none()) {
+            myself.stop(Some("drained".into()));
+        }
+    }
+}
+
+fn new_slot(policy: &RestartPolicy) -> Slot {
+    Slot {
+        actor: None,
+        generation: 0,
+        tracker: RestartTracker::new(policy.clone()),
+        endpoint: None,
+        state: InstanceState::Starting,
+        instance_id: String::new(),
+        pid: None,
+        last_error: None,
+        retired: false,
+    }
+}
+
+impl Actor for AppSupervisor {
+    type Msg = AppMsg;
+    type State = AppState;
+    type Arguments = AppArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AppMsg>,
+        args: AppArgs,
+    ) -> Result<AppState, ActorProcessingErr> {
+        let n = args.instances;
+        let slots = (0..n).map(|_| new_slot(&args.lifecycle.restart)).collect();
+        for slot in 0..n {
+            myself.send_message(AppMsg::Restart {
+                slot,
+                generation: 0,
+            })?;
+        }
+        Ok(AppState {
+            args,
+            slots,
+            by_actor: HashMap::new(),
+            draining: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AppMsg>,
+        msg: AppMsg,
+        state: &mut AppState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AppMsg::InstanceReady {
+                slot,
+                generation,
+                endpoint,
+            } => {
+                if let Some(s) = state.slots.get_mut(slot as usize) {
+                    if s.generation == generation && s.actor.is_some() {
+                        s.pid = endpoint.pid;
+                        s.endpoint = Some(endpoint);
+                        s.state = InstanceState::Ready;
+                    }
+                }
+            }
+            AppMsg::Restart { slot, generation } => {
+                let Some(s) = state.slots.get(slot as usize) else {
+                    return Ok(());
+                };
+                if state.draining || s.retired || s.actor.is_some() || s.generation != generation {
+                    return Ok(());
+                }
+                state.start_slot(&myself, slot).await;
+            }
+            AppMsg::SetScale(n) => {
+                let active = state.slots.iter().filter(|s| !s.retired).count() as u32;
+                if n > active {
+                    // Revive retired slots first, then add new ones.
+                    for s in state.slots.iter_mut().filter(|s| s.retired) {
+                        s.retired = false;
+                    }
+                    while (state.slots.len() as u32) < n {
+                        state.slots.push(new_slot(&state.args.lifecycle.restart));
+                    }
+                    for slot in 0..state.slots.len() as u32 {
+                        let s = &state.slots[slot as usize];
+                        if s.actor.is_none() && (slot as usize) < n as usize {
+                            let generation = s.generation;
+                            myself.send_message(AppMsg::Restart { slot, generation })?;
+                        }
+                    }
+                } else {
+                    for (i, s) in state.slots.iter_mut().enumerate() {
+                        if i as u32 >= n && !s.retired {
+                            s.retired = true;
+                            s.endpoint = None;
+                            if let Some(a) = &s.actor {
+                                let _ = a.send_message(InstanceMsg::Drain);
+                            }
+                        }
+                    }
+                    state.finish_if_drained(&myself);
+                }
+            }
+            AppMsg::Drain => {
+                state.draining = true;
+                for s in &state.slots {
+                    if let Some(a) = &s.actor {
+                        let _ = a.send_message(InstanceMsg::Drain);
+                    }
+                }
+                state.finish_if_drained(&myself);
+            }
+        }
+        state.report();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<AppMsg>,
+        event: SupervisionEvent,
+        state: &mut AppState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, error) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                reason
+                    .filter(|r| r != "drained")
+                    .map(|r| format!("stopped: {r}")),
+            ),
+            _ => return Ok(()),
+        };
+        let Some((slot, generation)) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some(s) = state.slots.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if s.generation != generation {
+            return Ok(());
+        }
+        if state.draining || s.retired {
+            s.actor = None;
+            s.endpoint = None;
+            state.finish_if_drained(&myself);
+        } else {
+            let error = error.unwrap_or_else(|| "the instance stopped".into());
+            state.on_failure(&myself, slot, error);
+        }
+        state.report();
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AppMsg>,
+        state: &mut AppState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = state.args.parent.send_message(NodeMsg::AppStopped {
+            key: state.args.key.clone(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The routing snapshot: which app version serves each app on this node and at
+//! which Ready endpoints. Written only by the node supervisor (one writer), read by
+//! the gateway on every request without locks or mailbox hops (`ArcSwap`).
+//!
+//! In memory only; rebuilt from the supervisor's state after every change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use strom_proto::ids::{AppName, VersionId};
+use strom_proto::manifest::AppManifest;
+use strom_proto::route_table::RouteTable;
+use tokio::sync::{broadcast, Notify};
+
+use crate::runtime::LogLine;
+
+/// One Ready instance, as the gateway sees it.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub instance_id: String,
+    pub pid: Option<u32>,
+    /// Requests the gateway has in flight on this instance (drained before stop).
+    pub outstanding: AtomicUsize,
+    /// Handler stdout/stderr lines, for invocation records.
+    pub logs: broadcast::Sender<LogLine>,
+    recycle: Box<dyn Fn(String) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn new(
+        addr: SocketAddr,
+        instance_id: String,
+        pid: Option<u32>,
+        logs: broadcast::Sender<LogLine>,
+        recycle: Box<dyn Fn(String) + Send + Sync>,
+    ) -> Self {
+        Endpoint {
+            addr,
+            instance_id,
+            pid,
+            outstanding: AtomicUsize::new(0),
+            logs,
+            recycle,
+        }
+    }
+
+    /// Ask for this instance to be replaced (e.g. after `functionTimeout`).
+    pub fn recycle(&self, reason: String) {
+        (self.recycle)(reason)
+    }
+
+    /// Count a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What serves one app on this node.
+#[derive(Debug, Clone)]
+pub struct ServingApp {
+    pub version: VersionId,
+    pub manifest: Arc<AppManifest>,
+    pub routes: Arc<RouteTable>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Set when no instance can be started (crash loop): requests fail fast.
+    pub unavailable: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RoutingSnapshot {
+    pub apps: BTreeMap<AppName, ServingApp>,
+    /// Routes of every serving app: the namespace of the bare address.
+    pub routes: RouteTable,
+}
+
+impl RoutingSnapshot {
+    pub fn new(apps: BTreeMap<AppName, ServingApp>) -> Self {
+        let routes = RouteTable::build(apps.iter().map(|(n, a)| (n, a.manifest.as_ref())));
+        RoutingSnapshot { apps, routes }
+    }
+
+    /// The Ready endpoint with the fewest requests in flight (round-robin on ties).
+    pub fn pick(&self, app: &AppName, tick: &AtomicU64) -> Option<Arc<Endpoint>> {
+        let endpoints = &self.apps.get(app)?.endpoints;
+        if endpoints.is_empty() {
+            return None;
+        }
+        let start = tick.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
+        (0..endpoints.len())
+            .map(|i| &endpoints[(start + i) % endpoints.len()])
+            .min_by_key(|e| e.outstanding.load(Ordering::Acquire))
+            .cloned()
+    }
+}
+
+/// Cheap to clone; the node supervisor publishes, gateways read.
+#[derive(Clone, Default)]
+pub struct RoutingTable {
+    current: Arc<ArcSwap<RoutingSnapshot>>,
+    changed: Arc<Notify>,
+}
+
+impl RoutingTable {
+    pub fn load(&self) -> Arc<RoutingSnapshot> {
+        self.current.load_full()
+    }
+
+    pub fn publish(&self, snapshot: RoutingSnapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next publish (for requests waiting on a cold start).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}

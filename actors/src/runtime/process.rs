@@ -1,0 +1,282 @@
+//! The process runtime (the default): the handler runs as a child process, exactly
+//! as the Azure host starts a custom handler.
+//!
+//! - Executable: `defaultExecutablePath`, made absolute when it exists under the app
+//!   root, else looked up on `PATH`; `arguments` with `%SETTING%` expansion;
+//!   `workingDirectory` relative to the app root (default: the app root).
+//! - Environment: the node's, plus every app setting, plus
+//!   `FUNCTIONS_CUSTOMHANDLER_PORT` (a free port), `FUNCTIONS_CUSTOMHANDLER_WORKER_ID`,
+//!   `FUNCTIONS_APP_ROOT_PATH` and the legacy `FUNCTIONS_HTTPWORKER_PORT`/`_ID`.
+//! - Own process group (Unix), so stop and cleanup reach the handler's children too:
+//!   SIGTERM to the group, a grace period, then SIGKILL to the group.
+//! - Durable: a pid file per running instance under `<data-dir>/run/instances/`, so
+//!   after the node itself was killed (`kill -9`) the next start kills the process
+//!   groups it left behind ([`reap_orphans`]). The pid file records the process start
+//!   time, so a recycled pid is never killed by mistake.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{broadcast, watch};
+
+use super::{
+    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LogLine, LogStream,
+    RuntimeError, Started,
+};
+
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    pid_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PidFile {
+    pid: u32,
+    /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
+    start_ticks: Option<u64>,
+    instance: String,
+}
+
+impl ProcessRuntime {
+    /// `run_dir` holds the pid files (`<data-dir>/run/instances`).
+    pub fn new(run_dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(run_dir)?;
+        Ok(ProcessRuntime {
+            pid_dir: run_dir.to_path_buf(),
+        })
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the host's `GetUnusedTcpPort`).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn resolve_program(app_root: &Path, exe: &str) -> PathBuf {
+    let candidate = app_root.join(exe);
+    if Path::new(exe).is_relative() && candidate.is_file() {
+        candidate
+    } else {
+        PathBuf::from(exe)
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceRuntime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError> {
+        let port = free_port().map_err(RuntimeError::NoPort)?;
+        let program = resolve_program(&spec.app_root, &spec.handler.default_executable_path);
+        let args: Vec<String> = spec
+            .handler
+            .arguments
+            .iter()
+            .map(|a| expand_settings(a, &spec.settings))
+            .collect();
+        let dir = match &spec.handler.working_directory {
+            Some(w) if !w.is_empty() => spec.app_root.join(w),
+            _ => spec.app_root.clone(),
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&args)
+            .current_dir(&dir)
+            .envs(&spec.settings)
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("FUNCTIONS_HTTPWORKER_PORT", port.to_string())
+            .env("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", &spec.instance_id)
+            .env("FUNCTIONS_HTTPWORKER_ID", &spec.instance_id)
+            .env("FUNCTIONS_APP_ROOT_PATH", &spec.app_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            program: program.display().to_string(),
+            dir: dir.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        let pid_path = pid.map(|p| self.pid_dir.join(format!("{p}.json")));
+        if let (Some(pid), Some(path)) = (pid, &pid_path) {
+            let record = PidFile {
+                pid,
+                start_ticks: process_start_ticks(pid),
+                instance: spec.instance_id.clone(),
+            };
+            if let Err(e) = std::fs::write(path, serde_json::to_vec(&record).expect("plain struct"))
+            {
+                tracing::warn!("pid file {}: {e}", path.display());
+            }
+        }
+
+        let (logs, _) = broadcast::channel(1024);
+        if let Some(out) = child.stdout.take() {
+            spawn_reader(
+                out,
+                LogStream::Stdout,
+                logs.clone(),
+                spec.instance_id.clone(),
+            );
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_reader(
+                err,
+                LogStream::Stderr,
+                logs.clone(),
+                spec.instance_id.clone(),
+            );
+        }
+        let (exit_tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let info = match status {
+                Ok(s) => exit_info(s),
+                Err(e) => ExitInfo::Other(format!("waiting for the handler failed: {e}")),
+            };
+            // The handler is gone; take down anything it left in its group.
+            #[cfg(unix)]
+            if let Some(pid) = pid {
+                kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            if let Some(path) = pid_path {
+                let _ = std::fs::remove_file(path);
+            }
+            let _ = exit_tx.send(Some(info));
+        });
+        Ok(Started {
+            endpoint: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            pid,
+            logs,
+            exited: exited.clone(),
+            control: Box::new(ProcessControl { pid, exited }),
+        })
+    }
+}
+
+fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    stream: LogStream,
+    tx: broadcast::Sender<LogLine>,
+    instance: String,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(text)) = lines.next_line().await {
+            tracing::debug!(target: "strom_handler", instance = %instance, ?stream, "{text}");
+            let _ = tx.send(LogLine { stream, text });
+        }
+    });
+}
+
+#[cfg(unix)]
+fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitInfo::Code(c),
+        (None, Some(s)) => ExitInfo::Signal(s),
+        _ => ExitInfo::Other(status.to_string()),
+    }
+}
+
+#[cfg(not(unix))]
+fn exit_info(status: std::process::ExitStatus) -> ExitInfo {
+    match status.code() {
+        Some(c) => ExitInfo::Code(c),
+        None => ExitInfo::Other(status.to_string()),
+    }
+}
+
+#[cfg(unix)]
+fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal);
+}
+
+struct ProcessControl {
+    pid: Option<u32>,
+    exited: watch::Receiver<Option<ExitInfo>>,
+}
+
+async fn wait_exit(
+    rx: &mut watch::Receiver<Option<ExitInfo>>,
+    limit: Duration,
+) -> Option<ExitInfo> {
+    let waited = tokio::time::timeout(limit, rx.wait_for(|e| e.is_some())).await;
+    match waited {
+        Ok(Ok(v)) => v.clone(),
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceControl for ProcessControl {
+    async fn stop(&mut self, grace: Duration) -> ExitInfo {
+        if let Some(info) = self.exited.borrow().clone() {
+            return info;
+        }
+        #[cfg(unix)]
+        if let Some(pid) = self.pid {
+            kill_group(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        if let Some(info) = wait_exit(&mut self.exited, grace).await {
+            return info;
+        }
+        #[cfg(unix)]
+        if let Some(pid) = self.pid {
+            kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        wait_exit(&mut self.exited, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| ExitInfo::Other("did not exit after SIGKILL".into()))
+    }
+}
+
+/// Process start time in clock ticks since boot, to recognise a pid later.
+#[cfg(target_os = "linux")]
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow `) `.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_start_ticks(_pid: u32) -> Option<u64> {
+    None
+}
+
+/// Kill the process groups of handlers a previous run of this node left behind
+/// (after `kill -9` of the node, or a crash). Returns the pids killed.
+pub fn reap_orphans(run_dir: &Path) -> Vec<u32> {
+    let mut killed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return killed;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let record: Option<PidFile> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(r) = record {
+            let alive_same = r.start_ticks.is_some() && process_start_ticks(r.pid) == r.start_ticks;
+            if alive_same {
+                #[cfg(unix)]
+                kill_group(r.pid, nix::sys::signal::Signal::SIGKILL);
+                tracing::warn!(pid = r.pid, instance = %r.instance, "killed a handler left over from a previous run");
+                killed.push(r.pid);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}

@@ -1,0 +1,833 @@
+//! The HTTP gateway: every node's function port.
+//!
+//! A request is matched against the route table of the serving apps (by
+//! `{app}.<domain>` Host header, or across all apps on the bare address), checked
+//! for keys, limited (`maxOutstandingRequests` → 429, `maxConcurrentRequests`
+//! queueing, body and URL size), then sent to a Ready instance picked from the
+//! routing snapshot (fewest requests in flight): in JSON mode as a custom handler
+//! invocation, in forwarding mode as the original request. The hot path reads the
+//! routing snapshot lock-free and never goes through an actor mailbox.
+//!
+//! A request is re-sent to another instance only when the connection to the first
+//! could not be established (it provably never reached a handler). In memory only.
+
+pub mod json_mode;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strom_actors::{Endpoint, RoutingTable};
+use strom_control_plane::state_machine::StateView;
+use strom_proto::ids::{AppName, VersionId};
+use strom_proto::invocations::{InvocationRecord, InvocationStatus, InvocationStore, LogEntry};
+use strom_proto::manifest::{is_function_disabled, FunctionManifest, HostConfig, Trigger};
+use strom_proto::route_table::RouteMatch;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use json_mode::{parse_answer, request_payload, HttpRequestData};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub const HOST_VERSION: &str = concat!("4.0.0-strom.", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub max_body_bytes: usize,
+    pub max_url_bytes: usize,
+    /// How long a request waits for a first Ready instance (cold start).
+    pub cold_start_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: 100 * 1024 * 1024,
+            max_url_bytes: 4096,
+            cold_start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Limiter {
+    outstanding: AtomicUsize,
+    max_outstanding: Option<usize>,
+    concurrency: Option<Arc<Semaphore>>,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    routing: RoutingTable,
+    state: watch::Receiver<Arc<StateView>>,
+    invocations: InvocationStore,
+    client: Client<HttpConnector, Full<Bytes>>,
+    limiters: RwLock<HashMap<(AppName, VersionId), Arc<Limiter>>>,
+    tick: AtomicU64,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message.into()}});
+    let mut r = Response::new(full(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|e: Infallible| match e {}).boxed()
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// An invocation id or another UUID in a log line.
+fn mentions_other_invocation(line: &str, ours: &str) -> bool {
+    if line.contains(ours) {
+        return false;
+    }
+    let b = line.as_bytes();
+    b.windows(36).any(|w| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+    })
+}
+
+/// Forwarding mode applies to functions with exactly one httpTrigger in and one http out.
+fn forwards(host: &HostConfig, f: &FunctionManifest) -> bool {
+    host.custom_handler.enable_forwarding_http_request
+        && f.bindings.len() == 2
+        && matches!(&f.trigger, Trigger::Http(h) if h.output.is_some())
+}
+
+impl Gateway {
+    pub fn new(
+        config: GatewayConfig,
+        routing: RoutingTable,
+        state: watch::Receiver<Arc<StateView>>,
+        invocations: InvocationStore,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Gateway {
+            inner: Arc::new(Inner {
+                config,
+                routing,
+                state,
+                invocations,
+                client,
+                limiters: RwLock::new(HashMap::new()),
+                tick: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Serve the function port on `listener` until `cancel`; in-flight requests finish.
+    pub async fn serve(self, listener: tokio::net::TcpListener, cancel: CancellationToken) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, remote) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    }
+
+    fn limiter(&self, app: &AppName, version: &VersionId, host: &HostConfig) -> Arc<Limiter> {
+        let key = (app.clone(), version.clone());
+        if let Some(l) = self.inner.limiters.read().expect("limiter lock").get(&key) {
+            return l.clone();
+        }
+        let mut map = self.inner.limiters.write().expect("limiter lock");
+        map.retain(|(a, _), _| a != app);
+        map.entry(key)
+            .or_insert_with(|| {
+                Arc::new(Limiter {
+                    outstanding: AtomicUsize::new(0),
+                    max_outstanding: host.max_outstanding_requests.map(|n| n as usize),
+                    concurrency: host
+                        .max_concurrent_requests
+                        .map(|n| Arc::new(Semaphore::new(n as usize))),
+                })
+            })
+            .clone()
+    }
+
+    async fn handle(&self, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+        let uri_len = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().len())
+            .unwrap_or(0);
+        if uri_len > self.inner.config.max_url_bytes {
+            return error(
+                StatusCode::URI_TOO_LONG,
+                "UriTooLong",
+                format!(
+                    "the URL is longer than {} bytes",
+                    self.inner.config.max_url_bytes
+                ),
+            );
+        }
+        let path = req.uri().path().to_string();
+        if path.eq_ignore_ascii_case("/admin/host/ping") {
+            return Response::new(full(Bytes::new()));
+        }
+        let host_header = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let snapshot = self.inner.routing.load();
+        let scoped_app = app_from_host(&host_header).filter(|a| snapshot.apps.contains_key(a));
+        let method = req.method().as_str().to_string();
+        let lookup = match &scoped_app {
+            Some(app) => snapshot.apps[app].routes.lookup(&method, &path),
+            None => snapshot.routes.lookup(&method, &path),
+        };
+        let (app, function, params) = match lookup {
+            RouteMatch::Found {
+                app,
+                function,
+                params,
+            } => (app.clone(), function.to_string(), params),
+            RouteMatch::MethodNotAllowed { allowed } => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    format!(
+                        "{method} is not allowed here; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                );
+                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                    r.headers_mut().insert(hyper::header::ALLOW, v);
+                }
+                return r;
+            }
+            RouteMatch::NotFound => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("no function at {path}"),
+                )
+            }
+        };
+        let serving = snapshot.apps[&app].clone();
+        drop(snapshot);
+        let Some(fmanifest) = serving
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name == function)
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no function at {path}"),
+            );
+        };
+        let Trigger::Http(http) = &fmanifest.trigger else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no function at {path}"),
+            );
+        };
+
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        {
+            let view = self.inner.state.borrow().clone();
+            let Some(app_state) = view.state.apps.get(&app) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("no function at {path}"),
+                );
+            };
+            let header_key = req
+                .headers()
+                .get("x-functions-key")
+                .and_then(|v| v.to_str().ok());
+            let granted = keys::granted(
+                &app_state.keys,
+                &function,
+                keys::presented(header_key, &query),
+            );
+            if is_function_disabled(&app_state.settings, &function)
+                && granted != keys::Granted::Master
+            {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("function `{function}` is disabled"),
+                );
+            }
+            if !keys::allows(http.auth_level, granted) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "a valid function key is required (x-functions-key header or code query parameter)",
+                );
+            }
+        }
+
+        let host = &serving.manifest.host;
+        let limiter = self.limiter(&app, &serving.version, host);
+        let outstanding = limiter.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
+        let _outstanding_guard = DecrementOnDrop(&limiter.outstanding);
+        if limiter.max_outstanding.is_some_and(|max| outstanding > max) {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "maxOutstandingRequests reached; retry later",
+            );
+        }
+        let _permit = match &limiter.concurrency {
+            Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
+            None => None,
+        };
+
+        if let Some(len) = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.inner.config.max_body_bytes as u64 {
+                return too_large(self.inner.config.max_body_bytes);
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.inner.config.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return too_large(self.inner.config.max_body_bytes);
+                }
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("reading the request body: {e}"),
+                );
+            }
+        };
+
+        let invocation_id = uuid::Uuid::new_v4().to_string();
+        let started_at_ms = strom_control_plane::management::now_ms();
+        let start = Instant::now();
+        let forwarding = forwards(host, fmanifest);
+        let timeout = host.function_timeout_ms.map(Duration::from_millis);
+        let binding = http.binding_name.clone();
+        let output_binding = http.output.clone();
+
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            let endpoint = match self.ready_endpoint(&app).await {
+                Ok(e) => e,
+                Err(r) => return r,
+            };
+            let logs_rx = endpoint.logs.subscribe();
+            let _in_flight = endpoint.begin();
+            let request = if forwarding {
+                forward_request(&parts, &body, endpoint.addr, &invocation_id)
+            } else {
+                let headers: Vec<(String, String)> = parts
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect();
+                let url = format!(
+                    "http://{}{}",
+                    if host_header.is_empty() {
+                        "localhost"
+                    } else {
+                        &host_header
+                    },
+                    parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/")
+                );
+                let data = HttpRequestData {
+                    url,
+                    method: parts.method.as_str(),
+                    query: &query,
+                    headers: &headers,
+                    params: &params,
+                    content_type: parts
+                        .headers
+                        .get(hyper::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok()),
+                    body: &body,
+                };
+                let payload = request_payload(
+                    &data,
+                    &binding,
+                    &function,
+                    &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    &uuid::Uuid::new_v4().to_string(),
+                );
+                json_request(&function, payload, endpoint.addr, &invocation_id)
+            };
+            let call = self.inner.client.request(request);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, call).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        endpoint.recycle(format!(
+                            "function `{function}` exceeded functionTimeout ({t:?})"
+                        ));
+                        break Outcome::TimedOut {
+                            endpoint,
+                            logs_rx,
+                            t,
+                        };
+                    }
+                },
+                None => call.await,
+            };
+            match result {
+                Ok(resp) => {
+                    break Outcome::Answered {
+                        endpoint,
+                        logs_rx,
+                        resp,
+                    }
+                }
+                Err(e) if e.is_connect() && attempts < 3 => {
+                    tracing::debug!(instance = %endpoint.instance_id, "not delivered ({e}); trying another instance");
+                    tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
+                    continue;
+                }
+                Err(e) => {
+                    break Outcome::Failed {
+                        endpoint,
+                        logs_rx,
+                        error: e.to_string(),
+                    }
+                }
+            }
+        };
+
+        let mut record = InvocationRecord {
+            id: invocation_id.clone(),
+            app: app.clone(),
+            function: function.clone(),
+            instance_id: String::new(),
+            started_at_ms,
+            duration_us: 0,
+            status: InvocationStatus::Succeeded,
+            http_status: 200,
+            error: None,
+            logs: Vec::new(),
+        };
+        let (response, endpoint, mut logs_rx) = match outcome {
+            Outcome::TimedOut {
+                endpoint,
+                logs_rx,
+                t,
+            } => {
+                record.status = InvocationStatus::TimedOut;
+                record.error = Some(format!(
+                    "exceeded functionTimeout ({t:?}); the instance is recycled"
+                ));
+                (
+                    error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "FunctionTimeout",
+                        format!(
+                            "function `{function}` did not finish within functionTimeout ({t:?})"
+                        ),
+                    ),
+                    endpoint,
+                    logs_rx,
+                )
+            }
+            Outcome::Failed {
+                endpoint,
+                logs_rx,
+                error: e,
+            } => {
+                record.status = InvocationStatus::Failed;
+                record.error = Some(format!("calling the handler failed: {e}"));
+                (
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InvocationFailed",
+                        format!("function `{function}` failed: the handler did not answer ({e})"),
+                    ),
+                    endpoint,
+                    logs_rx,
+                )
+            }
+            Outcome::Answered {
+                endpoint,
+                logs_rx,
+                resp,
+            } => {
+                if forwarding {
+                    let (mut head, body) = resp.into_parts();
+                    let names: Vec<HeaderName> = head
+                        .headers
+                        .keys()
+                        .filter(|k| is_hop_by_hop(k.as_str()))
+                        .cloned()
+                        .collect();
+                    for n in names {
+                        head.headers.remove(n);
+                    }
+                    // The handler's HTTP version is its own business; answer in ours.
+                    head.version = parts.version;
+                    record.http_status = head.status.as_u16();
+                    (
+                        Response::from_parts(
+                            head,
+                            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                        ),
+                        endpoint,
+                        logs_rx,
+                    )
+                } else {
+                    let status = resp.status().as_u16();
+                    let read = match timeout {
+                        Some(t) => tokio::time::timeout(t, resp.into_body().collect())
+                            .await
+                            .map_err(|_| "timed out reading the answer".to_string()),
+                        None => Ok(resp.into_body().collect().await),
+                    };
+                    let body = match read {
+                        Ok(Ok(b)) => Ok(b.to_bytes()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    let response = match body {
+                        Err(e) => {
+                            record.status = InvocationStatus::Failed;
+                            record.error =
+                                Some(format!("reading the handler's answer failed: {e}"));
+                            error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "InvocationFailed",
+                                format!("function `{function}` failed"),
+                            )
+                        }
+                        Ok(bytes) => {
+                            match parse_answer(status, &bytes, output_binding.as_deref()) {
+                                Ok(answer) => {
+                                    record.logs.extend(answer.logs.into_iter().map(|text| {
+                                        LogEntry {
+                                            source: "handler".into(),
+                                            text,
+                                        }
+                                    }));
+                                    match answer.output {
+                                        None => {
+                                            let mut r = Response::new(full(Bytes::new()));
+                                            *r.status_mut() = StatusCode::NO_CONTENT;
+                                            r
+                                        }
+                                        Some(out) => http_response(out),
+                                    }
+                                }
+                                Err(e) => {
+                                    record.status = InvocationStatus::Failed;
+                                    record.logs.extend(e.logs().iter().map(|text| LogEntry {
+                                        source: "handler".into(),
+                                        text: text.clone(),
+                                    }));
+                                    record.error = Some(e.to_string());
+                                    error(
+                                        StatusCode::INTERNAL_SERVER_ERROR,
+                                        "InvocationFailed",
+                                        format!("function `{function}` failed: {e}"),
+                                    )
+                                }
+                            }
+                        }
+                    };
+                    (response, endpoint, logs_rx)
+                }
+            }
+        };
+        if record.status != InvocationStatus::Succeeded || !forwarding {
+            record.http_status = response.status().as_u16();
+        }
+        record.instance_id = endpoint.instance_id.clone();
+        while let Ok(line) = logs_rx.try_recv() {
+            if !mentions_other_invocation(&line.text, &invocation_id) {
+                record.logs.push(LogEntry {
+                    source: match line.stream {
+                        strom_actors::runtime::LogStream::Stdout => "stdout".into(),
+                        strom_actors::runtime::LogStream::Stderr => "stderr".into(),
+                    },
+                    text: line.text,
+                });
+            }
+        }
+        record.duration_us = start.elapsed().as_micros() as u64;
+        self.inner.invocations.record(record);
+        response
+    }
+
+    /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet.
+    async fn ready_endpoint(&self, app: &AppName) -> Result<Arc<Endpoint>, Response<Body>> {
+        let deadline = Instant::now() + self.inner.config.cold_start_timeout;
+        loop {
+            let changed = self.inner.routing.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let snapshot = self.inner.routing.load();
+            if let Some(e) = snapshot.pick(app, &self.inner.tick) {
+                return Ok(e);
+            }
+            match snapshot.apps.get(app) {
+                None => {
+                    return Err(error(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("app `{app}` is not served here"),
+                    ));
+                }
+                Some(s) => {
+                    if let Some(why) = &s.unavailable {
+                        return Err(error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Unavailable",
+                            why.clone(),
+                        ));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    format!("no instance of app `{app}` became ready in time"),
+                ));
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Answered {
+        endpoint: Arc<Endpoint>,
+        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        resp: Response<Incoming>,
+    },
+    TimedOut {
+        endpoint: Arc<Endpoint>,
+        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        t: Duration,
+    },
+    Failed {
+        endpoint: Arc<Endpoint>,
+        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        error: String,
+    },
+}
+
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+/// `{app}.<domain>` → the app (IP addresses and bare names are not app hosts).
+pub fn app_from_host(host: &str) -> Option<AppName> {
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return None;
+    }
+    let (first, rest) = host.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    AppName::parse(first).ok()
+}
+
+fn json_request(
+    function: &str,
+    payload: serde_json::Value,
+    addr: SocketAddr,
+    id: &str,
+) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/{function}"))
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
+        .header("x-azure-functions-invocationid", id)
+        .header("x-azure-functions-hostversion", HOST_VERSION)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!(
+                "Azure-Functions-Host/4.0.0-strom.",
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .expect("valid request")
+}
+
+fn forward_request(
+    parts: &hyper::http::request::Parts,
+    body: &Bytes,
+    addr: SocketAddr,
+    id: &str,
+) -> Request<Full<Bytes>> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("http://{addr}{pq}"));
+    for (k, v) in &parts.headers {
+        if !is_hop_by_hop(k.as_str()) && k != hyper::header::CONTENT_LENGTH {
+            builder = builder.header(k, v);
+        }
+    }
+    builder
+        .header("x-azure-functions-invocationid", id)
+        .header("x-azure-functions-hostversion", HOST_VERSION)
+        .body(Full::new(body.clone()))
+        .expect("valid request")
+}
+
+fn http_response(out: json_mode::HttpOutput) -> Response<Body> {
+    let mut r = Response::new(full(out.body));
+    *r.status_mut() = StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK);
+    for (k, v) in out.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            if !is_hop_by_hop(name.as_str()) && name != hyper::header::CONTENT_LENGTH {
+                r.headers_mut().append(name, value);
+            }
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_hosts() {
+        assert_eq!(
+            app_from_host("orders.example.com").unwrap().as_str(),
+            "orders"
+        );
+        assert_eq!(
+            app_from_host("Orders.localhost:7071").unwrap().as_str(),
+            "orders"
+        );
+        assert_eq!(app_from_host("127.0.0.1:7071"), None);
+        assert_eq!(app_from_host("localhost:7071"), None);
+        assert_eq!(app_from_host("[::1]:7071"), None);
+    }
+
+    #[test]
+    fn other_invocations_are_recognised_in_log_lines() {
+        let ours = "0b8e3c1e-9f3c-4c8e-8a1b-2d4e5f6a7b8c";
+        assert!(!mentions_other_invocation(&format!("stdout {ours}"), ours));
+        assert!(mentions_other_invocation(
+            "stdout 11111111-2222-3333-4444-555555555555",
+            ours
+        ));
+        assert!(!mentions_other_invocation("plain line", ours));
+    }
+}

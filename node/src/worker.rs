@@ -1,0 +1,172 @@
+//! The worker role of a node: turns the replicated state into assignments for the
+//! actor tree, unpacks packages, and owns the routing snapshot the gateway reads.
+//!
+//! Durable: unpacked packages under `<data-dir>/apps/<app>/<version>/` (unpacked once,
+//! into a temp folder renamed into place, so a present folder is complete) and the
+//! process runtime's pid files under `<data-dir>/run/instances/` (orphans of a
+//! previous run are killed at start). Everything else is in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
+use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
+use strom_control_plane::blob_store::BlobStore;
+use strom_control_plane::state_machine::StateView;
+use strom_proto::ids::{AppName, VersionId};
+use strom_proto::instances::InstanceStatus;
+use strom_proto::manifest::{extract_to, ZipLimits};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub struct Worker {
+    supervisor: ActorRef<NodeMsg>,
+    pub routing: RoutingTable,
+    pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    assign_task: tokio::task::JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl Worker {
+    pub async fn start(
+        data_dir: &Path,
+        lifecycle: Lifecycle,
+        state: watch::Receiver<Arc<StateView>>,
+        blobs: BlobStore,
+        limits: ZipLimits,
+    ) -> anyhow::Result<Worker> {
+        let run_dir = data_dir.join("run").join("instances");
+        let killed = reap_orphans(&run_dir);
+        if !killed.is_empty() {
+            tracing::warn!(?killed, "killed handler processes left by a previous run");
+        }
+        let runtime = Arc::new(ProcessRuntime::new(&run_dir)?);
+        let routing = RoutingTable::default();
+        let (status_tx, instances) = watch::channel(Arc::new(Vec::new()));
+        let (supervisor, _) = Actor::spawn(
+            Some("node-supervisor".into()),
+            NodeSupervisor,
+            NodeArgs {
+                runtime,
+                lifecycle,
+                routing: routing.clone(),
+                status: status_tx,
+            },
+        )
+        .await?;
+        let cancel = CancellationToken::new();
+        let apps_dir = data_dir.join("apps");
+        std::fs::create_dir_all(&apps_dir)?;
+        let assign_task = tokio::spawn(assign_loop(
+            state,
+            blobs,
+            apps_dir,
+            limits,
+            supervisor.clone(),
+            cancel.clone(),
+        ));
+        Ok(Worker {
+            supervisor,
+            routing,
+            instances,
+            assign_task,
+            cancel,
+        })
+    }
+
+    /// Drain every instance (in-flight requests finish), stop them, stop the tree.
+    pub async fn shutdown(self, timeout: Duration) {
+        self.cancel.cancel();
+        let _ = self.assign_task.await;
+        let drained = ractor::call_t!(
+            self.supervisor,
+            NodeMsg::Shutdown,
+            timeout.as_millis() as u64
+        );
+        if drained.is_err() {
+            tracing::warn!("instances did not drain within {timeout:?}; stopping anyway");
+        }
+        self.supervisor.stop(None);
+    }
+}
+
+async fn assign_loop(
+    mut state: watch::Receiver<Arc<StateView>>,
+    blobs: BlobStore,
+    apps_dir: PathBuf,
+    limits: ZipLimits,
+    supervisor: ActorRef<NodeMsg>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let view = state.borrow_and_update().clone();
+        let mut assignments = Vec::new();
+        let mut failed = false;
+        for app in view.state.apps.values() {
+            let version = &app.active_version;
+            match unpacked(&apps_dir, &app.name, version, &blobs, &limits).await {
+                Ok(root) => assignments.push(Assignment {
+                    app: app.name.clone(),
+                    version: version.clone(),
+                    app_root: root,
+                    manifest: Arc::new(app.active().manifest.clone()),
+                    settings: app.settings.clone(),
+                    instances: app.scale.unwrap_or(1),
+                }),
+                Err(e) => {
+                    failed = true;
+                    tracing::error!(app = %app.name, version = version.short(), "cannot unpack the package: {e:#}");
+                }
+            }
+        }
+        if supervisor
+            .send_message(NodeMsg::Assign(assignments))
+            .is_err()
+        {
+            return;
+        }
+        let retry = async {
+            if failed {
+                tokio::time::sleep(Duration::from_secs(2)).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = state.changed() => if changed.is_err() { return },
+            _ = retry => {}
+        }
+    }
+}
+
+/// The unpacked folder of a version, unpacking it first if needed.
+async fn unpacked(
+    apps_dir: &Path,
+    app: &AppName,
+    version: &VersionId,
+    blobs: &BlobStore,
+    limits: &ZipLimits,
+) -> anyhow::Result<PathBuf> {
+    let app_dir = apps_dir.join(app.as_str());
+    let target = app_dir.join(version.as_str());
+    if target.is_dir() {
+        return Ok(target);
+    }
+    let bytes = blobs.get(version).await?;
+    let limits = limits.clone();
+    let target2 = target.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        std::fs::create_dir_all(&app_dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpacking-")
+            .tempdir_in(&app_dir)?;
+        extract_to(&bytes, tmp.path(), &limits)?;
+        std::fs::rename(tmp.keep(), &target2)?;
+        Ok(())
+    })
+    .await??;
+    Ok(target)
+}

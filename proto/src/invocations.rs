@@ -1,0 +1,155 @@
+//! Invocation records: one per function execution on this node, kept in a bounded
+//! in-memory store (oldest dropped first) and streamed to followers.
+//!
+//! In memory only: records are lost when the node restarts (they are diagnostics;
+//! the replicated state never depends on them).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::ids::AppName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvocationStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl InvocationStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InvocationStatus::Succeeded => "Succeeded",
+            InvocationStatus::Failed => "Failed",
+            InvocationStatus::TimedOut => "TimedOut",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `handler` (the `Logs` of a JSON-mode response), `stdout` or `stderr`.
+    pub source: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    /// Also sent to the handler as `X-Azure-Functions-InvocationId`.
+    pub id: String,
+    pub app: AppName,
+    pub function: String,
+    pub instance_id: String,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    pub duration_us: u64,
+    pub status: InvocationStatus,
+    /// HTTP status returned to the caller (0 for non-HTTP triggers).
+    pub http_status: u16,
+    pub error: Option<String>,
+    pub logs: Vec<LogEntry>,
+}
+
+/// Bounded, shared store of recent invocations. Cheap to clone.
+#[derive(Clone)]
+pub struct InvocationStore {
+    inner: Arc<Mutex<VecDeque<Arc<InvocationRecord>>>>,
+    capacity: usize,
+    tx: broadcast::Sender<Arc<InvocationRecord>>,
+}
+
+impl InvocationStore {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        InvocationStore {
+            inner: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
+            capacity: capacity.max(1),
+            tx,
+        }
+    }
+
+    pub fn record(&self, record: InvocationRecord) {
+        let record = Arc::new(record);
+        {
+            let mut q = self.inner.lock().expect("invocation store lock");
+            if q.len() == self.capacity {
+                q.pop_front();
+            }
+            q.push_back(record.clone());
+        }
+        let _ = self.tx.send(record);
+    }
+
+    /// The newest `limit` records matching the filter, oldest first.
+    pub fn recent(
+        &self,
+        app: Option<&AppName>,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<InvocationRecord>> {
+        let q = self.inner.lock().expect("invocation store lock");
+        let mut out: Vec<_> = q
+            .iter()
+            .rev()
+            .filter(|r| matches(r, app, function))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Records as they are written.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<InvocationRecord>> {
+        self.tx.subscribe()
+    }
+}
+
+pub fn matches(r: &InvocationRecord, app: Option<&AppName>, function: Option<&str>) -> bool {
+    app.is_none_or(|a| &r.app == a) && function.is_none_or(|f| r.function.eq_ignore_ascii_case(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize, f: &str) -> InvocationRecord {
+        InvocationRecord {
+            id: i.to_string(),
+            app: AppName::parse("app").unwrap(),
+            function: f.into(),
+            instance_id: "x".into(),
+            started_at_ms: i as i64,
+            duration_us: 1,
+            status: InvocationStatus::Succeeded,
+            http_status: 200,
+            error: None,
+            logs: vec![],
+        }
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_filters() {
+        let s = InvocationStore::new(3);
+        let mut rx = s.subscribe();
+        for i in 0..5 {
+            s.record(rec(i, if i % 2 == 0 { "even" } else { "odd" }));
+        }
+        let ids: Vec<_> = s
+            .recent(None, None, 10)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(ids, ["2", "3", "4"]);
+        let even: Vec<_> = s
+            .recent(None, Some("EVEN"), 10)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(even, ["2", "4"]);
+        assert_eq!(rx.try_recv().unwrap().id, "0");
+    }
+}

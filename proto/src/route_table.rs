@@ -1,0 +1,247 @@
+//! The HTTP route table: which function of which app a request path and method
+//! reach. A pure structure built from app manifests, read on the gateway's hot path.
+//!
+//! Precedence follows ASP.NET Core routing: segment by segment, a literal beats a
+//! constrained parameter, which beats a plain parameter, which beats an optional
+//! one, which beats a catch-all. A path that matches some route but not with this
+//! method is "method not allowed" (405), not "not found".
+
+use std::cmp::Ordering;
+
+use crate::ids::AppName;
+use crate::manifest::{AppManifest, RouteTemplate, Segment, Trigger};
+
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub app: AppName,
+    pub function: String,
+    /// The full path template, route prefix included.
+    pub template: RouteTemplate,
+    /// Upper-case; empty = every method.
+    pub methods: Vec<String>,
+    rank: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    entries: Vec<RouteEntry>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMatch<'a> {
+    Found {
+        app: &'a AppName,
+        function: &'a str,
+        params: Vec<(String, String)>,
+    },
+    MethodNotAllowed {
+        allowed: Vec<String>,
+    },
+    NotFound,
+}
+
+fn rank(t: &RouteTemplate) -> Vec<u8> {
+    t.segments
+        .iter()
+        .map(|s| match s {
+            Segment::Literal(_) => 0,
+            Segment::Param(p) if p.catch_all => 4,
+            Segment::Param(p) if p.optional || p.default.is_some() => 3,
+            Segment::Param(p) if !p.constraints.is_empty() => 1,
+            Segment::Param(_) => 2,
+        })
+        .collect()
+}
+
+impl RouteTable {
+    /// Build from `(app, manifest)` pairs: every HTTP-triggered function.
+    pub fn build<'a>(apps: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>) -> Self {
+        let mut entries = Vec::new();
+        for (app, manifest) in apps {
+            for f in &manifest.functions {
+                let Trigger::Http(h) = &f.trigger else {
+                    continue;
+                };
+                // Validated at deploy; a template that no longer parses is skipped.
+                let Ok(template) = RouteTemplate::parse(&h.url_path(&manifest.host.route_prefix))
+                else {
+                    continue;
+                };
+                entries.push(RouteEntry {
+                    app: app.clone(),
+                    function: f.name.clone(),
+                    rank: rank(&template),
+                    template,
+                    methods: h.methods.clone(),
+                });
+            }
+        }
+        entries.sort_by(|a, b| match a.rank.cmp(&b.rank) {
+            Ordering::Equal => b.template.segments.len().cmp(&a.template.segments.len()),
+            other => other,
+        });
+        RouteTable { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Match a request. `path` is the URL path (percent-encoded, leading `/`).
+    pub fn lookup(&self, method: &str, path: &str) -> RouteMatch<'_> {
+        let decoded: Vec<String> = split_path(path);
+        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let mut allowed: Vec<String> = Vec::new();
+        let mut path_matched = false;
+        for e in &self.entries {
+            let Some(params) = e.template.matches(&segments) else {
+                continue;
+            };
+            if e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                return RouteMatch::Found {
+                    app: &e.app,
+                    function: &e.function,
+                    params,
+                };
+            }
+            path_matched = true;
+            for m in &e.methods {
+                if !allowed.contains(m) {
+                    allowed.push(m.clone());
+                }
+            }
+        }
+        if path_matched {
+            RouteMatch::MethodNotAllowed { allowed }
+        } else {
+            RouteMatch::NotFound
+        }
+    }
+}
+
+/// Split a URL path into percent-decoded segments; a trailing `/` is ignored.
+pub fn split_path(path: &str) -> Vec<String> {
+    let trimmed = path.trim_start_matches('/');
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    trimmed.split('/').map(percent_decode).collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{pack_dir, validate_app, AppPackage, ZipLimits};
+    use std::collections::BTreeMap;
+
+    fn app(prefix: &str, functions: &[(&str, &str, &str)]) -> AppManifest {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("host.json"),
+            format!(
+                r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"sh"}}}},"extensions":{{"http":{{"routePrefix":"{prefix}"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        for (name, route, methods) in functions {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(
+                dir.path().join(name).join("function.json"),
+                format!(
+                    r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}","methods":[{methods}]}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+                ),
+            )
+            .unwrap();
+        }
+        let zip = pack_dir(dir.path()).unwrap();
+        validate_app(
+            &AppPackage::from_zip_bytes(&zip, &ZipLimits::default()).unwrap(),
+            &BTreeMap::new(),
+        )
+        .unwrap()
+    }
+
+    fn found<'a>(m: RouteMatch<'a>) -> (&'a str, Vec<(String, String)>) {
+        match m {
+            RouteMatch::Found {
+                function, params, ..
+            } => (function, params),
+            other => panic!("expected a match, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_constraints_methods_and_prefix() {
+        let name = AppName::parse("shop").unwrap();
+        let m = app(
+            "api",
+            &[
+                ("by-id", "items/{id:int}", r#""get""#),
+                ("by-name", "items/{name}", r#""get""#),
+                ("new-item", "items/new", r#""get""#),
+                ("rest", "files/{*path}", ""),
+                ("create", "items", r#""post""#),
+            ],
+        );
+        let t = RouteTable::build([(&name, &m)]);
+        assert_eq!(found(t.lookup("GET", "/api/items/new")).0, "new-item");
+        let (f, p) = found(t.lookup("get", "/api/items/42"));
+        assert_eq!(
+            (f, p),
+            ("by-id", vec![("id".to_string(), "42".to_string())])
+        );
+        assert_eq!(found(t.lookup("GET", "/api/items/abc")).0, "by-name");
+        let (f, p) = found(t.lookup("DELETE", "/api/files/a/b%20c.txt"));
+        assert_eq!(f, "rest");
+        assert_eq!(p, vec![("path".to_string(), "a/b c.txt".to_string())]);
+        assert_eq!(found(t.lookup("POST", "/api/items/")).0, "create");
+        assert_eq!(
+            t.lookup("GET", "/api/items"),
+            RouteMatch::MethodNotAllowed {
+                allowed: vec!["POST".to_string()]
+            }
+        );
+        assert_eq!(t.lookup("GET", "/items/1"), RouteMatch::NotFound);
+        assert_eq!(t.lookup("GET", "/api/nothing"), RouteMatch::NotFound);
+    }
+
+    #[test]
+    fn routes_of_several_apps_form_one_table_and_empty_prefix_works() {
+        let a = AppName::parse("aaa").unwrap();
+        let b = AppName::parse("bbb").unwrap();
+        let ma = app("api", &[("one", "one", "")]);
+        let mb = app("", &[("two", "two/{x:alpha}", "")]);
+        let t = RouteTable::build([(&a, &ma), (&b, &mb)]);
+        match t.lookup("GET", "/two/abc") {
+            RouteMatch::Found { app, function, .. } => {
+                assert_eq!((app.as_str(), function), ("bbb", "two"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.lookup("GET", "/two/123"), RouteMatch::NotFound);
+        assert!(matches!(
+            t.lookup("GET", "/api/one"),
+            RouteMatch::Found { .. }
+        ));
+    }
+}
