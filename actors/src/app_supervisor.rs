@@ -371,11 +371,12 @@ impl Actor for AppSupervisor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<AppMsg>,
+        myself: ActorRef<AppMsg>,
         state: &mut AppState,
     ) -> Result<(), ActorProcessingErr> {
         let _ = state.args.parent.send_message(NodeMsg::AppStopped {
             key: state.args.key.clone(),
+            actor: myself.get_id(),
         });
         Ok(())
     }

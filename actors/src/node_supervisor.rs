@@ -72,6 +72,7 @@ pub enum NodeMsg {
     },
     AppStopped {
         key: DeployKey,
+        actor: ractor::ActorId,
     },
     /// Drain every app, then answer.
     Shutdown(RpcReplyPort<()>),
@@ -152,12 +153,8 @@ impl NodeState {
                 .apps
                 .values()
                 .filter_map(|e| e.desired.clone())
-                .filter(|a| {
-                    !self.apps[&a.app]
-                        .deploys
-                        .get(&a.key())
-                        .is_some_and(|d| !d.draining)
-                })
+                // A deployment of the same key still draining is waited for.
+                .filter(|a| !self.apps[&a.app].deploys.contains_key(&a.key()))
                 .collect();
             for a in missing {
                 self.spawn(myself, &a).await;
@@ -309,9 +306,14 @@ impl Actor for NodeSupervisor {
                     d.wanted = wanted;
                 }
             }
-            NodeMsg::AppStopped { key } => {
+            NodeMsg::AppStopped { key, actor } => {
                 if let Some(e) = state.apps.get_mut(&key.app) {
-                    e.deploys.remove(&key);
+                    if e.deploys
+                        .get(&key)
+                        .is_some_and(|d| d.actor.get_id() == actor)
+                    {
+                        e.deploys.remove(&key);
+                    }
                 }
             }
             NodeMsg::Shutdown(reply) => {

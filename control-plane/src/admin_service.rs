@@ -94,6 +94,7 @@ impl AdminApi {
         &self,
         app: AppName,
         bytes: Vec<u8>,
+        new_settings: BTreeMap<String, String>,
     ) -> Result<pb::DeployAppResponse, Status> {
         let limits = self.node.config.package_limits.clone();
         if bytes.is_empty() {
@@ -104,7 +105,16 @@ impl AdminApi {
             )]));
         }
 
-        let settings = self
+        let mut problems = Vec::new();
+        for key in new_settings.keys() {
+            if let Err(e) = check_setting_name(key) {
+                problems.push(e);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("; ")));
+        }
+        let mut settings = self
             .node
             .read_local()
             .state
@@ -112,6 +122,7 @@ impl AdminApi {
             .get(&app)
             .map(|a| a.settings.clone())
             .unwrap_or_default();
+        settings.extend(new_settings.clone());
         let bytes = Arc::new(bytes);
         let to_check = bytes.clone();
         let manifest = tokio::task::spawn_blocking(move || {
@@ -147,6 +158,7 @@ impl AdminApi {
                 manifest: manifest.clone(),
                 at_ms: now_ms(),
                 initial_keys,
+                settings: new_settings,
             })))
             .await?;
         tracing::info!(%app, version = version.short(), log_index, "deployed");
@@ -325,9 +337,11 @@ impl AdminService for AdminApi {
         let mut stream = request.into_inner();
         let mut name: Option<AppName> = None;
         let mut bytes = Vec::new();
+        let mut settings = BTreeMap::new();
         while let Some(chunk) = stream.message().await? {
             if name.is_none() {
                 name = Some(parse_app(&chunk.app_name)?);
+                settings = chunk.settings.into_iter().collect();
                 if chunk.total_size > limits.max_compressed_bytes {
                     return Err(too_large(limits.max_compressed_bytes));
                 }
@@ -338,7 +352,9 @@ impl AdminService for AdminApi {
             bytes.extend_from_slice(&chunk.data);
         }
         let app = name.ok_or_else(|| Status::invalid_argument("no data: the upload was empty"))?;
-        self.deploy_bytes(app, bytes).await.map(Response::new)
+        self.deploy_bytes(app, bytes, settings)
+            .await
+            .map(Response::new)
     }
 
     async fn list_apps(

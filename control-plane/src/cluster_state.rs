@@ -250,9 +250,19 @@ impl ClusterState {
                     .or_insert_with(|| value.clone());
             }
         }
+        let mut settings_changed = false;
+        for (k, v) in &d.settings {
+            if state.settings.get(k) != Some(v) {
+                state.settings.insert(k.clone(), v.clone());
+                settings_changed = true;
+            }
+        }
         let existed = state.version(&d.version).is_some();
         if existed && state.active_version == d.version {
-            return Ok(false);
+            if settings_changed {
+                state.updated_at_ms = d.at_ms;
+            }
+            return Ok(settings_changed);
         }
         if !existed {
             state.versions.push(VersionState {
@@ -395,6 +405,7 @@ pub(crate) mod tests {
             },
             manifest: m,
             at_ms: at,
+            settings: BTreeMap::new(),
         }))
     }
 

@@ -121,6 +121,7 @@ fn chunks(
                 app_name: if i == 0 { name.clone() } else { String::new() },
                 data,
                 total_size: 0,
+                settings: Default::default(),
             }),
     )
 }

@@ -63,7 +63,11 @@ async fn t10_state_survives_restart_without_reinitialization() {
 
     let api = AdminApi::new(node.clone());
     let deployed = api
-        .deploy_bytes(AppName::parse("orders").unwrap(), app_zip("orders"))
+        .deploy_bytes(
+            AppName::parse("orders").unwrap(),
+            app_zip("orders"),
+            Default::default(),
+        )
         .await
         .unwrap();
     assert!(deployed.changed);
@@ -92,9 +96,13 @@ async fn t11_snapshot_is_built_and_state_is_reloaded_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _) = start(dir.path()).await;
     let api = AdminApi::new(node.clone());
-    api.deploy_bytes(AppName::parse("a1").unwrap(), app_zip("a1"))
-        .await
-        .unwrap();
+    api.deploy_bytes(
+        AppName::parse("a1").unwrap(),
+        app_zip("a1"),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     node.raft.trigger().snapshot().await.unwrap();
     let snap_index = node
         .raft
@@ -109,9 +117,13 @@ async fn t11_snapshot_is_built_and_state_is_reloaded_from_it() {
     // More writes after the snapshot: replayed from the log on restart.
     for i in 0..3 {
         let app = format!("b{i}");
-        api.deploy_bytes(AppName::parse(&app).unwrap(), app_zip(&app))
-            .await
-            .unwrap();
+        api.deploy_bytes(
+            AppName::parse(&app).unwrap(),
+            app_zip(&app),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     }
     let (idx, _) = node
         .propose(Command::SetAppSettings {

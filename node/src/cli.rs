@@ -99,6 +99,11 @@ pub enum AppCommand {
         /// App name (default: the folder's name).
         #[arg(long)]
         name: Option<String>,
+        /// Also set the `Values` of the folder's local.settings.json as app
+        /// settings, together with the new version (as `func … publish
+        /// --publish-local-settings` does).
+        #[arg(long)]
+        publish_local_settings: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -120,15 +120,28 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
 
 pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
     match cmd {
-        AppCommand::Deploy { dir, name, client } => {
+        AppCommand::Deploy {
+            dir,
+            name,
+            publish_local_settings,
+            client,
+        } => {
             let name = match name {
                 Some(n) => n,
                 None => default_app_name(&dir)?,
             };
+            let settings = if publish_local_settings {
+                crate::local_settings::read(&dir)
+                    .map_err(|e| CliError::new(2, e))?
+                    .map(|l| l.values.into_iter().collect())
+                    .unwrap_or_default()
+            } else {
+                HashMap::new()
+            };
             let mut c = connect(&client).await?;
             let zip = pack(&dir)?;
             let out = Printer::new(client.output);
-            let resp = upload(&mut c, &name, zip, out.interactive()).await?;
+            let resp = upload(&mut c, &name, zip, settings, out.interactive()).await?;
             out.deployed(&resp);
         }
         AppCommand::List { client } => {
@@ -362,6 +375,7 @@ pub async fn upload(
     client: &mut Client,
     name: &str,
     zip: Vec<u8>,
+    settings: HashMap<String, String>,
     progress: bool,
 ) -> Result<pb::DeployAppResponse, CliError> {
     let total = zip.len() as u64;
@@ -389,6 +403,11 @@ pub async fn upload(
         pb::DeployAppChunk {
             app_name: if i == 0 { name.clone() } else { String::new() },
             total_size: if i == 0 { total } else { 0 },
+            settings: if i == 0 {
+                settings.clone()
+            } else {
+                HashMap::new()
+            },
             data,
         }
     }));

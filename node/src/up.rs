@@ -9,7 +9,6 @@ use std::time::Duration;
 use strom_actors::Lifecycle;
 use strom_control_plane::admin_service::{AdminApi, WorkerView};
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
-use strom_proto::command::Command;
 use strom_proto::ids::AppName;
 use strom_proto::invocations::InvocationStore;
 use strom_proto::manifest::ZipLimits;
@@ -179,7 +178,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         stop(node, worker).await;
         return Err(e);
     }
-    wait_until_ready(&worker, Duration::from_secs(args.startup_timeout_secs)).await;
+    wait_until_ready(
+        &node,
+        &worker,
+        Duration::from_secs(args.startup_timeout_secs),
+    )
+    .await;
     print_running(&node, &worker);
     println!("Ready. Press Ctrl-C to stop.");
 
@@ -193,70 +197,58 @@ async fn deploy_dirs(node: &ManagementNode, apps: &[AppDir]) -> Result<(), CliEr
     let api = Arc::new(AdminApi::new(node.clone()));
     for app in apps {
         let zip = pack(&app.dir)?;
-        let resp = api.deploy_bytes(app.name.clone(), zip).await.map_err(|s| {
-            let mut e = status_error(s);
-            e.message = format!("deploying {}: {}", app.dir.display(), e.message);
-            e
-        })?;
+        // local.settings.json Values go in with the version, so the first
+        // instances already start with them.
+        let settings = app
+            .local
+            .as_ref()
+            .map(|l| l.values.clone())
+            .unwrap_or_default();
+        let resp = api
+            .deploy_bytes(app.name.clone(), zip, settings)
+            .await
+            .map_err(|s| {
+                let mut e = status_error(s);
+                e.message = format!("deploying {}: {}", app.dir.display(), e.message);
+                e
+            })?;
         if resp.changed {
             println!(
-                "Deployed app `{}` version {}.",
+                "Deployed app `{}` version {}{}.",
                 resp.app_name,
-                &resp.version_id[..12]
+                &resp.version_id[..12],
+                if app.local.is_some() {
+                    format!(" with the settings of {}", local_settings::FILE)
+                } else {
+                    String::new()
+                }
             );
-        }
-        if let Some(local) = &app.local {
-            let current = node
-                .read_local()
-                .state
-                .apps
-                .get(&app.name)
-                .map(|a| a.settings.clone())
-                .unwrap_or_default();
-            let set: std::collections::BTreeMap<_, _> = local
-                .values
-                .iter()
-                .filter(|(k, v)| current.get(*k) != Some(*v))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !set.is_empty() {
-                node.propose(Command::SetAppSettings {
-                    app: app.name.clone(),
-                    set,
-                    remove: vec![],
-                    at_ms: strom_control_plane::management::now_ms(),
-                })
-                .await
-                .map_err(|e| CliError::new(5, format!("applying {}: {e}", local_settings::FILE)))?;
-                println!(
-                    "Applied {} settings of app `{}` from {}.",
-                    local.values.len(),
-                    app.name,
-                    local_settings::FILE
-                );
-            }
         }
     }
     Ok(())
 }
 
-/// Wait (bounded) until every app has a Ready instance or is crash-looping, so the
-/// URLs printed next answer at once.
-async fn wait_until_ready(worker: &Worker, limit: Duration) {
+/// Wait (bounded) until every app is served by an instance that is Ready (or
+/// crash-looping) and nothing is still starting, so the URLs printed next answer.
+async fn wait_until_ready(node: &ManagementNode, worker: &Worker, limit: Duration) {
+    use strom_proto::instances::InstanceState;
     let deadline = tokio::time::Instant::now() + limit;
     let mut rx = worker.instances.clone();
     loop {
         {
+            let view = node.read_local();
             let all = rx.borrow_and_update();
-            let settled = all.iter().all(|i| {
-                !i.serving
-                    || matches!(
-                        i.state,
-                        strom_proto::instances::InstanceState::Ready
-                            | strom_proto::instances::InstanceState::CrashLooping
-                    )
+            let starting = all
+                .iter()
+                .any(|i| matches!(i.state, InstanceState::Starting | InstanceState::Restarting));
+            let served = view.state.apps.keys().all(|app| {
+                all.iter().any(|i| {
+                    &i.app == app
+                        && i.serving
+                        && matches!(i.state, InstanceState::Ready | InstanceState::CrashLooping)
+                })
             });
-            if settled && (all.iter().any(|i| i.serving) || worker.routing.load().apps.is_empty()) {
+            if served && !starting {
                 return;
             }
         }

@@ -1,195 +1,61 @@
 //! The `strom` binary as a user runs it: `strom up` in the background, client
 //! commands against it, restarts (SIGTERM and kill -9), bad input.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const STROM: &str = env!("CARGO_BIN_EXE_strom");
+use std::process::Command;
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-/// A running `strom up`.
-struct Up {
-    child: Child,
-    server: String,
-    stdout: Vec<String>,
-    data_dir: PathBuf,
-}
-
-impl Up {
-    fn start(data_dir: &Path, apps: &[&Path], extra: &[&str]) -> Up {
-        let mut cmd = Command::new(STROM);
-        cmd.arg("up")
-            .args(apps)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--control-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:7071",
-            ])
-            .args(extra)
-            .env("STROM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn strom up");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let mut server = None;
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(rest) = line.trim().strip_prefix("control:") {
-                        server = rest.split_whitespace().next().map(str::to_string);
-                    }
-                    let ready = line.starts_with("Ready.");
-                    lines.push(line);
-                    if ready {
-                        break;
-                    }
-                }
-                Err(_) => panic!("strom up did not become ready; output so far: {lines:#?}"),
-            }
-        }
-        Up {
-            child,
-            server: server.expect("strom up prints its control address"),
-            stdout: lines,
-            data_dir: data_dir.to_path_buf(),
-        }
-    }
-
-    fn strom(&self, args: &[&str]) -> Out {
-        self.strom_with(args, &[])
-    }
-
-    fn strom_with(&self, args: &[&str], extra: &[&str]) -> Out {
-        let out = Command::new(STROM)
-            .args(args)
-            .args(["--server", &self.server, "--data-dir"])
-            .arg(&self.data_dir)
-            .args(extra)
-            .output()
-            .expect("run strom");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.strom_with(args, &["--output", "json"]);
-        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
-        serde_json::from_str(&out.stdout).expect("json output")
-    }
-
-    fn stop(mut self) {
-        #[cfg(unix)]
-        {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-        }
-        #[cfg(not(unix))]
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "strom up exits cleanly on SIGTERM: {status:?}"
-        );
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn write_app(dir: &Path, host: &str, functions: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("host.json"), host).unwrap();
-    for (name, json) in functions {
-        std::fs::create_dir_all(dir.join(name)).unwrap();
-        std::fs::write(dir.join(name).join("function.json"), json).unwrap();
-    }
-}
-
-const HOST: &str =
-    r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#;
-
-fn http_fn(route: &str) -> String {
-    format!(
-        r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"function","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
-    )
-}
+use common::{examples, http_fn, write_app, Up, HOST, STROM};
 
 #[test]
 fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(data.path(), &[&examples().join("hello")], &[]);
+    let up = Up::start(data.path(), &[&examples().join("hello-python")], &[]);
     assert!(up
         .stdout
         .iter()
         .any(|l| l.contains("Admin token (shown once")));
-    assert!(up
-        .stdout
-        .iter()
-        .any(|l| l.contains("http://127.0.0.1:7071/api/hello/{name?}")));
+    let hello_url = format!("{}/api/hello/{{name?}}", up.http);
+    assert!(
+        up.stdout.iter().any(|l| l.contains(&hello_url)),
+        "{:#?}",
+        up.stdout
+    );
 
     let apps = up.json(&["app", "list"]);
-    assert_eq!(apps["apps"][0]["name"], "hello");
-    assert_eq!(apps["apps"][0]["function_count"], 2);
+    assert_eq!(apps["apps"][0]["name"], "hello-python");
+    assert_eq!(apps["apps"][0]["function_count"], 3);
 
-    let show = up.json(&["app", "show", "hello"]);
+    let show = up.json(&["app", "show", "hello-python"]);
     let functions = show["functions"].as_array().unwrap();
     let names: Vec<_> = functions
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hello", "nightly"]);
+    assert_eq!(names, ["hello", "nightly", "secret"]);
     assert_eq!(functions[0]["trigger_type"], "httpTrigger");
     assert_eq!(functions[0]["methods"], serde_json::json!(["GET", "POST"]));
-    assert_eq!(
-        functions[0]["url"],
-        "http://127.0.0.1:7071/api/hello/{name?}"
-    );
+    assert_eq!(functions[0]["url"], hello_url.as_str());
     assert_eq!(functions[1]["trigger_type"], "timerTrigger");
     assert_eq!(functions[1]["schedule"], "0 30 2 * * *");
 
-    let fns = up.json(&["fn", "list", "hello"]);
-    assert_eq!(fns["functions"].as_array().unwrap().len(), 2);
+    assert_eq!(functions[2]["auth_level"], "function");
+    assert!(
+        !functions[2]["key"].as_str().unwrap().is_empty(),
+        "the key to call it is shown"
+    );
+    let settings = up.json(&["app", "settings", "get", "hello-python"]);
+    assert_eq!(
+        settings["settings"]["GREETING"], "Hello",
+        "local.settings.json Values applied"
+    );
+
+    let fns = up.json(&["fn", "list", "hello-python"]);
+    assert_eq!(fns["functions"].as_array().unwrap().len(), 3);
 
     let table = up.strom(&["app", "list"]);
     assert_eq!(table.code, 0);
-    assert!(table.stdout.contains("hello"), "{}", table.stdout);
+    assert!(table.stdout.contains("hello-python"), "{}", table.stdout);
 
     let status = up.json(&["cluster", "status"]);
     assert_eq!(status["leader_id"], 1);

@@ -75,6 +75,9 @@ pub struct DeployVersion {
     /// exist yet (the app's `_master` and `default` host key on first deploy, a
     /// `default` function key for each function that has none).
     pub initial_keys: InitialKeys,
+    /// Settings added or replaced together with the version, atomically (like
+    /// Core Tools' `--publish-local-settings`), so the first instances start with them.
+    pub settings: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

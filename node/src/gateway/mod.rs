@@ -45,6 +45,9 @@ use json_mode::{parse_answer, request_payload, HttpRequestData};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// How long handler output after an invocation's answer still counts as its log.
+const LOG_GRACE: Duration = Duration::from_millis(50);
+
 pub const HOST_VERSION: &str = concat!("4.0.0-strom.", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Clone)]
@@ -471,9 +474,11 @@ impl Gateway {
                         resp,
                     }
                 }
-                Err(e) if e.is_connect() && attempts < 3 => {
+                Err(e) if e.is_connect() && attempts < 6 => {
+                    // Never reached a handler: safe to send again, to another instance
+                    // once the routing snapshot has dropped this one.
                     tracing::debug!(instance = %endpoint.instance_id, "not delivered ({e}); trying another instance");
-                    tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
+                    tokio::time::sleep(Duration::from_millis(10 << attempts)).await;
                     continue;
                 }
                 Err(e) => {
@@ -630,19 +635,31 @@ impl Gateway {
             record.http_status = response.status().as_u16();
         }
         record.instance_id = endpoint.instance_id.clone();
-        while let Ok(line) = logs_rx.try_recv() {
-            if !mentions_other_invocation(&line.text, &invocation_id) {
-                record.logs.push(LogEntry {
-                    source: match line.stream {
-                        strom_actors::runtime::LogStream::Stdout => "stdout".into(),
-                        strom_actors::runtime::LogStream::Stderr => "stderr".into(),
-                    },
-                    text: line.text,
-                });
-            }
-        }
         record.duration_us = start.elapsed().as_micros() as u64;
-        self.inner.invocations.record(record);
+        let invocations = self.inner.invocations.clone();
+        tokio::spawn(async move {
+            // The handler's output lines travel through a pipe and can trail its
+            // answer a little: collect for a short grace period, then record.
+            let deadline = Instant::now() + LOG_GRACE;
+            loop {
+                match tokio::time::timeout_at(deadline, logs_rx.recv()).await {
+                    Ok(Ok(line)) => {
+                        if !mentions_other_invocation(&line.text, &invocation_id) {
+                            record.logs.push(LogEntry {
+                                source: match line.stream {
+                                    strom_actors::runtime::LogStream::Stdout => "stdout".into(),
+                                    strom_actors::runtime::LogStream::Stderr => "stderr".into(),
+                                },
+                                text: line.text,
+                            });
+                        }
+                    }
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                    _ => break,
+                }
+            }
+            invocations.record(record);
+        });
         response
     }
 

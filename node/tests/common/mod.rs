@@ -1,0 +1,289 @@
+//! Test harness shared by the `strom` binary tests: a `strom up` process, client
+//! commands against it, app folders, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const STROM: &str = env!("CARGO_BIN_EXE_strom");
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A running `strom up`.
+pub struct Up {
+    pub child: Child,
+    pub server: String,
+    pub http: String,
+    pub stdout: Vec<String>,
+    pub data_dir: PathBuf,
+}
+
+impl Up {
+    pub fn start(data_dir: &Path, apps: &[&Path], extra: &[&str]) -> Up {
+        let mut cmd = Command::new(STROM);
+        cmd.arg("up")
+            .args(apps)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--control-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn strom up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let mut server = None;
+        let mut http = None;
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("control:") {
+                        server = rest.split_whitespace().next().map(str::to_string);
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("functions:") {
+                        http = rest.split_whitespace().next().map(str::to_string);
+                    }
+                    let ready = line.starts_with("Ready.");
+                    lines.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!("strom up did not become ready; output so far: {lines:#?}"),
+            }
+        }
+        Up {
+            child,
+            server: server.expect("strom up prints its control address"),
+            http: http.expect("strom up prints its function address"),
+            stdout: lines,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn strom(&self, args: &[&str]) -> Out {
+        self.strom_with(args, &[])
+    }
+
+    pub fn strom_with(&self, args: &[&str], extra: &[&str]) -> Out {
+        let out = Command::new(STROM)
+            .args(args)
+            .args(["--server", &self.server, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(extra)
+            .output()
+            .expect("run strom");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.strom_with(args, &["--output", "json"]);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("json output")
+    }
+
+    pub fn stop(mut self) {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
+        #[cfg(not(unix))]
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "strom up exits cleanly on SIGTERM: {status:?}"
+        );
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn write_app(dir: &Path, host: &str, functions: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("host.json"), host).unwrap();
+    for (name, json) in functions {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("function.json"), json).unwrap();
+    }
+}
+
+pub const HOST: &str =
+    r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#;
+
+pub fn http_fn(route: &str) -> String {
+    format!(
+        r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"function","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+    )
+}
+
+/// The Rust test handler (see `examples/test-handler/main.rs` for its contract).
+pub const TEST_HANDLER: &str = env!("CARGO_BIN_EXE_strom-test-handler");
+
+/// host.json for an app run by the test handler.
+pub fn test_handler_host(extra: &str) -> String {
+    format!(
+        r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{TEST_HANDLER}"}}{extra}}}}}"#
+    )
+}
+
+/// A small blocking HTTP/1.1 client for tests (one request per connection).
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `base` is `http://host:port`; `path` starts with `/`.
+pub fn http(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the function port");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+pub fn get(base: &str, path: &str) -> HttpResponse {
+    http("GET", base, path, &[], b"")
+}
+
+/// Poll `f` until it returns `Some`, or panic after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

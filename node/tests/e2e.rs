@@ -1,0 +1,406 @@
+//! End to end through real processes: `strom up` with apps run by the Rust test
+//! handler, called over HTTP like a user would.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{eventually, get, http, test_handler_host, write_app, Up};
+
+fn http_binding(route: &str, auth: &str, methods: &str) -> String {
+    format!(
+        r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"{auth}","route":"{route}","methods":[{methods}]}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+    )
+}
+
+fn json_app(dir: &Path, extra_host: &str) {
+    write_app(
+        dir,
+        &test_handler_host(extra_host),
+        &[
+            (
+                "echo",
+                &http_binding("items/{id:int}/{name?}", "anonymous", r#""get","post""#),
+            ),
+            ("keyed", &http_binding("keyed", "function", "")),
+            ("adm", &http_binding("adm", "admin", "")),
+            (
+                "ret",
+                r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"ret"},{"type":"http","direction":"out","name":"$return"}]}"#,
+            ),
+            (
+                "nout",
+                r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"nout"}]}"#,
+            ),
+        ],
+    );
+}
+
+fn instances(up: &Up, app: &str) -> Vec<serde_json::Value> {
+    up.json(&["app", "show", app])["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn key(up: &Up, app: &str, function: &str, scope: &str) -> String {
+    let keys = up.json(&["fn", "keys", app, function]);
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["scope"] == scope)
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn t40_json_mode_routes_params_constraints_keys_and_outputs() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("jsonapp");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &["--max-request-body-bytes", "1000"]);
+    let base = up.http.clone();
+
+    let r = get(&base, "/api/items/5/bob?x=1&x=2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-test-handler"), Some("json"));
+    let body = r.json();
+    let req = &body["data"]["req"];
+    assert_eq!(req["Params"], serde_json::json!({"id": "5", "name": "bob"}));
+    assert_eq!(req["Query"]["x"], "1,2");
+    assert_eq!(req["Method"], "GET");
+    assert!(req["Url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/items/5/bob?x=1&x=2"));
+    assert!(req.get("Body").is_none());
+    let invocation_id = body["invocationId"].as_str().unwrap().to_string();
+    assert_eq!(invocation_id.len(), 36);
+    assert!(body["hostVersion"].as_str().unwrap().starts_with("4."));
+
+    let r = http(
+        "POST",
+        &base,
+        "/api/items/7",
+        &[("content-type", "text/plain")],
+        b"payload",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"]["req"]["Body"], "payload");
+
+    // Constraint violated, unknown route, wrong method.
+    assert_eq!(get(&base, "/api/items/abc").status, 404);
+    assert_eq!(get(&base, "/api/nothing").status, 404);
+    let r = http("DELETE", &base, "/api/items/5", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+
+    // Keys.
+    assert_eq!(get(&base, "/api/keyed").status, 401);
+    assert_eq!(get(&base, "/api/keyed?code=wrong").status, 401);
+    let fkey = key(&up, "jsonapp", "keyed", "function");
+    let hkey = key(&up, "jsonapp", "keyed", "host");
+    let mkey = key(&up, "jsonapp", "keyed", "master");
+    assert_eq!(get(&base, &format!("/api/keyed?code={fkey}")).status, 200);
+    assert_eq!(
+        http(
+            "GET",
+            &base,
+            "/api/keyed",
+            &[("x-functions-key", &hkey)],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &base,
+            "/api/keyed?code=wrong",
+            &[("x-functions-key", &mkey)],
+            b""
+        )
+        .status,
+        200,
+        "the header wins over ?code="
+    );
+    let other_fn_key = key(&up, "jsonapp", "echo", "function");
+    assert_eq!(
+        get(&base, &format!("/api/keyed?code={other_fn_key}")).status,
+        401
+    );
+    assert_eq!(get(&base, &format!("/api/adm?code={fkey}")).status, 401);
+    assert_eq!(get(&base, &format!("/api/adm?code={mkey}")).status, 200);
+
+    // Outputs: $return, no output binding, not JSON, failure, binary.
+    let r = get(&base, "/api/ret?action=return");
+    assert_eq!((r.status, r.text().as_str()), (201, "from return value"));
+    assert_eq!(get(&base, "/api/nout").status, 204);
+    assert_eq!(get(&base, "/api/items/1?action=no-output").status, 204);
+    assert_eq!(get(&base, "/api/items/1?action=not-json").status, 500);
+    assert_eq!(get(&base, "/api/items/1?action=fail").status, 500);
+    assert_eq!(get(&base, "/api/items/1?action=status=418").status, 418);
+    let r = get(&base, "/api/items/1?action=binary");
+    assert_eq!(r.body, (0..=255u8).collect::<Vec<_>>());
+
+    // App-scoped Host header.
+    let r = http(
+        "GET",
+        &base,
+        "/api/items/3",
+        &[("host", "jsonapp.example.com")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+
+    // Limits: body and URL.
+    let r = http("POST", &base, "/api/items/1", &[], &[b'x'; 2000]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    let long = format!("/api/items/1?pad={}", "a".repeat(5000));
+    assert_eq!(get(&base, &long).status, 414);
+
+    // Invocation records: id, status, Logs and handler stdout/stderr lines.
+    // Records are written shortly after the answer (trailing handler output is
+    // collected for a moment first).
+    let records: Vec<serde_json::Value> = eventually(Duration::from_secs(10), "records", || {
+        let logs = up.strom_with(
+            &["fn", "logs", "jsonapp", "--tail", "100"],
+            &["--output", "json"],
+        );
+        assert_eq!(logs.code, 0, "{}", logs.stderr);
+        let records: Vec<serde_json::Value> = logs
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let has_fail = records.iter().any(|r| {
+            r["status"] == "Failed"
+                && r["http_status"] == 500
+                && r["logs"].to_string().contains("about to fail")
+        });
+        let has_first = records.iter().any(|r| r["id"] == invocation_id.as_str());
+        (has_fail && has_first).then_some(records)
+    });
+    let first = records
+        .iter()
+        .find(|r| r["id"] == invocation_id.as_str())
+        .expect("recorded");
+    assert_eq!(first["status"], "Succeeded");
+    assert_eq!(first["function_name"], "echo");
+    let texts: Vec<String> = first["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l["source"].as_str().unwrap(),
+                l["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        texts.contains(&"handler:echo echo".to_string()),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&format!("stdout:stdout {invocation_id}")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&format!("stderr:stderr {invocation_id}")),
+        "{texts:?}"
+    );
+    let failed = records
+        .iter()
+        .find(|r| {
+            r["status"] == "Failed"
+                && r["http_status"] == 500
+                && r["logs"].to_string().contains("about to fail")
+        })
+        .expect("a failed invocation keeps the handler's Logs");
+    assert!(failed["error"].as_str().unwrap().contains("500"));
+    up.stop();
+}
+
+#[test]
+fn t41_forwarding_mode_relays_the_original_request_and_response() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("fwdapp");
+    write_app(
+        &app,
+        &test_handler_host(r#","enableForwardingHttpRequest":true"#),
+        &[
+            ("fwd", &http_binding("fwd/{*rest}", "anonymous", "")),
+            (
+                // Two outputs: not eligible for forwarding, stays in JSON mode.
+                "mixed",
+                r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"mixed"},{"type":"http","direction":"out","name":"res"},{"type":"queue","direction":"out","name":"q","queueName":"x"}]}"#,
+            ),
+        ],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    let base = up.http.clone();
+    let r = http(
+        "PUT",
+        &base,
+        "/api/fwd/a/b?q=1&r=x%20y",
+        &[("x-custom", "v")],
+        b"raw body",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-test-handler"), Some("forwarded"));
+    let b = r.json();
+    assert_eq!(b["method"], "PUT");
+    assert_eq!(
+        b["path"], "/api/fwd/a/b",
+        "the original path, prefix included"
+    );
+    assert_eq!(b["query"], "q=1&r=x%20y");
+    assert_eq!(b["body"], "raw body");
+    assert_eq!(b["headers"]["x-custom"], serde_json::json!(["v"]));
+    assert_eq!(
+        b["headers"]["x-azure-functions-invocationid"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(b["headers"]["x-azure-functions-hostversion"].is_array());
+    // Any status is relayed as is.
+    assert_eq!(get(&base, "/api/fwd/x?action=status=418").status, 418);
+    // The other function of the app stays in JSON mode.
+    let r = get(&base, "/api/mixed");
+    assert_eq!(r.header("x-test-handler"), Some("json"));
+    up.stop();
+}
+
+#[test]
+fn t42_a_crashed_handler_is_restarted_and_the_restart_is_visible() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("crashy");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let base = up.http.clone();
+    let before = get(&base, "/api/items/1").json()["pid"].clone();
+    let r = get(&base, "/api/items/1?action=crash");
+    assert_eq!(r.status, 500, "the crashing invocation fails: {}", r.text());
+    // The next request waits for the immediate restart and succeeds.
+    let r = get(&base, "/api/items/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.json()["pid"], before, "a new handler process answers");
+    let restarts = eventually(Duration::from_secs(10), "the restart count", || {
+        let i = instances(&up, "crashy");
+        (i.len() == 1 && i[0]["restarts"] == 1 && i[0]["state"] == "Ready").then(|| i[0].clone())
+    });
+    assert!(
+        restarts["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 1"),
+        "{restarts}"
+    );
+    up.stop();
+}
+
+#[test]
+fn t43_a_handler_that_exits_at_once_is_reported_crash_looping() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("loopy");
+    json_app(&app, "");
+    std::fs::write(
+        app.join("local.settings.json"),
+        r#"{"Values":{"TEST_HANDLER_MODE":"exit-at-once"}}"#,
+    )
+    .unwrap();
+    let up = Up::start(data.path(), &[&app], &["--startup-timeout-secs", "5"]);
+    let status = eventually(Duration::from_secs(30), "CrashLooping", || {
+        let i = instances(&up, "loopy");
+        i.iter()
+            .find(|x| x["state"] == "CrashLooping" && x["serving"] == true)
+            .cloned()
+    });
+    assert!(status["restarts"].as_u64().unwrap() > 5, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{status}"
+    );
+    let r = get(&up.http, "/api/items/1");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("crash-looping"), "{}", r.text());
+    let table = up.strom(&["cluster", "status"]);
+    assert!(table.stdout.contains("CrashLooping"), "{}", table.stdout);
+    up.stop();
+}
+
+#[test]
+fn t44_a_handler_that_never_becomes_ready_fails_its_start_up_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("sleepy");
+    json_app(&app, "");
+    std::fs::write(
+        app.join("local.settings.json"),
+        r#"{"Values":{"TEST_HANDLER_MODE":"never-ready"}}"#,
+    )
+    .unwrap();
+    let up = Up::start(data.path(), &[&app], &["--startup-timeout-secs", "1"]);
+    let status = eventually(Duration::from_secs(20), "a failed start", || {
+        let i = instances(&up, "sleepy");
+        i.iter()
+            .find(|x| x["serving"] == true && x["restarts"].as_u64().unwrap_or(0) >= 1)
+            .cloned()
+    });
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("start-up limit"),
+        "{status}"
+    );
+    assert_ne!(status["state"], "Ready");
+    let r = get(&up.http, "/api/items/1");
+    assert_eq!(r.status, 503, "{}", r.text());
+    up.stop();
+}
+
+#[test]
+fn t45_function_timeout_answers_504_and_recycles_the_instance() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("slow");
+    json_app(&app, r#"},"functionTimeout":"00:00:01","x":{"#);
+    let up = Up::start(data.path(), &[&app], &[]);
+    let base = up.http.clone();
+    let r = get(&base, "/api/items/1?action=sleep=5000");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let recycled = eventually(Duration::from_secs(10), "the recycled instance", || {
+        let i = instances(&up, "slow");
+        (i.len() == 1 && i[0]["restarts"] == 1 && i[0]["state"] == "Ready").then(|| i[0].clone())
+    });
+    assert!(
+        recycled["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("functionTimeout"),
+        "{recycled}"
+    );
+    assert_eq!(get(&base, "/api/items/1").status, 200);
+    eventually(Duration::from_secs(10), "a TimedOut record", || {
+        let logs = up.strom_with(&["fn", "logs", "slow", "echo"], &["--output", "json"]);
+        logs.stdout.contains("\"TimedOut\"").then_some(())
+    });
+    up.stop();
+}
