@@ -404,3 +404,146 @@ fn t45_function_timeout_answers_504_and_recycles_the_instance() {
     });
     up.stop();
 }
+
+fn serving_pids(up: &Up, app: &str) -> Vec<u64> {
+    instances(up, app)
+        .iter()
+        .filter(|i| i["serving"] == true && i["state"] == "Ready")
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn t46_redeploy_under_a_steady_request_stream_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("steady");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let v1 = up.json(&["app", "show", "steady"])["app"]["active_version"].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new((
+        0u32,
+        Vec::<String>::new(),
+        std::collections::BTreeSet::new(),
+    )));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, base) = (stop.clone(), seen.clone(), up.http.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = get(&base, "/api/items/1");
+                    let mut s = seen.lock().unwrap();
+                    s.0 += 1;
+                    if r.status == 200 {
+                        s.2.insert(r.json()["pid"].as_u64().unwrap());
+                    } else {
+                        s.1.push(format!("{} {}", r.status, r.text()));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(app.join("v2.txt"), "a new version").unwrap();
+    let d = up.strom(&["app", "deploy", app.to_str().unwrap()]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    // The new version takes over and the old one is drained and stopped.
+    eventually(
+        Duration::from_secs(30),
+        "the switch to the new version",
+        || {
+            let i = instances(&up, "steady");
+            (i.len() == 1 && i[0]["version_id"] != v1 && i[0]["serving"] == true).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (total, failures, pids) = &*seen.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(pids.len() >= 2, "both versions answered: {pids:?}");
+    assert!(*total > 20, "the stream kept going: {total}");
+    up.stop();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn t47_node_restart_serves_again_and_leaves_no_orphan_handlers() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("durable");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let pid = get(&up.http, "/api/items/1").json()["pid"]
+        .as_u64()
+        .unwrap();
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    assert!(alive(pid));
+    // A clean stop takes the handlers with it.
+    up.stop();
+    assert!(!alive(pid), "handler {pid} outlived a clean stop");
+
+    let up = Up::start(data.path(), &[], &[]);
+    let pid = get(&up.http, "/api/items/1").json()["pid"]
+        .as_u64()
+        .unwrap();
+    up.kill9();
+    assert!(
+        alive(pid),
+        "the handler survives kill -9 of the node (own process group)"
+    );
+    let up = Up::start(data.path(), &[], &[]);
+    assert!(!alive(pid), "the restarted node killed the orphan {pid}");
+    let r = get(&up.http, "/api/items/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.json()["pid"].as_u64().unwrap(), pid);
+    up.stop();
+}
+
+#[test]
+fn t48_scale_sets_the_number_of_instances() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("wide");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let out = up.strom(&["app", "scale", "wide", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pids = eventually(Duration::from_secs(20), "two Ready instances", || {
+        let p = serving_pids(&up, "wide");
+        (p.len() == 2).then_some(p)
+    });
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        answered.insert(
+            get(&up.http, "/api/items/1").json()["pid"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        answered.len(),
+        2,
+        "both instances take requests: {answered:?} of {pids:?}"
+    );
+    assert_eq!(up.strom(&["app", "scale", "wide", "1"]).code, 0);
+    eventually(Duration::from_secs(20), "one instance", || {
+        (instances(&up, "wide").len() == 1).then_some(())
+    });
+    assert_eq!(up.strom(&["app", "scale", "wide", "1000"]).code, 2);
+    up.stop();
+}
