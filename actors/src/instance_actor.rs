@@ -15,9 +15,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use crate::app_supervisor::AppMsg;
+use crate::log_ring::LogRing;
 use crate::readiness::{probe, NotReady, PROBE_INTERVAL};
 use crate::routing::Endpoint;
 use crate::runtime::{ExitInfo, InstanceRuntime, InstanceSpec, Started};
+
+/// Output lines kept per instance for invocation records.
+const LOG_RING_LINES: usize = 4096;
 
 pub struct InstanceActor;
 
@@ -119,11 +123,23 @@ impl Actor for InstanceActor {
                 }
                 if probe(state.started.endpoint).await {
                     let me = myself.clone();
+                    let ring = Arc::new(LogRing::new(LOG_RING_LINES));
+                    let mut lines = state.started.logs.subscribe();
+                    let sink = ring.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            match lines.recv().await {
+                                Ok(line) => sink.push(line),
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                            }
+                        }
+                    });
                     let endpoint = Arc::new(Endpoint::new(
                         state.started.endpoint,
                         state.args.spec.instance_id.clone(),
                         state.started.pid,
-                        state.started.logs.clone(),
+                        ring,
                         Box::new(move |reason| {
                             let _ = me.send_message(InstanceMsg::Recycle(reason));
                         }),

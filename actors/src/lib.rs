@@ -23,6 +23,7 @@
 
 pub mod app_supervisor;
 pub mod instance_actor;
+pub mod log_ring;
 pub mod node_supervisor;
 pub mod readiness;
 pub mod restart_policy;

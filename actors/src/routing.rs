@@ -13,9 +13,9 @@ use arc_swap::ArcSwap;
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::RouteTable;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
-use crate::runtime::LogLine;
+use crate::log_ring::LogRing;
 
 /// One Ready instance, as the gateway sees it.
 pub struct Endpoint {
@@ -24,8 +24,8 @@ pub struct Endpoint {
     pub pid: Option<u32>,
     /// Requests the gateway has in flight on this instance (drained before stop).
     pub outstanding: AtomicUsize,
-    /// Handler stdout/stderr lines, for invocation records.
-    pub logs: broadcast::Sender<LogLine>,
+    /// Recent handler stdout/stderr lines, for invocation records.
+    pub logs: Arc<LogRing>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
 }
 
@@ -43,7 +43,7 @@ impl Endpoint {
         addr: SocketAddr,
         instance_id: String,
         pid: Option<u32>,
-        logs: broadcast::Sender<LogLine>,
+        logs: Arc<LogRing>,
         recycle: Box<dyn Fn(String) + Send + Sync>,
     ) -> Self {
         Endpoint {

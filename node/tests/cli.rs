@@ -302,3 +302,46 @@ fn t26_usage_errors_exit_non_zero_with_a_reason() {
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+#[test]
+fn t27_local_settings_host_port_is_honoured_unless_http_addr_is_given() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("porty");
+    write_app(&app, HOST, &[("f", &http_fn("porty"))]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        app.join("local.settings.json"),
+        format!(
+            r#"{{"IsEncrypted":false,"Values":{{"K":"v"}},"Host":{{"LocalHttpPort":{port}}}}}"#
+        ),
+    )
+    .unwrap();
+    let up = Up::start_with(data.path(), &[&app], &[], false);
+    assert_eq!(up.http, format!("http://127.0.0.1:{port}"));
+    let settings = up.json(&["app", "settings", "get", "porty"]);
+    assert_eq!(settings["settings"]["K"], "v");
+    // The file itself is not deployed.
+    let bad = apps.path().join("bad").join("porty");
+    write_app(&bad, HOST, &[("f", &http_fn("porty"))]);
+    std::fs::write(bad.join("local.settings.json"), "{ nope").unwrap();
+    let out = up.strom(&["app", "deploy", bad.to_str().unwrap()]);
+    assert_eq!(
+        out.code, 0,
+        "an unread local.settings.json is not part of the package: {}",
+        out.stderr
+    );
+    let out = up.strom(&[
+        "app",
+        "deploy",
+        bad.to_str().unwrap(),
+        "--publish-local-settings",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("local.settings.json"), "{}", out.stderr);
+    up.stop();
+}

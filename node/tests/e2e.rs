@@ -547,3 +547,76 @@ fn t48_scale_sets_the_number_of_instances() {
     assert_eq!(up.strom(&["app", "scale", "wide", "1000"]).code, 2);
     up.stop();
 }
+
+#[test]
+fn t49_max_outstanding_requests_answers_429() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("narrow");
+    json_app(
+        &app,
+        r#"},"extensions":{"http":{"maxOutstandingRequests":1,"maxConcurrentRequests":1}},"x":{"#,
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    let base = up.http.clone();
+    let slow = std::thread::spawn(move || get(&base, "/api/items/1?action=sleep=4000").status);
+    eventually(
+        Duration::from_secs(20),
+        "the slow request in flight",
+        || {
+            let r = get(&up.http, "/api/items/2");
+            (r.status == 429).then_some(())
+        },
+    );
+    assert_eq!(slow.join().unwrap(), 200);
+    assert_eq!(get(&up.http, "/api/items/3").status, 200, "free again");
+    up.stop();
+}
+
+#[test]
+fn t50_fn_logs_follow_streams_new_invocations() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("tail");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let mut follower = std::process::Command::new(common::STROM)
+        .args([
+            "fn",
+            "logs",
+            "tail",
+            "echo",
+            "--follow",
+            "--output",
+            "json",
+            "--server",
+            &up.server,
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let id = get(&up.http, "/api/items/9").json()["invocationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a streamed invocation");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["status"], "Succeeded");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    up.stop();
+}

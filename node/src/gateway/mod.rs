@@ -80,8 +80,53 @@ struct Inner {
     state: watch::Receiver<Arc<StateView>>,
     invocations: InvocationStore,
     client: Client<HttpConnector, Full<Bytes>>,
-    limiters: RwLock<HashMap<(AppName, VersionId), Arc<Limiter>>>,
+    /// Per app, for its serving version.
+    limiters: RwLock<HashMap<AppName, (VersionId, Arc<Limiter>)>>,
     tick: AtomicU64,
+    recorder: tokio::sync::mpsc::Sender<Pending>,
+}
+
+/// An invocation whose record waits for trailing handler output.
+struct Pending {
+    record: InvocationRecord,
+    endpoint: Arc<Endpoint>,
+    from_line: u64,
+    /// The instance's next line number when the answer arrived.
+    answered_line: u64,
+    due: Instant,
+}
+
+/// Lines after the answer that may still belong to the invocation.
+const TRAILING_LINES: u64 = 16;
+/// Most handler lines kept in one invocation record.
+const MAX_RECORD_LINES: u64 = 1000;
+
+/// Writes invocation records once their grace period is over; one task for all
+/// (records arrive in due order, as the grace is constant).
+async fn recorder(mut rx: tokio::sync::mpsc::Receiver<Pending>, store: InvocationStore) {
+    while let Some(p) = rx.recv().await {
+        tokio::time::sleep_until(p.due).await;
+        let mut record = p.record;
+        let to = p
+            .endpoint
+            .logs
+            .next_seq()
+            .min(p.answered_line + TRAILING_LINES)
+            .min(p.from_line + MAX_RECORD_LINES);
+        for line in p.endpoint.logs.range(p.from_line, to) {
+            if mentions_other_invocation(&line.text, &record.id) {
+                continue;
+            }
+            record.logs.push(LogEntry {
+                source: match line.stream {
+                    strom_actors::runtime::LogStream::Stdout => "stdout".into(),
+                    strom_actors::runtime::LogStream::Stderr => "stderr".into(),
+                },
+                text: line.text,
+            });
+        }
+        store.record(record);
+    }
 }
 
 /// Cheap to clone.
@@ -155,6 +200,8 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let (recorder_tx, recorder_rx) = tokio::sync::mpsc::channel(65_536);
+        tokio::spawn(recorder(recorder_rx, invocations.clone()));
         Gateway {
             inner: Arc::new(Inner {
                 config,
@@ -164,6 +211,7 @@ impl Gateway {
                 client,
                 limiters: RwLock::new(HashMap::new()),
                 tick: AtomicU64::new(0),
+                recorder: recorder_tx,
             }),
         }
     }
@@ -199,23 +247,24 @@ impl Gateway {
     }
 
     fn limiter(&self, app: &AppName, version: &VersionId, host: &HostConfig) -> Arc<Limiter> {
-        let key = (app.clone(), version.clone());
-        if let Some(l) = self.inner.limiters.read().expect("limiter lock").get(&key) {
-            return l.clone();
+        if let Some((v, l)) = self.inner.limiters.read().expect("limiter lock").get(app) {
+            if v == version {
+                return l.clone();
+            }
         }
-        let mut map = self.inner.limiters.write().expect("limiter lock");
-        map.retain(|(a, _), _| a != app);
-        map.entry(key)
-            .or_insert_with(|| {
-                Arc::new(Limiter {
-                    outstanding: AtomicUsize::new(0),
-                    max_outstanding: host.max_outstanding_requests.map(|n| n as usize),
-                    concurrency: host
-                        .max_concurrent_requests
-                        .map(|n| Arc::new(Semaphore::new(n as usize))),
-                })
-            })
-            .clone()
+        let limiter = Arc::new(Limiter {
+            outstanding: AtomicUsize::new(0),
+            max_outstanding: host.max_outstanding_requests.map(|n| n as usize),
+            concurrency: host
+                .max_concurrent_requests
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+        });
+        self.inner
+            .limiters
+            .write()
+            .expect("limiter lock")
+            .insert(app.clone(), (version.clone(), limiter.clone()));
+        limiter
     }
 
     async fn handle(&self, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
@@ -279,8 +328,7 @@ impl Gateway {
                 )
             }
         };
-        let serving = snapshot.apps[&app].clone();
-        drop(snapshot);
+        let serving = &snapshot.apps[&app];
         let Some(fmanifest) = serving
             .manifest
             .functions
@@ -388,7 +436,7 @@ impl Gateway {
             }
         };
 
-        let invocation_id = uuid::Uuid::new_v4().to_string();
+        let invocation_id = fast_uuid();
         let started_at_ms = strom_control_plane::management::now_ms();
         let start = Instant::now();
         let forwarding = forwards(host, fmanifest);
@@ -403,7 +451,7 @@ impl Gateway {
                 Ok(e) => e,
                 Err(r) => return r,
             };
-            let logs_rx = endpoint.logs.subscribe();
+            let logs_rx = endpoint.logs.next_seq();
             let _in_flight = endpoint.begin();
             let request = if forwarding {
                 forward_request(&parts, &body, endpoint.addr, &invocation_id)
@@ -445,7 +493,7 @@ impl Gateway {
                     &binding,
                     &function,
                     &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-                    &uuid::Uuid::new_v4().to_string(),
+                    &fast_uuid(),
                 );
                 json_request(&function, payload, endpoint.addr, &invocation_id)
             };
@@ -503,7 +551,7 @@ impl Gateway {
             error: None,
             logs: Vec::new(),
         };
-        let (response, endpoint, mut logs_rx) = match outcome {
+        let (response, endpoint, logs_rx) = match outcome {
             Outcome::TimedOut {
                 endpoint,
                 logs_rx,
@@ -636,30 +684,19 @@ impl Gateway {
         }
         record.instance_id = endpoint.instance_id.clone();
         record.duration_us = start.elapsed().as_micros() as u64;
-        let invocations = self.inner.invocations.clone();
-        tokio::spawn(async move {
-            // The handler's output lines travel through a pipe and can trail its
-            // answer a little: collect for a short grace period, then record.
-            let deadline = Instant::now() + LOG_GRACE;
-            loop {
-                match tokio::time::timeout_at(deadline, logs_rx.recv()).await {
-                    Ok(Ok(line)) => {
-                        if !mentions_other_invocation(&line.text, &invocation_id) {
-                            record.logs.push(LogEntry {
-                                source: match line.stream {
-                                    strom_actors::runtime::LogStream::Stdout => "stdout".into(),
-                                    strom_actors::runtime::LogStream::Stderr => "stderr".into(),
-                                },
-                                text: line.text,
-                            });
-                        }
-                    }
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                    _ => break,
-                }
-            }
-            invocations.record(record);
-        });
+        // The handler's output lines travel through a pipe and can trail its answer
+        // a little: the record is written after a short grace period.
+        let pending = Pending {
+            record,
+            endpoint: endpoint.clone(),
+            from_line: logs_rx,
+            answered_line: endpoint.logs.next_seq(),
+            due: Instant::now() + LOG_GRACE,
+        };
+        if let Err(e) = self.inner.recorder.try_send(pending) {
+            // The recorder is far behind: keep the record, without trailing lines.
+            self.inner.invocations.record(e.into_inner().record);
+        }
         response
     }
 
@@ -706,17 +743,17 @@ impl Gateway {
 enum Outcome {
     Answered {
         endpoint: Arc<Endpoint>,
-        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        logs_rx: u64,
         resp: Response<Incoming>,
     },
     TimedOut {
         endpoint: Arc<Endpoint>,
-        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        logs_rx: u64,
         t: Duration,
     },
     Failed {
         endpoint: Arc<Endpoint>,
-        logs_rx: tokio::sync::broadcast::Receiver<strom_actors::runtime::LogLine>,
+        logs_rx: u64,
         error: String,
     },
 }
@@ -735,6 +772,16 @@ fn too_large(limit: usize) -> Response<Body> {
         "PayloadTooLarge",
         format!("the request body is larger than {limit} bytes"),
     )
+}
+
+/// A random (v4) UUID from the thread-local RNG (no system call per request).
+fn fast_uuid() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// `{app}.<domain>` → the app (IP addresses and bare names are not app hosts).

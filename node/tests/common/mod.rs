@@ -25,17 +25,22 @@ pub struct Up {
 
 impl Up {
     pub fn start(data_dir: &Path, apps: &[&Path], extra: &[&str]) -> Up {
+        Self::start_with(data_dir, apps, extra, true)
+    }
+
+    /// `pick_http_port`: pass `--http-addr 127.0.0.1:0` (else Strom chooses).
+    pub fn start_with(data_dir: &Path, apps: &[&Path], extra: &[&str], pick_http_port: bool) -> Up {
         let mut cmd = Command::new(STROM);
         cmd.arg("up")
             .args(apps)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--control-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--control-addr", "127.0.0.1:0"])
+            .args(if pick_http_port {
+                &["--http-addr", "127.0.0.1:0"][..]
+            } else {
+                &[][..]
+            })
             .args(extra)
             .env("STROM_LOG", "warn")
             .stdout(Stdio::piped())

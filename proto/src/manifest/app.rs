@@ -226,10 +226,17 @@ fn route_conflicts(functions: &[FunctionManifest]) -> Vec<ManifestError> {
 
 /// `AzureWebJobs.<name>.Disabled` set to `true` or `1` (key and value case-insensitive).
 pub fn is_function_disabled(settings: &BTreeMap<String, String>, function: &str) -> bool {
-    let key = format!("AzureWebJobs.{function}.Disabled");
-    settings.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case(&key) && (v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
-    })
+    // On the request path: no allocation.
+    let is_key = |k: &str| {
+        k.len() == "AzureWebJobs..Disabled".len() + function.len()
+            && k[..13].eq_ignore_ascii_case("AzureWebJobs.")
+            && k.is_char_boundary(13 + function.len())
+            && k[13..13 + function.len()].eq_ignore_ascii_case(function)
+            && k[13 + function.len()..].eq_ignore_ascii_case(".Disabled")
+    };
+    settings
+        .iter()
+        .any(|(k, v)| is_key(k) && (v.trim().eq_ignore_ascii_case("true") || v.trim() == "1"))
 }
 
 impl HttpTrigger {

@@ -1,0 +1,386 @@
+//! `strom-bench`: Strom's benchmarks, each side by side with its baseline in one run.
+//!
+//! Gateway overhead: the same handler (`strom-test-handler`) and the same client, at
+//! 1 and at 32 concurrent keep-alive connections, called
+//! - directly on its port (the baseline),
+//! - through nginx as a plain reverse proxy (keep-alive upstream; the industry
+//!   baseline; skipped with a note when `nginx` is not installed),
+//! - through Strom's gateway in forwarding mode and in JSON mode.
+//!
+//! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]`.
+//! It builds the release `strom` binaries if needed, prints a Markdown table with
+//! p50/p99 latency, requests/s and the ratios, and writes nothing else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    if !dir.join("strom").is_file() || !dir.join("strom-test-handler").is_file() {
+        eprintln!("building the release strom binaries…");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "strom-node", "--bins"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build failed");
+        }
+    }
+    Ok(dir)
+}
+
+async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{addr} did not open")
+}
+
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    method: &'static str,
+    url: String,
+    body: Bytes,
+    content_type: Option<&'static str>,
+}
+
+struct Result {
+    p50_us: f64,
+    p99_us: f64,
+    rps: f64,
+    errors: u64,
+}
+
+async fn load(target: &Target, connections: usize, seconds: f64) -> anyhow::Result<Result> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build(connector);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let warmup = Instant::now() + Duration::from_millis(300);
+    let target = Arc::new(target.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, target) = (client.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut errors = 0u64;
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                let mut req = hyper::Request::builder()
+                    .method(target.method)
+                    .uri(&target.url);
+                if let Some(ct) = target.content_type {
+                    req = req.header("content-type", ct);
+                }
+                let req = req.body(Full::new(target.body.clone())).unwrap();
+                let start = Instant::now();
+                let ok = match client.request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        ok && resp.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                let took = start.elapsed();
+                if start < warmup {
+                    continue;
+                }
+                if ok {
+                    hist.record(took.as_nanos() as u64).unwrap();
+                    count += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+            (hist, errors, count)
+        }));
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let (mut errors, mut count) = (0, 0);
+    for t in tasks {
+        let (h, e, c) = t.await?;
+        hist.add(h).unwrap();
+        errors += e;
+        count += c;
+    }
+    let measured = seconds - 0.3;
+    Ok(Result {
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        rps: count as f64 / measured,
+        errors,
+    })
+}
+
+fn write_app(dir: &Path, handler: &Path) -> anyhow::Result<()> {
+    let host = format!(
+        r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{}"}},"enableForwardingHttpRequest":true}}}}"#,
+        handler.display()
+    );
+    std::fs::create_dir_all(dir.join("fwd"))?;
+    std::fs::create_dir_all(dir.join("echo"))?;
+    std::fs::write(dir.join("host.json"), host)?;
+    std::fs::write(
+        dir.join("fwd/function.json"),
+        r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"fwd/{*rest}"},{"type":"http","direction":"out","name":"res"}]}"#,
+    )?;
+    // Two outputs: not eligible for forwarding, so it runs in JSON mode.
+    std::fs::write(
+        dir.join("echo/function.json"),
+        r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"echo"},{"type":"http","direction":"out","name":"res"},{"type":"queue","direction":"out","name":"q","queueName":"unused"}]}"#,
+    )?;
+    Ok(())
+}
+
+fn nginx_conf(dir: &Path, listen: u16, upstream: u16) -> anyhow::Result<PathBuf> {
+    let conf = format!(
+        r#"worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  upstream handler {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{listen};
+    location / {{
+      proxy_pass http://handler;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: f64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5.0);
+    let bins = bin_dir()?;
+    let handler = bins.join("strom-test-handler");
+    let work = tempfile::tempdir()?;
+
+    // The handler on its own port: the direct baseline and nginx's upstream.
+    let direct_port = free_port();
+    let _direct = Proc(
+        Command::new(&handler)
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", direct_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(([127, 0, 0, 1], direct_port).into()).await?;
+
+    let nginx_port = free_port();
+    let nginx = match which("nginx") {
+        Some(bin) => {
+            let dir = work.path().join("nginx");
+            std::fs::create_dir_all(&dir)?;
+            let conf = nginx_conf(&dir, nginx_port, direct_port)?;
+            let child = Command::new(bin)
+                .args([
+                    "-c",
+                    conf.to_str().unwrap(),
+                    "-p",
+                    dir.to_str().unwrap(),
+                    "-g",
+                    "daemon off;",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            wait_port(([127, 0, 0, 1], nginx_port).into()).await?;
+            Some(Proc(child))
+        }
+        None => {
+            eprintln!(
+                "nginx not found (Debian: apt-get install nginx-light): its rows are skipped"
+            );
+            None
+        }
+    };
+
+    let app = work.path().join("bench");
+    write_app(&app, &handler)?;
+    let http_port = free_port();
+    let _strom = Proc(
+        Command::new(bins.join("strom"))
+            .arg("up")
+            .arg(&app)
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .args(["--control-addr", "127.0.0.1:0", "--http-addr"])
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("STROM_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(([127, 0, 0, 1], http_port).into()).await?;
+    // Wait for the first instance.
+    for _ in 0..400 {
+        if reqwest_like_get(&format!("http://127.0.0.1:{http_port}/api/fwd/ready")).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let json_payload = Bytes::from(
+        serde_json::json!({"Data":{"req":{"Url":"http://127.0.0.1/api/echo","Method":"GET","Query":{},"Headers":{},"Params":{},"Identities":[]}},"Metadata":{}})
+            .to_string(),
+    );
+    let mut targets = vec![Target {
+        name: "direct (forwarding shape)",
+        method: "GET",
+        url: format!("http://127.0.0.1:{direct_port}/api/fwd/bench"),
+        body: Bytes::new(),
+        content_type: None,
+    }];
+    if nginx.is_some() {
+        targets.push(Target {
+            name: "nginx reverse proxy",
+            method: "GET",
+            url: format!("http://127.0.0.1:{nginx_port}/api/fwd/bench"),
+            body: Bytes::new(),
+            content_type: None,
+        });
+    }
+    targets.push(Target {
+        name: "strom gateway, forwarding mode",
+        method: "GET",
+        url: format!("http://127.0.0.1:{http_port}/api/fwd/bench"),
+        body: Bytes::new(),
+        content_type: None,
+    });
+    targets.push(Target {
+        name: "direct (JSON-mode shape)",
+        method: "POST",
+        url: format!("http://127.0.0.1:{direct_port}/echo"),
+        body: json_payload,
+        content_type: Some("application/json"),
+    });
+    targets.push(Target {
+        name: "strom gateway, JSON mode",
+        method: "GET",
+        url: format!("http://127.0.0.1:{http_port}/api/echo"),
+        body: Bytes::new(),
+        content_type: None,
+    });
+
+    println!("| target | connections | p50 µs | p99 µs | req/s | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for connections in [1usize, 32] {
+        for t in &targets {
+            let r = load(t, connections, seconds).await?;
+            println!(
+                "| {} | {connections} | {:.0} | {:.0} | {:.0} | {} |",
+                t.name, r.p50_us, r.p99_us, r.rps, r.errors
+            );
+            rows.push((t.name, connections, r));
+        }
+    }
+    println!();
+    println!("| comparison | connections | added p50 µs | throughput ratio |");
+    println!("|---|---:|---:|---:|");
+    for connections in [1usize, 32] {
+        let find = |name: &str| {
+            rows.iter()
+                .find(|(n, c, _)| *n == name && *c == connections)
+                .map(|(_, _, r)| r)
+        };
+        let pairs = [
+            (
+                "nginx vs direct",
+                "nginx reverse proxy",
+                "direct (forwarding shape)",
+            ),
+            (
+                "strom forwarding vs direct",
+                "strom gateway, forwarding mode",
+                "direct (forwarding shape)",
+            ),
+            (
+                "strom JSON mode vs direct",
+                "strom gateway, JSON mode",
+                "direct (JSON-mode shape)",
+            ),
+        ];
+        for (label, a, b) in pairs {
+            if let (Some(x), Some(y)) = (find(a), find(b)) {
+                println!(
+                    "| {label} | {connections} | {:.0} | {:.2}× |",
+                    x.p50_us - y.p50_us,
+                    x.rps / y.rps
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn reqwest_like_get(url: &str) -> bool {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    matches!(client.request(req).await, Ok(r) if r.status().is_success())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
