@@ -299,6 +299,10 @@ pub fn function_info(
         Trigger::Timer(t) => {
             info.trigger_type = "timerTrigger".into();
             info.schedule = t.schedule.clone();
+            // Validated and stored, but this build has no timer service yet.
+            info.supported = false;
+            info.unsupported_reasons
+                .push("timer triggers are not scheduled by this version of Strom yet".into());
         }
         Trigger::Unsupported { binding_type } => {
             info.trigger_type = binding_type.clone();
