@@ -545,6 +545,22 @@ fn t48_scale_sets_the_number_of_instances() {
         (instances(&up, "wide").len() == 1).then_some(())
     });
     assert_eq!(up.strom(&["app", "scale", "wide", "1000"]).code, 2);
+    // Deleting the app stops its instances and its routes.
+    let pid = get(&up.http, "/api/items/1").json()["pid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(up.strom(&["app", "delete", "wide"]).code, 0);
+    eventually(Duration::from_secs(20), "the app gone", || {
+        (get(&up.http, "/api/items/1").status == 404).then_some(())
+    });
+    #[cfg(target_os = "linux")]
+    eventually(Duration::from_secs(20), "its handler stopped", || {
+        (!std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true))
+        .then_some(())
+    });
     up.stop();
 }
 
