@@ -15,7 +15,7 @@ use rand::Rng;
 use strom_proto::instances::{InstanceState, InstanceStatus};
 use tokio::time::Instant;
 
-use crate::instance_actor::{InstanceActor, InstanceArgs, InstanceMsg};
+use crate::instance_actor::{InstanceActor, InstanceArgs, InstanceMsg, RECYCLED};
 use crate::node_supervisor::{DeployKey, NodeMsg};
 use crate::restart_policy::{RestartPolicy, RestartTracker};
 use crate::routing::Endpoint;
@@ -77,6 +77,8 @@ struct Slot {
     instance_id: String,
     pid: Option<u32>,
     last_error: Option<String>,
+    /// Planned replacements (not failures).
+    recycles: u64,
     retired: bool,
 }
 
@@ -103,7 +105,7 @@ impl AppState {
                 } else {
                     s.state
                 },
-                restarts: s.tracker.total_failures(),
+                restarts: s.tracker.total_failures() + s.recycles,
                 pid: s.pid,
                 last_error: s.last_error.clone(),
                 serving: false,
@@ -229,6 +231,7 @@ fn new_slot(policy: &RestartPolicy) -> Slot {
         instance_id: String::new(),
         pid: None,
         last_error: None,
+        recycles: 0,
         retired: false,
     }
 }
@@ -291,8 +294,13 @@ impl Actor for AppSupervisor {
             AppMsg::SetScale(n) => {
                 let active = state.slots.iter().filter(|s| !s.retired).count() as u32;
                 if n > active {
-                    // Revive retired slots first, then add new ones.
-                    for s in state.slots.iter_mut().filter(|s| s.retired) {
+                    // Revive retired slots below the new count first, then add new ones.
+                    for s in state
+                        .slots
+                        .iter_mut()
+                        .take(n as usize)
+                        .filter(|s| s.retired)
+                    {
                         s.retired = false;
                     }
                     while (state.slots.len() as u32) < n {
@@ -338,14 +346,19 @@ impl Actor for AppSupervisor {
         event: SupervisionEvent,
         state: &mut AppState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, error) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                reason
-                    .filter(|r| r != "drained")
-                    .map(|r| format!("stopped: {r}")),
-            ),
+        let (cell, error, recycled) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string()), false),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let recycled = reason.as_deref().is_some_and(|r| r.starts_with(RECYCLED));
+                let error = reason.filter(|r| r != "drained").map(|r| {
+                    if recycled {
+                        r
+                    } else {
+                        format!("stopped: {r}")
+                    }
+                });
+                (cell, error, recycled)
+            }
             _ => return Ok(()),
         };
         let Some((slot, generation)) = state.by_actor.remove(&cell.get_id()) else {
@@ -361,6 +374,13 @@ impl Actor for AppSupervisor {
             s.actor = None;
             s.endpoint = None;
             state.finish_if_drained(&myself);
+        } else if recycled {
+            s.actor = None;
+            s.endpoint = None;
+            s.recycles += 1;
+            s.last_error = error;
+            s.state = InstanceState::Restarting;
+            myself.send_message(AppMsg::Restart { slot, generation })?;
         } else {
             let error = error.unwrap_or_else(|| "the instance stopped".into());
             state.on_failure(&myself, slot, error);

@@ -20,6 +20,9 @@ use crate::readiness::{probe, NotReady, PROBE_INTERVAL};
 use crate::routing::Endpoint;
 use crate::runtime::{ExitInfo, InstanceRuntime, InstanceSpec, Started};
 
+/// Stop reason of an instance replaced on purpose (e.g. after `functionTimeout`).
+pub const RECYCLED: &str = "recycled: ";
+
 /// Output lines kept per instance for invocation records.
 const LOG_RING_LINES: usize = 4096;
 
@@ -49,9 +52,11 @@ pub enum InstanceMsg {
 pub struct InstanceState {
     args: InstanceArgs,
     started: Started,
+    ring: Arc<LogRing>,
     started_at: Instant,
     endpoint: Option<Arc<Endpoint>>,
     drain_deadline: Option<Instant>,
+    idle_once: bool,
     stopped: bool,
 }
 
@@ -61,8 +66,33 @@ pub enum InstanceFailure {
     NotReady(#[from] NotReady),
     #[error("the handler {0}")]
     Exited(ExitInfo),
-    #[error("recycled: {0}")]
-    Recycled(String),
+}
+
+/// Lines of output quoted in a failure report.
+const TAIL_LINES: usize = 5;
+
+/// The failure, with the last lines the handler wrote (stderr first), so that
+/// `strom app show` says *why* a handler died (an import error, a bad port…).
+async fn with_output_tail(failure: InstanceFailure, ring: &LogRing) -> String {
+    // Output still in the pipe arrives just after the exit is noticed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let end = ring.next_seq();
+    let lines = ring.range(end.saturating_sub(200), end);
+    let stderr: Vec<_> = lines
+        .iter()
+        .filter(|l| l.stream == crate::runtime::LogStream::Stderr)
+        .collect();
+    let pick: Vec<&str> = if stderr.is_empty() {
+        lines.iter().map(|l| l.text.as_str()).collect()
+    } else {
+        stderr.iter().map(|l| l.text.as_str()).collect()
+    };
+    let tail = &pick[pick.len().saturating_sub(TAIL_LINES)..];
+    if tail.is_empty() {
+        failure.to_string()
+    } else {
+        format!("{failure}; last output: {}", tail.join(" | "))
+    }
 }
 
 impl InstanceState {
@@ -83,6 +113,20 @@ impl Actor for InstanceActor {
         args: InstanceArgs,
     ) -> Result<InstanceState, ActorProcessingErr> {
         let started = args.runtime.start(&args.spec).await?;
+        // Every output line from the start on: invocation records read it, and a
+        // failure report quotes its tail.
+        let ring = Arc::new(LogRing::new(LOG_RING_LINES));
+        let mut lines = started.logs.subscribe();
+        let sink = ring.clone();
+        tokio::spawn(async move {
+            loop {
+                match lines.recv().await {
+                    Ok(line) => sink.push(line),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         tracing::info!(
             app = %args.spec.app,
             instance = %args.spec.instance_id,
@@ -103,9 +147,11 @@ impl Actor for InstanceActor {
         Ok(InstanceState {
             args,
             started,
+            ring,
             started_at: Instant::now(),
             endpoint: None,
             drain_deadline: None,
+            idle_once: false,
             stopped: false,
         })
     }
@@ -123,18 +169,7 @@ impl Actor for InstanceActor {
                 }
                 if probe(state.started.endpoint).await {
                     let me = myself.clone();
-                    let ring = Arc::new(LogRing::new(LOG_RING_LINES));
-                    let mut lines = state.started.logs.subscribe();
-                    let sink = ring.clone();
-                    tokio::spawn(async move {
-                        loop {
-                            match lines.recv().await {
-                                Ok(line) => sink.push(line),
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                            }
-                        }
-                    });
+                    let ring = state.ring.clone();
                     let endpoint = Arc::new(Endpoint::new(
                         state.started.endpoint,
                         state.args.spec.instance_id.clone(),
@@ -157,10 +192,9 @@ impl Actor for InstanceActor {
                     })?;
                 } else if state.started_at.elapsed() >= state.args.startup_timeout {
                     state.stop_instance().await;
-                    return Err(InstanceFailure::NotReady(NotReady::Timeout(
-                        state.args.startup_timeout,
-                    ))
-                    .into());
+                    let failure =
+                        InstanceFailure::NotReady(NotReady::Timeout(state.args.startup_timeout));
+                    return Err(with_output_tail(failure, &state.ring).await.into());
                 } else {
                     myself.send_after(PROBE_INTERVAL, || InstanceMsg::Probe);
                 }
@@ -175,7 +209,7 @@ impl Actor for InstanceActor {
                 } else {
                     InstanceFailure::Exited(info)
                 };
-                return Err(failure.into());
+                return Err(with_output_tail(failure, &state.ring).await.into());
             }
             InstanceMsg::Recycle(reason) => {
                 if state.stopped || state.drain_deadline.is_some() {
@@ -183,7 +217,9 @@ impl Actor for InstanceActor {
                 }
                 tracing::warn!(instance = %state.args.spec.instance_id, %reason, "recycling instance");
                 state.stop_instance().await;
-                return Err(InstanceFailure::Recycled(reason).into());
+                // A planned replacement, not a failure: it does not count toward
+                // the crash-loop limit.
+                myself.stop(Some(format!("{RECYCLED}{reason}")));
             }
             InstanceMsg::Drain => {
                 if state.drain_deadline.is_none() {
@@ -198,7 +234,13 @@ impl Actor for InstanceActor {
                     .map(|e| e.outstanding.load(Ordering::Acquire))
                     .unwrap_or(0);
                 let deadline = state.drain_deadline.expect("set by Drain");
-                if busy > 0 && Instant::now() < deadline {
+                // Idle on two ticks in a row: a request that picked this endpoint
+                // from the previous routing snapshot has registered itself by then.
+                let idle_twice = busy == 0 && std::mem::replace(&mut state.idle_once, true);
+                if busy > 0 {
+                    state.idle_once = false;
+                }
+                if !idle_twice && Instant::now() < deadline {
                     myself.send_after(Duration::from_millis(10), || InstanceMsg::DrainTick);
                     return Ok(());
                 }

@@ -160,6 +160,7 @@ impl NodeState {
                 self.spawn(myself, &a).await;
             }
         }
+        let mut to_drain = Vec::new();
         for entry in self.apps.values_mut() {
             let desired = entry.desired.as_ref().map(Assignment::key);
             let serving = match &desired {
@@ -169,13 +170,12 @@ impl NodeState {
                         .deploys
                         .get(d)
                         .is_some_and(|x| x.wanted > 0 && x.endpoints.len() as u32 >= x.wanted);
-                    let old_serving = entry.serving.as_ref().filter(|s| {
-                        *s != d
-                            && entry
-                                .deploys
-                                .get(*s)
-                                .is_some_and(|x| !x.draining && !x.endpoints.is_empty())
-                    });
+                    // The old deployment keeps serving until the new one is Ready, even
+                    // while one of its own instances restarts (draining is final).
+                    let old_serving = entry
+                        .serving
+                        .as_ref()
+                        .filter(|s| *s != d && entry.deploys.get(*s).is_some_and(|x| !x.draining));
                     match (new_ready, old_serving) {
                         (false, Some(old)) => Some(old.clone()),
                         _ => Some(d.clone()),
@@ -187,13 +187,17 @@ impl NodeState {
                 let keep = Some(key) == entry.serving.as_ref() || Some(key) == desired.as_ref();
                 if (!keep || self.shutdown.is_some()) && !deploy.draining {
                     deploy.draining = true;
-                    let _ = deploy.actor.send_message(AppMsg::Drain);
+                    to_drain.push(deploy.actor.clone());
                 }
             }
         }
         self.apps
             .retain(|_, e| e.desired.is_some() || !e.deploys.is_empty());
+        // Traffic leaves a deployment (publish) before it is told to drain.
         self.publish();
+        for actor in to_drain {
+            let _ = actor.send_message(AppMsg::Drain);
+        }
         if self.shutdown.is_some() && self.apps.values().all(|e| e.deploys.is_empty()) {
             if let Some(reply) = self.shutdown.take() {
                 let _ = reply.send(());
@@ -214,19 +218,23 @@ impl NodeState {
                 if !is_serving {
                     continue;
                 }
-                let unavailable = (deploy.endpoints.is_empty()
-                    && !deploy.statuses.is_empty()
-                    && deploy
-                        .statuses
-                        .iter()
-                        .all(|s| s.state == InstanceState::CrashLooping))
-                .then(|| {
-                    let why = deploy
-                        .statuses
-                        .iter()
-                        .find_map(|s| s.last_error.clone())
-                        .unwrap_or_default();
-                    format!("app `{name}` is crash-looping on this node: {why}")
+                let scaled_to_zero =
+                    (deploy.wanted == 0).then(|| format!("app `{name}` is scaled to 0 instances"));
+                let unavailable = scaled_to_zero.or_else(|| {
+                    (deploy.endpoints.is_empty()
+                        && !deploy.statuses.is_empty()
+                        && deploy
+                            .statuses
+                            .iter()
+                            .all(|s| s.state == InstanceState::CrashLooping))
+                    .then(|| {
+                        let why = deploy
+                            .statuses
+                            .iter()
+                            .find_map(|s| s.last_error.clone())
+                            .unwrap_or_default();
+                        format!("app `{name}` is crash-looping on this node: {why}")
+                    })
                 });
                 serving_apps.insert(
                     name.clone(),

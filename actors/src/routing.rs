@@ -26,6 +26,8 @@ pub struct Endpoint {
     pub outstanding: AtomicUsize,
     /// Recent handler stdout/stderr lines, for invocation records.
     pub logs: Arc<LogRing>,
+    /// Ids of the latest invocations sent here, to tell whose output a line is.
+    recent: std::sync::Mutex<RecentIds>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
 }
 
@@ -52,6 +54,7 @@ impl Endpoint {
             pid,
             outstanding: AtomicUsize::new(0),
             logs,
+            recent: std::sync::Mutex::new(RecentIds::default()),
             recycle,
         }
     }
@@ -61,6 +64,20 @@ impl Endpoint {
         (self.recycle)(reason)
     }
 
+    /// Remember that invocation `id` was sent to this instance.
+    pub fn note_invocation(&self, id: &str) {
+        self.recent.lock().expect("recent ids lock").push(id);
+    }
+
+    /// Whether `id` is one of the latest invocations sent to this instance.
+    pub fn had_invocation(&self, id: &str) -> bool {
+        self.recent
+            .lock()
+            .expect("recent ids lock")
+            .set
+            .contains(id)
+    }
+
     /// Count a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -68,7 +85,29 @@ impl Endpoint {
     }
 }
 
+/// A request in flight on an endpoint; counted until dropped.
 pub struct InFlight(Arc<Endpoint>);
+
+/// A bounded set of recent invocation ids.
+#[derive(Default)]
+struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl RecentIds {
+    const CAPACITY: usize = 4096;
+
+    fn push(&mut self, id: &str) {
+        if self.order.len() == Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.to_string());
+        self.set.insert(id.to_string());
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -106,8 +106,8 @@ impl AdminApi {
         }
 
         let mut problems = Vec::new();
-        for key in new_settings.keys() {
-            if let Err(e) = check_setting_name(key) {
+        for (key, value) in &new_settings {
+            if let Err(e) = check_setting_name(key).and_then(|_| check_setting_value(key, value)) {
                 problems.push(e);
             }
         }
@@ -425,6 +425,11 @@ impl AdminService for AdminApi {
         let mut problems = Vec::new();
         for key in req.set.keys().chain(req.remove.iter()) {
             if let Err(e) = check_setting_name(key) {
+                problems.push(e);
+            }
+        }
+        for (key, value) in &req.set {
+            if let Err(e) = check_setting_value(key, value) {
                 problems.push(e);
             }
         }
@@ -802,6 +807,14 @@ fn check_schedule_settings(
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// App setting values become environment variables: no NUL.
+fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err(format!("setting `{key}`: the value must not contain NUL"));
+    }
+    Ok(())
 }
 
 /// App setting names become environment variables: no `=`, no NUL, not empty.

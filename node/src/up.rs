@@ -135,7 +135,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let stop = |node: ManagementNode, worker: Worker| async move {
         http_cancel.cancel();
         let _ = gateway_task.await;
-        worker.shutdown(Duration::from_secs(40)).await;
+        // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
+        worker.shutdown(Duration::from_secs(55)).await;
         cancel.cancel();
         let _ = server.await;
         node.shutdown().await;

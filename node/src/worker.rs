@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Worker {
     supervisor: ActorRef<NodeMsg>,
+    run_dir: PathBuf,
     pub routing: RoutingTable,
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
     assign_task: tokio::task::JoinHandle<()>,
@@ -43,6 +44,7 @@ impl Worker {
             tracing::warn!(?killed, "killed handler processes left by a previous run");
         }
         let runtime = Arc::new(ProcessRuntime::new(&run_dir)?);
+        let run_dir = run_dir.clone();
         let routing = RoutingTable::default();
         let (status_tx, instances) = watch::channel(Arc::new(Vec::new()));
         let (supervisor, _) = Actor::spawn(
@@ -69,6 +71,7 @@ impl Worker {
         ));
         Ok(Worker {
             supervisor,
+            run_dir,
             routing,
             instances,
             assign_task,
@@ -89,6 +92,12 @@ impl Worker {
             tracing::warn!("instances did not drain within {timeout:?}; stopping anyway");
         }
         self.supervisor.stop(None);
+        // Whatever is still running now (a handler that ignored SIGTERM past every
+        // grace) is killed with its process group: nothing outlives the node.
+        let killed = reap_orphans(&self.run_dir);
+        if !killed.is_empty() {
+            tracing::warn!(?killed, "killed handlers that did not stop in time");
+        }
     }
 }
 

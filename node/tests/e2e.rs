@@ -576,6 +576,8 @@ fn t49_max_outstanding_requests_answers_429() {
     let up = Up::start(data.path(), &[&app], &[]);
     let base = up.http.clone();
     let slow = std::thread::spawn(move || get(&base, "/api/items/1?action=sleep=4000").status);
+    // Let the slow request in first (a probe in flight would make *it* the 429).
+    std::thread::sleep(Duration::from_millis(500));
     eventually(
         Duration::from_secs(20),
         "the slow request in flight",
@@ -634,5 +636,59 @@ fn t50_fn_logs_follow_streams_new_invocations() {
     assert_eq!(v["status"], "Succeeded");
     let _ = follower.kill();
     let _ = follower.wait();
+    up.stop();
+}
+
+#[test]
+fn t51_a_crash_looping_new_version_leaves_the_old_one_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("keeper");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let v1 = up.json(&["app", "show", "keeper"])["app"]["active_version"].clone();
+    // v2 (new package and settings) exits at once, forever.
+    std::fs::write(app.join("v2.txt"), "v2").unwrap();
+    std::fs::write(
+        app.join("local.settings.json"),
+        r#"{"Values":{"TEST_HANDLER_MODE":"exit-at-once"}}"#,
+    )
+    .unwrap();
+    let d = up.strom(&[
+        "app",
+        "deploy",
+        app.to_str().unwrap(),
+        "--publish-local-settings",
+    ]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    eventually(
+        Duration::from_secs(30),
+        "v2 crash-looping next to v1",
+        || {
+            let i = instances(&up, "keeper");
+            let v2_looping = i.iter().any(|x| {
+                x["version_id"] != v1 && x["state"] == "CrashLooping" && x["serving"] == false
+            });
+            let v1_serving = i
+                .iter()
+                .any(|x| x["version_id"] == v1 && x["serving"] == true);
+            (v2_looping && v1_serving).then_some(())
+        },
+    );
+    assert_eq!(
+        get(&up.http, "/api/items/1").status,
+        200,
+        "v1 still answers"
+    );
+    // Even when v1's instance crashes and restarts, v1 stays the serving version.
+    assert_eq!(get(&up.http, "/api/items/1?action=crash").status, 500);
+    let r = get(&up.http, "/api/items/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let i = instances(&up, "keeper");
+    assert!(
+        i.iter()
+            .any(|x| x["version_id"] == v1 && x["serving"] == true && x["restarts"] == 1),
+        "{i:?}"
+    );
     up.stop();
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
 use tokio::sync::{broadcast, watch};
 
 use super::{
@@ -87,6 +88,12 @@ impl InstanceRuntime for ProcessRuntime {
             _ => spec.app_root.clone(),
         };
         let mut cmd = tokio::process::Command::new(&program);
+        // Strom's own configuration (tokens, addresses) is not the handler's business.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("STROM_") {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.args(&args)
             .current_dir(&dir)
             .envs(&spec.settings)
@@ -164,6 +171,9 @@ impl InstanceRuntime for ProcessRuntime {
     }
 }
 
+/// Longest output line kept; longer lines are cut (marked with `…`).
+pub const MAX_LINE_BYTES: usize = 8192;
+
 fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     stream: LogStream,
@@ -171,12 +181,55 @@ fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
     instance: String,
 ) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(text)) = lines.next_line().await {
-            tracing::debug!(target: "strom_handler", instance = %instance, ?stream, "{text}");
-            let _ = tx.send(LogLine { stream, text });
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        let mut cut = false;
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(c) => c,
+            };
+            let (part, complete) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(line.len());
+            if part.len() > room {
+                cut = true;
+            }
+            line.extend_from_slice(&part[..part.len().min(room)]);
+            let used = complete.unwrap_or(chunk.len());
+            reader.consume(used);
+            if complete.is_some() {
+                emit(&mut line, &mut cut, stream, &tx, &instance);
+            }
+        }
+        if !line.is_empty() {
+            emit(&mut line, &mut cut, stream, &tx, &instance);
         }
     });
+}
+
+fn emit(
+    line: &mut Vec<u8>,
+    cut: &mut bool,
+    stream: LogStream,
+    tx: &broadcast::Sender<LogLine>,
+    instance: &str,
+) {
+    let mut text = String::from_utf8_lossy(line)
+        .trim_end_matches('\r')
+        .to_string();
+    if std::mem::take(cut) {
+        text.push('…');
+    }
+    line.clear();
+    // The Azure host logs a handler's stderr as errors.
+    match stream {
+        LogStream::Stdout => tracing::info!(target: "strom_handler", instance, "{text}"),
+        LogStream::Stderr => tracing::warn!(target: "strom_handler", instance, "{text}"),
+    }
+    let _ = tx.send(LogLine { stream, text });
 }
 
 #[cfg(unix)]

@@ -99,7 +99,7 @@ struct Pending {
 /// Lines after the answer that may still belong to the invocation.
 const TRAILING_LINES: u64 = 16;
 /// Most handler lines kept in one invocation record.
-const MAX_RECORD_LINES: u64 = 1000;
+const MAX_RECORD_LINES: u64 = 200;
 
 /// Writes invocation records once their grace period is over; one task for all
 /// (records arrive in due order, as the grace is constant).
@@ -114,7 +114,7 @@ async fn recorder(mut rx: tokio::sync::mpsc::Receiver<Pending>, store: Invocatio
             .min(p.answered_line + TRAILING_LINES)
             .min(p.from_line + MAX_RECORD_LINES);
         for line in p.endpoint.logs.range(p.from_line, to) {
-            if mentions_other_invocation(&line.text, &record.id) {
+            if names_other_invocation(&line.text, &record.id, &p.endpoint) {
                 continue;
             }
             record.logs.push(LogEntry {
@@ -165,18 +165,23 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// An invocation id or another UUID in a log line.
-fn mentions_other_invocation(line: &str, ours: &str) -> bool {
-    if line.contains(ours) {
-        return false;
-    }
+/// The UUID-shaped words of a log line.
+fn uuids_in(line: &str) -> impl Iterator<Item = &str> {
     let b = line.as_bytes();
-    b.windows(36).any(|w| {
-        w.iter().enumerate().all(|(i, c)| match i {
+    (0..b.len().saturating_sub(35)).filter_map(move |i| {
+        let w = &b[i..i + 36];
+        let shaped = w.iter().enumerate().all(|(j, c)| match j {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
-        })
+        });
+        shaped.then(|| &line[i..i + 36])
     })
+}
+
+/// Whether a line names another invocation sent to the same instance (so it
+/// belongs to that one's record, not this one's).
+fn names_other_invocation(line: &str, ours: &str, endpoint: &Endpoint) -> bool {
+    !line.contains(ours) && uuids_in(line).any(|id| endpoint.had_invocation(id))
 }
 
 /// Forwarding mode applies to functions with exactly one httpTrigger in and one http out.
@@ -226,7 +231,9 @@ impl Gateway {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
+                        // E.g. out of file descriptors: back off instead of spinning.
                         tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
@@ -252,6 +259,12 @@ impl Gateway {
                 return l.clone();
             }
         }
+        let mut map = self.inner.limiters.write().expect("limiter lock");
+        if let Some((v, l)) = map.get(app) {
+            if v == version {
+                return l.clone();
+            }
+        }
         let limiter = Arc::new(Limiter {
             outstanding: AtomicUsize::new(0),
             max_outstanding: host.max_outstanding_requests.map(|n| n as usize),
@@ -259,11 +272,7 @@ impl Gateway {
                 .max_concurrent_requests
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
         });
-        self.inner
-            .limiters
-            .write()
-            .expect("limiter lock")
-            .insert(app.clone(), (version.clone(), limiter.clone()));
+        map.insert(app.clone(), (version.clone(), limiter.clone()));
         limiter
     }
 
@@ -393,7 +402,7 @@ impl Gateway {
         let host = &serving.manifest.host;
         let limiter = self.limiter(&app, &serving.version, host);
         let outstanding = limiter.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
-        let _outstanding_guard = DecrementOnDrop(&limiter.outstanding);
+        let outstanding_guard = Outstanding(limiter.clone());
         if limiter.max_outstanding.is_some_and(|max| outstanding > max) {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -401,7 +410,7 @@ impl Gateway {
                 "maxOutstandingRequests reached; retry later",
             );
         }
-        let _permit = match &limiter.concurrency {
+        let permit = match &limiter.concurrency {
             Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
             None => None,
         };
@@ -452,7 +461,8 @@ impl Gateway {
                 Err(r) => return r,
             };
             let logs_rx = endpoint.logs.next_seq();
-            let _in_flight = endpoint.begin();
+            let in_flight = endpoint.begin();
+            endpoint.note_invocation(&invocation_id);
             let request = if forwarding {
                 forward_request(&parts, &body, endpoint.addr, &invocation_id)
             } else {
@@ -520,6 +530,7 @@ impl Gateway {
                         endpoint,
                         logs_rx,
                         resp,
+                        in_flight,
                     }
                 }
                 Err(e) if e.is_connect() && attempts < 6 => {
@@ -594,6 +605,7 @@ impl Gateway {
                 endpoint,
                 logs_rx,
                 resp,
+                in_flight,
             } => {
                 if forwarding {
                     let (mut head, body) = resp.into_parts();
@@ -609,14 +621,13 @@ impl Gateway {
                     // The handler's HTTP version is its own business; answer in ours.
                     head.version = parts.version;
                     record.http_status = head.status.as_u16();
-                    (
-                        Response::from_parts(
-                            head,
-                            body.map_err(|e| Box::new(e) as BoxError).boxed(),
-                        ),
-                        endpoint,
-                        logs_rx,
-                    )
+                    // The request counts as in flight (for drains and limits) until
+                    // its streamed body has been relayed.
+                    let body = Guarded {
+                        inner: body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                        _guard: (in_flight, outstanding_guard, permit),
+                    };
+                    (Response::from_parts(head, body.boxed()), endpoint, logs_rx)
                 } else {
                     let status = resp.status().as_u16();
                     let read = match timeout {
@@ -745,6 +756,7 @@ enum Outcome {
         endpoint: Arc<Endpoint>,
         logs_rx: u64,
         resp: Response<Incoming>,
+        in_flight: strom_actors::routing::InFlight,
     },
     TimedOut {
         endpoint: Arc<Endpoint>,
@@ -758,11 +770,38 @@ enum Outcome {
     },
 }
 
-struct DecrementOnDrop<'a>(&'a AtomicUsize);
+/// Counts a request against `maxOutstandingRequests` until dropped.
+struct Outstanding(Arc<Limiter>);
 
-impl Drop for DecrementOnDrop<'_> {
+impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds guards until it has been sent completely.
+struct Guarded<G> {
+    inner: Body,
+    _guard: G,
+}
+
+impl<G: Send + Sync + Unpin + 'static> hyper::body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -885,13 +924,11 @@ mod tests {
     }
 
     #[test]
-    fn other_invocations_are_recognised_in_log_lines() {
-        let ours = "0b8e3c1e-9f3c-4c8e-8a1b-2d4e5f6a7b8c";
-        assert!(!mentions_other_invocation(&format!("stdout {ours}"), ours));
-        assert!(mentions_other_invocation(
-            "stdout 11111111-2222-3333-4444-555555555555",
-            ours
-        ));
-        assert!(!mentions_other_invocation("plain line", ours));
+    fn uuid_words_are_found_in_log_lines() {
+        let a = "0b8e3c1e-9f3c-4c8e-8a1b-2d4e5f6a7b8c";
+        let line = format!("order 11111111-2222-3333-4444-555555555555 for {a}");
+        let found: Vec<_> = uuids_in(&line).collect();
+        assert_eq!(found, ["11111111-2222-3333-4444-555555555555", a]);
+        assert_eq!(uuids_in("plain line").count(), 0);
     }
 }

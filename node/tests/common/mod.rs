@@ -42,7 +42,7 @@ impl Up {
                 &[][..]
             })
             .args(extra)
-            .env("STROM_LOG", "warn")
+            .env("STROM_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn strom up");
