@@ -52,6 +52,9 @@ struct SnapshotBody {
 pub struct StateMachine {
     view: StateView,
     dir: PathBuf,
+    /// Last log id of the snapshot file on disk: a snapshot built earlier but
+    /// finished later never replaces a newer one.
+    on_disk: Arc<std::sync::Mutex<Option<LogId>>>,
     publish: watch::Sender<Arc<StateView>>,
     snapshot_seq: u64,
 }
@@ -75,6 +78,7 @@ impl StateMachine {
         let (publish, rx) = watch::channel(Arc::new(view.clone()));
         Ok((
             StateMachine {
+                on_disk: Arc::new(std::sync::Mutex::new(view.last_applied)),
                 view,
                 dir: dir.to_path_buf(),
                 publish,
@@ -107,6 +111,25 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 pub struct SnapshotBuilder {
     body: Option<(SnapshotMeta, Arc<ClusterState>)>,
     dir: PathBuf,
+    on_disk: Arc<std::sync::Mutex<Option<LogId>>>,
+}
+
+/// Write the snapshot file unless the one on disk is newer.
+fn store_snapshot(
+    dir: PathBuf,
+    on_disk: Arc<std::sync::Mutex<Option<LogId>>>,
+    last: Option<LogId>,
+    bytes: Vec<u8>,
+) -> impl FnOnce() -> std::io::Result<()> {
+    move || {
+        let mut current = on_disk.lock().expect("snapshot file lock");
+        if *current > last {
+            return Ok(());
+        }
+        write_atomically(&dir, SNAPSHOT_FILE, &bytes)?;
+        *current = last;
+        Ok(())
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -118,12 +141,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let bytes = codec::encode_envelope(SNAPSHOT_FORMAT, &body)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let dir = self.dir.clone();
-        let to_write = bytes.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&dir, SNAPSHOT_FILE, &to_write))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tokio::task::spawn_blocking(store_snapshot(
+            self.dir.clone(),
+            self.on_disk.clone(),
+            meta.last_log_id,
+            bytes.clone(),
+        ))
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -183,6 +209,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.view.state.clone(),
             )),
             dir: self.dir.clone(),
+            on_disk: self.on_disk.clone(),
         }
     }
 
@@ -198,12 +225,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let body = decode_snapshot(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let dir = self.dir.clone();
-        let to_write = bytes.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&dir, SNAPSHOT_FILE, &to_write))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tokio::task::spawn_blocking(store_snapshot(
+            self.dir.clone(),
+            self.on_disk.clone(),
+            meta.last_log_id,
+            bytes,
+        ))
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.view = StateView {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
