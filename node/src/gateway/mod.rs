@@ -104,29 +104,40 @@ const MAX_RECORD_LINES: u64 = 200;
 /// Writes invocation records once their grace period is over; one task for all
 /// (records arrive in due order, as the grace is constant).
 async fn recorder(mut rx: tokio::sync::mpsc::Receiver<Pending>, store: InvocationStore) {
-    while let Some(p) = rx.recv().await {
-        tokio::time::sleep_until(p.due).await;
-        let mut record = p.record;
-        let to = p
-            .endpoint
-            .logs
-            .next_seq()
-            .min(p.answered_line + TRAILING_LINES)
-            .min(p.from_line + MAX_RECORD_LINES);
-        for line in p.endpoint.logs.range(p.from_line, to) {
-            if names_other_invocation(&line.text, &record.id, &p.endpoint) {
-                continue;
-            }
-            record.logs.push(LogEntry {
-                source: match line.stream {
-                    strom_actors::runtime::LogStream::Stdout => "stdout".into(),
-                    strom_actors::runtime::LogStream::Stderr => "stderr".into(),
-                },
-                text: line.text,
-            });
+    let mut batch = Vec::new();
+    // Wake once per batch, not once per record: take everything queued, wait for
+    // the last one's due time, write them all.
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        if let Some(last) = batch.last() {
+            tokio::time::sleep_until(last.due).await;
         }
-        store.record(record);
+        for p in batch.drain(..) {
+            store.record(finish_record(p));
+        }
     }
+}
+
+fn finish_record(p: Pending) -> InvocationRecord {
+    let mut record = p.record;
+    let to = p
+        .endpoint
+        .logs
+        .next_seq()
+        .min(p.answered_line + TRAILING_LINES)
+        .min(p.from_line + MAX_RECORD_LINES);
+    for line in p.endpoint.logs.range(p.from_line, to) {
+        if names_other_invocation(&line.text, &record.id, &p.endpoint) {
+            continue;
+        }
+        record.logs.push(LogEntry {
+            source: match line.stream {
+                strom_actors::runtime::LogStream::Stdout => "stdout".into(),
+                strom_actors::runtime::LogStream::Stderr => "stderr".into(),
+            },
+            text: line.text,
+        });
+    }
+    record
 }
 
 /// Cheap to clone.
