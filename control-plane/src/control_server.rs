@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use strom_proto::admin_v1::admin_service_server::AdminServiceServer;
+use strom_proto::internal_v1::cluster_service_server::ClusterServiceServer;
 use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
@@ -12,6 +13,7 @@ use tonic::{Request, Status};
 use crate::admin_service::AdminApi;
 use crate::impl_raft_network::{PeerIdentity, RaftServer};
 use crate::management::ManagementNode;
+use crate::membership::ClusterServer;
 
 /// Checks `authorization: Bearer <admin token>` against the replicated token hash.
 #[derive(Clone)]
@@ -72,10 +74,12 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
+    let cluster = ClusterServiceServer::new(ClusterServer { node: node.clone() });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(raft)
+        .add_service(cluster)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await

@@ -5,6 +5,7 @@
 //! - [`impl_raft_network`]: openraft over tonic, with peer identity checks.
 //! - [`blob_store`]: content-addressed app packages.
 //! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads.
+//! - [`membership`]: joining the management group (learner, catch-up, voter).
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
@@ -14,6 +15,7 @@ pub mod control_server;
 pub mod impl_raft_network;
 pub mod log_store;
 pub mod management;
+pub mod membership;
 pub mod state_machine;
 
 pub use management::{Bootstrap, ManagementConfig, ManagementNode, ProposeError};

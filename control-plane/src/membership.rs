@@ -1,0 +1,198 @@
+//! Joining the management group.
+//!
+//! A new management node starts its Raft node *without* initializing it and asks
+//! any member to join (`strom.internal.v1.ClusterService/Join`) with the cluster's
+//! join token. Followers point to the leader; the leader adds the node as a
+//! learner, waits until it has caught up (openraft's blocking `add_learner`), then
+//! promotes it to voter through joint consensus. Nothing here is stored outside
+//! Raft: membership lives in the log like any other entry.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers};
+use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
+use strom_proto::internal_v1::cluster_service_server::ClusterService;
+use strom_proto::internal_v1::{JoinReply, JoinRequest};
+use tonic::{Request, Response, Status};
+
+use crate::management::{ManagementNode, StartError};
+
+/// Metadata key carrying the leader's address in UNAVAILABLE answers.
+pub const LEADER_METADATA: &str = "x-strom-leader";
+
+pub struct ClusterServer {
+    pub node: ManagementNode,
+}
+
+impl ClusterServer {
+    fn not_leader(&self) -> Status {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let leader_addr = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        let mut status = Status::unavailable(match &leader_addr {
+            Some(a) => format!("not the leader; the leader is at {a}"),
+            None => "not the leader, and no leader is known yet".to_string(),
+        });
+        if let Some(a) = leader_addr.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert(LEADER_METADATA, a);
+        }
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterServer {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = request.into_inner();
+        let view = self.node.read_local();
+        let Some(cluster) = view.state.cluster.clone() else {
+            return Err(Status::unavailable(
+                "this node's cluster is not initialized yet",
+            ));
+        };
+        if !cluster.join_token_hash.matches(req.join_token.trim()) {
+            return Err(Status::unauthenticated("invalid join token"));
+        }
+        if req.node_id == 0 {
+            return Err(Status::invalid_argument("node_id: must be at least 1"));
+        }
+        if req.address.trim().is_empty() {
+            return Err(Status::invalid_argument("address: required"));
+        }
+        let metrics = self.node.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.node.config.node_id) {
+            return Err(self.not_leader());
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if let Some(existing) = membership.get_node(&req.node_id) {
+            if existing.addr != req.address {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a member at {}; remove it first to move it",
+                    req.node_id, existing.addr
+                )));
+            }
+        }
+        let is_voter = membership.voter_ids().any(|id| id == req.node_id);
+        if !is_voter {
+            tracing::info!(node = req.node_id, address = %req.address, "adding a management node");
+            self.node
+                .raft
+                .add_learner(req.node_id, BasicNode::new(&req.address), true)
+                .await
+                .map_err(|e| Status::unavailable(format!("adding the learner failed: {e}")))?;
+            self.node
+                .raft
+                .change_membership(
+                    ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])),
+                    false,
+                )
+                .await
+                .map_err(|e| Status::unavailable(format!("promoting to voter failed: {e}")))?;
+        }
+        let metrics = self.node.raft.metrics().borrow().clone();
+        Ok(Response::new(JoinReply {
+            cluster_id: cluster.cluster_id.to_string(),
+            leader_id: metrics.current_leader.unwrap_or(0),
+            voters: metrics.membership_config.membership().voter_ids().collect(),
+        }))
+    }
+}
+
+impl ManagementNode {
+    /// Join a running cluster through any of `seeds` (control URLs), following the
+    /// leader hint, until this node is a voter with the cluster's state applied.
+    /// A node restarted with its data dir is already a member: it only waits.
+    pub async fn join(
+        &self,
+        seeds: &[String],
+        token: &str,
+        wait: Duration,
+    ) -> Result<(), StartError> {
+        let me = self.config.node_id;
+        let deadline = tokio::time::Instant::now() + wait;
+        let is_member = |node: &ManagementNode| {
+            let m = node.raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == me)
+        };
+        let mut targets: Vec<String> = seeds.to_vec();
+        let mut last_error = String::from("no seed given");
+        while !is_member(self) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StartError::Raft(format!(
+                    "joining the cluster failed: {last_error}"
+                )));
+            }
+            let target = targets.remove(0);
+            targets.push(target.clone());
+            match try_join(&target, me, &self.config.advertise_control_addr, token).await {
+                Ok(()) => {}
+                Err(JoinError::Refused(e)) => return Err(StartError::Raft(e)),
+                Err(JoinError::Leader(addr)) => {
+                    targets.insert(0, format!("http://{addr}"));
+                    continue;
+                }
+                Err(JoinError::Retry(e)) => {
+                    last_error = format!("{target}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // The cluster's identity arrives with the log.
+        let mut state = self.state.clone();
+        let applied =
+            tokio::time::timeout_at(deadline, state.wait_for(|v| v.state.cluster.is_some())).await;
+        match applied {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StartError::Raft(
+                "joined, but the cluster state did not arrive in time".into(),
+            )),
+        }
+    }
+}
+
+enum JoinError {
+    /// Wrong token, conflicting id: asking again will not help.
+    Refused(String),
+    /// Ask the leader at this address.
+    Leader(String),
+    Retry(String),
+}
+
+async fn try_join(seed: &str, node_id: u64, address: &str, token: &str) -> Result<(), JoinError> {
+    let mut client = ClusterServiceClient::connect(seed.to_string())
+        .await
+        .map_err(|e| JoinError::Retry(e.to_string()))?;
+    let result = client
+        .join(JoinRequest {
+            node_id,
+            address: address.to_string(),
+            join_token: token.to_string(),
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(s) => match s.code() {
+            tonic::Code::Unauthenticated
+            | tonic::Code::InvalidArgument
+            | tonic::Code::AlreadyExists => Err(JoinError::Refused(s.message().to_string())),
+            tonic::Code::Unavailable => match s
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(leader) if leader != address => Err(JoinError::Leader(leader.to_string())),
+                _ => Err(JoinError::Retry(s.message().to_string())),
+            },
+            _ => Err(JoinError::Retry(s.message().to_string())),
+        },
+    }
+}

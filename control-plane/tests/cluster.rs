@@ -1,0 +1,214 @@
+//! A replicated management group of three: nodes join with the join token (learner,
+//! caught up, voter), every member applies the same commands, and the group keeps
+//! accepting writes after the leader stops.
+
+use std::time::Duration;
+
+use strom_control_plane::admin_service::AdminApi;
+use strom_control_plane::{
+    control_server, Bootstrap, ManagementConfig, ManagementNode, ProposeError,
+};
+use strom_proto::command::Command;
+use strom_proto::ids::AppName;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Member {
+    node: ManagementNode,
+    url: String,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(id: u64) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = control_server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = ManagementNode::start(ManagementConfig::new(
+        dir.path(),
+        id,
+        &addr.to_string(),
+        "http://127.0.0.1:7071",
+    ))
+    .await
+    .unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(control_server::serve(
+        node.clone(),
+        AdminApi::new(node.clone()),
+        listener,
+        cancel.clone(),
+    ));
+    Member {
+        node,
+        url: format!("http://{addr}"),
+        cancel,
+        _dir: dir,
+    }
+}
+
+fn app_zip() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("host.json"),
+        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("f")).unwrap();
+    std::fs::write(
+        dir.path().join("f/function.json"),
+        r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"},{"type":"http","direction":"out","name":"res"}]}"#,
+    )
+    .unwrap();
+    strom_proto::manifest::pack_dir(dir.path()).unwrap()
+}
+
+async fn settle(members: &[&Member], what: &str, f: impl Fn(&ManagementNode) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !members.iter().all(|m| f(&m.node)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader_of(members: &[&Member]) -> ManagementNode {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for m in members {
+            let metrics = m.node.raft.metrics().borrow().clone();
+            if metrics.current_leader == Some(m.node.config.node_id) {
+                return m.node.clone();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
+    let m1 = member(1).await;
+    let Bootstrap::Created { .. } = m1.node.bootstrap(WAIT).await.unwrap() else {
+        panic!("new cluster")
+    };
+    let token = std::fs::read_to_string(m1._dir.path().join("join.token")).unwrap();
+    let m2 = member(2).await;
+    let m3 = member(3).await;
+
+    // A wrong token is refused and changes nothing.
+    let err = m2
+        .node
+        .join(std::slice::from_ref(&m1.url), "strom_wrong", WAIT)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid join token"), "{err}");
+
+    m2.node
+        .join(std::slice::from_ref(&m1.url), token.trim(), WAIT)
+        .await
+        .unwrap();
+    // Through a follower: it points to the leader.
+    m3.node
+        .join(std::slice::from_ref(&m2.url), token.trim(), WAIT)
+        .await
+        .unwrap();
+    let all = [&m1, &m2, &m3];
+    settle(&all, "three voters everywhere", |n| {
+        n.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            == 3
+    })
+    .await;
+    let cluster_id = m1
+        .node
+        .read_local()
+        .state
+        .cluster
+        .clone()
+        .unwrap()
+        .cluster_id;
+    for m in &all {
+        assert_eq!(
+            m.node
+                .read_local()
+                .state
+                .cluster
+                .as_ref()
+                .unwrap()
+                .cluster_id,
+            cluster_id
+        );
+    }
+
+    // A write on the leader is applied by every member.
+    AdminApi::new(m1.node.clone())
+        .deploy_bytes(
+            AppName::parse("shared").unwrap(),
+            app_zip(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    settle(&all, "the app on every member", |n| {
+        n.read_local()
+            .state
+            .apps
+            .contains_key(&AppName::parse("shared").unwrap())
+    })
+    .await;
+    // A follower does not accept writes: it names the leader.
+    let e = m2
+        .node
+        .propose(Command::SetScale {
+            app: AppName::parse("shared").unwrap(),
+            instances: 2,
+            at_ms: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProposeError::NotLeader {
+                leader_id: Some(1),
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // The leader goes away; the other two elect a new one and keep committing.
+    m1.cancel.cancel();
+    m1.node.shutdown().await;
+    let survivors = [&m2, &m3];
+    let leader = leader_of(&survivors).await;
+    assert_ne!(leader.config.node_id, 1);
+    let (index, _) = leader
+        .propose(Command::SetScale {
+            app: AppName::parse("shared").unwrap(),
+            instances: 3,
+            at_ms: 2,
+        })
+        .await
+        .unwrap();
+    settle(&survivors, "the new write on both survivors", |n| {
+        n.read_local().applied_index() >= index
+            && n.read_local().state.apps[&AppName::parse("shared").unwrap()].scale == Some(3)
+    })
+    .await;
+    for m in survivors {
+        m.cancel.cancel();
+        m.node.shutdown().await;
+    }
+}
