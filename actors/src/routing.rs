@@ -141,6 +141,16 @@ impl RoutingSnapshot {
 
     /// The Ready endpoint with the fewest requests in flight (round-robin on ties).
     pub fn pick(&self, app: &AppName, tick: &AtomicU64) -> Option<Arc<Endpoint>> {
+        self.pick_except(app, tick, &[])
+    }
+
+    /// Like [`pick`](Self::pick), skipping instances this request found unreachable.
+    pub fn pick_except(
+        &self,
+        app: &AppName,
+        tick: &AtomicU64,
+        unreachable: &[String],
+    ) -> Option<Arc<Endpoint>> {
         let endpoints = &self.apps.get(app)?.endpoints;
         if endpoints.is_empty() {
             return None;
@@ -148,6 +158,7 @@ impl RoutingSnapshot {
         let start = tick.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
         (0..endpoints.len())
             .map(|i| &endpoints[(start + i) % endpoints.len()])
+            .filter(|e| !unreachable.contains(&e.instance_id))
             .min_by_key(|e| e.outstanding.load(Ordering::Acquire))
             .cloned()
     }

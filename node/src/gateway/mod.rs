@@ -45,6 +45,9 @@ use json_mode::{parse_answer, request_payload, HttpRequestData};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Instances one request may find unreachable before it fails.
+const MAX_UNREACHABLE: usize = 8;
+
 /// How long handler output after an invocation's answer still counts as its log.
 const LOG_GRACE: Duration = Duration::from_millis(50);
 
@@ -464,10 +467,11 @@ impl Gateway {
         let binding = http.binding_name.clone();
         let output_binding = http.output.clone();
 
-        let mut attempts = 0;
+        // Instances this request could not connect to: skipped until the routing
+        // snapshot offers another (a restarted instance has a new id).
+        let mut unreachable: Vec<String> = Vec::new();
         let outcome = loop {
-            attempts += 1;
-            let endpoint = match self.ready_endpoint(&app).await {
+            let endpoint = match self.ready_endpoint(&app, &unreachable).await {
                 Ok(e) => e,
                 Err(r) => return r,
             };
@@ -544,11 +548,11 @@ impl Gateway {
                         in_flight,
                     }
                 }
-                Err(e) if e.is_connect() && attempts < 6 => {
+                Err(e) if e.is_connect() && unreachable.len() < MAX_UNREACHABLE => {
                     // Never reached a handler: safe to send again, to another instance
-                    // once the routing snapshot has dropped this one.
+                    // (waiting for one, as on a cold start, if there is none).
                     tracing::debug!(instance = %endpoint.instance_id, "not delivered ({e}); trying another instance");
-                    tokio::time::sleep(Duration::from_millis(10 << attempts)).await;
+                    unreachable.push(endpoint.instance_id.clone());
                     continue;
                 }
                 Err(e) => {
@@ -723,14 +727,18 @@ impl Gateway {
     }
 
     /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet.
-    async fn ready_endpoint(&self, app: &AppName) -> Result<Arc<Endpoint>, Response<Body>> {
+    async fn ready_endpoint(
+        &self,
+        app: &AppName,
+        unreachable: &[String],
+    ) -> Result<Arc<Endpoint>, Response<Body>> {
         let deadline = Instant::now() + self.inner.config.cold_start_timeout;
         loop {
             let changed = self.inner.routing.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let snapshot = self.inner.routing.load();
-            if let Some(e) = snapshot.pick(app, &self.inner.tick) {
+            if let Some(e) = snapshot.pick_except(app, &self.inner.tick, unreachable) {
                 return Ok(e);
             }
             match snapshot.apps.get(app) {
