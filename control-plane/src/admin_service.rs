@@ -138,9 +138,14 @@ impl AdminApi {
         let version = self
             .node
             .blobs
-            .put(bytes)
+            .put(bytes.clone())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        // Committed only once a majority of management nodes holds the package.
+        self.node
+            .replicate_blob(&version, bytes)
+            .await
+            .map_err(Status::unavailable)?;
         let initial_keys = InitialKeys {
             master: new_function_key(),
             host_default: new_function_key(),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use strom_proto::admin_v1::admin_service_server::AdminServiceServer;
+use strom_proto::internal_v1::blob_service_server::BlobServiceServer;
 use strom_proto::internal_v1::cluster_service_server::ClusterServiceServer;
 use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::admin_service::AdminApi;
+use crate::blob_replication::BlobServer;
 use crate::impl_raft_network::{PeerIdentity, RaftServer};
 use crate::management::ManagementNode;
 use crate::membership::ClusterServer;
@@ -75,11 +77,15 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let cluster = ClusterServiceServer::new(ClusterServer { node: node.clone() });
+    let blobs = BlobServiceServer::new(BlobServer { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)
+        .add_service(blobs)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await

@@ -3,12 +3,13 @@
 //! - [`log_store`]: the Raft log and vote in redb (fsync'd before acknowledging).
 //! - [`state_machine`]: applies commands to [`cluster_state::ClusterState`], snapshots.
 //! - [`impl_raft_network`]: openraft over tonic, with peer identity checks.
-//! - [`blob_store`]: content-addressed app packages.
+//! - [`blob_store`]: content-addressed app packages; [`blob_replication`]: between nodes.
 //! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads.
 //! - [`membership`]: joining the management group (learner, catch-up, voter).
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
+pub mod blob_replication;
 pub mod blob_store;
 pub mod cluster_state;
 pub mod control_server;

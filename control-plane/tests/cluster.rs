@@ -167,6 +167,25 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
             .contains_key(&AppName::parse("shared").unwrap())
     })
     .await;
+    // The package was pushed to a majority before the commit, and reaches all.
+    let version = m1.node.read_local().state.apps[&AppName::parse("shared").unwrap()]
+        .active_version
+        .clone();
+    settle(&all, "the package on every member", |n| {
+        n.blobs.contains(&version)
+    })
+    .await;
+
+    // A member that joins later fetches the package from a peer when it needs it.
+    let m4 = member(4).await;
+    m4.node
+        .join(std::slice::from_ref(&m3.url), token.trim(), WAIT)
+        .await
+        .unwrap();
+    assert!(!m4.node.blobs.contains(&version));
+    let fetched = m4.node.blob(&version).await.unwrap();
+    assert_eq!(strom_proto::ids::VersionId::of_bytes(&fetched), version);
+    assert!(m4.node.blobs.contains(&version), "stored after the fetch");
     // A follower does not accept writes: it names the leader.
     let e = m2
         .node
@@ -191,7 +210,7 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
     // The leader goes away; the other two elect a new one and keep committing.
     m1.cancel.cancel();
     m1.node.shutdown().await;
-    let survivors = [&m2, &m3];
+    let survivors = [&m2, &m3, &m4];
     let leader = leader_of(&survivors).await;
     assert_ne!(leader.config.node_id, 1);
     let (index, _) = leader

@@ -101,7 +101,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         &args.data_dir,
         lifecycle,
         node.state.clone(),
-        node.blobs.clone(),
+        node.clone(),
         limits,
     )
     .await

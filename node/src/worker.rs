@@ -13,8 +13,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
-use strom_control_plane::blob_store::BlobStore;
 use strom_control_plane::state_machine::StateView;
+use strom_control_plane::ManagementNode;
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::manifest::{extract_to, ZipLimits};
@@ -35,7 +35,7 @@ impl Worker {
         data_dir: &Path,
         lifecycle: Lifecycle,
         state: watch::Receiver<Arc<StateView>>,
-        blobs: BlobStore,
+        blobs: ManagementNode,
         limits: ZipLimits,
     ) -> anyhow::Result<Worker> {
         let run_dir = data_dir.join("run").join("instances");
@@ -103,7 +103,7 @@ impl Worker {
 
 async fn assign_loop(
     mut state: watch::Receiver<Arc<StateView>>,
-    blobs: BlobStore,
+    blobs: ManagementNode,
     apps_dir: PathBuf,
     limits: ZipLimits,
     supervisor: ActorRef<NodeMsg>,
@@ -156,7 +156,7 @@ async fn unpacked(
     apps_dir: &Path,
     app: &AppName,
     version: &VersionId,
-    blobs: &BlobStore,
+    blobs: &ManagementNode,
     limits: &ZipLimits,
 ) -> anyhow::Result<PathBuf> {
     let app_dir = apps_dir.join(app.as_str());
@@ -164,7 +164,8 @@ async fn unpacked(
     if target.is_dir() {
         return Ok(target);
     }
-    let bytes = blobs.get(version).await?;
+    // Local, or fetched from another management node (hash verified).
+    let bytes = blobs.blob(version).await?;
     let limits = limits.clone();
     let target2 = target.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

@@ -1,0 +1,283 @@
+//! Moving app packages between management nodes.
+//!
+//! A deploy stores the package locally, then pushes it to the other voters; the
+//! version is committed only once a majority of voters (this node included) holds
+//! it, so a committed version always survives the loss of a minority. A node that
+//! lacks a blob (it joined later, or was down) fetches it from a peer and verifies the
+//! hash before storing it. Messages carry the cluster id; another cluster's are refused.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use strom_proto::ids::VersionId;
+use strom_proto::internal_v1::blob_service_client::BlobServiceClient;
+use strom_proto::internal_v1::blob_service_server::BlobService;
+use strom_proto::internal_v1::{BlobChunk, GetBlobRequest, PutBlobReply};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::blob_store::BlobError;
+use crate::management::ManagementNode;
+
+const CHUNK: usize = 1024 * 1024;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn cluster_id(node: &ManagementNode) -> String {
+    node.read_local()
+        .state
+        .cluster
+        .as_ref()
+        .map(|c| c.cluster_id.to_string())
+        .unwrap_or_default()
+}
+
+/// The other members (id, control address) of the current membership.
+fn peers(node: &ManagementNode, voters_only: bool) -> (usize, Vec<(u64, String)>) {
+    let metrics = node.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let peers = membership
+        .nodes()
+        .filter(|(id, _)| **id != node.config.node_id)
+        .filter(|(id, _)| !voters_only || voters.contains(id))
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    (voters.len(), peers)
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn push_one(
+    addr: String,
+    cluster: String,
+    id: VersionId,
+    bytes: std::sync::Arc<Vec<u8>>,
+) -> Result<(), String> {
+    let mut client = BlobServiceClient::connect(url(&addr))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?
+        .max_encoding_message_size(CHUNK * 2);
+    let chunks: Vec<BlobChunk> = bytes
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(i, data)| BlobChunk {
+            cluster_id: if i == 0 {
+                cluster.clone()
+            } else {
+                String::new()
+            },
+            sha256: if i == 0 {
+                id.to_string()
+            } else {
+                String::new()
+            },
+            data: data.to_vec(),
+        })
+        .collect();
+    client
+        .put_blob(futures::stream::iter(chunks))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{addr}: {}", e.message()))
+}
+
+impl ManagementNode {
+    /// Push a stored package to the other voters; Ok once a majority of voters
+    /// (this node included) holds it.
+    pub async fn replicate_blob(
+        &self,
+        id: &VersionId,
+        bytes: std::sync::Arc<Vec<u8>>,
+    ) -> Result<(), String> {
+        let (voters, peers) = peers(self, true);
+        let needed = voters / 2 + 1;
+        let mut have = 1;
+        if have >= needed {
+            return Ok(());
+        }
+        let cluster = cluster_id(self);
+        let mut pushes: futures::stream::FuturesUnordered<_> = peers
+            .into_iter()
+            .map(|(_, addr)| {
+                tokio::time::timeout(
+                    PUSH_TIMEOUT,
+                    push_one(addr, cluster.clone(), id.clone(), bytes.clone()),
+                )
+            })
+            .collect();
+        let mut errors = Vec::new();
+        while let Some(result) = pushes.next().await {
+            match result {
+                Ok(Ok(())) => {
+                    have += 1;
+                    if have >= needed {
+                        // Finish the other pushes in the background; a member that
+                        // still misses the package fetches it when it needs it.
+                        tokio::spawn(async move { while pushes.next().await.is_some() {} });
+                        return Ok(());
+                    }
+                }
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push("timed out".into()),
+            }
+        }
+        Err(format!(
+            "the package reached {have} of {voters} management nodes, a majority needs {needed}: {}",
+            errors.join("; ")
+        ))
+    }
+
+    /// A package by id: from the local blob store, else fetched from a peer (hash
+    /// verified) and stored.
+    pub async fn blob(&self, id: &VersionId) -> Result<Vec<u8>, BlobError> {
+        match self.blobs.get(id).await {
+            Err(BlobError::NotFound(_)) => {}
+            other => return other,
+        }
+        let cluster = cluster_id(self);
+        let (_, peers) = peers(self, false);
+        for (peer, addr) in peers {
+            let fetched = async {
+                let mut client = BlobServiceClient::connect(url(&addr))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .max_decoding_message_size(CHUNK * 2);
+                let mut stream = client
+                    .get_blob(GetBlobRequest {
+                        cluster_id: cluster.clone(),
+                        sha256: id.to_string(),
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = stream
+                    .message()
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                {
+                    if bytes.len() as u64 + chunk.data.len() as u64
+                        > self.config.package_limits.max_compressed_bytes
+                    {
+                        return Err("larger than the package limit".to_string());
+                    }
+                    bytes.extend_from_slice(&chunk.data);
+                }
+                Ok::<_, String>(bytes)
+            };
+            match fetched.await {
+                Ok(bytes) if VersionId::of_bytes(&bytes) == *id => {
+                    self.blobs.put(std::sync::Arc::new(bytes.clone())).await?;
+                    tracing::info!(
+                        version = id.short(),
+                        from = peer,
+                        "fetched a package from a peer"
+                    );
+                    return Ok(bytes);
+                }
+                Ok(_) => tracing::warn!(
+                    version = id.short(),
+                    from = peer,
+                    "a peer sent a package with the wrong hash"
+                ),
+                Err(e) => {
+                    tracing::debug!(version = id.short(), from = peer, "fetching failed: {e}")
+                }
+            }
+        }
+        Err(BlobError::NotFound(id.clone()))
+    }
+}
+
+pub struct BlobServer {
+    pub node: ManagementNode,
+}
+
+impl BlobServer {
+    fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
+        let ours = cluster_id(&self.node);
+        if ours.is_empty() || theirs != ours {
+            return Err(Status::permission_denied(format!(
+                "blob for cluster `{theirs}` refused by cluster `{ours}`"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl BlobService for BlobServer {
+    async fn put_blob(
+        &self,
+        request: Request<Streaming<BlobChunk>>,
+    ) -> Result<Response<PutBlobReply>, Status> {
+        let mut stream = request.into_inner();
+        let limit = self.node.config.package_limits.max_compressed_bytes;
+        let mut declared: Option<VersionId> = None;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if declared.is_none() {
+                self.check_cluster(&chunk.cluster_id)?;
+                declared = Some(
+                    VersionId::parse(&chunk.sha256)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                );
+            }
+            if bytes.len() as u64 + chunk.data.len() as u64 > limit {
+                return Err(Status::invalid_argument(format!(
+                    "blob larger than {limit} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let declared = declared.ok_or_else(|| Status::invalid_argument("empty blob upload"))?;
+        let actual = VersionId::of_bytes(&bytes);
+        if actual != declared {
+            return Err(Status::invalid_argument(format!(
+                "blob {declared}: content hashes to {actual}"
+            )));
+        }
+        self.node
+            .blobs
+            .put(std::sync::Arc::new(bytes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PutBlobReply {}))
+    }
+
+    type GetBlobStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, Status>> + Send + 'static>>;
+
+    async fn get_blob(
+        &self,
+        request: Request<GetBlobRequest>,
+    ) -> Result<Response<Self::GetBlobStream>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let id =
+            VersionId::parse(&req.sha256).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let bytes = match self.node.blobs.get(&id).await {
+            Ok(b) => b,
+            Err(BlobError::NotFound(_)) => {
+                return Err(Status::not_found(format!("no blob {id} here")))
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        let chunks: Vec<Result<BlobChunk, Status>> = bytes
+            .chunks(CHUNK)
+            .map(|data| {
+                Ok(BlobChunk {
+                    cluster_id: String::new(),
+                    sha256: String::new(),
+                    data: data.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
