@@ -85,6 +85,19 @@ impl AdminApi {
         if let CommandResult::Rejected(r) = &result {
             return Err(rejection_status(r));
         }
+        // Read-your-writes on this node, even when the leader committed it.
+        let mut state = self.node.state.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            state.wait_for(|v| v.applied_index() >= index),
+        )
+        .await
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "committed at {index}, but not applied here in time"
+            ))
+        })?
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok((index, result))
     }
 

@@ -301,8 +301,25 @@ impl ManagementNode {
     }
 
     /// Commit a command through Raft; returns its log index and what applying it did.
-    /// Acknowledged only after commit.
+    /// Acknowledged only after commit. On a follower the command is forwarded to the
+    /// leader (once: if leadership moved meanwhile, the caller gets `NotLeader`).
     pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
+        match self.propose_local(command.clone()).await {
+            Err(ProposeError::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: Some(addr),
+            }) if leader != self.config.node_id => {
+                crate::membership::forward_propose(self, &addr, &command).await
+            }
+            other => other,
+        }
+    }
+
+    /// Commit through this node's Raft only (no forwarding).
+    pub async fn propose_local(
+        &self,
+        command: Command,
+    ) -> Result<(u64, CommandResult), ProposeError> {
         match self.raft.client_write(command).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -317,10 +334,40 @@ impl ManagementNode {
     }
 
     /// The applied state, after a linearizable read barrier: it reflects every
-    /// write acknowledged before this call.
+    /// write acknowledged before this call. On a follower the leader confirms its
+    /// leadership and its read index, and the follower waits until it has applied
+    /// that far.
     pub async fn read_linearizable(&self) -> Result<Arc<StateView>, ProposeError> {
-        match self.raft.ensure_linearizable().await {
+        match self.read_index_local().await {
             Ok(_) => Ok(self.state.borrow().clone()),
+            Err(ProposeError::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: Some(addr),
+            }) if leader != self.config.node_id => {
+                let index = crate::membership::forward_read_index(self, &addr).await?;
+                let mut state = self.state.clone();
+                let view = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    state.wait_for(|v| v.applied_index() >= index),
+                )
+                .await
+                .map_err(|_| {
+                    ProposeError::Other(format!(
+                        "this node did not apply up to the leader's index {index} in time"
+                    ))
+                })?
+                .map_err(|e| ProposeError::Fatal(e.to_string()))?
+                .clone();
+                Ok(view)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leader only: confirm leadership; returns the read index.
+    pub async fn read_index_local(&self) -> Result<u64, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotLeader {
                     leader_id: f.leader_id,

@@ -11,12 +11,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
+use strom_proto::codec;
+use strom_proto::command::{Command, CommandResult};
 use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::cluster_service_server::ClusterService;
-use strom_proto::internal_v1::{JoinReply, JoinRequest};
+use strom_proto::internal_v1::{
+    JoinReply, JoinRequest, ProposeReply, ProposeRequest, ReadIndexReply, ReadIndexRequest,
+};
 use tonic::{Request, Response, Status};
 
-use crate::management::{ManagementNode, StartError};
+use crate::management::{ManagementNode, ProposeError, StartError};
 
 /// Metadata key carrying the leader's address in UNAVAILABLE answers.
 pub const LEADER_METADATA: &str = "x-strom-leader";
@@ -26,6 +30,23 @@ pub struct ClusterServer {
 }
 
 impl ClusterServer {
+    fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
+        let ours = cluster_of(&self.node);
+        if ours.is_empty() || theirs != ours {
+            return Err(Status::permission_denied(format!(
+                "request from cluster `{theirs}` refused by cluster `{ours}`"
+            )));
+        }
+        Ok(())
+    }
+
+    fn propose_status(&self, e: ProposeError) -> Status {
+        match e {
+            ProposeError::NotLeader { .. } => self.not_leader(),
+            other => Status::unavailable(other.to_string()),
+        }
+    }
+
     fn not_leader(&self) -> Status {
         let metrics = self.node.raft.metrics().borrow().clone();
         let leader_addr = metrics.current_leader.and_then(|id| {
@@ -102,6 +123,108 @@ impl ClusterService for ClusterServer {
             voters: metrics.membership_config.membership().voter_ids().collect(),
         }))
     }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let command: Command = codec::decode(&req.command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let (log_index, result) = self
+            .node
+            .propose_local(command)
+            .await
+            .map_err(|e| self.propose_status(e))?;
+        let result = codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ProposeReply { log_index, result }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        let index = self
+            .node
+            .read_index_local()
+            .await
+            .map_err(|e| self.propose_status(e))?;
+        Ok(Response::new(ReadIndexReply { index }))
+    }
+}
+
+fn cluster_of(node: &ManagementNode) -> String {
+    node.read_local()
+        .state
+        .cluster
+        .as_ref()
+        .map(|c| c.cluster_id.to_string())
+        .unwrap_or_default()
+}
+
+fn peer_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn forward_error(addr: &str, s: Status) -> ProposeError {
+    match s.code() {
+        tonic::Code::Unavailable => ProposeError::NotLeader {
+            leader_id: None,
+            leader_addr: s
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
+        _ => ProposeError::Other(format!(
+            "forwarding to the leader at {addr}: {}",
+            s.message()
+        )),
+    }
+}
+
+/// Send a write to the leader at `addr`; answered after commit.
+pub async fn forward_propose(
+    node: &ManagementNode,
+    addr: &str,
+    command: &Command,
+) -> Result<(u64, CommandResult), ProposeError> {
+    let bytes = codec::encode(command).map_err(|e| ProposeError::Other(e.to_string()))?;
+    let mut client = ClusterServiceClient::connect(peer_url(addr))
+        .await
+        .map_err(|e| ProposeError::Other(format!("the leader at {addr} is unreachable: {e}")))?
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let reply = client
+        .propose(ProposeRequest {
+            cluster_id: cluster_of(node),
+            command: bytes,
+        })
+        .await
+        .map_err(|s| forward_error(addr, s))?
+        .into_inner();
+    let result = codec::decode(&reply.result).map_err(|e| ProposeError::Other(e.to_string()))?;
+    Ok((reply.log_index, result))
+}
+
+/// Ask the leader at `addr` for a read index.
+pub async fn forward_read_index(node: &ManagementNode, addr: &str) -> Result<u64, ProposeError> {
+    let mut client = ClusterServiceClient::connect(peer_url(addr))
+        .await
+        .map_err(|e| ProposeError::Other(format!("the leader at {addr} is unreachable: {e}")))?;
+    Ok(client
+        .read_index(ReadIndexRequest {
+            cluster_id: cluster_of(node),
+        })
+        .await
+        .map_err(|s| forward_error(addr, s))?
+        .into_inner()
+        .index)
 }
 
 impl ManagementNode {

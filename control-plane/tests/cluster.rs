@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use strom_control_plane::admin_service::AdminApi;
-use strom_control_plane::{
-    control_server, Bootstrap, ManagementConfig, ManagementNode, ProposeError,
-};
+use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
 use strom_proto::command::Command;
 use strom_proto::ids::AppName;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +49,10 @@ async fn member(id: u64) -> Member {
 }
 
 fn app_zip() -> Vec<u8> {
+    app_zip_with("f")
+}
+
+fn app_zip_with(route: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("host.json"),
@@ -60,7 +62,9 @@ fn app_zip() -> Vec<u8> {
     std::fs::create_dir(dir.path().join("f")).unwrap();
     std::fs::write(
         dir.path().join("f/function.json"),
-        r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"},{"type":"http","direction":"out","name":"res"}]}"#,
+        format!(
+            r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+        ),
     )
     .unwrap();
     strom_proto::manifest::pack_dir(dir.path()).unwrap()
@@ -186,8 +190,9 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
     let fetched = m4.node.blob(&version).await.unwrap();
     assert_eq!(strom_proto::ids::VersionId::of_bytes(&fetched), version);
     assert!(m4.node.blobs.contains(&version), "stored after the fetch");
-    // A follower does not accept writes: it names the leader.
-    let e = m2
+    // A follower forwards writes to the leader: acknowledged after commit, and a
+    // linearizable read on any member sees them at once.
+    let (index, result) = m2
         .node
         .propose(Command::SetScale {
             app: AppName::parse("shared").unwrap(),
@@ -195,16 +200,29 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
             at_ms: 1,
         })
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(result, strom_proto::command::CommandResult::Applied);
+    for m in &all {
+        let view = m.node.read_linearizable().await.unwrap();
+        assert!(view.applied_index() >= index);
+        assert_eq!(
+            view.state.apps[&AppName::parse("shared").unwrap()].scale,
+            Some(2)
+        );
+    }
+    // A deploy through a follower: the package is replicated, the version committed.
+    let through_follower = AdminApi::new(m3.node.clone())
+        .deploy_bytes(
+            AppName::parse("second").unwrap(),
+            app_zip_with("second"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let v2 = strom_proto::ids::VersionId::parse(&through_follower.version_id).unwrap();
     assert!(
-        matches!(
-            e,
-            ProposeError::NotLeader {
-                leader_id: Some(1),
-                ..
-            }
-        ),
-        "{e}"
+        m1.node.blobs.contains(&v2),
+        "the leader holds the package it committed"
     );
 
     // The leader goes away; the other two elect a new one and keep committing.
