@@ -670,6 +670,22 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListInvocationsResponse { invocations }))
     }
 
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let id = request.get_ref().node_id;
+        if id == 0 {
+            return Err(Status::invalid_argument("node_id: must be at least 1"));
+        }
+        let voters = self
+            .node
+            .remove_member(id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RemoveMemberResponse { voters }))
+    }
+
     type StreamInvocationsStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<pb::InvocationInfo, Status>> + Send + 'static>,
     >;

@@ -17,6 +17,7 @@ use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::cluster_service_server::ClusterService;
 use strom_proto::internal_v1::{
     JoinReply, JoinRequest, ProposeReply, ProposeRequest, ReadIndexReply, ReadIndexRequest,
+    RemoveMemberReply, RemoveMemberRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -141,6 +142,19 @@ impl ClusterService for ClusterServer {
         Ok(Response::new(ProposeReply { log_index, result }))
     }
 
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberReply>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        match self.node.remove_member_local(req.node_id).await {
+            Ok(voters) => Ok(Response::new(RemoveMemberReply { voters })),
+            Err(MemberError::NotLeader(_)) => Err(self.not_leader()),
+            Err(e) => Err(e.to_status()),
+        }
+    }
+
     async fn read_index(
         &self,
         request: Request<ReadIndexRequest>,
@@ -152,6 +166,90 @@ impl ClusterService for ClusterServer {
             .await
             .map_err(|e| self.propose_status(e))?;
         Ok(Response::new(ReadIndexReply { index }))
+    }
+}
+
+impl ManagementNode {
+    /// Leader only: take `node_id` out of the group (joint consensus).
+    pub async fn remove_member_local(&self, node_id: u64) -> Result<Vec<u64>, MemberError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.config.node_id) {
+            let m = metrics.membership_config.membership();
+            return Err(MemberError::NotLeader(
+                metrics
+                    .current_leader
+                    .and_then(|id| m.get_node(&id).map(|n| n.addr.clone())),
+            ));
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if membership.get_node(&node_id).is_none() {
+            return Err(MemberError::NotFound(node_id));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&node_id) && voters.len() == 1 {
+            return Err(MemberError::LastVoter(node_id));
+        }
+        let change = if voters.contains(&node_id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        let r = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| MemberError::Raft(e.to_string()))?;
+        let _ = r;
+        let metrics = self.raft.metrics().borrow().clone();
+        Ok(metrics.membership_config.membership().voter_ids().collect())
+    }
+
+    /// Take `node_id` out of the group, through the leader.
+    pub async fn remove_member(&self, node_id: u64) -> Result<Vec<u64>, MemberError> {
+        match self.remove_member_local(node_id).await {
+            Err(MemberError::NotLeader(Some(addr))) => {
+                let mut client = ClusterServiceClient::connect(peer_url(&addr))
+                    .await
+                    .map_err(|e| MemberError::Raft(format!("the leader at {addr}: {e}")))?;
+                let reply = client
+                    .remove_member(RemoveMemberRequest {
+                        cluster_id: cluster_of(self),
+                        node_id,
+                    })
+                    .await
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => MemberError::NotFound(node_id),
+                        tonic::Code::FailedPrecondition => MemberError::LastVoter(node_id),
+                        _ => MemberError::Raft(s.message().to_string()),
+                    })?;
+                Ok(reply.into_inner().voters)
+            }
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("not the leader{}", .0.as_ref().map(|a| format!("; the leader is at {a}")).unwrap_or_default())]
+    NotLeader(Option<String>),
+    #[error("node {0} is not a member")]
+    NotFound(u64),
+    #[error("node {0} is the only voter; a cluster needs at least one")]
+    LastVoter(u64),
+    #[error("membership change failed: {0}")]
+    Raft(String),
+}
+
+impl MemberError {
+    pub fn to_status(&self) -> Status {
+        match self {
+            MemberError::NotLeader(_) | MemberError::Raft(_) => {
+                Status::unavailable(self.to_string())
+            }
+            MemberError::NotFound(_) => Status::not_found(self.to_string()),
+            MemberError::LastVoter(_) => Status::failed_precondition(self.to_string()),
+        }
     }
 }
 

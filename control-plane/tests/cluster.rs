@@ -244,6 +244,21 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
             && n.read_local().state.apps[&AppName::parse("shared").unwrap()].scale == Some(3)
     })
     .await;
+    // The lost member is removed (joint consensus), through any member.
+    let voters = m3.node.remove_member(1).await.unwrap();
+    assert_eq!(voters, vec![2, 3, 4]);
+    settle(&survivors, "node 1 gone from every membership", |n| {
+        n.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&1)
+            .is_none()
+    })
+    .await;
+    let e = m2.node.remove_member(9).await.unwrap_err();
+    assert!(e.to_string().contains("not a member"), "{e}");
     for m in survivors {
         m.cancel.cancel();
         m.node.shutdown().await;

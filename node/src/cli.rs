@@ -202,6 +202,17 @@ pub enum FnCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
+    /// The management nodes: id, address, voter or learner, leader.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a management node from the Raft group (joint consensus).
+    RemoveMember {
+        node_id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cluster id, leader, term, applied index, members, app count.
     Status {
         /// Answer from the node's local state without a linearizable read.

@@ -324,6 +324,27 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
 
 pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
     match cmd {
+        ClusterCommand::Members { client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .get_cluster_status(pb::GetClusterStatusRequest { stale: false })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).members(&resp);
+        }
+        ClusterCommand::RemoveMember { node_id, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .remove_member(pb::RemoveMemberRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(
+                &format!("removed node {node_id}; voters now: {:?}", resp.voters),
+                &resp,
+            );
+        }
         ClusterCommand::Status { stale, client } => {
             let mut c = connect(&client).await?;
             let resp = c

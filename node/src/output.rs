@@ -132,6 +132,26 @@ impl Printer {
         }
     }
 
+    pub fn members(&self, r: &pb::GetClusterStatusResponse) {
+        if self.json(&r.members) {
+            return;
+        }
+        let mut t = table(&["MEMBER", "ADDRESS", "ROLE", "LEADER"]);
+        for m in &r.members {
+            t.add_row(vec![
+                m.node_id.to_string(),
+                m.address.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                if m.node_id == r.leader_id {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        println!("{t}");
+    }
+
     pub fn keys(&self, r: &pb::ListFunctionKeysResponse) {
         if self.json(r) {
             return;

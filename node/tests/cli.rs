@@ -345,3 +345,18 @@ fn t27_local_settings_host_port_is_honoured_unless_http_addr_is_given() {
     assert!(out.stderr.contains("local.settings.json"), "{}", out.stderr);
     up.stop();
 }
+
+#[test]
+fn t28_cluster_members_and_the_last_voter_cannot_be_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[], &[]);
+    let members = up.json(&["cluster", "members"]);
+    assert_eq!(members[0]["node_id"], 1);
+    assert_eq!(members[0]["voter"], true);
+    let out = up.strom(&["cluster", "remove-member", "1"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("only voter"), "{}", out.stderr);
+    let out = up.strom(&["cluster", "remove-member", "7"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    up.stop();
+}
