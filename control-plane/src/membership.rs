@@ -16,8 +16,8 @@ use strom_proto::command::{Command, CommandResult};
 use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::cluster_service_server::ClusterService;
 use strom_proto::internal_v1::{
-    JoinReply, JoinRequest, ProposeReply, ProposeRequest, ReadIndexReply, ReadIndexRequest,
-    RemoveMemberReply, RemoveMemberRequest,
+    ElectReply, ElectRequest, JoinReply, JoinRequest, ProposeReply, ProposeRequest, ReadIndexReply,
+    ReadIndexRequest, RemoveMemberReply, RemoveMemberRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -155,6 +155,18 @@ impl ClusterService for ClusterServer {
         }
     }
 
+    async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        tracing::info!("asked to take over leadership: starting an election");
+        self.node
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ElectReply {}))
+    }
+
     async fn read_index(
         &self,
         request: Request<ReadIndexRequest>,
@@ -226,6 +238,78 @@ impl ManagementNode {
             }
             other => other,
         }
+    }
+}
+
+impl ManagementNode {
+    /// Before a planned stop: if this node leads, stop campaigning and heartbeating,
+    /// ask the most caught-up follower to run an election, and wait for the new
+    /// leader (openraft 0.9 has no `transfer_leader`). Returns the new leader, or
+    /// `None` when there was nothing to hand over. On failure this node resumes.
+    pub async fn hand_over_leadership(&self, wait: Duration) -> Result<Option<u64>, String> {
+        let me = self.config.node_id;
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(me) {
+            return Ok(None);
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let mut followers: Vec<(u64, u64, String)> = membership
+            .voter_ids()
+            .filter(|id| *id != me)
+            .filter_map(|id| {
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                membership
+                    .get_node(&id)
+                    .map(|n| (id, matched, n.addr.clone()))
+            })
+            .collect();
+        if followers.is_empty() {
+            return Ok(None);
+        }
+        followers.sort_by_key(|(_, matched, _)| std::cmp::Reverse(*matched));
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let resume = || {
+            self.raft.runtime_config().elect(true);
+            self.raft.runtime_config().heartbeat(true);
+        };
+        let cluster = cluster_of(self);
+        for (id, _, addr) in followers {
+            let asked = async {
+                let mut client = ClusterServiceClient::connect(peer_url(&addr))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client
+                    .elect(ElectRequest {
+                        cluster_id: cluster.clone(),
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string())
+            };
+            if let Err(e) = asked.await {
+                tracing::warn!(node = id, "cannot ask node {id} to take over: {e}");
+                continue;
+            }
+            let changed = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != me),
+                    "a new leader",
+                )
+                .await;
+            if let Ok(m) = changed {
+                tracing::info!(new_leader = ?m.current_leader, "leadership handed over");
+                return Ok(m.current_leader);
+            }
+        }
+        resume();
+        Err("no follower took over leadership in time".into())
     }
 }
 

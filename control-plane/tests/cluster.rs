@@ -225,7 +225,21 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
         "the leader holds the package it committed"
     );
 
-    // The leader goes away; the other two elect a new one and keep committing.
+    // A planned hand-over: the leader asks a follower to take over, then steps back.
+    let new_leader = m1.node.hand_over_leadership(WAIT).await.unwrap();
+    assert!(matches!(new_leader, Some(id) if id != 1), "{new_leader:?}");
+    let leader = leader_of(&all).await;
+    assert_ne!(leader.config.node_id, 1);
+    leader
+        .propose(Command::SetScale {
+            app: AppName::parse("shared").unwrap(),
+            instances: 4,
+            at_ms: 3,
+        })
+        .await
+        .unwrap();
+
+    // The old leader goes away; the others keep committing.
     m1.cancel.cancel();
     m1.node.shutdown().await;
     let survivors = [&m2, &m3, &m4];

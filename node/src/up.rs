@@ -137,6 +137,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         let _ = gateway_task.await;
         // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
         worker.shutdown(Duration::from_secs(55)).await;
+        // A planned stop: let another member lead first (none in a cluster of one).
+        if let Err(e) = node.hand_over_leadership(Duration::from_secs(5)).await {
+            tracing::warn!("leadership hand-over: {e}");
+        }
         cancel.cancel();
         let _ = server.await;
         node.shutdown().await;
