@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a single-node cluster in the foreground and deploy the given app folders.
     Up(UpArgs),
+    /// Run a node of a cluster: bootstrap a new cluster or join a running one.
+    Serve(ServeArgs),
     /// Manage function apps.
     #[command(subcommand)]
     App(AppCommand),
@@ -66,6 +68,48 @@ pub struct UpArgs {
     /// Most entries (files and folders) in an app package.
     #[arg(long, env = "STROM_MAX_PACKAGE_ENTRIES", default_value_t = 10_000)]
     pub max_package_entries: u32,
+}
+
+/// `strom serve`: every setting may also come from a TOML file (`--config`, keys as
+/// the flags without `--`, e.g. `node-id = 2`) or a `STROM_*` variable; flags win over
+/// variables, which win over the file.
+#[derive(Debug, Default, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings.
+    #[arg(long, env = "STROM_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (≥ 1), unique in the cluster and kept for its data dir.
+    #[arg(long, env = "STROM_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Roles, comma-separated: `management`, `worker` [default: management,worker].
+    #[arg(long, env = "STROM_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
+    /// Where the node keeps its state [default: ./.strom].
+    #[arg(long, env = "STROM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Control port [default: 127.0.0.1:7171].
+    #[arg(long, env = "STROM_CONTROL_ADDR")]
+    pub control_addr: Option<SocketAddr>,
+    /// Function HTTP port (worker role) [default: 127.0.0.1:7071].
+    #[arg(long, env = "STROM_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Control address other nodes use to reach this one [default: the control address].
+    #[arg(long, env = "STROM_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Create a new cluster of this node (only once; a restart needs no flag).
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Join a running cluster through these control URLs (comma-separated).
+    #[arg(long, env = "STROM_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// The cluster's join token (`join.token` in the first node's data dir).
+    #[arg(long, env = "STROM_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// How long a handler may take to answer its readiness probe, in seconds [default: 60].
+    #[arg(long, env = "STROM_STARTUP_TIMEOUT_SECS")]
+    pub startup_timeout_secs: Option<u64>,
 }
 
 /// How a client command reaches and authenticates to a management node.

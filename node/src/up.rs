@@ -26,7 +26,7 @@ pub const UP_NODE_ID: u64 = 1;
 /// Invocation records kept per node.
 pub const INVOCATION_RECORDS: usize = 10_000;
 
-struct AppDir {
+pub struct AppDir {
     dir: std::path::PathBuf,
     name: AppName,
     local: Option<LocalSettings>,
@@ -48,10 +48,33 @@ fn read_app_dirs(args: &UpArgs) -> Result<Vec<AppDir>, CliError> {
     Ok(out)
 }
 
+/// How a node starts: everything `strom up` and `strom serve` share.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub node_id: u64,
+    pub data_dir: std::path::PathBuf,
+    pub control_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Address other nodes reach this node's control port at (default: the bound one).
+    pub advertise_addr: Option<String>,
+    pub start: Start,
+    /// Run the worker role and the function HTTP port.
+    pub worker: bool,
+    pub startup_timeout: Duration,
+    pub max_request_body_bytes: usize,
+    pub limits: ZipLimits,
+}
+
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Create a new cluster of this node (does nothing on a restart).
+    Bootstrap,
+    /// Join a running cluster through these control URLs (a member restarts as itself).
+    Join { seeds: Vec<String>, token: String },
+}
+
 pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let apps = read_app_dirs(&args)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| CliError::new(2, format!("data dir {}: {e}", args.data_dir.display())))?;
     let http_addr: SocketAddr = match args.http_addr {
         Some(a) => a,
         None => {
@@ -62,56 +85,99 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
+    let settings = NodeSettings {
+        node_id: UP_NODE_ID,
+        data_dir: args.data_dir.clone(),
+        control_addr: args.control_addr,
+        http_addr,
+        advertise_addr: None,
+        start: Start::Bootstrap,
+        worker: true,
+        startup_timeout: Duration::from_secs(args.startup_timeout_secs),
+        max_request_body_bytes: args.max_request_body_bytes,
+        limits: ZipLimits {
+            max_compressed_bytes: args.max_package_bytes,
+            max_uncompressed_bytes: args.max_uncompressed_bytes,
+            max_entries: args.max_package_entries,
+            ..ZipLimits::default()
+        },
+    };
+    run_node(settings, apps, "single-node cluster").await
+}
+
+/// Run a node until SIGTERM/Ctrl-C.
+pub async fn run_node(
+    settings: NodeSettings,
+    apps: Vec<AppDir>,
+    title: &str,
+) -> Result<(), CliError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| CliError::new(2, format!("data dir {}: {e}", settings.data_dir.display())))?;
     // Bind first: a taken port is reported before anything else happens.
-    let control = control_server::bind(args.control_addr)
+    let control = control_server::bind(settings.control_addr)
         .await
-        .map_err(|e| CliError::new(2, format!("control address {}: {e}", args.control_addr)))?;
+        .map_err(|e| CliError::new(2, format!("control address {}: {e}", settings.control_addr)))?;
     let control_addr = control
         .local_addr()
         .map_err(|e| CliError::new(1, e.to_string()))?;
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|e| CliError::new(2, format!("HTTP address {http_addr}: {e}")))?;
-    let http_addr = http
-        .local_addr()
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-
-    let limits = ZipLimits {
-        max_compressed_bytes: args.max_package_bytes,
-        max_uncompressed_bytes: args.max_uncompressed_bytes,
-        max_entries: args.max_package_entries,
-        ..ZipLimits::default()
+    let http = if settings.worker {
+        let l = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|e| CliError::new(2, format!("HTTP address {}: {e}", settings.http_addr)))?;
+        Some(l)
+    } else {
+        None
     };
+    let http_addr = match &http {
+        Some(l) => l
+            .local_addr()
+            .map_err(|e| CliError::new(1, e.to_string()))?,
+        None => settings.http_addr,
+    };
+
+    let advertise = settings
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| control_addr.to_string());
     let mut config = ManagementConfig::new(
-        &args.data_dir,
-        UP_NODE_ID,
-        &control_addr.to_string(),
+        &settings.data_dir,
+        settings.node_id,
+        &advertise,
         &format!("http://{http_addr}"),
     );
-    config.package_limits = limits.clone();
+    config.package_limits = settings.limits.clone();
     let node = ManagementNode::start(config)
         .await
         .map_err(|e| CliError::new(1, e.to_string()))?;
 
-    let lifecycle = Lifecycle {
-        startup_timeout: Duration::from_secs(args.startup_timeout_secs),
-        ..Lifecycle::default()
-    };
-    let worker = Worker::start(
-        &args.data_dir,
-        lifecycle,
-        node.state.clone(),
-        node.clone(),
-        limits,
-    )
-    .await
-    .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?;
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
-    let api = AdminApi::new(node.clone()).with_worker(WorkerView {
-        node_id: UP_NODE_ID,
-        invocations: invocations.clone(),
-        instances: worker.instances.clone(),
-    });
+    let worker = if settings.worker {
+        let lifecycle = Lifecycle {
+            startup_timeout: settings.startup_timeout,
+            ..Lifecycle::default()
+        };
+        Some(
+            Worker::start(
+                &settings.data_dir,
+                lifecycle,
+                node.state.clone(),
+                node.clone(),
+                settings.limits.clone(),
+            )
+            .await
+            .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?,
+        )
+    } else {
+        None
+    };
+    let mut api = AdminApi::new(node.clone());
+    if let Some(w) = &worker {
+        api = api.with_worker(WorkerView {
+            node_id: settings.node_id,
+            invocations: invocations.clone(),
+            instances: w.instances.clone(),
+        });
+    }
     let cancel = CancellationToken::new();
     let server = tokio::spawn(control_server::serve(
         node.clone(),
@@ -119,24 +185,33 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         control,
         cancel.clone(),
     ));
-    let gateway = Gateway::new(
-        GatewayConfig {
-            max_body_bytes: args.max_request_body_bytes,
-            cold_start_timeout: Duration::from_secs(args.startup_timeout_secs),
-            ..GatewayConfig::default()
-        },
-        worker.routing.clone(),
-        node.state.clone(),
-        invocations,
-    );
     let http_cancel = CancellationToken::new();
-    let gateway_task = tokio::spawn(gateway.serve(http, http_cancel.clone()));
+    let gateway_task = match (&worker, http) {
+        (Some(w), Some(listener)) => {
+            let gateway = Gateway::new(
+                GatewayConfig {
+                    max_body_bytes: settings.max_request_body_bytes,
+                    cold_start_timeout: settings.startup_timeout,
+                    ..GatewayConfig::default()
+                },
+                w.routing.clone(),
+                node.state.clone(),
+                invocations,
+            );
+            Some(tokio::spawn(gateway.serve(listener, http_cancel.clone())))
+        }
+        _ => None,
+    };
 
-    let stop = |node: ManagementNode, worker: Worker| async move {
+    let stop = |node: ManagementNode, worker: Option<Worker>| async move {
         http_cancel.cancel();
-        let _ = gateway_task.await;
-        // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
-        worker.shutdown(Duration::from_secs(55)).await;
+        if let Some(t) = gateway_task {
+            let _ = t.await;
+        }
+        if let Some(w) = worker {
+            // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
+            w.shutdown(Duration::from_secs(55)).await;
+        }
         // A planned stop: let another member lead first (none in a cluster of one).
         if let Err(e) = node.hand_over_leadership(Duration::from_secs(5)).await {
             tracing::warn!("leadership hand-over: {e}");
@@ -146,29 +221,44 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         node.shutdown().await;
     };
 
-    let bootstrap = match node.bootstrap(Duration::from_secs(30)).await {
+    let started = match &settings.start {
+        Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
+        Start::Join { seeds, token } => node
+            .join(seeds, token, Duration::from_secs(60))
+            .await
+            .map(|_| Bootstrap::Existing),
+    };
+    let bootstrap = match started {
         Ok(b) => b,
         Err(e) => {
             stop(node, worker).await;
             return Err(CliError::new(1, e.to_string()));
         }
     };
-    println!("strom {} — single-node cluster", env!("CARGO_PKG_VERSION"));
-    println!("  data dir:  {}", args.data_dir.display());
+    println!("strom {} — {title}", env!("CARGO_PKG_VERSION"));
+    println!("  node:      {}", settings.node_id);
+    println!("  data dir:  {}", settings.data_dir.display());
     println!("  control:   http://{control_addr}  (gRPC admin API)");
-    println!("  functions: http://{http_addr}");
+    if worker.is_some() {
+        println!("  functions: http://{http_addr}");
+    }
     match &bootstrap {
         Bootstrap::Created { admin_token } => {
             println!(
                 "New cluster. Admin token (shown once; saved to {} with mode 0600):",
-                args.data_dir.join("admin.token").display()
+                settings.data_dir.join("admin.token").display()
             );
             println!("  {admin_token}");
         }
         Bootstrap::Existing => {
             let view = node.read_local();
             println!(
-                "Restarted into cluster {} at log index {}.",
+                "{} cluster {} at log index {}.",
+                if matches!(settings.start, Start::Join { .. }) {
+                    "Member of"
+                } else {
+                    "Restarted into"
+                },
                 view.state
                     .cluster
                     .as_ref()
@@ -183,13 +273,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         stop(node, worker).await;
         return Err(e);
     }
-    wait_until_ready(
-        &node,
-        &worker,
-        Duration::from_secs(args.startup_timeout_secs),
-    )
-    .await;
-    print_running(&node, &worker);
+    if let Some(w) = &worker {
+        wait_until_ready(&node, w, settings.startup_timeout).await;
+        print_running(&node, w);
+    }
     println!("Ready. Press Ctrl-C to stop.");
 
     shutdown_signal().await;

@@ -41,11 +41,27 @@ impl Up {
             } else {
                 &[][..]
             })
-            .args(extra)
-            .env("STROM_LOG", "error")
+            .args(extra);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// `strom serve` with these arguments (data dir and ports added).
+    pub fn serve(data_dir: &Path, control_port: u16, args: &[&str]) -> Up {
+        let mut cmd = Command::new(STROM);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--control-addr", &format!("127.0.0.1:{control_port}")])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(args);
+        Self::spawn(cmd, data_dir)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Up {
+        cmd.env("STROM_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn strom up");
+        let mut child = cmd.spawn().expect("spawn strom");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -273,6 +289,15 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
     out
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn get(base: &str, path: &str) -> HttpResponse {

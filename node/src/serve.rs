@@ -1,0 +1,238 @@
+//! `strom serve`: a node of a cluster, configured by flags, `STROM_*` variables and an
+//! optional TOML file, validated as a whole (every problem reported at once).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strom_proto::manifest::ZipLimits;
+
+use crate::cli::ServeArgs;
+use crate::client::CliError;
+use crate::up::{run_node, NodeSettings, Start};
+
+/// Fill what flags and variables left unset from the `--config` file.
+pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: ServeArgs = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    args.node_id = args.node_id.or(file.node_id);
+    args.roles = args.roles.or(file.roles);
+    args.data_dir = args.data_dir.or(file.data_dir);
+    args.control_addr = args.control_addr.or(file.control_addr);
+    args.http_addr = args.http_addr.or(file.http_addr);
+    args.advertise_addr = args.advertise_addr.or(file.advertise_addr);
+    args.bootstrap = args.bootstrap || file.bootstrap;
+    args.join = args.join.or(file.join);
+    args.join_token = args.join_token.or(file.join_token);
+    args.startup_timeout_secs = args.startup_timeout_secs.or(file.startup_timeout_secs);
+    Ok(args)
+}
+
+/// Check the settings and return every problem at once.
+pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let node_id = match args.node_id {
+        Some(0) => {
+            problems.push("node-id: must be at least 1".to_string());
+            0
+        }
+        Some(n) => n,
+        None => {
+            problems
+                .push("node-id: required (--node-id, STROM_NODE_ID or node-id in --config)".into());
+            0
+        }
+    };
+    let roles = args
+        .roles
+        .clone()
+        .unwrap_or_else(|| vec!["management".into(), "worker".into()]);
+    let mut management = false;
+    let mut worker = false;
+    for r in &roles {
+        match r.trim().to_ascii_lowercase().as_str() {
+            "management" => management = true,
+            "worker" => worker = true,
+            other => problems.push(format!(
+                "roles: unknown role `{other}` (management, worker)"
+            )),
+        }
+    }
+    if !management && worker {
+        problems.push(
+            "roles: a worker-only node is not supported by this version yet; give it the management role too (management,worker)"
+                .into(),
+        );
+    }
+    if !management && !worker {
+        problems.push("roles: at least one role is needed".into());
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./.strom"));
+    let initialized = data_dir.join("raft").join("log.redb").is_file();
+    let start = match (&args.join, args.bootstrap) {
+        (Some(_), true) => {
+            problems.push("--bootstrap and --join: give one, not both".into());
+            Start::Bootstrap
+        }
+        (Some(seeds), false) => {
+            let seeds: Vec<String> = seeds
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    if s.contains("://") {
+                        s
+                    } else {
+                        format!("http://{s}")
+                    }
+                })
+                .collect();
+            if seeds.is_empty() {
+                problems.push("join: at least one control URL is needed".into());
+            }
+            let token = args.join_token.clone().unwrap_or_default();
+            if token.trim().is_empty() && !initialized {
+                problems.push(
+                    "join-token: required to join (--join-token or STROM_JOIN_TOKEN; the first node's join.token)"
+                        .into(),
+                );
+            }
+            Start::Join {
+                seeds,
+                token: token.trim().to_string(),
+            }
+        }
+        (None, true) => Start::Bootstrap,
+        (None, false) if initialized => Start::Bootstrap,
+        (None, false) => {
+            problems.push(format!(
+                "{} holds no cluster yet: start the first node with --bootstrap, the others with --join URL",
+                data_dir.display()
+            ));
+            Start::Bootstrap
+        }
+    };
+    let control_addr = args
+        .control_addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7171)));
+    let http_addr = args
+        .http_addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7071)));
+    if let Some(a) = &args.advertise_addr {
+        if a.parse::<SocketAddr>().is_err() && !a.contains(':') {
+            problems.push(format!("advertise-addr: `{a}` is not host:port"));
+        }
+    }
+    if control_addr.ip().is_unspecified() && args.advertise_addr.is_none() {
+        problems.push(format!(
+            "advertise-addr: required when the control address is {control_addr} (peers need a reachable address)"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(NodeSettings {
+        node_id,
+        data_dir,
+        control_addr,
+        http_addr,
+        advertise_addr: args.advertise_addr.clone(),
+        start,
+        worker,
+        startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
+        max_request_body_bytes: 100 * 1024 * 1024,
+        limits: ZipLimits::default(),
+    })
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let args = merge_file(args).map_err(|e| CliError::new(2, e))?;
+    let settings = validate(&args).map_err(|problems| {
+        CliError::new(
+            2,
+            format!("invalid node configuration:\n  {}", problems.join("\n  ")),
+        )
+    })?;
+    let title = if settings.worker {
+        "cluster node (management, worker)"
+    } else {
+        "cluster node (management)"
+    };
+    run_node(settings, Vec::new(), title).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let args = ServeArgs {
+            node_id: Some(0),
+            roles: Some(vec!["worker".into(), "gpu".into()]),
+            bootstrap: true,
+            join: Some(vec!["127.0.0.1:1".into()]),
+            data_dir: Some(PathBuf::from("/nonexistent/strom-test")),
+            ..ServeArgs::default()
+        };
+        let problems = validate(&args).unwrap_err();
+        let text = problems.join("\n");
+        for expected in ["node-id", "unknown role `gpu`", "worker-only", "not both"] {
+            assert!(text.contains(expected), "missing {expected} in:\n{text}");
+        }
+        let args = ServeArgs {
+            node_id: Some(2),
+            join: Some(vec!["127.0.0.1:1".into()]),
+            data_dir: Some(PathBuf::from("/nonexistent/strom-test")),
+            ..ServeArgs::default()
+        };
+        let text = validate(&args).unwrap_err().join("\n");
+        assert!(text.contains("join-token: required"), "{text}");
+        let args = ServeArgs {
+            node_id: Some(2),
+            data_dir: Some(PathBuf::from("/nonexistent/strom-test")),
+            ..ServeArgs::default()
+        };
+        let text = validate(&args).unwrap_err().join("\n");
+        assert!(text.contains("--bootstrap"), "{text}");
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node-id = 3\nroles = [\"management\"]\njoin = [\"http://10.0.0.1:7171\"]\njoin-token = \"t\"\ncontrol-addr = \"127.0.0.1:7300\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            node_id: Some(5),
+            ..ServeArgs::default()
+        };
+        let merged = merge_file(args).unwrap();
+        assert_eq!(merged.node_id, Some(5), "the flag wins");
+        assert_eq!(merged.join_token.as_deref(), Some("t"));
+        let settings = validate(&merged).unwrap();
+        assert!(!settings.worker);
+        assert_eq!(settings.control_addr.port(), 7300);
+        assert!(
+            matches!(settings.start, Start::Join { ref seeds, .. } if seeds == &["http://10.0.0.1:7171"])
+        );
+
+        std::fs::write(&path, "node-id = 1\nnodeid = 2\n").unwrap();
+        let err = merge_file(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("nodeid"), "{err}");
+    }
+}
