@@ -686,6 +686,18 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::RemoveMemberResponse { voters }))
     }
 
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let id = request.get_ref().node_id;
+        let (leader_id, handed_over) = self.node.drain_node(id).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::DrainNodeResponse {
+            leader_id,
+            handed_over,
+        }))
+    }
+
     type StreamInvocationsStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<pb::InvocationInfo, Status>> + Send + 'static>,
     >;

@@ -17,7 +17,7 @@ use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::cluster_service_server::ClusterService;
 use strom_proto::internal_v1::{
     ElectReply, ElectRequest, JoinReply, JoinRequest, ProposeReply, ProposeRequest, ReadIndexReply,
-    ReadIndexRequest, RemoveMemberReply, RemoveMemberRequest,
+    ReadIndexRequest, RemoveMemberReply, RemoveMemberRequest, StepDownReply, StepDownRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -153,6 +153,18 @@ impl ClusterService for ClusterServer {
             Err(MemberError::NotLeader(_)) => Err(self.not_leader()),
             Err(e) => Err(e.to_status()),
         }
+    }
+
+    async fn step_down(
+        &self,
+        request: Request<StepDownRequest>,
+    ) -> Result<Response<StepDownReply>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        let (leader_id, handed_over) = self.node.step_down().await.map_err(Status::unavailable)?;
+        Ok(Response::new(StepDownReply {
+            leader_id,
+            handed_over,
+        }))
     }
 
     async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
@@ -310,6 +322,47 @@ impl ManagementNode {
         }
         resume();
         Err("no follower took over leadership in time".into())
+    }
+}
+
+impl ManagementNode {
+    /// Planned stop of this node: hand leadership over if it leads. Returns the
+    /// leader afterwards and whether this node handed over.
+    pub async fn step_down(&self) -> Result<(u64, bool), String> {
+        match self.hand_over_leadership(Duration::from_secs(10)).await? {
+            Some(new_leader) => Ok((new_leader, true)),
+            None => Ok((
+                self.raft.metrics().borrow().current_leader.unwrap_or(0),
+                false,
+            )),
+        }
+    }
+
+    /// `strom node drain ID` for a management node: ask it to step down.
+    pub async fn drain_node(&self, node_id: u64) -> Result<(u64, bool), MemberError> {
+        if node_id == self.config.node_id {
+            return self.step_down().await.map_err(MemberError::Raft);
+        }
+        let addr = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&node_id)
+                .map(|n| n.addr.clone())
+                .ok_or(MemberError::NotFound(node_id))?
+        };
+        let mut client = ClusterServiceClient::connect(peer_url(&addr))
+            .await
+            .map_err(|e| MemberError::Raft(format!("node {node_id} at {addr}: {e}")))?;
+        let reply = client
+            .step_down(StepDownRequest {
+                cluster_id: cluster_of(self),
+            })
+            .await
+            .map_err(|s| MemberError::Raft(format!("node {node_id}: {}", s.message())))?
+            .into_inner();
+        Ok((reply.leader_id, reply.handed_over))
     }
 }
 

@@ -37,6 +37,9 @@ pub enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Operate on one node.
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +242,17 @@ pub enum FnCommand {
         /// How many recent invocations to show first.
         #[arg(long, default_value_t = 20)]
         tail: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Prepare a management node for a planned stop: if it leads, it hands
+    /// leadership to a caught-up follower first.
+    Drain {
+        node_id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },

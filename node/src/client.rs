@@ -10,7 +10,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::cli::{AppCommand, ClientArgs, ClusterCommand, FnCommand, SettingsCommand};
+use crate::cli::{AppCommand, ClientArgs, ClusterCommand, FnCommand, NodeCommand, SettingsCommand};
 use crate::output::Printer;
 
 /// Upload chunk size.
@@ -317,6 +317,32 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             while let Some(inv) = stream.message().await.map_err(status_error)? {
                 out.invocation(&inv);
             }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
+    match cmd {
+        NodeCommand::Drain { node_id, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .drain_node(pb::DrainNodeRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let text = if resp.handed_over {
+                format!(
+                    "node {node_id} handed leadership to node {}; it can stop now",
+                    resp.leader_id
+                )
+            } else {
+                format!(
+                    "node {node_id} does not lead (leader: node {}); it can stop now",
+                    resp.leader_id
+                )
+            };
+            Printer::new(client.output).message(&text, &resp);
         }
     }
     Ok(())

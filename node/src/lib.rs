@@ -27,6 +27,7 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
         cli::Command::App(c) => client::run_app(c).await,
         cli::Command::Fn(c) => client::run_fn(c).await,
         cli::Command::Cluster(c) => client::run_cluster(c).await,
+        cli::Command::Node(c) => client::run_node_cmd(c).await,
     };
     match result {
         Ok(()) => 0,

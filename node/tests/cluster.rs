@@ -85,6 +85,14 @@ fn t80_three_nodes_join_serve_and_survive_a_leader_kill() {
         assert_eq!(r.json()["data"]["req"]["Params"]["id"], "7");
     }
 
+    // A planned stop: drain the leader (through another node); leadership moves.
+    let first = on(&n2, &["cluster", "status"])["leader_id"]
+        .as_u64()
+        .unwrap();
+    let drained = on(&n3, &["node", "drain", &first.to_string()]);
+    assert_eq!(drained["handed_over"], true, "{drained}");
+    assert_ne!(drained["leader_id"], first);
+
     // Kill -9 the leader: the other two elect a new one and keep taking writes.
     let leader = on(&n2, &["cluster", "status"])["leader_id"]
         .as_u64()
