@@ -53,6 +53,7 @@ pub struct InstanceState {
     args: InstanceArgs,
     started: Started,
     ring: Arc<LogRing>,
+    exited_at: Arc<std::sync::OnceLock<Instant>>,
     started_at: Instant,
     endpoint: Option<Arc<Endpoint>>,
     drain_deadline: Option<Instant>,
@@ -136,8 +137,11 @@ impl Actor for InstanceActor {
         );
         let mut exited = started.exited.clone();
         let me = myself.clone();
+        let exited_at = Arc::new(std::sync::OnceLock::new());
+        let mark = exited_at.clone();
         tokio::spawn(async move {
             if let Ok(v) = exited.wait_for(|e| e.is_some()).await {
+                let _ = mark.set(Instant::now());
                 if let Some(info) = v.clone() {
                     let _ = me.send_message(InstanceMsg::Exited(info));
                 }
@@ -148,6 +152,7 @@ impl Actor for InstanceActor {
             args,
             started,
             ring,
+            exited_at,
             started_at: Instant::now(),
             endpoint: None,
             drain_deadline: None,
@@ -175,6 +180,7 @@ impl Actor for InstanceActor {
                         state.args.spec.instance_id.clone(),
                         state.started.pid,
                         ring,
+                        state.exited_at.clone(),
                         Box::new(move |reason| {
                             let _ = me.send_message(InstanceMsg::Recycle(reason));
                         }),

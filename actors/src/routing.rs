@@ -28,6 +28,8 @@ pub struct Endpoint {
     pub logs: Arc<LogRing>,
     /// Ids of the latest invocations sent here, to tell whose output a line is.
     recent: std::sync::Mutex<RecentIds>,
+    /// When the worker noticed the instance's process had ended.
+    exited_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
 }
 
@@ -46,6 +48,7 @@ impl Endpoint {
         instance_id: String,
         pid: Option<u32>,
         logs: Arc<LogRing>,
+        exited_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
         recycle: Box<dyn Fn(String) + Send + Sync>,
     ) -> Self {
         Endpoint {
@@ -55,7 +58,28 @@ impl Endpoint {
             outstanding: AtomicUsize::new(0),
             logs,
             recent: std::sync::Mutex::new(RecentIds::default()),
+            exited_at,
             recycle,
+        }
+    }
+
+    /// Whether the instance had already ended when a request was sent at `sent_at`
+    /// (so the request cannot have reached a handler). Waits up to `wait` for the
+    /// exit to be noticed; `false` when unsure.
+    pub async fn ended_before(
+        &self,
+        sent_at: tokio::time::Instant,
+        wait: std::time::Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(at) = self.exited_at.get() {
+                return *at <= sent_at;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 

@@ -522,6 +522,7 @@ impl Gateway {
                 );
                 json_request(&function, payload, endpoint.addr, &invocation_id)
             };
+            let sent_at = Instant::now();
             let call = self.inner.client.request(request);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
@@ -552,6 +553,18 @@ impl Gateway {
                     // Never reached a handler: safe to send again, to another instance
                     // (waiting for one, as on a cold start, if there is none).
                     tracing::debug!(instance = %endpoint.instance_id, "not delivered ({e}); trying another instance");
+                    unreachable.push(endpoint.instance_id.clone());
+                    continue;
+                }
+                // The instance had already ended when this was sent (a stale
+                // keep-alive connection): it never reached a handler either.
+                Err(e)
+                    if unreachable.len() < MAX_UNREACHABLE
+                        && endpoint
+                            .ended_before(sent_at, Duration::from_millis(50))
+                            .await =>
+                {
+                    tracing::debug!(instance = %endpoint.instance_id, "sent to an instance that had ended ({e}); trying another");
                     unreachable.push(endpoint.instance_id.clone());
                     continue;
                 }
