@@ -17,18 +17,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::blob_store::BlobError;
 use crate::management::ManagementNode;
+use crate::membership::{cluster_of, peer_url};
 
 const CHUNK: usize = 1024 * 1024;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn cluster_id(node: &ManagementNode) -> String {
-    node.read_local()
-        .state
-        .cluster
-        .as_ref()
-        .map(|c| c.cluster_id.to_string())
-        .unwrap_or_default()
-}
 
 /// The other members (id, control address) of the current membership.
 fn peers(node: &ManagementNode, voters_only: bool) -> (usize, Vec<(u64, String)>) {
@@ -44,21 +36,13 @@ fn peers(node: &ManagementNode, voters_only: bool) -> (usize, Vec<(u64, String)>
     (voters.len(), peers)
 }
 
-fn url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 async fn push_one(
     addr: String,
     cluster: String,
     id: VersionId,
     bytes: std::sync::Arc<Vec<u8>>,
 ) -> Result<(), String> {
-    let mut client = BlobServiceClient::connect(url(&addr))
+    let mut client = BlobServiceClient::connect(peer_url(&addr))
         .await
         .map_err(|e| format!("{addr}: {e}"))?
         .max_encoding_message_size(CHUNK * 2);
@@ -100,7 +84,7 @@ impl ManagementNode {
         if have >= needed {
             return Ok(());
         }
-        let cluster = cluster_id(self);
+        let cluster = cluster_of(self);
         let mut pushes: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
             .map(|(_, addr)| {
@@ -139,11 +123,11 @@ impl ManagementNode {
             Err(BlobError::NotFound(_)) => {}
             other => return other,
         }
-        let cluster = cluster_id(self);
+        let cluster = cluster_of(self);
         let (_, peers) = peers(self, false);
         for (peer, addr) in peers {
             let fetched = async {
-                let mut client = BlobServiceClient::connect(url(&addr))
+                let mut client = BlobServiceClient::connect(peer_url(&addr))
                     .await
                     .map_err(|e| e.to_string())?
                     .max_decoding_message_size(CHUNK * 2);
@@ -200,7 +184,7 @@ pub struct BlobServer {
 
 impl BlobServer {
     fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
-        let ours = cluster_id(&self.node);
+        let ours = cluster_of(&self.node);
         if ours.is_empty() || theirs != ours {
             return Err(Status::permission_denied(format!(
                 "blob for cluster `{theirs}` refused by cluster `{ours}`"

@@ -390,7 +390,8 @@ impl MemberError {
     }
 }
 
-fn cluster_of(node: &ManagementNode) -> String {
+/// This node's cluster id as sent in internal messages (empty before init).
+pub(crate) fn cluster_of(node: &ManagementNode) -> String {
     node.read_local()
         .state
         .cluster
@@ -399,7 +400,8 @@ fn cluster_of(node: &ManagementNode) -> String {
         .unwrap_or_default()
 }
 
-fn peer_url(addr: &str) -> String {
+/// A member's control URL from its advertised address.
+pub(crate) fn peer_url(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
     } else {

@@ -2,6 +2,9 @@
 //! caught up, voter), every member applies the same commands, and the group keeps
 //! accepting writes after the leader stops.
 
+mod common;
+
+use common::app_zip;
 use std::time::Duration;
 
 use strom_control_plane::admin_service::AdminApi;
@@ -46,28 +49,6 @@ async fn member(id: u64) -> Member {
         cancel,
         _dir: dir,
     }
-}
-
-fn app_zip() -> Vec<u8> {
-    app_zip_with("f")
-}
-
-fn app_zip_with(route: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("host.json"),
-        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#,
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("f")).unwrap();
-    std::fs::write(
-        dir.path().join("f/function.json"),
-        format!(
-            r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
-        ),
-    )
-    .unwrap();
-    strom_proto::manifest::pack_dir(dir.path()).unwrap()
 }
 
 async fn settle(members: &[&Member], what: &str, f: impl Fn(&ManagementNode) -> bool) {
@@ -159,7 +140,7 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
     AdminApi::new(m1.node.clone())
         .deploy_bytes(
             AppName::parse("shared").unwrap(),
-            app_zip(),
+            app_zip("f"),
             Default::default(),
         )
         .await
@@ -214,7 +195,7 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
     let through_follower = AdminApi::new(m3.node.clone())
         .deploy_bytes(
             AppName::parse("second").unwrap(),
-            app_zip_with("second"),
+            app_zip("second"),
             Default::default(),
         )
         .await

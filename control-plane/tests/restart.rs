@@ -1,6 +1,9 @@
 //! A management node keeps everything across restarts, builds and reloads
 //! snapshots, and never re-initializes an existing cluster.
 
+mod common;
+
+use common::app_zip;
 use std::time::Duration;
 
 use strom_control_plane::admin_service::AdminApi;
@@ -9,24 +12,6 @@ use strom_proto::command::Command;
 use strom_proto::ids::AppName;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn app_zip(route: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("host.json"),
-        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#,
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("f")).unwrap();
-    std::fs::write(
-        dir.path().join("f/function.json"),
-        format!(
-            r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
-        ),
-    )
-    .unwrap();
-    strom_proto::manifest::pack_dir(dir.path()).unwrap()
-}
 
 async fn start(dir: &std::path::Path) -> (ManagementNode, Bootstrap) {
     let node = ManagementNode::start(ManagementConfig::new(

@@ -450,7 +450,14 @@ fn t46_redeploy_under_a_steady_request_stream_fails_no_request() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let served = || seen.lock().unwrap().0;
+    let stream_runs = |more: u32| {
+        let from = served();
+        eventually(Duration::from_secs(30), "the request stream", || {
+            (served() >= from + more).then_some(())
+        });
+    };
+    stream_runs(20);
     std::fs::write(app.join("v2.txt"), "a new version").unwrap();
     let d = up.strom(&["app", "deploy", app.to_str().unwrap()]);
     assert_eq!(d.code, 0, "{}", d.stderr);
@@ -463,7 +470,7 @@ fn t46_redeploy_under_a_steady_request_stream_fails_no_request() {
             (i.len() == 1 && i[0]["version_id"] != v1 && i[0]["serving"] == true).then_some(())
         },
     );
-    std::thread::sleep(Duration::from_millis(300));
+    stream_runs(20);
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
