@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["strom/admin/v1/admin.proto", "strom/internal/v1/raft.proto"];
+    let files = [
+        "strom/admin/v1/admin.proto",
+        "strom/internal/v1/raft.proto",
+        "strom/internal/v1/worker.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -12,9 +12,12 @@ use std::sync::Arc;
 use prost::Message;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
-use strom_proto::command::{Command, CommandResult, DeployVersion, InitialKeys, Rejection};
+use strom_proto::command::{
+    Command, CommandResult, DeployVersion, InitialKeys, Rejection, WorkerSchedule,
+};
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
+use strom_proto::internal_v1::LiveWorkersReply;
 use strom_proto::invocations::{self, InvocationRecord, InvocationStore};
 use strom_proto::manifest::AuthLevel;
 use strom_proto::manifest::{
@@ -30,7 +33,18 @@ use crate::state_machine::StateView;
 
 pub struct AdminApi {
     node: ManagementNode,
-    worker: Option<WorkerView>,
+    /// Set once the node's worker role has started (if it has one).
+    worker: Arc<std::sync::OnceLock<WorkerView>>,
+}
+
+/// Where a node's worker role, started after the control port, announces itself.
+#[derive(Clone)]
+pub struct WorkerSlot(Arc<std::sync::OnceLock<WorkerView>>);
+
+impl WorkerSlot {
+    pub fn set(&self, view: WorkerView) {
+        let _ = self.0.set(view);
+    }
 }
 
 /// What the admin API can see of this node's worker role (when it has one).
@@ -41,27 +55,73 @@ pub struct WorkerView {
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
 }
 
+/// Workers that could take instances of `app` now (for the default scale shown).
+fn eligible_workers(state: &crate::cluster_state::ClusterState, app: &AppState) -> usize {
+    let Ok(req) = crate::scheduler::app_requirements(&app.settings) else {
+        return 0;
+    };
+    state
+        .workers
+        .values()
+        .filter(|w| w.up && w.schedule == WorkerSchedule::Active)
+        .filter(|w| {
+            req.labels
+                .iter()
+                .all(|(k, v)| w.info.labels.get(k) == Some(v))
+        })
+        .count()
+}
+
 /// Most instances of one app on one node.
 pub const MAX_SCALE: u32 = 64;
 
 impl AdminApi {
     pub fn new(node: ManagementNode) -> Self {
-        AdminApi { node, worker: None }
+        AdminApi {
+            node,
+            worker: Arc::default(),
+        }
     }
 
-    pub fn with_worker(mut self, worker: WorkerView) -> Self {
-        self.worker = Some(worker);
+    pub fn with_worker(self, worker: WorkerView) -> Self {
+        let _ = self.worker.set(worker);
         self
     }
 
-    fn instances(&self, app: Option<&AppName>) -> Vec<pb::InstanceInfo> {
-        let Some(w) = &self.worker else {
-            return Vec::new();
+    /// The slot this node's worker role fills in once it runs.
+    pub fn worker_slot(&self) -> WorkerSlot {
+        WorkerSlot(self.worker.clone())
+    }
+
+    /// Instances of every worker as the leader last heard of them; this node's own
+    /// when no leader answers.
+    fn instances(
+        &self,
+        live: Option<&LiveWorkersReply>,
+        app: Option<&AppName>,
+    ) -> Vec<pb::InstanceInfo> {
+        let all: Vec<(u64, InstanceStatus)> = match (live, self.worker.get()) {
+            (Some(live), _) => live
+                .workers
+                .iter()
+                .flat_map(|w| {
+                    w.instances
+                        .iter()
+                        .filter_map(|r| crate::workers::status_of(r).ok())
+                        .map(|s| (w.node_id, s))
+                })
+                .collect(),
+            (None, Some(w)) => w
+                .instances
+                .borrow()
+                .iter()
+                .map(|i| (w.node_id, i.clone()))
+                .collect(),
+            (None, None) => Vec::new(),
         };
-        let all = w.instances.borrow().clone();
         all.iter()
-            .filter(|i| app.is_none_or(|a| &i.app == a))
-            .map(|i| pb::InstanceInfo {
+            .filter(|(_, i)| app.is_none_or(|a| &i.app == a))
+            .map(|(node_id, i)| pb::InstanceInfo {
                 app_name: i.app.to_string(),
                 version_id: i.version.to_string(),
                 slot: i.slot,
@@ -71,9 +131,34 @@ impl AdminApi {
                 pid: i.pid.unwrap_or(0),
                 last_error: i.last_error.clone().unwrap_or_default(),
                 serving: i.serving,
-                node_id: w.node_id,
+                node_id: *node_id,
             })
             .collect()
+    }
+
+    async fn set_schedule(
+        &self,
+        node: u64,
+        schedule: WorkerSchedule,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        if node == 0 {
+            return Err(Status::invalid_argument("node_id: must be at least 1"));
+        }
+        let (log_index, _) = self
+            .commit(Command::SetWorkerSchedule {
+                node,
+                schedule,
+                at_ms: now_ms(),
+            })
+            .await?;
+        let view = self.node.read_local();
+        let status = view
+            .state
+            .workers
+            .get(&node)
+            .map(|w| w.status().to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::CordonNodeResponse { status, log_index }))
     }
 
     async fn fresh(&self) -> Result<Arc<StateView>, Status> {
@@ -205,7 +290,8 @@ fn rejection_status(r: &Rejection) -> Status {
         Rejection::AppNotFound { .. }
         | Rejection::VersionNotFound { .. }
         | Rejection::FunctionNotFound { .. }
-        | Rejection::KeyNotFound { .. } => Status::not_found(r.to_string()),
+        | Rejection::KeyNotFound { .. }
+        | Rejection::WorkerNotFound { .. } => Status::not_found(r.to_string()),
         Rejection::RouteConflict { .. } => Status::failed_precondition(r.to_string()),
         Rejection::NotInitialized => Status::unavailable(r.to_string()),
         Rejection::AlreadyInitialized | Rejection::MasterKeyIsPermanent => {
@@ -415,8 +501,10 @@ impl AdminService for AdminApi {
             functions: functions_of(app, manifest, self.http_base()),
             applied_index: view.applied_index(),
             route_prefix: manifest.host.route_prefix.clone(),
-            instances: self.instances(Some(&name)),
-            scale: app.scale.unwrap_or(1),
+            instances: self.instances(self.node.live_workers().await.as_ref(), Some(&name)),
+            scale: app.scale.unwrap_or_else(|| {
+                crate::scheduler::desired(app, eligible_workers(&view.state, app))
+            }),
         }))
     }
 
@@ -549,14 +637,104 @@ impl AdminService for AdminApi {
             self.fresh().await?
         };
         let metrics = self.node.raft.metrics().borrow().clone();
+        let live = self.node.live_workers().await;
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, node)| pb::Member {
-                node_id: *id,
-                address: node.addr.clone(),
-                voter: voters.contains(id),
+            .map(|(id, node)| {
+                let version = live
+                    .as_ref()
+                    .and_then(|l| l.members.iter().find(|m| m.node_id == *id));
+                let matched = live
+                    .as_ref()
+                    .and_then(|l| l.matched.get(id).copied())
+                    .unwrap_or(0);
+                let leader_last = live.as_ref().map(|l| l.last_log_index).unwrap_or(0);
+                pb::Member {
+                    node_id: *id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(id),
+                    leader: metrics.current_leader == Some(*id),
+                    build: version.map(|v| v.build.clone()).unwrap_or_default(),
+                    protocol: version.map(|v| v.protocol).unwrap_or(0),
+                    matched_index: matched,
+                    lag: leader_last.saturating_sub(matched),
+                }
+            })
+            .collect();
+        let ready_of = |node: u64, app: Option<&AppName>| -> u32 {
+            live.as_ref()
+                .and_then(|l| l.workers.iter().find(|w| w.node_id == node))
+                .map(|w| {
+                    w.instances
+                        .iter()
+                        .filter(|r| r.state == "Ready")
+                        .filter(|r| {
+                            app.is_none_or(|a| {
+                                r.app == a.as_str()
+                                    && view
+                                        .state
+                                        .apps
+                                        .get(a)
+                                        .is_some_and(|s| s.active_version.as_str() == r.version)
+                            })
+                        })
+                        .count() as u32
+                })
+                .unwrap_or(0)
+        };
+        let workers = view
+            .state
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let heard = live
+                    .as_ref()
+                    .and_then(|l| l.workers.iter().find(|x| x.node_id == *id));
+                pb::WorkerStatus {
+                    node_id: *id,
+                    http_addr: w.info.http_addr.clone(),
+                    status: w.status().to_string(),
+                    capacity_instances: w.info.capacity.instances,
+                    capacity_memory_mb: w.info.capacity.memory_mb,
+                    labels: w.info.labels.clone().into_iter().collect(),
+                    placed: view
+                        .state
+                        .placements
+                        .values()
+                        .filter_map(|p| p.get(id))
+                        .sum(),
+                    ready: ready_of(*id, None),
+                    last_heartbeat_ms: heard.map(|h| h.since_heartbeat_ms as i64).unwrap_or(-1),
+                    build: heard
+                        .map(|h| h.build.clone())
+                        .unwrap_or_else(|| w.info.build.clone()),
+                    protocol: heard.map(|h| h.protocol).unwrap_or(0),
+                }
+            })
+            .collect();
+        let placements = view
+            .state
+            .apps
+            .values()
+            .map(|app| pb::AppPlacement {
+                app_name: app.name.to_string(),
+                desired: crate::scheduler::desired(app, eligible_workers(&view.state, app)),
+                nodes: view
+                    .state
+                    .placements
+                    .get(&app.name)
+                    .map(|p| {
+                        p.iter()
+                            .map(|(node, n)| pb::NodeInstances {
+                                node_id: *node,
+                                instances: *n,
+                                ready: ready_of(*node, Some(&app.name)),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::GetClusterStatusResponse {
@@ -574,8 +752,12 @@ impl AdminService for AdminApi {
             members,
             app_count: view.state.apps.len() as u32,
             state: format!("{:?}", metrics.state).to_ascii_lowercase(),
-            build_version: env!("CARGO_PKG_VERSION").to_string(),
-            instances: self.instances(None),
+            build_version: strom_proto::version::BUILD.to_string(),
+            instances: self.instances(live.as_ref(), None),
+            workers,
+            placements,
+            protocol: view.state.protocol(),
+            live: live.is_some(),
         }))
     }
 
@@ -654,7 +836,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListInvocationsRequest>,
     ) -> Result<Response<pb::ListInvocationsResponse>, Status> {
         let filter = InvocationFilter::parse(request.get_ref())?;
-        let invocations = match &self.worker {
+        let invocations = match self.worker.get() {
             Some(w) => w
                 .invocations
                 .recent(
@@ -678,12 +860,43 @@ impl AdminService for AdminApi {
         if id == 0 {
             return Err(Status::invalid_argument("node_id: must be at least 1"));
         }
-        let voters = self
+        let view = self.fresh().await?;
+        let is_worker = view.state.workers.contains_key(&id);
+        let is_member = self
             .node
-            .remove_member(id)
-            .await
-            .map_err(|e| e.to_status())?;
-        Ok(Response::new(pb::RemoveMemberResponse { voters }))
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if is_worker {
+            self.commit(Command::RemoveWorker {
+                node: id,
+                at_ms: now_ms(),
+            })
+            .await?;
+        }
+        let voters = if is_member || !is_worker {
+            self.node
+                .remove_member(id)
+                .await
+                .map_err(|e| e.to_status())?
+        } else {
+            self.node
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect()
+        };
+        Ok(Response::new(pb::RemoveMemberResponse {
+            voters,
+            worker_removed: is_worker,
+        }))
     }
 
     async fn drain_node(
@@ -691,11 +904,59 @@ impl AdminService for AdminApi {
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
         let id = request.get_ref().node_id;
-        let (leader_id, handed_over) = self.node.drain_node(id).await.map_err(|e| e.to_status())?;
+        let view = self.fresh().await?;
+        let is_worker = view.state.workers.contains_key(&id);
+        if is_worker {
+            self.commit(Command::SetWorkerSchedule {
+                node: id,
+                schedule: WorkerSchedule::Draining,
+                at_ms: now_ms(),
+            })
+            .await?;
+        }
+        let is_member = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        let (leader_id, handed_over) = if is_member || !is_worker {
+            self.node.drain_node(id).await.map_err(|e| e.to_status())?
+        } else {
+            (
+                self.node
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .unwrap_or(0),
+                false,
+            )
+        };
         Ok(Response::new(pb::DrainNodeResponse {
             leader_id,
             handed_over,
+            worker_draining: is_worker,
         }))
+    }
+
+    async fn cordon_node(
+        &self,
+        request: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        self.set_schedule(request.get_ref().node_id, WorkerSchedule::Cordoned)
+            .await
+    }
+
+    async fn uncordon_node(
+        &self,
+        request: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        self.set_schedule(request.get_ref().node_id, WorkerSchedule::Active)
+            .await
     }
 
     type StreamInvocationsStream = std::pin::Pin<
@@ -708,7 +969,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::StreamInvocationsStream>, Status> {
         let filter = InvocationFilter::parse(request.get_ref())?;
         let follow = request.get_ref().follow;
-        let Some(w) = self.worker.clone() else {
+        let Some(w) = self.worker.get().cloned() else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
         };
         // Subscribe before reading the backlog so nothing falls in between.

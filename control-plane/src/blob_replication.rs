@@ -126,36 +126,14 @@ impl ManagementNode {
         let cluster = cluster_of(self);
         let (_, peers) = peers(self, false);
         for (peer, addr) in peers {
-            let fetched = async {
-                let mut client = BlobServiceClient::connect(peer_url(&addr))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .max_decoding_message_size(CHUNK * 2);
-                let mut stream = client
-                    .get_blob(GetBlobRequest {
-                        cluster_id: cluster.clone(),
-                        sha256: id.to_string(),
-                    })
-                    .await
-                    .map_err(|e| e.message().to_string())?
-                    .into_inner();
-                let mut bytes = Vec::new();
-                while let Some(chunk) = stream
-                    .message()
-                    .await
-                    .map_err(|e| e.message().to_string())?
-                {
-                    if bytes.len() as u64 + chunk.data.len() as u64
-                        > self.config.package_limits.max_compressed_bytes
-                    {
-                        return Err("larger than the package limit".to_string());
-                    }
-                    bytes.extend_from_slice(&chunk.data);
-                }
-                Ok::<_, String>(bytes)
-            };
+            let fetched = fetch_blob_from(
+                &addr,
+                &cluster,
+                id,
+                self.config.package_limits.max_compressed_bytes,
+            );
             match fetched.await {
-                Ok(bytes) if VersionId::of_bytes(&bytes) == *id => {
+                Ok(bytes) => {
                     self.blobs.put(std::sync::Arc::new(bytes.clone())).await?;
                     tracing::info!(
                         version = id.short(),
@@ -164,11 +142,6 @@ impl ManagementNode {
                     );
                     return Ok(bytes);
                 }
-                Ok(_) => tracing::warn!(
-                    version = id.short(),
-                    from = peer,
-                    "a peer sent a package with the wrong hash"
-                ),
                 Err(e) => {
                     tracing::debug!(version = id.short(), from = peer, "fetching failed: {e}")
                 }
@@ -176,6 +149,43 @@ impl ManagementNode {
         }
         Err(BlobError::NotFound(id.clone()))
     }
+}
+
+/// Fetch package `id` from the management node at `addr`, refusing more than
+/// `limit` bytes and verifying the hash.
+pub async fn fetch_blob_from(
+    addr: &str,
+    cluster: &str,
+    id: &VersionId,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let mut client = BlobServiceClient::connect(peer_url(addr))
+        .await
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(CHUNK * 2);
+    let mut stream = client
+        .get_blob(GetBlobRequest {
+            cluster_id: cluster.to_string(),
+            sha256: id.to_string(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|e| e.message().to_string())?
+    {
+        if bytes.len() as u64 + chunk.data.len() as u64 > limit {
+            return Err("larger than the package limit".to_string());
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if VersionId::of_bytes(&bytes) != *id {
+        return Err(format!("{addr} sent a package with the wrong hash"));
+    }
+    Ok(bytes)
 }
 
 pub struct BlobServer {

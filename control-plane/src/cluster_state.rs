@@ -12,9 +12,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use strom_proto::command::{Command, CommandResult, DeployVersion, KeyScope, Rejection};
-use strom_proto::ids::{AppName, ClusterId, TokenHash, VersionId};
+use strom_proto::command::{
+    Command, CommandResult, DeployVersion, KeyScope, Rejection, WorkerInfo, WorkerSchedule,
+};
+use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
 use strom_proto::manifest::{AppManifest, FunctionManifest, Trigger};
+use strom_proto::version::{Feature, OLDEST_PROTOCOL};
 
 /// Identity of the cluster, set once by `InitCluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +32,36 @@ pub struct ClusterInfo {
 pub struct ClusterState {
     pub cluster: Option<ClusterInfo>,
     pub apps: BTreeMap<AppName, AppState>,
+    /// Registered worker nodes.
+    pub workers: BTreeMap<NodeId, WorkerState>,
+    /// The scheduler's placements: per app, how many instances each worker runs.
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    /// The wire protocol every management member has reported (the version gate;
+    /// 0 before the first report means [`OLDEST_PROTOCOL`]).
+    pub protocol: u32,
+}
+
+/// A registered worker as the replicated state knows it. Heartbeats are not
+/// replicated (leases live in the leader's memory); only transitions are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerState {
+    pub info: WorkerInfo,
+    /// `false` once the leader saw its lease expire.
+    pub up: bool,
+    pub schedule: WorkerSchedule,
+    /// When `up` or `schedule` last changed.
+    pub since_ms: i64,
+}
+
+impl WorkerState {
+    /// Up/Down/Draining/Cordoned, as `strom cluster status` shows it.
+    pub fn status(&self) -> &'static str {
+        match (self.up, self.schedule) {
+            (false, _) => "Down",
+            (true, WorkerSchedule::Active) => "Up",
+            (true, s) => s.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,11 +164,13 @@ impl ClusterState {
                 state.updated_at_ms = *at_ms;
                 Ok(true)
             }
-            Command::DeleteApp { app, .. } => self
-                .apps
-                .remove(app)
-                .map(|_| true)
-                .ok_or_else(|| Rejection::AppNotFound { app: app.clone() }),
+            Command::DeleteApp { app, .. } => {
+                self.apps
+                    .remove(app)
+                    .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })?;
+                self.placements.remove(app);
+                Ok(true)
+            }
             Command::SetAppSettings {
                 app,
                 set,
@@ -215,7 +250,121 @@ impl ClusterState {
                     .map(|_| true)
                     .ok_or_else(|| Rejection::KeyNotFound { name: name.clone() })
             }
+            Command::RegisterWorker(info) => {
+                let at_ms = info.at_ms;
+                match self.workers.get_mut(&info.node) {
+                    Some(w) => {
+                        let mut known = info.as_ref().clone();
+                        known.at_ms = w.info.at_ms;
+                        if w.info == known && w.up {
+                            return Ok(false);
+                        }
+                        w.info = known;
+                        if !w.up {
+                            w.up = true;
+                            w.since_ms = at_ms;
+                        }
+                    }
+                    None => {
+                        self.workers.insert(
+                            info.node,
+                            WorkerState {
+                                info: info.as_ref().clone(),
+                                up: true,
+                                schedule: WorkerSchedule::Active,
+                                since_ms: at_ms,
+                            },
+                        );
+                    }
+                }
+                Ok(true)
+            }
+            Command::SetWorkerLiveness { node, up, at_ms } => {
+                let w = self.worker_mut(*node)?;
+                if w.up == *up {
+                    return Ok(false);
+                }
+                w.up = *up;
+                w.since_ms = *at_ms;
+                Ok(true)
+            }
+            Command::SetWorkerSchedule {
+                node,
+                schedule,
+                at_ms,
+            } => {
+                let w = self.worker_mut(*node)?;
+                if w.schedule == *schedule {
+                    return Ok(false);
+                }
+                w.schedule = *schedule;
+                w.since_ms = *at_ms;
+                Ok(true)
+            }
+            Command::Place { changes, .. } => {
+                let mut changed = false;
+                for c in changes {
+                    if !self.apps.contains_key(&c.app) || !self.workers.contains_key(&c.node) {
+                        continue;
+                    }
+                    let per_app = self.placements.entry(c.app.clone()).or_default();
+                    let before = per_app.get(&c.node).copied().unwrap_or(0);
+                    if before == c.instances {
+                        continue;
+                    }
+                    changed = true;
+                    if c.instances == 0 {
+                        per_app.remove(&c.node);
+                    } else {
+                        per_app.insert(c.node, c.instances);
+                    }
+                }
+                self.placements.retain(|_, p| !p.is_empty());
+                Ok(changed)
+            }
+            Command::SetClusterProtocol { protocol, .. } => {
+                if *protocol <= self.protocol {
+                    return Ok(false);
+                }
+                self.protocol = *protocol;
+                Ok(true)
+            }
+            Command::RemoveWorker { node, .. } => {
+                self.workers
+                    .remove(node)
+                    .ok_or(Rejection::WorkerNotFound { node: *node })?;
+                for p in self.placements.values_mut() {
+                    p.remove(node);
+                }
+                self.placements.retain(|_, p| !p.is_empty());
+                Ok(true)
+            }
         }
+    }
+
+    /// The protocol the whole cluster speaks (see `strom_proto::version`).
+    pub fn protocol(&self) -> u32 {
+        self.protocol.max(OLDEST_PROTOCOL)
+    }
+
+    /// Whether the cluster has switched `feature` on.
+    pub fn allows(&self, feature: Feature) -> bool {
+        self.protocol() >= feature.since()
+    }
+
+    fn worker_mut(&mut self, node: NodeId) -> Result<&mut WorkerState, Rejection> {
+        self.workers
+            .get_mut(&node)
+            .ok_or(Rejection::WorkerNotFound { node })
+    }
+
+    /// Instances of `app` placed on worker `node`.
+    pub fn placed(&self, app: &AppName, node: NodeId) -> u32 {
+        self.placements
+            .get(app)
+            .and_then(|p| p.get(&node))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn deploy(&mut self, d: &DeployVersion) -> Result<bool, Rejection> {

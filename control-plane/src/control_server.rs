@@ -7,6 +7,7 @@ use strom_proto::admin_v1::admin_service_server::AdminServiceServer;
 use strom_proto::internal_v1::blob_service_server::BlobServiceServer;
 use strom_proto::internal_v1::cluster_service_server::ClusterServiceServer;
 use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
+use strom_proto::internal_v1::worker_service_server::WorkerServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -80,12 +81,16 @@ pub async fn serve(
     let blobs = BlobServiceServer::new(BlobServer { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let workers = WorkerServiceServer::new(crate::workers::WorkerServer { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)
         .add_service(blobs)
+        .add_service(workers)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await

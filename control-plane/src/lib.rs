@@ -6,6 +6,8 @@
 //! - [`blob_store`]: content-addressed app packages; [`blob_replication`]: between nodes.
 //! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads.
 //! - [`membership`]: joining the management group (learner, catch-up, voter).
+//! - [`workers`]: worker registration, leases, the state watch, the leader's duties;
+//!   [`scheduler`]: where instances run (pure).
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
@@ -17,6 +19,8 @@ pub mod impl_raft_network;
 pub mod log_store;
 pub mod management;
 pub mod membership;
+pub mod scheduler;
 pub mod state_machine;
+pub mod workers;
 
 pub use management::{Bootstrap, ManagementConfig, ManagementNode, ProposeError};

@@ -38,6 +38,9 @@ pub struct ManagementConfig {
     pub package_limits: ZipLimits,
     /// Raft heartbeat; election timeouts are 4–8 heartbeats.
     pub heartbeat: Duration,
+    /// A worker whose heartbeats stop for this long is marked Down (its instances
+    /// are placed elsewhere).
+    pub worker_lease: Duration,
 }
 
 impl ManagementConfig {
@@ -54,6 +57,7 @@ impl ManagementConfig {
             public_http_url: http_url.trim_end_matches('/').to_string(),
             package_limits: ZipLimits::default(),
             heartbeat: Duration::from_millis(100),
+            worker_lease: Duration::from_secs(5),
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct ManagementNode {
     pub state: watch::Receiver<Arc<StateView>>,
     pub blobs: BlobStore,
     pub config: Arc<ManagementConfig>,
+    /// Worker leases and member versions (the leader's memory).
+    pub live: Arc<crate::workers::LiveWorkers>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,6 +238,7 @@ impl ManagementNode {
             state,
             blobs,
             config: Arc::new(config),
+            live: Arc::default(),
         })
     }
 

@@ -49,23 +49,29 @@ impl ClusterServer {
     }
 
     fn not_leader(&self) -> Status {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let leader_addr = metrics.current_leader.and_then(|id| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-        });
-        let mut status = Status::unavailable(match &leader_addr {
-            Some(a) => format!("not the leader; the leader is at {a}"),
-            None => "not the leader, and no leader is known yet".to_string(),
-        });
-        if let Some(a) = leader_addr.and_then(|a| a.parse().ok()) {
-            status.metadata_mut().insert(LEADER_METADATA, a);
-        }
-        status
+        not_leader_status(&self.node)
     }
+}
+
+/// UNAVAILABLE naming the leader's address (also in `x-strom-leader` metadata).
+pub(crate) fn not_leader_status(node: &ManagementNode) -> Status {
+    let metrics = node.raft.metrics().borrow().clone();
+    let leader_addr = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    });
+    let mut status = Status::unavailable(match &leader_addr {
+        Some(a) => format!("not the leader; the leader is at {a}"),
+        None => "not the leader, and no leader is known (election in progress, or no quorum)"
+            .to_string(),
+    });
+    if let Some(a) = leader_addr.and_then(|a| a.parse().ok()) {
+        status.metadata_mut().insert(LEADER_METADATA, a);
+    }
+    status
 }
 
 #[tonic::async_trait]
@@ -86,6 +92,14 @@ impl ClusterService for ClusterServer {
         }
         if req.address.trim().is_empty() {
             return Err(Status::invalid_argument("address: required"));
+        }
+        let theirs = req.protocol.max(strom_proto::version::OLDEST_PROTOCOL);
+        if theirs < view.state.protocol() {
+            return Err(Status::failed_precondition(format!(
+                "node {} speaks protocol {theirs}, but the cluster already uses protocol {}: upgrade its build first",
+                req.node_id,
+                view.state.protocol()
+            )));
         }
         let metrics = self.node.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(self.node.config.node_id) {
@@ -536,6 +550,7 @@ async fn try_join(seed: &str, node_id: u64, address: &str, token: &str) -> Resul
             node_id,
             address: address.to_string(),
             join_token: token.to_string(),
+            protocol: strom_proto::version::PROTOCOL,
         })
         .await;
     match result {
@@ -543,6 +558,7 @@ async fn try_join(seed: &str, node_id: u64, address: &str, token: &str) -> Resul
         Err(s) => match s.code() {
             tonic::Code::Unauthenticated
             | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
             | tonic::Code::AlreadyExists => Err(JoinError::Refused(s.message().to_string())),
             tonic::Code::Unavailable => match s
                 .metadata()

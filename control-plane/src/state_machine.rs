@@ -25,8 +25,9 @@ use tokio::sync::watch;
 
 use crate::cluster_state::ClusterState;
 
-/// Snapshot format written by this build.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Snapshot format written by this build. Format 1 (no workers, no placements) is
+/// still read and migrated.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers see: the state as of `last_applied`.
@@ -93,9 +94,32 @@ impl StateMachine {
     }
 }
 
+/// Format 1: the state before workers and placements existed.
+#[derive(Deserialize)]
+struct SnapshotBodyV1 {
+    meta: SnapshotMeta,
+    state: ClusterStateV1,
+}
+
+#[derive(Deserialize)]
+struct ClusterStateV1 {
+    cluster: Option<crate::cluster_state::ClusterInfo>,
+    apps: std::collections::BTreeMap<strom_proto::ids::AppName, crate::cluster_state::AppState>,
+}
+
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
-    let (_format, body) = codec::open_envelope(bytes, SNAPSHOT_FORMAT)?;
-    // Format 1 is the only one so far; older formats would be migrated here.
+    let (format, body) = codec::open_envelope(bytes, SNAPSHOT_FORMAT)?;
+    if format == 1 {
+        let old: SnapshotBodyV1 = codec::decode(body)?;
+        return Ok(SnapshotBody {
+            meta: old.meta,
+            state: ClusterState {
+                cluster: old.state.cluster,
+                apps: old.state.apps,
+                ..ClusterState::default()
+            },
+        });
+    }
     codec::decode(body)
 }
 
@@ -255,5 +279,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: body.meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot written by a build before workers existed (format 1) still loads.
+    #[test]
+    fn format_1_snapshots_are_migrated() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            meta: SnapshotMeta,
+            state: (
+                &'a Option<crate::cluster_state::ClusterInfo>,
+                &'a std::collections::BTreeMap<
+                    strom_proto::ids::AppName,
+                    crate::cluster_state::AppState,
+                >,
+            ),
+        }
+        let info = crate::cluster_state::ClusterInfo {
+            cluster_id: strom_proto::ids::ClusterId::new_random(),
+            admin_token_hash: strom_proto::ids::TokenHash::of("a"),
+            join_token_hash: strom_proto::ids::TokenHash::of("j"),
+            created_at_ms: 7,
+        };
+        let cluster = Some(info.clone());
+        let apps = std::collections::BTreeMap::new();
+        let bytes = codec::encode_envelope(
+            1,
+            &V1 {
+                meta: SnapshotMeta::default(),
+                state: (&cluster, &apps),
+            },
+        )
+        .unwrap();
+        let body = decode_snapshot(&bytes).unwrap();
+        assert_eq!(body.state.cluster, Some(info));
+        assert!(body.state.workers.is_empty());
+        assert!(body.state.placements.is_empty());
     }
 }

@@ -113,6 +113,24 @@ pub struct ServeArgs {
     /// How long a handler may take to answer its readiness probe, in seconds [default: 60].
     #[arg(long, env = "STROM_STARTUP_TIMEOUT_SECS")]
     pub startup_timeout_secs: Option<u64>,
+    /// Function port address other nodes forward requests to [default: the HTTP address].
+    #[arg(long, env = "STROM_ADVERTISE_HTTP_ADDR")]
+    pub advertise_http_addr: Option<String>,
+    /// Worker: most instances (of all apps) it runs [default: 64].
+    #[arg(long, env = "STROM_CAPACITY_INSTANCES")]
+    pub capacity_instances: Option<u32>,
+    /// Worker: memory for instances in MiB, reserved by apps' `STROM_MEMORY_MB`
+    /// [default: 0 = not limited].
+    #[arg(long, env = "STROM_CAPACITY_MEMORY_MB")]
+    pub capacity_memory_mb: Option<u64>,
+    /// Worker: labels apps can require with `STROM_WORKER_LABELS`, comma-separated
+    /// `key=value` pairs.
+    #[arg(long, env = "STROM_LABELS", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// Management: a worker silent this long (milliseconds) is Down and its
+    /// instances are placed elsewhere [default: 5000].
+    #[arg(long, env = "STROM_WORKER_LEASE_MS")]
+    pub worker_lease_ms: Option<u64>,
 }
 
 /// How a client command reaches and authenticates to a management node.
@@ -249,9 +267,22 @@ pub enum FnCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Prepare a management node for a planned stop: if it leads, it hands
-    /// leadership to a caught-up follower first.
+    /// Prepare a node for a planned stop: a management node that leads hands
+    /// leadership to a caught-up follower first; a worker's instances move to other
+    /// workers (make-before-break) and it takes no new ones.
     Drain {
+        node_id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A worker takes no new instances; it keeps what it runs.
+    Cordon {
+        node_id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A cordoned or drained worker takes instances again.
+    Uncordon {
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,

@@ -331,18 +331,53 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let text = if resp.handed_over {
+            let mut text = if resp.handed_over {
                 format!(
-                    "node {node_id} handed leadership to node {}; it can stop now",
+                    "node {node_id} handed leadership to node {}",
                     resp.leader_id
                 )
             } else {
                 format!(
-                    "node {node_id} does not lead (leader: node {}); it can stop now",
+                    "node {node_id} does not lead (leader: node {})",
                     resp.leader_id
                 )
             };
+            if resp.worker_draining {
+                text.push_str("; its instances move to other workers (see `strom cluster status`), then it can stop");
+            } else {
+                text.push_str("; it can stop now");
+            }
             Printer::new(client.output).message(&text, &resp);
+        }
+        NodeCommand::Cordon { node_id, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .cordon_node(pb::CordonNodeRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(
+                &format!(
+                    "worker {node_id} is {}: it takes no new instances",
+                    resp.status
+                ),
+                &resp,
+            );
+        }
+        NodeCommand::Uncordon { node_id, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .uncordon_node(pb::CordonNodeRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(
+                &format!(
+                    "worker {node_id} is {}: it takes instances again",
+                    resp.status
+                ),
+                &resp,
+            );
         }
     }
     Ok(())
@@ -367,7 +402,15 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 .map_err(status_error)?
                 .into_inner();
             Printer::new(client.output).message(
-                &format!("removed node {node_id}; voters now: {:?}", resp.voters),
+                &format!(
+                    "removed node {node_id}{}; voters now: {:?}",
+                    if resp.worker_removed {
+                        " (worker: its instances are placed elsewhere)"
+                    } else {
+                        ""
+                    },
+                    resp.voters
+                ),
                 &resp,
             );
         }

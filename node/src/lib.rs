@@ -1,6 +1,7 @@
 //! `strom-node`: the `strom` binary's library: CLI, client commands, and the wiring
 //! of the roles into one process (`strom up`).
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod gateway;

@@ -235,19 +235,116 @@ impl Printer {
             r.last_applied_index, r.last_log_index
         );
         println!("apps:         {}", r.app_count);
-        println!("build:        {}", r.build_version);
-        let mut t = table(&["MEMBER", "ADDRESS", "ROLE"]);
+        println!(
+            "build:        {} (cluster protocol {})",
+            r.build_version, r.protocol
+        );
+        if !r.live {
+            println!(
+                "(no leader answered: worker heartbeats and instances of other nodes are unknown)"
+            );
+        }
+        println!();
+        let mut t = table(&[
+            "MEMBER", "ADDRESS", "ROLE", "LEADER", "BUILD", "PROTOCOL", "MATCHED", "LAG",
+        ]);
         for m in &r.members {
             t.add_row(vec![
                 m.node_id.to_string(),
                 m.address.clone(),
                 if m.voter { "voter" } else { "learner" }.to_string(),
+                if m.leader { "*".into() } else { String::new() },
+                or_dash(&m.build),
+                if m.protocol == 0 {
+                    "-".into()
+                } else {
+                    m.protocol.to_string()
+                },
+                if r.live {
+                    m.matched_index.to_string()
+                } else {
+                    "-".into()
+                },
+                if r.live {
+                    m.lag.to_string()
+                } else {
+                    "-".into()
+                },
             ]);
         }
         println!("{t}");
+        if !r.workers.is_empty() {
+            let mut t = table(&[
+                "WORKER",
+                "ADDRESS",
+                "STATUS",
+                "PLACED",
+                "READY",
+                "CAPACITY",
+                "LABELS",
+                "LAST HEARTBEAT",
+                "BUILD",
+            ]);
+            for w in &r.workers {
+                let mut labels: Vec<String> =
+                    w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                t.add_row(vec![
+                    w.node_id.to_string(),
+                    w.http_addr.clone(),
+                    w.status.clone(),
+                    w.placed.to_string(),
+                    w.ready.to_string(),
+                    if w.capacity_memory_mb == 0 {
+                        format!("{} inst", w.capacity_instances)
+                    } else {
+                        format!(
+                            "{} inst, {} MiB",
+                            w.capacity_instances, w.capacity_memory_mb
+                        )
+                    },
+                    or_dash(&labels.join(",")),
+                    if w.last_heartbeat_ms < 0 {
+                        "-".into()
+                    } else {
+                        format!("{:.1} s ago", w.last_heartbeat_ms as f64 / 1000.0)
+                    },
+                    or_dash(&w.build),
+                ]);
+            }
+            println!("{t}");
+        }
+        if !r.placements.is_empty() {
+            let mut t = table(&["APP", "DESIRED", "PLACEMENT (node: instances/ready)"]);
+            for p in &r.placements {
+                let nodes: Vec<String> = p
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{}: {}/{}", n.node_id, n.instances, n.ready))
+                    .collect();
+                t.add_row(vec![
+                    p.app_name.clone(),
+                    p.desired.to_string(),
+                    if nodes.is_empty() {
+                        "not placed".into()
+                    } else {
+                        nodes.join(", ")
+                    },
+                ]);
+            }
+            println!("{t}");
+        }
         if !r.instances.is_empty() {
             print_instances(&r.instances);
         }
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
     }
 }
 

@@ -9,7 +9,7 @@ use strom_proto::manifest::ZipLimits;
 
 use crate::cli::ServeArgs;
 use crate::client::CliError;
-use crate::up::{run_node, NodeSettings, Start};
+use crate::up::{run_node, Capacity, NodeSettings, Start};
 
 /// Fill what flags and variables left unset from the `--config` file.
 pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
@@ -28,6 +28,11 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.join = args.join.or(file.join);
     args.join_token = args.join_token.or(file.join_token);
     args.startup_timeout_secs = args.startup_timeout_secs.or(file.startup_timeout_secs);
+    args.advertise_http_addr = args.advertise_http_addr.or(file.advertise_http_addr);
+    args.capacity_instances = args.capacity_instances.or(file.capacity_instances);
+    args.capacity_memory_mb = args.capacity_memory_mb.or(file.capacity_memory_mb);
+    args.labels = args.labels.or(file.labels);
+    args.worker_lease_ms = args.worker_lease_ms.or(file.worker_lease_ms);
     Ok(args)
 }
 
@@ -61,10 +66,9 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             )),
         }
     }
-    if !management && worker {
+    if !management && worker && args.bootstrap {
         problems.push(
-            "roles: a worker-only node is not supported by this version yet; give it the management role too (management,worker)"
-                .into(),
+            "--bootstrap: a worker-only node cannot create a cluster; bootstrap a management node and --join it".into(),
         );
     }
     if !management && !worker {
@@ -74,7 +78,8 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("./.strom"));
-    let initialized = data_dir.join("raft").join("log.redb").is_file();
+    let initialized =
+        data_dir.join("raft").join("log.redb").is_file() || data_dir.join("worker.json").is_file();
     let start = match (&args.join, args.bootstrap) {
         (Some(_), true) => {
             problems.push("--bootstrap and --join: give one, not both".into());
@@ -109,7 +114,13 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             }
         }
         (None, true) => Start::Bootstrap,
-        (None, false) if initialized => Start::Bootstrap,
+        (None, false) if initialized && management => Start::Bootstrap,
+        (None, false) if initialized => {
+            problems.push(
+                "join: a worker-only node needs --join with the management nodes' control URLs, also on a restart".into(),
+            );
+            Start::Bootstrap
+        }
         (None, false) => {
             problems.push(format!(
                 "{} holds no cluster yet: start the first node with --bootstrap, the others with --join URL",
@@ -129,7 +140,36 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             problems.push(format!("advertise-addr: `{a}` is not host:port"));
         }
     }
-    if control_addr.ip().is_unspecified() && args.advertise_addr.is_none() {
+    if let Some(a) = &args.advertise_http_addr {
+        if a.parse::<SocketAddr>().is_err() && !a.contains(':') {
+            problems.push(format!("advertise-http-addr: `{a}` is not host:port"));
+        }
+    }
+    if worker && http_addr.ip().is_unspecified() && args.advertise_http_addr.is_none() {
+        problems.push(format!(
+            "advertise-http-addr: required when the HTTP address is {http_addr} (other gateways need a reachable address)"
+        ));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in args.labels.iter().flatten() {
+        let l = l.trim();
+        if l.is_empty() {
+            continue;
+        }
+        match l.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => problems.push(format!("labels: `{l}` is not key=value")),
+        }
+    }
+    if args.capacity_instances == Some(0) {
+        problems.push("capacity-instances: must be at least 1".into());
+    }
+    if args.worker_lease_ms.is_some_and(|ms| ms < 500) {
+        problems.push("worker-lease-ms: must be at least 500".into());
+    }
+    if management && control_addr.ip().is_unspecified() && args.advertise_addr.is_none() {
         problems.push(format!(
             "advertise-addr: required when the control address is {control_addr} (peers need a reachable address)"
         ));
@@ -143,8 +183,16 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         control_addr,
         http_addr,
         advertise_addr: args.advertise_addr.clone(),
+        advertise_http_addr: args.advertise_http_addr.clone(),
         start,
+        management,
         worker,
+        capacity: Capacity {
+            instances: args.capacity_instances.unwrap_or(64),
+            memory_mb: args.capacity_memory_mb.unwrap_or(0),
+            labels,
+        },
+        worker_lease: Duration::from_millis(args.worker_lease_ms.unwrap_or(5000)),
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),
@@ -159,10 +207,10 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             format!("invalid node configuration:\n  {}", problems.join("\n  ")),
         )
     })?;
-    let title = if settings.worker {
-        "cluster node (management, worker)"
-    } else {
-        "cluster node (management)"
+    let title = match (settings.management, settings.worker) {
+        (true, true) => "cluster node (management, worker)",
+        (true, false) => "cluster node (management)",
+        _ => "cluster node (worker)",
     };
     run_node(settings, Vec::new(), title).await
 }
@@ -184,6 +232,7 @@ mod tests {
         let problems = validate(&args).unwrap_err();
         let text = problems.join("\n");
         for expected in ["node-id", "unknown role `gpu`", "worker-only", "not both"] {
+            // worker-only: it cannot bootstrap.
             assert!(text.contains(expected), "missing {expected} in:\n{text}");
         }
         let args = ServeArgs {

@@ -2,18 +2,22 @@
 //! (both roles, local storage under the data dir, process runtime, no external
 //! services) — like Azure Core Tools' `func start`, but a real cluster of one.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strom_actors::Lifecycle;
-use strom_control_plane::admin_service::{AdminApi, WorkerView};
+use strom_control_plane::admin_service::{AdminApi, WorkerSlot, WorkerView};
+use strom_control_plane::management::write_secret_file;
+use strom_control_plane::state_machine::StateView;
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
 use strom_proto::ids::AppName;
 use strom_proto::invocations::InvocationStore;
 use strom_proto::manifest::ZipLimits;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{watch_state, Agent, Managers, Packages, WorkerOffer};
 use crate::cli::UpArgs;
 use crate::client::{default_app_name, pack, status_error, CliError};
 use crate::gateway::{Gateway, GatewayConfig};
@@ -57,12 +61,38 @@ pub struct NodeSettings {
     pub http_addr: SocketAddr,
     /// Address other nodes reach this node's control port at (default: the bound one).
     pub advertise_addr: Option<String>,
+    /// Address other nodes reach this node's function port at (default: the bound one).
+    pub advertise_http_addr: Option<String>,
     pub start: Start,
+    /// Run the management role (Raft member, admin API) and the control port.
+    pub management: bool,
     /// Run the worker role and the function HTTP port.
     pub worker: bool,
+    pub capacity: Capacity,
+    /// A worker silent for this long is Down (management role setting).
+    pub worker_lease: Duration,
     pub startup_timeout: Duration,
     pub max_request_body_bytes: usize,
     pub limits: ZipLimits,
+}
+
+/// What a worker offers the scheduler.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    pub instances: u32,
+    /// 0 = not limited.
+    pub memory_mb: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            instances: 64,
+            memory_mb: 0,
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,8 +121,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         control_addr: args.control_addr,
         http_addr,
         advertise_addr: None,
+        advertise_http_addr: None,
         start: Start::Bootstrap,
+        management: true,
         worker: true,
+        capacity: Capacity::default(),
+        worker_lease: Duration::from_secs(5),
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
         limits: ZipLimits {
@@ -105,28 +139,88 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     run_node(settings, apps, "single-node cluster").await
 }
 
+fn io_error(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliError {
+    move |e| CliError::new(2, format!("{what}: {e}"))
+}
+
+/// The background parts of a running node, stopped in order by [`Running::stop`].
+struct Running {
+    node: Option<ManagementNode>,
+    worker: Option<Worker>,
+    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    gateway: Option<tokio::task::JoinHandle<()>>,
+    /// Control server, leader duties.
+    control_cancel: CancellationToken,
+    /// Gateway.
+    http_cancel: CancellationToken,
+    /// Heartbeats and the state watch.
+    agent_cancel: CancellationToken,
+    /// Where the admin API learns about the worker role.
+    worker_view: Option<WorkerSlot>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.http_cancel.cancel();
+        if let Some(t) = self.gateway {
+            let _ = t.await;
+        }
+        if let Some(w) = self.worker {
+            // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
+            w.shutdown(Duration::from_secs(55)).await;
+        }
+        self.agent_cancel.cancel();
+        if let Some(node) = &self.node {
+            // A planned stop: let another member lead first (none in a cluster of one).
+            if let Err(e) = node.hand_over_leadership(Duration::from_secs(5)).await {
+                tracing::warn!("leadership hand-over: {e}");
+            }
+        }
+        self.control_cancel.cancel();
+        if let Some(s) = self.server {
+            let _ = s.await;
+        }
+        if let Some(node) = self.node {
+            node.shutdown().await;
+        }
+    }
+}
+
 /// Run a node until SIGTERM/Ctrl-C.
 pub async fn run_node(
     settings: NodeSettings,
     apps: Vec<AppDir>,
     title: &str,
 ) -> Result<(), CliError> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .map_err(|e| CliError::new(2, format!("data dir {}: {e}", settings.data_dir.display())))?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(io_error(format!(
+        "data dir {}",
+        settings.data_dir.display()
+    )))?;
     // Bind first: a taken port is reported before anything else happens.
-    let control = control_server::bind(settings.control_addr)
-        .await
-        .map_err(|e| CliError::new(2, format!("control address {}: {e}", settings.control_addr)))?;
-    let control_addr = control
-        .local_addr()
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let http = if settings.worker {
-        let l = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|e| CliError::new(2, format!("HTTP address {}: {e}", settings.http_addr)))?;
-        Some(l)
-    } else {
-        None
+    let control = match settings.management {
+        true => Some(
+            control_server::bind(settings.control_addr)
+                .await
+                .map_err(io_error(format!(
+                    "control address {}",
+                    settings.control_addr
+                )))?,
+        ),
+        false => None,
+    };
+    let control_addr = match &control {
+        Some(l) => l
+            .local_addr()
+            .map_err(|e| CliError::new(1, e.to_string()))?,
+        None => settings.control_addr,
+    };
+    let http = match settings.worker {
+        true => Some(
+            tokio::net::TcpListener::bind(settings.http_addr)
+                .await
+                .map_err(io_error(format!("HTTP address {}", settings.http_addr)))?,
+        ),
+        false => None,
     };
     let http_addr = match &http {
         Some(l) => l
@@ -134,123 +228,137 @@ pub async fn run_node(
             .map_err(|e| CliError::new(1, e.to_string()))?,
         None => settings.http_addr,
     };
-
     let advertise = settings
         .advertise_addr
         .clone()
         .unwrap_or_else(|| control_addr.to_string());
-    let mut config = ManagementConfig::new(
-        &settings.data_dir,
-        settings.node_id,
-        &advertise,
-        &format!("http://{http_addr}"),
-    );
-    config.package_limits = settings.limits.clone();
-    let node = ManagementNode::start(config)
-        .await
-        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let advertise_http = settings
+        .advertise_http_addr
+        .clone()
+        .unwrap_or_else(|| http_addr.to_string());
 
+    let mut running = Running {
+        node: None,
+        worker: None,
+        server: None,
+        gateway: None,
+        control_cancel: CancellationToken::new(),
+        http_cancel: CancellationToken::new(),
+        agent_cancel: CancellationToken::new(),
+        worker_view: None,
+    };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
-    let worker = if settings.worker {
-        let lifecycle = Lifecycle {
-            startup_timeout: settings.startup_timeout,
-            ..Lifecycle::default()
+
+    // The management role: Raft member, admin API, leader duties.
+    let mut bootstrap = Bootstrap::Existing;
+    if let Some(control) = control {
+        let mut config = ManagementConfig::new(
+            &settings.data_dir,
+            settings.node_id,
+            &advertise,
+            &format!("http://{advertise_http}"),
+        );
+        config.package_limits = settings.limits.clone();
+        config.worker_lease = settings.worker_lease;
+        let node = ManagementNode::start(config)
+            .await
+            .map_err(|e| CliError::new(1, e.to_string()))?;
+        running.node = Some(node.clone());
+        // The admin API learns about the local worker below, once it exists.
+        let api = AdminApi::new(node.clone());
+        let worker_view = api.worker_slot();
+        running.server = Some(tokio::spawn(control_server::serve(
+            node.clone(),
+            api,
+            control,
+            running.control_cancel.clone(),
+        )));
+        tokio::spawn(strom_control_plane::workers::run_leader_duties(
+            node.clone(),
+            running.control_cancel.clone(),
+        ));
+        let started = match &settings.start {
+            Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
+            Start::Join { seeds, token } => {
+                let joined = node
+                    .join(seeds, token, Duration::from_secs(60))
+                    .await
+                    .map(|_| Bootstrap::Existing);
+                if joined.is_ok() && !token.is_empty() {
+                    let path = settings.data_dir.join(JOIN_TOKEN_FILE);
+                    if let Err(e) = write_secret_file(&path, token) {
+                        tracing::warn!("{}: {e}", path.display());
+                    }
+                }
+                joined
+            }
         };
-        Some(
-            Worker::start(
-                &settings.data_dir,
-                lifecycle,
-                node.state.clone(),
-                node.clone(),
-                settings.limits.clone(),
-            )
-            .await
-            .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?,
-        )
-    } else {
-        None
-    };
-    let mut api = AdminApi::new(node.clone());
-    if let Some(w) = &worker {
-        api = api.with_worker(WorkerView {
-            node_id: settings.node_id,
-            invocations: invocations.clone(),
-            instances: w.instances.clone(),
-        });
+        match started {
+            Ok(b) => bootstrap = b,
+            Err(e) => {
+                running.stop().await;
+                return Err(CliError::new(1, e.to_string()));
+            }
+        }
+        if let Err(e) = deploy_dirs(&node, &apps).await {
+            running.stop().await;
+            return Err(e);
+        }
+        running.worker_view = Some(worker_view);
     }
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(control_server::serve(
-        node.clone(),
-        api,
-        control,
-        cancel.clone(),
-    ));
-    let http_cancel = CancellationToken::new();
-    let gateway_task = match (&worker, http) {
-        (Some(w), Some(listener)) => {
-            let gateway = Gateway::new(
-                GatewayConfig {
-                    max_body_bytes: settings.max_request_body_bytes,
-                    cold_start_timeout: settings.startup_timeout,
-                    ..GatewayConfig::default()
-                },
-                w.routing.clone(),
-                node.state.clone(),
-                invocations,
-            );
-            Some(tokio::spawn(gateway.serve(listener, http_cancel.clone())))
-        }
-        _ => None,
-    };
 
-    let stop = |node: ManagementNode, worker: Option<Worker>| async move {
-        http_cancel.cancel();
-        if let Some(t) = gateway_task {
-            let _ = t.await;
+    // The worker role: register, follow the state, run instances, serve HTTP.
+    if let Some(listener) = http {
+        match start_worker(
+            &settings,
+            &advertise,
+            &advertise_http,
+            &mut running,
+            &invocations,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                running.stop().await;
+                return Err(e);
+            }
         }
-        if let Some(w) = worker {
-            // Longer than drain (30 s) + stop grace (10 s) + the kill wait (10 s).
-            w.shutdown(Duration::from_secs(55)).await;
-        }
-        // A planned stop: let another member lead first (none in a cluster of one).
-        if let Err(e) = node.hand_over_leadership(Duration::from_secs(5)).await {
-            tracing::warn!("leadership hand-over: {e}");
-        }
-        cancel.cancel();
-        let _ = server.await;
-        node.shutdown().await;
-    };
+        let worker = running.worker.as_ref().expect("started above");
+        let gateway = Gateway::new(
+            GatewayConfig {
+                node_id: settings.node_id,
+                max_body_bytes: settings.max_request_body_bytes,
+                cold_start_timeout: settings.startup_timeout,
+                ..GatewayConfig::default()
+            },
+            worker.routing.clone(),
+            worker.state.clone(),
+            invocations.clone(),
+        );
+        running.gateway = Some(tokio::spawn(
+            gateway.serve(listener, running.http_cancel.clone()),
+        ));
+    }
 
-    let started = match &settings.start {
-        Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
-        Start::Join { seeds, token } => node
-            .join(seeds, token, Duration::from_secs(60))
-            .await
-            .map(|_| Bootstrap::Existing),
-    };
-    let bootstrap = match started {
-        Ok(b) => b,
-        Err(e) => {
-            stop(node, worker).await;
-            return Err(CliError::new(1, e.to_string()));
-        }
-    };
     println!("strom {} — {title}", env!("CARGO_PKG_VERSION"));
     println!("  node:      {}", settings.node_id);
     println!("  data dir:  {}", settings.data_dir.display());
-    println!("  control:   http://{control_addr}  (gRPC admin API)");
-    if worker.is_some() {
+    if running.node.is_some() {
+        println!("  control:   http://{control_addr}  (gRPC admin API)");
+    }
+    if running.worker.is_some() {
         println!("  functions: http://{http_addr}");
     }
-    match &bootstrap {
-        Bootstrap::Created { admin_token } => {
+    match (&bootstrap, &running.node) {
+        (Bootstrap::Created { admin_token }, _) => {
             println!(
                 "New cluster. Admin token (shown once; saved to {} with mode 0600):",
                 settings.data_dir.join("admin.token").display()
             );
             println!("  {admin_token}");
         }
-        Bootstrap::Existing => {
+        (Bootstrap::Existing, Some(node)) => {
             let view = node.read_local();
             println!(
                 "{} cluster {} at log index {}.",
@@ -267,21 +375,140 @@ pub async fn run_node(
                 view.applied_index()
             );
         }
+        (Bootstrap::Existing, None) => {
+            if let Some(w) = &running.worker {
+                let view = w.state.borrow().clone();
+                println!(
+                    "Worker of cluster {} (state at log index {}).",
+                    view.state
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.cluster_id.to_string())
+                        .unwrap_or_default(),
+                    view.applied_index()
+                );
+            }
+        }
     }
 
-    if let Err(e) = deploy_dirs(&node, &apps).await {
-        stop(node, worker).await;
-        return Err(e);
-    }
-    if let Some(w) = &worker {
-        wait_until_ready(&node, w, settings.startup_timeout).await;
-        print_running(&node, w);
+    if let (Some(node), Some(w)) = (&running.node, &running.worker) {
+        wait_until_ready(node, w, settings.startup_timeout).await;
+        print_running(node, w);
     }
     println!("Ready. Press Ctrl-C to stop.");
 
     shutdown_signal().await;
     eprintln!("stopping…");
-    stop(node, worker).await;
+    running.stop().await;
+    Ok(())
+}
+
+/// The join token file in a data dir (mode 0600).
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+
+/// Start the worker role: register with the cluster, follow its state, start the
+/// actor tree, heartbeat.
+async fn start_worker(
+    settings: &NodeSettings,
+    advertise: &str,
+    advertise_http: &str,
+    running: &mut Running,
+    invocations: &InvocationStore,
+) -> Result<(), CliError> {
+    let token_path = settings.data_dir.join(JOIN_TOKEN_FILE);
+    let (seeds, token) = match (&settings.start, &running.node) {
+        // The local management role is the first to ask; leader hints do the rest.
+        (_, Some(_)) => (
+            vec![format!("http://{advertise}")],
+            std::fs::read_to_string(&token_path).map_err(io_error(format!(
+                "{} (the join token)",
+                token_path.display()
+            )))?,
+        ),
+        (Start::Join { seeds, token }, None) => {
+            let token = if token.is_empty() {
+                std::fs::read_to_string(&token_path).map_err(io_error(format!(
+                    "{} (no --join-token given)",
+                    token_path.display()
+                )))?
+            } else {
+                token.clone()
+            };
+            (seeds.clone(), token)
+        }
+        (Start::Bootstrap, None) => {
+            return Err(CliError::new(
+                2,
+                "a worker-only node cannot bootstrap a cluster: start it with --join",
+            ))
+        }
+    };
+    let token = token.trim().to_string();
+    let managers = Managers::new(seeds);
+    let agent = Arc::new(Agent::new(
+        WorkerOffer {
+            node_id: settings.node_id,
+            http_addr: advertise_http.to_string(),
+            capacity_instances: settings.capacity.instances,
+            capacity_memory_mb: settings.capacity.memory_mb,
+            labels: settings.capacity.labels.clone(),
+        },
+        token.clone(),
+        managers.clone(),
+        &settings.data_dir,
+    ));
+    let lease = agent
+        .register(Duration::from_secs(60))
+        .await
+        .map_err(|e| CliError::new(1, e))?;
+    if running.node.is_none() {
+        if let Err(e) = write_secret_file(&token_path, &token) {
+            tracing::warn!("{}: {e}", token_path.display());
+        }
+    }
+    let (state, packages) = match &running.node {
+        Some(node) => (node.state.clone(), Packages::Local(node.clone())),
+        None => {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
+            tokio::spawn(watch_state(agent.clone(), tx, running.agent_cancel.clone()));
+            // Wait (bounded) for the first state, so the node starts with its apps.
+            let mut first = rx.clone();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                first.wait_for(|v: &Arc<StateView>| v.state.cluster.is_some()),
+            )
+            .await;
+            (rx, Packages::Remote(managers))
+        }
+    };
+    let _ = advertise;
+    let lifecycle = Lifecycle {
+        startup_timeout: settings.startup_timeout,
+        ..Lifecycle::default()
+    };
+    let worker = Worker::start(
+        settings.node_id,
+        &settings.data_dir,
+        lifecycle,
+        state,
+        packages,
+        settings.limits.clone(),
+    )
+    .await
+    .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?;
+    if let Some(slot) = &running.worker_view {
+        slot.set(WorkerView {
+            node_id: settings.node_id,
+            invocations: invocations.clone(),
+            instances: worker.instances.clone(),
+        });
+    }
+    tokio::spawn(agent.heartbeats(
+        lease,
+        worker.instances.clone(),
+        running.agent_cancel.clone(),
+    ));
+    running.worker = Some(worker);
     Ok(())
 }
 

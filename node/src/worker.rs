@@ -1,5 +1,6 @@
-//! The worker role of a node: turns the replicated state into assignments for the
-//! actor tree, unpacks packages, and owns the routing snapshot the gateway reads.
+//! The worker role of a node: turns the scheduler's placements for this node (in the
+//! replicated state) into assignments for the actor tree, unpacks packages, and owns
+//! the routing snapshot the gateway reads.
 //!
 //! Durable: unpacked packages under `<data-dir>/apps/<app>/<version>/` (unpacked once,
 //! into a temp folder renamed into place, so a present folder is complete) and the
@@ -14,28 +15,33 @@ use ractor::{Actor, ActorRef};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
 use strom_control_plane::state_machine::StateView;
-use strom_control_plane::ManagementNode;
-use strom_proto::ids::{AppName, VersionId};
+use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::manifest::{extract_to, ZipLimits};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::agent::Packages;
 
 pub struct Worker {
     supervisor: ActorRef<NodeMsg>,
     run_dir: PathBuf,
     pub routing: RoutingTable,
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    /// The cluster state this worker runs from (local, or watched from a
+    /// management node).
+    pub state: watch::Receiver<Arc<StateView>>,
     assign_task: tokio::task::JoinHandle<()>,
     cancel: CancellationToken,
 }
 
 impl Worker {
     pub async fn start(
+        node_id: NodeId,
         data_dir: &Path,
         lifecycle: Lifecycle,
         state: watch::Receiver<Arc<StateView>>,
-        blobs: ManagementNode,
+        packages: Packages,
         limits: ZipLimits,
     ) -> anyhow::Result<Worker> {
         let run_dir = data_dir.join("run").join("instances");
@@ -62,8 +68,9 @@ impl Worker {
         let apps_dir = data_dir.join("apps");
         std::fs::create_dir_all(&apps_dir)?;
         let assign_task = tokio::spawn(assign_loop(
-            state,
-            blobs,
+            node_id,
+            state.clone(),
+            packages,
             apps_dir,
             limits,
             supervisor.clone(),
@@ -74,6 +81,7 @@ impl Worker {
             run_dir,
             routing,
             instances,
+            state,
             assign_task,
             cancel,
         })
@@ -102,8 +110,9 @@ impl Worker {
 }
 
 async fn assign_loop(
+    node_id: NodeId,
     mut state: watch::Receiver<Arc<StateView>>,
-    blobs: ManagementNode,
+    packages: Packages,
     apps_dir: PathBuf,
     limits: ZipLimits,
     supervisor: ActorRef<NodeMsg>,
@@ -114,15 +123,20 @@ async fn assign_loop(
         let mut assignments = Vec::new();
         let mut failed = false;
         for app in view.state.apps.values() {
+            // What the scheduler placed on this worker.
+            let instances = view.state.placed(&app.name, node_id);
+            if instances == 0 {
+                continue;
+            }
             let version = &app.active_version;
-            match unpacked(&apps_dir, &app.name, version, &blobs, &limits).await {
+            match unpacked(&apps_dir, &app.name, version, &packages, &limits).await {
                 Ok(root) => assignments.push(Assignment {
                     app: app.name.clone(),
                     version: version.clone(),
                     app_root: root,
                     manifest: Arc::new(app.active().manifest.clone()),
                     settings: app.settings.clone(),
-                    instances: app.scale.unwrap_or(1),
+                    instances,
                 }),
                 Err(e) => {
                     failed = true;
@@ -156,7 +170,7 @@ async fn unpacked(
     apps_dir: &Path,
     app: &AppName,
     version: &VersionId,
-    blobs: &ManagementNode,
+    packages: &Packages,
     limits: &ZipLimits,
 ) -> anyhow::Result<PathBuf> {
     let app_dir = apps_dir.join(app.as_str());
@@ -164,8 +178,8 @@ async fn unpacked(
     if target.is_dir() {
         return Ok(target);
     }
-    // Local, or fetched from another management node (hash verified).
-    let bytes = blobs.blob(version).await?;
+    // Local, or fetched from a management node (hash verified).
+    let bytes = packages.get(version, limits.max_compressed_bytes).await?;
     let limits = limits.clone();
     let target2 = target.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AppName, ClusterId, TokenHash, VersionId};
+use crate::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
 use crate::manifest::AppManifest;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,88 @@ pub enum Command {
         instances: u32,
         at_ms: i64,
     },
+    /// A worker node registers (or re-registers after a restart, possibly with a new
+    /// address, capacity or labels). A registered worker is Up.
+    RegisterWorker(Box<WorkerInfo>),
+    /// The leader saw a worker's lease expire (`up: false`) or its heartbeats resume.
+    SetWorkerLiveness {
+        node: NodeId,
+        up: bool,
+        at_ms: i64,
+    },
+    /// An operator cordons, drains or uncordons a worker.
+    SetWorkerSchedule {
+        node: NodeId,
+        schedule: WorkerSchedule,
+        at_ms: i64,
+    },
+    /// The scheduler's decisions, one batch per reconcile round: how many instances
+    /// of an app each worker runs (0 removes the placement). Changes naming an app
+    /// or worker that no longer exists are skipped.
+    Place {
+        changes: Vec<PlacementChange>,
+        at_ms: i64,
+    },
+    /// A worker leaves the cluster for good; its placements go with it.
+    RemoveWorker {
+        node: NodeId,
+        at_ms: i64,
+    },
+    /// Every management member speaks `protocol` (the version gate): features up to
+    /// it may be used from now on. Never lowers.
+    SetClusterProtocol {
+        protocol: u32,
+        at_ms: i64,
+    },
+}
+
+/// What a worker node tells the cluster about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub node: NodeId,
+    /// `host:port` of its function HTTP port, where other gateways forward requests.
+    pub http_addr: String,
+    pub capacity: WorkerCapacity,
+    pub labels: BTreeMap<String, String>,
+    /// Its build (`strom --version`).
+    pub build: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCapacity {
+    /// Most instances (of all apps) the worker runs.
+    pub instances: u32,
+    /// Memory for instances, in MiB; 0 = not limited. Apps reserve `STROM_MEMORY_MB`.
+    pub memory_mb: u64,
+}
+
+/// Whether the scheduler may place instances on a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerSchedule {
+    /// Takes new instances.
+    Active,
+    /// Keeps what it runs; takes nothing new.
+    Cordoned,
+    /// Its instances move elsewhere (make-before-break), then it runs nothing.
+    Draining,
+}
+
+impl WorkerSchedule {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorkerSchedule::Active => "Active",
+            WorkerSchedule::Cordoned => "Cordoned",
+            WorkerSchedule::Draining => "Draining",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementChange {
+    pub app: AppName,
+    pub node: NodeId,
+    pub instances: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,4 +216,6 @@ pub enum Rejection {
     KeyNotFound { name: String },
     #[error("the `_master` key cannot be deleted")]
     MasterKeyIsPermanent,
+    #[error("node {node} is not a registered worker")]
+    WorkerNotFound { node: NodeId },
 }

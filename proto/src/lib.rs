@@ -15,6 +15,7 @@ pub mod invocations;
 pub mod manifest;
 pub mod raft_types;
 pub mod route_table;
+pub mod version;
 
 /// Generated code of `proto/strom/admin/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -22,7 +23,7 @@ pub mod admin_v1 {
     tonic::include_proto!("strom.admin.v1");
 }
 
-/// Generated code of `proto/strom/internal/v1/raft.proto`.
+/// Generated code of `proto/strom/internal/v1/raft.proto` and `worker.proto`.
 #[allow(clippy::all, missing_docs)]
 pub mod internal_v1 {
     tonic::include_proto!("strom.internal.v1");

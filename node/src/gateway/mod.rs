@@ -32,10 +32,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strom_actors::{Endpoint, RoutingTable};
 use strom_control_plane::state_machine::StateView;
-use strom_proto::ids::{AppName, VersionId};
+use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::invocations::{InvocationRecord, InvocationStatus, InvocationStore, LogEntry};
 use strom_proto::manifest::{is_function_disabled, FunctionManifest, HostConfig, Trigger};
-use strom_proto::route_table::RouteMatch;
+use strom_proto::route_table::{RouteMatch, RouteTable};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,8 @@ pub const HOST_VERSION: &str = concat!("4.0.0-strom.", env!("CARGO_PKG_VERSION")
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// This node (its own placements are served locally, without a hop).
+    pub node_id: NodeId,
     pub max_body_bytes: usize,
     pub max_url_bytes: usize,
     /// How long a request waits for a first Ready instance (cold start).
@@ -64,6 +66,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
+            node_id: 0,
             max_body_bytes: 100 * 1024 * 1024,
             max_url_bytes: 4096,
             cold_start_timeout: Duration::from_secs(60),
@@ -83,6 +86,16 @@ struct Inner {
     state: watch::Receiver<Arc<StateView>>,
     invocations: InvocationStore,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/2 (prior knowledge) to other nodes' function ports: one multiplexed,
+    /// kept-alive connection per peer.
+    hop_client: Client<HttpConnector, Full<Bytes>>,
+    /// Requests this gateway has in flight on each peer (least outstanding first).
+    peer_outstanding: RwLock<HashMap<NodeId, Arc<AtomicUsize>>>,
+    /// Peers that refused a connection, skipped until then (passive health).
+    peer_unhealthy: RwLock<HashMap<NodeId, Instant>>,
+    /// Route tables of every app in the cluster state, for requests this node
+    /// cannot serve itself (rebuilt when the applied index changes).
+    cluster_routes: RwLock<Option<(u64, Arc<ClusterRoutes>)>>,
     /// Per app, for its serving version.
     limiters: RwLock<HashMap<AppName, (VersionId, Arc<Limiter>)>>,
     tick: AtomicU64,
@@ -219,6 +232,13 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let mut hop_connector = HttpConnector::new();
+        hop_connector.set_nodelay(true);
+        hop_connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let hop_client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(hop_connector);
         let (recorder_tx, recorder_rx) = tokio::sync::mpsc::channel(65_536);
         tokio::spawn(recorder(recorder_rx, invocations.clone()));
         Gateway {
@@ -228,6 +248,10 @@ impl Gateway {
                 state,
                 invocations,
                 client,
+                hop_client,
+                peer_outstanding: RwLock::new(HashMap::new()),
+                peer_unhealthy: RwLock::new(HashMap::new()),
+                cluster_routes: RwLock::new(None),
                 limiters: RwLock::new(HashMap::new()),
                 tick: AtomicU64::new(0),
                 recorder: recorder_tx,
@@ -256,15 +280,289 @@ impl Gateway {
             let gw = self.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+                async move { Ok::<_, Infallible>(gw.handle(req).await) }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = &remote;
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {
                 let _ = conn.await;
             });
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    }
+
+    /// Every request starts here: served by a local instance when this node has a
+    /// Ready one, else sent over the internal hop to a worker that runs the app.
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(v) = req.headers().get(HOP_APP) {
+            // Sent by another node's gateway: serve locally or say "undelivered".
+            return match v.to_str().ok().and_then(|a| AppName::parse(a).ok()) {
+                Some(app) => self.handle_local(req, Some(app)).await,
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("{HOP_APP}: not an app name"),
+                ),
+            };
+        }
+        let Some(app) = self.remote_app(&req) else {
+            return self.handle_local(req, None).await;
+        };
+        // The hop needs the whole body (it may be sent more than once).
+        let (parts, body) = req.into_parts();
+        let max = self.inner.config.max_body_bytes;
+        if parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > max as u64)
+        {
+            return too_large(max);
+        }
+        let body = match Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return too_large(max)
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("reading the request body: {e}"),
+                )
+            }
+        };
+        match self.proxy(&app, &parts, &body).await {
+            Ok(response) => response,
+            Err(()) => {
+                self.handle_local(Request::from_parts(parts, Full::new(body)), None)
+                    .await
+            }
+        }
+    }
+
+    /// The app a request is for when this node has no Ready instance of it (the
+    /// request then goes to another worker); `None` to serve it locally.
+    fn remote_app<B>(&self, req: &Request<B>) -> Option<AppName> {
+        let path = req.uri().path();
+        if path.eq_ignore_ascii_case("/admin/host/ping") {
+            return None;
+        }
+        let snapshot = self.inner.routing.load();
+        let host = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let routes = self.cluster_routes();
+        let scoped = app_from_host(host).filter(|a| routes.apps.contains_key(a));
+        let method = req.method().as_str();
+        let lookup = match &scoped {
+            Some(app) => routes.apps[app].lookup(method, path),
+            None => routes.all.lookup(method, path),
+        };
+        let RouteMatch::Found { app, .. } = lookup else {
+            return None;
+        };
+        let ready_here = snapshot
+            .apps
+            .get(app)
+            .is_some_and(|s| !s.endpoints.is_empty());
+        (!ready_here).then(|| app.clone())
+    }
+
+    fn cluster_routes(&self) -> Arc<ClusterRoutes> {
+        let view = self.inner.state.borrow().clone();
+        let index = view.applied_index();
+        if let Some((i, r)) = self
+            .inner
+            .cluster_routes
+            .read()
+            .expect("routes lock")
+            .as_ref()
+        {
+            if *i == index {
+                return r.clone();
+            }
+        }
+        let apps: Vec<(&AppName, &strom_proto::manifest::AppManifest)> = view
+            .state
+            .apps
+            .iter()
+            .map(|(n, a)| (n, &a.active().manifest))
+            .collect();
+        let routes = Arc::new(ClusterRoutes {
+            all: RouteTable::build(apps.iter().copied()),
+            apps: apps
+                .iter()
+                .map(|(n, m)| ((*n).clone(), RouteTable::build([(*n, *m)])))
+                .collect(),
+        });
+        *self.inner.cluster_routes.write().expect("routes lock") = Some((index, routes.clone()));
+        routes
+    }
+
+    /// Workers (not this node) that run `app`, least outstanding requests first,
+    /// peers that recently refused connections last.
+    fn peers_for(
+        &self,
+        app: &AppName,
+        view: &StateView,
+        tried: &[NodeId],
+    ) -> Vec<(NodeId, String)> {
+        let me = self.inner.config.node_id;
+        let Some(placed) = view.state.placements.get(app) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let unhealthy = self.inner.peer_unhealthy.read().expect("health lock");
+        let outstanding = self
+            .inner
+            .peer_outstanding
+            .read()
+            .expect("outstanding lock");
+        let mut peers: Vec<(bool, usize, u64, NodeId, String)> = placed
+            .keys()
+            .filter(|id| **id != me && !tried.contains(id))
+            .filter_map(|id| {
+                let w = view.state.workers.get(id)?;
+                if !w.up {
+                    return None;
+                }
+                let sick = unhealthy.get(id).is_some_and(|until| *until > now);
+                let load = outstanding
+                    .get(id)
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                Some((sick, load, 0, *id, w.info.http_addr.clone()))
+            })
+            .collect();
+        // Rotate ties so equal peers share the load.
+        let tick = self.inner.tick.fetch_add(1, Ordering::Relaxed);
+        for p in &mut peers {
+            p.2 = p.3.wrapping_add(tick) % (placed.len() as u64).max(1);
+        }
+        peers.sort();
+        peers.into_iter().map(|p| (p.3, p.4)).collect()
+    }
+
+    /// Send a request over the internal hop to a worker running `app`. Re-sent to
+    /// another worker only when it provably never reached a handler (the connection
+    /// was refused, or the worker answered "undelivered"). `Err(())`: serve it
+    /// locally instead (this node runs the app, or now has a Ready instance).
+    async fn proxy(
+        &self,
+        app: &AppName,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Response<Body>, ()> {
+        let me = self.inner.config.node_id;
+        let deadline = Instant::now() + self.inner.config.cold_start_timeout;
+        loop {
+            let view = self.inner.state.borrow().clone();
+            let mut tried: Vec<NodeId> = Vec::new();
+            while let Some((peer, addr)) = self.peers_for(app, &view, &tried).into_iter().next() {
+                tried.push(peer);
+                match self.send_hop(app, peer, &addr, parts, body).await {
+                    Hop::Answered(r) => return Ok(r),
+                    Hop::Undelivered => continue,
+                    Hop::Refused => {
+                        self.inner
+                            .peer_unhealthy
+                            .write()
+                            .expect("health lock")
+                            .insert(peer, Instant::now() + PEER_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            // Nobody else could take it: this node runs the app (or will) and waits
+            // for its own instance like a cold start.
+            let snapshot = self.inner.routing.load();
+            if snapshot.apps.contains_key(app) || view.state.placed(app, me) > 0 {
+                return Err(());
+            }
+            if Instant::now() >= deadline {
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    format!("no instance of app `{app}` became ready in time"),
+                ));
+            }
+            // Cold start somewhere else: look again shortly.
+            let changed = self.inner.routing.changed();
+            let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+        }
+    }
+
+    async fn send_hop(
+        &self,
+        app: &AppName,
+        peer: NodeId,
+        addr: &str,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+    ) -> Hop {
+        // HTTP/2 carries the authority itself: no Host header.
+        let request = match copy_request(parts, addr, &hyper::header::HOST)
+            .header(HOP_APP, app.as_str())
+            .header(HOP_FROM, self.inner.config.node_id.to_string())
+            .body(Full::new(body.clone()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Hop::Answered(error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("the request cannot be forwarded: {e}"),
+                ))
+            }
+        };
+        let counter = self
+            .inner
+            .peer_outstanding
+            .write()
+            .expect("outstanding lock")
+            .entry(peer)
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::AcqRel);
+        let guard = PeerInFlight(counter);
+        match self.inner.hop_client.request(request).await {
+            Ok(resp) if resp.headers().contains_key(UNDELIVERED) => Hop::Undelivered,
+            Ok(resp) => {
+                let (mut head, body) = resp.into_parts();
+                let names: Vec<HeaderName> = head
+                    .headers
+                    .keys()
+                    .filter(|k| is_hop_by_hop(k.as_str()))
+                    .cloned()
+                    .collect();
+                for n in names {
+                    head.headers.remove(n);
+                }
+                head.version = parts.version;
+                let body = Guarded {
+                    inner: body.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    _guard: guard,
+                };
+                Hop::Answered(Response::from_parts(head, body.boxed()))
+            }
+            Err(e) if e.is_connect() => {
+                tracing::debug!(peer, %addr, "hop refused ({e}); trying another worker");
+                Hop::Refused
+            }
+            Err(e) => Hop::Answered(error(
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                format!("forwarding to node {peer} failed after sending: {e}"),
+            )),
+        }
     }
 
     fn limiter(&self, app: &AppName, version: &VersionId, host: &HostConfig) -> Arc<Limiter> {
@@ -290,7 +588,11 @@ impl Gateway {
         limiter
     }
 
-    async fn handle(&self, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+    async fn handle_local<B>(&self, req: Request<B>, hop: Option<AppName>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
         let uri_len = req
             .uri()
             .path_and_query()
@@ -317,7 +619,18 @@ impl Gateway {
             .unwrap_or("")
             .to_string();
         let snapshot = self.inner.routing.load();
-        let scoped_app = app_from_host(&host_header).filter(|a| snapshot.apps.contains_key(a));
+        if let Some(app) = &hop {
+            if snapshot
+                .apps
+                .get(app)
+                .is_none_or(|s| s.endpoints.is_empty())
+            {
+                return undelivered(app);
+            }
+        }
+        let scoped_app = hop
+            .clone()
+            .or_else(|| app_from_host(&host_header).filter(|a| snapshot.apps.contains_key(a)));
         let method = req.method().as_str().to_string();
         let lookup = match &scoped_app {
             Some(app) => snapshot.apps[app].routes.lookup(&method, &path),
@@ -471,7 +784,7 @@ impl Gateway {
         // snapshot offers another (a restarted instance has a new id).
         let mut unreachable: Vec<String> = Vec::new();
         let outcome = loop {
-            let endpoint = match self.ready_endpoint(&app, &unreachable).await {
+            let endpoint = match self.ready_endpoint(&app, &unreachable, hop.is_none()).await {
                 Ok(e) => e,
                 Err(r) => return r,
             };
@@ -739,11 +1052,14 @@ impl Gateway {
         response
     }
 
-    /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet.
+    /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet
+    /// (unless `wait` is false: a request from another node is answered
+    /// "undelivered" at once, and that node tries elsewhere).
     async fn ready_endpoint(
         &self,
         app: &AppName,
         unreachable: &[String],
+        wait: bool,
     ) -> Result<Arc<Endpoint>, Response<Body>> {
         let deadline = Instant::now() + self.inner.config.cold_start_timeout;
         loop {
@@ -753,6 +1069,9 @@ impl Gateway {
             let snapshot = self.inner.routing.load();
             if let Some(e) = snapshot.pick_except(app, &self.inner.tick, unreachable) {
                 return Ok(e);
+            }
+            if !wait {
+                return Err(undelivered(app));
             }
             match snapshot.apps.get(app) {
                 None => {
@@ -781,6 +1100,50 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Header naming the app on a request one gateway sends to another.
+const HOP_APP: &str = "x-strom-hop-app";
+/// Header naming the node a hop request comes from.
+const HOP_FROM: &str = "x-strom-hop-from";
+/// Header on a 503 meaning "no handler saw this request": the sender may retry.
+const UNDELIVERED: &str = "x-strom-undelivered";
+/// How long a peer that refused a connection is tried last.
+const PEER_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Route tables over the whole cluster state.
+struct ClusterRoutes {
+    all: RouteTable,
+    apps: HashMap<AppName, RouteTable>,
+}
+
+enum Hop {
+    Answered(Response<Body>),
+    /// The peer had no Ready instance; no handler saw the request.
+    Undelivered,
+    /// The connection was refused; no handler saw the request.
+    Refused,
+}
+
+/// A request in flight on a peer; counted until dropped.
+struct PeerInFlight(Arc<AtomicUsize>);
+
+impl Drop for PeerInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// "No handler saw this request": the sending node tries elsewhere.
+fn undelivered(app: &AppName) -> Response<Body> {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        format!("no Ready instance of app `{app}` on this node"),
+    );
+    r.headers_mut()
+        .insert(UNDELIVERED, HeaderValue::from_static("1"));
+    r
 }
 
 enum Outcome {
@@ -894,12 +1257,13 @@ fn json_request(
         .expect("valid request")
 }
 
-fn forward_request(
+/// A request to `addr` with the method, path, query and end-to-end headers of
+/// `parts` (except `skip`).
+fn copy_request(
     parts: &hyper::http::request::Parts,
-    body: &Bytes,
-    addr: SocketAddr,
-    id: &str,
-) -> Request<Full<Bytes>> {
+    addr: &str,
+    skip: &HeaderName,
+) -> hyper::http::request::Builder {
     let pq = parts
         .uri
         .path_and_query()
@@ -909,11 +1273,20 @@ fn forward_request(
         .method(parts.method.clone())
         .uri(format!("http://{addr}{pq}"));
     for (k, v) in &parts.headers {
-        if !is_hop_by_hop(k.as_str()) && k != hyper::header::CONTENT_LENGTH {
+        if !is_hop_by_hop(k.as_str()) && k != skip {
             builder = builder.header(k, v);
         }
     }
     builder
+}
+
+fn forward_request(
+    parts: &hyper::http::request::Parts,
+    body: &Bytes,
+    addr: SocketAddr,
+    id: &str,
+) -> Request<Full<Bytes>> {
+    copy_request(parts, &addr.to_string(), &hyper::header::CONTENT_LENGTH)
         .header("x-azure-functions-invocationid", id)
         .header("x-azure-functions-hostversion", HOST_VERSION)
         .body(Full::new(body.clone()))

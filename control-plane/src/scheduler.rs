@@ -1,0 +1,1011 @@
+//! The cluster scheduler's placement decision: a pure function from the replicated
+//! [`ClusterState`] (plus what the leader saw in worker heartbeats) to the
+//! [`PlacementChange`]s that bring placements to the desired state.
+//!
+//! The leader calls [`plan`] on every reconcile round and commits a non-empty result
+//! as one `Command::Place`. `plan` reads no clock, does no I/O and iterates only
+//! ordered maps, so the same inputs always give the same changes; nothing here is
+//! durable or kept between rounds (a new leader simply plans again). Planning twice
+//! without anything changing in between gives no changes the second time.
+//!
+//! # Rules
+//!
+//! - **Requirements.** An app reserves `STROM_MEMORY_MB` MiB per instance (default 0:
+//!   not counted) and may only run on workers carrying every `key=value` label of
+//!   `STROM_WORKER_LABELS` (comma-separated; empty or absent: any worker). An app whose
+//!   settings do not parse is left exactly as placed.
+//! - **Who takes what.** A worker *can take* an app when it is up, `Active` and has
+//!   the app's labels. The default desired count is `min(2, n)` where `n` counts the
+//!   up, label-matching workers that are `Active` *or `Cordoned`*: cordoning a worker
+//!   must not shrink the apps it runs (cordon means "keep what you have"), so
+//!   cordoned workers count here even though they take nothing new.
+//! - **Down or unregistered workers** lose their placements at once; the instances
+//!   are placed elsewhere in the same round, and a worker coming back finds nothing
+//!   to run, so no surplus appears.
+//! - **Cordoned workers** keep what they have and take nothing new.
+//! - **Leaving workers** (up and `Draining`, or no longer carrying the app's labels)
+//!   keep their placements only until the app has at least `desired` Ready instances
+//!   (per [`LiveView`]) on the workers it stays on; then they go to 0
+//!   (make-before-break). Their instances do not count toward `desired`, so the
+//!   replacements are placed elsewhere while they still serve.
+//! - **Adding** happens one instance at a time on a worker that can take the app and
+//!   has room (instances of all apps + 1 ≤ its capacity; and, when both the worker's
+//!   memory and the app's reservation are non-zero, reserved memory + the app's ≤ its
+//!   memory): fewest instances of this app there first (spread), then fewest
+//!   instances in total, then the lowest node id. When nothing fits the app stays
+//!   under-placed and the next round tries again.
+//! - **Removing** surplus (scale down) goes one instance at a time: from cordoned
+//!   workers first, then from the worker with the most instances of the app, then
+//!   the most in total, then the highest node id.
+//!
+//! A round works in two passes over the apps in name order: first every removal,
+//! then every addition, with worker load tracked as it goes. Capacity freed by one
+//! app's scale-down is therefore usable by any app in the same round, which is what
+//! makes a second plan over the applied result empty.
+//!
+//! Placements of apps that no longer exist are not this module's concern (the state
+//! machine drops them with the app); they still count toward a worker's load.
+
+use std::collections::{BTreeMap, HashMap};
+
+use strom_proto::command::{PlacementChange, WorkerSchedule};
+use strom_proto::ids::{AppName, NodeId};
+
+use crate::cluster_state::{AppState, ClusterState};
+
+/// The app setting reserving memory (MiB) per instance.
+pub const MEMORY_SETTING: &str = "STROM_MEMORY_MB";
+/// The app setting listing the `key=value` labels a worker must carry.
+pub const LABELS_SETTING: &str = "STROM_WORKER_LABELS";
+
+/// What the leader knows from worker heartbeats (not replicated): Ready instances
+/// of each app's *active* version on each worker.
+#[derive(Debug, Default, Clone)]
+pub struct LiveView {
+    pub ready: HashMap<(NodeId, AppName), u32>,
+}
+
+/// What an app asks of the workers it runs on, parsed from its settings.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Requirements {
+    /// MiB reserved per instance; 0 = not counted.
+    pub memory_mb: u64,
+    /// Labels a worker must all carry; empty = any worker.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Desired instances of an app: its scale, or by default `min(2, eligible_workers)`.
+pub fn desired(app: &AppState, eligible_workers: usize) -> u32 {
+    app.scale.unwrap_or(eligible_workers.min(2) as u32)
+}
+
+/// App settings the scheduler reads, parsed; errors name the setting and value.
+pub fn app_requirements(settings: &BTreeMap<String, String>) -> Result<Requirements, String> {
+    let mut req = Requirements::default();
+    if let Some(raw) = settings.get(MEMORY_SETTING) {
+        let value = raw.trim();
+        if !value.is_empty() {
+            req.memory_mb = value.parse().map_err(|_| {
+                format!("{MEMORY_SETTING} `{raw}` is not a whole number of MiB (0 or more)")
+            })?;
+        }
+    }
+    if let Some(raw) = settings.get(LABELS_SETTING) {
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = |why: &str| format!("{LABELS_SETTING} `{raw}`: `{pair}` {why}");
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("is not key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() {
+                return Err(bad("has an empty key"));
+            }
+            if let Some(earlier) = req.labels.insert(key.to_string(), value.to_string()) {
+                if earlier != value {
+                    return Err(bad(&format!("contradicts `{key}={earlier}`")));
+                }
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// The changes that bring placements to the desired state; empty when nothing to do.
+pub fn plan(state: &ClusterState, live: &LiveView) -> Vec<PlacementChange> {
+    let mut workers = Workers::new(state);
+    let mut label_sets = LabelSets::default();
+
+    // Pass 1, in app order: drop what must go and decide what stays.
+    let mut apps: Vec<AppPlan<'_>> = Vec::with_capacity(state.apps.len());
+    for (name, app) in &state.apps {
+        let Ok(req) = app_requirements(&app.settings) else {
+            continue;
+        };
+        let set = label_sets.index_of(&req.labels, &workers);
+        let desired = desired(app, label_sets.sets[set].eligible);
+        let mut app_plan = AppPlan {
+            name,
+            memory_mb: req.memory_mb,
+            set,
+            desired,
+            entries: Vec::new(),
+            gone: Vec::new(),
+        };
+        app_plan.release(state, live, &mut workers, &label_sets.sets[set]);
+        apps.push(app_plan);
+    }
+
+    // Pass 2, in app order: add what is missing where it fits.
+    let mut scratch = Scratch::new(workers.len());
+    for app_plan in &mut apps {
+        app_plan.add(&mut workers, &label_sets.sets[app_plan.set], &mut scratch);
+    }
+
+    let mut changes = Vec::new();
+    for app_plan in &apps {
+        app_plan.changes(&workers, &mut changes);
+    }
+    changes
+}
+
+/// The registered workers in node-id order, as dense arrays the inner loop reads.
+struct Workers<'a> {
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, usize>,
+    up: Vec<bool>,
+    schedule: Vec<WorkerSchedule>,
+    labels: Vec<&'a BTreeMap<String, String>>,
+    cap_instances: Vec<u32>,
+    cap_memory_mb: Vec<u64>,
+    /// Instances of all apps placed (as planned so far).
+    load: Vec<u32>,
+    /// MiB reserved by those instances (apps whose settings parse).
+    memory_mb: Vec<u64>,
+}
+
+impl<'a> Workers<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let n = state.workers.len();
+        let mut w = Workers {
+            ids: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+            up: Vec::with_capacity(n),
+            schedule: Vec::with_capacity(n),
+            labels: Vec::with_capacity(n),
+            cap_instances: Vec::with_capacity(n),
+            cap_memory_mb: Vec::with_capacity(n),
+            load: vec![0; n],
+            memory_mb: vec![0; n],
+        };
+        for (i, (id, ws)) in state.workers.iter().enumerate() {
+            w.ids.push(*id);
+            w.index.insert(*id, i);
+            w.up.push(ws.up);
+            w.schedule.push(ws.schedule);
+            w.labels.push(&ws.info.labels);
+            w.cap_instances.push(ws.info.capacity.instances);
+            w.cap_memory_mb.push(ws.info.capacity.memory_mb);
+        }
+        for (name, per_node) in &state.placements {
+            let memory = state
+                .apps
+                .get(name)
+                .and_then(|a| app_requirements(&a.settings).ok())
+                .map_or(0, |r| r.memory_mb);
+            for (node, count) in per_node {
+                if let Some(&i) = w.index.get(node) {
+                    w.load[i] = w.load[i].saturating_add(*count);
+                    w.memory_mb[i] = w.memory_mb[i].saturating_add(memory * u64::from(*count));
+                }
+            }
+        }
+        w
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Account for `count` more (positive) or fewer (negative) instances on worker `i`.
+    fn adjust(&mut self, i: usize, count: i64, memory_mb: u64) {
+        let load = i64::from(self.load[i]) + count;
+        self.load[i] = u32::try_from(load.max(0)).unwrap_or(u32::MAX);
+        let memory = memory_mb.saturating_mul(count.unsigned_abs());
+        self.memory_mb[i] = if count >= 0 {
+            self.memory_mb[i].saturating_add(memory)
+        } else {
+            self.memory_mb[i].saturating_sub(memory)
+        };
+    }
+}
+
+/// The workers one distinct label requirement allows, computed once per round.
+struct LabelSet {
+    /// Carries every required label (any schedule, up or not).
+    matches: Vec<bool>,
+    /// Up, matching and `Active`: where new instances may go, in node-id order.
+    candidates: Vec<usize>,
+    /// Up, matching and not draining: what the default desired count is based on.
+    eligible: usize,
+}
+
+#[derive(Default)]
+struct LabelSets {
+    by_labels: HashMap<BTreeMap<String, String>, usize>,
+    sets: Vec<LabelSet>,
+}
+
+impl LabelSets {
+    fn index_of(&mut self, labels: &BTreeMap<String, String>, workers: &Workers<'_>) -> usize {
+        if let Some(&i) = self.by_labels.get(labels) {
+            return i;
+        }
+        let matches: Vec<bool> = workers
+            .labels
+            .iter()
+            .map(|have| labels.iter().all(|(k, v)| have.get(k) == Some(v)))
+            .collect();
+        let usable = |i: usize| matches[i] && workers.up[i];
+        let candidates = (0..workers.len())
+            .filter(|&i| usable(i) && workers.schedule[i] == WorkerSchedule::Active)
+            .collect();
+        let eligible = (0..workers.len())
+            .filter(|&i| usable(i) && workers.schedule[i] != WorkerSchedule::Draining)
+            .count();
+        let i = self.sets.len();
+        self.sets.push(LabelSet {
+            matches,
+            candidates,
+            eligible,
+        });
+        self.by_labels.insert(labels.clone(), i);
+        i
+    }
+}
+
+/// One app's placements through the round.
+struct AppPlan<'a> {
+    name: &'a AppName,
+    memory_mb: u64,
+    set: usize,
+    desired: u32,
+    /// Placements on registered workers: worker index, count before, count after.
+    entries: Vec<Entry>,
+    /// Placements on workers no longer registered (all go to 0).
+    gone: Vec<NodeId>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Up, not draining, matching: counts toward desired.
+    Kept,
+    /// Up but draining or no longer matching: stays until replaced.
+    Leaving,
+    /// Down, or added this round.
+    Other,
+}
+
+struct Entry {
+    worker: usize,
+    before: u32,
+    after: u32,
+    role: Role,
+}
+
+impl AppPlan<'_> {
+    /// Pass 1: drop placements on down/unregistered workers, remove surplus, and
+    /// release leaving workers once the app is Ready enough elsewhere.
+    fn release(
+        &mut self,
+        state: &ClusterState,
+        live: &LiveView,
+        workers: &mut Workers<'_>,
+        set: &LabelSet,
+    ) {
+        let Some(placed) = state.placements.get(self.name) else {
+            return;
+        };
+        for (node, &count) in placed {
+            let Some(&i) = workers.index.get(node) else {
+                self.gone.push(*node);
+                continue;
+            };
+            let (role, after) = if !workers.up[i] {
+                workers.adjust(i, -i64::from(count), self.memory_mb);
+                (Role::Other, 0)
+            } else if workers.schedule[i] == WorkerSchedule::Draining || !set.matches[i] {
+                (Role::Leaving, count)
+            } else {
+                (Role::Kept, count)
+            };
+            self.entries.push(Entry {
+                worker: i,
+                before: count,
+                after,
+                role,
+            });
+        }
+
+        let mut kept: u32 = self.kept();
+        while kept > self.desired {
+            let victim = self
+                .entries
+                .iter_mut()
+                .filter(|e| e.role == Role::Kept && e.after > 0)
+                .max_by_key(|e| {
+                    (
+                        workers.schedule[e.worker] == WorkerSchedule::Cordoned,
+                        e.after,
+                        workers.load[e.worker],
+                        e.worker,
+                    )
+                });
+            let Some(victim) = victim else { break };
+            victim.after -= 1;
+            workers.adjust(victim.worker, -1, self.memory_mb);
+            kept -= 1;
+        }
+
+        if self.entries.iter().any(|e| e.role == Role::Leaving) {
+            let ready: u64 = self
+                .entries
+                .iter()
+                .filter(|e| e.role == Role::Kept)
+                .map(|e| {
+                    let key = (workers.ids[e.worker], self.name.clone());
+                    u64::from(live.ready.get(&key).copied().unwrap_or(0).min(e.after))
+                })
+                .sum();
+            if ready >= u64::from(self.desired) {
+                for e in self.entries.iter_mut().filter(|e| e.role == Role::Leaving) {
+                    workers.adjust(e.worker, -i64::from(e.after), self.memory_mb);
+                    e.after = 0;
+                }
+            }
+        }
+    }
+
+    fn kept(&self) -> u32 {
+        self.entries
+            .iter()
+            .filter(|e| e.role == Role::Kept)
+            .fold(0u32, |sum, e| sum.saturating_add(e.after))
+    }
+
+    /// Pass 2: add instances up to desired, one at a time, where they fit best.
+    fn add(&mut self, workers: &mut Workers<'_>, set: &LabelSet, scratch: &mut Scratch) {
+        let kept = self.kept();
+        if kept >= self.desired {
+            return;
+        }
+        for (pos, e) in self.entries.iter().enumerate() {
+            scratch.count[e.worker] = e.after;
+            scratch.entry[e.worker] = pos;
+        }
+        let memory_mb = self.memory_mb;
+        for _ in kept..self.desired {
+            let mut best: Option<(u64, usize)> = None;
+            for &i in &set.candidates {
+                let load = workers.load[i];
+                if load >= workers.cap_instances[i] {
+                    continue;
+                }
+                let cap_memory = workers.cap_memory_mb[i];
+                if cap_memory > 0
+                    && memory_mb > 0
+                    && workers.memory_mb[i].saturating_add(memory_mb) > cap_memory
+                {
+                    continue;
+                }
+                let key = (u64::from(scratch.count[i]) << 32) | u64::from(load);
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, i));
+                }
+            }
+            let Some((_, i)) = best else { break };
+            workers.adjust(i, 1, memory_mb);
+            scratch.count[i] += 1;
+            match scratch.entry[i] {
+                NO_ENTRY => {
+                    scratch.entry[i] = self.entries.len();
+                    self.entries.push(Entry {
+                        worker: i,
+                        before: 0,
+                        after: 1,
+                        role: Role::Other,
+                    });
+                }
+                pos => self.entries[pos].after += 1,
+            }
+        }
+        for e in &self.entries {
+            scratch.count[e.worker] = 0;
+            scratch.entry[e.worker] = NO_ENTRY;
+        }
+    }
+
+    fn changes(&self, workers: &Workers<'_>, out: &mut Vec<PlacementChange>) {
+        let mut mine: Vec<(NodeId, u32)> = self
+            .entries
+            .iter()
+            .filter(|e| e.after != e.before)
+            .map(|e| (workers.ids[e.worker], e.after))
+            .chain(self.gone.iter().map(|n| (*n, 0)))
+            .collect();
+        mine.sort_unstable_by_key(|(node, _)| *node);
+        out.extend(mine.into_iter().map(|(node, instances)| PlacementChange {
+            app: self.name.clone(),
+            node,
+            instances,
+        }));
+    }
+}
+
+const NO_ENTRY: usize = usize::MAX;
+
+/// Per-worker arrays reused across apps so the inner loop allocates nothing.
+struct Scratch {
+    /// Instances of the current app on each worker.
+    count: Vec<u32>,
+    /// Position of that worker in the current app's entries, or `NO_ENTRY`.
+    entry: Vec<usize>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Scratch {
+            count: vec![0; n],
+            entry: vec![NO_ENTRY; n],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use strom_proto::command::{
+        Command, CommandResult, DeployVersion, InitialKeys, WorkerCapacity, WorkerInfo,
+    };
+    use strom_proto::ids::{ClusterId, TokenHash, VersionId};
+    use strom_proto::manifest::AppManifest;
+
+    use super::*;
+    use crate::cluster_state::tests::{http, manifest};
+
+    fn app(name: &str) -> AppName {
+        AppName::parse(name).unwrap()
+    }
+
+    /// Manifests are zipped and validated once per app name (each has its own route).
+    fn manifest_for(name: &str) -> AppManifest {
+        static CACHE: Mutex<BTreeMap<String, AppManifest>> = Mutex::new(BTreeMap::new());
+        let mut cache = CACHE.lock().unwrap();
+        cache
+            .entry(name.to_string())
+            .or_insert_with(|| manifest(name, &[("f", &http("f", r#""get""#))]))
+            .clone()
+    }
+
+    fn pairs(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A cluster state built only through `ClusterState::apply`, plus a live view.
+    struct World {
+        state: ClusterState,
+        live: LiveView,
+        at: i64,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let mut w = World {
+                state: ClusterState::default(),
+                live: LiveView::default(),
+                at: 0,
+            };
+            w.apply(Command::InitCluster {
+                cluster_id: ClusterId::new_random(),
+                admin_token_hash: TokenHash::of("a"),
+                join_token_hash: TokenHash::of("j"),
+                at_ms: 0,
+            });
+            w
+        }
+
+        fn now(&mut self) -> i64 {
+            self.at += 1;
+            self.at
+        }
+
+        fn apply(&mut self, command: Command) {
+            let r = self.state.apply(&command);
+            assert!(
+                !matches!(r, CommandResult::Rejected(_)),
+                "{command:?}: {r:?}"
+            );
+        }
+
+        fn worker(
+            &mut self,
+            node: NodeId,
+            instances: u32,
+            memory_mb: u64,
+            labels: &[(&str, &str)],
+        ) {
+            let at_ms = self.now();
+            self.apply(Command::RegisterWorker(Box::new(WorkerInfo {
+                node,
+                http_addr: format!("127.0.0.1:{}", 7000 + node),
+                capacity: WorkerCapacity {
+                    instances,
+                    memory_mb,
+                },
+                labels: pairs(labels),
+                build: "test".into(),
+                at_ms,
+            })));
+        }
+
+        fn workers(&mut self, nodes: std::ops::RangeInclusive<NodeId>) {
+            for node in nodes {
+                self.worker(node, 100, 0, &[]);
+            }
+        }
+
+        fn deploy(&mut self, name: &str, settings: &[(&str, &str)]) {
+            let at_ms = self.now();
+            self.apply(Command::DeployVersion(Box::new(DeployVersion {
+                app: app(name),
+                version: VersionId::of_bytes(name.as_bytes()),
+                size_bytes: 10,
+                manifest: manifest_for(name),
+                at_ms,
+                initial_keys: InitialKeys {
+                    master: "m".into(),
+                    host_default: "h".into(),
+                    function_defaults: BTreeMap::new(),
+                },
+                settings: pairs(settings),
+            })));
+        }
+
+        fn settings(&mut self, name: &str, set: &[(&str, &str)]) {
+            let at_ms = self.now();
+            self.apply(Command::SetAppSettings {
+                app: app(name),
+                set: pairs(set),
+                remove: vec![],
+                at_ms,
+            });
+        }
+
+        fn scale(&mut self, name: &str, instances: u32) {
+            let at_ms = self.now();
+            self.apply(Command::SetScale {
+                app: app(name),
+                instances,
+                at_ms,
+            });
+        }
+
+        fn liveness(&mut self, node: NodeId, up: bool) {
+            let at_ms = self.now();
+            self.apply(Command::SetWorkerLiveness { node, up, at_ms });
+        }
+
+        fn schedule(&mut self, node: NodeId, schedule: WorkerSchedule) {
+            let at_ms = self.now();
+            self.apply(Command::SetWorkerSchedule {
+                node,
+                schedule,
+                at_ms,
+            });
+        }
+
+        fn ready(&mut self, node: NodeId, name: &str, instances: u32) {
+            self.live.ready.insert((node, app(name)), instances);
+        }
+
+        fn plan(&self) -> Vec<PlacementChange> {
+            plan(&self.state, &self.live)
+        }
+
+        /// One reconcile round: plan, commit, and check a second plan has nothing to do.
+        fn round(&mut self) -> Vec<(NodeId, u32)> {
+            let changes = self.plan();
+            let at_ms = self.now();
+            self.apply(Command::Place {
+                changes: changes.clone(),
+                at_ms,
+            });
+            assert_eq!(self.plan(), vec![], "planning again right after applying");
+            changes.iter().map(|c| (c.node, c.instances)).collect()
+        }
+
+        fn placed(&self, name: &str) -> Vec<(NodeId, u32)> {
+            self.state
+                .placements
+                .get(&app(name))
+                .map(|p| p.iter().map(|(n, c)| (*n, *c)).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn default_scale_is_two_or_one_per_worker_when_fewer() {
+        let mut w = World::new();
+        w.worker(1, 100, 0, &[]);
+        w.deploy("orders", &[]);
+        assert_eq!(
+            w.plan(),
+            vec![PlacementChange {
+                app: app("orders"),
+                node: 1,
+                instances: 1
+            }]
+        );
+        w.round();
+        w.workers(2..=3);
+        w.deploy("stock", &[]);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 1), (2, 1)]);
+        // Worker 3 is the emptiest, then the lowest id among the equally loaded.
+        assert_eq!(w.placed("stock"), vec![(1, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn explicit_scale_spreads_evenly_lowest_id_first() {
+        let mut w = World::new();
+        w.workers(1..=2);
+        w.deploy("orders", &[]);
+        w.scale("orders", 5);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 3), (2, 2)]);
+    }
+
+    #[test]
+    fn full_workers_leave_apps_under_placed_until_room_appears() {
+        let mut w = World::new();
+        w.worker(1, 2, 0, &[]);
+        w.worker(2, 2, 0, &[]);
+        w.deploy("aa", &[]);
+        w.deploy("bb", &[]);
+        w.scale("aa", 3);
+        w.scale("bb", 3);
+        w.round();
+        assert_eq!(w.placed("aa"), vec![(1, 2), (2, 1)]);
+        assert_eq!(w.placed("bb"), vec![(2, 1)], "only one slot was left");
+        w.worker(3, 4, 0, &[]);
+        assert_eq!(w.round(), vec![(3, 2)]);
+        assert_eq!(w.placed("bb"), vec![(2, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn memory_reservations_limit_where_instances_go() {
+        let mut w = World::new();
+        w.worker(1, 10, 1024, &[]);
+        w.worker(2, 10, 0, &[]);
+        w.deploy("big", &[(MEMORY_SETTING, "600")]);
+        w.scale("big", 3);
+        w.round();
+        // The third instance would tie on worker 1, but 1200 MiB > 1024 MiB there.
+        assert_eq!(w.placed("big"), vec![(1, 1), (2, 2)]);
+        // Apps reserving nothing are not limited by memory; an app that does not fit
+        // anywhere limited goes to the unlimited worker.
+        w.deploy("small", &[]);
+        w.deploy("mid", &[(MEMORY_SETTING, "500")]);
+        w.scale("small", 2);
+        w.scale("mid", 2);
+        w.round();
+        assert_eq!(w.placed("small"), vec![(1, 1), (2, 1)]);
+        assert_eq!(w.placed("mid"), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn labels_restrict_apps_to_matching_workers() {
+        let mut w = World::new();
+        w.worker(1, 100, 0, &[("zone", "a")]);
+        w.worker(2, 100, 0, &[("zone", "b"), ("gpu", "yes")]);
+        w.worker(3, 100, 0, &[("zone", "b")]);
+        w.deploy("ml", &[(LABELS_SETTING, "zone=b, gpu=yes")]);
+        w.scale("ml", 2);
+        w.deploy("web", &[(LABELS_SETTING, "zone=b")]);
+        w.deploy("nowhere", &[(LABELS_SETTING, "zone=c")]);
+        w.deploy("pinned", &[(LABELS_SETTING, "zone=c")]);
+        w.scale("pinned", 1);
+        w.round();
+        assert_eq!(w.placed("ml"), vec![(2, 2)]);
+        assert_eq!(w.placed("web"), vec![(2, 1), (3, 1)]);
+        assert_eq!(w.placed("nowhere"), vec![], "default with no worker: 0");
+        assert_eq!(w.placed("pinned"), vec![], "no worker can take it");
+    }
+
+    #[test]
+    fn cordoned_worker_keeps_its_instances_but_gets_no_new_ones() {
+        let mut w = World::new();
+        w.workers(1..=3);
+        w.deploy("orders", &[]);
+        w.scale("orders", 2);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 1), (2, 1)]);
+        w.schedule(2, WorkerSchedule::Cordoned);
+        assert_eq!(w.plan(), vec![]);
+        w.scale("orders", 4);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 2), (2, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn cordoning_does_not_shrink_an_app_at_default_scale() {
+        let mut w = World::new();
+        w.workers(1..=2);
+        w.deploy("orders", &[]);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 1), (2, 1)]);
+        w.schedule(2, WorkerSchedule::Cordoned);
+        assert_eq!(w.plan(), vec![]);
+        w.schedule(1, WorkerSchedule::Cordoned);
+        assert_eq!(w.plan(), vec![], "even with every worker cordoned");
+    }
+
+    #[test]
+    fn draining_moves_instances_make_before_break() {
+        let mut w = World::new();
+        w.workers(1..=3);
+        w.deploy("orders", &[]);
+        w.scale("orders", 2);
+        w.round();
+        w.ready(1, "orders", 1);
+        w.ready(2, "orders", 1);
+        w.schedule(2, WorkerSchedule::Draining);
+        // The replacement goes elsewhere; the draining worker keeps serving.
+        assert_eq!(w.round(), vec![(3, 1)]);
+        assert_eq!(w.placed("orders"), vec![(1, 1), (2, 1), (3, 1)]);
+        // Not Ready yet on worker 3: nothing changes.
+        assert_eq!(w.plan(), vec![]);
+        w.ready(3, "orders", 1);
+        assert_eq!(w.round(), vec![(2, 0)]);
+        assert_eq!(w.placed("orders"), vec![(1, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn instances_leave_workers_that_lose_a_required_label_make_before_break() {
+        let mut w = World::new();
+        w.worker(1, 100, 0, &[("zone", "a")]);
+        w.worker(2, 100, 0, &[("zone", "b")]);
+        w.deploy("orders", &[]);
+        w.scale("orders", 1);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 1)]);
+        w.ready(1, "orders", 1);
+        w.settings("orders", &[(LABELS_SETTING, "zone=b")]);
+        assert_eq!(w.round(), vec![(2, 1)]);
+        w.ready(2, "orders", 1);
+        assert_eq!(w.round(), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn a_down_workers_instances_are_replaced_and_nothing_returns_when_it_is_back() {
+        let mut w = World::new();
+        w.workers(1..=3);
+        w.deploy("orders", &[]);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 1), (2, 1)]);
+        w.liveness(2, false);
+        assert_eq!(w.round(), vec![(2, 0), (3, 1)]);
+        w.liveness(2, true);
+        assert_eq!(w.plan(), vec![], "the others already run the desired count");
+        assert_eq!(w.placed("orders"), vec![(1, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn placements_on_unregistered_workers_are_dropped_and_replaced() {
+        let mut w = World::new();
+        w.workers(1..=2);
+        w.deploy("orders", &[]);
+        w.scale("orders", 1);
+        // Not reachable through commands today (RemoveWorker drops placements), but
+        // the scheduler must not trust that.
+        w.state
+            .placements
+            .insert(app("orders"), BTreeMap::from([(9, 1)]));
+        let changes: Vec<(NodeId, u32)> = w.plan().iter().map(|c| (c.node, c.instances)).collect();
+        assert_eq!(changes, vec![(1, 1), (9, 0)]);
+    }
+
+    #[test]
+    fn scale_down_removes_from_cordoned_workers_first() {
+        let mut w = World::new();
+        w.workers(1..=3);
+        w.deploy("orders", &[]);
+        w.scale("orders", 6);
+        w.round();
+        assert_eq!(w.placed("orders"), vec![(1, 2), (2, 2), (3, 2)]);
+        w.schedule(3, WorkerSchedule::Cordoned);
+        w.scale("orders", 3);
+        w.round();
+        // Both from the cordoned worker, then the highest id among the fullest.
+        assert_eq!(w.placed("orders"), vec![(1, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn scale_down_frees_room_for_apps_earlier_in_name_order_in_the_same_round() {
+        let mut w = World::new();
+        w.worker(1, 2, 0, &[]);
+        w.deploy("aa", &[]);
+        w.deploy("zz", &[]);
+        w.scale("zz", 2);
+        w.round();
+        assert_eq!(w.placed("aa"), vec![(1, 1)]);
+        assert_eq!(w.placed("zz"), vec![(1, 1)]);
+        w.scale("aa", 2);
+        w.scale("zz", 0);
+        w.round();
+        assert_eq!(w.placed("aa"), vec![(1, 2)]);
+        assert_eq!(w.placed("zz"), vec![]);
+    }
+
+    #[test]
+    fn an_app_with_unparsable_settings_is_left_exactly_as_placed() {
+        let mut w = World::new();
+        w.workers(1..=3);
+        w.deploy("orders", &[]);
+        w.deploy("stock", &[]);
+        w.round();
+        w.settings("orders", &[(MEMORY_SETTING, "lots")]);
+        w.liveness(1, false);
+        // Only `stock` moves off the down worker.
+        let changes = w.plan();
+        assert!(changes.iter().all(|c| c.app == app("stock")), "{changes:?}");
+        assert!(!changes.is_empty());
+        let err = app_requirements(&w.state.apps[&app("orders")].settings).unwrap_err();
+        assert!(
+            err.contains(MEMORY_SETTING) && err.contains("`lots`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn requirements_are_parsed_from_settings() {
+        let req = app_requirements(&pairs(&[
+            (MEMORY_SETTING, " 256 "),
+            (LABELS_SETTING, "zone=b, gpu = yes,,"),
+        ]))
+        .unwrap();
+        assert_eq!(req.memory_mb, 256);
+        assert_eq!(req.labels, pairs(&[("zone", "b"), ("gpu", "yes")]));
+        assert_eq!(
+            app_requirements(&BTreeMap::new()).unwrap(),
+            Requirements::default()
+        );
+        for (key, value, mentions) in [
+            (MEMORY_SETTING, "-1", "`-1`"),
+            (MEMORY_SETTING, "1.5", "`1.5`"),
+            (LABELS_SETTING, "zone", "`zone` is not key=value"),
+            (LABELS_SETTING, "=b", "empty key"),
+            (LABELS_SETTING, "zone=a,zone=b", "contradicts `zone=a`"),
+        ] {
+            let err = app_requirements(&pairs(&[(key, value)])).unwrap_err();
+            assert!(err.contains(key) && err.contains(mentions), "{err}");
+        }
+    }
+
+    /// Random clusters and events: every round's result is stable (planning again
+    /// gives nothing), respects capacity, never uses Down workers and never runs more
+    /// than desired on the workers an app stays on.
+    #[test]
+    fn random_rounds_are_idempotent_and_respect_capacity() {
+        for seed in 0..150u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut w = World::new();
+            let names = ["aa", "bb", "cc", "dd"];
+            for node in 1..=rng.random_range(1..=6u64) {
+                let memory = if rng.random_bool(0.5) { 0 } else { 1024 };
+                let zone = if rng.random_bool(0.5) { "a" } else { "b" };
+                w.worker(node, rng.random_range(1..=6), memory, &[("zone", zone)]);
+            }
+            let nodes: Vec<NodeId> = w.state.workers.keys().copied().collect();
+            for name in names {
+                let mut settings = vec![];
+                if rng.random_bool(0.3) {
+                    settings.push((MEMORY_SETTING, "300"));
+                }
+                if rng.random_bool(0.3) {
+                    settings.push((LABELS_SETTING, "zone=a"));
+                }
+                w.deploy(name, &settings);
+            }
+            for step in 0..30 {
+                let node = nodes[rng.random_range(0..nodes.len())];
+                let name = names[rng.random_range(0..names.len())];
+                match rng.random_range(0..6) {
+                    0 => w.liveness(node, rng.random_bool(0.5)),
+                    1 => {
+                        let s = [
+                            WorkerSchedule::Active,
+                            WorkerSchedule::Cordoned,
+                            WorkerSchedule::Draining,
+                        ];
+                        w.schedule(node, s[rng.random_range(0..3)]);
+                    }
+                    2 => w.scale(name, rng.random_range(0..=8)),
+                    3 => {
+                        let zone = if rng.random_bool(0.5) { "zone=a" } else { "" };
+                        w.settings(name, &[(LABELS_SETTING, zone)]);
+                    }
+                    _ => {
+                        // Workers report what they run as Ready, some lagging.
+                        w.live.ready.clear();
+                        for (app, per_node) in &w.state.placements {
+                            for (node, count) in per_node {
+                                let ready = rng.random_range(0..=*count);
+                                w.live.ready.insert((*node, app.clone()), ready);
+                            }
+                        }
+                    }
+                }
+                let changes = w.plan();
+                let at_ms = w.now();
+                w.apply(Command::Place { changes, at_ms });
+                let again = w.plan();
+                assert!(
+                    again.is_empty(),
+                    "seed {seed} step {step}: second plan {again:?}; rerun \
+                     `cargo test -p strom-control-plane --lib scheduler::tests::random`"
+                );
+                check_invariants(&w.state, seed, step);
+            }
+        }
+    }
+
+    fn check_invariants(state: &ClusterState, seed: u64, step: usize) {
+        let ctx = format!("seed {seed} step {step}");
+        for (node, worker) in &state.workers {
+            let (mut load, mut memory) = (0u32, 0u64);
+            for (name, per_node) in &state.placements {
+                let count = per_node.get(node).copied().unwrap_or(0);
+                let req = app_requirements(&state.apps[name].settings).unwrap();
+                load += count;
+                memory += req.memory_mb * u64::from(count);
+            }
+            assert!(
+                worker.up || load == 0,
+                "{ctx}: down worker {node} runs {load}"
+            );
+            assert!(
+                load <= worker.info.capacity.instances,
+                "{ctx}: worker {node} holds {load}"
+            );
+            let cap = worker.info.capacity.memory_mb;
+            assert!(
+                cap == 0 || memory <= cap,
+                "{ctx}: worker {node} reserves {memory} MiB"
+            );
+        }
+        for (name, app) in &state.apps {
+            let req = app_requirements(&app.settings).unwrap();
+            let stays = |node: &NodeId| {
+                let w = &state.workers[node];
+                w.up && w.schedule != WorkerSchedule::Draining
+                    && req
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.info.labels.get(k) == Some(v))
+            };
+            let eligible = state.workers.keys().filter(|n| stays(n)).count();
+            let kept: u32 = state
+                .placements
+                .get(name)
+                .map(|p| p.iter().filter(|(n, _)| stays(n)).map(|(_, c)| c).sum())
+                .unwrap_or(0);
+            let want = desired(app, eligible);
+            assert!(kept <= want, "{ctx}: {name} keeps {kept} > desired {want}");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The worker role's link to the management group.
+//!
+//! - **Register** with any management node (the join token; followers point to the
+//!   leader), then **heartbeat** the leader every fifth of the lease, carrying this
+//!   worker's instance reports (one batch per heartbeat).
+//! - On a worker-only node, **watch the state** from any management node (rotating
+//!   through them when one fails) and keep the last state received: the worker runs
+//!   and its gateway routes from it, whether or not the management group has quorum.
+//! - **Packages** are fetched by hash from any management node and verified.
+//!
+//! Durable: `worker.json` in the data dir (this node's id and its cluster's id: a
+//! data dir is never reused for another node or cluster) and `join.token` (0600).
+//! Everything else is in memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strom_control_plane::blob_replication::fetch_blob_from;
+use strom_control_plane::state_machine::StateView;
+use strom_control_plane::workers::{decode_view, report_of};
+use strom_control_plane::ManagementNode;
+use strom_proto::ids::{NodeId, VersionId};
+use strom_proto::instances::InstanceStatus;
+use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
+use strom_proto::internal_v1::{HeartbeatRequest, RegisterWorkerRequest, WatchStateRequest};
+use strom_proto::version;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// What this worker offers the scheduler.
+#[derive(Debug, Clone)]
+pub struct WorkerOffer {
+    pub node_id: NodeId,
+    /// `host:port` other gateways reach this node's function port at.
+    pub http_addr: String,
+    pub capacity_instances: u32,
+    pub capacity_memory_mb: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WorkerFile {
+    node_id: NodeId,
+    cluster_id: String,
+}
+
+/// Where packages come from: the local management role, or any management node.
+#[derive(Clone)]
+pub enum Packages {
+    Local(ManagementNode),
+    Remote(Arc<Managers>),
+}
+
+impl Packages {
+    pub async fn get(&self, id: &VersionId, limit: u64) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Packages::Local(node) => Ok(node.blob(id).await?),
+            Packages::Remote(m) => {
+                let mut errors = Vec::new();
+                for addr in m.addresses() {
+                    match fetch_blob_from(&addr, &m.cluster_id(), id, limit).await {
+                        Ok(bytes) => return Ok(bytes),
+                        Err(e) => errors.push(format!("{addr}: {e}")),
+                    }
+                }
+                anyhow::bail!(
+                    "no management node could send package {}: {}",
+                    id.short(),
+                    errors.join("; ")
+                )
+            }
+        }
+    }
+}
+
+/// The management nodes this worker knows (seeds, then the members in the latest
+/// state), and the leader to heartbeat.
+pub struct Managers {
+    seeds: Vec<String>,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    members: Vec<String>,
+    leader: Option<String>,
+    cluster_id: String,
+}
+
+impl Managers {
+    pub fn new(seeds: Vec<String>) -> Arc<Self> {
+        Arc::new(Managers {
+            seeds,
+            known: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().expect("managers lock")
+    }
+
+    /// Control URLs to try, the leader (if known) first.
+    pub fn addresses(&self) -> Vec<String> {
+        let known = self.lock();
+        let mut out: Vec<String> = Vec::new();
+        for a in known
+            .leader
+            .iter()
+            .chain(known.members.iter())
+            .chain(self.seeds.iter())
+        {
+            let url = url_of(a);
+            if !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        out
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.lock().cluster_id.clone()
+    }
+
+    fn learn(&self, view: &StateView) {
+        let mut known = self.lock();
+        known.members = view
+            .membership
+            .membership()
+            .nodes()
+            .map(|(_, n)| url_of(&n.addr))
+            .collect();
+        if let Some(c) = &view.state.cluster {
+            known.cluster_id = c.cluster_id.to_string();
+        }
+    }
+}
+
+fn url_of(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn leader_hint(s: &tonic::Status) -> Option<String> {
+    s.metadata()
+        .get(strom_control_plane::membership::LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(url_of)
+}
+
+async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(WorkerServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+}
+
+pub struct Agent {
+    pub offer: WorkerOffer,
+    pub token: String,
+    pub managers: Arc<Managers>,
+    data_dir: PathBuf,
+}
+
+impl Agent {
+    pub fn new(
+        offer: WorkerOffer,
+        token: String,
+        managers: Arc<Managers>,
+        data_dir: &Path,
+    ) -> Self {
+        Agent {
+            offer,
+            token,
+            managers,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Register with the cluster, following leader hints and retrying until `wait`
+    /// runs out. Returns the lease length. Refusals that retrying cannot fix (wrong
+    /// token, bad settings, another cluster's data dir) fail at once.
+    pub async fn register(&self, wait: Duration) -> Result<Duration, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut last_error = String::from("no management node given");
+        loop {
+            let mut targets = self.managers.addresses();
+            while let Some(url) = (!targets.is_empty()).then(|| targets.remove(0)) {
+                match self.register_at(&url).await {
+                    Ok(lease) => return Ok(lease),
+                    Err(RegisterError::Refused(e)) => return Err(e),
+                    Err(RegisterError::Leader(l)) => {
+                        self.managers.lock().leader = Some(l.clone());
+                        targets.retain(|t| t != &l);
+                        targets.insert(0, l);
+                    }
+                    Err(RegisterError::Retry(e)) => last_error = e,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("registering as a worker failed: {last_error}"));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn register_at(&self, url: &str) -> Result<Duration, RegisterError> {
+        let mut c = client(url).await.map_err(RegisterError::Retry)?;
+        let reply = c
+            .register(RegisterWorkerRequest {
+                join_token: self.token.clone(),
+                node_id: self.offer.node_id,
+                http_addr: self.offer.http_addr.clone(),
+                capacity_instances: self.offer.capacity_instances,
+                capacity_memory_mb: self.offer.capacity_memory_mb,
+                labels: self.offer.labels.clone().into_iter().collect(),
+                build: version::BUILD.to_string(),
+                protocol: version::PROTOCOL,
+            })
+            .await;
+        match reply {
+            Ok(r) => {
+                let r = r.into_inner();
+                self.check_cluster(&r.cluster_id)
+                    .map_err(RegisterError::Refused)?;
+                self.managers.lock().cluster_id = r.cluster_id;
+                self.managers.lock().leader = Some(url.to_string());
+                Ok(Duration::from_millis(r.lease_ms.max(1)))
+            }
+            Err(s) => match s.code() {
+                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => Err(
+                    RegisterError::Refused(format!("{url} refused the worker: {}", s.message())),
+                ),
+                tonic::Code::Unavailable => match leader_hint(&s) {
+                    Some(l) if l != url => Err(RegisterError::Leader(l)),
+                    _ => Err(RegisterError::Retry(format!("{url}: {}", s.message()))),
+                },
+                _ => Err(RegisterError::Retry(format!("{url}: {}", s.message()))),
+            },
+        }
+    }
+
+    /// A data dir belongs to one node of one cluster.
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), String> {
+        let path = self.data_dir.join("worker.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: WorkerFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if file.node_id != self.offer.node_id {
+                    return Err(format!(
+                        "{} belongs to node {}, not node {}",
+                        path.display(),
+                        file.node_id,
+                        self.offer.node_id
+                    ));
+                }
+                if file.cluster_id != cluster_id {
+                    return Err(format!(
+                        "{} belongs to cluster {}, but the management nodes are cluster {cluster_id}",
+                        path.display(),
+                        file.cluster_id
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let json = serde_json::to_vec(&WorkerFile {
+                    node_id: self.offer.node_id,
+                    cluster_id: cluster_id.to_string(),
+                })
+                .expect("plain struct");
+                std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Heartbeat the leader until `cancel`, re-registering if the cluster forgot
+    /// this worker.
+    pub async fn heartbeats(
+        self: Arc<Self>,
+        lease: Duration,
+        instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+        cancel: CancellationToken,
+    ) {
+        let mut every = (lease / 5).max(Duration::from_millis(100));
+        let mut current: Option<(String, WorkerServiceClient<Channel>)> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if current.is_none() {
+                let targets = self.managers.addresses();
+                for url in targets {
+                    if let Ok(c) = client(&url).await {
+                        current = Some((url, c));
+                        break;
+                    }
+                }
+            }
+            let Some((url, c)) = current.as_mut() else {
+                continue;
+            };
+            let reports = instances.borrow().iter().map(report_of).collect();
+            let result = c
+                .heartbeat(HeartbeatRequest {
+                    join_token: self.token.clone(),
+                    node_id: self.offer.node_id,
+                    build: version::BUILD.to_string(),
+                    protocol: version::PROTOCOL,
+                    instances: reports,
+                })
+                .await;
+            match result {
+                Ok(r) => {
+                    self.managers.lock().leader = Some(url.clone());
+                    let lease = Duration::from_millis(r.into_inner().lease_ms.max(1));
+                    every = (lease / 5).max(Duration::from_millis(100));
+                }
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    tracing::warn!(
+                        "the cluster does not know this worker ({}); registering again",
+                        s.message()
+                    );
+                    if let Err(e) = self.register(Duration::from_secs(5)).await {
+                        tracing::warn!("{e}");
+                    }
+                    current = None;
+                }
+                Err(s) => {
+                    let hint = leader_hint(&s);
+                    tracing::debug!(target = %url, "heartbeat: {}", s.message());
+                    let mut known = self.managers.lock();
+                    known.leader = hint.filter(|h| h != url);
+                    drop(known);
+                    current = None;
+                }
+            }
+        }
+    }
+}
+
+enum RegisterError {
+    Refused(String),
+    Leader(String),
+    Retry(String),
+}
+
+/// Keep `tx` at the newest state any management node streams, until `cancel`.
+pub async fn watch_state(
+    agent: Arc<Agent>,
+    tx: watch::Sender<Arc<StateView>>,
+    cancel: CancellationToken,
+) {
+    let mut round = 0usize;
+    loop {
+        let targets = agent.managers.addresses();
+        let url = targets[round % targets.len().max(1)].clone();
+        round += 1;
+        let after_index = tx.borrow().applied_index();
+        let watched = async {
+            let mut c = client(&url).await?;
+            let mut stream = c
+                .watch_state(WatchStateRequest {
+                    join_token: agent.token.clone(),
+                    node_id: agent.offer.node_id,
+                    after_index,
+                })
+                .await
+                .map_err(|s| format!("{url}: {}", s.message()))?
+                .into_inner();
+            tracing::info!(from = %url, "watching the cluster state");
+            while let Some(update) = stream
+                .message()
+                .await
+                .map_err(|s| format!("{url}: {}", s.message()))?
+            {
+                let view = match decode_view(&update.view) {
+                    Ok(v) => v,
+                    Err(e) => return Err(format!("{url} sent an undecodable state: {e}")),
+                };
+                agent.managers.learn(&view);
+                tx.send_if_modified(|current| {
+                    if view.applied_index() > current.applied_index() {
+                        *current = Arc::new(view);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err::<(), String>(format!("{url} ended the state stream"))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = watched => {
+                if let Err(e) = result {
+                    tracing::warn!("state watch: {e}; trying another management node");
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(if round % targets.len().max(1) == 0 { 500 } else { 50 })) => {}
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The cluster version gate.
+//!
+//! Every node reports its build and its wire **protocol** number. A new `Command`
+//! variant or wire field belongs to a [`Feature`] introduced at some protocol; the
+//! leader uses it only once every management member reports at least that protocol
+//! (an older member could not decode the log entry, and would stop). During a
+//! rolling upgrade the cluster keeps speaking the old protocol until the last node
+//! is upgraded, then switches on its own. A member that cannot be asked counts as
+//! the oldest protocol: the gate stays closed rather than guessing.
+
+use std::collections::BTreeMap;
+
+use crate::ids::NodeId;
+
+/// The wire protocol this build speaks.
+///
+/// - 1: the first release (apps, versions, settings, keys, scale, management membership).
+/// - 2: worker nodes and the scheduler (`RegisterWorker`, `SetWorkerLiveness`,
+///   `SetWorkerSchedule`, `Place`, `RemoveWorker`; `WorkerService`).
+pub const PROTOCOL: u32 = 2;
+
+/// The oldest protocol a member can speak; what a member that does not answer
+/// `NodeInfo` (a build from before the gate) is taken to speak.
+pub const OLDEST_PROTOCOL: u32 = 1;
+
+/// This build, as shown by `strom cluster status`.
+pub const BUILD: &str = env!("CARGO_PKG_VERSION");
+
+/// Features that need every member to understand them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// Worker registration, leases and placements (protocol 2).
+    Workers,
+}
+
+impl Feature {
+    pub fn since(self) -> u32 {
+        match self {
+            Feature::Workers => 2,
+        }
+    }
+}
+
+/// What one node reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeVersion {
+    pub build: String,
+    pub protocol: u32,
+}
+
+/// The protocol every listed member speaks: the lowest reported; members missing
+/// from `reported` count as [`OLDEST_PROTOCOL`].
+pub fn cluster_protocol(
+    members: impl IntoIterator<Item = NodeId>,
+    reported: &BTreeMap<NodeId, NodeVersion>,
+) -> u32 {
+    members
+        .into_iter()
+        .map(|id| {
+            reported
+                .get(&id)
+                .map(|v| v.protocol)
+                .unwrap_or(OLDEST_PROTOCOL)
+        })
+        .min()
+        .unwrap_or(PROTOCOL)
+}
+
+/// Whether `feature` may be used with these members.
+pub fn allows(
+    feature: Feature,
+    members: impl IntoIterator<Item = NodeId>,
+    reported: &BTreeMap<NodeId, NodeVersion>,
+) -> bool {
+    cluster_protocol(members, reported) >= feature.since()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(build: &str, protocol: u32) -> NodeVersion {
+        NodeVersion {
+            build: build.into(),
+            protocol,
+        }
+    }
+
+    #[test]
+    fn the_gate_opens_only_when_every_member_understands_the_feature() {
+        // A rolling upgrade from a protocol-1 build to a protocol-2 build.
+        let mut reported = BTreeMap::from([(1, v("0.1.0", 1)), (2, v("0.1.0", 1))]);
+        assert_eq!(cluster_protocol([1, 2, 3], &reported), 1);
+        assert!(!allows(Feature::Workers, [1, 2, 3], &reported));
+        reported.insert(1, v("0.2.0", 2));
+        reported.insert(2, v("0.2.0", 2));
+        // Node 3 has not answered: it counts as the oldest protocol.
+        assert!(!allows(Feature::Workers, [1, 2, 3], &reported));
+        reported.insert(3, v("0.2.0", 2));
+        assert!(allows(Feature::Workers, [1, 2, 3], &reported));
+        // A newer member does not open features the others lack.
+        reported.insert(3, v("0.3.0", 3));
+        reported.insert(2, v("0.1.0", 1));
+        assert_eq!(cluster_protocol([1, 2, 3], &reported), 1);
+        assert!(!allows(Feature::Workers, [1, 2, 3], &reported));
+    }
+
+    #[test]
+    fn a_cluster_of_this_build_allows_everything_it_has() {
+        let reported = BTreeMap::from([(1, v(BUILD, PROTOCOL))]);
+        assert!(allows(Feature::Workers, [1], &reported));
+        assert!(Feature::Workers.since() <= PROTOCOL);
+    }
+}
