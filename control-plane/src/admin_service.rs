@@ -35,6 +35,8 @@ pub struct AdminApi {
     node: ManagementNode,
     /// Set once the node's worker role has started (if it has one).
     worker: Arc<std::sync::OnceLock<WorkerView>>,
+    /// Ends long-lived streams (`fn logs --follow`) when the server stops.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Where a node's worker role, started after the control port, announces itself.
@@ -55,23 +57,6 @@ pub struct WorkerView {
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
 }
 
-/// Workers that could take instances of `app` now (for the default scale shown).
-fn eligible_workers(state: &crate::cluster_state::ClusterState, app: &AppState) -> usize {
-    let Ok(req) = crate::scheduler::app_requirements(&app.settings) else {
-        return 0;
-    };
-    state
-        .workers
-        .values()
-        .filter(|w| w.up && w.schedule == WorkerSchedule::Active)
-        .filter(|w| {
-            req.labels
-                .iter()
-                .all(|(k, v)| w.info.labels.get(k) == Some(v))
-        })
-        .count()
-}
-
 /// Most instances of one app on one node.
 pub const MAX_SCALE: u32 = 64;
 
@@ -80,7 +65,14 @@ impl AdminApi {
         AdminApi {
             node,
             worker: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Streams end when `shutdown` fires (the control server stopping).
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     pub fn with_worker(self, worker: WorkerView) -> Self {
@@ -502,9 +494,9 @@ impl AdminService for AdminApi {
             applied_index: view.applied_index(),
             route_prefix: manifest.host.route_prefix.clone(),
             instances: self.instances(self.node.live_workers().await.as_ref(), Some(&name)),
-            scale: app.scale.unwrap_or_else(|| {
-                crate::scheduler::desired(app, eligible_workers(&view.state, app))
-            }),
+            scale: app
+                .scale
+                .unwrap_or_else(|| crate::scheduler::desired_in(&view.state, app)),
         }))
     }
 
@@ -720,7 +712,7 @@ impl AdminService for AdminApi {
             .values()
             .map(|app| pb::AppPlacement {
                 app_name: app.name.to_string(),
-                desired: crate::scheduler::desired(app, eligible_workers(&view.state, app)),
+                desired: crate::scheduler::desired_in(&view.state, app),
                 nodes: view
                     .state
                     .placements
@@ -982,6 +974,7 @@ impl AdminService for AdminApi {
         let seen: std::collections::HashSet<String> =
             backlog.iter().map(|r| r.id.clone()).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             for r in &backlog {
                 if tx.send(Ok(invocation_info(r))).await.is_err() {
@@ -994,6 +987,7 @@ impl AdminService for AdminApi {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
                     next = live.recv() => next,
                 };
                 match next {
@@ -1120,6 +1114,13 @@ fn check_schedule_settings(
 fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
     if value.contains('\0') {
         return Err(format!("setting `{key}`: the value must not contain NUL"));
+    }
+    // Settings the scheduler reads are checked before they are committed.
+    if key == crate::scheduler::MEMORY_SETTING || key == crate::scheduler::LABELS_SETTING {
+        crate::scheduler::app_requirements(&BTreeMap::from([(
+            key.to_string(),
+            value.to_string(),
+        )]))?;
     }
     Ok(())
 }

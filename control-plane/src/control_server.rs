@@ -64,6 +64,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(strom_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the descriptor set is generated at build time");
+    // Long-lived streams end with the server, or its graceful stop would wait on them.
+    let api = api.with_shutdown(cancel.clone());
     let admin = tonic::service::interceptor::InterceptedService::new(
         AdminServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE),
         AdminAuth { node: node.clone() },
@@ -81,9 +83,12 @@ pub async fn serve(
     let blobs = BlobServiceServer::new(BlobServer { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let workers = WorkerServiceServer::new(crate::workers::WorkerServer { node: node.clone() })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let workers = WorkerServiceServer::new(crate::workers::WorkerServer {
+        node: node.clone(),
+        shutdown: cancel.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(admin)

@@ -103,6 +103,10 @@ pub enum ProposeError {
     },
     #[error("raft is shutting down: {0}")]
     Fatal(String),
+    /// Nothing commits: the outcome of a write is unknown (it may still be applied
+    /// if a majority comes back), so it is not acknowledged.
+    #[error("{0}")]
+    NoQuorum(String),
     #[error("raft: {0}")]
     Other(String),
 }
@@ -114,6 +118,9 @@ fn leader_hint(id: &Option<NodeId>, addr: &Option<String>) -> String {
         _ => "; no leader is known (election in progress or no quorum)".into(),
     }
 }
+
+/// How long a write or a fresh read waits for a majority before failing.
+pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 
 /// Cheap to clone; every clone drives the same Raft node.
 #[derive(Clone)]
@@ -311,6 +318,26 @@ impl ManagementNode {
     /// Acknowledged only after commit. On a follower the command is forwarded to the
     /// leader (once: if leadership moved meanwhile, the caller gets `NotLeader`).
     pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
+        tokio::time::timeout(QUORUM_WAIT, self.propose_inner(command))
+            .await
+            .unwrap_or_else(|_| Err(self.no_quorum("the write was not committed")))
+    }
+
+    /// Why nothing commits: the members this node can see, for the error message.
+    fn no_quorum(&self, what: &str) -> ProposeError {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        ProposeError::NoQuorum(format!(
+            "{what} within {QUORUM_WAIT:?}: no quorum (a majority of the {voters} management voters must be up and reachable; this node {})",
+            match metrics.current_leader {
+                Some(l) if l == self.config.node_id => "thinks it leads, but a majority does not answer".to_string(),
+                Some(l) => format!("follows node {l}, which does not answer"),
+                None => "knows no leader".to_string(),
+            }
+        ))
+    }
+
+    async fn propose_inner(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
         match self.propose_local(command.clone()).await {
             Err(ProposeError::NotLeader {
                 leader_id: Some(leader),
@@ -345,6 +372,12 @@ impl ManagementNode {
     /// leadership and its read index, and the follower waits until it has applied
     /// that far.
     pub async fn read_linearizable(&self) -> Result<Arc<StateView>, ProposeError> {
+        tokio::time::timeout(QUORUM_WAIT, self.read_linearizable_inner())
+            .await
+            .unwrap_or_else(|_| Err(self.no_quorum("a fresh read could not be confirmed")))
+    }
+
+    async fn read_linearizable_inner(&self) -> Result<Arc<StateView>, ProposeError> {
         match self.read_index_local().await {
             Ok(_) => Ok(self.state.borrow().clone()),
             Err(ProposeError::NotLeader {

@@ -79,6 +79,25 @@ pub fn desired(app: &AppState, eligible_workers: usize) -> u32 {
     app.scale.unwrap_or(eligible_workers.min(2) as u32)
 }
 
+/// Desired instances of `app` in `state`, counted as [`plan`] counts them (for
+/// status displays); 0 when its settings do not parse.
+pub fn desired_in(state: &ClusterState, app: &AppState) -> u32 {
+    let Ok(req) = app_requirements(&app.settings) else {
+        return app.scale.unwrap_or(0);
+    };
+    let eligible = state
+        .workers
+        .values()
+        .filter(|w| w.up && w.schedule != WorkerSchedule::Draining)
+        .filter(|w| {
+            req.labels
+                .iter()
+                .all(|(k, v)| w.info.labels.get(k) == Some(v))
+        })
+        .count();
+    desired(app, eligible)
+}
+
 /// App settings the scheduler reads, parsed; errors name the setting and value.
 pub fn app_requirements(settings: &BTreeMap<String, String>) -> Result<Requirements, String> {
     let mut req = Requirements::default();

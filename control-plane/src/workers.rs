@@ -149,6 +149,8 @@ pub fn decode_view(bytes: &[u8]) -> Result<StateView, codec::CodecError> {
 
 pub struct WorkerServer {
     pub node: ManagementNode,
+    /// Ends the state streams when the control server stops.
+    pub shutdown: CancellationToken,
 }
 
 impl WorkerServer {

@@ -334,6 +334,36 @@ async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // Settings the scheduler reads are checked; a bad one changes nothing.
+    for (key, value) in [("STROM_MEMORY_MB", "lots"), ("STROM_WORKER_LABELS", "zone")] {
+        let err = c
+            .set_app_settings(pb::SetAppSettingsRequest {
+                name: "jobs".into(),
+                set: [
+                    (key.to_string(), value.to_string()),
+                    ("OTHER".to_string(), "x".to_string()),
+                ]
+                .into(),
+                remove: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains(key) && err.message().contains(value),
+            "{}",
+            err.message()
+        );
+    }
+    let settings = c
+        .get_app_settings(pb::GetAppSettingsRequest {
+            name: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .settings;
+    assert!(!settings.contains_key("OTHER"), "{settings:?}");
 
     c.delete_app(pb::DeleteAppRequest {
         name: "jobs".into(),

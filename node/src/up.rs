@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_actors::Lifecycle;
+use strom_actors::{Lifecycle, RoutingTable};
 use strom_control_plane::admin_service::{AdminApi, WorkerSlot, WorkerView};
 use strom_control_plane::management::write_secret_file;
 use strom_control_plane::state_machine::StateView;
@@ -177,8 +177,16 @@ impl Running {
             }
         }
         self.control_cancel.cancel();
-        if let Some(s) = self.server {
-            let _ = s.await;
+        if let Some(mut s) = self.server {
+            // Clients' open connections (a worker's channel, a CLI stream) must not
+            // hold the stop up: give them a moment, then close them.
+            if tokio::time::timeout(Duration::from_secs(3), &mut s)
+                .await
+                .is_err()
+            {
+                tracing::info!("closing the control port's remaining connections");
+                s.abort();
+            }
         }
         if let Some(node) = self.node {
             node.shutdown().await;
@@ -214,7 +222,9 @@ pub async fn run_node(
             .map_err(|e| CliError::new(1, e.to_string()))?,
         None => settings.control_addr,
     };
-    let http = match settings.worker {
+    // Every node serves the function port; a node without the worker role only
+    // routes requests to workers.
+    let http = match settings.worker || settings.management {
         true => Some(
             tokio::net::TcpListener::bind(settings.http_addr)
                 .await
@@ -307,9 +317,9 @@ pub async fn run_node(
         running.worker_view = Some(worker_view);
     }
 
-    // The worker role: register, follow the state, run instances, serve HTTP.
-    if let Some(listener) = http {
-        match start_worker(
+    // The worker role: register, follow the state, run instances.
+    if settings.worker {
+        if let Err(e) = start_worker(
             &settings,
             &advertise,
             &advertise_http,
@@ -318,13 +328,17 @@ pub async fn run_node(
         )
         .await
         {
-            Ok(()) => {}
-            Err(e) => {
-                running.stop().await;
-                return Err(e);
-            }
+            running.stop().await;
+            return Err(e);
         }
-        let worker = running.worker.as_ref().expect("started above");
+    }
+    // The gateway: local instances first, else other workers.
+    let (routing, state) = match (&running.worker, &running.node) {
+        (Some(w), _) => (w.routing.clone(), w.state.clone()),
+        (None, Some(node)) => (RoutingTable::default(), node.state.clone()),
+        (None, None) => unreachable!("a node has at least one role"),
+    };
+    if let Some(listener) = http {
         let gateway = Gateway::new(
             GatewayConfig {
                 node_id: settings.node_id,
@@ -332,8 +346,8 @@ pub async fn run_node(
                 cold_start_timeout: settings.startup_timeout,
                 ..GatewayConfig::default()
             },
-            worker.routing.clone(),
-            worker.state.clone(),
+            routing,
+            state,
             invocations.clone(),
         );
         running.gateway = Some(tokio::spawn(
@@ -347,9 +361,14 @@ pub async fn run_node(
     if running.node.is_some() {
         println!("  control:   http://{control_addr}  (gRPC admin API)");
     }
-    if running.worker.is_some() {
-        println!("  functions: http://{http_addr}");
-    }
+    println!(
+        "  functions: http://{http_addr}{}",
+        if running.worker.is_some() {
+            ""
+        } else {
+            "  (routes to workers)"
+        }
+    );
     match (&bootstrap, &running.node) {
         (Bootstrap::Created { admin_token }, _) => {
             println!(

@@ -107,7 +107,8 @@ fn t80_three_nodes_join_serve_and_survive_a_leader_kill() {
             .join("run")
             .join("instances"),
     );
-    assert_eq!(reaped.len(), 1, "the killed node's one handler");
+    // The scheduler places min(2, workers) instances: the leader ran one or none.
+    assert!(reaped.len() <= 1, "the killed node's handlers: {reaped:?}");
     let rest: Vec<&Up> = nodes.iter().flatten().collect();
     eventually(Duration::from_secs(30), "a new leader", || {
         let out = rest[0].strom_with(

@@ -58,7 +58,7 @@ impl Up {
     }
 
     fn spawn(mut cmd: Command, data_dir: &Path) -> Up {
-        cmd.env("STROM_LOG", "error")
+        cmd.env("STROM_LOG", "error,openraft=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn strom");
@@ -94,7 +94,8 @@ impl Up {
         }
         Up {
             child,
-            server: server.expect("strom up prints its control address"),
+            // A worker-only node has no control port.
+            server: server.unwrap_or_default(),
             http: http.expect("strom up prints its function address"),
             stdout: lines,
             data_dir: data_dir.to_path_buf(),
@@ -135,7 +136,17 @@ impl Up {
         }
         #[cfg(not(unix))]
         let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("strom did not stop within 90 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
             status.success(),
             "strom up exits cleanly on SIGTERM: {status:?}"
@@ -260,6 +271,74 @@ pub fn http(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the response");
     parse_response(&raw)
+}
+
+/// Like [`get`], but a failure to connect or read is an error, not a panic.
+pub fn try_get(base: &str, path: &str) -> Result<HttpResponse, String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read {addr}: {e}"))?;
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(format!("{addr} closed the connection without an answer"));
+    }
+    Ok(parse_response(&raw))
+}
+
+/// Each request's target gateway and its status (or why there was none).
+type Outcomes = Vec<(String, Result<u16, String>)>;
+
+/// Requests sent in a loop from background threads, each outcome recorded.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Outcomes>>,
+}
+
+impl Load {
+    /// One thread per target gateway, each sending `path` back to back.
+    pub fn start(targets: &[String], path: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = targets
+            .iter()
+            .map(|t| {
+                let (t, path, stop) = (t.clone(), path.to_string(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = try_get(&t, &path).map(|r| r.status);
+                        out.push((t.clone(), r));
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stop; returns (requests, failures as "target: outcome").
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        let mut failed = Vec::new();
+        for t in self.threads {
+            for (target, r) in t.join().unwrap() {
+                total += 1;
+                match r {
+                    Ok(200) => {}
+                    Ok(s) => failed.push(format!("{target}: HTTP {s}")),
+                    Err(e) => failed.push(format!("{target}: {e}")),
+                }
+            }
+        }
+        (total, failed)
+    }
 }
 
 fn parse_response(raw: &[u8]) -> HttpResponse {

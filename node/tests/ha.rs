@@ -1,0 +1,408 @@
+//! High availability with real `strom serve` processes on 127.0.0.1: three
+//! management nodes and separate worker nodes. Leader loss under writes, worker loss
+//! and return, a worker drained under load, quorum loss, and membership changes with
+//! restarts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, free_port, get, write_app, Load, Out, Up};
+
+const STROM: &str = env!("CARGO_BIN_EXE_strom");
+
+fn anonymous_fn(route: &str) -> String {
+    format!(
+        r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"{route}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+    )
+}
+
+/// A client command against `server` with the admin token.
+fn cli(server: &str, token: &str, args: &[&str]) -> Out {
+    let out = Command::new(STROM)
+        .args(args)
+        .args(["--server", server, "--token", token])
+        .output()
+        .expect("run strom");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn json(server: &str, token: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = cli(server, token, &all);
+    if out.code != 0 {
+        return None;
+    }
+    serde_json::from_str(&out.stdout).ok()
+}
+
+/// (node, instances, ready) of an app's placement in `cluster status`.
+fn placement(status: &serde_json::Value, app: &str) -> Vec<(u64, u64, u64)> {
+    status["placements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["app_name"] == app)
+        .flat_map(|p| p["nodes"].as_array().cloned().unwrap_or_default())
+        .map(|n| {
+            (
+                n["node_id"].as_u64().unwrap_or(0),
+                n["instances"].as_u64().unwrap_or(0),
+                n["ready"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn worker_status(status: &serde_json::Value, node: u64) -> String {
+    status["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["node_id"] == node)
+        .and_then(|w| w["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn deploy_web(server: &str, token: &str, dir: &Path, name: &str) {
+    let app = dir.join(name);
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[("hello", &anonymous_fn(&format!("{name}/{{id:int}}")))],
+    );
+    let out = cli(server, token, &["app", "deploy", app.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "deploy {name}: {}", out.stderr);
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    ports: Vec<u16>,
+    token: String,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        Cluster {
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            ports: (0..n).map(|_| free_port()).collect(),
+            token: String::new(),
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn seeds(&self, managers: &[usize]) -> String {
+        managers
+            .iter()
+            .map(|i| self.url(*i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i` has id `i + 1`.
+    fn start(&self, i: usize, roles: &str, start: &[&str]) -> Up {
+        let id = (i + 1).to_string();
+        let mut args = vec![
+            "--node-id",
+            &id,
+            "--roles",
+            roles,
+            "--worker-lease-ms",
+            "2000",
+        ];
+        args.extend(start);
+        Up::serve(self.dirs[i].path(), self.ports[i], &args)
+    }
+
+    fn bootstrap(&mut self, i: usize) -> Up {
+        let up = self.start(i, "management", &["--bootstrap"]);
+        self.token = std::fs::read_to_string(self.dirs[i].path().join("join.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        up
+    }
+
+    fn join(&self, i: usize, roles: &str, seeds: &str) -> Up {
+        self.start(i, roles, &["--join", seeds, "--join-token", &self.token])
+    }
+
+    fn admin(&self) -> String {
+        std::fs::read_to_string(self.dirs[0].path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+#[test]
+fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() {
+    let mut c = Cluster::new(5);
+    let m1 = c.bootstrap(0);
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.join(2, "management", &c.seeds(&[1]));
+    let seeds = c.seeds(&[0, 1, 2]);
+    let w4 = c.join(3, "worker", &seeds);
+    let w5 = c.join(4, "worker", &seeds);
+    let admin = c.admin();
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m2.server, &admin, apps.path(), "web");
+
+    // The default scale: min(2, workers), one instance on each worker.
+    eventually(Duration::from_secs(30), "web on both workers", || {
+        let s = json(&m3.server, &admin, &["cluster", "status"])?;
+        let p = placement(&s, "web");
+        (p == vec![(4, 1, 1), (5, 1, 1)]).then_some(())
+    });
+    // Every node's gateway serves it: the workers' own, and the management nodes'
+    // (which only route).
+    for n in [&m1, &m2, &m3, &w4, &w5] {
+        let r = get(&n.http, "/api/web/1");
+        assert_eq!(r.status, 200, "{}: {}", n.http, r.text());
+    }
+
+    // --- Kill -9 the leader while a client writes settings continuously. ---
+    deploy_web(&m2.server, &admin, apps.path(), "ledger");
+    let out = cli(&m2.server, &admin, &["app", "scale", "ledger", "0"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let status = json(&m1.server, &admin, &["cluster", "status"]).unwrap();
+    let leader = status["leader_id"].as_u64().unwrap();
+    let mut managers = vec![Some(m1), Some(m2), Some(m3)];
+    let killed = managers[(leader - 1) as usize].take().unwrap();
+    let survivors: Vec<String> = managers
+        .iter()
+        .flatten()
+        .map(|m| m.server.clone())
+        .collect();
+    let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
+    gateways.extend([w4.http.clone(), w5.http.clone()]);
+    let load = Load::start(&gateways, "/api/web/1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, acked, admin) = (stop.clone(), acked.clone(), admin.clone());
+        let servers = survivors.clone();
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let server = &servers[i % servers.len()];
+                let kv = format!("K{i}=v{i}");
+                let out = cli(server, &admin, &["app", "settings", "set", "ledger", &kv]);
+                if out.code == 0 {
+                    acked.lock().unwrap().push(i);
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    killed.kill9();
+    eventually(Duration::from_secs(30), "a new leader", || {
+        let s = json(&survivors[0], &admin, &["cluster", "status"])?;
+        let l = s["leader_id"].as_u64()?;
+        (l != 0 && l != leader).then_some(())
+    });
+    // Writes continue under the new leader.
+    let before = acked.lock().unwrap().len();
+    eventually(Duration::from_secs(30), "writes after the failover", || {
+        (acked.lock().unwrap().len() >= before + 5).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let attempted = writer.join().unwrap();
+    let acked: Vec<usize> = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty() && attempted >= acked.len());
+    // Every acknowledged write is present on every surviving node.
+    for server in &survivors {
+        let settings = json(server, &admin, &["app", "settings", "get", "ledger"]).unwrap();
+        for i in &acked {
+            assert_eq!(
+                settings["settings"][format!("K{i}")],
+                format!("v{i}"),
+                "acknowledged write K{i} missing on {server}"
+            );
+        }
+    }
+    let (total, failed) = load.finish();
+    assert!(total > 20, "the load ran ({total} requests)");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the leader failover ({} of {total}): {failed:?}",
+        failed.len()
+    );
+
+    // --- Kill a worker: its app is served by the other worker. ---
+    let mgmt = survivors[0].clone();
+    let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
+    gateways.push(w5.http.clone());
+    let load = Load::start(&gateways, "/api/web/1");
+    std::thread::sleep(Duration::from_millis(300));
+    w4.kill9();
+    eventually(Duration::from_secs(20), "worker 4 Down", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        (worker_status(&s, 4) == "Down" && placement(&s, "web") == vec![(5, 1, 1)]).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (total, failed) = load.finish();
+    // A request already sent to the killed worker may have reached its handler: it
+    // is answered 502 and never re-sent. Nothing else fails.
+    assert!(
+        failed.iter().all(|f| f.ends_with("HTTP 502")) && failed.len() <= gateways.len(),
+        "requests failed after the worker kill ({} of {total}): {failed:?}",
+        failed.len()
+    );
+
+    // Restart it with its data: it is placed again, and no surplus instance remains.
+    let w4 = c.join(3, "worker", &seeds);
+    let status = eventually(Duration::from_secs(30), "web on both workers again", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        (worker_status(&s, 4) == "Up" && placement(&s, "web") == vec![(4, 1, 1), (5, 1, 1)])
+            .then_some(s)
+    });
+    let _ = status;
+    eventually(Duration::from_secs(30), "exactly two web instances", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        let web: Vec<&serde_json::Value> = s["instances"]
+            .as_array()?
+            .iter()
+            .filter(|i| i["app_name"] == "web")
+            .collect();
+        let nodes: BTreeSet<u64> = web.iter().filter_map(|i| i["node_id"].as_u64()).collect();
+        (web.len() == 2 && nodes == BTreeSet::from([4, 5])).then_some(())
+    });
+
+    // --- Drain a worker under load: no request fails. ---
+    let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
+    gateways.extend([w4.http.clone(), w5.http.clone()]);
+    let load = Load::start(&gateways, "/api/web/1");
+    std::thread::sleep(Duration::from_millis(300));
+    let drained = json(&mgmt, &admin, &["node", "drain", "5"]).unwrap();
+    assert_eq!(drained["worker_draining"], true, "{drained}");
+    eventually(Duration::from_secs(30), "web moved off worker 5", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        let on5 = s["instances"].as_array()?.iter().any(|i| i["node_id"] == 5);
+        (worker_status(&s, 5) == "Draining" && placement(&s, "web") == vec![(4, 1, 1)] && !on5)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (total, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the drain ({} of {total}): {failed:?}",
+        failed.len()
+    );
+    let out = cli(&mgmt, &admin, &["node", "uncordon", "5"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eventually(Duration::from_secs(30), "worker 5 used again", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        (placement(&s, "web") == vec![(4, 1, 1), (5, 1, 1)]).then_some(())
+    });
+    for up in managers.into_iter().flatten().chain([w4, w5]) {
+        up.stop();
+    }
+}
+
+#[test]
+fn t91_quorum_loss_stops_writes_not_requests_and_membership_changes_survive_restarts() {
+    let mut c = Cluster::new(6);
+    let m1 = c.bootstrap(0);
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.join(2, "management", &c.seeds(&[0]));
+    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
+    let admin = c.admin();
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m1.server, &admin, apps.path(), "web");
+    eventually(Duration::from_secs(30), "web served", || {
+        (get(&w4.http, "/api/web/1").status == 200).then_some(())
+    });
+    let cluster_id =
+        json(&m1.server, &admin, &["cluster", "status"]).unwrap()["cluster_id"].clone();
+
+    // Kill 2 of 3 management nodes: writes fail clearly; requests are still served.
+    m2.kill9();
+    m3.kill9();
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "settings", "set", "web", "A=1"],
+    );
+    assert_eq!(out.code, 5, "unavailable: {} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no quorum"), "{}", out.stderr);
+    for gw in [&w4.http, &m1.http] {
+        let r = get(gw, "/api/web/1");
+        assert_eq!(r.status, 200, "{gw} without quorum: {}", r.text());
+    }
+
+    // Restart one: writes work again.
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    eventually(Duration::from_secs(30), "writes with quorum again", || {
+        (cli(
+            &m1.server,
+            &admin,
+            &["app", "settings", "set", "web", "A=2"],
+        )
+        .code
+            == 0)
+            .then_some(())
+    });
+
+    // Add a 4th and a 5th management node, then remove the dead one.
+    let m5 = c.join(4, "management", &c.seeds(&[0, 1]));
+    let m6 = c.join(5, "management", &c.seeds(&[1]));
+    let out = cli(&m5.server, &admin, &["cluster", "remove-member", "3"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let voters = |server: &str| -> Option<BTreeSet<u64>> {
+        let members = json(server, &admin, &["cluster", "members"])?;
+        Some(
+            members
+                .as_array()?
+                .iter()
+                .filter(|m| m["voter"] == true)
+                .filter_map(|m| m["node_id"].as_u64())
+                .collect(),
+        )
+    };
+    let expected = BTreeSet::from([1, 2, 5, 6]);
+    assert_eq!(voters(&m6.server), Some(expected.clone()));
+
+    // Restart every management node with its data: same cluster, same members, no
+    // re-initialization (the admin token still works).
+    m1.stop();
+    let m1 = c.start(0, "management", &["--bootstrap"]);
+    assert!(
+        m1.stdout.iter().any(|l| l.contains("Restarted into")),
+        "{:?}",
+        m1.stdout
+    );
+    m2.stop();
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    for m in [&m1, &m2, &m5, &m6] {
+        let v = eventually(Duration::from_secs(30), "members after restarts", || {
+            voters(&m.server)
+        });
+        assert_eq!(v, expected, "on {}", m.server);
+        let s = json(&m.server, &admin, &["cluster", "status"]).unwrap();
+        assert_eq!(s["cluster_id"], cluster_id);
+    }
+    let settings = json(&m6.server, &admin, &["app", "settings", "get", "web"]).unwrap();
+    assert_eq!(settings["settings"]["A"], "2");
+    assert_eq!(get(&w4.http, "/api/web/1").status, 200);
+    for up in [m1, m2, m5, m6, w4] {
+        up.stop();
+    }
+}
