@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::blob_store::BlobError;
 use crate::management::ManagementNode;
-use crate::membership::{cluster_of, peer_url};
+use crate::membership::cluster_of;
 
 const CHUNK: usize = 1024 * 1024;
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,10 +42,10 @@ async fn push_one(
     id: VersionId,
     bytes: std::sync::Arc<Vec<u8>>,
 ) -> Result<(), String> {
-    let mut client = BlobServiceClient::connect(peer_url(&addr))
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?
-        .max_encoding_message_size(CHUNK * 2);
+    let mut client = BlobServiceClient::new(
+        crate::tls::channel(&addr, std::time::Duration::from_secs(2)).await?,
+    )
+    .max_encoding_message_size(CHUNK * 2);
     let chunks: Vec<BlobChunk> = bytes
         .chunks(CHUNK)
         .enumerate()
@@ -159,10 +159,9 @@ pub async fn fetch_blob_from(
     id: &VersionId,
     limit: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut client = BlobServiceClient::connect(peer_url(addr))
-        .await
-        .map_err(|e| e.to_string())?
-        .max_decoding_message_size(CHUNK * 2);
+    let mut client =
+        BlobServiceClient::new(crate::tls::channel(addr, std::time::Duration::from_secs(2)).await?)
+            .max_decoding_message_size(CHUNK * 2);
     let mut stream = client
         .get_blob(GetBlobRequest {
             cluster_id: cluster.to_string(),

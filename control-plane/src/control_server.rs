@@ -9,6 +9,7 @@ use strom_proto::internal_v1::cluster_service_server::ClusterServiceServer;
 use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
 use strom_proto::internal_v1::worker_service_server::WorkerServiceServer;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -66,10 +67,12 @@ pub async fn serve(
         .expect("the descriptor set is generated at build time");
     // Long-lived streams end with the server, or its graceful stop would wait on them.
     let api = api.with_shutdown(cancel.clone());
-    let admin = tonic::service::interceptor::InterceptedService::new(
+    let admin = InterceptedService::new(
         AdminServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE),
         AdminAuth { node: node.clone() },
     );
+    // Internal services: with TLS, only nodes with a certificate from the cluster CA.
+    let internal = crate::tls::RequirePeerCert;
     let raft = RaftServiceServer::new(RaftServer {
         raft: node.raft.clone(),
         identity: PeerIdentity {
@@ -79,18 +82,30 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
-    let cluster = ClusterServiceServer::new(ClusterServer { node: node.clone() });
-    let blobs = BlobServiceServer::new(BlobServer { node: node.clone() })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let raft = InterceptedService::new(raft, internal);
+    let cluster = InterceptedService::new(
+        ClusterServiceServer::new(ClusterServer { node: node.clone() }),
+        internal,
+    );
+    let blobs = InterceptedService::new(
+        BlobServiceServer::new(BlobServer { node: node.clone() })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        internal,
+    );
     let workers = WorkerServiceServer::new(crate::workers::WorkerServer {
         node: node.clone(),
         shutdown: cancel.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
+    let workers = InterceptedService::new(workers, internal);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = crate::tls::current() {
+        server = server.tls_config(tls.tonic_server())?;
+    }
+    server
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)

@@ -89,18 +89,9 @@ impl PeerClient {
     {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.client.is_none() {
-            let url = if self.node.addr.contains("://") {
-                self.node.addr.clone()
-            } else {
-                format!("http://{}", self.node.addr)
-            };
-            let endpoint = Channel::from_shared(url)
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
-                .connect_timeout(option.hard_ttl());
-            let channel = endpoint
-                .connect()
+            let channel = crate::tls::channel(&self.node.addr, option.hard_ttl())
                 .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
             self.client = Some(
                 RaftServiceClient::new(channel)
                     .max_decoding_message_size(usize::MAX)

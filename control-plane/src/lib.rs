@@ -21,6 +21,7 @@ pub mod management;
 pub mod membership;
 pub mod scheduler;
 pub mod state_machine;
+pub mod tls;
 pub mod workers;
 
 pub use management::{Bootstrap, ManagementConfig, ManagementNode, ProposeError};

@@ -246,9 +246,11 @@ impl ManagementNode {
     pub async fn remove_member(&self, node_id: u64) -> Result<Vec<u64>, MemberError> {
         match self.remove_member_local(node_id).await {
             Err(MemberError::NotLeader(Some(addr))) => {
-                let mut client = ClusterServiceClient::connect(peer_url(&addr))
-                    .await
-                    .map_err(|e| MemberError::Raft(format!("the leader at {addr}: {e}")))?;
+                let mut client = ClusterServiceClient::new(
+                    crate::tls::channel(&addr, std::time::Duration::from_secs(2))
+                        .await
+                        .map_err(|e| MemberError::Raft(format!("the leader: {e}")))?,
+                );
                 let reply = client
                     .remove_member(RemoveMemberRequest {
                         cluster_id: cluster_of(self),
@@ -307,9 +309,9 @@ impl ManagementNode {
         let cluster = cluster_of(self);
         for (id, _, addr) in followers {
             let asked = async {
-                let mut client = ClusterServiceClient::connect(peer_url(&addr))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut client = ClusterServiceClient::new(
+                    crate::tls::channel(&addr, std::time::Duration::from_secs(2)).await?,
+                );
                 client
                     .elect(ElectRequest {
                         cluster_id: cluster.clone(),
@@ -366,9 +368,11 @@ impl ManagementNode {
                 .map(|n| n.addr.clone())
                 .ok_or(MemberError::NotFound(node_id))?
         };
-        let mut client = ClusterServiceClient::connect(peer_url(&addr))
-            .await
-            .map_err(|e| MemberError::Raft(format!("node {node_id} at {addr}: {e}")))?;
+        let mut client = ClusterServiceClient::new(
+            crate::tls::channel(&addr, std::time::Duration::from_secs(2))
+                .await
+                .map_err(|e| MemberError::Raft(format!("node {node_id}: {e}")))?,
+        );
         let reply = client
             .step_down(StepDownRequest {
                 cluster_id: cluster_of(self),
@@ -414,15 +418,6 @@ pub(crate) fn cluster_of(node: &ManagementNode) -> String {
         .unwrap_or_default()
 }
 
-/// A member's control URL from its advertised address.
-pub(crate) fn peer_url(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 fn forward_error(addr: &str, s: Status) -> ProposeError {
     match s.code() {
         tonic::Code::Unavailable => ProposeError::NotLeader {
@@ -447,10 +442,12 @@ pub async fn forward_propose(
     command: &Command,
 ) -> Result<(u64, CommandResult), ProposeError> {
     let bytes = codec::encode(command).map_err(|e| ProposeError::Other(e.to_string()))?;
-    let mut client = ClusterServiceClient::connect(peer_url(addr))
-        .await
-        .map_err(|e| ProposeError::Other(format!("the leader at {addr} is unreachable: {e}")))?
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let mut client = ClusterServiceClient::new(
+        crate::tls::channel(addr, std::time::Duration::from_secs(2))
+            .await
+            .map_err(|e| ProposeError::Other(format!("the leader is unreachable: {e}")))?,
+    )
+    .max_encoding_message_size(64 * 1024 * 1024);
     let reply = client
         .propose(ProposeRequest {
             cluster_id: cluster_of(node),
@@ -465,9 +462,11 @@ pub async fn forward_propose(
 
 /// Ask the leader at `addr` for a read index.
 pub async fn forward_read_index(node: &ManagementNode, addr: &str) -> Result<u64, ProposeError> {
-    let mut client = ClusterServiceClient::connect(peer_url(addr))
-        .await
-        .map_err(|e| ProposeError::Other(format!("the leader at {addr} is unreachable: {e}")))?;
+    let mut client = ClusterServiceClient::new(
+        crate::tls::channel(addr, std::time::Duration::from_secs(2))
+            .await
+            .map_err(|e| ProposeError::Other(format!("the leader is unreachable: {e}")))?,
+    );
     Ok(client
         .read_index(ReadIndexRequest {
             cluster_id: cluster_of(node),
@@ -511,7 +510,7 @@ impl ManagementNode {
                 Ok(()) => {}
                 Err(JoinError::Refused(e)) => return Err(StartError::Raft(e)),
                 Err(JoinError::Leader(addr)) => {
-                    targets.insert(0, format!("http://{addr}"));
+                    targets.insert(0, crate::tls::url(&addr));
                     continue;
                 }
                 Err(JoinError::Retry(e)) => {
@@ -542,9 +541,11 @@ enum JoinError {
 }
 
 async fn try_join(seed: &str, node_id: u64, address: &str, token: &str) -> Result<(), JoinError> {
-    let mut client = ClusterServiceClient::connect(seed.to_string())
-        .await
-        .map_err(|e| JoinError::Retry(e.to_string()))?;
+    let mut client = ClusterServiceClient::new(
+        crate::tls::channel(seed, std::time::Duration::from_secs(2))
+            .await
+            .map_err(JoinError::Retry)?,
+    );
     let result = client
         .join(JoinRequest {
             node_id,

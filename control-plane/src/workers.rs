@@ -39,7 +39,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster_state::ClusterState;
 use crate::management::{now_ms, ManagementNode};
-use crate::membership::{cluster_of, not_leader_status, peer_url};
+use crate::membership::{cluster_of, not_leader_status};
 use crate::scheduler;
 use crate::state_machine::StateView;
 
@@ -425,7 +425,11 @@ impl ManagementNode {
             .addr
             .clone();
         let call = async {
-            let mut client = WorkerServiceClient::connect(peer_url(&addr)).await.ok()?;
+            let mut client = WorkerServiceClient::new(
+                crate::tls::channel(&addr, std::time::Duration::from_secs(2))
+                    .await
+                    .ok()?,
+            );
             client
                 .live_workers(LiveWorkersRequest {
                     cluster_id: cluster_of(self),
@@ -604,7 +608,11 @@ async fn refresh_member_versions(node: &ManagementNode) -> BTreeMap<NodeId, Node
                 );
             }
             let call = async {
-                let mut client = WorkerServiceClient::connect(peer_url(&addr)).await.ok()?;
+                let mut client = WorkerServiceClient::new(
+                    crate::tls::channel(&addr, std::time::Duration::from_secs(2))
+                        .await
+                        .ok()?,
+                );
                 match client
                     .node_info(NodeInfoRequest {
                         cluster_id: cluster,

@@ -140,11 +140,7 @@ impl Managers {
 }
 
 fn url_of(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
+    strom_control_plane::tls::url(addr)
 }
 
 fn leader_hint(s: &tonic::Status) -> Option<String> {
@@ -155,14 +151,7 @@ fn leader_hint(s: &tonic::Status) -> Option<String> {
 }
 
 async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
-    let endpoint = Channel::from_shared(url.to_string())
-        .map_err(|e| format!("{url}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let channel = strom_control_plane::tls::channel(url, Duration::from_secs(2)).await?;
     Ok(WorkerServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
 }
 

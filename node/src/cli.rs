@@ -27,7 +27,7 @@ pub enum Command {
     /// Run a single-node cluster in the foreground and deploy the given app folders.
     Up(UpArgs),
     /// Run a node of a cluster: bootstrap a new cluster or join a running one.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage function apps.
     #[command(subcommand)]
     App(AppCommand),
@@ -131,6 +131,16 @@ pub struct ServeArgs {
     /// instances are placed elsewhere [default: 5000].
     #[arg(long, env = "STROM_WORKER_LEASE_MS")]
     pub worker_lease_ms: Option<u64>,
+    /// TLS: this node's certificate chain (PEM). With --tls-key and --tls-ca, every
+    /// listener serves TLS and node-to-node connections use mutual TLS.
+    #[arg(long, env = "STROM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: this node's private key (PEM).
+    #[arg(long, env = "STROM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA certificate that signed every node's certificate (PEM).
+    #[arg(long, env = "STROM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// How a client command reaches and authenticates to a management node.
@@ -142,6 +152,9 @@ pub struct ClientArgs {
     /// Admin token (default: `admin.token` in --data-dir).
     #[arg(long, env = "STROM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to verify an `https://` server with.
+    #[arg(long, env = "STROM_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Data dir whose `admin.token` is used when --token is not given.
     #[arg(long, env = "STROM_DATA_DIR", default_value = "./.strom")]
     pub data_dir: PathBuf,

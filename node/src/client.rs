@@ -105,13 +105,36 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
             "the admin token contains characters not allowed in a header",
         )
     })?;
-    let endpoint = Channel::from_shared(args.server.clone())
+    let mut endpoint = Channel::from_shared(args.server.clone())
         .map_err(|e| CliError::new(2, format!("--server `{}`: {e}", args.server)))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if args.server.starts_with("https://") {
+        let Some(path) = &args.ca_cert else {
+            return Err(CliError::new(
+                2,
+                format!(
+                    "--server {} uses TLS: give --ca-cert (the cluster CA, PEM) to verify it",
+                    args.server
+                ),
+            ));
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| CliError::new(2, format!("--ca-cert {}: {e}", path.display())))?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .map_err(|e| CliError::new(2, format!("--ca-cert {}: {e}", path.display())))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         CliError::new(
             5,
-            format!("cannot reach {}: {e} (is `strom up` running?)", args.server),
+            format!(
+                "cannot reach {}: {} (is `strom up` running?)",
+                args.server,
+                strom_control_plane::tls::error_chain(&e)
+            ),
         )
     })?;
     Ok(AdminServiceClient::with_interceptor(channel, Bearer(value))

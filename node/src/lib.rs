@@ -24,7 +24,7 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
     };
     let result = match cli.command {
         cli::Command::Up(a) => up::run(a).await,
-        cli::Command::Serve(a) => serve::run(a).await,
+        cli::Command::Serve(a) => serve::run(*a).await,
         cli::Command::App(c) => client::run_app(c).await,
         cli::Command::Fn(c) => client::run_fn(c).await,
         cli::Command::Cluster(c) => client::run_cluster(c).await,

@@ -9,6 +9,8 @@ use strom_proto::manifest::ZipLimits;
 
 use crate::cli::ServeArgs;
 use crate::client::CliError;
+use strom_control_plane::tls::NodeTls;
+
 use crate::up::{run_node, Capacity, NodeSettings, Start};
 
 /// Fill what flags and variables left unset from the `--config` file.
@@ -33,6 +35,9 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.capacity_memory_mb = args.capacity_memory_mb.or(file.capacity_memory_mb);
     args.labels = args.labels.or(file.labels);
     args.worker_lease_ms = args.worker_lease_ms.or(file.worker_lease_ms);
+    args.tls_cert = args.tls_cert.or(file.tls_cert);
+    args.tls_key = args.tls_key.or(file.tls_key);
+    args.tls_ca = args.tls_ca.or(file.tls_ca);
     Ok(args)
 }
 
@@ -90,13 +95,6 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
                 .iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    if s.contains("://") {
-                        s
-                    } else {
-                        format!("http://{s}")
-                    }
-                })
                 .collect();
             if seeds.is_empty() {
                 problems.push("join: at least one control URL is needed".into());
@@ -169,6 +167,22 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
     if args.worker_lease_ms.is_some_and(|ms| ms < 500) {
         problems.push("worker-lease-ms: must be at least 500".into());
     }
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => match NodeTls::load(cert, key, ca) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        _ => {
+            problems.push(
+                "tls-cert, tls-key, tls-ca: give all three (this node's certificate and key, and the cluster CA) or none".into(),
+            );
+            None
+        }
+    };
     if management && control_addr.ip().is_unspecified() && args.advertise_addr.is_none() {
         problems.push(format!(
             "advertise-addr: required when the control address is {control_addr} (peers need a reachable address)"
@@ -193,6 +207,7 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             labels,
         },
         worker_lease: Duration::from_millis(args.worker_lease_ms.unwrap_or(5000)),
+        tls,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),

@@ -71,6 +71,8 @@ pub struct NodeSettings {
     pub capacity: Capacity,
     /// A worker silent for this long is Down (management role setting).
     pub worker_lease: Duration,
+    /// TLS identity for every listener and node-to-node connection.
+    pub tls: Option<strom_control_plane::tls::NodeTls>,
     pub startup_timeout: Duration,
     pub max_request_body_bytes: usize,
     pub limits: ZipLimits,
@@ -127,6 +129,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         worker: true,
         capacity: Capacity::default(),
         worker_lease: Duration::from_secs(5),
+        tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
         limits: ZipLimits {
@@ -204,6 +207,9 @@ pub async fn run_node(
         "data dir {}",
         settings.data_dir.display()
     )))?;
+    if let Some(tls) = &settings.tls {
+        strom_control_plane::tls::install(tls.clone());
+    }
     // Bind first: a taken port is reported before anything else happens.
     let control = match settings.management {
         true => Some(
@@ -238,6 +244,28 @@ pub async fn run_node(
             .map_err(|e| CliError::new(1, e.to_string()))?,
         None => settings.http_addr,
     };
+    let scheme = if strom_control_plane::tls::current().is_some() {
+        "https"
+    } else {
+        let exposed: Vec<String> = [
+            settings.management.then_some(control_addr),
+            http.as_ref().map(|_| http_addr),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+        if !exposed.is_empty() {
+            let warning = format!(
+                "warning: listening on {} without TLS: tokens, keys and function traffic travel in clear text; give --tls-cert, --tls-key and --tls-ca",
+                exposed.join(" and ")
+            );
+            eprintln!("{warning}");
+            tracing::warn!("{warning}");
+        }
+        "http"
+    };
     let advertise = settings
         .advertise_addr
         .clone()
@@ -266,7 +294,7 @@ pub async fn run_node(
             &settings.data_dir,
             settings.node_id,
             &advertise,
-            &format!("http://{advertise_http}"),
+            &format!("{scheme}://{advertise_http}"),
         );
         config.package_limits = settings.limits.clone();
         config.worker_lease = settings.worker_lease;
@@ -359,10 +387,10 @@ pub async fn run_node(
     println!("  node:      {}", settings.node_id);
     println!("  data dir:  {}", settings.data_dir.display());
     if running.node.is_some() {
-        println!("  control:   http://{control_addr}  (gRPC admin API)");
+        println!("  control:   {scheme}://{control_addr}  (gRPC admin API)");
     }
     println!(
-        "  functions: http://{http_addr}{}",
+        "  functions: {scheme}://{http_addr}{}",
         if running.worker.is_some() {
             ""
         } else {
@@ -438,7 +466,7 @@ async fn start_worker(
     let (seeds, token) = match (&settings.start, &running.node) {
         // The local management role is the first to ask; leader hints do the rest.
         (_, Some(_)) => (
-            vec![format!("http://{advertise}")],
+            vec![advertise.to_string()],
             std::fs::read_to_string(&token_path).map_err(io_error(format!(
                 "{} (the join token)",
                 token_path.display()

@@ -11,10 +11,21 @@
 //! 10,000 instances from scratch (5,000 apps × 2 and 1,000 apps × 10), and one
 //! incremental round after 10 workers go Down, against a goal of 5,000 placements/s.
 //!
+//! High availability, with real processes on 127.0.0.1:
+//! - commit latency and throughput of a 3-node management group (sequential and 64
+//!   concurrent `SetAppSettings` over gRPC, each acknowledged after an fsync'd commit
+//!   on a majority) against a 3-member etcd cluster loaded the same way through its
+//!   JSON gateway (`/v3/kv/put`; skipped with a note when `etcd` is not installed),
+//! - leader failover: `kill -9` of the leader, then the time until a client retrying
+//!   through the survivors gets a write acknowledged, over `--trials` trials (etcd
+//!   measured the same way as the baseline),
+//! - resident memory of an idle management node, an idle worker-only node, and that
+//!   worker with one running instance (the handler process counted separately).
+//!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--only gateway|placements]`. The gateway section builds the release `strom`
-//! binaries if needed; each section prints Markdown tables (latency, throughput and
-//! ratios), and nothing else is written.
+//! [--trials N] [--only gateway|placements|ha]`. The gateway and HA sections build the
+//! release `strom` binaries if needed; each section prints Markdown tables (latency,
+//! throughput and ratios) after a table of machine facts, and nothing else is written.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,7 +48,7 @@ use strom_proto::ids::{AppName, ClusterId, TokenHash, VersionId};
 use strom_proto::manifest::{pack_dir, validate_app, AppPackage, ZipLimits};
 
 /// The benchmark sections, in the order they run; `--only NAME` picks one.
-const SECTIONS: [&str; 2] = ["gateway", "placements"];
+const SECTIONS: [&str; 3] = ["gateway", "placements", "ha"];
 
 struct Proc(Child);
 
@@ -231,7 +242,13 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let trials: usize = value_of("--trials")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(FAILOVER_TRIALS);
     let wanted = |section: &str| only.is_none_or(|o| o == section);
+    machine_facts();
+    println!();
     if wanted("gateway") {
         gateway_overhead(seconds).await?;
     }
@@ -241,7 +258,58 @@ async fn main() -> anyhow::Result<()> {
         }
         placements()?;
     }
+    if wanted("ha") {
+        if only.is_none() {
+            println!();
+        }
+        ha::run(seconds, trials).await?;
+    }
     Ok(())
+}
+
+/// Cores, memory, date, commit and load: what the numbers below were measured on.
+fn machine_facts() {
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| proc_kb(&m, "MemTotal:"))
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!("| machine | |");
+    println!("|---|---|");
+    println!("| cores | {cores} × {model} |");
+    println!("| memory | {memory_gib:.1} GiB |");
+    println!("| date | {} |", run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    println!(
+        "| commit | {} |",
+        run("git", &["rev-parse", "--short", "HEAD"])
+    );
+    println!("| load average (1, 5, 15 min) at start | {} |", load.join(", "));
+}
+
+/// The value in kB of a `/proc` line such as `VmRSS:   1234 kB`.
+fn proc_kb(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 async fn gateway_overhead(seconds: f64) -> anyhow::Result<()> {

@@ -86,9 +86,11 @@ struct Inner {
     state: watch::Receiver<Arc<StateView>>,
     invocations: InvocationStore,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// HTTP/2 (prior knowledge) to other nodes' function ports: one multiplexed,
-    /// kept-alive connection per peer.
-    hop_client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/2 to other nodes' function ports (prior knowledge, or by ALPN over
+    /// mutual TLS): one multiplexed, kept-alive connection per peer.
+    hop_client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The function port's TLS, when the node has an identity.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Requests this gateway has in flight on each peer (least outstanding first).
     peer_outstanding: RwLock<HashMap<NodeId, Arc<AtomicUsize>>>,
     /// Peers that refused a connection, skipped until then (passive health).
@@ -235,10 +237,32 @@ impl Gateway {
         let mut hop_connector = HttpConnector::new();
         hop_connector.set_nodelay(true);
         hop_connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        hop_connector.enforce_http(false);
+        let hop_tls = strom_control_plane::tls::current()
+            .and_then(|t| match t.rustls_client() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("TLS client for the gateway hop: {e}");
+                    None
+                }
+            })
+            .unwrap_or_else(no_tls_client);
+        let hop_connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(hop_tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(hop_connector);
         let hop_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(hop_connector);
+        let tls = strom_control_plane::tls::current().and_then(|t| match t.rustls_server() {
+            Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+            Err(e) => {
+                tracing::error!("TLS for the function port: {e}");
+                None
+            }
+        });
         let (recorder_tx, recorder_rx) = tokio::sync::mpsc::channel(65_536);
         tokio::spawn(recorder(recorder_rx, invocations.clone()));
         Gateway {
@@ -249,6 +273,7 @@ impl Gateway {
                 invocations,
                 client,
                 hop_client,
+                tls,
                 peer_outstanding: RwLock::new(HashMap::new()),
                 peer_unhealthy: RwLock::new(HashMap::new()),
                 cluster_routes: RwLock::new(None),
@@ -282,11 +307,38 @@ impl Gateway {
                 let gw = gw.clone();
                 async move { Ok::<_, Infallible>(gw.handle(req).await) }
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = &remote;
-            let conn = graceful.watch(conn.into_owned());
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let tls = self.inner.tls.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                match tls {
+                    None => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            TLS_HANDSHAKE,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, "TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
             });
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
@@ -509,7 +561,7 @@ impl Gateway {
         body: &Bytes,
     ) -> Hop {
         // HTTP/2 carries the authority itself: no Host header.
-        let request = match copy_request(parts, addr, &hyper::header::HOST)
+        let request = match copy_request(parts, &hop_url(addr), &hyper::header::HOST)
             .header(HOP_APP, app.as_str())
             .header(HOP_FROM, self.inner.config.node_id.to_string())
             .body(Full::new(body.clone()))
@@ -1102,6 +1154,20 @@ impl Gateway {
     }
 }
 
+/// A TLS client config that is never used (plain-HTTP hops only).
+fn no_tls_client() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
+}
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Header naming the app on a request one gateway sends to another.
 const HOP_APP: &str = "x-strom-hop-app";
 /// Header naming the node a hop request comes from.
@@ -1257,11 +1323,16 @@ fn json_request(
         .expect("valid request")
 }
 
-/// A request to `addr` with the method, path, query and end-to-end headers of
-/// `parts` (except `skip`).
+/// Another node's function port (TLS when this node has an identity).
+fn hop_url(addr: &str) -> String {
+    strom_control_plane::tls::url(addr)
+}
+
+/// A request to `base` (`scheme://host:port`) with the method, path, query and
+/// end-to-end headers of `parts` (except `skip`).
 fn copy_request(
     parts: &hyper::http::request::Parts,
-    addr: &str,
+    base: &str,
     skip: &HeaderName,
 ) -> hyper::http::request::Builder {
     let pq = parts
@@ -1271,7 +1342,7 @@ fn copy_request(
         .unwrap_or("/");
     let mut builder = Request::builder()
         .method(parts.method.clone())
-        .uri(format!("http://{addr}{pq}"));
+        .uri(format!("{base}{pq}"));
     for (k, v) in &parts.headers {
         if !is_hop_by_hop(k.as_str()) && k != skip {
             builder = builder.header(k, v);
@@ -1286,11 +1357,15 @@ fn forward_request(
     addr: SocketAddr,
     id: &str,
 ) -> Request<Full<Bytes>> {
-    copy_request(parts, &addr.to_string(), &hyper::header::CONTENT_LENGTH)
-        .header("x-azure-functions-invocationid", id)
-        .header("x-azure-functions-hostversion", HOST_VERSION)
-        .body(Full::new(body.clone()))
-        .expect("valid request")
+    copy_request(
+        parts,
+        &format!("http://{addr}"),
+        &hyper::header::CONTENT_LENGTH,
+    )
+    .header("x-azure-functions-invocationid", id)
+    .header("x-azure-functions-hostversion", HOST_VERSION)
+    .body(Full::new(body.clone()))
+    .expect("valid request")
 }
 
 fn http_response(out: json_mode::HttpOutput) -> Response<Body> {

@@ -1,0 +1,209 @@
+//! TLS for the node's listeners and its connections to other nodes (rustls, ring).
+//!
+//! A node started with `--tls-cert`, `--tls-key` and `--tls-ca` (PEM files: its
+//! certificate chain, its key, and the CA that signed every node's certificate):
+//!
+//! - serves TLS on the control port and on the function port;
+//! - connects to other nodes (Raft, blobs, joins, worker streams, the gateway hop)
+//!   over TLS, verifying the peer against the CA and presenting its own certificate
+//!   (mutual TLS);
+//! - refuses internal RPCs from a client without a certificate signed by the CA
+//!   (the admin API and function requests need none: tokens and keys protect them).
+//!
+//! The identity is process-wide ([`install`]): a node has exactly one. Without it,
+//! everything is plain TCP, and the node warns when it listens on a non-loopback
+//! address. Nothing here is durable; the PEM files are read at start.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// A node's TLS identity and the cluster's CA, as PEM.
+#[derive(Clone)]
+pub struct NodeTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeTls { .. }")
+    }
+}
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+impl NodeTls {
+    /// Read and check the three PEM files; every problem names its file.
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<NodeTls, String> {
+        let tls = NodeTls {
+            cert_pem: read("tls-cert", cert)?,
+            key_pem: read("tls-key", key)?,
+            ca_pem: read("tls-ca", ca)?,
+        };
+        let certs =
+            certs_of(&tls.cert_pem).map_err(|e| format!("tls-cert {}: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!("tls-cert {}: no certificate in it", cert.display()));
+        }
+        PrivateKeyDer::from_pem_slice(&tls.key_pem)
+            .map_err(|e| format!("tls-key {}: no private key found ({e})", key.display()))?;
+        let roots = certs_of(&tls.ca_pem).map_err(|e| format!("tls-ca {}: {e}", ca.display()))?;
+        if roots.is_empty() {
+            return Err(format!("tls-ca {}: no certificate in it", ca.display()));
+        }
+        // Building both configs checks that the key matches the certificate.
+        tls.rustls_server()
+            .map_err(|e| format!("tls-cert/tls-key {}: {e}", cert.display()))?;
+        Ok(tls)
+    }
+
+    /// The control port's TLS: this node's identity; client certificates are
+    /// verified against the CA when presented (internal services require them).
+    pub fn tonic_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+    }
+
+    /// Connections to other nodes: verify them against the CA, present this node.
+    pub fn tonic_client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs_of(&self.ca_pem)? {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+        Ok(roots)
+    }
+
+    fn identity(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| e.to_string())?;
+        Ok((certs_of(&self.cert_pem)?, key))
+    }
+
+    /// The function port's TLS (HTTP/2 and HTTP/1.1 by ALPN; client certificates
+    /// verified when presented, never required).
+    pub fn rustls_server(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| e.to_string())?;
+        let (certs, key) = self.identity()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The gateway hop's TLS client: the CA as the only root, this node's identity.
+    pub fn rustls_client(&self) -> Result<rustls::ClientConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (certs, key) = self.identity()?;
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn certs_of(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate ({e})"))
+}
+
+static NODE_TLS: OnceLock<NodeTls> = OnceLock::new();
+
+/// Make `tls` this process's identity (once; later calls are ignored).
+pub fn install(tls: NodeTls) {
+    let _ = NODE_TLS.set(tls);
+}
+
+/// This process's identity, if it has one.
+pub fn current() -> Option<&'static NodeTls> {
+    NODE_TLS.get()
+}
+
+/// The URL of another node's port from its advertised `host:port`.
+pub fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else if current().is_some() {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A channel to another node's control port (mutual TLS when this node has an
+/// identity).
+pub async fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+    let url = url(addr);
+    let mut endpoint = Channel::from_shared(url.clone())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(connect_timeout);
+    if let Some(tls) = current() {
+        endpoint = endpoint
+            .tls_config(tls.tonic_client())
+            .map_err(|e| format!("{url}: {e}"))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))
+}
+
+/// The whole chain of an error (tonic's transport errors hide the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Interceptor for internal services: with TLS on, the caller must have presented
+/// a certificate the CA signed (the TLS layer verified it).
+#[derive(Clone, Copy)]
+pub struct RequirePeerCert;
+
+impl tonic::service::Interceptor for RequirePeerCert {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if current().is_none() {
+            return Ok(request);
+        }
+        match request.peer_certs() {
+            Some(certs) if !certs.is_empty() => Ok(request),
+            _ => Err(Status::unauthenticated(
+                "internal service: a node certificate signed by the cluster CA is required",
+            )),
+        }
+    }
+}

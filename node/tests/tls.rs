@@ -1,0 +1,224 @@
+//! TLS with certificates made in the test (rcgen): two `strom serve` nodes with
+//! `--tls-cert/--tls-key/--tls-ca` serve TLS on both ports, join and replicate over
+//! mutual TLS, route function requests between them over the TLS hop; the CLI needs
+//! `--ca-cert` for an `https://` server; internal services refuse a client without a
+//! node certificate; plain HTTP is not served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, free_port, write_app, Out, Up};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+const STROM: &str = env!("CARGO_BIN_EXE_strom");
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA and, per name, a node certificate for 127.0.0.1 and localhost.
+    fn new(nodes: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for name in nodes {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn flags(&self, node: &str) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.path(&format!("{node}.pem")).display().to_string(),
+            "--tls-key".into(),
+            self.path(&format!("{node}.key")).display().to_string(),
+            "--tls-ca".into(),
+            self.path("ca.pem").display().to_string(),
+        ]
+    }
+}
+
+fn cli(server: &str, args: &[&str], extra: &[&str]) -> Out {
+    let out = Command::new(STROM)
+        .args(args)
+        .args(["--server", server])
+        .args(extra)
+        .output()
+        .expect("run strom");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// GET over HTTPS, verifying the server against `ca`; (status, body).
+fn https_get(base: &str, path: &str, ca: &Path) -> Result<(u16, String), String> {
+    let addr = base.trim_start_matches("https://");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // A peer closing without close_notify is fine for this test.
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+#[test]
+fn t95_tls_everywhere_with_mutual_tls_between_nodes() {
+    let pki = Pki::new(&["n1", "n2"]);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let mut args1: Vec<String> = vec!["--node-id".into(), "1".into(), "--bootstrap".into()];
+    args1.extend(pki.flags("n1"));
+    let a1: Vec<&str> = args1.iter().map(String::as_str).collect();
+    let n1 = Up::serve(dirs[0].path(), ports[0], &a1);
+    assert!(n1.server.starts_with("https://"), "{}", n1.server);
+    assert!(n1.http.starts_with("https://"), "{}", n1.http);
+    let token = std::fs::read_to_string(dirs[0].path().join("join.token")).unwrap();
+    let seed = format!("https://127.0.0.1:{}", ports[0]);
+    let mut args2: Vec<String> = vec![
+        "--node-id".into(),
+        "2".into(),
+        "--join".into(),
+        seed,
+        "--join-token".into(),
+        token.trim().into(),
+    ];
+    args2.extend(pki.flags("n2"));
+    let a2: Vec<&str> = args2.iter().map(String::as_str).collect();
+    let n2 = Up::serve(dirs[1].path(), ports[1], &a2);
+
+    let admin = std::fs::read_to_string(dirs[0].path().join("admin.token")).unwrap();
+    let ca = pki.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let auth = ["--token", admin.trim(), "--ca-cert", ca];
+
+    // The CLI verifies the server with the CA; without it, a clear error.
+    let out = cli(
+        &n2.server,
+        &["cluster", "members", "--output", "json"],
+        &auth,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let members: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    let out = cli(
+        &n2.server,
+        &["cluster", "members"],
+        &["--token", admin.trim()],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--ca-cert"), "{}", out.stderr);
+
+    // Deploy through the follower (the package travels between nodes over mutual
+    // TLS), one instance: the other node's gateway reaches it over the TLS hop.
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("secure");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "hello",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"hello/{id:int}"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+    let out = cli(&n2.server, &["app", "deploy", app.to_str().unwrap()], &auth);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = cli(&n1.server, &["app", "scale", "secure", "1"], &auth);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for n in [&n1, &n2] {
+        let (status, body) = eventually(Duration::from_secs(30), "HTTPS on both nodes", || {
+            https_get(&n.http, "/api/hello/5", Path::new(ca))
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        });
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"id\":\"5\""), "{body}");
+    }
+
+    // Plain HTTP is not served on the function port.
+    let plain =
+        std::net::TcpStream::connect(n1.http.trim_start_matches("https://")).map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"GET /api/hello/5 HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+    assert!(
+        !plain.unwrap_or_default().contains("200 OK"),
+        "plain HTTP must not be served"
+    );
+
+    // Internal services refuse a TLS client without a node certificate.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(ca).unwrap()),
+        );
+        let channel = tonic::transport::Channel::from_shared(n1.server.clone())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut c =
+            strom_proto::internal_v1::cluster_service_client::ClusterServiceClient::new(channel);
+        c.read_index(strom_proto::internal_v1::ReadIndexRequest {
+            cluster_id: String::new(),
+        })
+        .await
+        .unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    n2.stop();
+    n1.stop();
+}
