@@ -7,14 +7,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, free_port, get, write_app, Load, Out, Up};
-
-const STROM: &str = env!("CARGO_BIN_EXE_strom");
 
 fn anonymous_fn(route: &str) -> String {
     format!(
@@ -24,16 +21,7 @@ fn anonymous_fn(route: &str) -> String {
 
 /// A client command against `server` with the admin token.
 fn cli(server: &str, token: &str, args: &[&str]) -> Out {
-    let out = Command::new(STROM)
-        .args(args)
-        .args(["--server", server, "--token", token])
-        .output()
-        .expect("run strom");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::cli(server, args, &["--token", token])
 }
 
 fn json(server: &str, token: &str, args: &[&str]) -> Option<serde_json::Value> {

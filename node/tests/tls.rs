@@ -8,14 +8,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, free_port, write_app, Out, Up};
+use common::{cli, eventually, free_port, write_app, Up};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-const STROM: &str = env!("CARGO_BIN_EXE_strom");
 
 struct Pki {
     dir: tempfile::TempDir,
@@ -54,20 +51,6 @@ impl Pki {
             "--tls-ca".into(),
             self.path("ca.pem").display().to_string(),
         ]
-    }
-}
-
-fn cli(server: &str, args: &[&str], extra: &[&str]) -> Out {
-    let out = Command::new(STROM)
-        .args(args)
-        .args(["--server", server])
-        .args(extra)
-        .output()
-        .expect("run strom");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -301,7 +301,10 @@ fn machine_facts() {
         "| commit | {} |",
         run("git", &["rev-parse", "--short", "HEAD"])
     );
-    println!("| load average (1, 5, 15 min) at start | {} |", load.join(", "));
+    println!(
+        "| load average (1, 5, 15 min) at start | {} |",
+        load.join(", ")
+    );
 }
 
 /// The value in kB of a `/proc` line such as `VmRSS:   1234 kB`.
@@ -667,4 +670,1014 @@ fn which(name: &str) -> Option<PathBuf> {
             .map(|p| p.join(name))
             .find(|p| p.is_file())
     })
+}
+
+/// Failover trials unless `--trials` says otherwise.
+const FAILOVER_TRIALS: usize = 20;
+
+/// The high-availability section: commit latency and throughput against etcd, leader
+/// failover, and resident memory. Every process it starts is a [`ha::Daemon`], stopped
+/// when dropped (also when a step fails); every data dir is in one temp dir.
+mod ha {
+    use std::collections::HashMap;
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use strom_proto::admin_v1::admin_service_client::AdminServiceClient;
+    use strom_proto::admin_v1::{GetClusterStatusRequest, GetClusterStatusResponse};
+    use strom_proto::admin_v1::{ScaleAppRequest, SetAppSettingsRequest};
+    use tonic::metadata::{Ascii, MetadataValue};
+    use tonic::transport::{Channel, Endpoint};
+
+    use super::{bin_dir, free_port, proc_kb, which};
+
+    /// The app whose settings the write load changes (scaled to 0: nothing runs).
+    const WRITE_APP: &str = "bench";
+    /// The app run with one instance for the worker's memory.
+    const RUN_APP: &str = "idle";
+    const CLIENT_COUNTS: [usize; 2] = [1, 64];
+    /// Measurements start this long after the load does (connections, caches).
+    const WARMUP: Duration = Duration::from_millis(300);
+    /// One write attempt during a failover gives up after this long.
+    const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+    /// After an attempt that failed at once, the next waits this long (a busy loop
+    /// would take a core from the election it waits for).
+    const RETRY_PAUSE: Duration = Duration::from_millis(5);
+    const FAILOVER_GOAL_MS: f64 = 500.0;
+    const IDLE_WORKER_GOAL_MIB: f64 = 20.0;
+    const STROM_LOG: &str = "error,openraft=off";
+
+    type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+    pub async fn run(seconds: f64, trials: usize) -> anyhow::Result<()> {
+        let bins = bin_dir()?;
+        let work = tempfile::tempdir()?;
+        let handler = bins.join("strom-test-handler");
+
+        let mut strom = StromGroup::start(&bins, work.path(), 3).await?;
+        let write_app = work.path().join(WRITE_APP);
+        write_app_dir(&write_app, &handler, "set")?;
+        strom.deploy(&write_app, WRITE_APP, 0).await?;
+
+        let mut etcd = match which("etcd") {
+            Some(bin) => Some(EtcdGroup::start(&bin, work.path(), 3).await?),
+            None => {
+                eprintln!(
+                    "etcd not found (Debian: apt-get install -y etcd-server etcd-client): its rows are skipped"
+                );
+                None
+            }
+        };
+
+        // Idle memory of the group, before any load.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut memory = Vec::new();
+        let leader = strom.leader().await?;
+        for (i, node) in strom.nodes.iter().enumerate() {
+            let role = if i == leader { "leader" } else { "follower" };
+            memory.push(MemoryRow {
+                process: format!("strom management-only node {} ({role})", i + 1),
+                state: "idle 3-node group, 1 app at scale 0".into(),
+                kib: rss_kib(node.pid()?)?,
+            });
+        }
+        if let Some(etcd) = &etcd {
+            let leader = etcd.leader().await?;
+            for (i, member) in etcd.members.iter().enumerate() {
+                let role = if i == leader { "leader" } else { "follower" };
+                memory.push(MemoryRow {
+                    process: format!("etcd member {} ({role})", i + 1),
+                    state: "idle 3-member cluster, empty".into(),
+                    kib: rss_kib(member.pid()?)?,
+                });
+            }
+        }
+
+        // Commit latency and throughput, the two systems taking turns so both see
+        // the same background load.
+        println!(
+            "Commit latency: 3 members on this machine, each write acknowledged after an fsync'd commit on a majority; clients talk to the leader."
+        );
+        println!();
+        println!("| system | clients | writes/s | p50 ms | p99 ms | errors |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        let mut runs = Vec::new();
+        for clients in CLIENT_COUNTS {
+            let s = commit_load(&strom, clients, seconds).await?;
+            print_commit_row("strom (SetAppSettings, gRPC)", clients, &s);
+            let e = match &etcd {
+                Some(etcd) => {
+                    let e = commit_load(etcd, clients, seconds).await?;
+                    print_commit_row("etcd (/v3/kv/put, JSON gateway)", clients, &e);
+                    Some(e)
+                }
+                None => None,
+            };
+            runs.push((clients, s, e));
+        }
+        if etcd.is_some() {
+            println!();
+            println!(
+                "| clients | writes/s strom/etcd (goal ≥ 1) | p50 strom/etcd (goal ≤ 1) | p99 strom/etcd |"
+            );
+            println!("|---:|---:|---:|---:|");
+            for (clients, s, e) in &runs {
+                if let Some(e) = e {
+                    println!(
+                        "| {clients} | {:.2}× | {:.2}× | {:.2}× |",
+                        s.writes_per_s / e.writes_per_s,
+                        s.p50_ms / e.p50_ms,
+                        s.p99_ms / e.p99_ms
+                    );
+                }
+            }
+        }
+
+        // Leader failover.
+        println!();
+        println!(
+            "Leader failover: kill -9 of the leader → first write acknowledged through a survivor ({} ms per attempt, members alternating); the killed member restarts and catches up before the next trial.",
+            ATTEMPT_TIMEOUT.as_millis()
+        );
+        println!();
+        let strom_trials = failover(&mut strom, trials).await?;
+        let etcd_trials = match &mut etcd {
+            Some(etcd) => Some(failover(etcd, trials).await?),
+            None => None,
+        };
+        println!("| system | trials | p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        print_failover_row(
+            "strom (heartbeat 100 ms, election timeout 400–800 ms)",
+            &strom_trials,
+        );
+        if let Some(t) = &etcd_trials {
+            print_failover_row("etcd (defaults: heartbeat 100 ms, election 1000 ms)", t);
+        }
+        println!();
+        println!("Every trial, ms (killed member → new leader):");
+        println!();
+        print_trials("strom", &strom_trials);
+        if let Some(t) = &etcd_trials {
+            print_trials("etcd", t);
+        }
+        drop(etcd);
+
+        // A worker-only node: idle, then with one instance.
+        let worker = strom.start_worker(4).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        memory.push(MemoryRow {
+            process: "strom worker-only node".into(),
+            state: "idle, no instances".into(),
+            kib: rss_kib(worker.pid()?)?,
+        });
+        let run_app = work.path().join(RUN_APP);
+        write_app_dir(&run_app, &handler, "hello")?;
+        strom.deploy(&run_app, RUN_APP, 1).await?;
+        let handler_pid = strom.wait_instance(RUN_APP, 4).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        memory.push(MemoryRow {
+            process: "strom worker-only node".into(),
+            state: "1 running instance (handler not included)".into(),
+            kib: rss_kib(worker.pid()?)?,
+        });
+        memory.push(MemoryRow {
+            process: "strom-test-handler (the instance)".into(),
+            state: "idle, ready".into(),
+            kib: rss_kib(handler_pid)?,
+        });
+        let leader = strom.leader().await?;
+        memory.push(MemoryRow {
+            process: format!("strom management-only node {} (leader)", leader + 1),
+            state: "after the write load, the failovers and a worker joining".into(),
+            kib: rss_kib(strom.nodes[leader].pid()?)?,
+        });
+
+        println!();
+        println!("| process | state | RSS MiB | goal |");
+        println!("|---|---|---:|---|");
+        for row in &memory {
+            let mib = row.kib as f64 / 1024.0;
+            let goal = if row.process == "strom worker-only node" && row.state.starts_with("idle") {
+                let met = if mib <= IDLE_WORKER_GOAL_MIB {
+                    "met"
+                } else {
+                    "missed"
+                };
+                format!("≤ {IDLE_WORKER_GOAL_MIB:.0} MiB: {met}")
+            } else {
+                String::new()
+            };
+            println!("| {} | {} | {mib:.1} | {goal} |", row.process, row.state);
+        }
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        println!();
+        println!(
+            "Load average (1, 5, 15 min) at the end: {}.",
+            load.join(", ")
+        );
+        drop(worker);
+        drop(strom);
+        Ok(())
+    }
+
+    struct MemoryRow {
+        process: String,
+        state: String,
+        kib: u64,
+    }
+
+    fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        proc_kb(&status, "VmRSS:").with_context(|| format!("{path}: no VmRSS"))
+    }
+
+    /// An app whose one HTTP function `function` (route `<app>/<function>`) is served
+    /// by `strom-test-handler`.
+    fn write_app_dir(dir: &Path, handler: &Path, function: &str) -> anyhow::Result<()> {
+        let name = dir.file_name().context("app dir name")?.to_string_lossy();
+        std::fs::create_dir_all(dir.join(function))?;
+        std::fs::write(
+            dir.join("host.json"),
+            format!(
+                r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{}"}}}}}}"#,
+                handler.display()
+            ),
+        )?;
+        std::fs::write(
+            dir.join(function).join("function.json"),
+            format!(
+                r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"{name}/{function}"}},{{"type":"http","direction":"out","name":"res"}}]}}"#
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A server process this section started, with what it takes to start it again
+    /// (same program, arguments and data dir). Its stdout and stderr go to `log`,
+    /// rewritten at every start. Dropping it stops it: SIGTERM, SIGKILL after 5 s.
+    struct Daemon {
+        name: String,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(&'static str, &'static str)>,
+        log: PathBuf,
+        child: Option<Child>,
+    }
+
+    impl Daemon {
+        fn start(
+            name: String,
+            program: &Path,
+            args: Vec<String>,
+            env: Vec<(&'static str, &'static str)>,
+            log: PathBuf,
+        ) -> anyhow::Result<Daemon> {
+            let mut daemon = Daemon {
+                name,
+                program: program.to_path_buf(),
+                args,
+                env,
+                log,
+                child: None,
+            };
+            daemon.spawn()?;
+            Ok(daemon)
+        }
+
+        fn spawn(&mut self) -> anyhow::Result<()> {
+            let out = File::create(&self.log).with_context(|| self.log.display().to_string())?;
+            let child = Command::new(&self.program)
+                .args(&self.args)
+                .envs(self.env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .with_context(|| format!("starting {}: {}", self.name, self.program.display()))?;
+            self.child = Some(child);
+            Ok(())
+        }
+
+        fn running(&self) -> bool {
+            self.child.is_some()
+        }
+
+        fn pid(&self) -> anyhow::Result<u32> {
+            self.child
+                .as_ref()
+                .map(Child::id)
+                .with_context(|| format!("{} is not running", self.name))
+        }
+
+        /// `kill -9`, and reap it.
+        fn kill(&mut self) -> anyhow::Result<()> {
+            if let Some(mut child) = self.child.take() {
+                child.kill()?;
+                child.wait()?;
+            }
+            Ok(())
+        }
+
+        /// An error with the end of its output if it has exited.
+        fn check_alive(&mut self) -> anyhow::Result<()> {
+            if let Some(child) = &mut self.child {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
+                }
+            }
+            Ok(())
+        }
+
+        fn log_tail(&self) -> String {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        }
+
+        /// Wait until its output has a line starting with `prefix`.
+        async fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<()> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                if text.lines().any(|l| l.starts_with(prefix)) {
+                    return Ok(());
+                }
+                self.check_alive()?;
+                if Instant::now() > deadline {
+                    bail!(
+                        "{}: no `{prefix}` line after {timeout:?}:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let Some(mut child) = self.child.take() else {
+                return;
+            };
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client's connection to one member, able to do one kind of acknowledged write.
+    enum Writer {
+        Strom {
+            client: AdminServiceClient<Channel>,
+            auth: MetadataValue<Ascii>,
+        },
+        Etcd {
+            client: HttpClient,
+            put_url: String,
+        },
+    }
+
+    impl Writer {
+        /// Write `value` under `key`; true once the member acknowledged it.
+        async fn write(&mut self, key: &str, value: &str) -> bool {
+            match self {
+                Writer::Strom { client, auth } => {
+                    let mut request = tonic::Request::new(SetAppSettingsRequest {
+                        name: WRITE_APP.into(),
+                        set: HashMap::from([(key.to_string(), value.to_string())]),
+                        remove: Vec::new(),
+                    });
+                    request.metadata_mut().insert("authorization", auth.clone());
+                    client.set_app_settings(request).await.is_ok()
+                }
+                Writer::Etcd { client, put_url } => {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let body = serde_json::json!({
+                        "key": b64.encode(key),
+                        "value": b64.encode(value),
+                    })
+                    .to_string();
+                    matches!(http_post(client, put_url, body).await, Ok((200, _)))
+                }
+            }
+        }
+    }
+
+    fn http_client() -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(usize::MAX)
+            .build(connector)
+    }
+
+    async fn http_post(
+        client: &HttpClient,
+        url: &str,
+        body: String,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let request = hyper::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = client.request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// A group of 3 replicas under test: Strom's management nodes or etcd members.
+    trait Replicated {
+        const NAME: &'static str;
+        fn members(&self) -> usize;
+        /// The member that leads now, as a running member reports it.
+        async fn leader(&self) -> anyhow::Result<usize>;
+        /// A new client connection to `member`.
+        async fn writer(&self, member: usize) -> anyhow::Result<Writer>;
+        /// `kill -9` `member`.
+        fn kill(&mut self, member: usize) -> anyhow::Result<()>;
+        /// Start `member` again on its data dir; return once it serves linearizable
+        /// reads (it is a caught-up member again).
+        async fn restart(&mut self, member: usize) -> anyhow::Result<()>;
+    }
+
+    struct CommitRun {
+        writes_per_s: f64,
+        p50_ms: f64,
+        p99_ms: f64,
+        errors: u64,
+    }
+
+    /// `clients` closed-loop clients, each on its own connection to the leader,
+    /// writing their own key for `seconds`.
+    async fn commit_load<G: Replicated>(
+        group: &G,
+        clients: usize,
+        seconds: f64,
+    ) -> anyhow::Result<CommitRun> {
+        let leader = group.leader().await?;
+        let mut writers = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            writers.push(group.writer(leader).await?);
+        }
+        let start = Instant::now();
+        let warm = start + WARMUP;
+        let deadline = start + Duration::from_secs_f64(seconds);
+        let mut tasks = Vec::with_capacity(clients);
+        for (c, mut writer) in writers.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("sigfig 3");
+                let (key, mut errors) = (format!("BENCH_{c}"), 0u64);
+                let mut seq = 0u64;
+                while Instant::now() < deadline {
+                    seq += 1;
+                    let value = format!("{seq:016}");
+                    let sent = Instant::now();
+                    let ok = writer.write(&key, &value).await;
+                    if sent < warm {
+                        continue;
+                    }
+                    if ok {
+                        hist.record(sent.elapsed().as_micros() as u64)
+                            .expect("auto-resizing histogram");
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (hist, errors)
+            }));
+        }
+        let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut errors = 0;
+        for task in tasks {
+            let (h, e) = task.await?;
+            hist.add(h)?;
+            errors += e;
+        }
+        if hist.is_empty() {
+            bail!("{}: no write succeeded with {clients} clients", G::NAME);
+        }
+        Ok(CommitRun {
+            writes_per_s: hist.len() as f64 / (seconds - WARMUP.as_secs_f64()),
+            p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+            errors,
+        })
+    }
+
+    fn print_commit_row(system: &str, clients: usize, r: &CommitRun) {
+        println!(
+            "| {system} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
+            r.writes_per_s, r.p50_ms, r.p99_ms, r.errors
+        );
+    }
+
+    struct Trial {
+        killed: usize,
+        new_leader: usize,
+        ms: f64,
+    }
+
+    /// `trials` times: kill the leader, time the first write acknowledged through a
+    /// survivor, restart the killed member and wait until it has caught up.
+    async fn failover<G: Replicated>(group: &mut G, trials: usize) -> anyhow::Result<Vec<Trial>> {
+        let mut results = Vec::with_capacity(trials);
+        for trial in 1..=trials {
+            let leader = group.leader().await?;
+            let mut writers = Vec::new();
+            for m in (0..group.members()).filter(|m| *m != leader) {
+                writers.push(group.writer(m).await?);
+            }
+            let start = Instant::now();
+            group.kill(leader)?;
+            let mut attempt = 0usize;
+            loop {
+                if start.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "{} trial {trial}: no write acknowledged within 30 s of killing member {}",
+                        G::NAME,
+                        leader + 1
+                    );
+                }
+                let survivors = writers.len();
+                let writer = &mut writers[attempt % survivors];
+                attempt += 1;
+                let sent = Instant::now();
+                let value = format!("{trial}-{attempt}");
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, writer.write("FAILOVER", &value)).await
+                {
+                    Ok(true) => break,
+                    Ok(false) if sent.elapsed() < RETRY_PAUSE => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    _ => {}
+                }
+            }
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let new_leader = group.leader().await?;
+            results.push(Trial {
+                killed: leader,
+                new_leader,
+                ms,
+            });
+            group
+                .restart(leader)
+                .await
+                .with_context(|| format!("{} trial {trial}", G::NAME))?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(results)
+    }
+
+    /// The `q` quantile of sorted values, nearest rank.
+    fn quantile(sorted: &[f64], q: f64) -> f64 {
+        let rank = (q * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    fn print_failover_row(system: &str, trials: &[Trial]) {
+        let mut ms: Vec<f64> = trials.iter().map(|t| t.ms).collect();
+        ms.sort_by(f64::total_cmp);
+        if ms.is_empty() {
+            return;
+        }
+        let p99 = quantile(&ms, 0.99);
+        let verdict = if p99 <= FAILOVER_GOAL_MS {
+            "met"
+        } else {
+            "missed"
+        };
+        println!(
+            "| {system} | {} | {:.0} | {p99:.0} | {:.0} | {:.0} | {verdict} |",
+            ms.len(),
+            quantile(&ms, 0.5),
+            ms[ms.len() - 1],
+            ms[0],
+        );
+    }
+
+    fn print_trials(system: &str, trials: &[Trial]) {
+        let list: Vec<String> = trials
+            .iter()
+            .map(|t| format!("{:.0} ({}→{})", t.ms, t.killed + 1, t.new_leader + 1))
+            .collect();
+        println!("- {system}: {}", list.join(", "));
+    }
+
+    /// Strom management nodes (node id = index + 1), each started by `strom serve`.
+    struct StromGroup {
+        bins: PathBuf,
+        dir: PathBuf,
+        nodes: Vec<Daemon>,
+        control_ports: Vec<u16>,
+        join_token: String,
+        admin_token: String,
+        auth: MetadataValue<Ascii>,
+    }
+
+    impl StromGroup {
+        /// Bootstrap node 1, then join the others one by one.
+        async fn start(bins: &Path, dir: &Path, n: usize) -> anyhow::Result<StromGroup> {
+            let control_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let mut group = StromGroup {
+                bins: bins.to_path_buf(),
+                dir: dir.to_path_buf(),
+                nodes: Vec::new(),
+                control_ports,
+                join_token: String::new(),
+                admin_token: String::new(),
+                auth: MetadataValue::from_static(""),
+            };
+            for i in 0..n {
+                let data = dir.join(format!("strom-{}", i + 1));
+                let mut args = vec![
+                    "serve".to_string(),
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--roles".into(),
+                    "management".into(),
+                    "--data-dir".into(),
+                    data.display().to_string(),
+                    "--control-addr".into(),
+                    format!("127.0.0.1:{}", group.control_ports[i]),
+                    "--http-addr".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                ];
+                if i == 0 {
+                    args.push("--bootstrap".into());
+                } else {
+                    args.extend([
+                        "--join".into(),
+                        group.url(0),
+                        "--join-token".into(),
+                        group.join_token.clone(),
+                    ]);
+                }
+                let mut node = Daemon::start(
+                    format!("strom node {}", i + 1),
+                    &bins.join("strom"),
+                    args,
+                    vec![("STROM_LOG", STROM_LOG)],
+                    dir.join(format!("strom-{}.log", i + 1)),
+                )?;
+                node.wait_for_line("Ready.", Duration::from_secs(60))
+                    .await?;
+                if i == 0 {
+                    let read = |file: &str| {
+                        std::fs::read_to_string(data.join(file))
+                            .map(|t| t.trim().to_string())
+                            .with_context(|| format!("{}", data.join(file).display()))
+                    };
+                    group.join_token = read("join.token")?;
+                    group.admin_token = read("admin.token")?;
+                    group.auth = format!("Bearer {}", group.admin_token).parse()?;
+                }
+                group.nodes.push(node);
+            }
+            Ok(group)
+        }
+
+        fn url(&self, i: usize) -> String {
+            format!("http://127.0.0.1:{}", self.control_ports[i])
+        }
+
+        fn urls(&self) -> String {
+            (0..self.control_ports.len())
+                .map(|i| self.url(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+
+        async fn client(&self, i: usize) -> anyhow::Result<AdminServiceClient<Channel>> {
+            let channel = Endpoint::from_shared(self.url(i))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(1))
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {}", self.url(i)))?;
+            Ok(AdminServiceClient::new(channel))
+        }
+
+        fn request<T>(&self, message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request
+                .metadata_mut()
+                .insert("authorization", self.auth.clone());
+            request
+        }
+
+        /// Node `i`'s status, or an error after 2 s.
+        async fn status(&self, i: usize, stale: bool) -> anyhow::Result<GetClusterStatusResponse> {
+            let call = async {
+                let mut client = self.client(i).await?;
+                let request = self.request(GetClusterStatusRequest { stale });
+                anyhow::Ok(client.get_cluster_status(request).await?.into_inner())
+            };
+            tokio::time::timeout(Duration::from_secs(2), call)
+                .await
+                .context("status timed out")?
+        }
+
+        /// Deploy the app in `dir` through the CLI (a zip upload), then set its scale.
+        async fn deploy(&self, dir: &Path, name: &str, scale: u32) -> anyhow::Result<()> {
+            let leader = self.leader().await?;
+            let out = Command::new(self.bins.join("strom"))
+                .args(["app", "deploy"])
+                .arg(dir)
+                .args(["--name", name, "--server", &self.url(leader), "--token"])
+                .arg(&self.admin_token)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "strom app deploy {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let request = self.request(ScaleAppRequest {
+                name: name.into(),
+                instances: scale,
+            });
+            self.client(leader)
+                .await?
+                .scale_app(request)
+                .await
+                .with_context(|| format!("scaling {name} to {scale}"))?;
+            Ok(())
+        }
+
+        /// A worker-only node joining through every management node.
+        async fn start_worker(&self, id: u64) -> anyhow::Result<Daemon> {
+            let args = vec![
+                "serve".to_string(),
+                "--node-id".into(),
+                id.to_string(),
+                "--roles".into(),
+                "worker".into(),
+                "--data-dir".into(),
+                self.dir.join(format!("strom-{id}")).display().to_string(),
+                "--control-addr".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--http-addr".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--join".into(),
+                self.urls(),
+                "--join-token".into(),
+                self.join_token.clone(),
+            ];
+            let mut worker = Daemon::start(
+                format!("strom worker {id}"),
+                &self.bins.join("strom"),
+                args,
+                vec![("STROM_LOG", STROM_LOG)],
+                self.dir.join(format!("strom-{id}.log")),
+            )?;
+            worker
+                .wait_for_line("Ready.", Duration::from_secs(60))
+                .await?;
+            Ok(worker)
+        }
+
+        /// The pid of `app`'s instance on worker `node` once the leader hears it Ready.
+        async fn wait_instance(&self, app: &str, node: u64) -> anyhow::Result<u32> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let leader = self.leader().await?;
+                if let Ok(status) = self.status(leader, true).await {
+                    let ready = status.instances.iter().find(|i| {
+                        i.app_name == app && i.node_id == node && i.state == "Ready" && i.pid != 0
+                    });
+                    if let Some(instance) = ready {
+                        return Ok(instance.pid);
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("{app}: no Ready instance on worker {node} after 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    impl Replicated for StromGroup {
+        const NAME: &'static str = "strom";
+
+        fn members(&self) -> usize {
+            self.nodes.len()
+        }
+
+        async fn leader(&self) -> anyhow::Result<usize> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].running()) {
+                    if let Ok(status) = self.status(i, true).await {
+                        if status.state == "leader" {
+                            return Ok(status.node_id as usize - 1);
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("strom: no leader after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        async fn writer(&self, member: usize) -> anyhow::Result<Writer> {
+            Ok(Writer::Strom {
+                client: self.client(member).await?,
+                auth: self.auth.clone(),
+            })
+        }
+
+        fn kill(&mut self, member: usize) -> anyhow::Result<()> {
+            self.nodes[member].kill()
+        }
+
+        async fn restart(&mut self, member: usize) -> anyhow::Result<()> {
+            let node = &mut self.nodes[member];
+            node.spawn()?;
+            node.wait_for_line("Ready.", Duration::from_secs(60))
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match self.status(member, false).await {
+                    Ok(status) if status.leader_id != 0 => return Ok(()),
+                    _ if Instant::now() > deadline => {
+                        bail!(
+                            "strom node {}: not caught up 30 s after a restart",
+                            member + 1
+                        )
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    }
+
+    /// etcd members `e1`…, all on 127.0.0.1 with their own data dirs.
+    struct EtcdGroup {
+        members: Vec<Daemon>,
+        client_urls: Vec<String>,
+        http: HttpClient,
+    }
+
+    impl EtcdGroup {
+        async fn start(etcd: &Path, dir: &Path, n: usize) -> anyhow::Result<EtcdGroup> {
+            let client_urls: Vec<String> = (0..n)
+                .map(|_| format!("http://127.0.0.1:{}", free_port()))
+                .collect();
+            let peer_urls: Vec<String> = (0..n)
+                .map(|_| format!("http://127.0.0.1:{}", free_port()))
+                .collect();
+            let initial_cluster = peer_urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| format!("e{}={url}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members = Vec::new();
+            for i in 0..n {
+                let args = [
+                    "--name",
+                    &format!("e{}", i + 1),
+                    "--data-dir",
+                    &dir.join(format!("etcd-{}", i + 1)).display().to_string(),
+                    "--listen-client-urls",
+                    &client_urls[i],
+                    "--advertise-client-urls",
+                    &client_urls[i],
+                    "--listen-peer-urls",
+                    &peer_urls[i],
+                    "--initial-advertise-peer-urls",
+                    &peer_urls[i],
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "strom-bench",
+                    "--logger",
+                    "zap",
+                    "--log-level",
+                    "error",
+                ]
+                .map(String::from)
+                .to_vec();
+                members.push(Daemon::start(
+                    format!("etcd member {}", i + 1),
+                    etcd,
+                    args,
+                    Vec::new(),
+                    dir.join(format!("etcd-{}.log", i + 1)),
+                )?);
+            }
+            let mut group = EtcdGroup {
+                members,
+                client_urls,
+                http: http_client(),
+            };
+            for i in 0..n {
+                group.wait_linearizable(i).await?;
+            }
+            Ok(group)
+        }
+
+        /// Wait until member `i` answers a linearizable read (it has a leader and has
+        /// applied everything committed before the read).
+        async fn wait_linearizable(&mut self, i: usize) -> anyhow::Result<()> {
+            let url = format!("{}/v3/kv/range", self.client_urls[i]);
+            let body = r#"{"key":"cmVhZHk="}"#;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let read = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    http_post(&self.http, &url, body.into()),
+                );
+                if let Ok(Ok((200, _))) = read.await {
+                    return Ok(());
+                }
+                self.members[i].check_alive()?;
+                if Instant::now() > deadline {
+                    bail!(
+                        "etcd member {}: no linearizable read after 60 s:\n{}",
+                        i + 1,
+                        self.members[i].log_tail()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    impl Replicated for EtcdGroup {
+        const NAME: &'static str = "etcd";
+
+        fn members(&self) -> usize {
+            self.members.len()
+        }
+
+        async fn leader(&self) -> anyhow::Result<usize> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                for i in (0..self.members.len()).filter(|i| self.members[*i].running()) {
+                    let url = format!("{}/v3/maintenance/status", self.client_urls[i]);
+                    let status = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        http_post(&self.http, &url, "{}".into()),
+                    );
+                    let Ok(Ok((200, body))) = status.await else {
+                        continue;
+                    };
+                    let status: serde_json::Value = serde_json::from_slice(&body)?;
+                    let leader = status["leader"].as_str().unwrap_or("0");
+                    if leader != "0" && status["header"]["member_id"].as_str() == Some(leader) {
+                        return Ok(i);
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("etcd: no leader after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        async fn writer(&self, member: usize) -> anyhow::Result<Writer> {
+            Ok(Writer::Etcd {
+                client: http_client(),
+                put_url: format!("{}/v3/kv/put", self.client_urls[member]),
+            })
+        }
+
+        fn kill(&mut self, member: usize) -> anyhow::Result<()> {
+            self.members[member].kill()
+        }
+
+        async fn restart(&mut self, member: usize) -> anyhow::Result<()> {
+            // `--initial-cluster-state new` is ignored once the data dir holds a member.
+            self.members[member].spawn()?;
+            self.wait_linearizable(member).await
+        }
+    }
 }

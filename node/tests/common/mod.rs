@@ -184,6 +184,21 @@ impl Drop for Up {
     }
 }
 
+/// A client command against `server` (control URL) with extra arguments.
+pub fn cli(server: &str, args: &[&str], extra: &[&str]) -> Out {
+    let out = Command::new(STROM)
+        .args(args)
+        .args(["--server", server])
+        .args(extra)
+        .output()
+        .expect("run strom");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub struct Out {
     pub code: i32,
     pub stdout: String,
