@@ -72,14 +72,16 @@ fn free_port() -> u16 {
 fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
+    // Always: a `strom` left over from an older tree would be measured silently.
+    eprintln!("building the release strom binaries…");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "strom-node", "--bins"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
     if !dir.join("strom").is_file() || !dir.join("strom-test-handler").is_file() {
-        eprintln!("building the release strom binaries…");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "strom-node", "--bins"])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build failed");
-        }
+        bail!("no strom binaries in {} after cargo build", dir.display());
     }
     Ok(dir)
 }
