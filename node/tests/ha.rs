@@ -234,8 +234,16 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
         failed.len()
     );
 
-    // --- Kill a worker: its app is served by the other worker. ---
+    // --- Kill a worker: its apps are served by the other worker. ---
     let mgmt = survivors[0].clone();
+    // `solo` runs one instance, on worker 4 (the scheduler's tie-break: lowest id).
+    deploy_web(&mgmt, &admin, apps.path(), "solo");
+    let out = cli(&mgmt, &admin, &["app", "scale", "solo", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eventually(Duration::from_secs(30), "solo on worker 4", || {
+        let s = json(&mgmt, &admin, &["cluster", "status"])?;
+        (placement(&s, "solo") == vec![(4, 1, 1)]).then_some(())
+    });
     let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
     gateways.push(w5.http.clone());
     let load = Load::start(&gateways, "/api/web/1");
@@ -245,6 +253,19 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
         let s = json(&mgmt, &admin, &["cluster", "status"])?;
         (worker_status(&s, 4) == "Down" && placement(&s, "web") == vec![(5, 1, 1)]).then_some(())
     });
+    // Within the lease and a start: `solo` is placed on worker 5 and served.
+    eventually(
+        Duration::from_secs(20),
+        "solo re-placed on worker 5",
+        || {
+            let s = json(&mgmt, &admin, &["cluster", "status"])?;
+            (placement(&s, "solo") == vec![(5, 1, 1)]).then_some(())
+        },
+    );
+    for gw in &gateways {
+        let r = get(gw, "/api/solo/1");
+        assert_eq!(r.status, 200, "solo through {gw}: {}", r.text());
+    }
     std::thread::sleep(Duration::from_millis(500));
     let (total, failed) = load.finish();
     // A request already sent to the killed worker may have reached its handler: it
@@ -271,28 +292,42 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
             .filter(|i| i["app_name"] == "web")
             .collect();
         let nodes: BTreeSet<u64> = web.iter().filter_map(|i| i["node_id"].as_u64()).collect();
-        (web.len() == 2 && nodes == BTreeSet::from([4, 5])).then_some(())
+        // `solo` stays where it was re-placed: one instance, nothing on worker 4.
+        let solo: Vec<u64> = s["instances"]
+            .as_array()?
+            .iter()
+            .filter(|i| i["app_name"] == "solo")
+            .filter_map(|i| i["node_id"].as_u64())
+            .collect();
+        (web.len() == 2 && nodes == BTreeSet::from([4, 5]) && solo == vec![5]).then_some(())
     });
 
     // --- Drain a worker under load: no request fails. ---
     let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
     gateways.extend([w4.http.clone(), w5.http.clone()]);
     let load = Load::start(&gateways, "/api/web/1");
+    let solo_load = Load::start(&gateways[..1], "/api/solo/1");
     std::thread::sleep(Duration::from_millis(300));
     let drained = json(&mgmt, &admin, &["node", "drain", "5"]).unwrap();
     assert_eq!(drained["worker_draining"], true, "{drained}");
     eventually(Duration::from_secs(30), "web moved off worker 5", || {
         let s = json(&mgmt, &admin, &["cluster", "status"])?;
         let on5 = s["instances"].as_array()?.iter().any(|i| i["node_id"] == 5);
-        (worker_status(&s, 5) == "Draining" && placement(&s, "web") == vec![(4, 1, 1)] && !on5)
+        (worker_status(&s, 5) == "Draining"
+            && placement(&s, "web") == vec![(4, 1, 1)]
+            && placement(&s, "solo") == vec![(4, 1, 1)]
+            && !on5)
             .then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (total, failed) = load.finish();
+    let (total, mut failed) = load.finish();
+    let (solo_total, solo_failed) = solo_load.finish();
+    failed.extend(solo_failed);
     assert!(
         failed.is_empty(),
-        "requests failed during the drain ({} of {total}): {failed:?}",
-        failed.len()
+        "requests failed during the drain ({} of {}): {failed:?}",
+        failed.len(),
+        total + solo_total
     );
     let out = cli(&mgmt, &admin, &["node", "uncordon", "5"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
