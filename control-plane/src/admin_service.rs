@@ -21,8 +21,8 @@ use strom_proto::internal_v1::LiveWorkersReply;
 use strom_proto::invocations::{self, InvocationRecord, InvocationStore};
 use strom_proto::manifest::AuthLevel;
 use strom_proto::manifest::{
-    is_function_disabled, validate_app, AppManifest, AppPackage, FunctionManifest, ManifestError,
-    Schedule, Trigger,
+    is_function_disabled, validate_app_for, AppManifest, AppPackage, FunctionManifest,
+    HandlerCheck, ManifestError, Schedule, Trigger,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
@@ -37,6 +37,9 @@ pub struct AdminApi {
     worker: Arc<std::sync::OnceLock<WorkerView>>,
     /// Ends long-lived streams (`fn logs --follow`) when the server stops.
     shutdown: tokio_util::sync::CancellationToken,
+    /// How a deploy checks the handler executable (a management-only node cannot
+    /// know the workers' `PATH`).
+    handler_check: HandlerCheck,
 }
 
 /// Where a node's worker role, started after the control port, announces itself.
@@ -66,7 +69,18 @@ impl AdminApi {
             node,
             worker: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            handler_check: HandlerCheck::PackageOrPath,
         }
+    }
+
+    /// Check bare handler commands on this node's `PATH` only if it runs instances.
+    pub fn runs_instances(mut self, runs: bool) -> Self {
+        self.handler_check = if runs {
+            HandlerCheck::PackageOrPath
+        } else {
+            HandlerCheck::PackageOnly
+        };
+        self
     }
 
     /// Streams end when `shutdown` fires (the control server stopping).
@@ -215,10 +229,11 @@ impl AdminApi {
         settings.extend(new_settings.clone());
         let bytes = Arc::new(bytes);
         let to_check = bytes.clone();
+        let handler_check = self.handler_check;
         let manifest = tokio::task::spawn_blocking(move || {
             let pkg = AppPackage::from_zip_bytes(&to_check, &limits)
                 .map_err(|e| vec![ManifestError::from(e)])?;
-            validate_app(&pkg, &settings)
+            validate_app_for(&pkg, &settings, handler_check)
         })
         .await
         .map_err(|e| Status::internal(format!("validation task failed: {e}")))?

@@ -303,7 +303,7 @@ pub async fn run_node(
             .map_err(|e| CliError::new(1, e.to_string()))?;
         running.node = Some(node.clone());
         // The admin API learns about the local worker below, once it exists.
-        let api = AdminApi::new(node.clone());
+        let api = AdminApi::new(node.clone()).runs_instances(settings.worker);
         let worker_view = api.worker_slot();
         running.server = Some(tokio::spawn(control_server::serve(
             node.clone(),
@@ -338,7 +338,7 @@ pub async fn run_node(
                 return Err(CliError::new(1, e.to_string()));
             }
         }
-        if let Err(e) = deploy_dirs(&node, &apps).await {
+        if let Err(e) = deploy_dirs(&node, &apps, settings.worker).await {
             running.stop().await;
             return Err(e);
         }
@@ -559,8 +559,12 @@ async fn start_worker(
     Ok(())
 }
 
-async fn deploy_dirs(node: &ManagementNode, apps: &[AppDir]) -> Result<(), CliError> {
-    let api = Arc::new(AdminApi::new(node.clone()));
+async fn deploy_dirs(
+    node: &ManagementNode,
+    apps: &[AppDir],
+    runs_instances: bool,
+) -> Result<(), CliError> {
+    let api = Arc::new(AdminApi::new(node.clone()).runs_instances(runs_instances));
     for app in apps {
         let zip = pack(&app.dir)?;
         // local.settings.json Values go in with the version, so the first

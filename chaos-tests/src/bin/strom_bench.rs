@@ -832,6 +832,17 @@ mod ha {
         if let Some(t) = &etcd_trials {
             print_trials("etcd", t);
         }
+        if !strom.failed_restarts.is_empty() {
+            println!();
+            println!(
+                "{} restarts of a killed strom node exited at start and were retried:",
+                strom.failed_restarts.len()
+            );
+            println!();
+            for reason in &strom.failed_restarts {
+                println!("- {reason}");
+            }
+        }
         drop(etcd);
 
         // A worker-only node: idle, then with one instance.
@@ -1297,6 +1308,8 @@ mod ha {
         join_token: String,
         admin_token: String,
         auth: MetadataValue<Ascii>,
+        /// Why restarts of killed nodes failed (the node exited at start).
+        failed_restarts: Vec<String>,
     }
 
     impl StromGroup {
@@ -1311,6 +1324,7 @@ mod ha {
                 join_token: String::new(),
                 admin_token: String::new(),
                 auth: MetadataValue::from_static(""),
+                failed_restarts: Vec::new(),
             };
             for i in 0..n {
                 let data = dir.join(format!("strom-{}", i + 1));
@@ -1518,10 +1532,25 @@ mod ha {
         }
 
         async fn restart(&mut self, member: usize) -> anyhow::Result<()> {
-            let node = &mut self.nodes[member];
-            node.spawn()?;
-            node.wait_for_line("Ready.", Duration::from_secs(60))
-                .await?;
+            // A restart can fail (the node exits): tried up to 5 times, each failure
+            // recorded for the report.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let node = &mut self.nodes[member];
+                node.spawn()?;
+                match node.wait_for_line("Ready.", Duration::from_secs(60)).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 5 && !node.running() => {
+                        let reason = e.to_string();
+                        let reason = reason.lines().last().unwrap_or_default().trim();
+                        self.failed_restarts
+                            .push(format!("node {}: {reason}", member + 1));
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match self.status(member, false).await {

@@ -41,6 +41,28 @@ pub fn validate_app(
     pkg: &AppPackage,
     settings: &BTreeMap<String, String>,
 ) -> Result<AppManifest, Vec<ManifestError>> {
+    validate_app_for(pkg, settings, HandlerCheck::PackageOrPath)
+}
+
+/// Where the handler executable is looked for at deploy time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerCheck {
+    /// In the package, or (a bare name) on this machine's `PATH`: for a node that
+    /// also runs the instances.
+    PackageOrPath,
+    /// Only a path inside the package is checked; a bare command is looked up by
+    /// the workers when they start it (they report it if it is missing). For a
+    /// management node that runs no instances: its own `PATH` says nothing about the
+    /// workers'.
+    PackageOnly,
+}
+
+/// [`validate_app`] with the handler check chosen by the caller.
+pub fn validate_app_for(
+    pkg: &AppPackage,
+    settings: &BTreeMap<String, String>,
+    handler_check: HandlerCheck,
+) -> Result<AppManifest, Vec<ManifestError>> {
     let mut errors = Vec::new();
     let host = match &pkg.host_json {
         None => {
@@ -103,7 +125,19 @@ pub fn validate_app(
 
     if let Some((host, section)) = &host {
         let exe = &host.custom_handler.default_executable_path;
-        if let Err(message) = check_executable(pkg, exe) {
+        let checked = match handler_check {
+            HandlerCheck::PackageOrPath => check_executable(pkg, exe),
+            HandlerCheck::PackageOnly if exe.contains(['/', '\\']) => {
+                let relative = exe.replace('\\', "/");
+                if pkg.has_file(&relative) || Path::new(exe).is_absolute() {
+                    Ok(())
+                } else {
+                    Err(format!("`{exe}` not found in the package"))
+                }
+            }
+            HandlerCheck::PackageOnly => Ok(()),
+        };
+        if let Err(message) = checked {
             errors.push(ManifestError::new(
                 HOST_JSON,
                 format!("{section}.description.defaultExecutablePath"),
@@ -408,6 +442,25 @@ mod tests {
         assert_has(
             &e,
             "host.json: httpWorker.description.defaultExecutablePath: `nope-not-here` not found",
+        );
+    }
+
+    #[test]
+    fn a_management_only_node_leaves_bare_commands_to_the_workers() {
+        let f = http("x", "[]");
+        let for_workers = |host: &str| {
+            let files = [("host.json", host), ("x/function.json", f.as_str())];
+            let pkg = AppPackage::from_zip_bytes(&zip_of(&files), &ZipLimits::default()).unwrap();
+            validate_app_for(&pkg, &BTreeMap::new(), HandlerCheck::PackageOnly)
+        };
+        // Not on this node's PATH, but perhaps on the workers'.
+        assert!(for_workers(&HOST.replace("handler", "nope-not-here")).is_ok());
+        // A path inside the package must still be in the package.
+        let e = for_workers(&HOST.replace("handler", "bin/server")).unwrap_err();
+        assert!(
+            e[0].to_string()
+                .contains("`bin/server` not found in the package"),
+            "{e:?}"
         );
     }
 

@@ -16,7 +16,9 @@ pub mod package;
 pub mod route_template;
 pub mod timespan;
 
-pub use app::{find_on_path, is_function_disabled, validate_app, AppManifest};
+pub use app::{
+    find_on_path, is_function_disabled, validate_app, validate_app_for, AppManifest, HandlerCheck,
+};
 pub use error::{ManifestError, PackageError};
 pub use function_json::{
     AuthLevel, BindingSpec, Direction, FunctionContext, FunctionManifest, HttpTrigger, RetryPolicy,
