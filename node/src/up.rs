@@ -338,10 +338,6 @@ pub async fn run_node(
                 return Err(CliError::new(1, e.to_string()));
             }
         }
-        if let Err(e) = deploy_dirs(&node, &apps, settings.worker).await {
-            running.stop().await;
-            return Err(e);
-        }
         running.worker_view = Some(worker_view);
     }
 
@@ -438,6 +434,12 @@ pub async fn run_node(
         }
     }
 
+    if let Some(node) = &running.node {
+        if let Err(e) = deploy_dirs(node, &apps, settings.worker).await {
+            running.stop().await;
+            return Err(e);
+        }
+    }
     if let (Some(node), Some(w)) = (&running.node, &running.worker) {
         wait_until_ready(node, w, settings.startup_timeout).await;
         print_running(node, w);
