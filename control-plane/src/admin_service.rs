@@ -150,6 +150,14 @@ impl AdminApi {
         if node == 0 {
             return Err(Status::invalid_argument("node_id: must be at least 1"));
         }
+        // Only for a registered worker (so only once the cluster speaks the protocol
+        // that has workers: every member can read the entry).
+        let view = self.fresh().await?;
+        if !view.state.workers.contains_key(&node) {
+            return Err(Status::not_found(format!(
+                "node {node} is not a registered worker"
+            )));
+        }
         let (log_index, _) = self
             .commit(Command::SetWorkerSchedule {
                 node,

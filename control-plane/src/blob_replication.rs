@@ -196,7 +196,7 @@ impl BlobServer {
         let ours = cluster_of(&self.node);
         if ours.is_empty() || theirs != ours {
             return Err(Status::permission_denied(format!(
-                "blob for cluster `{theirs}` refused by cluster `{ours}`"
+                "blob for cluster `{theirs}` refused: not this cluster"
             )));
         }
         Ok(())

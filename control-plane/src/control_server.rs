@@ -93,10 +93,10 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE),
         internal,
     );
-    let workers = WorkerServiceServer::new(crate::workers::WorkerServer {
-        node: node.clone(),
-        shutdown: cancel.clone(),
-    })
+    let workers = WorkerServiceServer::new(crate::workers::WorkerServer::new(
+        node.clone(),
+        cancel.clone(),
+    ))
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let workers = InterceptedService::new(workers, internal);

@@ -176,7 +176,7 @@ impl RaftServer {
         let ours = self.identity.cluster_id();
         if !ours.is_empty() && !req.cluster_id.is_empty() && req.cluster_id != ours {
             return Err(tonic::Status::permission_denied(format!(
-                "message from cluster {} reached cluster {ours}",
+                "message from cluster {} refused: not this cluster",
                 req.cluster_id
             )));
         }

@@ -35,7 +35,7 @@ impl ClusterServer {
         let ours = cluster_of(&self.node);
         if ours.is_empty() || theirs != ours {
             return Err(Status::permission_denied(format!(
-                "request from cluster `{theirs}` refused by cluster `{ours}`"
+                "request from cluster `{theirs}` refused: not this cluster"
             )));
         }
         Ok(())

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use strom_proto::codec;
-use strom_proto::command::{Command, WorkerCapacity, WorkerInfo};
+use strom_proto::command::{Command, CommandResult, WorkerCapacity, WorkerInfo};
 use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::{InstanceState, InstanceStatus};
 use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::cluster_state::ClusterState;
-use crate::management::{now_ms, ManagementNode};
+use crate::management::{now_ms, ManagementNode, QUORUM_WAIT};
 use crate::membership::{cluster_of, not_leader_status};
 use crate::scheduler;
 use crate::state_machine::StateView;
@@ -148,9 +148,39 @@ pub fn decode_view(bytes: &[u8]) -> Result<StateView, codec::CodecError> {
 }
 
 pub struct WorkerServer {
-    pub node: ManagementNode,
+    node: ManagementNode,
     /// Ends the state streams when the control server stops.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
+    encoded: Arc<EncodedView>,
+}
+
+impl WorkerServer {
+    pub fn new(node: ManagementNode, shutdown: CancellationToken) -> Self {
+        WorkerServer {
+            node,
+            shutdown,
+            encoded: Arc::default(),
+        }
+    }
+}
+
+/// The latest state encoded once, shared by every watcher.
+#[derive(Default)]
+struct EncodedView(Mutex<Option<(u64, Vec<u8>)>>);
+
+impl EncodedView {
+    fn of(&self, view: &StateView) -> Vec<u8> {
+        let index = view.applied_index();
+        let mut cached = self.0.lock().expect("encoded view lock");
+        match cached.as_ref() {
+            Some((i, bytes)) if *i == index => bytes.clone(),
+            _ => {
+                let bytes = encode_view(view);
+                *cached = Some((index, bytes.clone()));
+                bytes
+            }
+        }
+    }
 }
 
 impl WorkerServer {
@@ -171,19 +201,47 @@ impl WorkerServer {
         let ours = cluster_of(&self.node);
         if ours.is_empty() || theirs != ours {
             return Err(Status::permission_denied(format!(
-                "request from cluster `{theirs}` refused by cluster `{ours}`"
+                "request from cluster `{theirs}` refused: not this cluster"
             )));
         }
         Ok(())
     }
 
     /// UNAVAILABLE with the leader's address, for leader-only calls.
+    /// Leader-only calls (leases) are answered only by a leader that a majority
+    /// acknowledged recently: openraft 0.9 leaders do not step down when cut off, and
+    /// a cut-off leader renewing leases would let the new leader mark every worker
+    /// Down.
     fn leader_only(&self) -> Result<(), Status> {
         let metrics = self.node.raft.metrics().borrow().clone();
-        if metrics.current_leader == Some(self.node.config.node_id) {
-            return Ok(());
+        if metrics.current_leader != Some(self.node.config.node_id)
+            || metrics.state != openraft::ServerState::Leader
+        {
+            return Err(not_leader_status(&self.node));
         }
-        Err(not_leader_status(&self.node))
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        let fresh = self.node.config.worker_lease.as_millis() as u64 / 2;
+        if voters > 1 && metrics.millis_since_quorum_ack.is_none_or(|ms| ms > fresh) {
+            return Err(Status::unavailable(format!(
+                "this leader has not heard from a majority for {} ms: it may have been replaced",
+                metrics
+                    .millis_since_quorum_ack
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "ever".into())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Commit through this node's Raft, failing after [`QUORUM_WAIT`].
+    async fn commit(&self, command: Command) -> Result<CommandResult, Status> {
+        match tokio::time::timeout(QUORUM_WAIT, self.node.propose_local(command)).await {
+            Ok(Ok((_, result))) => Ok(result),
+            Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
+            Err(_) => Err(Status::unavailable(format!(
+                "not committed within {QUORUM_WAIT:?}: no quorum"
+            ))),
+        }
     }
 
     fn lease_ms(&self) -> u64 {
@@ -246,12 +304,25 @@ impl WorkerService for WorkerServer {
                 Feature::Workers.since()
             )));
         }
-        let (_, result) = self
-            .node
-            .propose_local(Command::RegisterWorker(Box::new(info)))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if let strom_proto::command::CommandResult::Rejected(r) = result {
+        // Two live nodes with one id would take turns owning the registration.
+        if let Some(known) = view.state.workers.get(&req.node_id) {
+            let lease = self
+                .node
+                .live
+                .lock()
+                .leases
+                .get(&req.node_id)
+                .map(|l| l.last);
+            let fresh = lease.is_some_and(|t| t.elapsed() < self.node.config.worker_lease);
+            if known.up && fresh && known.info.http_addr != info.http_addr {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a live worker at {}; another node cannot register with its id",
+                    req.node_id, known.info.http_addr
+                )));
+            }
+        }
+        let result = self.commit(Command::RegisterWorker(Box::new(info))).await?;
+        if let CommandResult::Rejected(r) = result {
             return Err(Status::failed_precondition(r.to_string()));
         }
         self.node.live.lock().leases.insert(
@@ -282,11 +353,14 @@ impl WorkerService for WorkerServer {
                 req.node_id
             )));
         };
+        // A malformed report (a newer worker's state name, say) is skipped: it must
+        // not cost the worker its lease.
         let mut instances = Vec::with_capacity(req.instances.len());
         for r in &req.instances {
-            instances.push(
-                status_of(r).map_err(|e| Status::invalid_argument(format!("instances: {e}")))?,
-            );
+            match status_of(r) {
+                Ok(s) => instances.push(s),
+                Err(e) => tracing::warn!(node = req.node_id, "skipping an instance report: {e}"),
+            }
         }
         self.node.live.lock().leases.insert(
             req.node_id,
@@ -299,14 +373,12 @@ impl WorkerService for WorkerServer {
         );
         if !worker.up {
             tracing::info!(node = req.node_id, "worker heartbeats resumed: Up");
-            self.node
-                .propose_local(Command::SetWorkerLiveness {
-                    node: req.node_id,
-                    up: true,
-                    at_ms: now_ms(),
-                })
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+            self.commit(Command::SetWorkerLiveness {
+                node: req.node_id,
+                up: true,
+                at_ms: now_ms(),
+            })
+            .await?;
         }
         Ok(Response::new(HeartbeatReply {
             lease_ms: self.lease_ms(),
@@ -324,13 +396,16 @@ impl WorkerService for WorkerServer {
         self.check_token(&req.join_token)?;
         // The current state at once, then the latest after every change (a slow
         // watcher skips intermediate states, never the last one).
-        let stream =
-            tokio_stream::wrappers::WatchStream::new(self.node.state.clone()).map(|view| {
+        let stream = tokio_stream::wrappers::WatchStream::new(self.node.state.clone()).map({
+            let encoded = self.encoded.clone();
+            move |view| {
                 Ok(StateUpdate {
                     applied_index: view.applied_index(),
-                    view: encode_view(&view),
+                    view: encoded.of(&view),
                 })
-            });
+            }
+        });
+        let stream = stream.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -499,13 +574,14 @@ pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) 
                 "worker lease expired ({lease:?} without a heartbeat): Down"
             );
             node.live.lock().leases.remove(&id);
-            if let Err(e) = node
-                .propose_local(Command::SetWorkerLiveness {
-                    node: id,
-                    up: false,
-                    at_ms: now_ms(),
-                })
+            let down = node.propose_local(Command::SetWorkerLiveness {
+                node: id,
+                up: false,
+                at_ms: now_ms(),
+            });
+            if let Err(e) = tokio::time::timeout(QUORUM_WAIT, down)
                 .await
+                .unwrap_or_else(|_| Err(crate::ProposeError::Other("timed out".into())))
             {
                 tracing::warn!("marking worker {id} Down: {e}");
             }
@@ -528,12 +604,13 @@ pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) 
                     protocol = cluster,
                     "every management member speaks protocol {cluster}: switching the cluster to it"
                 );
-                if let Err(e) = node
-                    .propose_local(Command::SetClusterProtocol {
-                        protocol: cluster,
-                        at_ms: now_ms(),
-                    })
+                let raise = node.propose_local(Command::SetClusterProtocol {
+                    protocol: cluster,
+                    at_ms: now_ms(),
+                });
+                if let Err(e) = tokio::time::timeout(QUORUM_WAIT, raise)
                     .await
+                    .unwrap_or_else(|_| Err(crate::ProposeError::Other("timed out".into())))
                 {
                     tracing::warn!("raising the cluster protocol: {e}");
                 }
@@ -561,12 +638,13 @@ pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) 
             continue;
         }
         tracing::info!(changes = changes.len(), "scheduler: placing");
-        if let Err(e) = node
-            .propose_local(Command::Place {
-                changes,
-                at_ms: now_ms(),
-            })
+        let place = node.propose_local(Command::Place {
+            changes,
+            at_ms: now_ms(),
+        });
+        if let Err(e) = tokio::time::timeout(QUORUM_WAIT, place)
             .await
+            .unwrap_or_else(|_| Err(crate::ProposeError::Other("timed out".into())))
         {
             tracing::warn!("scheduler: committing placements: {e}");
         }
@@ -582,9 +660,9 @@ fn live_fingerprint(live: &scheduler::LiveView) -> u64 {
     h.finish()
 }
 
-/// Ask every management member for its build and protocol; members that do not
-/// answer keep their last known version (a member that never answered counts as
-/// the oldest protocol).
+/// Ask every management member for its build and protocol. Returns this round's
+/// answers only (a member that does not answer counts as the oldest protocol for
+/// the gate); the display keeps each member's last known version.
 async fn refresh_member_versions(node: &ManagementNode) -> BTreeMap<NodeId, NodeVersion> {
     let metrics = node.raft.metrics().borrow().clone();
     let cluster = cluster_of(node);
@@ -646,11 +724,13 @@ async fn refresh_member_versions(node: &ManagementNode) -> BTreeMap<NodeId, Node
     let answers = futures::future::join_all(asks).await;
     let mut inner = node.live.lock();
     let member_ids: Vec<NodeId> = answers.iter().map(|(id, _)| *id).collect();
+    let mut answered = BTreeMap::new();
     for (id, v) in answers {
         if let Some(v) = v {
-            inner.members.insert(id, v);
+            inner.members.insert(id, v.clone());
+            answered.insert(id, v);
         }
     }
     inner.members.retain(|id, _| member_ids.contains(id));
-    inner.members.clone()
+    answered
 }

@@ -160,6 +160,9 @@ pub struct Agent {
     pub token: String,
     pub managers: Arc<Managers>,
     data_dir: PathBuf,
+    /// The leader's applied index from the latest heartbeat: a watched state that
+    /// stays behind it is stale, and the watch moves to another management node.
+    leader_index: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -174,6 +177,7 @@ impl Agent {
             token,
             managers,
             data_dir: data_dir.to_path_buf(),
+            leader_index: Default::default(),
         }
     }
 
@@ -206,18 +210,19 @@ impl Agent {
 
     async fn register_at(&self, url: &str) -> Result<Duration, RegisterError> {
         let mut c = client(url).await.map_err(RegisterError::Retry)?;
-        let reply = c
-            .register(RegisterWorkerRequest {
-                join_token: self.token.clone(),
-                node_id: self.offer.node_id,
-                http_addr: self.offer.http_addr.clone(),
-                capacity_instances: self.offer.capacity_instances,
-                capacity_memory_mb: self.offer.capacity_memory_mb,
-                labels: self.offer.labels.clone().into_iter().collect(),
-                build: version::BUILD.to_string(),
-                protocol: version::PROTOCOL,
-            })
-            .await;
+        let call = c.register(RegisterWorkerRequest {
+            join_token: self.token.clone(),
+            node_id: self.offer.node_id,
+            http_addr: self.offer.http_addr.clone(),
+            capacity_instances: self.offer.capacity_instances,
+            capacity_memory_mb: self.offer.capacity_memory_mb,
+            labels: self.offer.labels.clone().into_iter().collect(),
+            build: version::BUILD.to_string(),
+            protocol: version::PROTOCOL,
+        });
+        let reply = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .map_err(|_| RegisterError::Retry(format!("{url}: no answer within 10 s")))?;
         match reply {
             Ok(r) => {
                 let r = r.into_inner();
@@ -304,19 +309,24 @@ impl Agent {
                 continue;
             };
             let reports = instances.borrow().iter().map(report_of).collect();
-            let result = c
-                .heartbeat(HeartbeatRequest {
-                    join_token: self.token.clone(),
-                    node_id: self.offer.node_id,
-                    build: version::BUILD.to_string(),
-                    protocol: version::PROTOCOL,
-                    instances: reports,
-                })
-                .await;
+            let call = c.heartbeat(HeartbeatRequest {
+                join_token: self.token.clone(),
+                node_id: self.offer.node_id,
+                build: version::BUILD.to_string(),
+                protocol: version::PROTOCOL,
+                instances: reports,
+            });
+            // A leader that vanished must not hold the next heartbeat up.
+            let result = tokio::time::timeout(every * 2, call)
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in time")));
             match result {
                 Ok(r) => {
+                    let r = r.into_inner();
                     self.managers.lock().leader = Some(url.clone());
-                    let lease = Duration::from_millis(r.into_inner().lease_ms.max(1));
+                    self.leader_index
+                        .fetch_max(r.applied_index, std::sync::atomic::Ordering::Relaxed);
+                    let lease = Duration::from_millis(r.lease_ms.max(1));
                     every = (lease / 5).max(Duration::from_millis(100));
                 }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -348,6 +358,9 @@ enum RegisterError {
     Retry(String),
 }
 
+/// How long a watched state may stay behind the leader's before the watch moves.
+const STALE_WATCH: Duration = Duration::from_secs(3);
+
 /// Keep `tx` at the newest state any management node streams, until `cancel`.
 pub async fn watch_state(
     agent: Arc<Agent>,
@@ -372,11 +385,26 @@ pub async fn watch_state(
                 .map_err(|s| format!("{url}: {}", s.message()))?
                 .into_inner();
             tracing::info!(from = %url, "watching the cluster state");
-            while let Some(update) = stream
-                .message()
-                .await
-                .map_err(|s| format!("{url}: {}", s.message()))?
-            {
+            let mut behind_since: Option<tokio::time::Instant> = None;
+            loop {
+                let next = tokio::select! {
+                    m = stream.message() => m.map_err(|s| format!("{url}: {}", s.message()))?,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        // A node that keeps its stream open but falls behind the
+                        // leader (cut off, lagging) is left for another.
+                        let leader = agent.leader_index.load(std::sync::atomic::Ordering::Relaxed);
+                        if tx.borrow().applied_index() < leader {
+                            let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() > STALE_WATCH {
+                                return Err(format!("{url} stays behind the leader's log"));
+                            }
+                        } else {
+                            behind_since = None;
+                        }
+                        continue;
+                    }
+                };
+                let Some(update) = next else { break };
                 let view = match decode_view(&update.view) {
                     Ok(v) => v,
                     Err(e) => return Err(format!("{url} sent an undecodable state: {e}")),

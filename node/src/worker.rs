@@ -90,7 +90,14 @@ impl Worker {
     /// Drain every instance (in-flight requests finish), stop them, stop the tree.
     pub async fn shutdown(self, timeout: Duration) {
         self.cancel.cancel();
-        let _ = self.assign_task.await;
+        // The assign loop may be inside a package fetch: do not wait on it.
+        let mut assign_task = self.assign_task;
+        if tokio::time::timeout(Duration::from_secs(2), &mut assign_task)
+            .await
+            .is_err()
+        {
+            assign_task.abort();
+        }
         let drained = ractor::call_t!(
             self.supervisor,
             NodeMsg::Shutdown,
@@ -118,6 +125,9 @@ async fn assign_loop(
     supervisor: ActorRef<NodeMsg>,
     cancel: CancellationToken,
 ) {
+    // The last assignment that could be unpacked, per app: when a new version cannot
+    // be fetched yet, the version already running keeps running.
+    let mut last_good: std::collections::HashMap<AppName, Assignment> = Default::default();
     loop {
         let view = state.borrow_and_update().clone();
         let mut assignments = Vec::new();
@@ -130,20 +140,31 @@ async fn assign_loop(
             }
             let version = &app.active_version;
             match unpacked(&apps_dir, &app.name, version, &packages, &limits).await {
-                Ok(root) => assignments.push(Assignment {
-                    app: app.name.clone(),
-                    version: version.clone(),
-                    app_root: root,
-                    manifest: Arc::new(app.active().manifest.clone()),
-                    settings: app.settings.clone(),
-                    instances,
-                }),
+                Ok(root) => {
+                    let a = Assignment {
+                        app: app.name.clone(),
+                        version: version.clone(),
+                        app_root: root,
+                        manifest: Arc::new(app.active().manifest.clone()),
+                        settings: app.settings.clone(),
+                        instances,
+                    };
+                    last_good.insert(app.name.clone(), a.clone());
+                    assignments.push(a);
+                }
                 Err(e) => {
                     failed = true;
                     tracing::error!(app = %app.name, version = version.short(), "cannot unpack the package: {e:#}");
+                    if let Some(previous) = last_good.get(&app.name) {
+                        assignments.push(Assignment {
+                            instances,
+                            ..previous.clone()
+                        });
+                    }
                 }
             }
         }
+        last_good.retain(|app, _| view.state.placed(app, node_id) > 0);
         if supervisor
             .send_message(NodeMsg::Assign(assignments))
             .is_err()

@@ -252,8 +252,15 @@ impl Gateway {
             .https_or_http()
             .enable_http2()
             .wrap_connector(hop_connector);
+        // Keepalive pings drop a connection to a peer that vanished (power loss,
+        // partition) within seconds; requests then go elsewhere.
         let hop_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .http2_keep_alive_timeout(Duration::from_secs(2))
+            .http2_keep_alive_while_idle(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(hop_connector);
         let tls = strom_control_plane::tls::current().and_then(|t| match t.rustls_server() {
@@ -348,8 +355,14 @@ impl Gateway {
     /// Ready one, else sent over the internal hop to a worker that runs the app.
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         if let Some(v) = req.headers().get(HOP_APP) {
-            // Sent by another node's gateway: serve locally or say "undelivered".
-            return match v.to_str().ok().and_then(|a| AppName::parse(a).ok()) {
+            // Sent by another node's gateway: serve locally or say "undelivered",
+            // with the Host the client used (HTTP/2 carried it as the hop's own).
+            let app = v.to_str().ok().and_then(|a| AppName::parse(a).ok());
+            let mut req = req;
+            if let Some(host) = req.headers_mut().remove(HOP_HOST) {
+                req.headers_mut().insert(hyper::header::HOST, host);
+            }
+            return match app {
                 Some(app) => self.handle_local(req, Some(app)).await,
                 None => error(
                     StatusCode::BAD_REQUEST,
@@ -533,12 +546,14 @@ impl Gateway {
                     }
                 }
             }
-            // Nobody else could take it: this node runs the app (or will) and waits
-            // for its own instance like a cold start.
+            // Nobody else could take it: this node runs the app and waits for its
+            // own instance like a cold start. (Placed here but not started yet — the
+            // package is still being fetched — keeps looking until it is.)
             let snapshot = self.inner.routing.load();
-            if snapshot.apps.contains_key(app) || view.state.placed(app, me) > 0 {
+            if snapshot.apps.contains_key(app) {
                 return Err(());
             }
+            let _ = me;
             if Instant::now() >= deadline {
                 return Ok(error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -546,9 +561,15 @@ impl Gateway {
                     format!("no instance of app `{app}` became ready in time"),
                 ));
             }
-            // Cold start somewhere else: look again shortly.
+            // Cold start somewhere else: look again after a local change, a new
+            // state, or a short pause (not a tight loop of hops).
             let changed = self.inner.routing.changed();
-            let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+            let mut state = self.inner.state.clone();
+            tokio::select! {
+                _ = changed => {}
+                _ = state.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
         }
     }
 
@@ -564,6 +585,20 @@ impl Gateway {
         let request = match copy_request(parts, &hop_url(addr), &hyper::header::HOST)
             .header(HOP_APP, app.as_str())
             .header(HOP_FROM, self.inner.config.node_id.to_string())
+            .header(
+                HOP_HOST,
+                parts
+                    .headers
+                    .get(hyper::header::HOST)
+                    .cloned()
+                    .or_else(|| {
+                        parts
+                            .uri
+                            .authority()
+                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    })
+                    .unwrap_or_else(|| HeaderValue::from_static("localhost")),
+            )
             .body(Full::new(body.clone()))
         {
             Ok(r) => r,
@@ -1101,6 +1136,10 @@ impl Gateway {
             // The recorder is far behind: keep the record, without trailing lines.
             self.inner.invocations.record(e.into_inner().record);
         }
+        // A handler cannot claim "undelivered": that would make a gateway re-send a
+        // request a handler already saw.
+        let mut response = response;
+        response.headers_mut().remove(UNDELIVERED);
         response
     }
 
@@ -1172,6 +1211,8 @@ const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 const HOP_APP: &str = "x-strom-hop-app";
 /// Header naming the node a hop request comes from.
 const HOP_FROM: &str = "x-strom-hop-from";
+/// Header carrying the client's Host over the hop.
+const HOP_HOST: &str = "x-strom-hop-host";
 /// Header on a 503 meaning "no handler saw this request": the sender may retry.
 const UNDELIVERED: &str = "x-strom-undelivered";
 /// How long a peer that refused a connection is tried last.
