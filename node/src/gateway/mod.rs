@@ -371,8 +371,10 @@ impl Gateway {
                 ),
             };
         }
-        let Some(app) = self.remote_app(&req) else {
-            return self.handle_local(req, None).await;
+        let app = match self.remote_app(&req) {
+            Ok(Some(app)) => app,
+            Ok(None) => return self.handle_local(req, None).await,
+            Err(refused) => return refused,
         };
         // The hop needs the whole body (it may be sent more than once).
         let (parts, body) = req.into_parts();
@@ -411,12 +413,57 @@ impl Gateway {
         }
     }
 
+    /// Keys and disabled functions, as Azure checks them, against the cluster state.
+    // The refusal is the response to send; it is built once and sent as is.
+    #[allow(clippy::result_large_err)]
+    fn check_access(
+        &self,
+        app: &AppName,
+        function: &str,
+        auth_level: strom_proto::manifest::AuthLevel,
+        headers: &hyper::HeaderMap,
+        query: &[(String, String)],
+        path: &str,
+    ) -> Result<(), Response<Body>> {
+        let view = self.inner.state.borrow().clone();
+        let Some(app_state) = view.state.apps.get(app) else {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no function at {path}"),
+            ));
+        };
+        let header_key = headers.get("x-functions-key").and_then(|v| v.to_str().ok());
+        let granted = keys::granted(
+            &app_state.keys,
+            function,
+            keys::presented(header_key, query),
+        );
+        if is_function_disabled(&app_state.settings, function) && granted != keys::Granted::Master {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("function `{function}` is disabled"),
+            ));
+        }
+        if !keys::allows(auth_level, granted) {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a valid function key is required (x-functions-key header or code query parameter)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The app a request is for when this node has no Ready instance of it (the
-    /// request then goes to another worker); `None` to serve it locally.
-    fn remote_app<B>(&self, req: &Request<B>) -> Option<AppName> {
+    /// request then goes to another worker); `None` to serve it locally. Keys are
+    /// checked here, before the body is read (`Err`: the refusal).
+    #[allow(clippy::result_large_err)]
+    fn remote_app<B>(&self, req: &Request<B>) -> Result<Option<AppName>, Response<Body>> {
         let path = req.uri().path();
         if path.eq_ignore_ascii_case("/admin/host/ping") {
-            return None;
+            return Ok(None);
         }
         let snapshot = self.inner.routing.load();
         let host = req
@@ -431,14 +478,42 @@ impl Gateway {
             Some(app) => routes.apps[app].lookup(method, path),
             None => routes.all.lookup(method, path),
         };
-        let RouteMatch::Found { app, .. } = lookup else {
-            return None;
+        let RouteMatch::Found { app, function, .. } = lookup else {
+            return Ok(None);
         };
         let ready_here = snapshot
             .apps
             .get(app)
             .is_some_and(|s| !s.endpoints.is_empty());
-        (!ready_here).then(|| app.clone())
+        if ready_here {
+            return Ok(None);
+        }
+        let view = self.inner.state.borrow().clone();
+        let auth_level = view
+            .state
+            .apps
+            .get(app)
+            .and_then(|a| {
+                a.active()
+                    .manifest
+                    .functions
+                    .iter()
+                    .find(|f| f.name == function)
+            })
+            .and_then(|f| match &f.trigger {
+                Trigger::Http(h) => Some(h.auth_level),
+                _ => None,
+            });
+        let Some(auth_level) = auth_level else {
+            return Ok(None);
+        };
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        self.check_access(app, function, auth_level, req.headers(), &query, path)?;
+        Ok(Some(app.clone()))
     }
 
     fn cluster_routes(&self) -> Arc<ClusterRoutes> {
@@ -777,40 +852,15 @@ impl Gateway {
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
-        {
-            let view = self.inner.state.borrow().clone();
-            let Some(app_state) = view.state.apps.get(&app) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("no function at {path}"),
-                );
-            };
-            let header_key = req
-                .headers()
-                .get("x-functions-key")
-                .and_then(|v| v.to_str().ok());
-            let granted = keys::granted(
-                &app_state.keys,
-                &function,
-                keys::presented(header_key, &query),
-            );
-            if is_function_disabled(&app_state.settings, &function)
-                && granted != keys::Granted::Master
-            {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("function `{function}` is disabled"),
-                );
-            }
-            if !keys::allows(http.auth_level, granted) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "a valid function key is required (x-functions-key header or code query parameter)",
-                );
-            }
+        if let Err(refused) = self.check_access(
+            &app,
+            &function,
+            http.auth_level,
+            req.headers(),
+            &query,
+            &path,
+        ) {
+            return refused;
         }
 
         let host = &serving.manifest.host;
