@@ -8,6 +8,7 @@ use strom_proto::internal_v1::blob_service_server::BlobServiceServer;
 use strom_proto::internal_v1::cluster_service_server::ClusterServiceServer;
 use strom_proto::internal_v1::raft_service_server::RaftServiceServer;
 use strom_proto::internal_v1::worker_service_server::WorkerServiceServer;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -100,7 +101,14 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let workers = InterceptedService::new(workers, internal);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic does not apply TCP_NODELAY to a caller's listener: without it small
+    // replies (Raft acks, admin answers) wait for Nagle's algorithm.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(stream) = &s {
+            let _ = stream.set_nodelay(true);
+        }
+        s
+    });
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = crate::tls::current() {
         server = server.tls_config(tls.tonic_server())?;

@@ -272,9 +272,23 @@ impl ManagementNode {
                 "initialized a new raft group"
             );
         }
-        self.wait_for_leader(wait).await?;
-        // Wait until everything committed before the restart has been applied.
-        self.read_linearizable().await?;
+        // A restart comes up from its own state, without waiting for a quorum (it
+        // serves the data plane from it); otherwise wait until everything committed
+        // before has been applied, whoever leads.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.state.borrow().state.cluster.is_some() {
+                return Ok(Bootstrap::Existing);
+            }
+            match self.read_linearizable().await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+                Err(e) => {
+                    tracing::debug!("waiting for a leader to confirm the log: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
         if self.state.borrow().state.cluster.is_some() {
             return Ok(Bootstrap::Existing);
         }

@@ -405,7 +405,9 @@ fn t91_quorum_loss_stops_writes_not_requests_and_membership_changes_survive_rest
 
     // Restart every management node with its data: same cluster, same members, no
     // re-initialization (the admin token still works).
-    m1.stop();
+    // Node 1 (started with --bootstrap) is killed, possibly while it leads, and
+    // comes back with the same flags: a restart, never a new cluster.
+    m1.kill9();
     let m1 = c.start(0, "management", &["--bootstrap"]);
     assert!(
         m1.stdout.iter().any(|l| l.contains("Restarted into")),
