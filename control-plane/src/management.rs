@@ -428,7 +428,9 @@ impl ManagementNode {
                     leader_addr: f.leader_node.map(|n| n.addr),
                 })
             }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Other(e.to_string())),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(self.no_quorum("a fresh read could not be confirmed"))
+            }
             Err(RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
         }
     }

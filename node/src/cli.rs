@@ -15,7 +15,7 @@ function.json, any language through the custom handler protocol) on a cluster of
 machines.\n\nStart a single-node cluster with `strom up [APP_DIR…]`; manage it with the client \
 commands (`strom app …`, `strom fn …`, `strom cluster …`), which talk gRPC to a management node.\n\n\
 Exit codes: 0 success, 1 error, 2 invalid input or usage, 3 not found, 4 authentication failed, \
-5 server unavailable (unreachable, or no leader)."
+5 server unavailable (unreachable, no leader, or no quorum)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -95,7 +95,8 @@ pub struct ServeArgs {
     /// Control port [default: 127.0.0.1:7171].
     #[arg(long, env = "STROM_CONTROL_ADDR")]
     pub control_addr: Option<SocketAddr>,
-    /// Function HTTP port (worker role) [default: 127.0.0.1:7071].
+    /// Function HTTP port; every node serves it (a node without the worker role
+    /// routes to workers) [default: 127.0.0.1:7071].
     #[arg(long, env = "STROM_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// Control address other nodes use to reach this one [default: the control address].
@@ -309,13 +310,15 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a management node from the Raft group (joint consensus).
+    /// Remove a management node from the Raft group (joint consensus), or a worker
+    /// from the cluster (its instances are placed elsewhere).
     RemoveMember {
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Cluster id, leader, term, applied index, members, app count.
+    /// Cluster id, leader, term, members (build, protocol, lag), workers (status,
+    /// placed, ready, capacity, heartbeat), placements per app, instances.
     Status {
         /// Answer from the node's local state without a linearizable read.
         #[arg(long)]

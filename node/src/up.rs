@@ -318,6 +318,15 @@ pub async fn run_node(
         let started = match &settings.start {
             Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
             Start::Join { seeds, token } => {
+                // A restart may leave the token out: it is in the data dir.
+                let token = if token.is_empty() {
+                    std::fs::read_to_string(settings.data_dir.join(JOIN_TOKEN_FILE))
+                        .map(|t| t.trim().to_string())
+                        .unwrap_or_default()
+                } else {
+                    token.clone()
+                };
+                let token = &token;
                 let joined = node
                     .join(seeds, token, Duration::from_secs(60))
                     .await

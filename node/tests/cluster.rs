@@ -80,10 +80,14 @@ fn t80_three_nodes_join_serve_and_survive_a_leader_kill() {
             .to_string();
         // Without a key: refused on every node, also where the request would be
         // sent to another node (checked before the body is read or forwarded).
-        let r = eventually(Duration::from_secs(30), "the app routed on every node", || {
-            let r = get(&n.http, "/api/hello/7");
-            (r.status != 404 && r.status != 503).then_some(r)
-        });
+        let r = eventually(
+            Duration::from_secs(30),
+            "the app routed on every node",
+            || {
+                let r = get(&n.http, "/api/hello/7");
+                (r.status != 404 && r.status != 503).then_some(r)
+            },
+        );
         assert_eq!(r.status, 401, "{}", r.text());
         let r = eventually(Duration::from_secs(30), "the app on every node", || {
             let r = get(&n.http, &format!("/api/hello/7?code={key}"));

@@ -366,6 +366,9 @@ fn t91_quorum_loss_stops_writes_not_requests_and_membership_changes_survive_rest
     );
     assert_eq!(out.code, 5, "unavailable: {} {}", out.stdout, out.stderr);
     assert!(out.stderr.contains("no quorum"), "{}", out.stderr);
+    let out = cli(&m1.server, &admin, &["app", "list"]);
+    assert_eq!(out.code, 5, "a fresh read without quorum: {}", out.stderr);
+    assert!(out.stderr.contains("no quorum"), "{}", out.stderr);
     for gw in [&w4.http, &m1.http] {
         let r = get(gw, "/api/web/1");
         assert_eq!(r.status, 200, "{gw} without quorum: {}", r.text());
