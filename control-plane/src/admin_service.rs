@@ -175,6 +175,18 @@ impl AdminApi {
         Ok(Response::new(pb::CordonNodeResponse { status, log_index }))
     }
 
+    /// Whether `id` is in the management group (voter or learner).
+    fn is_management_member(&self, id: u64) -> bool {
+        self.node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     async fn fresh(&self) -> Result<Arc<StateView>, Status> {
         self.node.read_linearizable().await.map_err(propose_status)
     }
@@ -877,15 +889,7 @@ impl AdminService for AdminApi {
         }
         let view = self.fresh().await?;
         let is_worker = view.state.workers.contains_key(&id);
-        let is_member = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let is_member = self.is_management_member(id);
         if is_worker {
             self.commit(Command::RemoveWorker {
                 node: id,
@@ -929,15 +933,7 @@ impl AdminService for AdminApi {
             })
             .await?;
         }
-        let is_member = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let is_member = self.is_management_member(id);
         let (leader_id, handed_over) = if is_member || !is_worker {
             self.node.drain_node(id).await.map_err(|e| e.to_status())?
         } else {

@@ -168,8 +168,8 @@ pub async fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, S
     let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| format!("{url}: {e}"))?
         .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     if let Some(tls) = current() {
         endpoint = endpoint

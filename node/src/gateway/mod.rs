@@ -256,8 +256,8 @@ impl Gateway {
         // partition) within seconds; requests then go elsewhere.
         let hop_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .http2_keep_alive_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
             .http2_keep_alive_while_idle(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
