@@ -119,6 +119,9 @@ fn leader_hint(id: &Option<NodeId>, addr: &Option<String>) -> String {
     }
 }
 
+/// How often a write or read waiting for an election looks again.
+const ELECTION_POLL: Duration = Duration::from_millis(50);
+
 /// How long a write or a fresh read waits for a majority before failing.
 pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 
@@ -352,14 +355,21 @@ impl ManagementNode {
     }
 
     async fn propose_inner(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
-        match self.propose_local(command.clone()).await {
-            Err(ProposeError::NotLeader {
-                leader_id: Some(leader),
-                leader_addr: Some(addr),
-            }) if leader != self.config.node_id => {
-                crate::membership::forward_propose(self, &addr, &command).await
+        loop {
+            match self.propose_local(command.clone()).await {
+                Err(ProposeError::NotLeader {
+                    leader_id: Some(leader),
+                    leader_addr: Some(addr),
+                }) if leader != self.config.node_id => {
+                    return crate::membership::forward_propose(self, &addr, &command).await
+                }
+                // An election is in progress (this node refused the write, so nothing
+                // was appended): wait for its outcome, within the caller's limit.
+                Err(ProposeError::NotLeader {
+                    leader_id: None, ..
+                }) => tokio::time::sleep(ELECTION_POLL).await,
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -392,6 +402,19 @@ impl ManagementNode {
     }
 
     async fn read_linearizable_inner(&self) -> Result<Arc<StateView>, ProposeError> {
+        loop {
+            match self.read_linearizable_once().await {
+                // No leader known (an election, or a hand-over in progress): ask
+                // again, within the caller's limit.
+                Err(ProposeError::NotLeader {
+                    leader_addr: None, ..
+                }) => tokio::time::sleep(ELECTION_POLL).await,
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_linearizable_once(&self) -> Result<Arc<StateView>, ProposeError> {
         match self.read_index_local().await {
             Ok(_) => Ok(self.state.borrow().clone()),
             Err(ProposeError::NotLeader {
