@@ -199,7 +199,10 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
             i
         })
     };
-    std::thread::sleep(Duration::from_millis(800));
+    // Writes are being acknowledged before the kill.
+    eventually(Duration::from_secs(30), "writes before the kill", || {
+        (acked.lock().unwrap().len() >= 3).then_some(())
+    });
     killed.kill9();
     eventually(Duration::from_secs(30), "a new leader", || {
         let s = json(&survivors[0], &admin, &["cluster", "status"])?;
