@@ -250,7 +250,7 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
     let mut gateways: Vec<String> = managers.iter().flatten().map(|m| m.http.clone()).collect();
     gateways.push(w5.http.clone());
     let load = Load::start(&gateways, "/api/web/1");
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for(20);
     w4.kill9();
     eventually(Duration::from_secs(20), "worker 4 Down", || {
         let s = json(&mgmt, &admin, &["cluster", "status"])?;
@@ -269,7 +269,7 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
         let r = get(gw, "/api/solo/1");
         assert_eq!(r.status, 200, "solo through {gw}: {}", r.text());
     }
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for(20);
     let (total, failed) = load.finish();
     // A request already sent to the killed worker may have reached its handler: it
     // is answered 502 and never re-sent. Nothing else fails.
@@ -310,7 +310,7 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
     gateways.extend([w4.http.clone(), w5.http.clone()]);
     let load = Load::start(&gateways, "/api/web/1");
     let solo_load = Load::start(&gateways[..1], "/api/solo/1");
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for(20);
     let drained = json(&mgmt, &admin, &["node", "drain", "5"]).unwrap();
     assert_eq!(drained["worker_draining"], true, "{drained}");
     eventually(Duration::from_secs(30), "web moved off worker 5", || {
@@ -322,7 +322,7 @@ fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() 
             && !on5)
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for(20);
     let (total, mut failed) = load.finish();
     let (solo_total, solo_failed) = solo_load.finish();
     failed.extend(solo_failed);

@@ -312,6 +312,8 @@ type Outcomes = Vec<(String, Result<u16, String>)>;
 /// Requests sent in a loop from background threads, each outcome recorded.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests completed so far (any outcome).
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<Outcomes>>,
 }
 
@@ -319,22 +321,38 @@ impl Load {
     /// One thread per target gateway, each sending `path` back to back.
     pub fn start(targets: &[String], path: &str) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads = targets
             .iter()
             .map(|t| {
                 let (t, path, stop) = (t.clone(), path.to_string(), stop.clone());
+                let done = done.clone();
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let r = try_get(&t, &path).map(|r| r.status);
                         out.push((t.clone(), r));
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     out
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    /// Wait until `more` further requests have completed (the load is running
+    /// before a fault, and still running after it).
+    pub fn wait_for(&self, more: usize) {
+        let target = self.done.load(std::sync::atomic::Ordering::Relaxed) + more;
+        eventually(Duration::from_secs(60), "requests of the load", || {
+            (self.done.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
+        });
     }
 
     /// Stop; returns (requests, failures as "target: outcome").
