@@ -201,13 +201,7 @@ pub struct BlobServer {
 
 impl BlobServer {
     fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
-        let ours = cluster_of(&self.node);
-        if ours.is_empty() || theirs != ours {
-            return Err(Status::permission_denied(format!(
-                "blob for cluster `{theirs}` refused: not this cluster"
-            )));
-        }
-        Ok(())
+        crate::membership::check_cluster(&self.node, theirs)
     }
 }
 

@@ -32,13 +32,7 @@ pub struct ClusterServer {
 
 impl ClusterServer {
     fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
-        let ours = cluster_of(&self.node);
-        if ours.is_empty() || theirs != ours {
-            return Err(Status::permission_denied(format!(
-                "request from cluster `{theirs}` refused: not this cluster"
-            )));
-        }
-        Ok(())
+        check_cluster(&self.node, theirs)
     }
 
     fn propose_status(&self, e: ProposeError) -> Status {
@@ -51,6 +45,18 @@ impl ClusterServer {
     fn not_leader(&self) -> Status {
         not_leader_status(&self.node)
     }
+}
+
+/// Internal messages name their cluster: another cluster's (or any, before this
+/// node's cluster is known) are refused, without naming ours.
+pub(crate) fn check_cluster(node: &ManagementNode, theirs: &str) -> Result<(), Status> {
+    let ours = cluster_of(node);
+    if ours.is_empty() || theirs != ours {
+        return Err(Status::permission_denied(format!(
+            "request from cluster `{theirs}` refused: not this cluster"
+        )));
+    }
+    Ok(())
 }
 
 /// UNAVAILABLE naming the leader's address (also in `x-strom-leader` metadata).

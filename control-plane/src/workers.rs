@@ -198,13 +198,7 @@ impl WorkerServer {
     }
 
     fn check_cluster(&self, theirs: &str) -> Result<(), Status> {
-        let ours = cluster_of(&self.node);
-        if ours.is_empty() || theirs != ours {
-            return Err(Status::permission_denied(format!(
-                "request from cluster `{theirs}` refused: not this cluster"
-            )));
-        }
-        Ok(())
+        crate::membership::check_cluster(&self.node, theirs)
     }
 
     /// UNAVAILABLE with the leader's address, for leader-only calls.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strom_control_plane::blob_replication::fetch_blob_from;
 use strom_control_plane::state_machine::StateView;
+use strom_control_plane::tls::url as tls_url;
 use strom_control_plane::workers::{decode_view, report_of};
 use strom_control_plane::ManagementNode;
 use strom_proto::ids::{NodeId, VersionId};
@@ -113,7 +114,7 @@ impl Managers {
             .chain(known.members.iter())
             .chain(self.seeds.iter())
         {
-            let url = url_of(a);
+            let url = tls_url(a);
             if !out.contains(&url) {
                 out.push(url);
             }
@@ -131,7 +132,7 @@ impl Managers {
             .membership
             .membership()
             .nodes()
-            .map(|(_, n)| url_of(&n.addr))
+            .map(|(_, n)| tls_url(&n.addr))
             .collect();
         if let Some(c) = &view.state.cluster {
             known.cluster_id = c.cluster_id.to_string();
@@ -139,15 +140,11 @@ impl Managers {
     }
 }
 
-fn url_of(addr: &str) -> String {
-    strom_control_plane::tls::url(addr)
-}
-
 fn leader_hint(s: &tonic::Status) -> Option<String> {
     s.metadata()
         .get(strom_control_plane::membership::LEADER_METADATA)
         .and_then(|v| v.to_str().ok())
-        .map(url_of)
+        .map(tls_url)
 }
 
 async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
