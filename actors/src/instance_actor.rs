@@ -53,7 +53,7 @@ pub struct InstanceState {
     args: InstanceArgs,
     started: Started,
     ring: Arc<LogRing>,
-    exited_at: Arc<std::sync::OnceLock<Instant>>,
+    exited_at: Arc<std::sync::OnceLock<(Instant, ExitInfo)>>,
     started_at: Instant,
     endpoint: Option<Arc<Endpoint>>,
     drain_deadline: Option<Instant>,
@@ -113,11 +113,11 @@ impl Actor for InstanceActor {
         myself: ActorRef<InstanceMsg>,
         args: InstanceArgs,
     ) -> Result<InstanceState, ActorProcessingErr> {
-        let started = args.runtime.start(&args.spec).await?;
+        let mut started = args.runtime.start(&args.spec).await?;
         // Every output line from the start on: invocation records read it, and a
         // failure report quotes its tail.
         let ring = Arc::new(LogRing::new(LOG_RING_LINES));
-        let mut lines = started.logs.subscribe();
+        let mut lines = std::mem::replace(&mut started.lines, started.logs.subscribe());
         let sink = ring.clone();
         tokio::spawn(async move {
             loop {
@@ -141,8 +141,8 @@ impl Actor for InstanceActor {
         let mark = exited_at.clone();
         tokio::spawn(async move {
             if let Ok(v) = exited.wait_for(|e| e.is_some()).await {
-                let _ = mark.set(Instant::now());
                 if let Some(info) = v.clone() {
+                    let _ = mark.set((Instant::now(), info.clone()));
                     let _ = me.send_message(InstanceMsg::Exited(info));
                 }
             }
@@ -200,7 +200,11 @@ impl Actor for InstanceActor {
                     state.stop_instance().await;
                     let failure =
                         InstanceFailure::NotReady(NotReady::Timeout(state.args.startup_timeout));
-                    return Err(with_output_tail(failure, &state.ring).await.into());
+                    let mut report = with_output_tail(failure, &state.ring).await;
+                    if let Some(hint) = state.started.not_ready_hint {
+                        report.push_str(&format!(" ({hint})"));
+                    }
+                    return Err(report.into());
                 } else {
                     myself.send_after(PROBE_INTERVAL, || InstanceMsg::Probe);
                 }

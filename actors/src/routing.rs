@@ -16,6 +16,7 @@ use strom_proto::route_table::RouteTable;
 use tokio::sync::Notify;
 
 use crate::log_ring::LogRing;
+use crate::runtime::ExitInfo;
 
 /// One Ready instance, as the gateway sees it.
 pub struct Endpoint {
@@ -28,8 +29,8 @@ pub struct Endpoint {
     pub logs: Arc<LogRing>,
     /// Ids of the latest invocations sent here, to tell whose output a line is.
     recent: std::sync::Mutex<RecentIds>,
-    /// When the worker noticed the instance's process had ended.
-    exited_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    /// When the worker noticed the instance had ended, and how it ended.
+    exited_at: Arc<std::sync::OnceLock<(tokio::time::Instant, ExitInfo)>>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
 }
 
@@ -48,7 +49,7 @@ impl Endpoint {
         instance_id: String,
         pid: Option<u32>,
         logs: Arc<LogRing>,
-        exited_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+        exited_at: Arc<std::sync::OnceLock<(tokio::time::Instant, ExitInfo)>>,
         recycle: Box<dyn Fn(String) + Send + Sync>,
     ) -> Self {
         Endpoint {
@@ -73,13 +74,29 @@ impl Endpoint {
     ) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(at) = self.exited_at.get() {
+            if let Some((at, _)) = self.exited_at.get() {
                 return *at <= sent_at;
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// How the instance ended, waiting up to `wait` for the worker to notice (a
+    /// request that failed mid-way may have been the instance dying, e.g. out of
+    /// memory); `None` if it still runs.
+    pub async fn exit_reason(&self, wait: std::time::Duration) -> Option<ExitInfo> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some((_, info)) = self.exited_at.get() {
+                return Some(info.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

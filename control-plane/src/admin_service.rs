@@ -40,6 +40,8 @@ pub struct AdminApi {
     /// How a deploy checks the handler executable (a management-only node cannot
     /// know the workers' `PATH`).
     handler_check: HandlerCheck,
+    /// This node's worker runs apps without `STROM_RUNTIME` in containers.
+    containers_by_default: bool,
 }
 
 /// Where a node's worker role, started after the control port, announces itself.
@@ -70,7 +72,15 @@ impl AdminApi {
             worker: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             handler_check: HandlerCheck::PackageOrPath,
+            containers_by_default: false,
         }
+    }
+
+    /// Apps without `STROM_RUNTIME` run in containers here: their handler command is
+    /// in the image, not on this node's `PATH`.
+    pub fn containers_by_default(mut self, yes: bool) -> Self {
+        self.containers_by_default = yes;
+        self
     }
 
     /// Check bare handler commands on this node's `PATH` only if it runs instances.
@@ -249,7 +259,20 @@ impl AdminApi {
         settings.extend(new_settings.clone());
         let bytes = Arc::new(bytes);
         let to_check = bytes.clone();
-        let handler_check = self.handler_check;
+        // A handler that runs in a container is looked up in its image, not here.
+        let in_container = match settings
+            .get(strom_proto::runtime_settings::RUNTIME)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            Some(v) if v == "docker" => true,
+            Some(v) if v == "process" => false,
+            _ => self.containers_by_default,
+        };
+        let handler_check = if in_container {
+            HandlerCheck::PackageOnly
+        } else {
+            self.handler_check
+        };
         let manifest = tokio::task::spawn_blocking(move || {
             let pkg = AppPackage::from_zip_bytes(&to_check, &limits)
                 .map_err(|e| vec![ManifestError::from(e)])?;
@@ -1141,6 +1164,7 @@ fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
             value.to_string(),
         )]))?;
     }
+    strom_proto::runtime_settings::RuntimeSettings::check(key, value)?;
     Ok(())
 }
 

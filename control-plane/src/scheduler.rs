@@ -54,7 +54,7 @@ use strom_proto::ids::{AppName, NodeId};
 use crate::cluster_state::{AppState, ClusterState};
 
 /// The app setting reserving memory (MiB) per instance.
-pub const MEMORY_SETTING: &str = "STROM_MEMORY_MB";
+pub const MEMORY_SETTING: &str = strom_proto::runtime_settings::MEMORY_MB;
 /// The app setting listing the `key=value` labels a worker must carry.
 pub const LABELS_SETTING: &str = "STROM_WORKER_LABELS";
 

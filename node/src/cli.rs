@@ -71,6 +71,76 @@ pub struct UpArgs {
     /// Most entries (files and folders) in an app package.
     #[arg(long, env = "STROM_MAX_PACKAGE_ENTRIES", default_value_t = 10_000)]
     pub max_package_entries: u32,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
+}
+
+/// The worker's instance runtimes: which one apps get by default, and the container
+/// defaults for apps that set none (app settings `STROM_RUNTIME`,
+/// `STROM_CONTAINER_IMAGE`, `STROM_MEMORY_MB`, `STROM_CONTAINER_CPUS`,
+/// `STROM_CONTAINER_PIDS`, `STROM_CONTAINER_USER` win).
+#[derive(Debug, Default, Clone, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ContainerArgs {
+    // Keep CONTAINER_KEYS in step with these fields.
+    /// Worker: runtime of apps without `STROM_RUNTIME`: `process` or `docker`
+    /// [default: process].
+    #[arg(long, env = "STROM_DEFAULT_RUNTIME")]
+    pub default_runtime: Option<String>,
+    /// Worker: image of container apps without `STROM_CONTAINER_IMAGE`.
+    #[arg(long, env = "STROM_CONTAINER_IMAGE")]
+    pub container_image: Option<String>,
+    /// Worker: memory limit (MiB) of container apps without `STROM_MEMORY_MB`
+    /// [default: none].
+    #[arg(long, env = "STROM_CONTAINER_MEMORY_MB")]
+    pub container_memory_mb: Option<String>,
+    /// Worker: CPUs (e.g. 0.5) of container apps without `STROM_CONTAINER_CPUS`.
+    #[arg(long, env = "STROM_CONTAINER_CPUS")]
+    pub container_cpus: Option<String>,
+    /// Worker: process limit of container apps without `STROM_CONTAINER_PIDS`.
+    #[arg(long, env = "STROM_CONTAINER_PIDS")]
+    pub container_pids: Option<String>,
+    /// Worker: `user[:group]` of container apps without `STROM_CONTAINER_USER`
+    /// [default: the image's non-root user, else 65534:65534].
+    #[arg(long, env = "STROM_CONTAINER_USER")]
+    pub container_user: Option<String>,
+    /// Worker: pull a missing image from its registry (off: a missing image is an
+    /// error in the instance's status).
+    #[arg(long, env = "STROM_CONTAINER_ALLOW_PULL")]
+    #[serde(default)]
+    pub container_allow_pull: bool,
+    /// Worker on Windows: container isolation, `process` or `hyperv` [default: the
+    /// engine's].
+    #[arg(long, env = "STROM_CONTAINER_ISOLATION")]
+    pub container_isolation: Option<String>,
+}
+
+/// The `--config` file keys of [`ContainerArgs`].
+pub const CONTAINER_KEYS: [&str; 8] = [
+    "default-runtime",
+    "container-image",
+    "container-memory-mb",
+    "container-cpus",
+    "container-pids",
+    "container-user",
+    "container-allow-pull",
+    "container-isolation",
+];
+
+impl ContainerArgs {
+    /// Fill what is unset here from `file`.
+    pub fn or(self, file: ContainerArgs) -> ContainerArgs {
+        ContainerArgs {
+            default_runtime: self.default_runtime.or(file.default_runtime),
+            container_image: self.container_image.or(file.container_image),
+            container_memory_mb: self.container_memory_mb.or(file.container_memory_mb),
+            container_cpus: self.container_cpus.or(file.container_cpus),
+            container_pids: self.container_pids.or(file.container_pids),
+            container_user: self.container_user.or(file.container_user),
+            container_allow_pull: self.container_allow_pull || file.container_allow_pull,
+            container_isolation: self.container_isolation.or(file.container_isolation),
+        }
+    }
 }
 
 /// `strom serve`: every setting may also come from a TOML file (`--config`, keys as
@@ -142,6 +212,10 @@ pub struct ServeArgs {
     /// TLS: the CA certificate that signed every node's certificate (PEM).
     #[arg(long, env = "STROM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// In a `--config` file, these keys sit beside the others (`default-runtime = …`).
+    #[command(flatten)]
+    #[serde(skip)]
+    pub containers: ContainerArgs,
 }
 
 /// How a client command reaches and authenticates to a management node.

@@ -19,7 +19,21 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         return Ok(args);
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: ServeArgs = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut containers = toml::Table::new();
+    for key in crate::cli::CONTAINER_KEYS {
+        if let Some(v) = table.remove(key) {
+            containers.insert(key.to_string(), v);
+        }
+    }
+    let file: ServeArgs = table
+        .try_into()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let file_containers: crate::cli::ContainerArgs = containers
+        .try_into()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    args.containers = std::mem::take(&mut args.containers).or(file_containers);
     args.node_id = args.node_id.or(file.node_id);
     args.roles = args.roles.or(file.roles);
     args.data_dir = args.data_dir.or(file.data_dir);
@@ -188,10 +202,15 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             "advertise-addr: required when the control address is {control_addr} (peers need a reachable address)"
         ));
     }
+    let containers = crate::worker::Containers::from_args(&args.containers).unwrap_or_else(|p| {
+        problems.extend(p);
+        Default::default()
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(NodeSettings {
+        containers,
         node_id,
         data_dir,
         control_addr,

@@ -76,6 +76,8 @@ pub struct NodeSettings {
     pub startup_timeout: Duration,
     pub max_request_body_bytes: usize,
     pub limits: ZipLimits,
+    /// The worker's runtimes: default and container defaults.
+    pub containers: crate::worker::Containers,
 }
 
 /// What a worker offers the scheduler.
@@ -132,6 +134,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
+        containers: crate::worker::Containers::from_args(&args.containers)
+            .map_err(|p| CliError::new(2, p.join("\n")))?,
         limits: ZipLimits {
             max_compressed_bytes: args.max_package_bytes,
             max_uncompressed_bytes: args.max_uncompressed_bytes,
@@ -303,7 +307,13 @@ pub async fn run_node(
             .map_err(|e| CliError::new(1, e.to_string()))?;
         running.node = Some(node.clone());
         // The admin API learns about the local worker below, once it exists.
-        let api = AdminApi::new(node.clone()).runs_instances(settings.worker);
+        let api = AdminApi::new(node.clone())
+            .runs_instances(settings.worker)
+            .containers_by_default(
+                settings.worker
+                    && settings.containers.default_runtime
+                        == strom_proto::runtime_settings::RuntimeKind::Docker,
+            );
         let worker_view = api.worker_slot();
         running.server = Some(tokio::spawn(control_server::serve(
             node.clone(),
@@ -444,7 +454,10 @@ pub async fn run_node(
     }
 
     if let Some(node) = &running.node {
-        if let Err(e) = deploy_dirs(node, &apps, settings.worker).await {
+        let in_containers = settings.worker
+            && settings.containers.default_runtime
+                == strom_proto::runtime_settings::RuntimeKind::Docker;
+        if let Err(e) = deploy_dirs(node, &apps, settings.worker, in_containers).await {
             running.stop().await;
             return Err(e);
         }
@@ -519,6 +532,7 @@ async fn start_worker(
         .register(Duration::from_secs(60))
         .await
         .map_err(|e| CliError::new(1, e))?;
+    let cluster_id = managers.cluster_id();
     if running.node.is_none() {
         if let Err(e) = write_secret_file(&token_path, &token) {
             tracing::warn!("{}: {e}", token_path.display());
@@ -546,7 +560,9 @@ async fn start_worker(
     };
     let worker = Worker::start(
         settings.node_id,
+        cluster_id,
         &settings.data_dir,
+        &settings.containers,
         lifecycle,
         state,
         packages,
@@ -574,8 +590,13 @@ async fn deploy_dirs(
     node: &ManagementNode,
     apps: &[AppDir],
     runs_instances: bool,
+    in_containers: bool,
 ) -> Result<(), CliError> {
-    let api = Arc::new(AdminApi::new(node.clone()).runs_instances(runs_instances));
+    let api = Arc::new(
+        AdminApi::new(node.clone())
+            .runs_instances(runs_instances)
+            .containers_by_default(in_containers),
+    );
     for app in apps {
         let zip = pack(&app.dir)?;
         // local.settings.json Values go in with the version, so the first

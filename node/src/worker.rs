@@ -2,30 +2,108 @@
 //! replicated state) into assignments for the actor tree, unpacks packages, and owns
 //! the routing snapshot the gateway reads.
 //!
+//! Instances run as processes or containers ([`Containers`]: the worker's default
+//! runtime and container defaults; apps choose with `STROM_RUNTIME`).
+//!
 //! Durable: unpacked packages under `<data-dir>/apps/<app>/<version>/` (unpacked once,
-//! into a temp folder renamed into place, so a present folder is complete) and the
-//! process runtime's pid files under `<data-dir>/run/instances/` (orphans of a
-//! previous run are killed at start). Everything else is in memory.
+//! into a temp folder renamed into place, so a present folder is complete; readable by
+//! the containers' non-root user) and the process runtime's pid files under
+//! `<data-dir>/run/instances/`. What a previous run left is cleaned up at start:
+//! orphaned handler processes are killed, and containers labeled with this cluster
+//! and node are removed. Everything else is in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use strom_actors::runtime::docker::{DockerConfig, DockerRuntime, Isolation};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
+use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
 use strom_control_plane::state_machine::StateView;
 use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::manifest::{extract_to, ZipLimits};
+use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Packages;
 
+/// The worker's runtime configuration (`--default-runtime`, `--container-*`).
+#[derive(Debug, Clone, Default)]
+pub struct Containers {
+    /// Runtime of apps without `STROM_RUNTIME`.
+    pub default_runtime: RuntimeKind,
+    /// Image, limits and user of container apps that set none.
+    pub defaults: RuntimeSettings,
+    pub allow_pull: bool,
+    pub isolation: Isolation,
+}
+
+impl Containers {
+    /// Check the flags with the rules of the app settings they default; every
+    /// problem, named by flag.
+    pub fn from_args(args: &crate::cli::ContainerArgs) -> Result<Containers, Vec<String>> {
+        use strom_proto::runtime_settings as rs;
+        let mut problems = Vec::new();
+        let default_runtime = match &args.default_runtime {
+            None => RuntimeKind::Process,
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                problems.push(format!("default-runtime: {e}"));
+                RuntimeKind::Process
+            }),
+        };
+        let mut defaults = RuntimeSettings::default();
+        for (flag, key, value) in [
+            ("container-image", rs::IMAGE, &args.container_image),
+            (
+                "container-memory-mb",
+                rs::MEMORY_MB,
+                &args.container_memory_mb,
+            ),
+            ("container-cpus", rs::CPUS, &args.container_cpus),
+            ("container-pids", rs::PIDS, &args.container_pids),
+            ("container-user", rs::USER, &args.container_user),
+        ] {
+            let Some(value) = value else { continue };
+            match RuntimeSettings::parse(&[(key.to_string(), value.clone())].into()) {
+                Ok(one) => defaults = one.or(&defaults),
+                Err(e) => problems.push(format!(
+                    "{flag}: {}",
+                    e.strip_prefix(&format!("{key}: ")).unwrap_or(&e)
+                )),
+            }
+        }
+        let isolation = match &args.container_isolation {
+            None => Isolation::Default,
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                problems.push(format!("container-isolation: {e}"));
+                Isolation::Default
+            }),
+        };
+        if isolation != Isolation::Default && !cfg!(windows) {
+            problems
+                .push("container-isolation: only Windows containers have an isolation mode".into());
+        }
+        if problems.is_empty() {
+            Ok(Containers {
+                default_runtime,
+                defaults,
+                allow_pull: args.container_allow_pull,
+                isolation,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
 pub struct Worker {
     supervisor: ActorRef<NodeMsg>,
     run_dir: PathBuf,
+    docker: Arc<DockerRuntime>,
     pub routing: RoutingTable,
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
     /// The cluster state this worker runs from (local, or watched from a
@@ -36,9 +114,12 @@ pub struct Worker {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node_id: NodeId,
+        cluster_id: String,
         data_dir: &Path,
+        containers: &Containers,
         lifecycle: Lifecycle,
         state: watch::Receiver<Arc<StateView>>,
         packages: Packages,
@@ -49,7 +130,30 @@ impl Worker {
         if !killed.is_empty() {
             tracing::warn!(?killed, "killed handler processes left by a previous run");
         }
-        let runtime = Arc::new(ProcessRuntime::new(&run_dir)?);
+        let docker = Arc::new(DockerRuntime::new(DockerConfig {
+            cluster: cluster_id,
+            node: node_id,
+            defaults: containers.defaults.clone(),
+            allow_pull: containers.allow_pull,
+            isolation: containers.isolation,
+            engine: None,
+        }));
+        // Containers a previous run left (a killed worker) go before anything starts.
+        match docker.sweep().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::warn!(?removed, "removed containers left by a previous run")
+            }
+            Ok(_) => {}
+            Err(e) if containers.default_runtime == RuntimeKind::Docker => {
+                tracing::warn!("docker runtime: {e}")
+            }
+            Err(e) => tracing::info!("docker runtime not available yet: {e}"),
+        }
+        let runtime = Arc::new(Runtimes {
+            process: Arc::new(ProcessRuntime::new(&run_dir)?),
+            docker: Some(docker.clone()),
+            default: containers.default_runtime,
+        });
         let run_dir = run_dir.clone();
         let routing = RoutingTable::default();
         let (status_tx, instances) = watch::channel(Arc::new(Vec::new()));
@@ -79,6 +183,7 @@ impl Worker {
         Ok(Worker {
             supervisor,
             run_dir,
+            docker,
             routing,
             instances,
             state,
@@ -112,6 +217,11 @@ impl Worker {
         let killed = reap_orphans(&self.run_dir);
         if !killed.is_empty() {
             tracing::warn!(?killed, "killed handlers that did not stop in time");
+        }
+        if let Ok(removed) = self.docker.sweep().await {
+            if !removed.is_empty() {
+                tracing::warn!(?removed, "removed containers that did not stop in time");
+            }
         }
     }
 }
@@ -197,6 +307,7 @@ async fn unpacked(
     let app_dir = apps_dir.join(app.as_str());
     let target = app_dir.join(version.as_str());
     if target.is_dir() {
+        readable_by_all(&target)?;
         return Ok(target);
     }
     // Local, or fetched from a management node (hash verified).
@@ -209,9 +320,25 @@ async fn unpacked(
             .prefix(".unpacking-")
             .tempdir_in(&app_dir)?;
         extract_to(&bytes, tmp.path(), &limits)?;
+        readable_by_all(tmp.path())?;
         std::fs::rename(tmp.keep(), &target2)?;
         Ok(())
     })
     .await??;
     Ok(target)
+}
+
+/// A container's non-root user reads the mounted version folder: the temp folder it
+/// was unpacked in is private (0700) until opened up here.
+fn readable_by_all(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o755 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    let _ = dir;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //!   packages) parsed and validated once at the edge.
 //! - [`ids`]: newtypes for names and ids, parsed once and trusted inside.
 //! - [`command`]: the replicated commands of the control plane (only ever extended).
+//! - [`runtime_settings`]: the app settings that pick and limit an app's runtime.
 //! - [`codec`]: the bincode codec and versioned envelope for Raft entries and snapshots.
 //! - [`admin_v1`] / [`internal_v1`]: generated gRPC code.
 
@@ -15,6 +16,7 @@ pub mod invocations;
 pub mod manifest;
 pub mod raft_types;
 pub mod route_table;
+pub mod runtime_settings;
 pub mod version;
 
 /// Generated code of `proto/strom/admin/v1/admin.proto`.

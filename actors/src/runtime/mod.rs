@@ -1,12 +1,16 @@
 //! Instance runtimes: how one instance of an app version is started, watched and
-//! stopped. One trait, two real implementations (the process runtime here; Docker
-//! later), one shared conformance suite.
+//! stopped. One trait, two real implementations ([`process`], the default, and
+//! [`docker`], containers through the Docker Engine API), chosen per app by
+//! [`select::Runtimes`], and one shared conformance suite
+//! (`actors/tests/conformance.rs`).
 //!
 //! A runtime only starts and stops; readiness ([`crate::readiness`]), restarts
 //! ([`crate::restart_policy`]) and routing are decided elsewhere, the same way for
 //! every runtime.
 
+pub mod docker;
 pub mod process;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,9 +92,13 @@ pub struct Started {
     pub pid: Option<u32>,
     /// Handler stdout/stderr, line by line.
     pub logs: broadcast::Sender<LogLine>,
+    /// Every line from the start (subscribed before the handler could write).
+    pub lines: broadcast::Receiver<LogLine>,
     /// Becomes `Some` when the instance has ended.
     pub exited: watch::Receiver<Option<ExitInfo>>,
     pub control: Box<dyn InstanceControl>,
+    /// Added to a "never became ready" report (e.g. what a container needs).
+    pub not_ready_hint: Option<&'static str>,
 }
 
 #[async_trait::async_trait]
@@ -104,6 +112,76 @@ pub trait InstanceControl: Send + Sync {
 pub trait InstanceRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError>;
+}
+
+/// Longest output line kept; longer lines are cut (marked with `…`).
+pub const MAX_LINE_BYTES: usize = 8192;
+
+/// Splits a handler's output, chunk by chunk, into lines (at most
+/// [`MAX_LINE_BYTES`] each, `\r\n` or `\n`), and publishes them.
+pub(crate) struct LineSplitter {
+    stream: LogStream,
+    tx: broadcast::Sender<LogLine>,
+    instance: String,
+    line: Vec<u8>,
+    cut: bool,
+}
+
+impl LineSplitter {
+    pub(crate) fn new(stream: LogStream, tx: broadcast::Sender<LogLine>, instance: String) -> Self {
+        LineSplitter {
+            stream,
+            tx,
+            instance,
+            line: Vec::new(),
+            cut: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let (part, rest, complete) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                None => (chunk, &[][..], false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
+            if part.len() > room {
+                self.cut = true;
+            }
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            if complete {
+                self.emit();
+            }
+            chunk = rest;
+        }
+    }
+
+    /// The output ended: publish a last line without a newline.
+    pub(crate) fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let mut text = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\r')
+            .to_string();
+        if std::mem::take(&mut self.cut) {
+            text.push('…');
+        }
+        self.line.clear();
+        let instance = self.instance.as_str();
+        // The Azure host logs a handler's stderr as errors.
+        match self.stream {
+            LogStream::Stdout => tracing::info!(target: "strom_handler", instance, "{text}"),
+            LogStream::Stderr => tracing::warn!(target: "strom_handler", instance, "{text}"),
+        }
+        let _ = self.tx.send(LogLine {
+            stream: self.stream,
+            text,
+        });
+    }
 }
 
 /// Expand `%NAME%` from app settings, then the environment (as Azure does for
@@ -144,6 +222,27 @@ pub fn expand_settings(text: &str, settings: &BTreeMap<String, String>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_split_into_lines_however_it_arrives() {
+        let (tx, mut rx) = broadcast::channel(16);
+        let mut s = LineSplitter::new(LogStream::Stdout, tx, "i".into());
+        s.push(b"one\r\ntw");
+        s.push(b"o\n\nthree");
+        s.push(&vec![b'x'; MAX_LINE_BYTES + 10]);
+        s.push(b"\n");
+        s.push(b"tail");
+        s.finish();
+        let mut got = Vec::new();
+        while let Ok(l) = rx.try_recv() {
+            got.push(l.text);
+        }
+        assert_eq!(got[..3], ["one", "two", ""]);
+        assert!(got[3].starts_with("three") && got[3].ends_with('…'));
+        assert_eq!(got[3].len(), MAX_LINE_BYTES + '…'.len_utf8());
+        assert_eq!(got[4], "tail");
+        assert_eq!(got.len(), 5);
+    }
 
     #[test]
     fn settings_are_expanded_in_arguments() {

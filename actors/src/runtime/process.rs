@@ -20,13 +20,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LogLine, LogStream,
-    RuntimeError, Started,
+    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter,
+    LogLine, LogStream, RuntimeError, Started,
 };
 
 #[derive(Debug, Clone)]
@@ -127,22 +127,24 @@ impl InstanceRuntime for ProcessRuntime {
             }
         }
 
-        let (logs, _) = broadcast::channel(1024);
+        // Subscribed before the readers start: no line is missed.
+        let (logs, lines) = broadcast::channel(1024);
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            spawn_reader(
+            readers.push(spawn_reader(
                 out,
                 LogStream::Stdout,
                 logs.clone(),
                 spec.instance_id.clone(),
-            );
+            ));
         }
         if let Some(err) = child.stderr.take() {
-            spawn_reader(
+            readers.push(spawn_reader(
                 err,
                 LogStream::Stderr,
                 logs.clone(),
                 spec.instance_id.clone(),
-            );
+            ));
         }
         let (exit_tx, exited) = watch::channel(None);
         tokio::spawn(async move {
@@ -156,6 +158,11 @@ impl InstanceRuntime for ProcessRuntime {
             if let Some(pid) = pid {
                 kill_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            // Its last lines are read before its end is reported (a failure report
+            // quotes them).
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(readers))
+                    .await;
             if let Some(path) = pid_path {
                 let _ = std::fs::remove_file(path);
             }
@@ -165,71 +172,31 @@ impl InstanceRuntime for ProcessRuntime {
             endpoint: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             pid,
             logs,
+            lines,
             exited: exited.clone(),
             control: Box::new(ProcessControl { pid, exited }),
+            not_ready_hint: None,
         })
     }
 }
 
-/// Longest output line kept; longer lines are cut (marked with `…`).
-pub const MAX_LINE_BYTES: usize = 8192;
-
 fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
-    reader: R,
+    mut reader: R,
     stream: LogStream,
     tx: broadcast::Sender<LogLine>,
     instance: String,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut reader = BufReader::new(reader);
-        let mut line = Vec::new();
-        let mut cut = false;
+        let mut lines = LineSplitter::new(stream, tx, instance);
+        let mut buf = vec![0u8; 8192];
         loop {
-            let chunk = match reader.fill_buf().await {
-                Ok([]) | Err(_) => break,
-                Ok(c) => c,
-            };
-            let (part, complete) = match chunk.iter().position(|b| *b == b'\n') {
-                Some(i) => (&chunk[..i], Some(i + 1)),
-                None => (chunk, None),
-            };
-            let room = MAX_LINE_BYTES.saturating_sub(line.len());
-            if part.len() > room {
-                cut = true;
-            }
-            line.extend_from_slice(&part[..part.len().min(room)]);
-            let used = complete.unwrap_or(chunk.len());
-            reader.consume(used);
-            if complete.is_some() {
-                emit(&mut line, &mut cut, stream, &tx, &instance);
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => lines.push(&buf[..n]),
             }
         }
-        if !line.is_empty() {
-            emit(&mut line, &mut cut, stream, &tx, &instance);
-        }
-    });
-}
-
-fn emit(
-    line: &mut Vec<u8>,
-    cut: &mut bool,
-    stream: LogStream,
-    tx: &broadcast::Sender<LogLine>,
-    instance: &str,
-) {
-    let mut text = String::from_utf8_lossy(line)
-        .trim_end_matches('\r')
-        .to_string();
-    if std::mem::take(cut) {
-        text.push('…');
-    }
-    line.clear();
-    // The Azure host logs a handler's stderr as errors.
-    match stream {
-        LogStream::Stdout => tracing::info!(target: "strom_handler", instance, "{text}"),
-        LogStream::Stderr => tracing::warn!(target: "strom_handler", instance, "{text}"),
-    }
-    let _ = tx.send(LogLine { stream, text });
+        lines.finish();
+    })
 }
 
 #[cfg(unix)]

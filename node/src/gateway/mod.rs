@@ -1065,8 +1065,13 @@ impl Gateway {
             Outcome::Failed {
                 endpoint,
                 logs_rx,
-                error: e,
+                error: mut e,
             } => {
+                // The instance may have died under the request (out of memory, a
+                // crash): say how, once the worker has noticed.
+                if let Some(info) = endpoint.exit_reason(Duration::from_secs(2)).await {
+                    e = format!("{e}; the instance ended: {info}");
+                }
                 record.status = InvocationStatus::Failed;
                 record.error = Some(format!("calling the handler failed: {e}"));
                 (

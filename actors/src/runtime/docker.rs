@@ -1,0 +1,1023 @@
+//! The Docker runtime: each instance is a container, through the Docker Engine API
+//! (bollard). Chosen per app with `STROM_RUNTIME=docker`.
+//!
+//! - Engine: local defaults (`/var/run/docker.sock`, `//./pipe/docker_engine` on
+//!   Windows), `DOCKER_HOST` honored; the API version is negotiated, so older engines
+//!   (API 1.41, Docker 20.10) work. Connected on first use and again after a failure:
+//!   an engine that is down fails the starts of docker apps only.
+//! - Image: `STROM_CONTAINER_IMAGE` or the worker default. A missing image is an
+//!   error naming it; it is pulled only when the worker allows pulls.
+//! - The unpacked version folder is mounted read-only at `/home/site/wwwroot`
+//!   (`C:\home\site\wwwroot` on Windows), the handler's executable and working
+//!   directory resolve there, and it gets the process runtime's environment with
+//!   `FUNCTIONS_CUSTOMHANDLER_PORT=8080` (the port inside the container), published on
+//!   `127.0.0.1` at a port the engine picks. The handler must listen on all of the
+//!   container's interfaces (`0.0.0.0`), since traffic arrives through its network.
+//! - Limits (`STROM_MEMORY_MB`, `STROM_CONTAINER_CPUS`, `STROM_CONTAINER_PIDS`, or the
+//!   worker defaults) and hardening on Linux: read-only root filesystem, a tmpfs
+//!   `/tmp`, `no-new-privileges`, every capability dropped, an init process that
+//!   forwards signals, and a non-root user (`65534:65534`) unless the image names a
+//!   non-root user of its own or the app sets `STROM_CONTAINER_USER`.
+//! - Exit: the engine's exit code; `OOMKilled` is reported as out of memory; an exit
+//!   code of 128+N as signal N (what the init process reports).
+//! - Never leaked: containers carry `strom.cluster`, `strom.node`, `strom.app`,
+//!   `strom.version`, `strom.instance` labels; an ended container is removed; and
+//!   [`DockerRuntime::sweep`] removes every container of this node that no live
+//!   instance owns: at worker start (what a killed worker left), before each start,
+//!   and at shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, PortBinding,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use strom_proto::runtime_settings::RuntimeSettings;
+use tokio::sync::{broadcast, watch, OnceCell};
+
+use super::{
+    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter,
+    LogStream, RuntimeError, Started,
+};
+
+/// The port the handler listens on inside its container.
+pub const CONTAINER_PORT: u16 = 8080;
+
+/// Where the app's files are inside the container (Azure's path).
+#[cfg(not(windows))]
+pub const WWWROOT: &str = "/home/site/wwwroot";
+#[cfg(windows)]
+pub const WWWROOT: &str = r"C:\home\site\wwwroot";
+
+/// The user a container runs as when neither the app nor the image names a
+/// non-root one (`nobody`).
+#[cfg(not(windows))]
+pub const DEFAULT_USER: &str = "65534:65534";
+
+pub const LABEL_CLUSTER: &str = "strom.cluster";
+pub const LABEL_NODE: &str = "strom.node";
+pub const LABEL_APP: &str = "strom.app";
+pub const LABEL_VERSION: &str = "strom.version";
+pub const LABEL_INSTANCE: &str = "strom.instance";
+
+const NOT_READY_HINT: &str = "in a container the handler must listen on all interfaces \
+(0.0.0.0:$FUNCTIONS_CUSTOMHANDLER_PORT), not 127.0.0.1";
+
+/// Windows containers: how they are isolated from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// The engine's default (process on Windows Server, hyperv on Windows client).
+    #[default]
+    Default,
+    Process,
+    HyperV,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "default" | "" => Ok(Isolation::Default),
+            "process" => Ok(Isolation::Process),
+            "hyperv" => Ok(Isolation::HyperV),
+            _ => Err(format!(
+                "`{s}` is not an isolation mode (process, hyperv, default)"
+            )),
+        }
+    }
+}
+
+/// Worker configuration of the Docker runtime.
+#[derive(Debug, Clone, Default)]
+pub struct DockerConfig {
+    /// Labels every container with these, and sweeps only its own.
+    pub cluster: String,
+    pub node: u64,
+    /// What apps leave unset (image, limits, user).
+    pub defaults: RuntimeSettings,
+    /// Pull a missing image from its registry (off: a missing image is an error).
+    pub allow_pull: bool,
+    /// Windows containers only.
+    pub isolation: Isolation,
+    /// The engine's address (`unix://…`, `tcp://…`, `npipe://…`); default:
+    /// `DOCKER_HOST`, else the local socket or pipe.
+    pub engine: Option<String>,
+}
+
+pub struct DockerRuntime {
+    config: DockerConfig,
+    client: Mutex<Arc<OnceCell<Docker>>>,
+    /// Names of the containers of live instances (the sweep leaves these alone).
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+fn default_engine_address() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| {
+        if cfg!(windows) {
+            "npipe:////./pipe/docker_engine".into()
+        } else {
+            "unix:///var/run/docker.sock".into()
+        }
+    })
+}
+
+fn unreachable_at(engine: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Other(format!("the Docker engine at {engine} is unreachable: {e}"))
+}
+
+fn unreachable(e: impl std::fmt::Display) -> RuntimeError {
+    unreachable_at(&default_engine_address(), e)
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// A Docker error as one line: the engine's message when it gave one.
+fn describe(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
+impl DockerRuntime {
+    pub fn new(config: DockerConfig) -> DockerRuntime {
+        DockerRuntime {
+            config,
+            client: Mutex::new(Arc::new(OnceCell::new())),
+            live: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// The engine client, connected (and its API version negotiated) on first use.
+    pub async fn client(&self) -> Result<Docker, RuntimeError> {
+        let cell = self.client.lock().expect("client lock").clone();
+        let engine = self.engine_address();
+        let connect = async {
+            let docker = match &self.config.engine {
+                Some(host) => Docker::connect_with_host(host),
+                None => Docker::connect_with_defaults(),
+            }
+            .map_err(|e| unreachable_at(&engine, e))?;
+            let negotiated =
+                tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+                    .await
+                    .map_err(|_| unreachable_at(&engine, "no answer within 10 s"))?
+                    .map_err(|e| unreachable_at(&engine, describe(&e)))?;
+            Ok::<_, RuntimeError>(negotiated)
+        };
+        cell.get_or_try_init(|| connect).await.cloned()
+    }
+
+    /// Where the engine is expected.
+    pub fn engine_address(&self) -> String {
+        self.config
+            .engine
+            .clone()
+            .unwrap_or_else(default_engine_address)
+    }
+
+    /// After a connection failure, connect afresh next time (the engine may have
+    /// restarted, or `DOCKER_HOST` pointed at a proxy that came back).
+    fn reconnect_later(&self) {
+        *self.client.lock().expect("client lock") = Arc::new(OnceCell::new());
+    }
+
+    fn labels(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_CLUSTER}={}", self.config.cluster),
+                format!("{LABEL_NODE}={}", self.config.node),
+            ],
+        )])
+    }
+
+    /// Remove every container of this node (cluster + node labels) that no live
+    /// instance owns; returns their names. An unreachable engine is an error.
+    pub async fn sweep(&self) -> Result<Vec<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let list = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&self.labels())
+                    .build(),
+            ))
+            .await
+            .map_err(|e| {
+                self.reconnect_later();
+                unreachable_at(&self.engine_address(), describe(&e))
+            })?;
+        let mut removed = Vec::new();
+        for c in list {
+            let Some(name) = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            if self.live.lock().expect("live lock").contains(&name) {
+                continue;
+            }
+            match remove(&docker, &name).await {
+                Ok(()) => removed.push(name),
+                Err(e) => tracing::warn!(container = %name, "cannot remove a stale container: {e}"),
+            }
+        }
+        if !removed.is_empty() {
+            tracing::warn!(?removed, "removed containers no live instance owns");
+        }
+        Ok(removed)
+    }
+
+    /// The image, present on the engine (pulled first if allowed).
+    async fn ensure_image(
+        &self,
+        docker: &Docker,
+        image: &str,
+    ) -> Result<bollard::models::ImageInspect, RuntimeError> {
+        match docker.inspect_image(image).await {
+            Ok(i) => return Ok(i),
+            Err(e) if is_not_found(&e) && self.config.allow_pull => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(RuntimeError::Other(format!(
+                    "image `{image}` is not on this worker's Docker engine; build it \
+                     (`strom image build`) or load it (`docker load`) on every worker, \
+                     or let workers pull it (--container-allow-pull)"
+                )))
+            }
+            Err(e) => {
+                self.reconnect_later();
+                return Err(unreachable_at(&self.engine_address(), describe(&e)));
+            }
+        }
+        tracing::info!(%image, "pulling image");
+        let mut pull = docker.create_image(
+            Some(CreateImageOptionsBuilder::new().from_image(image).build()),
+            None,
+            None,
+        );
+        while let Some(step) = pull.next().await {
+            step.map_err(|e| {
+                RuntimeError::Other(format!("pulling image `{image}` failed: {}", describe(&e)))
+            })?;
+        }
+        docker.inspect_image(image).await.map_err(|e| {
+            RuntimeError::Other(format!("image `{image}` after the pull: {}", describe(&e)))
+        })
+    }
+
+    fn body(
+        &self,
+        spec: &InstanceSpec,
+        settings: &RuntimeSettings,
+        image: &str,
+        image_user: Option<&str>,
+        source: &Path,
+    ) -> ContainerCreateBody {
+        let exe = &spec.handler.default_executable_path;
+        let program = if Path::new(exe).is_relative() && spec.app_root.join(exe).is_file() {
+            in_wwwroot(exe)
+        } else {
+            exe.clone()
+        };
+        let args: Vec<String> = spec
+            .handler
+            .arguments
+            .iter()
+            .map(|a| expand_settings(a, &spec.settings))
+            .collect();
+        let working_dir = match &spec.handler.working_directory {
+            Some(w) if !w.is_empty() => in_wwwroot(w),
+            _ => WWWROOT.to_string(),
+        };
+        let port = CONTAINER_PORT.to_string();
+        let mut env: Vec<String> = spec
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.extend([
+            format!("FUNCTIONS_CUSTOMHANDLER_PORT={port}"),
+            format!("FUNCTIONS_HTTPWORKER_PORT={port}"),
+            format!("FUNCTIONS_CUSTOMHANDLER_WORKER_ID={}", spec.instance_id),
+            format!("FUNCTIONS_HTTPWORKER_ID={}", spec.instance_id),
+            format!("FUNCTIONS_APP_ROOT_PATH={WWWROOT}"),
+        ]);
+        let labels = HashMap::from([
+            (LABEL_CLUSTER.to_string(), self.config.cluster.clone()),
+            (LABEL_NODE.to_string(), self.config.node.to_string()),
+            (LABEL_APP.to_string(), spec.app.to_string()),
+            (LABEL_VERSION.to_string(), spec.version.to_string()),
+            (LABEL_INSTANCE.to_string(), spec.instance_id.clone()),
+        ]);
+        let tcp = format!("{CONTAINER_PORT}/tcp");
+        let mut host = HostConfig {
+            mounts: Some(vec![Mount {
+                target: Some(WWWROOT.to_string()),
+                source: Some(source.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            port_bindings: Some(HashMap::from([(
+                tcp.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            // Bounded logs: they are read as they come, kept only for `docker logs`.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "10m".to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            nano_cpus: settings.nano_cpus,
+            ..Default::default()
+        };
+        if let Some(mb) = settings.memory_mb.filter(|m| *m > 0) {
+            let bytes = (mb * 1024 * 1024) as i64;
+            host.memory = Some(bytes);
+        }
+        let user = platform::harden(&mut host, settings, image_user);
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![program]),
+            cmd: Some(args),
+            env: Some(env),
+            working_dir: Some(working_dir),
+            user,
+            labels: Some(labels),
+            exposed_ports: Some(vec![tcp]),
+            host_config: Some(self.isolate(host)),
+            ..Default::default()
+        }
+    }
+
+    #[cfg(windows)]
+    fn isolate(&self, mut host: HostConfig) -> HostConfig {
+        use bollard::models::HostConfigIsolationEnum as I;
+        host.isolation = Some(match self.config.isolation {
+            Isolation::Default => I::DEFAULT,
+            Isolation::Process => I::PROCESS,
+            Isolation::HyperV => I::HYPERV,
+        });
+        host
+    }
+
+    #[cfg(not(windows))]
+    fn isolate(&self, host: HostConfig) -> HostConfig {
+        host
+    }
+}
+
+/// A path relative to the app root, inside the container.
+fn in_wwwroot(rel: &str) -> String {
+    let sep = if cfg!(windows) { '\\' } else { '/' };
+    let rel = rel.trim_start_matches(['.', '/', '\\']);
+    let rel: String = rel
+        .chars()
+        .map(|c| if c == '/' || c == '\\' { sep } else { c })
+        .collect();
+    if rel.is_empty() {
+        WWWROOT.to_string()
+    } else {
+        format!("{WWWROOT}{sep}{rel}")
+    }
+}
+
+#[cfg(not(windows))]
+mod platform {
+    use super::*;
+
+    /// Linux hardening; returns the user to run as.
+    pub(super) fn harden(
+        host: &mut HostConfig,
+        settings: &RuntimeSettings,
+        image_user: Option<&str>,
+    ) -> Option<String> {
+        if let Some(bytes) = host.memory {
+            // No swap beyond the memory limit: over it is out of memory.
+            host.memory_swap = Some(bytes);
+        }
+        host.pids_limit = settings.pids;
+        host.readonly_rootfs = Some(true);
+        host.tmpfs = Some(HashMap::from([(
+            "/tmp".to_string(),
+            "rw,nosuid,nodev,size=64m".to_string(),
+        )]));
+        host.security_opt = Some(vec!["no-new-privileges".into()]);
+        host.cap_drop = Some(vec!["ALL".into()]);
+        // PID 1 that forwards SIGTERM and reaps children (the engine's docker-init).
+        host.init = Some(true);
+        let image_user = image_user.map(str::trim).filter(|u| !u.is_empty());
+        let root = |u: &str| {
+            let name = u.split(':').next().unwrap_or(u);
+            name == "0" || name == "root"
+        };
+        match (&settings.user, image_user) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(u)) if !root(u) => None,
+            _ => Some(DEFAULT_USER.to_string()),
+        }
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use super::*;
+
+    /// Windows containers take no capabilities, seccomp, read-only root or tmpfs;
+    /// the image's user (e.g. `ContainerUser` in nanoserver) applies unless the app
+    /// names one.
+    pub(super) fn harden(
+        _host: &mut HostConfig,
+        settings: &RuntimeSettings,
+        _image_user: Option<&str>,
+    ) -> Option<String> {
+        settings.user.clone()
+    }
+}
+
+/// Force-remove a container (and its anonymous volumes); gone already is fine.
+async fn remove(docker: &Docker, name: &str) -> Result<(), String> {
+    match docker
+        .remove_container(
+            name,
+            Some(
+                RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()), // removal already in progress
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// Removes the container if the start fails half-way.
+struct CreatedGuard<'a> {
+    docker: &'a Docker,
+    name: String,
+    armed: bool,
+}
+
+impl CreatedGuard<'_> {
+    async fn disarm_or_remove(mut self, ok: bool) {
+        if !ok {
+            let _ = remove(self.docker, &self.name).await;
+        }
+        self.armed = false;
+    }
+}
+
+impl Drop for CreatedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Cancelled mid-start: remove in the background.
+            let docker = self.docker.clone();
+            let name = std::mem::take(&mut self.name);
+            tokio::spawn(async move {
+                let _ = remove(&docker, &name).await;
+            });
+        }
+    }
+}
+
+fn exit_from(code: i64, oom: bool) -> ExitInfo {
+    if oom {
+        ExitInfo::OutOfMemory
+    } else if (129..=159).contains(&code) {
+        ExitInfo::Signal((code - 128) as i32)
+    } else {
+        ExitInfo::Code(code as i32)
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceRuntime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError> {
+        let settings = RuntimeSettings::parse(&spec.settings)
+            .map_err(|e| RuntimeError::Other(format!("app settings: {e}")))?
+            .or(&self.config.defaults);
+        let image = settings.image.clone().ok_or_else(|| {
+            RuntimeError::Other(format!(
+                "app `{}` runs in containers but names no image: set the app setting \
+                 STROM_CONTAINER_IMAGE, or give workers --container-image",
+                spec.app
+            ))
+        })?;
+        let source: PathBuf = std::fs::canonicalize(&spec.app_root).map_err(|e| {
+            RuntimeError::Other(format!("app folder {}: {e}", spec.app_root.display()))
+        })?;
+        let docker = self.client().await?;
+        // Whatever a killed worker or a lost engine connection left behind.
+        if let Err(e) = self.sweep().await {
+            tracing::warn!("sweeping stale containers: {e}");
+        }
+        let inspect = self.ensure_image(&docker, &image).await?;
+        let image_user = inspect.config.as_ref().and_then(|c| c.user.clone());
+        let name = format!("strom-{}", spec.instance_id);
+        let body = self.body(spec, &settings, &image, image_user.as_deref(), &source);
+        self.live.lock().expect("live lock").insert(name.clone());
+        let result = self.create_and_start(&docker, &name, body, spec).await;
+        if result.is_err() {
+            self.live.lock().expect("live lock").remove(&name);
+        }
+        result
+    }
+}
+
+impl DockerRuntime {
+    async fn create_and_start(
+        &self,
+        docker: &Docker,
+        name: &str,
+        body: ContainerCreateBody,
+        spec: &InstanceSpec,
+    ) -> Result<Started, RuntimeError> {
+        let failed = |what: &str, e: DockerError| {
+            RuntimeError::Other(format!("{what} container {name}: {}", describe(&e)))
+        };
+        docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| failed("creating", e))?;
+        let guard = CreatedGuard {
+            docker,
+            name: name.to_string(),
+            armed: true,
+        };
+        let started = async {
+            docker
+                .start_container(name, None)
+                .await
+                .map_err(|e| failed("starting", e))?;
+            let inspect = docker
+                .inspect_container(name, None)
+                .await
+                .map_err(|e| failed("inspecting", e))?;
+            let port = inspect
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.ports.as_ref())
+                .and_then(|p| p.get(&format!("{CONTAINER_PORT}/tcp")).cloned().flatten())
+                .and_then(|b| {
+                    b.into_iter()
+                        .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
+                });
+            let running = inspect
+                .state
+                .as_ref()
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            // A handler that already exited has no published port; its exit is
+            // reported below like any other (with its output).
+            let port = match (port, running) {
+                (Some(p), _) => p,
+                (None, false) => 0,
+                (None, true) => {
+                    return Err(RuntimeError::Other(format!(
+                        "container {name}: the engine published no port for {CONTAINER_PORT}/tcp"
+                    )))
+                }
+            };
+            let pid = inspect
+                .state
+                .as_ref()
+                .and_then(|s| s.pid)
+                .filter(|p| *p > 0)
+                .map(|p| p as u32);
+            Ok::<_, RuntimeError>((port, pid))
+        }
+        .await;
+        let (port, pid) = match started {
+            Ok(v) => {
+                guard.disarm_or_remove(true).await;
+                v
+            }
+            Err(e) => {
+                guard.disarm_or_remove(false).await;
+                return Err(e);
+            }
+        };
+
+        // Subscribed before the log stream starts: no line is missed.
+        let (logs, lines) = broadcast::channel(1024);
+        let logs_done = tokio::spawn(follow_logs(
+            docker.clone(),
+            name.to_string(),
+            logs.clone(),
+            spec.instance_id.clone(),
+        ));
+        let (exit_tx, exited) = watch::channel(None);
+        let live = self.live.clone();
+        let watcher_docker = docker.clone();
+        let watcher_name = name.to_string();
+        tokio::spawn(async move {
+            let info = wait_exit(&watcher_docker, &watcher_name).await;
+            // The log stream ends with the container; let it deliver the last lines.
+            let _ = tokio::time::timeout(Duration::from_secs(2), logs_done).await;
+            if let Err(e) = remove(&watcher_docker, &watcher_name).await {
+                tracing::warn!(container = %watcher_name, "cannot remove the ended container (the next sweep will): {e}");
+            }
+            live.lock().expect("live lock").remove(&watcher_name);
+            let _ = exit_tx.send(Some(info));
+        });
+        Ok(Started {
+            endpoint: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            pid,
+            logs,
+            lines,
+            exited: exited.clone(),
+            control: Box::new(DockerControl {
+                docker: docker.clone(),
+                name: name.to_string(),
+                exited,
+            }),
+            not_ready_hint: Some(NOT_READY_HINT),
+        })
+    }
+}
+
+/// How the container ended. A lost engine connection ends the watch too (the
+/// instance is replaced; the sweep removes the container once the engine answers).
+async fn wait_exit(docker: &Docker, name: &str) -> ExitInfo {
+    let mut wait = docker.wait_container(
+        name,
+        Some(
+            WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build(),
+        ),
+    );
+    let code = match wait.next().await {
+        Some(Ok(r)) => r.status_code,
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(e)) => {
+            return ExitInfo::Other(format!(
+                "lost track of container {name}: the Docker engine: {}",
+                describe(&e)
+            ))
+        }
+        None => {
+            return ExitInfo::Other(format!(
+                "lost track of container {name}: the Docker engine closed the connection"
+            ))
+        }
+    };
+    let oom = match docker.inspect_container(name, None).await {
+        Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
+        Err(_) => false,
+    };
+    exit_from(code, oom)
+}
+
+async fn follow_logs(
+    docker: Docker,
+    name: String,
+    tx: broadcast::Sender<super::LogLine>,
+    instance: String,
+) {
+    let mut stream = docker.logs(
+        &name,
+        Some(
+            LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build(),
+        ),
+    );
+    let mut out = LineSplitter::new(LogStream::Stdout, tx.clone(), instance.clone());
+    let mut err = LineSplitter::new(LogStream::Stderr, tx, instance);
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bollard::container::LogOutput::StdOut { message })
+            | Ok(bollard::container::LogOutput::Console { message }) => out.push(&message),
+            Ok(bollard::container::LogOutput::StdErr { message }) => err.push(&message),
+            Ok(bollard::container::LogOutput::StdIn { .. }) => {}
+            Err(_) => break,
+        }
+    }
+    out.finish();
+    err.finish();
+}
+
+struct DockerControl {
+    docker: Docker,
+    name: String,
+    exited: watch::Receiver<Option<ExitInfo>>,
+}
+
+#[async_trait::async_trait]
+impl InstanceControl for DockerControl {
+    async fn stop(&mut self, grace: Duration) -> ExitInfo {
+        if let Some(info) = self.exited.borrow().clone() {
+            return info;
+        }
+        // SIGTERM, `grace`, then SIGKILL: the engine does both.
+        let t = grace.as_secs_f64().ceil() as i32;
+        if let Err(e) = self
+            .docker
+            .stop_container(
+                &self.name,
+                Some(StopContainerOptionsBuilder::new().t(t).build()),
+            )
+            .await
+        {
+            if !is_not_found(&e) {
+                tracing::warn!(container = %self.name, "stopping: {}", describe(&e));
+                // Removal kills it, if the engine answers at all.
+                let _ = remove(&self.docker, &self.name).await;
+            }
+        }
+        let waited = tokio::time::timeout(
+            grace + Duration::from_secs(10),
+            self.exited.wait_for(|e| e.is_some()),
+        )
+        .await;
+        match waited {
+            Ok(Ok(v)) => v
+                .clone()
+                .unwrap_or_else(|| ExitInfo::Other("stopped".into())),
+            _ => ExitInfo::Other(format!(
+                "container {} did not report its end; the sweep removes it",
+                self.name
+            )),
+        }
+    }
+}
+
+/// Options of [`build_image`].
+#[derive(Debug, Clone)]
+pub struct ImageBuild {
+    /// The app folder (host.json at its root); copied to the wwwroot path.
+    pub app_dir: PathBuf,
+    /// The base image (`scratch` for a statically linked handler).
+    pub base: String,
+    pub tag: String,
+    /// Let the engine pull a missing base image.
+    pub pull: bool,
+}
+
+/// Build a local image for an app: `FROM <base>`, the app folder (as packed by
+/// `strom app deploy`: `.funcignore` honored) copied to the wwwroot path, and a
+/// `nobody` user on `scratch`. The same image runs under `STROM_RUNTIME=docker`
+/// (which mounts the deployed version over its copy) and under a bare `docker run`.
+/// Returns the image id.
+pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, String> {
+    strom_proto::runtime_settings::parse_image(&opts.tag).map_err(|e| format!("--tag: {e}"))?;
+    if opts.base != "scratch" {
+        strom_proto::runtime_settings::parse_image(&opts.base)
+            .map_err(|e| format!("--base: {e}"))?;
+        match docker.inspect_image(&opts.base).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) && !opts.pull => {
+                return Err(format!(
+                    "base image `{}` is not on this Docker engine (load it with `docker load`, \
+                     or pass --pull to let the engine pull it)",
+                    opts.base
+                ))
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(unreachable(describe(&e)).to_string()),
+        }
+    }
+    let zip = strom_proto::manifest::pack_dir(&opts.app_dir)
+        .map_err(|e| format!("{}: {e}", opts.app_dir.display()))?;
+    // Check it is an app before building (host.json, function folders).
+    let limits = strom_proto::manifest::ZipLimits::default();
+    let pkg = strom_proto::manifest::AppPackage::from_zip_bytes(&zip, &limits)
+        .map_err(|e| format!("{}: {e}", opts.app_dir.display()))?;
+    strom_proto::manifest::validate_app_for(
+        &pkg,
+        &Default::default(),
+        strom_proto::manifest::HandlerCheck::PackageOnly,
+    )
+    .map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        format!("{}: {}", opts.app_dir.display(), lines.join("; "))
+    })?;
+    let context = context_tar(&zip, &opts.base).map_err(|e| format!("build context: {e}"))?;
+    let mut options = BuildImageOptionsBuilder::new()
+        .dockerfile("Dockerfile")
+        .t(&opts.tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(&HashMap::from([(
+            "strom.app-image".to_string(),
+            "1".to_string(),
+        )]));
+    if opts.pull {
+        options = options.pull("true");
+    }
+    let mut stream = docker.build_image(
+        options.build(),
+        None,
+        Some(bollard::body_full(context.into())),
+    );
+    let mut id = None;
+    let mut transcript = String::new();
+    while let Some(step) = stream.next().await {
+        let info = step.map_err(|e| format!("building `{}`: {}", opts.tag, describe(&e)))?;
+        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+            return Err(format!("building `{}`: {detail}\n{transcript}", opts.tag));
+        }
+        if let Some(s) = info.stream {
+            transcript.push_str(&s);
+        }
+        if let Some(aux) = info.aux.and_then(|a| a.id) {
+            id = Some(aux);
+        }
+    }
+    match id {
+        Some(id) => Ok(id),
+        None => docker
+            .inspect_image(&opts.tag)
+            .await
+            .ok()
+            .and_then(|i| i.id)
+            .ok_or_else(|| format!("building `{}` produced no image:\n{transcript}", opts.tag)),
+    }
+}
+
+/// The build context: a Dockerfile and the app's files (from the package zip, so
+/// exactly what a deploy would ship, modes kept).
+fn context_tar(zip: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
+    let staging = tempfile::tempdir()?;
+    let app = staging.path().join("app");
+    strom_proto::manifest::extract_to(zip, &app, &strom_proto::manifest::ZipLimits::default())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let root = WWWROOT.replace('\\', "/");
+    let mut dockerfile = format!("FROM {base}\n");
+    if base == "scratch" && !cfg!(windows) {
+        std::fs::write(
+            staging.path().join("passwd"),
+            "root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
+        )?;
+        std::fs::write(
+            staging.path().join("group"),
+            "root:x:0:\nnogroup:x:65534:\n",
+        )?;
+        dockerfile.push_str("COPY passwd /etc/passwd\nCOPY group /etc/group\n");
+    }
+    dockerfile.push_str(&format!("COPY app {root}\nWORKDIR {root}\n"));
+    if !cfg!(windows) {
+        dockerfile.push_str("USER 65534:65534\n");
+    }
+    std::fs::write(staging.path().join("Dockerfile"), dockerfile)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", staging.path())?;
+    tar.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_map_to_what_happened() {
+        assert_eq!(exit_from(0, false), ExitInfo::Code(0));
+        assert_eq!(exit_from(7, false), ExitInfo::Code(7));
+        assert_eq!(exit_from(143, false), ExitInfo::Signal(15));
+        assert_eq!(exit_from(137, false), ExitInfo::Signal(9));
+        assert_eq!(exit_from(137, true), ExitInfo::OutOfMemory);
+    }
+
+    #[test]
+    fn paths_resolve_inside_wwwroot() {
+        assert_eq!(in_wwwroot("handler"), format!("{WWWROOT}/handler"));
+        assert_eq!(
+            in_wwwroot("./bin/handler"),
+            format!("{WWWROOT}/bin/handler")
+        );
+        assert_eq!(in_wwwroot(""), WWWROOT);
+        assert!("process".parse::<Isolation>().is_ok());
+        assert!("HyperV".parse::<Isolation>().is_ok());
+        assert!("vm"
+            .parse::<Isolation>()
+            .unwrap_err()
+            .contains("process, hyperv"));
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn containers_are_hardened_and_run_as_non_root() {
+        let rt = DockerRuntime::new(DockerConfig {
+            cluster: "c1".into(),
+            node: 3,
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("handler"), b"").unwrap();
+        let spec = InstanceSpec {
+            app: strom_proto::ids::AppName::parse("shop").unwrap(),
+            version: strom_proto::ids::VersionId::of_bytes(b"v"),
+            instance_id: "shop-1".into(),
+            app_root: dir.path().to_path_buf(),
+            handler: strom_proto::manifest::CustomHandler {
+                default_executable_path: "handler".into(),
+                arguments: vec!["--mode=%MODE%".into()],
+                working_directory: Some("sub".into()),
+                enable_forwarding_http_request: false,
+            },
+            settings: [("MODE".to_string(), "x".to_string())].into(),
+        };
+        let settings = RuntimeSettings {
+            memory_mb: Some(64),
+            nano_cpus: Some(500_000_000),
+            pids: Some(32),
+            ..Default::default()
+        };
+        let b = rt.body(&spec, &settings, "img:1", None, dir.path());
+        let h = b.host_config.as_ref().unwrap();
+        assert_eq!(b.entrypoint, Some(vec![format!("{WWWROOT}/handler")]));
+        assert_eq!(b.cmd, Some(vec!["--mode=x".to_string()]));
+        assert_eq!(b.working_dir.as_deref(), Some("/home/site/wwwroot/sub"));
+        assert_eq!(b.user.as_deref(), Some(DEFAULT_USER));
+        let env = b.env.as_ref().unwrap();
+        assert!(env.contains(&"FUNCTIONS_CUSTOMHANDLER_PORT=8080".to_string()));
+        assert!(env.contains(&format!("FUNCTIONS_APP_ROOT_PATH={WWWROOT}")));
+        assert!(env.contains(&"MODE=x".to_string()));
+        assert_eq!(b.labels.as_ref().unwrap()["strom.node"], "3");
+        assert_eq!(h.memory, Some(64 << 20));
+        assert_eq!(h.memory_swap, Some(64 << 20));
+        assert_eq!(h.nano_cpus, Some(500_000_000));
+        assert_eq!(h.pids_limit, Some(32));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert!(h.tmpfs.as_ref().unwrap().contains_key("/tmp"));
+        let binding = &h.port_bindings.as_ref().unwrap()["8080/tcp"]
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        let m = &h.mounts.as_ref().unwrap()[0];
+        assert_eq!(m.read_only, Some(true));
+        assert_eq!(m.target.as_deref(), Some(WWWROOT));
+
+        // The image's own non-root user is kept; a root one is not; the app wins.
+        let b = rt.body(&spec, &settings, "img:1", Some("app:app"), dir.path());
+        assert_eq!(b.user, None);
+        let b = rt.body(&spec, &settings, "img:1", Some("root"), dir.path());
+        assert_eq!(b.user.as_deref(), Some(DEFAULT_USER));
+        let mine = RuntimeSettings {
+            user: Some("0".into()),
+            ..Default::default()
+        };
+        let b = rt.body(&spec, &mine, "img:1", Some("app"), dir.path());
+        assert_eq!(b.user.as_deref(), Some("0"));
+        assert_eq!(
+            b.host_config.unwrap().memory,
+            None,
+            "no memory limit unless set"
+        );
+    }
+}

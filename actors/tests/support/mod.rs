@@ -1,0 +1,114 @@
+//! Shared by the conformance suite and the node's container tests: the static test
+//! handler, an app folder around it, its local image, and the Docker check.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bollard::Docker;
+
+/// The handler's source (built by [`handler_binary`]).
+pub const HANDLER_SOURCE: &str = include_str!("conformance_handler.rs");
+
+/// The handler as a statically linked binary, built once per source version (about a
+/// second with `rustc`), cached under `dir`.
+pub fn handler_binary(dir: &Path) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            HANDLER_SOURCE.hash(&mut h);
+            let out = dir.join(format!("conformance-handler-{:016x}", h.finish()));
+            if out.is_file() {
+                return out;
+            }
+            std::fs::create_dir_all(dir).unwrap();
+            let src = dir.join(format!("conformance-handler-{}.rs", std::process::id()));
+            std::fs::write(&src, HANDLER_SOURCE).unwrap();
+            let tmp = dir.join(format!("conformance-handler-{}.tmp", std::process::id()));
+            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+            let status = std::process::Command::new(rustc)
+                .args([
+                    "--edition",
+                    "2021",
+                    "-O",
+                    "-C",
+                    "target-feature=+crt-static",
+                    "-o",
+                ])
+                .arg(&tmp)
+                .arg(&src)
+                .status()
+                .expect("rustc runs");
+            assert!(status.success(), "building the conformance handler failed");
+            // Another test binary may be doing the same: the rename is atomic.
+            std::fs::rename(&tmp, &out).unwrap();
+            let _ = std::fs::remove_file(&src);
+            out
+        })
+        .clone()
+}
+
+/// An app folder: host.json (custom handler `conformance-handler`, forwarding on),
+/// one HTTP function `hello`, and the handler binary.
+pub fn write_app(dir: &Path, handler: &Path) {
+    std::fs::create_dir_all(dir.join("hello")).unwrap();
+    std::fs::write(
+        dir.join("host.json"),
+        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"conformance-handler","arguments":["--mode=%MODE%"]},"enableForwardingHttpRequest":true}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("hello").join("function.json"),
+        r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","methods":["get","post"],"route":"hello/{*rest}"},{"type":"http","direction":"out","name":"res"}]}"#,
+    )
+    .unwrap();
+    std::fs::copy(handler, dir.join("conformance-handler")).unwrap();
+}
+
+/// Whether tests that need a Docker engine run: yes when one answers; with
+/// `STROM_REQUIRE_DOCKER=1` (CI) a missing engine fails the test instead of skipping.
+pub async fn docker_or_skip(test: &str) -> Option<Docker> {
+    let found = async {
+        let d = Docker::connect_with_defaults().ok()?;
+        let d = d.negotiate_version().await.ok()?;
+        d.ping().await.ok()?;
+        Some(d)
+    }
+    .await;
+    if found.is_none() {
+        if std::env::var("STROM_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+            panic!("{test}: no Docker engine answers, and STROM_REQUIRE_DOCKER=1");
+        }
+        eprintln!("SKIPPED {test}: no Docker engine answers (set STROM_REQUIRE_DOCKER=1 to make this an error)");
+    }
+    found
+}
+
+/// The suite's image: `FROM scratch` with the app folder (so the handler is also
+/// in the image), built locally with `strom image build`'s code; no pull.
+pub async fn conformance_image(docker: &Docker, scratch_dir: &Path) -> String {
+    static TAG: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TAG.get_or_init(|| async {
+        let handler = handler_binary(scratch_dir);
+        let app = tempfile::tempdir().unwrap();
+        write_app(app.path(), &handler);
+        let name = handler.file_name().unwrap().to_string_lossy().to_string();
+        let tag = format!("strom-conformance:{}", &name[name.len() - 12..]);
+        strom_actors::runtime::docker::build_image(
+            docker,
+            &strom_actors::runtime::docker::ImageBuild {
+                app_dir: app.path().to_path_buf(),
+                base: "scratch".into(),
+                tag: tag.clone(),
+                pull: false,
+            },
+        )
+        .await
+        .expect("building the conformance image");
+        tag
+    })
+    .await
+    .clone()
+}
