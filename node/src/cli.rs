@@ -40,6 +40,31 @@ pub enum Command {
     /// Operate on one node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Container images for apps (`STROM_RUNTIME=docker`), built locally.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a local image of an app folder: FROM the base, the app's files at
+    /// /home/site/wwwroot, run as 65534:65534. No registry is needed; load it on
+    /// every worker (`docker save TAG | docker load`) and name it in the app setting
+    /// STROM_CONTAINER_IMAGE.
+    Build {
+        /// The app folder (host.json at its root).
+        app_dir: PathBuf,
+        /// The image's name and tag, e.g. `orders:1`.
+        #[arg(long)]
+        tag: String,
+        /// The base image with the handler's language runtime; `scratch` for a
+        /// statically linked handler.
+        #[arg(long, default_value = "scratch")]
+        base: String,
+        /// Let the engine pull a base image that is not present locally.
+        #[arg(long)]
+        pull: bool,
+    },
 }
 
 #[derive(Debug, Args)]

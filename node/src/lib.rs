@@ -29,6 +29,7 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
         cli::Command::Fn(c) => client::run_fn(c).await,
         cli::Command::Cluster(c) => client::run_cluster(c).await,
         cli::Command::Node(c) => client::run_node_cmd(c).await,
+        cli::Command::Image(c) => run_image(c).await,
     };
     match result {
         Ok(()) => 0,
@@ -36,5 +37,40 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
             eprintln!("error: {}", e.message);
             e.code
         }
+    }
+}
+
+async fn run_image(cmd: cli::ImageCommand) -> Result<(), client::CliError> {
+    use strom_actors::runtime::docker::{build_image, DockerRuntime, ImageBuild, ImageBuildError};
+    let cli::ImageCommand::Build {
+        app_dir,
+        tag,
+        base,
+        pull,
+    } = cmd;
+    if !app_dir.join("host.json").is_file() {
+        return Err(client::CliError::new(
+            2,
+            format!("{}: no host.json (not an app folder)", app_dir.display()),
+        ));
+    }
+    let docker = DockerRuntime::new(Default::default())
+        .client()
+        .await
+        .map_err(|e| client::CliError::new(5, e.to_string()))?;
+    let opts = ImageBuild {
+        app_dir,
+        base,
+        tag: tag.clone(),
+        pull,
+    };
+    match build_image(&docker, &opts).await {
+        Ok(id) => {
+            println!("built {tag} ({id})");
+            Ok(())
+        }
+        Err(e @ ImageBuildError::Input(_)) => Err(client::CliError::new(2, e.to_string())),
+        Err(e @ ImageBuildError::Unreachable(_)) => Err(client::CliError::new(5, e.to_string())),
+        Err(e @ ImageBuildError::Failed(_)) => Err(client::CliError::new(1, e.to_string())),
     }
 }

@@ -806,35 +806,36 @@ pub struct ImageBuild {
     pub pull: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ImageBuildError {
+    /// The folder, tag or base is wrong; nothing was built.
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Build a local image for an app: `FROM <base>`, the app folder (as packed by
-/// `strom app deploy`: `.funcignore` honored) copied to the wwwroot path, and a
-/// `nobody` user on `scratch`. The same image runs under `STROM_RUNTIME=docker`
-/// (which mounts the deployed version over its copy) and under a bare `docker run`.
-/// Returns the image id.
-pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, String> {
-    strom_proto::runtime_settings::parse_image(&opts.tag).map_err(|e| format!("--tag: {e}"))?;
+/// `strom app deploy`: `.funcignore` honored, `local.settings.json` left out) copied
+/// to the wwwroot path, and on `scratch` a `nobody` user; it runs as 65534:65534.
+/// The same image runs under `STROM_RUNTIME=docker` (which mounts the deployed
+/// version over its copy) and under a bare `docker run`. Returns the image id.
+pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, ImageBuildError> {
+    use ImageBuildError::*;
+    strom_proto::runtime_settings::parse_image(&opts.tag)
+        .map_err(|e| Input(format!("--tag: {e}")))?;
     if opts.base != "scratch" {
         strom_proto::runtime_settings::parse_image(&opts.base)
-            .map_err(|e| format!("--base: {e}"))?;
-        match docker.inspect_image(&opts.base).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) && !opts.pull => {
-                return Err(format!(
-                    "base image `{}` is not on this Docker engine (load it with `docker load`, \
-                     or pass --pull to let the engine pull it)",
-                    opts.base
-                ))
-            }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(unreachable(describe(&e)).to_string()),
-        }
+            .map_err(|e| Input(format!("--base: {e}")))?;
     }
     let zip = strom_proto::manifest::pack_dir(&opts.app_dir)
-        .map_err(|e| format!("{}: {e}", opts.app_dir.display()))?;
+        .map_err(|e| Input(format!("{}: {e}", opts.app_dir.display())))?;
     // Check it is an app before building (host.json, function folders).
     let limits = strom_proto::manifest::ZipLimits::default();
     let pkg = strom_proto::manifest::AppPackage::from_zip_bytes(&zip, &limits)
-        .map_err(|e| format!("{}: {e}", opts.app_dir.display()))?;
+        .map_err(|e| Input(format!("{}: {e}", opts.app_dir.display())))?;
     strom_proto::manifest::validate_app_for(
         &pkg,
         &Default::default(),
@@ -842,9 +843,24 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, S
     )
     .map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        format!("{}: {}", opts.app_dir.display(), lines.join("; "))
+        Input(format!("{}: {}", opts.app_dir.display(), lines.join("; ")))
     })?;
-    let context = context_tar(&zip, &opts.base).map_err(|e| format!("build context: {e}"))?;
+    if opts.base != "scratch" {
+        match docker.inspect_image(&opts.base).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) && !opts.pull => {
+                return Err(Input(format!(
+                    "base image `{}` is not on this Docker engine (load it with `docker load`, \
+                     or pass --pull to let the engine pull it)",
+                    opts.base
+                )))
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Unreachable(unreachable(describe(&e)).to_string())),
+        }
+    }
+    let context =
+        context_tar(&zip, &opts.base).map_err(|e| Failed(format!("build context: {e}")))?;
     let mut options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&opts.tag)
@@ -865,9 +881,13 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, S
     let mut id = None;
     let mut transcript = String::new();
     while let Some(step) = stream.next().await {
-        let info = step.map_err(|e| format!("building `{}`: {}", opts.tag, describe(&e)))?;
+        let info =
+            step.map_err(|e| Failed(format!("building `{}`: {}", opts.tag, describe(&e))))?;
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(format!("building `{}`: {detail}\n{transcript}", opts.tag));
+            return Err(Failed(format!(
+                "building `{}`: {detail}\n{transcript}",
+                opts.tag
+            )));
         }
         if let Some(s) = info.stream {
             transcript.push_str(&s);
@@ -883,7 +903,12 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, S
             .await
             .ok()
             .and_then(|i| i.id)
-            .ok_or_else(|| format!("building `{}` produced no image:\n{transcript}", opts.tag)),
+            .ok_or_else(|| {
+                Failed(format!(
+                    "building `{}` produced no image:\n{transcript}",
+                    opts.tag
+                ))
+            }),
     }
 }
 
