@@ -117,7 +117,10 @@ impl Actor for InstanceActor {
         // Every output line from the start on: invocation records read it, and a
         // failure report quotes its tail.
         let ring = Arc::new(LogRing::new(LOG_RING_LINES));
-        let mut lines = std::mem::replace(&mut started.lines, started.logs.subscribe());
+        let mut lines = started
+            .lines
+            .take()
+            .unwrap_or_else(|| started.logs.subscribe());
         let sink = ring.clone();
         tokio::spawn(async move {
             loop {

@@ -335,7 +335,16 @@ async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Settings the scheduler reads are checked; a bad one changes nothing.
-    for (key, value) in [("STROM_MEMORY_MB", "lots"), ("STROM_WORKER_LABELS", "zone")] {
+    // So are the runtime settings a worker reads when it starts an instance.
+    for (key, value) in [
+        ("STROM_MEMORY_MB", "lots"),
+        ("STROM_WORKER_LABELS", "zone"),
+        ("STROM_RUNTIME", "podman"),
+        ("STROM_CONTAINER_IMAGE", "Not An Image"),
+        ("STROM_CONTAINER_CPUS", "0"),
+        ("STROM_CONTAINER_PIDS", "many"),
+        ("STROM_CONTAINER_USER", "root;x"),
+    ] {
         let err = c
             .set_app_settings(pb::SetAppSettingsRequest {
                 name: "jobs".into(),

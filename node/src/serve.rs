@@ -24,6 +24,13 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     let mut containers = toml::Table::new();
     for key in crate::cli::CONTAINER_KEYS {
         if let Some(v) = table.remove(key) {
+            // Limits are checked as the app settings they default (text), so
+            // `container-pids = 128` and `container-pids = "128"` mean the same.
+            let v = match v {
+                toml::Value::Integer(i) => toml::Value::String(i.to_string()),
+                toml::Value::Float(f) => toml::Value::String(f.to_string()),
+                other => other,
+            };
             containers.insert(key.to_string(), v);
         }
     }
@@ -263,9 +270,30 @@ mod tests {
             data_dir: Some(PathBuf::from("/nonexistent/strom-test")),
             ..ServeArgs::default()
         };
+        let mut args = args;
+        args.containers = crate::cli::ContainerArgs {
+            default_runtime: Some("podman".into()),
+            container_cpus: Some("lots".into()),
+            container_memory_mb: Some("2".into()),
+            container_isolation: Some("hyperv".into()),
+            ..Default::default()
+        };
         let problems = validate(&args).unwrap_err();
         let text = problems.join("\n");
-        for expected in ["node-id", "unknown role `gpu`", "worker-only", "not both"] {
+        for expected in [
+            "node-id",
+            "unknown role `gpu`",
+            "worker-only",
+            "not both",
+            "default-runtime: `podman` is not a runtime",
+            "container-cpus: `lots`",
+            "container-memory-mb: `2`",
+            if cfg!(windows) {
+                ""
+            } else {
+                "container-isolation: only Windows containers"
+            },
+        ] {
             // worker-only: it cannot bootstrap.
             assert!(text.contains(expected), "missing {expected} in:\n{text}");
         }
@@ -309,6 +337,40 @@ mod tests {
         assert!(
             matches!(settings.start, Start::Join { ref seeds, .. } if seeds == &["http://10.0.0.1:7171"])
         );
+
+        // Container defaults sit beside the other keys; bad ones are named.
+        std::fs::write(
+            &path,
+            "node-id = 4\nbootstrap = true\ndefault-runtime = \"docker\"\ncontainer-image = \"base:1\"\ncontainer-allow-pull = true\ncontainer-pids = 128\ncontainer-cpus = 0.5\n",
+        )
+        .unwrap();
+        let merged = merge_file(ServeArgs {
+            config: Some(path.clone()),
+            containers: crate::cli::ContainerArgs {
+                container_image: Some("flag:2".into()),
+                ..Default::default()
+            },
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let settings = validate(&merged).unwrap();
+        let c = &settings.containers;
+        assert_eq!(
+            c.default_runtime,
+            strom_proto::runtime_settings::RuntimeKind::Docker
+        );
+        assert_eq!(c.defaults.image.as_deref(), Some("flag:2"), "the flag wins");
+        assert_eq!(c.defaults.pids, Some(128), "numbers need no quotes");
+        assert_eq!(c.defaults.nano_cpus, Some(500_000_000));
+        assert!(c.allow_pull);
+        std::fs::write(&path, "node-id = 1\ncontainer-cpus = \"x\"\n").unwrap();
+        let merged = merge_file(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let text = validate(&merged).unwrap_err().join("\n");
+        assert!(text.contains("container-cpus: `x`"), "{text}");
 
         std::fs::write(&path, "node-id = 1\nnodeid = 2\n").unwrap();
         let err = merge_file(ServeArgs {

@@ -218,7 +218,8 @@ impl Worker {
         if !killed.is_empty() {
             tracing::warn!(?killed, "killed handlers that did not stop in time");
         }
-        if let Ok(removed) = self.docker.sweep().await {
+        // Containers too: whatever did not stop in time goes now.
+        if let Ok(removed) = self.docker.sweep_all().await {
             if !removed.is_empty() {
                 tracing::warn!(?removed, "removed containers that did not stop in time");
             }
@@ -307,7 +308,6 @@ async fn unpacked(
     let app_dir = apps_dir.join(app.as_str());
     let target = app_dir.join(version.as_str());
     if target.is_dir() {
-        readable_by_all(&target)?;
         return Ok(target);
     }
     // Local, or fetched from a management node (hash verified).
@@ -320,25 +320,12 @@ async fn unpacked(
             .prefix(".unpacking-")
             .tempdir_in(&app_dir)?;
         extract_to(&bytes, tmp.path(), &limits)?;
-        readable_by_all(tmp.path())?;
+        // A container's non-root user reads the mounted folder: the temp folder is
+        // private (0700), and a package may carry private modes.
+        strom_actors::runtime::docker::open_up(tmp.path())?;
         std::fs::rename(tmp.keep(), &target2)?;
         Ok(())
     })
     .await??;
     Ok(target)
-}
-
-/// A container's non-root user reads the mounted version folder: the temp folder it
-/// was unpacked in is private (0700) until opened up here.
-fn readable_by_all(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
-        if mode != 0o755 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    let _ = dir;
-    Ok(())
 }

@@ -7,7 +7,7 @@
 //! Skips with a message without a Docker engine; `STROM_REQUIRE_DOCKER=1` (CI)
 //! makes that a failure.
 
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 mod common;
 #[path = "../../actors/tests/support/mod.rs"]

@@ -5,14 +5,19 @@
 //!   Windows), `DOCKER_HOST` honored; the API version is negotiated, so older engines
 //!   (API 1.41, Docker 20.10) work. Connected on first use and again after a failure:
 //!   an engine that is down fails the starts of docker apps only.
+//! - Linux or Windows containers: what the *engine* runs (`OSType` of its info), not
+//!   what the worker was built for, picks the paths and the hardening below; the
+//!   Windows parts are small and marked.
 //! - Image: `STROM_CONTAINER_IMAGE` or the worker default. A missing image is an
 //!   error naming it; it is pulled only when the worker allows pulls.
 //! - The unpacked version folder is mounted read-only at `/home/site/wwwroot`
-//!   (`C:\home\site\wwwroot` on Windows), the handler's executable and working
-//!   directory resolve there, and it gets the process runtime's environment with
-//!   `FUNCTIONS_CUSTOMHANDLER_PORT=8080` (the port inside the container), published on
-//!   `127.0.0.1` at a port the engine picks. The handler must listen on all of the
-//!   container's interfaces (`0.0.0.0`), since traffic arrives through its network.
+//!   (`C:\home\site\wwwroot` in Windows containers), the handler's executable and
+//!   working directory resolve there, and it gets the process runtime's environment
+//!   with `FUNCTIONS_CUSTOMHANDLER_PORT=8080` (the port inside the container). Linux:
+//!   published on `127.0.0.1` at a port the engine picks. Windows (whose NAT cannot
+//!   publish on one host address): reached at the container's own address. The
+//!   handler must listen on all of the container's interfaces (`0.0.0.0`), since
+//!   traffic arrives through its network.
 //! - Limits (`STROM_MEMORY_MB`, `STROM_CONTAINER_CPUS`, `STROM_CONTAINER_PIDS`, or the
 //!   worker defaults) and hardening on Linux: read-only root filesystem, a tmpfs
 //!   `/tmp`, `no-new-privileges`, every capability dropped, an init process that
@@ -54,16 +59,44 @@ use super::{
 /// The port the handler listens on inside its container.
 pub const CONTAINER_PORT: u16 = 8080;
 
-/// Where the app's files are inside the container (Azure's path).
-#[cfg(not(windows))]
+/// Where the app's files are inside a Linux container (Azure's path).
 pub const WWWROOT: &str = "/home/site/wwwroot";
-#[cfg(windows)]
-pub const WWWROOT: &str = r"C:\home\site\wwwroot";
+/// … and inside a Windows container.
+pub const WWWROOT_WINDOWS: &str = r"C:\home\site\wwwroot";
 
-/// The user a container runs as when neither the app nor the image names a
+/// The user a Linux container runs as when neither the app nor the image names a
 /// non-root one (`nobody`).
-#[cfg(not(windows))]
 pub const DEFAULT_USER: &str = "65534:65534";
+
+/// What the engine runs: Linux or Windows containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineOs {
+    Linux,
+    Windows,
+}
+
+impl EngineOs {
+    fn from_info(os_type: Option<&str>) -> EngineOs {
+        match os_type {
+            Some(t) if t.eq_ignore_ascii_case("windows") => EngineOs::Windows,
+            _ => EngineOs::Linux,
+        }
+    }
+
+    pub fn wwwroot(self) -> &'static str {
+        match self {
+            EngineOs::Linux => WWWROOT,
+            EngineOs::Windows => WWWROOT_WINDOWS,
+        }
+    }
+
+    fn separator(self) -> char {
+        match self {
+            EngineOs::Linux => '/',
+            EngineOs::Windows => '\\',
+        }
+    }
+}
 
 pub const LABEL_CLUSTER: &str = "strom.cluster";
 pub const LABEL_NODE: &str = "strom.node";
@@ -115,11 +148,18 @@ pub struct DockerConfig {
     pub engine: Option<String>,
 }
 
+/// The engine connection, made on first use (replaced to connect afresh).
+type Connection = Arc<OnceCell<(Docker, EngineOs)>>;
+
+/// Cheap to clone: clones share the connection, the live set and the sweep.
+#[derive(Clone)]
 pub struct DockerRuntime {
-    config: DockerConfig,
-    client: Mutex<Arc<OnceCell<Docker>>>,
+    config: Arc<DockerConfig>,
+    client: Arc<Mutex<Connection>>,
     /// Names of the containers of live instances (the sweep leaves these alone).
     live: Arc<Mutex<HashSet<String>>>,
+    /// A background sweep is running (one at a time).
+    sweeping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn default_engine_address() -> String {
@@ -133,7 +173,9 @@ fn default_engine_address() -> String {
 }
 
 fn unreachable_at(engine: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Other(format!("the Docker engine at {engine} is unreachable: {e}"))
+    RuntimeError::Other(format!(
+        "the Docker engine at {engine} is unreachable (DOCKER_HOST names another): {e}"
+    ))
 }
 
 fn unreachable(e: impl std::fmt::Display) -> RuntimeError {
@@ -164,9 +206,10 @@ fn describe(e: &DockerError) -> String {
 impl DockerRuntime {
     pub fn new(config: DockerConfig) -> DockerRuntime {
         DockerRuntime {
-            config,
-            client: Mutex::new(Arc::new(OnceCell::new())),
+            config: Arc::new(config),
+            client: Arc::new(Mutex::new(Arc::new(OnceCell::new()))),
             live: Arc::default(),
+            sweeping: Arc::default(),
         }
     }
 
@@ -176,6 +219,11 @@ impl DockerRuntime {
 
     /// The engine client, connected (and its API version negotiated) on first use.
     pub async fn client(&self) -> Result<Docker, RuntimeError> {
+        Ok(self.engine().await?.0)
+    }
+
+    /// The client and what the engine runs.
+    pub async fn engine(&self) -> Result<(Docker, EngineOs), RuntimeError> {
         let cell = self.client.lock().expect("client lock").clone();
         let engine = self.engine_address();
         let connect = async {
@@ -184,12 +232,15 @@ impl DockerRuntime {
                 None => Docker::connect_with_defaults(),
             }
             .map_err(|e| unreachable_at(&engine, e))?;
-            let negotiated =
-                tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
-                    .await
-                    .map_err(|_| unreachable_at(&engine, "no answer within 10 s"))?
-                    .map_err(|e| unreachable_at(&engine, describe(&e)))?;
-            Ok::<_, RuntimeError>(negotiated)
+            let ask = async {
+                let docker = docker.negotiate_version().await?;
+                let info = docker.info().await?;
+                Ok::<_, DockerError>((docker, EngineOs::from_info(info.os_type.as_deref())))
+            };
+            tokio::time::timeout(Duration::from_secs(10), ask)
+                .await
+                .map_err(|_| unreachable_at(&engine, "no answer within 10 s"))?
+                .map_err(|e| unreachable_at(&engine, describe(&e)))
         };
         cell.get_or_try_init(|| connect).await.cloned()
     }
@@ -221,6 +272,16 @@ impl DockerRuntime {
     /// Remove every container of this node (cluster + node labels) that no live
     /// instance owns; returns their names. An unreachable engine is an error.
     pub async fn sweep(&self) -> Result<Vec<String>, RuntimeError> {
+        self.sweep_where(true).await
+    }
+
+    /// At shutdown, after the instances had their chance to stop: remove every
+    /// container of this node, live or not.
+    pub async fn sweep_all(&self) -> Result<Vec<String>, RuntimeError> {
+        self.sweep_where(false).await
+    }
+
+    async fn sweep_where(&self, spare_live: bool) -> Result<Vec<String>, RuntimeError> {
         let docker = self.client().await?;
         let list = docker
             .list_containers(Some(
@@ -230,10 +291,7 @@ impl DockerRuntime {
                     .build(),
             ))
             .await
-            .map_err(|e| {
-                self.reconnect_later();
-                unreachable_at(&self.engine_address(), describe(&e))
-            })?;
+            .map_err(|e| self.engine_error(e))?;
         let mut removed = Vec::new();
         for c in list {
             let Some(name) = c
@@ -244,7 +302,7 @@ impl DockerRuntime {
             else {
                 continue;
             };
-            if self.live.lock().expect("live lock").contains(&name) {
+            if spare_live && self.live.lock().expect("live lock").contains(&name) {
                 continue;
             }
             match remove(&docker, &name).await {
@@ -256,6 +314,38 @@ impl DockerRuntime {
             tracing::warn!(?removed, "removed containers no live instance owns");
         }
         Ok(removed)
+    }
+
+    /// A sweep in the background (at most one at a time, bounded): a start does not
+    /// wait on it.
+    fn sweep_in_background(&self) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(60), me.sweep()).await {
+                Ok(Err(e)) => tracing::warn!("sweeping stale containers: {e}"),
+                Err(_) => tracing::warn!("sweeping stale containers took over 60 s"),
+                Ok(Ok(_)) => {}
+            }
+            me.sweeping.store(false, Ordering::Release);
+        });
+    }
+
+    /// An engine error: the engine's own answer, or (no answer) unreachable, and
+    /// then a fresh connection next time.
+    fn engine_error(&self, e: DockerError) -> RuntimeError {
+        match e {
+            DockerError::DockerResponseServerError { .. } => {
+                RuntimeError::Other(format!("the Docker engine: {}", describe(&e)))
+            }
+            other => {
+                self.reconnect_later();
+                unreachable_at(&self.engine_address(), describe(&other))
+            }
+        }
     }
 
     /// The image, present on the engine (pulled first if allowed).
@@ -274,27 +364,35 @@ impl DockerRuntime {
                      or let workers pull it (--container-allow-pull)"
                 )))
             }
-            Err(e) => {
-                self.reconnect_later();
-                return Err(unreachable_at(&self.engine_address(), describe(&e)));
-            }
+            Err(e) => return Err(self.engine_error(e)),
         }
         tracing::info!(%image, "pulling image");
-        let mut pull = docker.create_image(
-            Some(CreateImageOptionsBuilder::new().from_image(image).build()),
-            None,
-            None,
-        );
-        while let Some(step) = pull.next().await {
-            step.map_err(|e| {
-                RuntimeError::Other(format!("pulling image `{image}` failed: {}", describe(&e)))
-            })?;
+        // Without a tag or digest the engine would pull every tag.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let mut options = CreateImageOptionsBuilder::new().from_image(image);
+        if !last.contains(':') && !image.contains('@') {
+            options = options.tag("latest");
         }
+        let pull = async {
+            let mut stream = docker.create_image(Some(options.build()), None, None);
+            while let Some(step) = stream.next().await {
+                step.map_err(|e| {
+                    RuntimeError::Other(format!("pulling image `{image}` failed: {}", describe(&e)))
+                })?;
+            }
+            Ok::<_, RuntimeError>(())
+        };
+        tokio::time::timeout(Duration::from_secs(900), pull)
+            .await
+            .map_err(|_| {
+                RuntimeError::Other(format!("pulling image `{image}` took over 15 minutes"))
+            })??;
         docker.inspect_image(image).await.map_err(|e| {
             RuntimeError::Other(format!("image `{image}` after the pull: {}", describe(&e)))
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn body(
         &self,
         spec: &InstanceSpec,
@@ -302,10 +400,12 @@ impl DockerRuntime {
         image: &str,
         image_user: Option<&str>,
         source: &Path,
+        os: EngineOs,
     ) -> ContainerCreateBody {
+        let root = os.wwwroot();
         let exe = &spec.handler.default_executable_path;
         let program = if Path::new(exe).is_relative() && spec.app_root.join(exe).is_file() {
-            in_wwwroot(exe)
+            in_wwwroot(exe, os)
         } else {
             exe.clone()
         };
@@ -316,8 +416,8 @@ impl DockerRuntime {
             .map(|a| expand_settings(a, &spec.settings))
             .collect();
         let working_dir = match &spec.handler.working_directory {
-            Some(w) if !w.is_empty() => in_wwwroot(w),
-            _ => WWWROOT.to_string(),
+            Some(w) if !w.is_empty() => in_wwwroot(w, os),
+            _ => root.to_string(),
         };
         let port = CONTAINER_PORT.to_string();
         let mut env: Vec<String> = spec
@@ -330,7 +430,7 @@ impl DockerRuntime {
             format!("FUNCTIONS_HTTPWORKER_PORT={port}"),
             format!("FUNCTIONS_CUSTOMHANDLER_WORKER_ID={}", spec.instance_id),
             format!("FUNCTIONS_HTTPWORKER_ID={}", spec.instance_id),
-            format!("FUNCTIONS_APP_ROOT_PATH={WWWROOT}"),
+            format!("FUNCTIONS_APP_ROOT_PATH={root}"),
         ]);
         let labels = HashMap::from([
             (LABEL_CLUSTER.to_string(), self.config.cluster.clone()),
@@ -342,19 +442,12 @@ impl DockerRuntime {
         let tcp = format!("{CONTAINER_PORT}/tcp");
         let mut host = HostConfig {
             mounts: Some(vec![Mount {
-                target: Some(WWWROOT.to_string()),
+                target: Some(root.to_string()),
                 source: Some(source.display().to_string()),
                 typ: Some(MountType::BIND),
                 read_only: Some(true),
                 ..Default::default()
             }]),
-            port_bindings: Some(HashMap::from([(
-                tcp.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
-                    host_port: Some(String::new()),
-                }]),
-            )])),
             // Bounded logs: they are read as they come, kept only for `docker logs`.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
@@ -364,13 +457,16 @@ impl DockerRuntime {
                 ])),
             }),
             nano_cpus: settings.nano_cpus,
+            memory: settings
+                .memory_mb
+                .filter(|m| *m > 0)
+                .map(|mb| (mb * 1024 * 1024) as i64),
             ..Default::default()
         };
-        if let Some(mb) = settings.memory_mb.filter(|m| *m > 0) {
-            let bytes = (mb * 1024 * 1024) as i64;
-            host.memory = Some(bytes);
-        }
-        let user = platform::harden(&mut host, settings, image_user);
+        let user = match os {
+            EngineOs::Linux => harden_linux(&mut host, settings, image_user, &tcp),
+            EngineOs::Windows => windows_host(&mut host, settings, self.config.isolation),
+        };
         ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec![program]),
@@ -380,94 +476,104 @@ impl DockerRuntime {
             user,
             labels: Some(labels),
             exposed_ports: Some(vec![tcp]),
-            host_config: Some(self.isolate(host)),
+            host_config: Some(host),
             ..Default::default()
         }
     }
+}
 
-    #[cfg(windows)]
-    fn isolate(&self, mut host: HostConfig) -> HostConfig {
-        use bollard::models::HostConfigIsolationEnum as I;
-        host.isolation = Some(match self.config.isolation {
-            Isolation::Default => I::DEFAULT,
-            Isolation::Process => I::PROCESS,
-            Isolation::HyperV => I::HYPERV,
-        });
-        host
-    }
-
-    #[cfg(not(windows))]
-    fn isolate(&self, host: HostConfig) -> HostConfig {
-        host
+/// Windows' canonical paths carry the `\\?\` prefix, which bind mounts refuse.
+fn plain_path(p: PathBuf) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_prefix(r"\\?\")) {
+        Some(rest) => PathBuf::from(rest),
+        None => p,
     }
 }
 
 /// A path relative to the app root, inside the container.
-fn in_wwwroot(rel: &str) -> String {
-    let sep = if cfg!(windows) { '\\' } else { '/' };
-    let rel = rel.trim_start_matches(['.', '/', '\\']);
+fn in_wwwroot(rel: &str, os: EngineOs) -> String {
+    let sep = os.separator();
+    let mut rel = rel;
+    // `./x`, `/x` and `.\x` are all `x` under the app root (as on the host).
+    loop {
+        if let Some(r) = rel.strip_prefix("./").or_else(|| rel.strip_prefix(".\\")) {
+            rel = r;
+        } else if let Some(r) = rel.strip_prefix(['/', '\\']) {
+            rel = r;
+        } else {
+            break;
+        }
+    }
+    if rel == "." {
+        rel = "";
+    }
     let rel: String = rel
         .chars()
         .map(|c| if c == '/' || c == '\\' { sep } else { c })
         .collect();
     if rel.is_empty() {
-        WWWROOT.to_string()
+        os.wwwroot().to_string()
     } else {
-        format!("{WWWROOT}{sep}{rel}")
+        format!("{}{sep}{rel}", os.wwwroot())
     }
 }
 
-#[cfg(not(windows))]
-mod platform {
-    use super::*;
-
-    /// Linux hardening; returns the user to run as.
-    pub(super) fn harden(
-        host: &mut HostConfig,
-        settings: &RuntimeSettings,
-        image_user: Option<&str>,
-    ) -> Option<String> {
-        if let Some(bytes) = host.memory {
-            // No swap beyond the memory limit: over it is out of memory.
-            host.memory_swap = Some(bytes);
-        }
-        host.pids_limit = settings.pids;
-        host.readonly_rootfs = Some(true);
-        host.tmpfs = Some(HashMap::from([(
-            "/tmp".to_string(),
-            "rw,nosuid,nodev,size=64m".to_string(),
-        )]));
-        host.security_opt = Some(vec!["no-new-privileges".into()]);
-        host.cap_drop = Some(vec!["ALL".into()]);
-        // PID 1 that forwards SIGTERM and reaps children (the engine's docker-init).
-        host.init = Some(true);
-        let image_user = image_user.map(str::trim).filter(|u| !u.is_empty());
-        let root = |u: &str| {
-            let name = u.split(':').next().unwrap_or(u);
-            name == "0" || name == "root"
-        };
-        match (&settings.user, image_user) {
-            (Some(u), _) => Some(u.clone()),
-            (None, Some(u)) if !root(u) => None,
-            _ => Some(DEFAULT_USER.to_string()),
-        }
+/// Linux containers: published on 127.0.0.1, hardened; returns the user to run as.
+fn harden_linux(
+    host: &mut HostConfig,
+    settings: &RuntimeSettings,
+    image_user: Option<&str>,
+    tcp: &str,
+) -> Option<String> {
+    host.port_bindings = Some(HashMap::from([(
+        tcp.to_string(),
+        Some(vec![PortBinding {
+            host_ip: Some(Ipv4Addr::LOCALHOST.to_string()),
+            host_port: Some(String::new()),
+        }]),
+    )]));
+    if let Some(bytes) = host.memory {
+        // No swap beyond the memory limit: over it is out of memory.
+        host.memory_swap = Some(bytes);
+    }
+    host.pids_limit = settings.pids;
+    host.readonly_rootfs = Some(true);
+    host.tmpfs = Some(HashMap::from([(
+        "/tmp".to_string(),
+        "rw,nosuid,nodev,size=64m".to_string(),
+    )]));
+    host.security_opt = Some(vec!["no-new-privileges".into()]);
+    host.cap_drop = Some(vec!["ALL".into()]);
+    // PID 1 that forwards SIGTERM and reaps children (the engine's docker-init).
+    host.init = Some(true);
+    let image_user = image_user.map(str::trim).filter(|u| !u.is_empty());
+    let root = |u: &str| {
+        let name = u.split(':').next().unwrap_or(u);
+        name == "0" || name == "root"
+    };
+    match (&settings.user, image_user) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(u)) if !root(u) => None,
+        _ => Some(DEFAULT_USER.to_string()),
     }
 }
 
-#[cfg(windows)]
-mod platform {
-    use super::*;
-
-    /// Windows containers take no capabilities, seccomp, read-only root or tmpfs;
-    /// the image's user (e.g. `ContainerUser` in nanoserver) applies unless the app
-    /// names one.
-    pub(super) fn harden(
-        _host: &mut HostConfig,
-        settings: &RuntimeSettings,
-        _image_user: Option<&str>,
-    ) -> Option<String> {
-        settings.user.clone()
-    }
+/// Windows containers: no published port (Windows NAT cannot publish on one host
+/// address; the worker reaches the container's own address), the isolation mode, and
+/// none of what Windows lacks (read-only root, tmpfs, capabilities, pids, init). The
+/// image's user (e.g. `ContainerUser` on nanoserver) applies unless the app names one.
+fn windows_host(
+    host: &mut HostConfig,
+    settings: &RuntimeSettings,
+    isolation: Isolation,
+) -> Option<String> {
+    use bollard::models::HostConfigIsolationEnum as I;
+    host.isolation = Some(match isolation {
+        Isolation::Default => I::DEFAULT,
+        Isolation::Process => I::PROCESS,
+        Isolation::HyperV => I::HYPERV,
+    });
+    settings.user.clone()
 }
 
 /// Force-remove a container (and its anonymous volumes); gone already is fine.
@@ -493,42 +599,94 @@ async fn remove(docker: &Docker, name: &str) -> Result<(), String> {
     }
 }
 
-/// Removes the container if the start fails half-way.
-struct CreatedGuard<'a> {
-    docker: &'a Docker,
+/// The container of a start in progress: if the start fails or is cancelled (its
+/// future dropped) at any point, the container is removed and its name leaves the
+/// live set, so nothing is left that the sweep would spare.
+struct Pending {
+    docker: Docker,
     name: String,
+    live: Arc<Mutex<HashSet<String>>>,
     armed: bool,
 }
 
-impl CreatedGuard<'_> {
-    async fn disarm_or_remove(mut self, ok: bool) {
-        if !ok {
-            let _ = remove(self.docker, &self.name).await;
+impl Pending {
+    fn new(docker: &Docker, name: &str, live: &Arc<Mutex<HashSet<String>>>) -> Pending {
+        live.lock().expect("live lock").insert(name.to_string());
+        Pending {
+            docker: docker.clone(),
+            name: name.to_string(),
+            live: live.clone(),
+            armed: true,
         }
+    }
+
+    /// Started: the exit watcher owns the container (and its live entry) now.
+    fn keep(mut self) {
         self.armed = false;
+    }
+
+    async fn fail(mut self) {
+        self.armed = false;
+        let _ = remove(&self.docker, &self.name).await;
+        self.live.lock().expect("live lock").remove(&self.name);
     }
 }
 
-impl Drop for CreatedGuard<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if self.armed {
-            // Cancelled mid-start: remove in the background.
+        if !self.armed {
+            return;
+        }
+        // Cancelled mid-start: remove in the background (a create still in flight
+        // is caught by the next sweep, its name no longer being live).
+        self.live.lock().expect("live lock").remove(&self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let docker = self.docker.clone();
             let name = std::mem::take(&mut self.name);
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 let _ = remove(&docker, &name).await;
             });
         }
     }
 }
 
-fn exit_from(code: i64, oom: bool) -> ExitInfo {
-    if oom {
-        ExitInfo::OutOfMemory
-    } else if (129..=159).contains(&code) {
-        ExitInfo::Signal((code - 128) as i32)
-    } else {
-        ExitInfo::Code(code as i32)
+/// How a container's exit code reads. Linux: 128+N is signal N (what the init
+/// process reports), and an out-of-memory kill is SIGKILL with the engine's OOM flag.
+/// Windows: codes are unsigned (NTSTATUS values above `i32::MAX` shown in hex).
+fn exit_from(code: i64, oom: bool, os: EngineOs) -> ExitInfo {
+    match os {
+        EngineOs::Linux if oom && code == 137 => ExitInfo::OutOfMemory,
+        EngineOs::Linux if (129..=159).contains(&code) => ExitInfo::Signal((code - 128) as i32),
+        EngineOs::Windows if code > i64::from(i32::MAX) || code < 0 => {
+            ExitInfo::Other(format!("exited with code 0x{:08X}", code as u32))
+        }
+        _ => ExitInfo::Code(code as i32),
+    }
+}
+
+/// Where the worker reaches the handler: the published port on 127.0.0.1 (Linux),
+/// or the container's own address (Windows NAT). `None`: not there (yet).
+fn endpoint_of(
+    inspect: &bollard::models::ContainerInspectResponse,
+    os: EngineOs,
+) -> Option<SocketAddr> {
+    let net = inspect.network_settings.as_ref()?;
+    match os {
+        EngineOs::Linux => net
+            .ports
+            .as_ref()?
+            .get(&format!("{CONTAINER_PORT}/tcp"))
+            .cloned()
+            .flatten()?
+            .into_iter()
+            .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        EngineOs::Windows => net
+            .networks
+            .as_ref()?
+            .values()
+            .find_map(|n| n.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
+            .map(|ip: std::net::IpAddr| SocketAddr::new(ip, CONTAINER_PORT)),
     }
 }
 
@@ -539,6 +697,13 @@ impl InstanceRuntime for DockerRuntime {
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError> {
+        self.start_instance(spec).await
+    }
+}
+
+impl DockerRuntime {
+    /// Start one instance (see the module documentation).
+    pub async fn start_instance(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError> {
         let settings = RuntimeSettings::parse(&spec.settings)
             .map_err(|e| RuntimeError::Other(format!("app settings: {e}")))?
             .or(&self.config.defaults);
@@ -549,37 +714,43 @@ impl InstanceRuntime for DockerRuntime {
                 spec.app
             ))
         })?;
-        let source: PathBuf = std::fs::canonicalize(&spec.app_root).map_err(|e| {
-            RuntimeError::Other(format!("app folder {}: {e}", spec.app_root.display()))
-        })?;
-        let docker = self.client().await?;
+        let source: PathBuf = std::fs::canonicalize(&spec.app_root)
+            .map(plain_path)
+            .map_err(|e| {
+                RuntimeError::Other(format!("app folder {}: {e}", spec.app_root.display()))
+            })?;
+        let (docker, os) = self.engine().await?;
         // Whatever a killed worker or a lost engine connection left behind.
-        if let Err(e) = self.sweep().await {
-            tracing::warn!("sweeping stale containers: {e}");
-        }
+        self.sweep_in_background();
         let inspect = self.ensure_image(&docker, &image).await?;
         let image_user = inspect.config.as_ref().and_then(|c| c.user.clone());
         let name = format!("strom-{}", spec.instance_id);
-        let body = self.body(spec, &settings, &image, image_user.as_deref(), &source);
-        self.live.lock().expect("live lock").insert(name.clone());
-        let result = self.create_and_start(&docker, &name, body, spec).await;
-        if result.is_err() {
-            self.live.lock().expect("live lock").remove(&name);
+        let body = self.body(spec, &settings, &image, image_user.as_deref(), &source, os);
+        let pending = Pending::new(&docker, &name, &self.live);
+        match self.create_and_start(&docker, &name, body, os).await {
+            Ok((endpoint, pid)) => {
+                pending.keep();
+                Ok(self.watch(&docker, &name, endpoint, pid, spec, os))
+            }
+            Err(e) => {
+                pending.fail().await;
+                Err(e)
+            }
         }
-        result
     }
-}
 
-impl DockerRuntime {
     async fn create_and_start(
         &self,
         docker: &Docker,
         name: &str,
         body: ContainerCreateBody,
-        spec: &InstanceSpec,
-    ) -> Result<Started, RuntimeError> {
-        let failed = |what: &str, e: DockerError| {
-            RuntimeError::Other(format!("{what} container {name}: {}", describe(&e)))
+        os: EngineOs,
+    ) -> Result<(SocketAddr, Option<u32>), RuntimeError> {
+        let failed = |what: &str, e: DockerError| match e {
+            DockerError::DockerResponseServerError { .. } => {
+                RuntimeError::Other(format!("{what} container {name}: {}", describe(&e)))
+            }
+            other => self.engine_error(other),
         };
         docker
             .create_container(
@@ -588,65 +759,50 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| failed("creating", e))?;
-        let guard = CreatedGuard {
-            docker,
-            name: name.to_string(),
-            armed: true,
-        };
-        let started = async {
-            docker
-                .start_container(name, None)
-                .await
-                .map_err(|e| failed("starting", e))?;
-            let inspect = docker
-                .inspect_container(name, None)
-                .await
-                .map_err(|e| failed("inspecting", e))?;
-            let port = inspect
-                .network_settings
-                .as_ref()
-                .and_then(|n| n.ports.as_ref())
-                .and_then(|p| p.get(&format!("{CONTAINER_PORT}/tcp")).cloned().flatten())
-                .and_then(|b| {
-                    b.into_iter()
-                        .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
-                });
-            let running = inspect
-                .state
-                .as_ref()
-                .and_then(|s| s.running)
-                .unwrap_or(false);
-            // A handler that already exited has no published port; its exit is
-            // reported below like any other (with its output).
-            let port = match (port, running) {
-                (Some(p), _) => p,
-                (None, false) => 0,
-                (None, true) => {
-                    return Err(RuntimeError::Other(format!(
-                        "container {name}: the engine published no port for {CONTAINER_PORT}/tcp"
-                    )))
-                }
-            };
-            let pid = inspect
-                .state
-                .as_ref()
-                .and_then(|s| s.pid)
-                .filter(|p| *p > 0)
-                .map(|p| p as u32);
-            Ok::<_, RuntimeError>((port, pid))
-        }
-        .await;
-        let (port, pid) = match started {
-            Ok(v) => {
-                guard.disarm_or_remove(true).await;
-                v
-            }
-            Err(e) => {
-                guard.disarm_or_remove(false).await;
-                return Err(e);
+        docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| failed("starting", e))?;
+        let inspect = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| failed("inspecting", e))?;
+        let running = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        // A handler that already exited has no address; its exit is reported by the
+        // watcher like any other (with its output).
+        let endpoint = match (endpoint_of(&inspect, os), running) {
+            (Some(e), _) => e,
+            (None, false) => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            (None, true) => {
+                return Err(RuntimeError::Other(format!(
+                    "container {name}: the engine gave no address for port {CONTAINER_PORT}"
+                )))
             }
         };
+        let pid = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32);
+        Ok((endpoint, pid))
+    }
 
+    /// Follow a started container's output and its end; the end is reported once
+    /// its last lines are in, and then the container is removed.
+    fn watch(
+        &self,
+        docker: &Docker,
+        name: &str,
+        endpoint: SocketAddr,
+        pid: Option<u32>,
+        spec: &InstanceSpec,
+        os: EngineOs,
+    ) -> Started {
         // Subscribed before the log stream starts: no line is missed.
         let (logs, lines) = broadcast::channel(1024);
         let logs_done = tokio::spawn(follow_logs(
@@ -656,38 +812,50 @@ impl DockerRuntime {
             spec.instance_id.clone(),
         ));
         let (exit_tx, exited) = watch::channel(None);
+        let (removed_tx, removed) = watch::channel(false);
         let live = self.live.clone();
         let watcher_docker = docker.clone();
         let watcher_name = name.to_string();
         tokio::spawn(async move {
-            let info = wait_exit(&watcher_docker, &watcher_name).await;
+            let info = wait_exit(&watcher_docker, &watcher_name, os).await;
             // The log stream ends with the container; let it deliver the last lines.
             let _ = tokio::time::timeout(Duration::from_secs(2), logs_done).await;
-            if let Err(e) = remove(&watcher_docker, &watcher_name).await {
-                tracing::warn!(container = %watcher_name, "cannot remove the ended container (the next sweep will): {e}");
-            }
-            live.lock().expect("live lock").remove(&watcher_name);
             let _ = exit_tx.send(Some(info));
+            match remove(&watcher_docker, &watcher_name).await {
+                // Gone: the sweep may take the name from now on.
+                Ok(()) => {
+                    live.lock().expect("live lock").remove(&watcher_name);
+                }
+                // Still there (the engine is away): not live any more, so the next
+                // sweep removes it.
+                Err(e) => {
+                    live.lock().expect("live lock").remove(&watcher_name);
+                    tracing::warn!(container = %watcher_name, "cannot remove the ended container (the next sweep will): {e}");
+                }
+            }
+            let _ = removed_tx.send(true);
         });
-        Ok(Started {
-            endpoint: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Started {
+            endpoint,
             pid,
             logs,
-            lines,
+            lines: Some(lines),
             exited: exited.clone(),
             control: Box::new(DockerControl {
                 docker: docker.clone(),
                 name: name.to_string(),
                 exited,
+                removed,
+                stopped: false,
             }),
             not_ready_hint: Some(NOT_READY_HINT),
-        })
+        }
     }
 }
 
 /// How the container ended. A lost engine connection ends the watch too (the
 /// instance is replaced; the sweep removes the container once the engine answers).
-async fn wait_exit(docker: &Docker, name: &str) -> ExitInfo {
+async fn wait_exit(docker: &Docker, name: &str, os: EngineOs) -> ExitInfo {
     let mut wait = docker.wait_container(
         name,
         Some(
@@ -711,11 +879,19 @@ async fn wait_exit(docker: &Docker, name: &str) -> ExitInfo {
             ))
         }
     };
-    let oom = match docker.inspect_container(name, None).await {
-        Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
-        Err(_) => false,
+    let oom_flag = || async {
+        match docker.inspect_container(name, None).await {
+            Ok(i) => i.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(_) => false,
+        }
     };
-    exit_from(code, oom)
+    let mut oom = oom_flag().await;
+    if !oom && code == 137 && os == EngineOs::Linux {
+        // The OOM event can trail the exit a little.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        oom = oom_flag().await;
+    }
+    exit_from(code, oom, os)
 }
 
 async fn follow_logs(
@@ -753,11 +929,15 @@ struct DockerControl {
     docker: Docker,
     name: String,
     exited: watch::Receiver<Option<ExitInfo>>,
+    /// The watcher has removed the container (or given it to the sweep).
+    removed: watch::Receiver<bool>,
+    stopped: bool,
 }
 
 #[async_trait::async_trait]
 impl InstanceControl for DockerControl {
     async fn stop(&mut self, grace: Duration) -> ExitInfo {
+        self.stopped = true;
         if let Some(info) = self.exited.borrow().clone() {
             return info;
         }
@@ -777,19 +957,44 @@ impl InstanceControl for DockerControl {
                 let _ = remove(&self.docker, &self.name).await;
             }
         }
-        let waited = tokio::time::timeout(
+        let ended = match tokio::time::timeout(
             grace + Duration::from_secs(10),
             self.exited.wait_for(|e| e.is_some()),
         )
-        .await;
-        match waited {
-            Ok(Ok(v)) => v
-                .clone()
-                .unwrap_or_else(|| ExitInfo::Other("stopped".into())),
-            _ => ExitInfo::Other(format!(
-                "container {} did not report its end; the sweep removes it",
-                self.name
-            )),
+        .await
+        {
+            Ok(Ok(v)) => v.clone(),
+            _ => None,
+        };
+        let info = match ended {
+            Some(info) => info,
+            None => {
+                let _ = remove(&self.docker, &self.name).await;
+                ExitInfo::Other(format!(
+                    "container {} did not report its end; it was removed",
+                    self.name
+                ))
+            }
+        };
+        // Stopped means gone: the container is removed before this returns.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.removed.wait_for(|r| *r)).await;
+        info
+    }
+}
+
+impl Drop for DockerControl {
+    /// Dropped without a stop (an actor that failed before it could stop it): the
+    /// container must not run on unowned.
+    fn drop(&mut self) {
+        if self.stopped || *self.removed.borrow() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let docker = self.docker.clone();
+            let name = self.name.clone();
+            rt.spawn(async move {
+                let _ = remove(&docker, &name).await;
+            });
         }
     }
 }
@@ -845,6 +1050,17 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, I
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         Input(format!("{}: {}", opts.app_dir.display(), lines.join("; ")))
     })?;
+    let os = match docker.info().await {
+        Ok(info) => EngineOs::from_info(info.os_type.as_deref()),
+        Err(e) => return Err(Unreachable(unreachable(describe(&e)).to_string())),
+    };
+    if opts.base == "scratch" && os == EngineOs::Windows {
+        return Err(Input(
+            "--base: Windows images cannot start from scratch; name a Windows base image \
+             matching the host (e.g. mcr.microsoft.com/windows/nanoserver:ltsc2022)"
+                .into(),
+        ));
+    }
     if opts.base != "scratch" {
         match docker.inspect_image(&opts.base).await {
             Ok(_) => {}
@@ -860,7 +1076,7 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, I
         }
     }
     let context =
-        context_tar(&zip, &opts.base).map_err(|e| Failed(format!("build context: {e}")))?;
+        context_tar(&zip, &opts.base, os).map_err(|e| Failed(format!("build context: {e}")))?;
     let mut options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&opts.tag)
@@ -912,16 +1128,20 @@ pub async fn build_image(docker: &Docker, opts: &ImageBuild) -> Result<String, I
     }
 }
 
+/// Where `strom image build` puts the app in a Windows image: not the wwwroot path,
+/// since Windows mounts only onto a missing or empty folder.
+pub const IMAGE_APP_WINDOWS: &str = "C:/strom/app";
+
 /// The build context: a Dockerfile and the app's files (from the package zip, so
 /// exactly what a deploy would ship, modes kept).
-fn context_tar(zip: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
+fn context_tar(zip: &[u8], base: &str, os: EngineOs) -> std::io::Result<Vec<u8>> {
     let staging = tempfile::tempdir()?;
     let app = staging.path().join("app");
     strom_proto::manifest::extract_to(zip, &app, &strom_proto::manifest::ZipLimits::default())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let root = WWWROOT.replace('\\', "/");
-    let mut dockerfile = format!("FROM {base}\n");
-    if base == "scratch" && !cfg!(windows) {
+    open_up(&app)?;
+    std::fs::write(staging.path().join("Dockerfile"), dockerfile(base, os))?;
+    if base == "scratch" {
         std::fs::write(
             staging.path().join("passwd"),
             "root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
@@ -930,63 +1150,153 @@ fn context_tar(zip: &[u8], base: &str) -> std::io::Result<Vec<u8>> {
             staging.path().join("group"),
             "root:x:0:\nnogroup:x:65534:\n",
         )?;
-        dockerfile.push_str("COPY passwd /etc/passwd\nCOPY group /etc/group\n");
     }
-    dockerfile.push_str(&format!("COPY app {root}\nWORKDIR {root}\n"));
-    if !cfg!(windows) {
-        dockerfile.push_str("USER 65534:65534\n");
-    }
-    std::fs::write(staging.path().join("Dockerfile"), dockerfile)?;
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     tar.append_dir_all(".", staging.path())?;
     tar.into_inner()
 }
 
+fn dockerfile(base: &str, os: EngineOs) -> String {
+    let mut d = format!("FROM {base}\n");
+    match os {
+        EngineOs::Linux => {
+            if base == "scratch" {
+                d.push_str("COPY passwd /etc/passwd\nCOPY group /etc/group\n");
+            }
+            d.push_str(&format!(
+                "COPY app {WWWROOT}\nWORKDIR {WWWROOT}\nUSER 65534:65534\n"
+            ));
+        }
+        EngineOs::Windows => {
+            d.push_str(&format!(
+                "COPY app {IMAGE_APP_WINDOWS}\nWORKDIR {IMAGE_APP_WINDOWS}\n"
+            ));
+        }
+    }
+    d
+}
+
+/// Files readable and folders enterable by everyone (the container's user is not
+/// their owner); executables stay executable.
+#[cfg(unix)]
+pub fn open_up(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let wanted = if meta.is_dir() || mode & 0o111 != 0 {
+            mode | 0o555
+        } else {
+            mode | 0o444
+        };
+        if wanted != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir)
+}
+
+#[cfg(not(unix))]
+pub fn open_up(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use EngineOs::{Linux, Windows};
 
     #[test]
     fn exit_codes_map_to_what_happened() {
-        assert_eq!(exit_from(0, false), ExitInfo::Code(0));
-        assert_eq!(exit_from(7, false), ExitInfo::Code(7));
-        assert_eq!(exit_from(143, false), ExitInfo::Signal(15));
-        assert_eq!(exit_from(137, false), ExitInfo::Signal(9));
-        assert_eq!(exit_from(137, true), ExitInfo::OutOfMemory);
+        assert_eq!(exit_from(0, false, Linux), ExitInfo::Code(0));
+        assert_eq!(exit_from(7, false, Linux), ExitInfo::Code(7));
+        assert_eq!(exit_from(143, false, Linux), ExitInfo::Signal(15));
+        assert_eq!(exit_from(137, false, Linux), ExitInfo::Signal(9));
+        assert_eq!(exit_from(137, true, Linux), ExitInfo::OutOfMemory);
+        // The flag alone (a child was OOM-killed, the handler exited by itself) is
+        // not the handler running out of memory.
+        assert_eq!(exit_from(0, true, Linux), ExitInfo::Code(0));
+        assert_eq!(exit_from(143, false, Windows), ExitInfo::Code(143));
+        assert_eq!(
+            exit_from(0xC000_013A, false, Windows),
+            ExitInfo::Other("exited with code 0xC000013A".into())
+        );
     }
 
     #[test]
     fn paths_resolve_inside_wwwroot() {
-        assert_eq!(in_wwwroot("handler"), format!("{WWWROOT}/handler"));
+        assert_eq!(in_wwwroot("handler", Linux), format!("{WWWROOT}/handler"));
         assert_eq!(
-            in_wwwroot("./bin/handler"),
+            in_wwwroot("./bin/handler", Linux),
             format!("{WWWROOT}/bin/handler")
         );
-        assert_eq!(in_wwwroot(""), WWWROOT);
+        assert_eq!(in_wwwroot("", Linux), WWWROOT);
+        assert_eq!(in_wwwroot(".", Linux), WWWROOT);
+        assert_eq!(
+            in_wwwroot(".venv/bin/python", Linux),
+            format!("{WWWROOT}/.venv/bin/python")
+        );
+        assert_eq!(in_wwwroot("/abs/x", Linux), format!("{WWWROOT}/abs/x"));
+        assert_eq!(
+            in_wwwroot("bin/handler.exe", Windows),
+            r"C:\home\site\wwwroot\bin\handler.exe"
+        );
+        assert_eq!(
+            in_wwwroot(r".\h.exe", Windows),
+            r"C:\home\site\wwwroot\h.exe"
+        );
+        assert_eq!(
+            plain_path(PathBuf::from(r"\\?\C:\data\apps\x")),
+            PathBuf::from(r"C:\data\apps\x")
+        );
         assert!("process".parse::<Isolation>().is_ok());
         assert!("HyperV".parse::<Isolation>().is_ok());
         assert!("vm"
             .parse::<Isolation>()
             .unwrap_err()
             .contains("process, hyperv"));
+        assert_eq!(EngineOs::from_info(Some("windows")), Windows);
+        assert_eq!(EngineOs::from_info(Some("linux")), Linux);
     }
 
-    #[cfg(not(windows))]
     #[test]
-    fn containers_are_hardened_and_run_as_non_root() {
-        let rt = DockerRuntime::new(DockerConfig {
-            cluster: "c1".into(),
-            node: 3,
-            ..Default::default()
-        });
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("handler"), b"").unwrap();
-        let spec = InstanceSpec {
+    fn image_dockerfiles_fit_the_engine() {
+        let linux = dockerfile("scratch", Linux);
+        assert!(
+            linux.starts_with("FROM scratch\nCOPY passwd /etc/passwd"),
+            "{linux}"
+        );
+        assert!(
+            linux.contains("COPY app /home/site/wwwroot\n") && linux.contains("USER 65534:65534")
+        );
+        let windows = dockerfile("mcr.microsoft.com/windows/nanoserver:ltsc2022", Windows);
+        assert!(
+            !windows.contains("wwwroot"),
+            "Windows mounts only onto an empty folder: {windows}"
+        );
+        assert!(
+            windows.contains("COPY app C:/strom/app") && !windows.contains("USER"),
+            "{windows}"
+        );
+    }
+
+    fn spec(dir: &Path) -> InstanceSpec {
+        std::fs::write(dir.join("handler"), b"").unwrap();
+        InstanceSpec {
             app: strom_proto::ids::AppName::parse("shop").unwrap(),
             version: strom_proto::ids::VersionId::of_bytes(b"v"),
             instance_id: "shop-1".into(),
-            app_root: dir.path().to_path_buf(),
+            app_root: dir.to_path_buf(),
             handler: strom_proto::manifest::CustomHandler {
                 default_executable_path: "handler".into(),
                 arguments: vec!["--mode=%MODE%".into()],
@@ -994,14 +1304,25 @@ mod tests {
                 enable_forwarding_http_request: false,
             },
             settings: [("MODE".to_string(), "x".to_string())].into(),
-        };
+        }
+    }
+
+    #[test]
+    fn linux_containers_are_hardened_and_run_as_non_root() {
+        let rt = DockerRuntime::new(DockerConfig {
+            cluster: "c1".into(),
+            node: 3,
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path());
         let settings = RuntimeSettings {
             memory_mb: Some(64),
             nano_cpus: Some(500_000_000),
             pids: Some(32),
             ..Default::default()
         };
-        let b = rt.body(&spec, &settings, "img:1", None, dir.path());
+        let b = rt.body(&spec, &settings, "img:1", None, dir.path(), Linux);
         let h = b.host_config.as_ref().unwrap();
         assert_eq!(b.entrypoint, Some(vec![format!("{WWWROOT}/handler")]));
         assert_eq!(b.cmd, Some(vec!["--mode=x".to_string()]));
@@ -1019,7 +1340,9 @@ mod tests {
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
         assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(h.init, Some(true));
         assert!(h.tmpfs.as_ref().unwrap().contains_key("/tmp"));
+        assert_eq!(h.isolation, None);
         let binding = &h.port_bindings.as_ref().unwrap()["8080/tcp"]
             .as_ref()
             .unwrap()[0];
@@ -1029,20 +1352,105 @@ mod tests {
         assert_eq!(m.target.as_deref(), Some(WWWROOT));
 
         // The image's own non-root user is kept; a root one is not; the app wins.
-        let b = rt.body(&spec, &settings, "img:1", Some("app:app"), dir.path());
+        let b = rt.body(
+            &spec,
+            &settings,
+            "img:1",
+            Some("app:app"),
+            dir.path(),
+            Linux,
+        );
         assert_eq!(b.user, None);
-        let b = rt.body(&spec, &settings, "img:1", Some("root"), dir.path());
+        let b = rt.body(&spec, &settings, "img:1", Some("root"), dir.path(), Linux);
         assert_eq!(b.user.as_deref(), Some(DEFAULT_USER));
         let mine = RuntimeSettings {
             user: Some("0".into()),
             ..Default::default()
         };
-        let b = rt.body(&spec, &mine, "img:1", Some("app"), dir.path());
+        let b = rt.body(&spec, &mine, "img:1", Some("app"), dir.path(), Linux);
         assert_eq!(b.user.as_deref(), Some("0"));
         assert_eq!(
             b.host_config.unwrap().memory,
             None,
             "no memory limit unless set"
         );
+    }
+
+    #[test]
+    fn windows_containers_get_their_paths_isolation_and_no_linux_options() {
+        let rt = DockerRuntime::new(DockerConfig {
+            cluster: "c1".into(),
+            node: 3,
+            isolation: Isolation::HyperV,
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path());
+        let settings = RuntimeSettings {
+            memory_mb: Some(256),
+            nano_cpus: Some(1_000_000_000),
+            pids: Some(32),
+            ..Default::default()
+        };
+        let b = rt.body(
+            &spec,
+            &settings,
+            "win:1",
+            Some("ContainerUser"),
+            dir.path(),
+            Windows,
+        );
+        let h = b.host_config.as_ref().unwrap();
+        assert_eq!(
+            b.entrypoint,
+            Some(vec![r"C:\home\site\wwwroot\handler".to_string()])
+        );
+        assert_eq!(b.working_dir.as_deref(), Some(r"C:\home\site\wwwroot\sub"));
+        assert!(b
+            .env
+            .as_ref()
+            .unwrap()
+            .contains(&r"FUNCTIONS_APP_ROOT_PATH=C:\home\site\wwwroot".to_string()));
+        assert_eq!(b.user, None, "the image's user");
+        assert_eq!(
+            h.mounts.as_ref().unwrap()[0].target.as_deref(),
+            Some(WWWROOT_WINDOWS)
+        );
+        assert_eq!(
+            h.isolation,
+            Some(bollard::models::HostConfigIsolationEnum::HYPERV)
+        );
+        assert_eq!(h.memory, Some(256 << 20));
+        assert_eq!(h.nano_cpus, Some(1_000_000_000));
+        // Windows NAT cannot publish on 127.0.0.1; Windows has none of these.
+        assert_eq!(h.port_bindings, None);
+        assert_eq!(h.memory_swap, None);
+        assert_eq!(h.pids_limit, None);
+        assert_eq!(h.readonly_rootfs, None);
+        assert_eq!(h.tmpfs, None);
+        assert_eq!(h.cap_drop, None);
+        assert_eq!(h.security_opt, None);
+        assert_eq!(h.init, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unpacked_files_are_opened_to_the_container_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("data"), b"x").unwrap();
+        std::fs::write(sub.join("run"), b"x").unwrap();
+        let set =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        set(&sub.join("data"), 0o600);
+        set(&sub.join("run"), 0o700);
+        set(&sub, 0o700);
+        open_up(dir.path()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o755);
+        assert_eq!(mode(&sub.join("data")), 0o644);
+        assert_eq!(mode(&sub.join("run")), 0o755);
     }
 }

@@ -92,8 +92,9 @@ pub struct Started {
     pub pid: Option<u32>,
     /// Handler stdout/stderr, line by line.
     pub logs: broadcast::Sender<LogLine>,
-    /// Every line from the start (subscribed before the handler could write).
-    pub lines: broadcast::Receiver<LogLine>,
+    /// Every line from the start (subscribed before the handler could write); taken
+    /// by the instance's owner (an unread receiver would hold up to 1024 lines).
+    pub lines: Option<broadcast::Receiver<LogLine>>,
     /// Becomes `Some` when the instance has ended.
     pub exited: watch::Receiver<Option<ExitInfo>>,
     pub control: Box<dyn InstanceControl>,

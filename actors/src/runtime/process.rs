@@ -172,7 +172,7 @@ impl InstanceRuntime for ProcessRuntime {
             endpoint: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             pid,
             logs,
-            lines,
+            lines: Some(lines),
             exited: exited.clone(),
             control: Box::new(ProcessControl { pid, exited }),
             not_ready_hint: None,

@@ -22,8 +22,13 @@
 //! - resident memory of an idle management node, an idle worker-only node, and that
 //!   worker with one running instance (the handler process counted separately).
 //!
+//! Instance runtimes (`containers`): cold start and crash → serving of the Docker
+//! and process runtimes against a bare container and a bare process, and the
+//! worker's memory per instance (see `strom_bench/containers.rs`; skipped with a
+//! note without a Docker engine).
+//!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway|placements|ha]`. The gateway and HA sections build the
+//! [--trials N] [--only gateway|placements|ha|containers]`. The gateway and HA sections build the
 //! release `strom` binaries if needed; each section prints Markdown tables (latency,
 //! throughput and ratios) after a table of machine facts, and nothing else is written.
 
@@ -48,7 +53,12 @@ use strom_proto::ids::{AppName, ClusterId, TokenHash, VersionId};
 use strom_proto::manifest::{pack_dir, validate_app, AppPackage, ZipLimits};
 
 /// The benchmark sections, in the order they run; `--only NAME` picks one.
-const SECTIONS: [&str; 3] = ["gateway", "placements", "ha"];
+const SECTIONS: [&str; 4] = ["gateway", "placements", "ha", "containers"];
+
+#[path = "strom_bench/containers.rs"]
+mod containers;
+#[path = "../../../actors/tests/support/mod.rs"]
+mod support;
 
 struct Proc(Child);
 
@@ -275,6 +285,12 @@ async fn main() -> anyhow::Result<()> {
             println!();
         }
         ha::run(seconds, trials).await?;
+    }
+    if wanted("containers") {
+        if only.is_none() {
+            println!();
+        }
+        containers::run(&bin_dir()?).await?;
     }
     Ok(())
 }

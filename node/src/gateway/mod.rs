@@ -1040,6 +1040,9 @@ impl Gateway {
             error: None,
             logs: Vec::new(),
         };
+        // The instance may have died under the request (out of memory, a crash):
+        // its record says how, once the worker has noticed.
+        let mut died_under_call = false;
         let (response, endpoint, logs_rx) = match outcome {
             Outcome::TimedOut {
                 endpoint,
@@ -1065,13 +1068,9 @@ impl Gateway {
             Outcome::Failed {
                 endpoint,
                 logs_rx,
-                error: mut e,
+                error: e,
             } => {
-                // The instance may have died under the request (out of memory, a
-                // crash): say how, once the worker has noticed.
-                if let Some(info) = endpoint.exit_reason(Duration::from_secs(2)).await {
-                    e = format!("{e}; the instance ended: {info}");
-                }
+                died_under_call = true;
                 record.status = InvocationStatus::Failed;
                 record.error = Some(format!("calling the handler failed: {e}"));
                 (
@@ -1187,7 +1186,22 @@ impl Gateway {
             answered_line: endpoint.logs.next_seq(),
             due: Instant::now() + LOG_GRACE,
         };
-        if let Err(e) = self.inner.recorder.try_send(pending) {
+        if died_under_call {
+            let recorder = self.inner.recorder.clone();
+            let invocations = self.inner.invocations.clone();
+            tokio::spawn(async move {
+                let mut pending = pending;
+                if let Some(info) = pending.endpoint.exit_reason(Duration::from_secs(5)).await {
+                    if let Some(e) = pending.record.error.as_mut() {
+                        e.push_str(&format!("; the instance ended: {info}"));
+                    }
+                }
+                pending.due = Instant::now() + LOG_GRACE;
+                if let Err(e) = recorder.try_send(pending) {
+                    invocations.record(e.into_inner().record);
+                }
+            });
+        } else if let Err(e) = self.inner.recorder.try_send(pending) {
             // The recorder is far behind: keep the record, without trailing lines.
             self.inner.invocations.record(e.into_inner().record);
         }
