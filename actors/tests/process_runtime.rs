@@ -198,3 +198,36 @@ async fn t62_a_missing_executable_is_a_clear_error_and_orphans_are_reaped() {
     .unwrap();
     assert!(reap_orphans(run.path()).is_empty());
 }
+
+#[tokio::test]
+async fn t63_a_packaged_handler_starts_from_a_relative_data_dir() {
+    // `strom up` defaults to `--data-dir ./.strom`: app folders are relative.
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let rel = Path::new(".").join(dir.path().file_name().unwrap());
+    let root = rel.as_path();
+    let run = tempfile::tempdir().unwrap();
+    let mut s = spec(root);
+    let script = root.join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec python3 handler.py \"$@\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    s.handler.default_executable_path = "run.sh".into();
+    s.handler.arguments = vec![];
+    let runtime = ProcessRuntime::new(run.path()).unwrap();
+    let mut started = runtime
+        .start(&s)
+        .await
+        .expect("the packaged handler starts");
+    let mut exited = started.exited.clone();
+    wait_ready(started.endpoint, &mut exited, Duration::from_secs(30))
+        .await
+        .expect("ready");
+    let env = get(started.endpoint, "/env").await;
+    let absolute = std::path::absolute(root).unwrap();
+    assert!(
+        env.lines()
+            .any(|l| l == format!("FUNCTIONS_APP_ROOT_PATH={}", absolute.display())),
+        "the app root is given as an absolute path:\n{env}"
+    );
+    started.control.stop(Duration::from_secs(5)).await;
+}

@@ -519,15 +519,31 @@ const DUTY_TICK: Duration = Duration::from_millis(200);
 /// How often the leader asks members for their build and protocol.
 const VERSION_REFRESH: Duration = Duration::from_secs(3);
 
+/// Least time between two rounds woken by state changes.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(10);
+
 /// The leader's periodic work, on every management node (idle unless it leads).
 pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) {
     let mut last_versions: Option<Instant> = None;
     let mut last_plan: Option<((u64, u64), Instant)> = None;
+    // A change to the state (a scale, a deploy, a worker) wakes a round at once, so a
+    // placement follows its cause within milliseconds; bursts are coalesced.
+    let mut state = node.state.clone();
+    let mut state_open = true;
+    let mut last_round = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(DUTY_TICK) => {}
+            changed = state.changed(), if state_open => {
+                state_open = changed.is_ok();
+                let since = last_round.elapsed();
+                if since < MIN_ROUND_GAP {
+                    tokio::time::sleep(MIN_ROUND_GAP - since).await;
+                }
+            }
         }
+        last_round = Instant::now();
         let metrics = node.raft.metrics().borrow().clone();
         let leading = metrics.current_leader == Some(node.config.node_id)
             && metrics.state == openraft::ServerState::Leader;

@@ -169,7 +169,9 @@ impl Worker {
         )
         .await?;
         let cancel = CancellationToken::new();
-        let apps_dir = data_dir.join("apps");
+        // Absolute: handlers start in their own folder, and a relative data dir
+        // (the default `./.strom`) would make their paths wrong there.
+        let apps_dir = std::path::absolute(data_dir.join("apps"))?;
         std::fs::create_dir_all(&apps_dir)?;
         let assign_task = tokio::spawn(assign_loop(
             node_id,

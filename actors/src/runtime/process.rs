@@ -76,6 +76,17 @@ impl InstanceRuntime for ProcessRuntime {
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError> {
         let port = free_port().map_err(RuntimeError::NoPort)?;
+        // The handler starts in its own folder: every path it gets is absolute.
+        let app_root =
+            std::path::absolute(&spec.app_root).map_err(|source| RuntimeError::Spawn {
+                program: spec.handler.default_executable_path.clone(),
+                dir: spec.app_root.clone(),
+                source,
+            })?;
+        let spec = &InstanceSpec {
+            app_root,
+            ..spec.clone()
+        };
         let program = resolve_program(&spec.app_root, &spec.handler.default_executable_path);
         let args: Vec<String> = spec
             .handler

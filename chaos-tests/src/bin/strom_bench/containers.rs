@@ -93,7 +93,12 @@ async fn bare_container(
                 "8080/tcp".to_string(),
                 Some(vec![PortBinding {
                     host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
+                    // A fixed port: a restarted container gets the same one.
+                    host_port: Some(if restart {
+                        free_port().to_string()
+                    } else {
+                        String::new()
+                    }),
                 }]),
             )])),
             restart_policy: restart.then_some(RestartPolicy {
