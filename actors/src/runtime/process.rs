@@ -234,6 +234,8 @@ fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
 }
 
 struct ProcessControl {
+    /// The process group to signal (Unix; Windows has no counterpart here yet).
+    #[cfg_attr(not(unix), allow(dead_code))]
     pid: Option<u32>,
     exited: watch::Receiver<Option<ExitInfo>>,
 }
