@@ -89,7 +89,7 @@ impl Harness {
                 )
             }
         };
-        let cluster = format!("conformance-{}", uuid::Uuid::new_v4().simple());
+        let cluster = format!("cf{}", uuid::Uuid::new_v4().simple());
         let docker = docker.map(|_| {
             Arc::new(DockerRuntime::new(DockerConfig {
                 cluster: cluster.clone(),
@@ -210,6 +210,9 @@ impl Harness {
     async fn shutdown(self) -> String {
         let _ = ractor::call_t!(self.node, NodeMsg::Shutdown, 30_000);
         self.node.stop(None);
+        if let Some(d) = &self._docker {
+            d.remove_network().await;
+        }
         self.cluster.clone()
     }
 }
@@ -231,6 +234,11 @@ impl Drop for Harness {
                     let _ = std::process::Command::new("docker")
                         .args(["rm", "-f"])
                         .args(&ids)
+                        .output();
+                }
+                if let Some(d) = &self._docker {
+                    let _ = std::process::Command::new("docker")
+                        .args(["network", "rm", &d.network_name()])
                         .output();
                 }
             }
@@ -600,12 +608,36 @@ async fn docker_containers_are_hardened() {
     let Some(h) = docker_harness("docker_containers_are_hardened").await else {
         return;
     };
-    h.assign(vec![h.assignment(
-        "shop",
-        h.settings(&[("STROM_CONTAINER_PIDS", "64")]),
-        1,
-    )]);
+    h.assign(vec![
+        h.assignment("shop", h.settings(&[("STROM_CONTAINER_PIDS", "64")]), 1),
+        h.assignment("other", h.settings(&[]), 1),
+    ]);
     let ep = h.ready("shop", 1).await[0].clone();
+    let other = h.ready("other", 1).await[0].clone();
+    // Another app's container is out of reach: no traffic between containers.
+    let ip = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &format!("strom-{}", other.instance_id),
+        ])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    assert!(!ip.is_empty());
+    let reach = get(ep.addr, &format!("/connect?addr={ip}:8080"))
+        .await
+        .unwrap();
+    assert!(
+        reach.starts_with("error"),
+        "one app reached another: {reach}"
+    );
+    assert_eq!(
+        get(other.addr, "/ok").await.unwrap(),
+        "ok",
+        "the gateway still does"
+    );
     let uid = get(ep.addr, "/whoami").await.unwrap();
     assert!(uid.contains("65534"), "runs as nobody: {uid}");
     let root = get(ep.addr, "/write?path=/written").await.unwrap();

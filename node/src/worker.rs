@@ -225,6 +225,7 @@ impl Worker {
             if !removed.is_empty() {
                 tracing::warn!(?removed, "removed containers that did not stop in time");
             }
+            self.docker.remove_network().await;
         }
     }
 }

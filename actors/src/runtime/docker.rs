@@ -18,6 +18,9 @@
 //!   publish on one host address): reached at the container's own address. The
 //!   handler must listen on all of the container's interfaces (`0.0.0.0`), since
 //!   traffic arrives through its network.
+//! - Network (Linux): every container joins the node's own bridge network
+//!   (`strom-<node>-<cluster>`), created on first use with inter-container traffic
+//!   off, so one app's containers cannot reach another's (or their own siblings').
 //! - Limits (`STROM_MEMORY_MB`, `STROM_CONTAINER_CPUS`, `STROM_CONTAINER_PIDS`, or the
 //!   worker defaults) and hardening on Linux: read-only root filesystem, a tmpfs
 //!   `/tmp`, `no-new-privileges`, every capability dropped, an init process that
@@ -160,6 +163,9 @@ pub struct DockerRuntime {
     live: Arc<Mutex<HashSet<String>>>,
     /// A background sweep is running (one at a time).
     sweeping: Arc<std::sync::atomic::AtomicBool>,
+    /// One network check-or-create at a time (an older engine would create two
+    /// networks of the same name).
+    network: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn default_engine_address() -> String {
@@ -210,6 +216,7 @@ impl DockerRuntime {
             client: Arc::new(Mutex::new(Arc::new(OnceCell::new()))),
             live: Arc::default(),
             sweeping: Arc::default(),
+            network: Arc::default(),
         }
     }
 
@@ -281,6 +288,14 @@ impl DockerRuntime {
         self.sweep_where(false).await
     }
 
+    /// Remove this node's containers network (at shutdown, after its containers);
+    /// the next start creates it again. In use or gone: left as it is.
+    pub async fn remove_network(&self) {
+        if let Ok(docker) = self.client().await {
+            let _ = docker.remove_network(&self.network_name()).await;
+        }
+    }
+
     async fn sweep_where(&self, spare_live: bool) -> Result<Vec<String>, RuntimeError> {
         let docker = self.client().await?;
         let list = docker
@@ -348,6 +363,54 @@ impl DockerRuntime {
         }
     }
 
+    /// The node's bridge network for its containers (Linux), created on first use:
+    /// no traffic between containers (`enable_icc=false`); published ports work.
+    pub fn network_name(&self) -> String {
+        let cluster: String = self
+            .config
+            .cluster
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+        format!("strom-{}-{cluster}", self.config.node)
+    }
+
+    /// The network's id (containers join it by id: names may be ambiguous).
+    async fn ensure_network(&self, docker: &Docker) -> Result<String, RuntimeError> {
+        let _one_at_a_time = self.network.lock().await;
+        let name = self.network_name();
+        match docker.inspect_network(&name, None).await {
+            Ok(n) => {
+                return n
+                    .id
+                    .ok_or_else(|| RuntimeError::Other(format!("network {name}: no id")))
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.engine_error(e)),
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            )])),
+            labels: Some(HashMap::from([
+                (LABEL_CLUSTER.to_string(), self.config.cluster.clone()),
+                (LABEL_NODE.to_string(), self.config.node.to_string()),
+            ])),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(created) => Ok(created.id),
+            Err(e) => Err(RuntimeError::Other(format!(
+                "creating the containers' network {name}: {}",
+                describe(&e)
+            ))),
+        }
+    }
+
     /// The image, present on the engine (pulled first if allowed).
     async fn ensure_image(
         &self,
@@ -401,6 +464,7 @@ impl DockerRuntime {
         image_user: Option<&str>,
         source: &Path,
         os: EngineOs,
+        network: Option<&str>,
     ) -> ContainerCreateBody {
         let root = os.wwwroot();
         let exe = &spec.handler.default_executable_path;
@@ -457,6 +521,7 @@ impl DockerRuntime {
                 ])),
             }),
             nano_cpus: settings.nano_cpus,
+            network_mode: network.map(str::to_string),
             memory: settings
                 .memory_mb
                 .filter(|m| *m > 0)
@@ -725,7 +790,20 @@ impl DockerRuntime {
         let inspect = self.ensure_image(&docker, &image).await?;
         let image_user = inspect.config.as_ref().and_then(|c| c.user.clone());
         let name = format!("strom-{}", spec.instance_id);
-        let body = self.body(spec, &settings, &image, image_user.as_deref(), &source, os);
+        let network = match os {
+            EngineOs::Linux => Some(self.ensure_network(&docker).await?),
+            // Windows containers stay on the engine's `nat` network.
+            EngineOs::Windows => None,
+        };
+        let body = self.body(
+            spec,
+            &settings,
+            &image,
+            image_user.as_deref(),
+            &source,
+            os,
+            network.as_deref(),
+        );
         let pending = Pending::new(&docker, &name, &self.live);
         match self.create_and_start(&docker, &name, body, os).await {
             Ok((endpoint, pid)) => {
@@ -1322,7 +1400,15 @@ mod tests {
             pids: Some(32),
             ..Default::default()
         };
-        let b = rt.body(&spec, &settings, "img:1", None, dir.path(), Linux);
+        let b = rt.body(
+            &spec,
+            &settings,
+            "img:1",
+            None,
+            dir.path(),
+            Linux,
+            Some("strom-3-c1"),
+        );
         let h = b.host_config.as_ref().unwrap();
         assert_eq!(b.entrypoint, Some(vec![format!("{WWWROOT}/handler")]));
         assert_eq!(b.cmd, Some(vec!["--mode=x".to_string()]));
@@ -1343,6 +1429,8 @@ mod tests {
         assert_eq!(h.init, Some(true));
         assert!(h.tmpfs.as_ref().unwrap().contains_key("/tmp"));
         assert_eq!(h.isolation, None);
+        assert_eq!(h.network_mode.as_deref(), Some("strom-3-c1"));
+        assert_eq!(rt.network_name(), "strom-3-c1");
         let binding = &h.port_bindings.as_ref().unwrap()["8080/tcp"]
             .as_ref()
             .unwrap()[0];
@@ -1359,15 +1447,24 @@ mod tests {
             Some("app:app"),
             dir.path(),
             Linux,
+            None,
         );
         assert_eq!(b.user, None);
-        let b = rt.body(&spec, &settings, "img:1", Some("root"), dir.path(), Linux);
+        let b = rt.body(
+            &spec,
+            &settings,
+            "img:1",
+            Some("root"),
+            dir.path(),
+            Linux,
+            None,
+        );
         assert_eq!(b.user.as_deref(), Some(DEFAULT_USER));
         let mine = RuntimeSettings {
             user: Some("0".into()),
             ..Default::default()
         };
-        let b = rt.body(&spec, &mine, "img:1", Some("app"), dir.path(), Linux);
+        let b = rt.body(&spec, &mine, "img:1", Some("app"), dir.path(), Linux, None);
         assert_eq!(b.user.as_deref(), Some("0"));
         assert_eq!(
             b.host_config.unwrap().memory,
@@ -1399,6 +1496,7 @@ mod tests {
             Some("ContainerUser"),
             dir.path(),
             Windows,
+            None,
         );
         let h = b.host_config.as_ref().unwrap();
         assert_eq!(
@@ -1431,6 +1529,7 @@ mod tests {
         assert_eq!(h.cap_drop, None);
         assert_eq!(h.security_opt, None);
         assert_eq!(h.init, None);
+        assert_eq!(h.network_mode, None, "the engine's nat network");
     }
 
     #[cfg(unix)]

@@ -12,7 +12,8 @@
 //!   `env` (its environment, `K=V` lines), `whoami` (the `Uid:` line of
 //!   /proc/self/status), `write` (writes the file `path`: `written` or the error),
 //!   `sleep` (`ms` milliseconds), `exit` (exits with `code`, no answer), `hog`
-//!   (allocates memory until killed), anything else `ok`.
+//!   (allocates memory until killed), `connect` (a TCP connection to `addr`, 1 s:
+//!   `connected` or the error), anything else `ok`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -118,6 +119,16 @@ fn serve(stream: TcpStream) {
                 let target = params.get("path").copied().unwrap_or("/written");
                 match std::fs::write(target, b"x") {
                     Ok(()) => "written".into(),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+            "connect" => {
+                let target = params.get("addr").copied().unwrap_or("");
+                match target.parse::<std::net::SocketAddr>() {
+                    Ok(a) => match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                        Ok(_) => "connected".into(),
+                        Err(e) => format!("error: {e}"),
+                    },
                     Err(e) => format!("error: {e}"),
                 }
             }
