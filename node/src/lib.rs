@@ -66,7 +66,7 @@ async fn run_image(cmd: cli::ImageCommand) -> Result<(), client::CliError> {
     };
     match build_image(&docker, &opts).await {
         Ok(id) => {
-            println!("built {tag} ({id})");
+            output::say!("built {tag} ({id})");
             Ok(())
         }
         Err(e @ ImageBuildError::Input(_)) => Err(client::CliError::new(2, e.to_string())),

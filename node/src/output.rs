@@ -1,4 +1,33 @@
 //! What client commands print: tables for people, JSON for scripts.
+//!
+//! Everything goes through [`say!`]: a reader that went away (`strom … | head`)
+//! ends the command quietly instead of a "Broken pipe" panic (Rust ignores SIGPIPE,
+//! and restoring it needs `unsafe`, which this workspace forbids).
+
+/// `println!` that ends the process quietly (exit 0) when stdout's reader is gone.
+macro_rules! say {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// One line to stdout; a closed pipe ends the process (the reader wanted no more).
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -45,7 +74,7 @@ impl Printer {
 
     fn json<T: Serialize>(&self, value: &T) -> bool {
         if self.output == Output::Json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(value).expect("serializable")
             );
@@ -57,7 +86,7 @@ impl Printer {
 
     pub fn message<T: Serialize>(&self, text: &str, value: &T) {
         if !self.json(value) {
-            println!("{text}");
+            say!("{text}");
         }
     }
 
@@ -66,13 +95,13 @@ impl Printer {
             return;
         }
         if r.changed {
-            println!(
+            say!(
                 "deployed app `{}` version {}",
                 r.app_name,
                 short(&r.version_id)
             );
         } else {
-            println!(
+            say!(
                 "app `{}` already runs version {} (nothing changed)",
                 r.app_name,
                 short(&r.version_id)
@@ -86,7 +115,7 @@ impl Printer {
             return;
         }
         if r.apps.is_empty() {
-            println!("no apps");
+            say!("no apps");
             return;
         }
         let mut t = table(&["APP", "ACTIVE VERSION", "VERSIONS", "FUNCTIONS", "UPDATED"]);
@@ -99,7 +128,7 @@ impl Printer {
                 format_time(a.updated_at_ms),
             ]);
         }
-        println!("{t}");
+        say!("{t}");
     }
 
     pub fn app(&self, r: &pb::GetAppResponse) {
@@ -107,12 +136,12 @@ impl Printer {
             return;
         }
         let Some(a) = &r.app else { return };
-        println!("app:            {}", a.name);
-        println!("active version: {}", a.active_version);
-        println!("created:        {}", format_time(a.created_at_ms));
-        println!("updated:        {}", format_time(a.updated_at_ms));
-        println!("route prefix:   /{}", r.route_prefix);
-        println!();
+        say!("app:            {}", a.name);
+        say!("active version: {}", a.active_version);
+        say!("created:        {}", format_time(a.created_at_ms));
+        say!("updated:        {}", format_time(a.updated_at_ms));
+        say!("route prefix:   /{}", r.route_prefix);
+        say!();
         let mut t = table(&["VERSION", "DEPLOYED", "SIZE", "FUNCTIONS", "ACTIVE"]);
         for v in &r.versions {
             t.add_row(vec![
@@ -123,11 +152,11 @@ impl Printer {
                 if v.active { "*".into() } else { String::new() },
             ]);
         }
-        println!("{t}");
-        println!();
+        say!("{t}");
+        say!();
         print_functions(&r.functions, false);
         if !r.instances.is_empty() {
-            println!();
+            say!();
             print_instances(&r.instances);
         }
     }
@@ -149,28 +178,28 @@ impl Printer {
                 },
             ]);
         }
-        println!("{t}");
+        say!("{t}");
     }
 
     pub fn keys(&self, r: &pb::ListFunctionKeysResponse) {
         if self.json(r) {
             return;
         }
-        println!("auth level: {}", r.auth_level);
+        say!("auth level: {}", r.auth_level);
         let mut t = table(&["SCOPE", "NAME", "VALUE"]);
         for k in &r.keys {
             t.add_row(vec![k.scope.clone(), k.name.clone(), k.value.clone()]);
         }
-        println!("{t}");
+        say!("{t}");
     }
 
     /// One invocation: a JSON line, or a header line and its logs.
     pub fn invocation(&self, i: &pb::InvocationInfo) {
         if self.output == Output::Json {
-            println!("{}", serde_json::to_string(i).expect("serializable"));
+            say!("{}", serde_json::to_string(i).expect("serializable"));
             return;
         }
-        println!(
+        say!(
             "{} {}/{} {} {} {:.1} ms id={}{}",
             format_time_ms(i.started_at_ms),
             i.app_name,
@@ -186,7 +215,7 @@ impl Printer {
             }
         );
         for l in &i.logs {
-            println!("    [{}] {}", l.source, l.text);
+            say!("    [{}] {}", l.source, l.text);
         }
     }
 
@@ -195,7 +224,7 @@ impl Printer {
             return;
         }
         if functions.is_empty() {
-            println!("no functions");
+            say!("no functions");
             return;
         }
         print_functions(functions, true);
@@ -208,10 +237,10 @@ impl Printer {
         let mut keys: Vec<_> = settings.keys().collect();
         keys.sort();
         if keys.is_empty() {
-            println!("no settings");
+            say!("no settings");
         }
         for k in keys {
-            println!("{k}={}", settings[k]);
+            say!("{k}={}", settings[k]);
         }
     }
 
@@ -219,9 +248,9 @@ impl Printer {
         if self.json(r) {
             return;
         }
-        println!("cluster:      {}", r.cluster_id);
-        println!("node:         {} ({})", r.node_id, r.state);
-        println!(
+        say!("cluster:      {}", r.cluster_id);
+        say!("node:         {} ({})", r.node_id, r.state);
+        say!(
             "leader:       {}",
             if r.leader_id == 0 {
                 "none".to_string()
@@ -229,22 +258,24 @@ impl Printer {
                 r.leader_id.to_string()
             }
         );
-        println!("term:         {}", r.term);
-        println!(
+        say!("term:         {}", r.term);
+        say!(
             "applied:      {} (last log {})",
-            r.last_applied_index, r.last_log_index
+            r.last_applied_index,
+            r.last_log_index
         );
-        println!("apps:         {}", r.app_count);
-        println!(
+        say!("apps:         {}", r.app_count);
+        say!(
             "build:        {} (cluster protocol {})",
-            r.build_version, r.protocol
+            r.build_version,
+            r.protocol
         );
         if !r.live {
-            println!(
+            say!(
                 "(no leader answered: worker heartbeats and instances of other nodes are unknown)"
             );
         }
-        println!();
+        say!();
         let mut t = table(&[
             "MEMBER", "ADDRESS", "ROLE", "LEADER", "BUILD", "PROTOCOL", "MATCHED", "LAG",
         ]);
@@ -272,7 +303,7 @@ impl Printer {
                 },
             ]);
         }
-        println!("{t}");
+        say!("{t}");
         if !r.workers.is_empty() {
             let mut t = table(&[
                 "WORKER",
@@ -312,7 +343,7 @@ impl Printer {
                     or_dash(&w.build),
                 ]);
             }
-            println!("{t}");
+            say!("{t}");
         }
         if !r.placements.is_empty() {
             let mut t = table(&["APP", "DESIRED", "PLACEMENT (node: instances/ready)"]);
@@ -332,7 +363,7 @@ impl Printer {
                     },
                 ]);
             }
-            println!("{t}");
+            say!("{t}");
         }
         if !r.instances.is_empty() {
             print_instances(&r.instances);
@@ -390,7 +421,7 @@ pub fn print_instances(instances: &[pb::InstanceInfo]) {
             i.last_error.clone(),
         ]);
     }
-    println!("{t}");
+    say!("{t}");
 }
 
 pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
@@ -437,5 +468,5 @@ pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
         }
         t.add_row(row);
     }
-    println!("{t}");
+    say!("{t}");
 }

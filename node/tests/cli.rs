@@ -53,6 +53,27 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
     let fns = up.json(&["fn", "list", "hello-python"]);
     assert_eq!(fns["functions"].as_array().unwrap().len(), 3);
 
+    // `strom … | head`: a reader that goes away ends the command quietly.
+    let mut child = Command::new(STROM)
+        .args([
+            "app",
+            "show",
+            "hello-python",
+            "--server",
+            &up.server,
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // closed before the answer comes back
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
     let table = up.strom(&["app", "list"]);
     assert_eq!(table.code, 0);
     assert!(table.stdout.contains("hello-python"), "{}", table.stdout);
