@@ -261,21 +261,7 @@ async fn get(addr: std::net::SocketAddr, target: &str) -> std::io::Result<String
 
 /// Containers of this harness's cluster (any state).
 async fn containers(cluster: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={LABEL_CLUSTER}={cluster}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    support::containers_labeled(LABEL_CLUSTER, cluster)
 }
 
 fn alive(pid: u32) -> bool {

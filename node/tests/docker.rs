@@ -34,21 +34,7 @@ fn strom(args: &[&str]) -> (i32, String, String) {
 
 /// Names of the containers (any state) of `app`.
 fn containers_of(app: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=strom.app={app}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    support::containers_labeled("strom.app", app)
 }
 
 /// Removes the test's containers and image even when it fails midway.

@@ -55,8 +55,8 @@ use strom_proto::runtime_settings::RuntimeSettings;
 use tokio::sync::{broadcast, watch, OnceCell};
 
 use super::{
-    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter,
-    LogStream, RuntimeError, Started,
+    ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter, LogStream,
+    RuntimeError, Started,
 };
 
 /// The port the handler listens on inside its container.
@@ -473,29 +473,21 @@ impl DockerRuntime {
         } else {
             exe.clone()
         };
-        let args: Vec<String> = spec
-            .handler
-            .arguments
-            .iter()
-            .map(|a| expand_settings(a, &spec.settings))
-            .collect();
+        let args = spec.expanded_arguments();
         let working_dir = match &spec.handler.working_directory {
             Some(w) if !w.is_empty() => in_wwwroot(w, os),
             _ => root.to_string(),
         };
-        let port = CONTAINER_PORT.to_string();
         let mut env: Vec<String> = spec
             .settings
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        env.extend([
-            format!("FUNCTIONS_CUSTOMHANDLER_PORT={port}"),
-            format!("FUNCTIONS_HTTPWORKER_PORT={port}"),
-            format!("FUNCTIONS_CUSTOMHANDLER_WORKER_ID={}", spec.instance_id),
-            format!("FUNCTIONS_HTTPWORKER_ID={}", spec.instance_id),
-            format!("FUNCTIONS_APP_ROOT_PATH={root}"),
-        ]);
+        env.extend(
+            spec.host_env(CONTAINER_PORT, root)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let labels = HashMap::from([
             (LABEL_CLUSTER.to_string(), self.config.cluster.clone()),
             (LABEL_NODE.to_string(), self.config.node.to_string()),

@@ -37,6 +37,32 @@ pub struct InstanceSpec {
     pub settings: BTreeMap<String, String>,
 }
 
+impl InstanceSpec {
+    /// `arguments` with `%SETTING%` expanded.
+    pub fn expanded_arguments(&self) -> Vec<String> {
+        self.handler
+            .arguments
+            .iter()
+            .map(|a| expand_settings(a, &self.settings))
+            .collect()
+    }
+
+    /// What the Azure host tells a custom handler, whatever runs it: its port, its
+    /// worker id and the app root (with the legacy `HTTPWORKER` names).
+    pub fn host_env(&self, port: u16, app_root: &str) -> [(&'static str, String); 5] {
+        [
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
+            ("FUNCTIONS_HTTPWORKER_PORT", port.to_string()),
+            (
+                "FUNCTIONS_CUSTOMHANDLER_WORKER_ID",
+                self.instance_id.clone(),
+            ),
+            ("FUNCTIONS_HTTPWORKER_ID", self.instance_id.clone()),
+            ("FUNCTIONS_APP_ROOT_PATH", app_root.to_string()),
+        ]
+    }
+}
+
 /// Which output stream a handler log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LogStream {

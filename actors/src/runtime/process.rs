@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    expand_settings, ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter,
-    LogLine, LogStream, RuntimeError, Started,
+    ExitInfo, InstanceControl, InstanceRuntime, InstanceSpec, LineSplitter, LogLine, LogStream,
+    RuntimeError, Started,
 };
 
 #[derive(Debug, Clone)]
@@ -88,12 +88,7 @@ impl InstanceRuntime for ProcessRuntime {
             ..spec.clone()
         };
         let program = resolve_program(&spec.app_root, &spec.handler.default_executable_path);
-        let args: Vec<String> = spec
-            .handler
-            .arguments
-            .iter()
-            .map(|a| expand_settings(a, &spec.settings))
-            .collect();
+        let args = spec.expanded_arguments();
         let dir = match &spec.handler.working_directory {
             Some(w) if !w.is_empty() => spec.app_root.join(w),
             _ => spec.app_root.clone(),
@@ -108,11 +103,7 @@ impl InstanceRuntime for ProcessRuntime {
         cmd.args(&args)
             .current_dir(&dir)
             .envs(&spec.settings)
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .env("FUNCTIONS_HTTPWORKER_PORT", port.to_string())
-            .env("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", &spec.instance_id)
-            .env("FUNCTIONS_HTTPWORKER_ID", &spec.instance_id)
-            .env("FUNCTIONS_APP_ROOT_PATH", &spec.app_root)
+            .envs(spec.host_env(port, &spec.app_root.to_string_lossy()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

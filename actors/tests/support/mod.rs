@@ -112,3 +112,23 @@ pub async fn conformance_image(docker: &Docker, scratch_dir: &Path) -> String {
     .await
     .clone()
 }
+
+/// Names of the containers (any state) carrying `label=value`, as `docker ps` sees
+/// them (the tests check the engine's view, not the runtime's).
+pub fn containers_labeled(label: &str, value: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}={value}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
