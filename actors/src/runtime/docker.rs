@@ -163,6 +163,9 @@ pub struct DockerRuntime {
     live: Arc<Mutex<HashSet<String>>>,
     /// A background sweep is running (one at a time).
     sweeping: Arc<std::sync::atomic::AtomicBool>,
+    /// A container may have been left behind (a removal failed, a start was
+    /// cancelled): the next start sweeps in the background.
+    left_behind: Arc<std::sync::atomic::AtomicBool>,
     /// One network check-or-create at a time (an older engine would create two
     /// networks of the same name).
     network: Arc<tokio::sync::Mutex<()>>,
@@ -216,6 +219,7 @@ impl DockerRuntime {
             client: Arc::new(Mutex::new(Arc::new(OnceCell::new()))),
             live: Arc::default(),
             sweeping: Arc::default(),
+            left_behind: Arc::default(),
             network: Arc::default(),
         }
     }
@@ -340,10 +344,19 @@ impl DockerRuntime {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(60), me.sweep()).await {
-                Ok(Err(e)) => tracing::warn!("sweeping stale containers: {e}"),
-                Err(_) => tracing::warn!("sweeping stale containers took over 60 s"),
-                Ok(Ok(_)) => {}
+            let done = match tokio::time::timeout(Duration::from_secs(60), me.sweep()).await {
+                Ok(Err(e)) => {
+                    tracing::warn!("sweeping stale containers: {e}");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("sweeping stale containers took over 60 s");
+                    false
+                }
+                Ok(Ok(_)) => true,
+            };
+            if !done {
+                me.left_behind.store(true, Ordering::Release);
             }
             me.sweeping.store(false, Ordering::Release);
         });
@@ -663,16 +676,22 @@ struct Pending {
     docker: Docker,
     name: String,
     live: Arc<Mutex<HashSet<String>>>,
+    left_behind: Arc<std::sync::atomic::AtomicBool>,
     armed: bool,
 }
 
 impl Pending {
-    fn new(docker: &Docker, name: &str, live: &Arc<Mutex<HashSet<String>>>) -> Pending {
-        live.lock().expect("live lock").insert(name.to_string());
+    fn new(runtime: &DockerRuntime, docker: &Docker, name: &str) -> Pending {
+        runtime
+            .live
+            .lock()
+            .expect("live lock")
+            .insert(name.to_string());
         Pending {
             docker: docker.clone(),
             name: name.to_string(),
-            live: live.clone(),
+            live: runtime.live.clone(),
+            left_behind: runtime.left_behind.clone(),
             armed: true,
         }
     }
@@ -684,7 +703,10 @@ impl Pending {
 
     async fn fail(mut self) {
         self.armed = false;
-        let _ = remove(&self.docker, &self.name).await;
+        if remove(&self.docker, &self.name).await.is_err() {
+            self.left_behind
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         self.live.lock().expect("live lock").remove(&self.name);
     }
 }
@@ -697,6 +719,8 @@ impl Drop for Pending {
         // Cancelled mid-start: remove in the background (a create still in flight
         // is caught by the next sweep, its name no longer being live).
         self.live.lock().expect("live lock").remove(&self.name);
+        self.left_behind
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let docker = self.docker.clone();
             let name = std::mem::take(&mut self.name);
@@ -777,8 +801,14 @@ impl DockerRuntime {
                 RuntimeError::Other(format!("app folder {}: {e}", spec.app_root.display()))
             })?;
         let (docker, os) = self.engine().await?;
-        // Whatever a killed worker or a lost engine connection left behind.
-        self.sweep_in_background();
+        // What a lost engine connection or a cancelled start left behind (what a
+        // killed worker left is swept when the worker starts).
+        if self
+            .left_behind
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.sweep_in_background();
+        }
         let inspect = self.ensure_image(&docker, &image).await?;
         let image_user = inspect.config.as_ref().and_then(|c| c.user.clone());
         let name = format!("strom-{}", spec.instance_id);
@@ -796,7 +826,7 @@ impl DockerRuntime {
             os,
             network.as_deref(),
         );
-        let pending = Pending::new(&docker, &name, &self.live);
+        let pending = Pending::new(self, &docker, &name);
         match self.create_and_start(&docker, &name, body, os).await {
             Ok((endpoint, pid)) => {
                 pending.keep();
@@ -884,6 +914,7 @@ impl DockerRuntime {
         let (exit_tx, exited) = watch::channel(None);
         let (removed_tx, removed) = watch::channel(false);
         let live = self.live.clone();
+        let left_behind = self.left_behind.clone();
         let watcher_docker = docker.clone();
         let watcher_name = name.to_string();
         tokio::spawn(async move {
@@ -900,6 +931,7 @@ impl DockerRuntime {
                 // sweep removes it.
                 Err(e) => {
                     live.lock().expect("live lock").remove(&watcher_name);
+                    left_behind.store(true, std::sync::atomic::Ordering::Release);
                     tracing::warn!(container = %watcher_name, "cannot remove the ended container (the next sweep will): {e}");
                 }
             }
