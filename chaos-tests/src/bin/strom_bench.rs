@@ -94,18 +94,8 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     // Always: a `strom` left over from an older tree would be measured silently.
     eprintln!("building the release strom binaries…");
-    // With this package selected too, features unify as for `cargo run -p
-    // strom-chaos-tests`: the two commands stop rebuilding each other's crates.
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "strom-chaos-tests",
-            "-p",
-            "strom-node",
-            "--bins",
-        ])
+        .args(["build", "--release", "-p", "strom-node", "--bins"])
         .status()?;
     if !status.success() {
         bail!("cargo build failed");
