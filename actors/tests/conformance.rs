@@ -457,7 +457,20 @@ async fn drain_finishes_in_flight(kind: RuntimeKind) {
     let guard = ep.begin();
     let addr = ep.addr;
     let request = tokio::spawn(async move { get(addr, "/sleep?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The handler has the request (it logs it) before the app leaves this worker.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ep
+        .logs
+        .range(0, ep.logs.next_seq())
+        .iter()
+        .any(|l| l.text == "request sleep")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.assign(vec![]); // the app leaves this worker
     h.wait_for("draining", Duration::from_secs(10), |s| {
         s.iter().all(|i| i.state == InstanceState::Draining)
