@@ -13,7 +13,7 @@ use prost::Message;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
 use strom_proto::command::{
-    Command, CommandResult, DeployVersion, InitialKeys, Rejection, WorkerSchedule,
+    Command, CommandResult, DeployVersion, InitialKeys, KeyScope, Rejection, WorkerSchedule,
 };
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
@@ -881,6 +881,74 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn set_function_key(
+        &self,
+        request: Request<pb::SetFunctionKeyRequest>,
+    ) -> Result<Response<pb::SetFunctionKeyResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        let scope = key_scope(&req.scope, &req.function_name)?;
+        let name = match scope {
+            KeyScope::Master => "_master".to_string(),
+            _ => {
+                check_key_name(&req.name).map_err(Status::invalid_argument)?;
+                req.name
+            }
+        };
+        let value = if req.value.is_empty() {
+            new_function_key()
+        } else {
+            check_key_value(&req.value).map_err(Status::invalid_argument)?;
+            req.value
+        };
+        let scope_name = match &scope {
+            KeyScope::Master => "master",
+            KeyScope::Host => "host",
+            KeyScope::Function(_) => "function",
+        };
+        let (log_index, _) = self
+            .commit(Command::PutKey {
+                app,
+                scope,
+                name: name.clone(),
+                value: value.clone(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(pb::SetFunctionKeyResponse {
+            key: Some(pb::FunctionKey {
+                name,
+                value,
+                scope: scope_name.to_string(),
+            }),
+            log_index,
+        }))
+    }
+
+    async fn delete_function_key(
+        &self,
+        request: Request<pb::DeleteFunctionKeyRequest>,
+    ) -> Result<Response<pb::DeleteFunctionKeyResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        let scope = key_scope(&req.scope, &req.function_name)?;
+        if scope == KeyScope::Master {
+            return Err(Status::invalid_argument(
+                "the master key cannot be deleted (set a new value instead)",
+            ));
+        }
+        check_key_name(&req.name).map_err(Status::invalid_argument)?;
+        let (log_index, _) = self
+            .commit(Command::DeleteKey {
+                app,
+                scope,
+                name: req.name,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteFunctionKeyResponse { log_index }))
+    }
+
     async fn list_invocations(
         &self,
         request: Request<pb::ListInvocationsRequest>,
@@ -1169,6 +1237,55 @@ fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
 }
 
 /// App setting names become environment variables: no `=`, no NUL, not empty.
+/// The key collection a request names: `function` (the default) needs the function.
+fn key_scope(scope: &str, function: &str) -> Result<KeyScope, Status> {
+    match scope {
+        "" | "function" if function.is_empty() => Err(Status::invalid_argument(
+            "a function key needs the function's name (or scope `host` or `master`)",
+        )),
+        "" | "function" => Ok(KeyScope::Function(function.to_string())),
+        "host" => Ok(KeyScope::Host),
+        "master" => Ok(KeyScope::Master),
+        other => Err(Status::invalid_argument(format!(
+            "key scope `{other}` is not one of function, host, master"
+        ))),
+    }
+}
+
+/// Key names: 1 to 64 of A-Z a-z 0-9 . - _, not starting with `_` (reserved, as
+/// `_master`).
+fn check_key_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key name `{name}` must be 1 to 64 of A-Z a-z 0-9 . - _, not starting with `_`"
+        ))
+    }
+}
+
+/// Key values: 16 to 128 of A-Z a-z 0-9 - _ = (what fits a `code` query parameter
+/// and an `x-functions-key` header unescaped).
+fn check_key_value(value: &str) -> Result<(), String> {
+    let ok = (16..=128).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key value must be 16 to 128 of A-Z a-z 0-9 - _ = (got {} characters)",
+            value.len()
+        ))
+    }
+}
+
 fn check_setting_name(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("setting name is empty".into());

@@ -363,6 +363,35 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Create or replace a key: a function key (default), a host key (`--scope host`)
+    /// or the master key (`--scope master`). Prints the key.
+    SetKey {
+        app: String,
+        /// The function (for a function key; ignored for host and master keys).
+        function: String,
+        /// The key's name (ignored for the master key).
+        #[arg(default_value = "default")]
+        name: String,
+        /// The key's value (16 to 128 of A-Z a-z 0-9 - _ =); default: a new random key.
+        #[arg(long)]
+        value: Option<String>,
+        /// `function`, `host` or `master`.
+        #[arg(long, default_value = "function")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a function key or a host key (`--scope host`).
+    DeleteKey {
+        app: String,
+        function: String,
+        name: String,
+        /// `function` or `host`.
+        #[arg(long, default_value = "function")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show recent invocations with their logs; `--follow` keeps streaming.
     Logs {
         app: String,

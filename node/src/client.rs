@@ -318,6 +318,48 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .into_inner();
             Printer::new(client.output).keys(&resp);
         }
+        FnCommand::SetKey {
+            app,
+            function,
+            name,
+            value,
+            scope,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .set_function_key(pb::SetFunctionKeyRequest {
+                    app_name: app,
+                    function_name: function,
+                    scope,
+                    name,
+                    value: value.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).key_set(&resp);
+        }
+        FnCommand::DeleteKey {
+            app,
+            function,
+            name,
+            scope,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .delete_function_key(pb::DeleteFunctionKeyRequest {
+                    app_name: app,
+                    function_name: function,
+                    scope,
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::new(client.output).message(&format!("deleted key `{name}`"), &resp);
+        }
         FnCommand::Logs {
             app,
             function,

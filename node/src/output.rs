@@ -193,6 +193,15 @@ impl Printer {
         say!("{t}");
     }
 
+    pub fn key_set(&self, r: &pb::SetFunctionKeyResponse) {
+        if self.json(r) {
+            return;
+        }
+        if let Some(k) = &r.key {
+            say!("{} key `{}`: {}", k.scope, k.name, k.value);
+        }
+    }
+
     /// One invocation: a JSON line, or a header line and its logs.
     pub fn invocation(&self, i: &pb::InvocationInfo) {
         if self.output == Output::Json {

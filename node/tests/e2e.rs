@@ -138,6 +138,67 @@ fn t40_json_mode_routes_params_constraints_keys_and_outputs() {
     assert_eq!(get(&base, &format!("/api/adm?code={fkey}")).status, 401);
     assert_eq!(get(&base, &format!("/api/adm?code={mkey}")).status, 200);
 
+    // Key management: a named key set with a value, a generated one, deleted again.
+    let chosen = "chosen-key-value-0123456789";
+    let out = up.json(&[
+        "fn", "set-key", "jsonapp", "keyed", "ops", "--value", chosen,
+    ]);
+    assert_eq!(out["key"]["value"], chosen);
+    assert!(out["log_index"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(get(&base, &format!("/api/keyed?code={chosen}")).status, 200);
+    let generated = up.json(&["fn", "set-key", "jsonapp", "keyed", "gen"])["key"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(generated.len() >= 32, "{generated}");
+    assert_eq!(
+        get(&base, &format!("/api/keyed?code={generated}")).status,
+        200
+    );
+    let out = up.strom(&["fn", "delete-key", "jsonapp", "keyed", "ops"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(get(&base, &format!("/api/keyed?code={chosen}")).status, 401);
+    // Bad input names the problem, exits 2 and changes nothing.
+    for (args, says) in [
+        (
+            vec!["fn", "set-key", "jsonapp", "keyed", "x", "--value", "short"],
+            "16 to 128",
+        ),
+        (
+            vec!["fn", "set-key", "jsonapp", "keyed", "_x"],
+            "key name `_x`",
+        ),
+        (
+            vec!["fn", "set-key", "jsonapp", "keyed", "x", "--scope", "odd"],
+            "scope `odd`",
+        ),
+        (
+            vec![
+                "fn",
+                "delete-key",
+                "jsonapp",
+                "keyed",
+                "x",
+                "--scope",
+                "master",
+            ],
+            "master key",
+        ),
+    ] {
+        let out = up.strom(&args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    let out = up.strom(&["fn", "delete-key", "jsonapp", "keyed", "ops"]);
+    assert_eq!(out.code, 3, "a deleted key is not found: {}", out.stderr);
+    let out = up.strom(&["fn", "set-key", "jsonapp", "nosuch", "x"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        get(&base, &format!("/api/keyed?code={generated}")).status,
+        200
+    );
+    assert_eq!(get(&base, &format!("/api/keyed?code={fkey}")).status, 200);
+
     // Outputs: $return, no output binding, not JSON, failure, binary.
     let r = get(&base, "/api/ret?action=return");
     assert_eq!((r.status, r.text().as_str()), (201, "from return value"));
