@@ -9,7 +9,10 @@
 //! routing snapshot lock-free and never goes through an actor mailbox.
 //!
 //! A request is re-sent to another instance only when the connection to the first
-//! could not be established (it provably never reached a handler). In memory only.
+//! could not be established (it provably never reached a handler), or, for an
+//! idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), when the hop to
+//! another worker broke after sending (that worker died, froze or was cut off;
+//! keepalive pings notice within about 3 s). In memory only.
 
 pub mod json_mode;
 pub mod keys;
@@ -256,8 +259,8 @@ impl Gateway {
         // partition) within seconds; requests then go elsewhere.
         let hop_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .http2_keep_alive_timeout(Duration::from_secs(2))
             .http2_keep_alive_while_idle(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
@@ -612,12 +615,19 @@ impl Gateway {
                     Hop::Answered(r) => return Ok(r),
                     Hop::Undelivered => continue,
                     Hop::Refused => {
-                        self.inner
-                            .peer_unhealthy
-                            .write()
-                            .expect("health lock")
-                            .insert(peer, Instant::now() + PEER_BACKOFF);
+                        self.mark_unhealthy(peer);
                         continue;
+                    }
+                    // An idempotent request may run twice (RFC 9110 §9.2.2): it goes
+                    // to another worker, as a reverse proxy retries it. Any other
+                    // request fails: its handler may have run.
+                    Hop::Broken(why) => {
+                        self.mark_unhealthy(peer);
+                        if parts.method.is_idempotent() {
+                            tracing::debug!(peer, "{why}; idempotent, trying another worker");
+                            continue;
+                        }
+                        return Ok(error(StatusCode::BAD_GATEWAY, "BadGateway", why));
                     }
                 }
             }
@@ -646,6 +656,14 @@ impl Gateway {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+    }
+
+    fn mark_unhealthy(&self, peer: NodeId) {
+        self.inner
+            .peer_unhealthy
+            .write()
+            .expect("health lock")
+            .insert(peer, Instant::now() + PEER_BACKOFF);
     }
 
     async fn send_hop(
@@ -719,10 +737,8 @@ impl Gateway {
                 tracing::debug!(peer, %addr, "hop refused ({e}); trying another worker");
                 Hop::Refused
             }
-            Err(e) => Hop::Answered(error(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                format!("forwarding to node {peer} failed after sending: {e}"),
+            Err(e) => Hop::Broken(format!(
+                "forwarding to node {peer} failed after sending: {e}"
             )),
         }
     }
@@ -1299,6 +1315,9 @@ enum Hop {
     Undelivered,
     /// The connection was refused; no handler saw the request.
     Refused,
+    /// The connection broke after the request was sent (the peer died, froze or
+    /// was cut off): a handler may have seen it.
+    Broken(String),
 }
 
 /// A request in flight on a peer; counted until dropped.

@@ -1,0 +1,784 @@
+//! The checks a chaos run ends with, over its [`Records`] and the state every
+//! manager holds once the faults are healed. Pure functions: unit-tested below
+//! with hand-made histories.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::history::{Outcome, Records, Request, WriteKind};
+
+/// What one manager holds at the end of a run (read through that node).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    pub node: String,
+    pub settings: BTreeMap<String, String>,
+    /// The ledger function's own keys.
+    pub keys: BTreeMap<String, String>,
+    /// Version ids, newest first.
+    pub versions: Vec<String>,
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub check: &'static str,
+    /// One line of what was checked and found.
+    pub summary: String,
+    /// Each violation with the time it concerns (for the history around it).
+    pub violations: Vec<(u64, String)>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+fn verdict(check: &'static str, summary: String, violations: Vec<(u64, String)>) -> Verdict {
+    Verdict {
+        check,
+        summary,
+        violations,
+    }
+}
+
+/// Every check, in the order they are reported.
+pub fn check_all(records: &Records, states: &[NodeState], workers: &[String]) -> Vec<Verdict> {
+    vec![
+        workload_ran(records),
+        acknowledged_writes_present(records, states),
+        same_state_everywhere(states),
+        commit_order(records, states),
+        one_leader_per_term(records),
+        data_plane(records, workers),
+    ]
+}
+
+/// A run that acknowledged nothing or served nothing proves nothing.
+pub fn workload_ran(records: &Records) -> Verdict {
+    let acked = records
+        .writes
+        .iter()
+        .filter(|w| matches!(w.outcome, Outcome::Acked { .. }))
+        .count();
+    let served = records
+        .requests
+        .iter()
+        .filter(|r| matches!(r.result, Ok(s) if (200..300).contains(&s)))
+        .count();
+    let mut violations = Vec::new();
+    if acked == 0 {
+        violations.push((0, "no write was acknowledged".to_string()));
+    }
+    if served == 0 {
+        violations.push((0, "no request was served".to_string()));
+    }
+    verdict(
+        "workload ran",
+        format!(
+            "{} writes ({acked} acknowledged), {} requests ({served} served)",
+            records.writes.len(),
+            records.requests.len()
+        ),
+        violations,
+    )
+}
+
+/// Every acknowledged write is in effect on every manager (a deleted key stays
+/// deleted, a key put and never deleted is there with its value).
+pub fn acknowledged_writes_present(records: &Records, states: &[NodeState]) -> Verdict {
+    let mut violations = Vec::new();
+    let mut checked = 0usize;
+    // Keys whose delete may have happened (acknowledged or unknown).
+    let maybe_deleted: BTreeSet<&str> = records
+        .writes
+        .iter()
+        .filter_map(|w| match (&w.kind, &w.outcome) {
+            (WriteKind::DeleteKey { name }, Outcome::Acked { .. } | Outcome::Unknown(_)) => {
+                Some(name.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    for w in &records.writes {
+        let Outcome::Acked { index, version } = &w.outcome else {
+            continue;
+        };
+        checked += 1;
+        for s in states {
+            let problem = match &w.kind {
+                WriteKind::Setting { key, value } => match s.settings.get(key) {
+                    Some(v) if v == value => None,
+                    Some(v) => Some(format!("setting {key} is `{v}`, not `{value}`")),
+                    None => Some(format!("setting {key} is missing")),
+                },
+                WriteKind::PutKey { name, value } => {
+                    if maybe_deleted.contains(name.as_str()) {
+                        None
+                    } else {
+                        match s.keys.get(name) {
+                            Some(v) if v == value => None,
+                            Some(_) => Some(format!("key {name} has another value")),
+                            None => Some(format!("key {name} is missing")),
+                        }
+                    }
+                }
+                WriteKind::DeleteKey { name } => s
+                    .keys
+                    .contains_key(name)
+                    .then(|| format!("deleted key {name} is back")),
+                WriteKind::Deploy { .. } => {
+                    let id = version.as_deref().unwrap_or_default();
+                    (!s.versions.iter().any(|v| v == id))
+                        .then(|| format!("deployed version {id} is missing"))
+                }
+            };
+            if let Some(p) = problem {
+                violations.push((
+                    w.end_ms,
+                    format!(
+                        "{}: write {} (acknowledged at index {index} by {} at {:.1}s): {p}",
+                        s.node,
+                        w.tag,
+                        w.node,
+                        w.end_ms as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
+    }
+    verdict(
+        "acknowledged writes present on every manager",
+        format!(
+            "{checked} acknowledged writes checked on {} managers",
+            states.len()
+        ),
+        violations,
+    )
+}
+
+/// Every manager holds the same ledger state (they applied the same log).
+pub fn same_state_everywhere(states: &[NodeState]) -> Verdict {
+    let mut violations = Vec::new();
+    if let Some(first) = states.first() {
+        for s in &states[1..] {
+            let mut diff = Vec::new();
+            if s.settings != first.settings {
+                let a: BTreeSet<_> = first.settings.iter().collect();
+                let b: BTreeSet<_> = s.settings.iter().collect();
+                diff.push(format!(
+                    "settings differ ({} only on {}, {} only on {})",
+                    a.difference(&b).count(),
+                    first.node,
+                    b.difference(&a).count(),
+                    s.node
+                ));
+            }
+            if s.keys != first.keys {
+                diff.push("keys differ".to_string());
+            }
+            if s.versions != first.versions {
+                diff.push(format!(
+                    "versions differ ({} on {}, {} on {})",
+                    first.versions.len(),
+                    first.node,
+                    s.versions.len(),
+                    s.node
+                ));
+            }
+            if !diff.is_empty() {
+                violations.push((
+                    0,
+                    format!("{} vs {}: {}", first.node, s.node, diff.join("; ")),
+                ));
+            }
+        }
+    }
+    verdict(
+        "same state on every manager",
+        format!(
+            "{} managers: {} settings, {} keys, {} versions",
+            states.len(),
+            states.first().map_or(0, |s| s.settings.len()),
+            states.first().map_or(0, |s| s.keys.len()),
+            states.first().map_or(0, |s| s.versions.len())
+        ),
+        violations,
+    )
+}
+
+/// Acknowledged writes were committed in an order consistent with real time (one
+/// acknowledged before another began has the lower log index; no two share one),
+/// the last-writer register `CHAOS_LAST` ends on the last committed write, and the
+/// versions list is in commit order.
+pub fn commit_order(records: &Records, states: &[NodeState]) -> Verdict {
+    let mut violations = Vec::new();
+    let mut acked: Vec<(u64, u64, u64, &str)> = records
+        .writes
+        .iter()
+        .filter_map(|w| match w.outcome {
+            Outcome::Acked { index, .. } => Some((w.start_ms, w.end_ms, index, w.tag.as_str())),
+            _ => None,
+        })
+        .collect();
+    // Unique indices.
+    let mut by_index: BTreeMap<u64, &str> = BTreeMap::new();
+    for &(_, end, index, tag) in &acked {
+        if let Some(other) = by_index.insert(index, tag) {
+            violations.push((
+                end,
+                format!("writes {other} and {tag} were both acknowledged at index {index}"),
+            ));
+        }
+    }
+    // Real-time order: sorted by end, a running maximum of the indices of the
+    // writes that ended before each start.
+    acked.sort_by_key(|a| a.1);
+    let mut ends: Vec<(u64, u64, &str)> = Vec::new(); // (end, max index so far, its tag)
+    for &(_, end, index, tag) in &acked {
+        let (max, max_tag) = match ends.last() {
+            Some(&(_, m, t)) if m >= index => (m, t),
+            _ => (index, tag),
+        };
+        ends.push((end, max, max_tag));
+    }
+    for &(start, end, index, tag) in &acked {
+        // The last write that ended strictly before this one started.
+        let before = ends.partition_point(|e| e.0 < start);
+        if before > 0 {
+            let (_, max, max_tag) = ends[before - 1];
+            if max >= index {
+                violations.push((
+                    end,
+                    format!(
+                        "write {tag} (index {index}) began after {max_tag} (index {max}) was acknowledged, yet was committed before it"
+                    ),
+                ));
+            }
+        }
+    }
+    // The register: the final value is the acknowledged setting write with the
+    // highest index, or one whose outcome is unknown (it may have committed later).
+    let last_acked = records
+        .writes
+        .iter()
+        .filter(|w| matches!(w.kind, WriteKind::Setting { .. }))
+        .filter_map(|w| match w.outcome {
+            Outcome::Acked { index, .. } => Some((index, w)),
+            _ => None,
+        })
+        .max_by_key(|(i, _)| *i);
+    if let Some((index, last)) = last_acked {
+        for s in states {
+            let found = s.settings.get("CHAOS_LAST").map(String::as_str);
+            let ok = match found {
+                Some(v) if v == last.tag => true,
+                Some(v) => records.writes.iter().any(|w| {
+                    w.tag == v
+                        && matches!(w.kind, WriteKind::Setting { .. })
+                        && matches!(w.outcome, Outcome::Unknown(_))
+                        && w.end_ms >= last.start_ms
+                }),
+                None => false,
+            };
+            if !ok {
+                violations.push((
+                    last.end_ms,
+                    format!(
+                        "{}: CHAOS_LAST is {:?}, but the last acknowledged setting write is {} (index {index}) and no write with an unknown outcome could have followed it with that value",
+                        s.node, found, last.tag
+                    ),
+                ));
+            }
+        }
+    }
+    // Versions, newest first, in decreasing index order.
+    let deploy_index: BTreeMap<&str, u64> = records
+        .writes
+        .iter()
+        .filter_map(|w| match &w.outcome {
+            Outcome::Acked {
+                index,
+                version: Some(v),
+            } => Some((v.as_str(), *index)),
+            _ => None,
+        })
+        .collect();
+    for s in states {
+        let indices: Vec<(u64, &str)> = s
+            .versions
+            .iter()
+            .filter_map(|v| deploy_index.get(v.as_str()).map(|i| (*i, v.as_str())))
+            .collect();
+        for pair in indices.windows(2) {
+            if pair[0].0 < pair[1].0 {
+                violations.push((
+                    0,
+                    format!(
+                        "{}: version {} (index {}) is listed as newer than {} (index {})",
+                        s.node, pair[0].1, pair[0].0, pair[1].1, pair[1].0
+                    ),
+                ));
+            }
+        }
+    }
+    verdict(
+        "commit order",
+        format!(
+            "{} acknowledged writes in real-time order, last-writer register, {} versions in order",
+            acked.len(),
+            deploy_index.len()
+        ),
+        violations,
+    )
+}
+
+/// No two nodes led in the same term: per term, the nodes that said they were
+/// leader and the leaders that followers named are one node at most.
+pub fn one_leader_per_term(records: &Records) -> Verdict {
+    let mut per_term: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new(); // term -> leader -> first seen
+    for seen in &records.leaders {
+        let leader = if seen.state == "leader" {
+            Some(seen.node_id)
+        } else if seen.leader_id != 0 {
+            Some(seen.leader_id)
+        } else {
+            None
+        };
+        if let Some(l) = leader {
+            per_term
+                .entry(seen.term)
+                .or_default()
+                .entry(l)
+                .or_insert(seen.at_ms);
+        }
+    }
+    let violations = per_term
+        .iter()
+        .filter(|(_, leaders)| leaders.len() > 1)
+        .map(|(term, leaders)| {
+            let at = leaders.values().copied().max().unwrap_or(0);
+            (
+                at,
+                format!(
+                    "term {term} had {} leaders: {}",
+                    leaders.len(),
+                    leaders
+                        .iter()
+                        .map(|(l, t)| format!(
+                            "node {l} (first seen at {:.1}s)",
+                            *t as f64 / 1000.0
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+        .collect();
+    verdict(
+        "one leader per term",
+        format!(
+            "{} observations over {} terms",
+            records.leaders.len(),
+            per_term.len()
+        ),
+        violations,
+    )
+}
+
+/// Why a failed request is excused, if it is.
+pub fn excuse(records: &Records, r: &Request, workers: &[String]) -> Option<String> {
+    let overlapping = records.faults.iter().filter(|f| {
+        let end = f.settled_ms.unwrap_or(u64::MAX);
+        f.start_ms <= r.end_ms && end >= r.start_ms
+    });
+    let mut impaired_workers: BTreeSet<&str> = BTreeSet::new();
+    for f in overlapping {
+        if f.impaired.contains(&r.node) {
+            return Some(format!("its gateway {} was impaired ({})", r.node, f.what));
+        }
+        impaired_workers.extend(f.impaired.iter().map(String::as_str));
+    }
+    if !workers.is_empty()
+        && workers
+            .iter()
+            .all(|w| impaired_workers.contains(w.as_str()))
+    {
+        return Some("no worker was reachable".into());
+    }
+    None
+}
+
+/// Requests to a healthy gateway while a worker was reachable all succeed; the
+/// others are counted by reason.
+pub fn data_plane(records: &Records, workers: &[String]) -> Verdict {
+    let mut excused: BTreeMap<String, usize> = BTreeMap::new();
+    let mut violations = Vec::new();
+    let mut ok = 0usize;
+    for r in &records.requests {
+        if matches!(r.result, Ok(s) if (200..300).contains(&s)) {
+            ok += 1;
+            continue;
+        }
+        match excuse(records, r, workers) {
+            Some(why) => {
+                let reason = why.split(" (").next().unwrap_or(&why).to_string();
+                let reason = if reason.starts_with("its gateway") {
+                    "gateway node impaired".to_string()
+                } else {
+                    reason
+                };
+                *excused.entry(reason).or_default() += 1;
+            }
+            None => violations.push((
+                r.start_ms,
+                format!(
+                    "request by caller {} to {} at {:.3}s–{:.3}s failed: {}",
+                    r.client,
+                    r.node,
+                    r.start_ms as f64 / 1000.0,
+                    r.end_ms as f64 / 1000.0,
+                    match &r.result {
+                        Ok(s) => format!("HTTP {s}"),
+                        Err(e) => e.clone(),
+                    }
+                ),
+            )),
+        }
+    }
+    let excused_text = if excused.is_empty() {
+        "none excused".to_string()
+    } else {
+        excused
+            .iter()
+            .map(|(k, v)| format!("{v} excused: {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    verdict(
+        "data plane",
+        format!(
+            "{} requests: {ok} succeeded, {} failed where they must not, {excused_text}",
+            records.requests.len(),
+            violations.len()
+        ),
+        violations,
+    )
+}
+
+/// The history around `at_ms` (± `window_ms`): faults, notes, and what the writes
+/// and requests did there.
+pub fn context(records: &Records, at_ms: u64, window_ms: u64) -> String {
+    let from = at_ms.saturating_sub(window_ms);
+    let to = at_ms + window_ms;
+    let mut lines: Vec<(u64, String)> = Vec::new();
+    for f in &records.faults {
+        let end = f.settled_ms.unwrap_or(u64::MAX);
+        if f.start_ms <= to && end >= from {
+            lines.push((
+                f.start_ms,
+                format!(
+                    "fault {} (impaired: {}; healed {}; settled {})",
+                    f.what,
+                    f.impaired.join(","),
+                    f.healed_ms
+                        .map_or("never".into(), |t| format!("{:.1}s", t as f64 / 1000.0)),
+                    f.settled_ms
+                        .map_or("never".into(), |t| format!("{:.1}s", t as f64 / 1000.0)),
+                ),
+            ));
+        }
+    }
+    for (t, n) in &records.notes {
+        if (from..=to).contains(t) {
+            lines.push((*t, n.clone()));
+        }
+    }
+    // Acknowledged writes as a count; the others one by one.
+    let mut acked_here = 0usize;
+    for w in &records.writes {
+        if (from..=to).contains(&w.end_ms) {
+            if matches!(w.outcome, Outcome::Acked { .. }) {
+                acked_here += 1;
+                continue;
+            }
+            lines.push((
+                w.end_ms,
+                format!(
+                    "write {} {:?} via {}: {:?}",
+                    w.tag, w.kind, w.node, w.outcome
+                ),
+            ));
+        }
+    }
+    lines.push((
+        from,
+        format!("{acked_here} writes acknowledged in this window"),
+    ));
+    let failed: Vec<&Request> = records
+        .requests
+        .iter()
+        .filter(|r| (from..=to).contains(&r.end_ms) && !matches!(r.result, Ok(s) if s < 300))
+        .collect();
+    for r in failed.iter().take(20) {
+        lines.push((
+            r.end_ms,
+            format!("request to {} failed: {:?}", r.node, r.result),
+        ));
+    }
+    // Each node's (state, term) when it changes.
+    let mut last: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    for s in &records.leaders {
+        let now = (s.state.as_str(), s.term);
+        if last.insert(s.node.as_str(), now) != Some(now) && (from..=to).contains(&s.at_ms) {
+            lines.push((
+                s.at_ms,
+                format!(
+                    "{} is {} in term {} (leader {})",
+                    s.node, s.state, s.term, s.leader_id
+                ),
+            ));
+        }
+    }
+    lines.sort_by_key(|l| l.0);
+    lines.dedup();
+    lines
+        .iter()
+        .map(|(t, l)| format!("  [{:>8.3}s] {l}", *t as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Fault, LeaderSeen, Write};
+
+    fn write(tag: &str, kind: WriteKind, start: u64, end: u64, outcome: Outcome) -> Write {
+        Write {
+            client: 0,
+            tag: tag.into(),
+            kind,
+            node: "m1".into(),
+            start_ms: start,
+            end_ms: end,
+            outcome,
+        }
+    }
+
+    fn setting(tag: &str, start: u64, end: u64, outcome: Outcome) -> Write {
+        write(
+            tag,
+            WriteKind::Setting {
+                key: format!("K_{tag}"),
+                value: "v".into(),
+            },
+            start,
+            end,
+            outcome,
+        )
+    }
+
+    fn acked(index: u64) -> Outcome {
+        Outcome::Acked {
+            index,
+            version: None,
+        }
+    }
+
+    fn state(node: &str, settings: &[(&str, &str)]) -> NodeState {
+        NodeState {
+            node: node.into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_reported_with_the_node() {
+        let records = Records {
+            writes: vec![
+                setting("a", 0, 10, acked(5)),
+                setting("b", 20, 30, acked(6)),
+                setting("c", 40, 50, Outcome::Unknown("timeout".into())),
+            ],
+            ..Default::default()
+        };
+        let full = state("m1", &[("K_a", "v"), ("K_b", "v"), ("CHAOS_LAST", "b")]);
+        let lost = state("m2", &[("K_a", "v"), ("CHAOS_LAST", "b")]);
+        let v = acknowledged_writes_present(&records, &[full.clone(), lost.clone()]);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert!(v.violations[0].1.contains("m2: write b"), "{v:?}");
+        assert!(v.violations[0].1.contains("K_b is missing"), "{v:?}");
+        assert!(acknowledged_writes_present(&records, &[full.clone(), full.clone()]).passed());
+        // An unknown write may or may not be there.
+        let mut with_c = full.clone();
+        with_c.settings.insert("K_c".into(), "v".into());
+        assert!(acknowledged_writes_present(&records, &[full, with_c]).passed());
+        assert!(!same_state_everywhere(&[state("m1", &[("x", "1")]), lost]).passed());
+    }
+
+    #[test]
+    fn keys_deleted_stay_deleted_and_put_keys_stay_put() {
+        let put = |name: &str, index| {
+            write(
+                name,
+                WriteKind::PutKey {
+                    name: name.into(),
+                    value: format!("val-{name}"),
+                },
+                0,
+                1,
+                acked(index),
+            )
+        };
+        let records = Records {
+            writes: vec![
+                put("k1", 1),
+                put("k2", 2),
+                write(
+                    "d",
+                    WriteKind::DeleteKey { name: "k1".into() },
+                    2,
+                    3,
+                    acked(3),
+                ),
+            ],
+            ..Default::default()
+        };
+        let mut good = NodeState {
+            node: "m1".into(),
+            ..Default::default()
+        };
+        good.keys.insert("k2".into(), "val-k2".into());
+        assert!(acknowledged_writes_present(&records, std::slice::from_ref(&good)).passed());
+        let mut back = good.clone();
+        back.keys.insert("k1".into(), "val-k1".into());
+        let v = acknowledged_writes_present(&records, &[back]);
+        assert!(
+            v.violations[0].1.contains("deleted key k1 is back"),
+            "{v:?}"
+        );
+        let v = acknowledged_writes_present(&records, &[NodeState::default()]);
+        assert!(v.violations[0].1.contains("key k2 is missing"), "{v:?}");
+    }
+
+    #[test]
+    fn commit_order_catches_stale_indices_duplicates_and_a_wrong_last_value() {
+        let ok = Records {
+            writes: vec![
+                setting("a", 0, 10, acked(5)),
+                setting("b", 5, 15, acked(4)), // concurrent with a: either order
+                setting("c", 20, 30, acked(9)),
+            ],
+            ..Default::default()
+        };
+        let last_c = state("m1", &[("CHAOS_LAST", "c")]);
+        assert!(commit_order(&ok, std::slice::from_ref(&last_c)).passed());
+        let stale = Records {
+            writes: vec![
+                setting("a", 0, 10, acked(5)),
+                setting("b", 20, 30, acked(3)),
+            ],
+            ..Default::default()
+        };
+        let v = commit_order(&stale, &[state("m1", &[("CHAOS_LAST", "a")])]);
+        assert!(
+            v.violations.iter().any(|x| x.1.contains("began after a")),
+            "{v:?}"
+        );
+        let dup = Records {
+            writes: vec![setting("a", 0, 10, acked(5)), setting("b", 0, 10, acked(5))],
+            ..Default::default()
+        };
+        assert!(!commit_order(&dup, &[state("m1", &[("CHAOS_LAST", "b")])]).passed());
+        // The register ends on an older write: lost update.
+        let v = commit_order(&ok, &[state("m1", &[("CHAOS_LAST", "a")])]);
+        assert!(v.violations[0].1.contains("CHAOS_LAST"), "{v:?}");
+        // …unless a write with an unknown outcome, sent late enough, set it.
+        let mut late = ok;
+        late.writes
+            .push(setting("d", 25, 40, Outcome::Unknown("cut".into())));
+        assert!(commit_order(&late, &[state("m1", &[("CHAOS_LAST", "d")])]).passed());
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_reported() {
+        let seen = |node_id, term, state: &str, leader_id, at_ms| LeaderSeen {
+            at_ms,
+            node: format!("m{node_id}"),
+            node_id,
+            term,
+            state: state.into(),
+            leader_id,
+        };
+        let mut records = Records {
+            leaders: vec![
+                seen(1, 3, "leader", 1, 0),
+                seen(2, 3, "follower", 1, 0),
+                seen(2, 4, "leader", 2, 100),
+                seen(3, 4, "follower", 2, 100),
+                seen(3, 4, "follower", 0, 120),
+            ],
+            ..Default::default()
+        };
+        assert!(one_leader_per_term(&records).passed());
+        records.leaders.push(seen(3, 4, "leader", 3, 200));
+        let v = one_leader_per_term(&records);
+        assert!(v.violations[0].1.contains("term 4 had 2 leaders"), "{v:?}");
+    }
+
+    #[test]
+    fn failed_requests_count_unless_their_gateway_or_every_worker_was_impaired() {
+        let request = |node: &str, start, result| Request {
+            client: 0,
+            node: node.into(),
+            start_ms: start,
+            end_ms: start + 5,
+            result,
+        };
+        let fault = |what: &str, impaired: &[&str], start, settled| Fault {
+            what: what.into(),
+            impaired: impaired.iter().map(|s| s.to_string()).collect(),
+            start_ms: start,
+            healed_ms: Some(settled),
+            settled_ms: Some(settled),
+        };
+        let workers = vec!["w1".to_string(), "w2".to_string()];
+        let records = Records {
+            requests: vec![
+                request("m1", 0, Ok(200)),
+                request("m2", 100, Err("refused".into())), // m2 killed
+                request("m1", 300, Ok(502)),               // both workers down
+                request("m1", 600, Ok(503)),               // nothing excuses it
+            ],
+            faults: vec![
+                fault("kill m2", &["m2"], 90, 200),
+                fault("cut w1", &["w1"], 250, 400),
+                fault("kill w2", &["w2"], 280, 350),
+            ],
+            ..Default::default()
+        };
+        let v = data_plane(&records, &workers);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert!(v.violations[0].1.contains("HTTP 503"), "{v:?}");
+        assert!(
+            v.summary.contains("1 excused: gateway node impaired"),
+            "{v:?}"
+        );
+        assert!(
+            v.summary.contains("1 excused: no worker was reachable"),
+            "{v:?}"
+        );
+        let around = context(&records, 300, 100);
+        assert!(around.contains("fault cut w1"), "{around}");
+        assert!(around.contains("request to m1 failed"), "{around}");
+    }
+
+    #[test]
+    fn an_empty_run_fails() {
+        assert!(!workload_ran(&Records::default()).passed());
+    }
+}
