@@ -32,6 +32,9 @@ use crate::history::{History, LeaderSeen, Outcome, Request, Write, WriteKind};
 pub const LEDGER: &str = "ledger";
 pub const LEDGER_FUNCTION: &str = "f";
 pub const WEB: &str = "web";
+/// Settings and keys each writer cycles through.
+const SETTINGS_PER_CLIENT: u32 = 100;
+const KEYS_PER_CLIENT: u32 = 30;
 
 /// A node as the workload sees it: where to send to.
 #[derive(Debug, Clone)]
@@ -216,27 +219,31 @@ async fn writer(
     stop: CancellationToken,
 ) {
     let managers: Vec<Target> = setup.managers().into_iter().cloned().collect();
-    // Keys this client put and saw acknowledged (candidates for a delete).
-    let mut my_keys: Vec<String> = Vec::new();
     let mut n = 0u64;
     while !stop.is_cancelled() {
         n += 1;
         let tag = format!("c{client}-{n}");
         let target = &managers[rng.random_range(0..managers.len())];
         let roll: u32 = rng.random_range(0..100);
-        let kind = if roll < 70 {
+        // Settings and keys are registers from a bounded set per client (each value
+        // unique), so the state stays small however long the run.
+        let kind = if roll < 72 {
             WriteKind::Setting {
-                key: format!("CHAOS_{}", tag.replace('-', "_").to_uppercase()),
-                value: format!("v{n}"),
+                key: format!(
+                    "CHAOS_C{client}_{}",
+                    rng.random_range(0..SETTINGS_PER_CLIENT)
+                ),
+                value: format!("{tag}-{:08x}", rng.random::<u32>()),
             }
-        } else if roll < 88 || my_keys.is_empty() {
+        } else if roll < 86 {
             WriteKind::PutKey {
-                name: format!("k-{tag}"),
+                name: format!("k-c{client}-{}", rng.random_range(0..KEYS_PER_CLIENT)),
                 value: format!("value-{tag}-{:016x}", rng.random::<u64>()),
             }
-        } else if roll < 95 {
-            let name = my_keys.swap_remove(rng.random_range(0..my_keys.len()));
-            WriteKind::DeleteKey { name }
+        } else if roll < 98 {
+            WriteKind::DeleteKey {
+                name: format!("k-c{client}-{}", rng.random_range(0..KEYS_PER_CLIENT)),
+            }
         } else {
             WriteKind::Deploy {
                 marker: format!("{tag}-{:016x}", rng.random::<u64>()),
@@ -248,9 +255,6 @@ async fn writer(
             // A stop ends nothing in flight early: the call is left to finish.
             _ = tokio::time::sleep(Duration::from_secs(12)) => Outcome::Unknown("no answer in 12 s".into()),
         };
-        if let (WriteKind::PutKey { name, .. }, Outcome::Acked { .. }) = (&kind, &outcome) {
-            my_keys.push(name.clone());
-        }
         let end_ms = history.now_ms();
         history.lock().writes.push(Write {
             client,
