@@ -115,8 +115,8 @@ pub fn acknowledged_writes_present(records: &Records, states: &[NodeState]) -> V
     let mut violations = Vec::new();
     // register -> (last acknowledged: index, value, write), unknown writes.
     type Last<'a> = Option<(u64, Option<String>, &'a crate::history::Write)>;
-    let mut registers: BTreeMap<String, (Last, Vec<(Option<String>, &crate::history::Write)>)> =
-        BTreeMap::new();
+    type Unknown<'a> = Vec<(Option<String>, &'a crate::history::Write)>;
+    let mut registers: BTreeMap<String, (Last, Unknown)> = BTreeMap::new();
     let mut checked = 0usize;
     for w in &records.writes {
         match &w.outcome {
