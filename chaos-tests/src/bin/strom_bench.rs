@@ -55,6 +55,10 @@ use strom_proto::manifest::{pack_dir, validate_app, AppPackage, ZipLimits};
 /// The benchmark sections, in the order they run; `--only NAME` picks one.
 const SECTIONS: [&str; 4] = ["gateway", "placements", "ha", "containers"];
 
+#[path = "strom_bench/report.rs"]
+#[macro_use]
+mod report;
+
 #[path = "strom_bench/containers.rs"]
 mod containers;
 #[path = "../../../actors/tests/support/mod.rs"]
@@ -126,6 +130,8 @@ struct Target {
 }
 
 struct Result {
+    /// (quantile, µs) at [`report::QUANTILES`].
+    quantiles: Vec<(f64, f64)>,
     p50_us: f64,
     p99_us: f64,
     rps: f64,
@@ -188,6 +194,10 @@ async fn load(target: &Target, connections: usize, seconds: f64) -> anyhow::Resu
     }
     let measured = seconds - 0.3;
     Ok(Result {
+        quantiles: report::QUANTILES
+            .iter()
+            .map(|&q| (q, hist.value_at_quantile(q) as f64 / 1000.0))
+            .collect(),
         p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
         rps: count as f64 / measured,
@@ -269,28 +279,35 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(FAILOVER_TRIALS);
     let wanted = |section: &str| only.is_none_or(|o| o == section);
+    let write_docs = only.is_none() && !args.iter().any(|a| a == "--no-write");
     machine_facts();
-    println!();
     if wanted("gateway") {
+        out!();
+        out!("### Gateway overhead: Strom's gateway vs calling the handler directly (and nginx)");
+        out!();
         gateway_overhead(seconds).await?;
     }
     if wanted("placements") {
-        if only.is_none() {
-            println!();
-        }
+        out!();
+        out!("### Placements per second: the scheduler over 1,000 simulated workers");
+        out!();
         placements()?;
     }
     if wanted("ha") {
-        if only.is_none() {
-            println!();
-        }
+        out!();
+        out!("### Commit latency, throughput, failover and memory: Strom vs etcd");
+        out!();
         ha::run(seconds, trials).await?;
     }
     if wanted("containers") {
-        if only.is_none() {
-            println!();
-        }
+        out!();
+        out!("### Instance runtimes: cold start and crash → serving vs a bare start, memory per instance");
+        out!();
         containers::run(&bin_dir()?).await?;
+    }
+    if write_docs {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        report::write(&docs.join("benchmarks.md"), &docs.join("benchmarks.svg"))?;
     }
     Ok(())
 }
@@ -320,16 +337,16 @@ fn machine_facts() {
         .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    println!("| machine | |");
-    println!("|---|---|");
-    println!("| cores | {cores} × {model} |");
-    println!("| memory | {memory_gib:.1} GiB |");
-    println!("| date | {} |", run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
-    println!(
+    out!("| machine | |");
+    out!("|---|---|");
+    out!("| cores | {cores} × {model} |");
+    out!("| memory | {memory_gib:.1} GiB |");
+    out!("| date | {} |", run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    out!(
         "| commit | {} |",
         run("git", &["rev-parse", "--short", "HEAD"])
     );
-    println!(
+    out!(
         "| load average (1, 5, 15 min) at start | {} |",
         load.join(", ")
     );
@@ -455,22 +472,27 @@ async fn gateway_overhead(seconds: f64) -> anyhow::Result<()> {
         content_type: None,
     });
 
-    println!("| target | connections | p50 µs | p99 µs | req/s | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    out!("| target | connections | p50 µs | p99 µs | req/s | errors |");
+    out!("|---|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for connections in [1usize, 32] {
         for t in &targets {
             let r = load(t, connections, seconds).await?;
-            println!(
+            out!(
                 "| {} | {connections} | {:.0} | {:.0} | {:.0} | {} |",
-                t.name, r.p50_us, r.p99_us, r.rps, r.errors
+                t.name,
+                r.p50_us,
+                r.p99_us,
+                r.rps,
+                r.errors
             );
+            report::latency(t.name, connections, r.quantiles.clone());
             rows.push((t.name, connections, r));
         }
     }
-    println!();
-    println!("| comparison | connections | added p50 µs | throughput ratio |");
-    println!("|---|---:|---:|---:|");
+    out!();
+    out!("| comparison | connections | added p50 µs | throughput ratio |");
+    out!("|---|---:|---:|---:|");
     for connections in [1usize, 32] {
         let find = |name: &str| {
             rows.iter()
@@ -496,7 +518,7 @@ async fn gateway_overhead(seconds: f64) -> anyhow::Result<()> {
         ];
         for (label, a, b) in pairs {
             if let (Some(x), Some(y)) = (find(a), find(b)) {
-                println!(
+                out!(
                     "| {label} | {connections} | {:.0} | {:.2}× |",
                     x.p50_us - y.p50_us,
                     x.rps / y.rps
@@ -514,10 +536,10 @@ const PLACEMENTS_GOAL_PER_S: f64 = 5_000.0;
 const REPETITIONS: usize = 9;
 
 fn placements() -> anyhow::Result<()> {
-    println!(
+    out!(
         "| placement scenario | workers | instances placed | best ms | median ms | placements/s | vs {PLACEMENTS_GOAL_PER_S:.0}/s goal |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    out!("|---|---:|---:|---:|---:|---:|---:|");
     for apps in [5_000u32, 1_000] {
         let scale = BENCH_INSTANCES / apps;
         let mut state = bench_cluster(apps, scale)?;
@@ -585,7 +607,7 @@ fn print_placement_row(scenario: &str, placed: u32, sorted_ms: &[f64]) {
     let best = sorted_ms[0];
     let median = sorted_ms[sorted_ms.len() / 2];
     let per_s = f64::from(placed) / (median / 1000.0);
-    println!(
+    out!(
         "| {scenario} | {BENCH_WORKERS} | {placed} | {best:.2} | {median:.2} | {per_s:.0} | {:.1}× |",
         per_s / PLACEMENTS_GOAL_PER_S
     );
@@ -796,12 +818,12 @@ mod ha {
 
         // Commit latency and throughput, the two systems taking turns so both see
         // the same background load.
-        println!(
+        out!(
             "Commit latency: 3 members on this machine, each write acknowledged after an fsync'd commit on a majority; clients talk to the leader."
         );
-        println!();
-        println!("| system | clients | writes/s | p50 ms | p99 ms | errors |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        out!();
+        out!("| system | clients | writes/s | p50 ms | p99 ms | errors |");
+        out!("|---|---:|---:|---:|---:|---:|");
         let mut runs = Vec::new();
         for clients in CLIENT_COUNTS {
             let s = commit_load(&strom, clients, seconds).await?;
@@ -817,14 +839,14 @@ mod ha {
             runs.push((clients, s, e));
         }
         if etcd.is_some() {
-            println!();
-            println!(
+            out!();
+            out!(
                 "| clients | writes/s strom/etcd (goal ≥ 1) | p50 strom/etcd (goal ≤ 1) | p99 strom/etcd |"
             );
-            println!("|---:|---:|---:|---:|");
+            out!("|---:|---:|---:|---:|");
             for (clients, s, e) in &runs {
                 if let Some(e) = e {
-                    println!(
+                    out!(
                         "| {clients} | {:.2}× | {:.2}× | {:.2}× |",
                         s.writes_per_s / e.writes_per_s,
                         s.p50_ms / e.p50_ms,
@@ -835,20 +857,20 @@ mod ha {
         }
 
         // Leader failover.
-        println!();
-        println!(
+        out!();
+        out!(
             "Leader failover: kill -9 of the leader → first write acknowledged through a survivor ({} ms per attempt, survivors alternating; \"new leader\": a survivor first says it leads, asked every {} ms). The killed member restarts and catches up before the next trial.",
             ATTEMPT_TIMEOUT.as_millis(),
             ELECTION_POLL.as_millis()
         );
-        println!();
+        out!();
         let strom_trials = failover(&mut strom, trials).await?;
         let etcd_trials = match &mut etcd {
             Some(etcd) => Some(failover(etcd, trials).await?),
             None => None,
         };
-        println!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---|");
+        out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
+        out!("|---|---:|---:|---:|---:|---:|---:|---|");
         print_failover_row(
             "strom (heartbeat 100 ms, election timeout 400–800 ms)",
             &strom_trials,
@@ -856,25 +878,27 @@ mod ha {
         if let Some(t) = &etcd_trials {
             print_failover_row("etcd (defaults: heartbeat 100 ms, election 1000 ms)", t);
         }
-        println!();
-        println!(
+        out!();
+        out!(
             "Every trial, ms from the kill: new leader seen / first write acknowledged (killed member → new leader):"
         );
-        println!();
+        out!();
         print_trials("strom", &strom_trials);
+        crate::report::failover("strom", strom_trials.iter().map(|t| t.ms).collect());
         if let Some(t) = &etcd_trials {
             print_trials("etcd", t);
+            crate::report::failover("etcd", t.iter().map(|t| t.ms).collect());
         }
         if strom.retried_restarts > 0 {
-            println!();
-            println!(
+            out!();
+            out!(
                 "{} of {} restarts of the killed strom node needed more than one start (retried every second); the failed starts exited with:",
                 strom.retried_restarts,
                 strom_trials.len()
             );
-            println!();
+            out!();
             for (reason, count) in &strom.failed_starts {
-                println!("- {count}× {reason}");
+                out!("- {count}× {reason}");
             }
         }
         drop(etcd);
@@ -909,9 +933,9 @@ mod ha {
             kib: rss_kib(strom.nodes[leader].pid()?)?,
         });
 
-        println!();
-        println!("| process | state | RSS MiB | goal |");
-        println!("|---|---|---:|---|");
+        out!();
+        out!("| process | state | RSS MiB | goal |");
+        out!("|---|---|---:|---|");
         for row in &memory {
             let mib = row.kib as f64 / 1024.0;
             let goal = if row.process == "strom worker-only node" && row.state.starts_with("idle") {
@@ -924,12 +948,12 @@ mod ha {
             } else {
                 String::new()
             };
-            println!("| {} | {} | {mib:.1} | {goal} |", row.process, row.state);
+            out!("| {} | {} | {mib:.1} | {goal} |", row.process, row.state);
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        println!();
-        println!(
+        out!();
+        out!(
             "Load average (1, 5, 15 min) at the end: {}.",
             load.join(", ")
         );
@@ -1252,9 +1276,12 @@ mod ha {
     }
 
     fn print_commit_row(system: &str, clients: usize, r: &CommitRun) {
-        println!(
+        out!(
             "| {system} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
-            r.writes_per_s, r.p50_ms, r.p99_ms, r.errors
+            r.writes_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors
         );
     }
 
@@ -1387,7 +1414,7 @@ mod ha {
         } else {
             "missed"
         };
-        println!(
+        out!(
             "| {system} | {} | {elected} | {:.0} | {p99:.0} | {:.0} | {:.0} | {verdict} |",
             ms.len(),
             quantile(&ms, 0.5),
@@ -1409,7 +1436,7 @@ mod ha {
                 )
             })
             .collect();
-        println!("- {system}: {}", list.join(", "));
+        out!("- {system}: {}", list.join(", "));
     }
 
     /// Strom management nodes (node id = index + 1), each started by `strom serve`.

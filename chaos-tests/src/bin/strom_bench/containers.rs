@@ -212,10 +212,10 @@ impl Strom {
 }
 
 pub async fn run(bins: &Path) -> anyhow::Result<()> {
-    println!("### Instance runtimes: cold start, crash → serving, memory per instance");
-    println!();
+    out!("### Instance runtimes: cold start, crash → serving, memory per instance");
+    out!();
     let Some(docker) = support::docker_or_skip("the containers benchmark").await else {
-        println!("No Docker engine answered: section skipped.");
+        out!("No Docker engine answered: section skipped.");
         return Ok(());
     };
     let scratch = std::env::temp_dir().join("strom-bench");
@@ -317,10 +317,10 @@ pub async fn run(bins: &Path) -> anyhow::Result<()> {
         let took = until_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/", t0).await?;
         cold.entry("bare process").or_default().push(took);
     }
-    println!("Cold start, {TRIALS} trials each (ms; the median is compared):");
-    println!();
-    println!("| what | median ms | trials (ms) | ratio to its bare baseline |");
-    println!("|---|---|---|---|");
+    out!("Cold start, {TRIALS} trials each (ms; the median is compared):");
+    out!();
+    out!("| what | median ms | trials (ms) | ratio to its bare baseline |");
+    out!("|---|---|---|---|");
     let bare_docker = median_ms(cold.get_mut("bare docker").unwrap());
     let bare_process = median_ms(cold.get_mut("bare process").unwrap());
     for (label, key, base) in [
@@ -340,9 +340,9 @@ pub async fn run(bins: &Path) -> anyhow::Result<()> {
         let v = cold.get_mut(key).unwrap();
         let m = median_ms(v);
         let ratio = base.map_or("1 (baseline)".to_string(), |b| format!("{:.2}×", m / b));
-        println!("| {label} | {m:.0} | {} | {ratio} |", list_ms(v));
+        out!("| {label} | {m:.0} | {} | {ratio} |", list_ms(v));
     }
-    println!();
+    out!();
 
     // Crash → serving.
     let mut crash: HashMap<&str, Vec<Duration>> = HashMap::new();
@@ -368,10 +368,10 @@ pub async fn run(bins: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     remove(&docker, &name).await;
-    println!("Crash → serving again, {TRIALS} crashes each (ms):");
-    println!();
-    println!("| what | median ms | trials (ms) |");
-    println!("|---|---|---|");
+    out!("Crash → serving again, {TRIALS} crashes each (ms):");
+    out!();
+    out!("| what | median ms | trials (ms) |");
+    out!("|---|---|---|");
     for (label, key) in [
         ("bare container, engine `--restart always`", "bare docker"),
         ("Strom, docker runtime", "boxed"),
@@ -379,19 +379,17 @@ pub async fn run(bins: &Path) -> anyhow::Result<()> {
     ] {
         let v = crash.get_mut(key).unwrap();
         let m = median_ms(v);
-        println!("| {label} | {m:.0} | {} |", list_ms(v));
+        out!("| {label} | {m:.0} | {} |", list_ms(v));
     }
-    println!();
+    out!();
 
     // Memory per instance.
-    println!(
+    out!(
         "Worker memory: the `strom up` process's RSS with 0 and with {INSTANCES_FOR_MEMORY} instances (handlers and containers not counted):"
     );
-    println!();
-    println!(
-        "| runtime | RSS at 0 (MiB) | RSS at {INSTANCES_FOR_MEMORY} (MiB) | per instance (KiB) |"
-    );
-    println!("|---|---|---|---|");
+    out!();
+    out!("| runtime | RSS at 0 (MiB) | RSS at {INSTANCES_FOR_MEMORY} (MiB) | per instance (KiB) |");
+    out!("|---|---|---|---|");
     for (app, label) in [("boxed", "docker"), ("plain", "process")] {
         for other in ["boxed", "plain"] {
             strom.scale_and_wait(other, 0).await?;
@@ -402,7 +400,7 @@ pub async fn run(bins: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let atn = strom.rss_kib()?;
         let per = (atn as f64 - at0 as f64) / INSTANCES_FOR_MEMORY as f64;
-        println!(
+        out!(
             "| {label} | {:.1} | {:.1} | {per:.0} |",
             at0 as f64 / 1024.0,
             atn as f64 / 1024.0
