@@ -20,6 +20,7 @@ mod support;
 enum ProfileArg {
     Ci,
     Soak,
+    Upgrade,
 }
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,7 @@ struct Args {
     /// `ci`: each fault once (leader kill, leader isolation, worker kill, pause, 2|3
     /// split, worker cut, follower kill, restart) in a seeded order, then a rolling
     /// upgrade of every node. `soak`: random faults until `--duration` is over.
+    /// `upgrade`: one rolling upgrade under load (from `--from-binary`, if given).
     #[arg(long, value_enum, default_value = "ci")]
     profile: ProfileArg,
     /// How long the soak injects faults (e.g. `1h`, `20m`).
@@ -139,6 +141,7 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
         profile: match args.profile {
             ProfileArg::Ci => Profile::Ci,
             ProfileArg::Soak => Profile::Soak,
+            ProfileArg::Upgrade => Profile::Upgrade,
         },
         seed,
         duration: args.duration,

@@ -24,6 +24,9 @@ pub enum Profile {
     Ci,
     /// Random faults (and rolling upgrades) until the duration is over.
     Soak,
+    /// One rolling upgrade under load and nothing else (with `--from-binary`, from
+    /// an older build to this one).
+    Upgrade,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +150,7 @@ pub fn reproduce(opts: &Options) -> String {
         match opts.profile {
             Profile::Ci => "ci",
             Profile::Soak => "soak",
+            Profile::Upgrade => "upgrade",
         },
         opts.seed
     );
@@ -209,6 +213,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
     let plan_result = match opts.profile {
         Profile::Ci => chaos.ci_plan().await,
         Profile::Soak => chaos.soak_plan(opts.duration).await,
+        Profile::Upgrade => chaos.fault(FaultKind::RollingUpgrade, Duration::ZERO).await,
     };
     if let Err(e) = &plan_result {
         history.note(format!("the plan stopped: {e:#}"));
@@ -683,13 +688,7 @@ impl Chaos {
             let f = self
                 .history
                 .fault(format!("upgrade: {name}"), vec![name.clone()]);
-            let via = self.random_manager_except(i);
-            let mut client = self.cluster.client(via).await?;
-            let drained = client
-                .drain_node(self.cluster.request(pb::DrainNodeRequest { node_id: id }))
-                .await
-                .with_context(|| format!("draining {name}"))?
-                .into_inner();
+            let drained = self.drain(i).await?;
             self.note(format!(
                 "drained {name}: leader now {}, handed over: {}",
                 drained.leader_id, drained.handed_over
@@ -705,13 +704,7 @@ impl Chaos {
             self.history.healed(f);
             if self.cluster.nodes[i].role == Role::Worker {
                 self.wait_worker_registered(id).await?;
-                let via = self.random_manager_except(i);
-                self.cluster
-                    .client(via)
-                    .await?
-                    .uncordon_node(self.cluster.request(pb::CordonNodeRequest { node_id: id }))
-                    .await
-                    .with_context(|| format!("uncordoning {name}"))?;
+                self.uncordon(i).await?;
             } else {
                 self.cluster
                     .wait_manager(i, Duration::from_secs(60))
@@ -721,6 +714,63 @@ impl Chaos {
         }
         self.note(format!("rolling upgrade to {target} done"));
         Ok(())
+    }
+
+    /// `strom node drain` node `i` through another manager, asked again (as an
+    /// operator's script would) while the answer is "unavailable"; each retry is
+    /// noted in the history.
+    async fn drain(&mut self, i: usize) -> anyhow::Result<pb::DrainNodeResponse> {
+        let name = self.name(i);
+        let id = self.cluster.nodes[i].id;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let via = self.random_manager_except(i);
+            let answer = match self.cluster.client(via).await {
+                Ok(mut client) => client
+                    .drain_node(self.cluster.request(pb::DrainNodeRequest { node_id: id }))
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string())),
+                Err(e) => Err((true, e.to_string())),
+            };
+            match answer {
+                Ok(r) => return Ok(r),
+                Err((true, why)) if Instant::now() < deadline => {
+                    self.note(format!(
+                        "drain of {name} through {}: {why}; asking again",
+                        self.name(via)
+                    ));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((_, why)) => bail!("draining {name}: {why}"),
+            }
+        }
+    }
+
+    /// `strom node uncordon` worker `i`, asked again while "unavailable".
+    async fn uncordon(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.name(i);
+        let id = self.cluster.nodes[i].id;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let via = self.random_manager_except(i);
+            let answer = match self.cluster.client(via).await {
+                Ok(mut client) => client
+                    .uncordon_node(self.cluster.request(pb::CordonNodeRequest { node_id: id }))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string())),
+                Err(e) => Err((true, e.to_string())),
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err((true, why)) if Instant::now() < deadline => {
+                    self.note(format!("uncordon of {name}: {why}; asking again"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((_, why)) => bail!("uncordoning {name}: {why}"),
+            }
+        }
     }
 
     /// Until the leader reports nothing placed on worker `id`.
