@@ -62,8 +62,7 @@ struct Args {
 fn build_strom() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("the harness binary's folder")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
+    let mut cmd = strom_chaos_tests::nested_cargo();
     cmd.args(["build", "-p", "strom-node", "--bin", "strom"]);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");

@@ -224,7 +224,8 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
     tokio::time::sleep(Duration::from_secs(3)).await;
     load.stop().await;
     history.note("workload stopped");
-    plan_result?;
+    // A plan that stopped early still gets its history checked (what it did run
+    // must hold), and fails the run.
     healthy.context("the cluster did not become healthy after the faults were healed")?;
     let states = chaos.read_states().await?;
     let workers: Vec<String> = chaos
@@ -255,6 +256,10 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
             println!("  … and {} more", v.violations.len() - 10);
         }
         passed &= v.passed();
+    }
+    if let Err(e) = plan_result {
+        println!("FAIL the plan: it stopped early: {e:#}");
+        passed = false;
     }
     Ok(passed)
 }

@@ -98,7 +98,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     // Always: a `strom` left over from an older tree would be measured silently.
     eprintln!("building the release strom binaries…");
-    let status = Command::new(env!("CARGO"))
+    let status = strom_chaos_tests::nested_cargo()
         .args(["build", "--release", "-p", "strom-node", "--bins"])
         .status()?;
     if !status.success() {
@@ -300,8 +300,6 @@ async fn main() -> anyhow::Result<()> {
         ha::run(seconds, trials).await?;
     }
     if wanted("containers") {
-        out!();
-        out!("### Instance runtimes: cold start and crash → serving vs a bare start, memory per instance");
         out!();
         containers::run(&bin_dir()?).await?;
     }

@@ -30,9 +30,11 @@ pub fn line(text: &str) {
     all.push('\n');
 }
 
+/// A latency series: target, connections, [(quantile, µs)].
+type LatencySeries = (String, usize, Vec<(f64, f64)>);
+
 struct Chart {
-    /// (target, connections, [(quantile, µs)]).
-    latency: Vec<(String, usize, Vec<(f64, f64)>)>,
+    latency: Vec<LatencySeries>,
     /// (system, failover times in ms).
     failover: Vec<(String, Vec<f64>)>,
 }
@@ -73,7 +75,7 @@ pub fn write(markdown: &Path, svg: &Path) -> anyhow::Result<()> {
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
         _ => match old.find("\n## ") {
-            Some(at) => format!("{}\n{block}\n{}", &old[..at + 1], &old[at + 1..]),
+            Some(at) => format!("{}{block}\n\n{}", &old[..at + 1], &old[at + 1..]),
             None => format!("{}\n{block}\n", old.trim_end()),
         },
     };
