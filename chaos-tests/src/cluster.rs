@@ -441,21 +441,25 @@ impl Cluster {
 
     /// Take node `i` off the network: no traffic in or out.
     pub async fn disconnect(&self, i: usize) -> anyhow::Result<()> {
+        self.disconnect_from(i, &self.network).await
+    }
+
+    async fn disconnect_from(&self, i: usize, network: &str) -> anyhow::Result<()> {
         self.docker
             .disconnect_network(
-                &self.network,
+                network,
                 NetworkDisconnectRequest {
                     container: self.container(i),
                     force: Some(true),
                 },
             )
             .await
-            .with_context(|| format!("disconnecting {}", self.nodes[i].name))
+            .with_context(|| format!("disconnecting {} from {network}", self.nodes[i].name))
     }
 
     /// Put node `i` back, at its own address.
     pub async fn reconnect(&self, i: usize) -> anyhow::Result<()> {
-        self.connect(i, &self.network.clone(), &self.ip(i)).await
+        self.connect(i, &self.network, &self.ip(i)).await
     }
 
     async fn connect(&self, i: usize, network: &str, ip: &str) -> anyhow::Result<()> {
@@ -501,16 +505,7 @@ impl Cluster {
             return Ok(());
         };
         for &i in minority {
-            self.docker
-                .disconnect_network(
-                    &name,
-                    NetworkDisconnectRequest {
-                        container: self.container(i),
-                        force: Some(true),
-                    },
-                )
-                .await
-                .with_context(|| format!("taking {} off the island", self.nodes[i].name))?;
+            self.disconnect_from(i, &name).await?;
             self.reconnect(i).await?;
         }
         self.docker
@@ -527,16 +522,7 @@ impl Cluster {
         let island = self.island.take();
         for i in 0..self.nodes.len() {
             if let Some((name, _)) = &island {
-                let _ = self
-                    .docker
-                    .disconnect_network(
-                        name,
-                        NetworkDisconnectRequest {
-                            container: self.container(i),
-                            force: Some(true),
-                        },
-                    )
-                    .await;
+                let _ = self.disconnect_from(i, name).await;
             }
             let _ = self.unpause(i).await;
             let _ = self.reconnect(i).await;

@@ -721,59 +721,61 @@ impl Chaos {
         Ok(())
     }
 
-    /// `strom node drain` node `i` through another manager, asked again (as an
-    /// operator's script would) while the answer is "unavailable"; each retry is
-    /// noted in the history.
+    /// `strom node drain` node `i` through another manager.
     async fn drain(&mut self, i: usize) -> anyhow::Result<pb::DrainNodeResponse> {
+        self.node_command(i, true)
+            .await?
+            .context("a drain answers with the leader")
+    }
+
+    /// `strom node uncordon` worker `i` through another manager.
+    async fn uncordon(&mut self, i: usize) -> anyhow::Result<()> {
+        self.node_command(i, false).await.map(|_| ())
+    }
+
+    /// Drain (`drain`) or uncordon node `i` through a random other manager, asked
+    /// again (as an operator's script would) while the answer is "unavailable";
+    /// each retry is noted in the history. A drain returns its answer.
+    async fn node_command(
+        &mut self,
+        i: usize,
+        drain: bool,
+    ) -> anyhow::Result<Option<pb::DrainNodeResponse>> {
+        let what = if drain { "drain" } else { "uncordon" };
         let name = self.name(i);
         let id = self.cluster.nodes[i].id;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let via = self.random_manager_except(i);
             let answer = match self.cluster.client(via).await {
-                Ok(mut client) => client
-                    .drain_node(self.cluster.request(pb::DrainNodeRequest { node_id: id }))
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string())),
+                Ok(mut client) => {
+                    let sent = if drain {
+                        client
+                            .drain_node(self.cluster.request(pb::DrainNodeRequest { node_id: id }))
+                            .await
+                            .map(|r| Some(r.into_inner()))
+                    } else {
+                        client
+                            .uncordon_node(
+                                self.cluster.request(pb::CordonNodeRequest { node_id: id }),
+                            )
+                            .await
+                            .map(|_| None)
+                    };
+                    sent.map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string()))
+                }
                 Err(e) => Err((true, e.to_string())),
             };
             match answer {
                 Ok(r) => return Ok(r),
                 Err((true, why)) if Instant::now() < deadline => {
                     self.note(format!(
-                        "drain of {name} through {}: {why}; asking again",
+                        "{what} of {name} through {}: {why}; asking again",
                         self.name(via)
                     ));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err((_, why)) => bail!("draining {name}: {why}"),
-            }
-        }
-    }
-
-    /// `strom node uncordon` worker `i`, asked again while "unavailable".
-    async fn uncordon(&mut self, i: usize) -> anyhow::Result<()> {
-        let name = self.name(i);
-        let id = self.cluster.nodes[i].id;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let via = self.random_manager_except(i);
-            let answer = match self.cluster.client(via).await {
-                Ok(mut client) => client
-                    .uncordon_node(self.cluster.request(pb::CordonNodeRequest { node_id: id }))
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string())),
-                Err(e) => Err((true, e.to_string())),
-            };
-            match answer {
-                Ok(()) => return Ok(()),
-                Err((true, why)) if Instant::now() < deadline => {
-                    self.note(format!("uncordon of {name}: {why}; asking again"));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err((_, why)) => bail!("uncordoning {name}: {why}"),
+                Err((_, why)) => bail!("{what} of {name}: {why}"),
             }
         }
     }
