@@ -423,20 +423,39 @@ impl Cluster {
             .with_context(|| format!("kill -9 {name}"))
     }
 
+    /// Freeze node `i`. The engine's cgroup freezer can fail transiently under heavy
+    /// load ("unable to freeze"); that is retried a few times before giving up.
     pub async fn pause(&self, i: usize) -> anyhow::Result<()> {
         let name = self.container(i);
-        self.docker
-            .pause_container(&name)
+        self.retry_engine(|| self.docker.pause_container(&name))
             .await
             .with_context(|| format!("pausing {name}"))
     }
 
     pub async fn unpause(&self, i: usize) -> anyhow::Result<()> {
         let name = self.container(i);
-        self.docker
-            .unpause_container(&name)
+        self.retry_engine(|| self.docker.unpause_container(&name))
             .await
             .with_context(|| format!("unpausing {name}"))
+    }
+
+    /// Run an engine call up to five times, 500 ms apart, returning the last error.
+    async fn retry_engine<F, Fut>(&self, call: F) -> Result<(), bollard::errors::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), bollard::errors::Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= 5 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// Take node `i` off the network: no traffic in or out.

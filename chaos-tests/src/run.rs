@@ -597,7 +597,14 @@ impl Chaos {
                     format!("pause {role}: {}", self.name(i)),
                     vec![self.name(i)],
                 );
-                self.cluster.pause(i).await?;
+                if let Err(e) = self.cluster.pause(i).await {
+                    // The engine could not freeze the container (its freezer fails
+                    // under heavy load). The node was never frozen, so this fault did
+                    // not happen: note it and go on rather than end the run.
+                    self.note(format!("pause of {} skipped: {e:#}", self.name(i)));
+                    self.history.healed(f);
+                    return self.settle(f).await;
+                }
                 tokio::time::sleep(hold).await;
                 self.cluster.unpause(i).await?;
                 self.history.healed(f);
