@@ -14,6 +14,9 @@ use crate::runtime::ExitInfo;
 
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
+/// How long a successful probe waits for the rest of the answer before it closes.
+const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
     #[error("the handler {0} before it became ready")]
@@ -31,7 +34,17 @@ pub async fn probe(addr: SocketAddr) -> bool {
             .ok()?;
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"HTTP/")
+        if &buf != b"HTTP/" {
+            return Some(false);
+        }
+        // Read the rest of the answer before closing. Closing a socket with unread
+        // data resets the connection, and the handler would see an error (a Python
+        // traceback in its log) for a probe that succeeded. A handler that keeps the
+        // connection open despite `Connection: close` is only waited for briefly.
+        let mut rest = [0u8; 4096];
+        let drain = async { while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+        Some(true)
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
@@ -60,5 +73,46 @@ pub async fn wait_ready(
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             _ = exited.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A handler that answers in pieces must see every write succeed: the probe reads
+    /// the whole answer instead of resetting the connection after "HTTP/".
+    #[tokio::test]
+    async fn a_probe_reads_the_whole_answer_and_the_handler_sees_no_reset() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await.unwrap();
+            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let body = s.write_all(b"ok").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let more = s.write_all(b"\r\n").await;
+            (body.is_ok() && more.is_ok(), body, more)
+        });
+        assert!(probe(addr).await, "the probe must see the HTTP answer");
+        let (clean, body, more) = handler.await.unwrap();
+        assert!(clean, "the handler's writes failed: {body:?}, {more:?}");
+    }
+
+    #[tokio::test]
+    async fn something_that_is_not_http_is_not_ready() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n").await;
+        });
+        assert!(!probe(addr).await);
     }
 }
