@@ -84,6 +84,30 @@ pub fn write(markdown: &Path, svg: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where quantile `q` sits on the latency charts' x axis: p50 at 0, p90 at 1, then
+/// one step per nine (p99 at 2, p99.9 at 3, p99.99 at 4), so the tail spreads evenly.
+fn percentile_axis(q: f64) -> f64 {
+    if q < 0.9 {
+        (q - 0.5) / 0.4
+    } else {
+        -(1.0 - q).log10()
+    }
+}
+
+/// The tick label at `x` on that axis: "p50", "p90", "p99", "p99.9", "p99.99" at the
+/// whole steps, nothing between them.
+fn percentile_label(x: f64) -> String {
+    let step = x.round();
+    if (x - step).abs() > 1e-6 || step < 0.0 {
+        return String::new();
+    }
+    if step == 0.0 {
+        return "p50".into();
+    }
+    let percent = format!("{:.4}", 100.0 - 10f64.powf(2.0 - step));
+    format!("p{}", percent.trim_end_matches('0').trim_end_matches('.'))
+}
+
 /// Three panels: gateway latency percentiles at 1 and at 32 connections (log
 /// scale), and the failover times of each system as a distribution.
 fn draw(path: &Path) -> anyhow::Result<()> {
@@ -99,8 +123,6 @@ fn draw(path: &Path) -> anyhow::Result<()> {
         RGBColor(148, 103, 189),
         RGBColor(140, 86, 75),
     ];
-    // x: the quantile as "nines" (-log10(1 - q)), so p50…p99.99 spread evenly.
-    let nines = |q: f64| -(1.0 - q).log10();
     for (panel, connections) in panels.iter().zip([1usize, 32]) {
         let series: Vec<_> = chart
             .latency
@@ -119,23 +141,25 @@ fn draw(path: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(nines(0.5)..nines(0.9999), (10f64..max * 1.5).log_scale())?;
+            .build_cartesian_2d(0f64..4.0, (10f64..max * 1.5).log_scale())?;
         c.configure_mesh()
             .x_desc("percentile")
             .y_desc("µs")
-            .x_label_formatter(&|x| format!("p{:.4}", (1.0 - 10f64.powf(-x)) * 100.0))
+            .x_labels(5)
+            .x_label_formatter(&|x| percentile_label(*x))
             .draw()?;
         for (i, (name, _, points)) in series.iter().enumerate() {
             let color = palette[i % palette.len()];
             c.draw_series(LineSeries::new(
-                points.iter().map(|(q, us)| (nines(*q), *us)),
+                points.iter().map(|(q, us)| (percentile_axis(*q), *us)),
                 color.stroke_width(2),
             ))?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
+        // The lower right is empty: latencies only rise with the percentile.
         c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
@@ -210,7 +234,17 @@ mod tests {
         assert!(first.contains("![Gateway latency percentiles and failover times](benchmarks.svg)"));
         let drawn = std::fs::read_to_string(&svg).unwrap();
         assert!(drawn.starts_with("<svg"), "{drawn}");
-        for label in ["strom gateway", "direct", "etcd", "Leader failover"] {
+        for label in [
+            "strom gateway",
+            "direct",
+            "etcd",
+            "Leader failover",
+            "\np50\n",
+            "\np90\n",
+            "\np99\n",
+            "\np99.9\n",
+            "\np99.99\n",
+        ] {
             assert!(drawn.contains(label), "{label} missing from the chart");
         }
         // A second run replaces the block; the notes stay, once.
