@@ -133,6 +133,21 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
         Some(p) => p,
         None => build_strom()?,
     };
+    if let Some(from) = &args.from_binary {
+        let same = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?
+            == std::fs::read(&strom).with_context(|| format!("reading {}", strom.display()))?;
+        if same {
+            bail!(
+                "--from-binary {} is the same binary as the one being upgraded to ({}): \
+                 nothing would be upgraded. If the old one was built from another checkout \
+                 with the same CARGO_TARGET_DIR, cargo may now think this checkout is up to \
+                 date with the other one's build: touch this checkout's sources and run again, \
+                 or build the old binary with its own CARGO_TARGET_DIR",
+                from.display(),
+                strom.display()
+            );
+        }
+    }
     let work = std::env::temp_dir().join("strom-chaos");
     std::fs::create_dir_all(&work)?;
     let handler = support::handler_binary(&work);
