@@ -413,7 +413,8 @@ impl ManagementNode {
                 // replies failed, which happens for a moment after members restart
                 // (stale connections): ask again, within the caller's limit (found
                 // by the chaos soak: a drain right after an upgraded member came
-                // back failed at once).
+                // back failed at once). A forwarded read index that met it comes
+                // back as "unavailable, no leader" and is asked again above.
                 Err(ProposeError::NoQuorum(_)) => tokio::time::sleep(ELECTION_POLL * 2).await,
                 other => return other,
             }
@@ -447,23 +448,10 @@ impl ManagementNode {
         }
     }
 
-    /// Leader only: confirm leadership; returns the read index.
+    /// Leader only: confirm leadership; returns the read index. One attempt: the
+    /// caller's loop ([`Self::read_linearizable`], on this node or on the follower
+    /// that forwarded the request) asks again within its limit.
     pub async fn read_index_local(&self) -> Result<u64, ProposeError> {
-        // QuorumNotEnough comes back at once when a majority's heartbeat replies
-        // failed, as for a moment after members restart: asked again for a while
-        // (a forwarded read index gets the same patience).
-        let give_up = tokio::time::Instant::now() + QUORUM_WAIT / 2;
-        loop {
-            match self.read_index_once().await {
-                Err(ProposeError::NoQuorum(_)) if tokio::time::Instant::now() < give_up => {
-                    tokio::time::sleep(ELECTION_POLL * 2).await
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn read_index_once(&self) -> Result<u64, ProposeError> {
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
