@@ -698,7 +698,7 @@ impl Cluster {
         let deadline = Instant::now() + limit;
         loop {
             match self.status(i, true).await {
-                Ok(s) if s.leader_id != 0 && s.state != "learner" => return Ok(()),
+                Ok(s) if s.leader_id.is_some() && s.state != "learner" => return Ok(()),
                 _ if Instant::now() > deadline => bail!(
                     "{} did not rejoin within {limit:?}; its log:\n{}",
                     self.nodes[i].name,

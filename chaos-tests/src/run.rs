@@ -449,15 +449,16 @@ impl Chaos {
                 .status(m, true)
                 .await
                 .with_context(|| format!("{} does not answer", self.name(m)))?;
-            if s.leader_id == 0 || !(s.state == "leader" || s.state == "follower") {
-                bail!(
-                    "{} is {} with leader {}",
+            let leader = match s.leader_id {
+                Some(l) if s.state == "leader" || s.state == "follower" => l,
+                _ => bail!(
+                    "{} is {} with leader {:?}",
                     self.name(m),
                     s.state,
                     s.leader_id
-                );
-            }
-            leader_ids.push(s.leader_id);
+                ),
+            };
+            leader_ids.push(leader);
         }
         leader_ids.dedup();
         if leader_ids.len() != 1 {
@@ -488,7 +489,7 @@ impl Chaos {
             .iter()
             .find(|p| p.app_name == WEB)
             .context("web has no placement")?;
-        let ready: u32 = web.nodes.iter().map(|n| n.ready).sum();
+        let ready: u32 = web.nodes.iter().filter_map(|n| n.ready).sum();
         if ready < web.desired {
             bail!("web: {ready} of {} instances ready", web.desired);
         }
@@ -703,7 +704,11 @@ impl Chaos {
             let drained = self.drain(i).await?;
             self.note(format!(
                 "drained {name}: leader now {}, handed over: {}",
-                drained.leader_id, drained.handed_over
+                drained
+                    .leader_id
+                    .map(|l| l.to_string())
+                    .unwrap_or("unknown".into()),
+                drained.handed_over
             ));
             if self.cluster.nodes[i].role == Role::Worker {
                 self.wait_worker_empty(id).await?;
@@ -810,9 +815,10 @@ impl Chaos {
         loop {
             let leader = self.leader().await?;
             if let Ok(s) = self.cluster.status(leader, false).await {
-                if s.workers.iter().any(|w| {
-                    w.node_id == id && w.last_heartbeat_ms >= 0 && w.last_heartbeat_ms < 1500
-                }) {
+                if s.workers
+                    .iter()
+                    .any(|w| w.node_id == id && w.last_heartbeat_ms.is_some_and(|ms| ms < 1500))
+                {
                     return Ok(());
                 }
             }

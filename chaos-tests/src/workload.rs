@@ -458,7 +458,7 @@ async fn observer(setup: Arc<Setup>, history: History, stop: CancellationToken) 
                         node_id: s.node_id,
                         term: s.term,
                         state: s.state,
-                        leader_id: s.leader_id,
+                        leader_id: s.leader_id.unwrap_or(0),
                     });
                 }
             }

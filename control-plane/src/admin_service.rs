@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster_state::{AppKeys, AppState};
-use crate::management::{new_function_key, now_ms, ManagementNode, ProposeError};
+use crate::management::{new_function_key, now_ms, ManagementNode};
 use crate::state_machine::StateView;
 
 pub struct AdminApi {
@@ -198,27 +198,23 @@ impl AdminApi {
     }
 
     async fn fresh(&self) -> Result<Arc<StateView>, Status> {
-        self.node.read_linearizable().await.map_err(propose_status)
+        self.node
+            .read_linearizable()
+            .await
+            .map_err(|e| e.to_status())
     }
 
     async fn commit(&self, command: Command) -> Result<(u64, CommandResult), Status> {
-        let (index, result) = self.node.propose(command).await.map_err(propose_status)?;
+        let (index, result) = self
+            .node
+            .propose(command)
+            .await
+            .map_err(|e| e.to_status())?;
         if let CommandResult::Rejected(r) = &result {
             return Err(rejection_status(r));
         }
         // Read-your-writes on this node, even when the leader committed it.
-        let mut state = self.node.state.clone();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            state.wait_for(|v| v.applied_index() >= index),
-        )
-        .await
-        .map_err(|_| {
-            Status::unavailable(format!(
-                "committed at {index}, but not applied here in time"
-            ))
-        })?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        self.node.applied(index).await.map_err(|e| e.to_status())?;
         Ok((index, result))
     }
 
@@ -293,7 +289,7 @@ impl AdminApi {
         self.node
             .replicate_blob(&version, bytes)
             .await
-            .map_err(Status::unavailable)?;
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let initial_keys = InitialKeys {
             master: new_function_key(),
             host_default: new_function_key(),
@@ -331,8 +327,15 @@ impl AdminApi {
     }
 }
 
-fn propose_status(e: ProposeError) -> Status {
-    Status::unavailable(e.to_string())
+/// The Raft role as the API names it.
+fn server_state_name(state: openraft::ServerState) -> &'static str {
+    match state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    }
 }
 
 fn rejection_status(r: &Rejection) -> Status {
@@ -445,7 +448,7 @@ pub fn function_info(
                 AuthLevel::Admin => keys.master.clone(),
             };
             info.trigger_type = "httpTrigger".into();
-            info.auth_level = format!("{:?}", h.auth_level).to_ascii_lowercase();
+            info.auth_level = h.auth_level.as_str().to_string();
             info.methods = h.methods.clone();
             info.route = h.route.clone();
             info.url = format!("{http_base}{}", h.url_path(&manifest.host.route_prefix));
@@ -696,43 +699,40 @@ impl AdminService for AdminApi {
                 let version = live
                     .as_ref()
                     .and_then(|l| l.members.iter().find(|m| m.node_id == *id));
-                let matched = live
-                    .as_ref()
-                    .and_then(|l| l.matched.get(id).copied())
-                    .unwrap_or(0);
-                let leader_last = live.as_ref().map(|l| l.last_log_index).unwrap_or(0);
+                let matched = live.as_ref().and_then(|l| l.matched.get(id).copied());
+                let leader_last = live.as_ref().map(|l| l.last_log_index);
                 pb::Member {
                     node_id: *id,
                     address: node.addr.clone(),
                     voter: voters.contains(id),
                     leader: metrics.current_leader == Some(*id),
-                    build: version.map(|v| v.build.clone()).unwrap_or_default(),
-                    protocol: version.map(|v| v.protocol).unwrap_or(0),
+                    build: version.map(|v| v.build.clone()),
+                    protocol: version.map(|v| v.protocol),
                     matched_index: matched,
-                    lag: leader_last.saturating_sub(matched),
+                    lag: leader_last.zip(matched).map(|(l, m)| l.saturating_sub(m)),
                 }
             })
             .collect();
-        let ready_of = |node: u64, app: Option<&AppName>| -> u32 {
-            live.as_ref()
-                .and_then(|l| l.workers.iter().find(|w| w.node_id == node))
-                .map(|w| {
-                    w.instances
-                        .iter()
-                        .filter(|r| r.state == "Ready")
-                        .filter(|r| {
-                            app.is_none_or(|a| {
-                                r.app == a.as_str()
-                                    && view
-                                        .state
-                                        .apps
-                                        .get(a)
-                                        .is_some_and(|s| s.active_version.as_str() == r.version)
-                            })
+        // Unknown without the leader's view; 0 for a worker it has not heard from.
+        let ready_of = |node: u64, app: Option<&AppName>| -> Option<u32> {
+            let live = live.as_ref()?;
+            let heard = live.workers.iter().find(|w| w.node_id == node).map(|w| {
+                w.instances
+                    .iter()
+                    .filter(|r| r.state == "Ready")
+                    .filter(|r| {
+                        app.is_none_or(|a| {
+                            r.app == a.as_str()
+                                && view
+                                    .state
+                                    .apps
+                                    .get(a)
+                                    .is_some_and(|s| s.active_version.as_str() == r.version)
                         })
-                        .count() as u32
-                })
-                .unwrap_or(0)
+                    })
+                    .count() as u32
+            });
+            Some(heard.unwrap_or(0))
         };
         let workers = view
             .state
@@ -756,11 +756,11 @@ impl AdminService for AdminApi {
                         .filter_map(|p| p.get(id))
                         .sum(),
                     ready: ready_of(*id, None),
-                    last_heartbeat_ms: heard.map(|h| h.since_heartbeat_ms as i64).unwrap_or(-1),
+                    last_heartbeat_ms: heard.map(|h| h.since_heartbeat_ms as i64),
                     build: heard
                         .map(|h| h.build.clone())
                         .unwrap_or_else(|| w.info.build.clone()),
-                    protocol: heard.map(|h| h.protocol).unwrap_or(0),
+                    protocol: heard.map(|h| h.protocol),
                 }
             })
             .collect();
@@ -795,13 +795,13 @@ impl AdminService for AdminApi {
                 .map(|c| c.cluster_id.to_string())
                 .unwrap_or_default(),
             node_id: self.node.config.node_id,
-            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_id: metrics.current_leader,
             term: metrics.current_term,
             last_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             members,
             app_count: view.state.apps.len() as u32,
-            state: format!("{:?}", metrics.state).to_ascii_lowercase(),
+            state: server_state_name(metrics.state).to_string(),
             build_version: strom_proto::version::BUILD.to_string(),
             instances: self.instances(live.as_ref(), None),
             workers,
@@ -872,7 +872,7 @@ impl AdminService for AdminApi {
         keys.extend(state.keys.host.iter().map(|kv| key("host", kv)));
         keys.push(key("master", (&"_master".to_string(), &state.keys.master)));
         let auth_level = match &f.trigger {
-            Trigger::Http(h) => format!("{:?}", h.auth_level).to_ascii_lowercase(),
+            Trigger::Http(h) => h.auth_level.as_str().to_string(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListFunctionKeysResponse {
@@ -1028,15 +1028,7 @@ impl AdminService for AdminApi {
         let (leader_id, handed_over) = if is_member || !is_worker {
             self.node.drain_node(id).await.map_err(|e| e.to_status())?
         } else {
-            (
-                self.node
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .current_leader
-                    .unwrap_or(0),
-                false,
-            )
+            (self.node.raft.metrics().borrow().current_leader, false)
         };
         Ok(Response::new(pb::DrainNodeResponse {
             leader_id,

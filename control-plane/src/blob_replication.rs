@@ -16,6 +16,7 @@ use strom_proto::internal_v1::{BlobChunk, GetBlobRequest, PutBlobReply};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blob_store::BlobError;
+use crate::error::ForwardError;
 use crate::management::ManagementNode;
 use crate::membership::cluster_of;
 
@@ -36,16 +37,24 @@ fn peers(node: &ManagementNode, voters_only: bool) -> (usize, Vec<(u64, String)>
     (voters.len(), peers)
 }
 
+/// A deploy's package did not reach a majority of the management voters.
+#[derive(Debug, thiserror::Error)]
+#[error("the package reached {have} of {voters} management nodes, a majority needs {needed}: {}", failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ReplicationError {
+    pub have: usize,
+    pub voters: usize,
+    pub needed: usize,
+    pub failures: Vec<ForwardError>,
+}
+
 async fn push_one(
+    channel: Result<tonic::transport::Channel, ForwardError>,
     addr: String,
     cluster: String,
     id: VersionId,
     bytes: std::sync::Arc<Vec<u8>>,
-) -> Result<(), String> {
-    let mut client = BlobServiceClient::new(
-        crate::tls::channel(&addr, std::time::Duration::from_secs(2)).await?,
-    )
-    .max_encoding_message_size(CHUNK * 2);
+) -> Result<(), ForwardError> {
+    let mut client = BlobServiceClient::new(channel?).max_encoding_message_size(CHUNK * 2);
     let chunks: Vec<BlobChunk> = bytes
         .chunks(CHUNK)
         .enumerate()
@@ -63,11 +72,18 @@ async fn push_one(
             data: data.to_vec(),
         })
         .collect();
+    let mut request = tonic::Request::new(futures::stream::iter(chunks));
+    request.set_timeout(PUSH_TIMEOUT);
     client
-        .put_blob(futures::stream::iter(chunks))
+        .put_blob(request)
         .await
         .map(|_| ())
-        .map_err(|e| format!("{addr}: {}", e.message()))
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                ForwardError::Unreachable { addr, status }
+            }
+            _ => ForwardError::Refused { addr, status },
+        })
 }
 
 impl ManagementNode {
@@ -77,7 +93,7 @@ impl ManagementNode {
         &self,
         id: &VersionId,
         bytes: std::sync::Arc<Vec<u8>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplicationError> {
         let (voters, peers) = peers(self, true);
         let needed = voters / 2 + 1;
         let mut have = 1;
@@ -88,16 +104,19 @@ impl ManagementNode {
         let mut pushes: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
             .map(|(_, addr)| {
-                tokio::time::timeout(
-                    PUSH_TIMEOUT,
-                    push_one(addr, cluster.clone(), id.clone(), bytes.clone()),
+                push_one(
+                    self.peers.get(&addr),
+                    addr,
+                    cluster.clone(),
+                    id.clone(),
+                    bytes.clone(),
                 )
             })
             .collect();
-        let mut errors = Vec::new();
+        let mut failures = Vec::new();
         while let Some(result) = pushes.next().await {
             match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     have += 1;
                     if have >= needed {
                         // Finish the other pushes in the background; a member that
@@ -106,14 +125,15 @@ impl ManagementNode {
                         return Ok(());
                     }
                 }
-                Ok(Err(e)) => errors.push(e),
-                Err(_) => errors.push("timed out".into()),
+                Err(e) => failures.push(e),
             }
         }
-        Err(format!(
-            "the package reached {have} of {voters} management nodes, a majority needs {needed}: {}",
-            errors.join("; ")
-        ))
+        Err(ReplicationError {
+            have,
+            voters,
+            needed,
+            failures,
+        })
     }
 
     /// A package by id: from the local blob store, else fetched from a peer (hash

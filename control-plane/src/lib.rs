@@ -4,10 +4,13 @@
 //! - [`state_machine`]: applies commands to [`cluster_state::ClusterState`], snapshots.
 //! - [`impl_raft_network`]: openraft over tonic, with peer identity checks.
 //! - [`blob_store`]: content-addressed app packages; [`blob_replication`]: between nodes.
-//! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads.
+//! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads;
+//!   [`forward`]: writes and reads forwarded to the leader; [`peers`]: one cached
+//!   channel per peer; [`error`]: typed errors and their gRPC codes.
 //! - [`membership`]: joining the management group (learner, catch-up, voter).
-//! - [`workers`]: worker registration, leases, the state watch, the leader's duties;
-//!   [`scheduler`]: where instances run (pure).
+//! - [`workers`]: worker registration, heartbeats and the state watch;
+//!   [`leader_duties`]: the leader's term task (leases in [`leases`], the version
+//!   gate, scheduler rounds); [`scheduler`]: where instances run (pure).
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
@@ -15,10 +18,15 @@ pub mod blob_replication;
 pub mod blob_store;
 pub mod cluster_state;
 pub mod control_server;
+pub mod error;
+pub mod forward;
 pub mod impl_raft_network;
+pub mod leader_duties;
+pub mod leases;
 pub mod log_store;
 pub mod management;
 pub mod membership;
+pub mod peers;
 pub mod scheduler;
 pub mod state_machine;
 pub mod tls;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,12 @@ use strom_proto::manifest::ZipLimits;
 use strom_proto::raft_types::Raft;
 use tokio::sync::watch;
 
-use crate::blob_store::{BlobError, BlobStore};
+use crate::blob_store::BlobStore;
+pub use crate::error::{NoQuorum, ProposeError, QuorumView, StartError};
 use crate::impl_raft_network::{NetworkFactory, PeerIdentity};
+use crate::leader_duties::LeaderDuties;
 use crate::log_store::LogStore;
+use crate::peers::PeerChannels;
 use crate::state_machine::{StateMachine, StateView};
 
 #[derive(Debug, Clone)]
@@ -62,68 +65,14 @@ impl ManagementConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("data dir {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("data dir {path} belongs to node {found}, not node {expected}")]
-    WrongNode {
-        path: PathBuf,
-        found: NodeId,
-        expected: NodeId,
-    },
-    #[error("raft log store {path}: {source}")]
-    LogStore {
-        path: PathBuf,
-        #[source]
-        source: redb::Error,
-    },
-    #[error("raft: {0}")]
-    Raft(String),
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    #[error("no leader was elected within {0:?}")]
-    NoLeader(Duration),
-    #[error(transparent)]
-    Propose(#[from] ProposeError),
-}
-
-/// Why a write or a fresh read could not be done. Business rejections are not
-/// errors: they come back as `CommandResult::Rejected`.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ProposeError {
-    #[error("this node is not the leader{}", leader_hint(.leader_id, .leader_addr))]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    #[error("raft is shutting down: {0}")]
-    Fatal(String),
-    /// Nothing commits: the outcome of a write is unknown (it may still be applied
-    /// if a majority comes back), so it is not acknowledged.
-    #[error("{0}")]
-    NoQuorum(String),
-    #[error("raft: {0}")]
-    Other(String),
-}
-
-fn leader_hint(id: &Option<NodeId>, addr: &Option<String>) -> String {
-    match (id, addr) {
-        (Some(id), Some(a)) => format!("; the leader is node {id} at {a}"),
-        (Some(id), None) => format!("; the leader is node {id}"),
-        _ => "; no leader is known (election in progress or no quorum)".into(),
-    }
-}
-
 /// How often a write or read waiting for an election looks again.
 const ELECTION_POLL: Duration = Duration::from_millis(50);
 
 /// How long a write or a fresh read waits for a majority before failing.
 pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a node waits to apply what the leader committed or confirmed.
+pub const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// Cheap to clone; every clone drives the same Raft node.
 #[derive(Clone)]
@@ -132,8 +81,10 @@ pub struct ManagementNode {
     pub state: watch::Receiver<Arc<StateView>>,
     pub blobs: BlobStore,
     pub config: Arc<ManagementConfig>,
-    /// Worker leases and member versions (the leader's memory).
-    pub live: Arc<crate::workers::LiveWorkers>,
+    /// One cached channel per peer, for every node-to-node call.
+    pub peers: PeerChannels,
+    /// The leader's duties of the current term, when this node leads.
+    pub duties: LeaderDuties,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -226,8 +177,7 @@ impl ManagementNode {
             max_in_snapshot_log_to_keep: 1000,
             ..Default::default()
         }
-        .validate()
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .validate()?;
 
         let identity = PeerIdentity {
             node_id: config.node_id,
@@ -240,15 +190,15 @@ impl ManagementNode {
             log_store,
             state_machine,
         )
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .await?;
 
         Ok(ManagementNode {
             raft,
             state,
             blobs,
             config: Arc::new(config),
-            live: Arc::default(),
+            peers: PeerChannels::default(),
+            duties: LeaderDuties::default(),
         })
     }
 
@@ -256,20 +206,13 @@ impl ManagementNode {
     /// and commit the cluster's identity and token hashes. On a restart this does
     /// nothing but wait for the node to be ready: `initialize()` runs only once.
     pub async fn bootstrap(&self, wait: Duration) -> Result<Bootstrap, StartError> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let initialized = self.raft.is_initialized().await?;
         if !initialized {
             let members = std::collections::BTreeMap::from([(
                 self.config.node_id,
                 BasicNode::new(&self.config.advertise_control_addr),
             )]);
-            self.raft
-                .initialize(members)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+            self.raft.initialize(members).await?;
             tracing::info!(
                 node_id = self.config.node_id,
                 "initialized a new raft group"
@@ -340,18 +283,20 @@ impl ManagementNode {
             .unwrap_or_else(|_| Err(self.no_quorum("the write was not committed")))
     }
 
-    /// Why nothing commits: the members this node can see, for the error message.
-    fn no_quorum(&self, what: &str) -> ProposeError {
+    /// Why nothing commits: what this node sees, for the error message.
+    pub(crate) fn no_quorum(&self, what: &'static str) -> ProposeError {
         let metrics = self.raft.metrics().borrow().clone();
         let voters = metrics.membership_config.membership().voter_ids().count();
-        ProposeError::NoQuorum(format!(
-            "{what} within {QUORUM_WAIT:?}: no quorum (a majority of the {voters} management voters must be up and reachable; this node {})",
-            match metrics.current_leader {
-                Some(l) if l == self.config.node_id => "thinks it leads, but a majority does not answer".to_string(),
-                Some(l) => format!("follows node {l}, which does not answer"),
-                None => "knows no leader".to_string(),
-            }
-        ))
+        ProposeError::NoQuorum(NoQuorum {
+            what,
+            waited: QUORUM_WAIT,
+            voters: Some(voters),
+            view: match metrics.current_leader {
+                Some(l) if l == self.config.node_id => QuorumView::Leads,
+                Some(l) => QuorumView::Follows(l),
+                None => QuorumView::NoLeader,
+            },
+        })
     }
 
     async fn propose_inner(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
@@ -361,7 +306,7 @@ impl ManagementNode {
                     leader_id: Some(leader),
                     leader_addr: Some(addr),
                 }) if leader != self.config.node_id => {
-                    return crate::membership::forward_propose(self, &addr, &command).await
+                    return self.forward_propose(&addr, &command).await
                 }
                 // An election is in progress (this node refused the write, so nothing
                 // was appended): wait for its outcome, within the caller's limit.
@@ -386,9 +331,22 @@ impl ManagementNode {
                     leader_addr: f.leader_node.map(|n| n.addr),
                 })
             }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Other(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Membership(Box::new(e)))
+            }
+            Err(RaftError::Fatal(f)) => Err(f.into()),
         }
+    }
+
+    /// [`Self::propose_local`], failing with "no quorum" after [`QUORUM_WAIT`]
+    /// (the leader's own writes: leases, placements, the version gate).
+    pub async fn propose_local_within(
+        &self,
+        command: Command,
+    ) -> Result<(u64, CommandResult), ProposeError> {
+        tokio::time::timeout(QUORUM_WAIT, self.propose_local(command))
+            .await
+            .unwrap_or_else(|_| Err(self.no_quorum("the write was not committed")))
     }
 
     /// The applied state, after a linearizable read barrier: it reflects every
@@ -414,8 +372,13 @@ impl ManagementNode {
                 // (stale connections): ask again, within the caller's limit (found
                 // by the chaos soak: a drain right after an upgraded member came
                 // back failed at once). A forwarded read index that met it comes
-                // back as "unavailable, no leader" and is asked again above.
+                // back as "no quorum" too.
                 Err(ProposeError::NoQuorum(_)) => tokio::time::sleep(ELECTION_POLL * 2).await,
+                // The leader went away under a forwarded read: a read is safe to
+                // ask again (a write is not: it may have been applied).
+                Err(ProposeError::Forward(crate::error::ForwardError::Unreachable { .. })) => {
+                    tokio::time::sleep(ELECTION_POLL * 2).await
+                }
                 other => return other,
             }
         }
@@ -428,23 +391,29 @@ impl ManagementNode {
                 leader_id: Some(leader),
                 leader_addr: Some(addr),
             }) if leader != self.config.node_id => {
-                let index = crate::membership::forward_read_index(self, &addr).await?;
-                let mut state = self.state.clone();
-                let view = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    state.wait_for(|v| v.applied_index() >= index),
-                )
-                .await
-                .map_err(|_| {
-                    ProposeError::Other(format!(
-                        "this node did not apply up to the leader's index {index} in time"
-                    ))
-                })?
-                .map_err(|e| ProposeError::Fatal(e.to_string()))?
-                .clone();
-                Ok(view)
+                let index = self.forward_read_index(&addr).await?;
+                self.applied(index).await
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The applied state once this node has applied `index` (waiting up to
+    /// [`APPLY_WAIT`]).
+    pub async fn applied(&self, index: u64) -> Result<Arc<StateView>, ProposeError> {
+        let mut state = self.state.clone();
+        let applied =
+            tokio::time::timeout(APPLY_WAIT, state.wait_for(|v| v.applied_index() >= index))
+                .await
+                .map(|r| r.map(|view| view.clone()));
+        match applied {
+            Ok(Ok(view)) => Ok(view),
+            // The state machine is gone: Raft stopped.
+            Ok(Err(_)) => Err(openraft::error::Fatal::Stopped.into()),
+            Err(_) => Err(ProposeError::NotApplied {
+                index,
+                waited: APPLY_WAIT,
+            }),
         }
     }
 
@@ -454,16 +423,16 @@ impl ManagementNode {
     pub async fn read_index_local(&self) -> Result<u64, ProposeError> {
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotLeader {
                     leader_id: f.leader_id,
                     leader_addr: f.leader_node.map(|n| n.addr),
                 })
             }
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                 Err(self.no_quorum("a fresh read could not be confirmed"))
             }
-            Err(RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
+            Err(RaftError::Fatal(f)) => Err(f.into()),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
 use strom_proto::codec;
-use strom_proto::command::{Command, CommandResult};
+use strom_proto::command::Command;
 use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::cluster_service_server::ClusterService;
 use strom_proto::internal_v1::{
@@ -21,10 +21,9 @@ use strom_proto::internal_v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::management::{ManagementNode, ProposeError, StartError};
-
-/// Metadata key carrying the leader's address in UNAVAILABLE answers.
-pub const LEADER_METADATA: &str = "x-strom-leader";
+use crate::error::{ForwardError, HandOverError, JoinError, ProposeError, StartError};
+pub use crate::error::{MemberError, LEADER_METADATA};
+use crate::management::ManagementNode;
 
 pub struct ClusterServer {
     pub node: ManagementNode,
@@ -35,15 +34,8 @@ impl ClusterServer {
         check_cluster(&self.node, theirs)
     }
 
-    fn propose_status(&self, e: ProposeError) -> Status {
-        match e {
-            ProposeError::NotLeader { .. } => self.not_leader(),
-            other => Status::unavailable(other.to_string()),
-        }
-    }
-
     fn not_leader(&self) -> Status {
-        not_leader_status(&self.node)
+        self.node.not_leader_status()
     }
 }
 
@@ -57,27 +49,6 @@ pub(crate) fn check_cluster(node: &ManagementNode, theirs: &str) -> Result<(), S
         )));
     }
     Ok(())
-}
-
-/// UNAVAILABLE naming the leader's address (also in `x-strom-leader` metadata).
-pub(crate) fn not_leader_status(node: &ManagementNode) -> Status {
-    let metrics = node.raft.metrics().borrow().clone();
-    let leader_addr = metrics.current_leader.and_then(|id| {
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    });
-    let mut status = Status::unavailable(match &leader_addr {
-        Some(a) => format!("not the leader; the leader is at {a}"),
-        None => "not the leader, and no leader is known (election in progress, or no quorum)"
-            .to_string(),
-    });
-    if let Some(a) = leader_addr.and_then(|a| a.parse().ok()) {
-        status.metadata_mut().insert(LEADER_METADATA, a);
-    }
-    status
 }
 
 #[tonic::async_trait]
@@ -157,7 +128,7 @@ impl ClusterService for ClusterServer {
             .node
             .propose_local(command)
             .await
-            .map_err(|e| self.propose_status(e))?;
+            .map_err(|e| e.to_status())?;
         let result = codec::encode(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ProposeReply { log_index, result }))
     }
@@ -180,9 +151,9 @@ impl ClusterService for ClusterServer {
         request: Request<StepDownRequest>,
     ) -> Result<Response<StepDownReply>, Status> {
         self.check_cluster(&request.get_ref().cluster_id)?;
-        let (leader_id, handed_over) = self.node.step_down().await.map_err(Status::unavailable)?;
+        let (leader_id, handed_over) = self.node.step_down().await.map_err(|e| e.to_status())?;
         Ok(Response::new(StepDownReply {
-            leader_id,
+            leader_id: leader_id.unwrap_or(0),
             handed_over,
         }))
     }
@@ -208,7 +179,7 @@ impl ClusterService for ClusterServer {
             .node
             .read_index_local()
             .await
-            .map_err(|e| self.propose_status(e))?;
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(ReadIndexReply { index }))
     }
 }
@@ -238,12 +209,7 @@ impl ManagementNode {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
-        let r = self
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| MemberError::Raft(e.to_string()))?;
-        let _ = r;
+        self.raft.change_membership(change, false).await?;
         let metrics = self.raft.metrics().borrow().clone();
         Ok(metrics.membership_config.membership().voter_ids().collect())
     }
@@ -252,21 +218,23 @@ impl ManagementNode {
     pub async fn remove_member(&self, node_id: u64) -> Result<Vec<u64>, MemberError> {
         match self.remove_member_local(node_id).await {
             Err(MemberError::NotLeader(Some(addr))) => {
-                let mut client = ClusterServiceClient::new(
-                    crate::tls::channel(&addr, std::time::Duration::from_secs(2))
-                        .await
-                        .map_err(|e| MemberError::Raft(format!("the leader: {e}")))?,
-                );
+                let peer = |source| MemberError::Peer {
+                    node: node_id,
+                    source,
+                };
+                let mut client = ClusterServiceClient::new(self.peers.get(&addr).map_err(peer)?);
+                let mut request = tonic::Request::new(RemoveMemberRequest {
+                    cluster_id: cluster_of(self),
+                    node_id,
+                });
+                request.set_timeout(MEMBER_CALL);
                 let reply = client
-                    .remove_member(RemoveMemberRequest {
-                        cluster_id: cluster_of(self),
-                        node_id,
-                    })
+                    .remove_member(request)
                     .await
                     .map_err(|s| match s.code() {
                         tonic::Code::NotFound => MemberError::NotFound(node_id),
                         tonic::Code::FailedPrecondition => MemberError::LastVoter(node_id),
-                        _ => MemberError::Raft(s.message().to_string()),
+                        _ => peer(forward_error(&addr, s)),
                     })?;
                 Ok(reply.into_inner().voters)
             }
@@ -280,7 +248,7 @@ impl ManagementNode {
     /// ask the most caught-up follower to run an election, and wait for the new
     /// leader (openraft 0.9 has no `transfer_leader`). Returns the new leader, or
     /// `None` when there was nothing to hand over. On failure this node resumes.
-    pub async fn hand_over_leadership(&self, wait: Duration) -> Result<Option<u64>, String> {
+    pub async fn hand_over_leadership(&self, wait: Duration) -> Result<Option<u64>, HandOverError> {
         let me = self.config.node_id;
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(me) {
@@ -315,15 +283,15 @@ impl ManagementNode {
         let cluster = cluster_of(self);
         for (id, _, addr) in followers {
             let asked = async {
-                let mut client = ClusterServiceClient::new(
-                    crate::tls::channel(&addr, std::time::Duration::from_secs(2)).await?,
-                );
+                let mut client = ClusterServiceClient::new(self.peers.get(&addr)?);
+                let mut request = tonic::Request::new(ElectRequest {
+                    cluster_id: cluster.clone(),
+                });
+                request.set_timeout(MEMBER_CALL);
                 client
-                    .elect(ElectRequest {
-                        cluster_id: cluster.clone(),
-                    })
+                    .elect(request)
                     .await
-                    .map_err(|e| e.message().to_string())
+                    .map_err(|s| forward_error(&addr, s))
             };
             if let Err(e) = asked.await {
                 tracing::warn!(node = id, "cannot ask node {id} to take over: {e}");
@@ -343,27 +311,24 @@ impl ManagementNode {
             }
         }
         resume();
-        Err("no follower took over leadership in time".into())
+        Err(HandOverError::NoTakeOver(wait))
     }
 }
 
 impl ManagementNode {
     /// Planned stop of this node: hand leadership over if it leads. Returns the
     /// leader afterwards and whether this node handed over.
-    pub async fn step_down(&self) -> Result<(u64, bool), String> {
+    pub async fn step_down(&self) -> Result<(Option<u64>, bool), MemberError> {
         match self.hand_over_leadership(Duration::from_secs(10)).await? {
-            Some(new_leader) => Ok((new_leader, true)),
-            None => Ok((
-                self.raft.metrics().borrow().current_leader.unwrap_or(0),
-                false,
-            )),
+            Some(new_leader) => Ok((Some(new_leader), true)),
+            None => Ok((self.raft.metrics().borrow().current_leader, false)),
         }
     }
 
     /// `strom node drain ID` for a management node: ask it to step down.
-    pub async fn drain_node(&self, node_id: u64) -> Result<(u64, bool), MemberError> {
+    pub async fn drain_node(&self, node_id: u64) -> Result<(Option<u64>, bool), MemberError> {
         if node_id == self.config.node_id {
-            return self.step_down().await.map_err(MemberError::Raft);
+            return self.step_down().await;
         }
         let addr = {
             let metrics = self.raft.metrics().borrow().clone();
@@ -374,43 +339,37 @@ impl ManagementNode {
                 .map(|n| n.addr.clone())
                 .ok_or(MemberError::NotFound(node_id))?
         };
-        let mut client = ClusterServiceClient::new(
-            crate::tls::channel(&addr, std::time::Duration::from_secs(2))
-                .await
-                .map_err(|e| MemberError::Raft(format!("node {node_id}: {e}")))?,
-        );
+        let peer = |source| MemberError::Peer {
+            node: node_id,
+            source,
+        };
+        let mut client = ClusterServiceClient::new(self.peers.get(&addr).map_err(peer)?);
+        // A hand-over waits up to 10 s for the new leader.
+        let mut request = tonic::Request::new(StepDownRequest {
+            cluster_id: cluster_of(self),
+        });
+        request.set_timeout(Duration::from_secs(15));
         let reply = client
-            .step_down(StepDownRequest {
-                cluster_id: cluster_of(self),
-            })
+            .step_down(request)
             .await
-            .map_err(|s| MemberError::Raft(format!("node {node_id}: {}", s.message())))?
+            .map_err(|s| peer(forward_error(&addr, s)))?
             .into_inner();
-        Ok((reply.leader_id, reply.handed_over))
+        Ok((Some(reply.leader_id).filter(|l| *l != 0), reply.handed_over))
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum MemberError {
-    #[error("not the leader{}", .0.as_ref().map(|a| format!("; the leader is at {a}")).unwrap_or_default())]
-    NotLeader(Option<String>),
-    #[error("node {0} is not a member")]
-    NotFound(u64),
-    #[error("node {0} is the only voter; a cluster needs at least one")]
-    LastVoter(u64),
-    #[error("membership change failed: {0}")]
-    Raft(String),
-}
+/// How long a membership call to another member may take.
+const MEMBER_CALL: Duration = Duration::from_secs(5);
 
-impl MemberError {
-    pub fn to_status(&self) -> Status {
-        match self {
-            MemberError::NotLeader(_) | MemberError::Raft(_) => {
-                Status::unavailable(self.to_string())
-            }
-            MemberError::NotFound(_) => Status::not_found(self.to_string()),
-            MemberError::LastVoter(_) => Status::failed_precondition(self.to_string()),
-        }
+/// A peer's error answer: unreachable (UNAVAILABLE without a leader hint) or
+/// refused (its own code and message).
+fn forward_error(addr: &str, status: Status) -> ForwardError {
+    match ProposeError::from_peer(addr, status) {
+        ProposeError::Forward(f) => f,
+        other => ForwardError::Refused {
+            addr: addr.to_string(),
+            status: other.to_status(),
+        },
     }
 }
 
@@ -422,65 +381,6 @@ pub(crate) fn cluster_of(node: &ManagementNode) -> String {
         .as_ref()
         .map(|c| c.cluster_id.to_string())
         .unwrap_or_default()
-}
-
-fn forward_error(addr: &str, s: Status) -> ProposeError {
-    match s.code() {
-        tonic::Code::Unavailable => ProposeError::NotLeader {
-            leader_id: None,
-            leader_addr: s
-                .metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        },
-        _ => ProposeError::Other(format!(
-            "forwarding to the leader at {addr}: {}",
-            s.message()
-        )),
-    }
-}
-
-/// Send a write to the leader at `addr`; answered after commit.
-pub async fn forward_propose(
-    node: &ManagementNode,
-    addr: &str,
-    command: &Command,
-) -> Result<(u64, CommandResult), ProposeError> {
-    let bytes = codec::encode(command).map_err(|e| ProposeError::Other(e.to_string()))?;
-    let mut client = ClusterServiceClient::new(
-        crate::tls::channel(addr, std::time::Duration::from_secs(2))
-            .await
-            .map_err(|e| ProposeError::Other(format!("the leader is unreachable: {e}")))?,
-    )
-    .max_encoding_message_size(64 * 1024 * 1024);
-    let reply = client
-        .propose(ProposeRequest {
-            cluster_id: cluster_of(node),
-            command: bytes,
-        })
-        .await
-        .map_err(|s| forward_error(addr, s))?
-        .into_inner();
-    let result = codec::decode(&reply.result).map_err(|e| ProposeError::Other(e.to_string()))?;
-    Ok((reply.log_index, result))
-}
-
-/// Ask the leader at `addr` for a read index.
-pub async fn forward_read_index(node: &ManagementNode, addr: &str) -> Result<u64, ProposeError> {
-    let mut client = ClusterServiceClient::new(
-        crate::tls::channel(addr, std::time::Duration::from_secs(2))
-            .await
-            .map_err(|e| ProposeError::Other(format!("the leader is unreachable: {e}")))?,
-    );
-    Ok(client
-        .read_index(ReadIndexRequest {
-            cluster_id: cluster_of(node),
-        })
-        .await
-        .map_err(|s| forward_error(addr, s))?
-        .into_inner()
-        .index)
 }
 
 impl ManagementNode {
@@ -506,21 +406,29 @@ impl ManagementNode {
         let mut last_error = String::from("no seed given");
         while !is_member(self) {
             if tokio::time::Instant::now() >= deadline {
-                return Err(StartError::Raft(format!(
-                    "joining the cluster failed: {last_error}"
-                )));
+                return Err(JoinError::TimedOut {
+                    waited: wait,
+                    last: last_error,
+                }
+                .into());
             }
             let target = targets.remove(0);
             targets.push(target.clone());
-            match try_join(&target, me, &self.config.advertise_control_addr, token).await {
+            match self.try_join(&target, token).await {
                 Ok(()) => {}
-                Err(JoinError::Refused(e)) => return Err(StartError::Raft(e)),
-                Err(JoinError::Leader(addr)) => {
+                Err(Attempt::Refused(status)) => {
+                    return Err(JoinError::Refused {
+                        addr: target,
+                        status,
+                    }
+                    .into())
+                }
+                Err(Attempt::Leader(addr)) => {
                     targets.insert(0, crate::tls::url(&addr));
                     continue;
                 }
-                Err(JoinError::Retry(e)) => {
-                    last_error = format!("{target}: {e}");
+                Err(Attempt::Retry(e)) => {
+                    last_error = e.to_string();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -531,51 +439,47 @@ impl ManagementNode {
             tokio::time::timeout_at(deadline, state.wait_for(|v| v.state.cluster.is_some())).await;
         match applied {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(StartError::Raft(
-                "joined, but the cluster state did not arrive in time".into(),
-            )),
+            _ => Err(JoinError::NoState(wait).into()),
+        }
+    }
+
+    async fn try_join(&self, seed: &str, token: &str) -> Result<(), Attempt> {
+        let address = &self.config.advertise_control_addr;
+        let mut client = ClusterServiceClient::new(self.peers.get(seed).map_err(Attempt::Retry)?);
+        // Joining waits for the new member to catch up: give it time.
+        let mut request = tonic::Request::new(JoinRequest {
+            node_id: self.config.node_id,
+            address: address.clone(),
+            join_token: token.to_string(),
+            protocol: strom_proto::version::PROTOCOL,
+        });
+        request.set_timeout(Duration::from_secs(30));
+        match client.join(request).await {
+            Ok(_) => Ok(()),
+            Err(s) => match s.code() {
+                tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::AlreadyExists => Err(Attempt::Refused(s)),
+                tonic::Code::Unavailable => match s
+                    .metadata()
+                    .get(LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(leader) if leader != address => Err(Attempt::Leader(leader.to_string())),
+                    _ => Err(Attempt::Retry(forward_error(seed, s))),
+                },
+                _ => Err(Attempt::Retry(forward_error(seed, s))),
+            },
         }
     }
 }
 
-enum JoinError {
+/// One join attempt's outcome.
+enum Attempt {
     /// Wrong token, conflicting id: asking again will not help.
-    Refused(String),
+    Refused(Status),
     /// Ask the leader at this address.
     Leader(String),
-    Retry(String),
-}
-
-async fn try_join(seed: &str, node_id: u64, address: &str, token: &str) -> Result<(), JoinError> {
-    let mut client = ClusterServiceClient::new(
-        crate::tls::channel(seed, std::time::Duration::from_secs(2))
-            .await
-            .map_err(JoinError::Retry)?,
-    );
-    let result = client
-        .join(JoinRequest {
-            node_id,
-            address: address.to_string(),
-            join_token: token.to_string(),
-            protocol: strom_proto::version::PROTOCOL,
-        })
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(s) => match s.code() {
-            tonic::Code::Unauthenticated
-            | tonic::Code::InvalidArgument
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::AlreadyExists => Err(JoinError::Refused(s.message().to_string())),
-            tonic::Code::Unavailable => match s
-                .metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(leader) if leader != address => Err(JoinError::Leader(leader.to_string())),
-                _ => Err(JoinError::Retry(s.message().to_string())),
-            },
-            _ => Err(JoinError::Retry(s.message().to_string())),
-        },
-    }
+    Retry(ForwardError),
 }

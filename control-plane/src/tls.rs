@@ -163,20 +163,9 @@ pub fn url(addr: &str) -> String {
 /// identity).
 pub async fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
     let url = url(addr);
-    // Keepalive pings find a peer that vanished without closing its connections
-    // (power loss, partition) within seconds instead of the kernel's minutes.
-    let mut endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| format!("{url}: {e}"))?
+    crate::peers::endpoint(&url)
+        .map_err(|e| e.to_string())?
         .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    if let Some(tls) = current() {
-        endpoint = endpoint
-            .tls_config(tls.tonic_client())
-            .map_err(|e| format!("{url}: {e}"))?;
-    }
-    endpoint
         .connect()
         .await
         .map_err(|e| format!("{url}: {}", error_chain(&e)))

@@ -417,3 +417,29 @@ async fn t33_server_reflection_lists_the_admin_service() {
     );
     s.stop().await;
 }
+
+/// A Raft that has stopped (as after a storage error) is a fatal error: the
+/// caller gets INTERNAL with the cause, never UNAVAILABLE ("retry").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t34_a_stopped_raft_is_internal_not_unavailable() {
+    let s = serve(1 << 20).await;
+    let mut c = s.client(Some(&s.token)).await;
+    let zip = zip_of(&[("host.json", HOST), ("f/function.json", FUNC)]);
+    c.deploy_app(chunks("app", zip)).await.unwrap();
+    s.node.shutdown().await;
+    let err = c
+        .set_app_settings(pb::SetAppSettingsRequest {
+            name: "app".into(),
+            set: [("A".to_string(), "1".to_string())].into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("raft stopped"), "{}", err.message());
+    let err = c
+        .get_app(pb::GetAppRequest { name: "app".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+}

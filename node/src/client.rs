@@ -62,7 +62,7 @@ pub fn status_error(status: tonic::Status) -> CliError {
         }
     }
     if message.is_empty() {
-        message = format!("{:?}", status.code());
+        message = status.code().description().to_string();
     }
     CliError::new(code, message)
 }
@@ -399,12 +399,14 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
             let mut text = if resp.handed_over {
                 format!(
                     "node {node_id} handed leadership to node {}",
-                    resp.leader_id
+                    resp.leader_id.map(|l| l.to_string()).unwrap_or("?".into())
                 )
             } else {
                 format!(
-                    "node {node_id} does not lead (leader: node {})",
+                    "node {node_id} does not lead (leader: {})",
                     resp.leader_id
+                        .map(|l| format!("node {l}"))
+                        .unwrap_or("none known".into())
                 )
             };
             if resp.worker_draining {

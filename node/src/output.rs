@@ -171,7 +171,7 @@ impl Printer {
                 m.node_id.to_string(),
                 m.address.clone(),
                 if m.voter { "voter" } else { "learner" }.to_string(),
-                if m.node_id == r.leader_id {
+                if Some(m.node_id) == r.leader_id {
                     "*".into()
                 } else {
                     String::new()
@@ -261,11 +261,9 @@ impl Printer {
         say!("node:         {} ({})", r.node_id, r.state);
         say!(
             "leader:       {}",
-            if r.leader_id == 0 {
-                "none".to_string()
-            } else {
-                r.leader_id.to_string()
-            }
+            r.leader_id
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "none".into())
         );
         say!("term:         {}", r.term);
         say!(
@@ -294,22 +292,10 @@ impl Printer {
                 m.address.clone(),
                 if m.voter { "voter" } else { "learner" }.to_string(),
                 if m.leader { "*".into() } else { String::new() },
-                or_dash(&m.build),
-                if m.protocol == 0 {
-                    "-".into()
-                } else {
-                    m.protocol.to_string()
-                },
-                if r.live {
-                    m.matched_index.to_string()
-                } else {
-                    "-".into()
-                },
-                if r.live {
-                    m.lag.to_string()
-                } else {
-                    "-".into()
-                },
+                or_dash(m.build.as_deref().unwrap_or("")),
+                known(m.protocol),
+                known(m.matched_index),
+                known(m.lag),
             ]);
         }
         say!("{t}");
@@ -334,7 +320,7 @@ impl Printer {
                     w.http_addr.clone(),
                     w.status.clone(),
                     w.placed.to_string(),
-                    w.ready.to_string(),
+                    known(w.ready),
                     if w.capacity_memory_mb == 0 {
                         format!("{} inst", w.capacity_instances)
                     } else {
@@ -344,10 +330,9 @@ impl Printer {
                         )
                     },
                     or_dash(&labels.join(",")),
-                    if w.last_heartbeat_ms < 0 {
-                        "-".into()
-                    } else {
-                        format!("{:.1} s ago", w.last_heartbeat_ms as f64 / 1000.0)
+                    match w.last_heartbeat_ms {
+                        Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
+                        None => "-".into(),
                     },
                     or_dash(&w.build),
                 ]);
@@ -360,7 +345,7 @@ impl Printer {
                 let nodes: Vec<String> = p
                     .nodes
                     .iter()
-                    .map(|n| format!("{}: {}/{}", n.node_id, n.instances, n.ready))
+                    .map(|n| format!("{}: {}/{}", n.node_id, n.instances, known(n.ready)))
                     .collect();
                 t.add_row(vec![
                     p.app_name.clone(),
@@ -378,6 +363,11 @@ impl Printer {
             print_instances(&r.instances);
         }
     }
+}
+
+/// A value the server may not know: `-` when absent.
+fn known<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn or_dash(s: &str) -> String {

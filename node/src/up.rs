@@ -164,6 +164,10 @@ struct Running {
     agent_cancel: CancellationToken,
     /// Where the admin API learns about the worker role.
     worker_view: Option<WorkerSlot>,
+    /// The leader's duties (stopped with the control port).
+    duties: Option<tokio::task::JoinHandle<()>>,
+    /// Heartbeats and the state watch (stopped with `agent_cancel`).
+    agent_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -177,6 +181,9 @@ impl Running {
             w.shutdown(Duration::from_secs(55)).await;
         }
         self.agent_cancel.cancel();
+        for task in self.agent_tasks {
+            let _ = task.await;
+        }
         if let Some(node) = &self.node {
             // A planned stop: let another member lead first (none in a cluster of one).
             if let Err(e) = node.hand_over_leadership(Duration::from_secs(5)).await {
@@ -184,6 +191,9 @@ impl Running {
             }
         }
         self.control_cancel.cancel();
+        if let Some(duties) = self.duties {
+            let _ = duties.await;
+        }
         if let Some(mut s) = self.server {
             // Clients' open connections (a worker's channel, a CLI stream) must not
             // hold the stop up: give them a moment, then close them.
@@ -288,6 +298,8 @@ pub async fn run_node(
         http_cancel: CancellationToken::new(),
         agent_cancel: CancellationToken::new(),
         worker_view: None,
+        duties: None,
+        agent_tasks: Vec::new(),
     };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
 
@@ -321,9 +333,11 @@ pub async fn run_node(
             control,
             running.control_cancel.clone(),
         )));
-        tokio::spawn(strom_control_plane::workers::run_leader_duties(
-            node.clone(),
-            running.control_cancel.clone(),
+        running.duties = Some(tokio::spawn(
+            strom_control_plane::leader_duties::run_leader_duties(
+                node.clone(),
+                running.control_cancel.clone(),
+            ),
         ));
         let started = match &settings.start {
             Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
@@ -542,7 +556,11 @@ async fn start_worker(
         Some(node) => (node.state.clone(), Packages::Local(node.clone())),
         None => {
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
-            tokio::spawn(watch_state(agent.clone(), tx, running.agent_cancel.clone()));
+            running.agent_tasks.push(tokio::spawn(watch_state(
+                agent.clone(),
+                tx,
+                running.agent_cancel.clone(),
+            )));
             // Wait (bounded) for the first state, so the node starts with its apps.
             let mut first = rx.clone();
             let _ = tokio::time::timeout(
@@ -577,11 +595,11 @@ async fn start_worker(
             instances: worker.instances.clone(),
         });
     }
-    tokio::spawn(agent.heartbeats(
+    running.agent_tasks.push(tokio::spawn(agent.heartbeats(
         lease,
         worker.instances.clone(),
         running.agent_cancel.clone(),
-    ));
+    )));
     running.worker = Some(worker);
     Ok(())
 }

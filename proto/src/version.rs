@@ -66,6 +66,22 @@ pub fn cluster_protocol(
         .unwrap_or(PROTOCOL)
 }
 
+/// The protocol every listed member and worker speaks. Workers count from
+/// protocol 3 on (they read what the management group sends them); a worker not
+/// heard from yet (`None`) counts as [`OLDEST_PROTOCOL`], like a silent member.
+pub fn cluster_protocol_with_workers(
+    members: impl IntoIterator<Item = NodeId>,
+    reported: &BTreeMap<NodeId, NodeVersion>,
+    workers: impl IntoIterator<Item = Option<u32>>,
+) -> u32 {
+    let workers = workers
+        .into_iter()
+        .map(|p| p.unwrap_or(OLDEST_PROTOCOL))
+        .min()
+        .unwrap_or(u32::MAX);
+    cluster_protocol(members, reported).min(workers)
+}
+
 /// Whether `feature` may be used with these members.
 pub fn allows(
     feature: Feature,
@@ -103,6 +119,25 @@ mod tests {
         reported.insert(2, v("0.1.0", 1));
         assert_eq!(cluster_protocol([1, 2, 3], &reported), 1);
         assert!(!allows(Feature::Workers, [1, 2, 3], &reported));
+    }
+
+    #[test]
+    fn workers_hold_the_gate_until_each_speaks_the_protocol() {
+        let members = BTreeMap::from([(1, v("new", 3)), (2, v("new", 3))]);
+        assert_eq!(cluster_protocol_with_workers([1, 2], &members, []), 3);
+        // One worker still runs the previous build, one has not heartbeated yet.
+        assert_eq!(
+            cluster_protocol_with_workers([1, 2], &members, [Some(3), Some(2)]),
+            2
+        );
+        assert_eq!(
+            cluster_protocol_with_workers([1, 2], &members, [Some(3), None]),
+            OLDEST_PROTOCOL
+        );
+        assert_eq!(
+            cluster_protocol_with_workers([1, 2], &members, [Some(3), Some(4)]),
+            3
+        );
     }
 
     #[test]

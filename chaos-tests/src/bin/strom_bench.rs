@@ -1693,7 +1693,7 @@ mod ha {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match self.status(member, false).await {
-                    Ok(status) if status.leader_id != 0 => return Ok(()),
+                    Ok(status) if status.leader_id.is_some() => return Ok(()),
                     _ if Instant::now() > deadline => {
                         bail!(
                             "strom node {}: not caught up 30 s after a restart",

@@ -67,6 +67,17 @@ pub enum AuthLevel {
     Admin,
 }
 
+impl AuthLevel {
+    /// As `function.json` and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthLevel::Anonymous => "anonymous",
+            AuthLevel::Function => "function",
+            AuthLevel::Admin => "admin",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerTrigger {
     pub binding_name: String,

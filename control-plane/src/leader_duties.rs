@@ -1,0 +1,508 @@
+//! The leader's duties, owned by one task per term.
+//!
+//! [`run_leader_duties`] runs on every management node and watches Raft: when
+//! this node becomes leader it starts a **term task** and publishes a
+//! [`TermHandle`] to it; when it stops leading (or the term changes) it cancels
+//! that task, waits for it, and withdraws the handle. The term task alone owns
+//! what only a leader knows — worker leases ([`Leases`]) and the members' builds —
+//! and receives heartbeats and questions over a channel. Nothing is shared behind
+//! a lock, and a new term starts from nothing.
+//!
+//! Each round (every 200 ms, and at once after the applied state changes,
+//! coalesced to 10 ms) the term task:
+//! - marks Down the Up workers whose lease ran out (`SetWorkerLiveness`);
+//! - asks every member its build and protocol (every 3 s, in a side task) and
+//!   raises the cluster protocol once every member **and every Up worker** speaks
+//!   a newer one (the version gate);
+//! - runs the scheduler (`scheduler::plan`) when the state or the Ready counts
+//!   changed (at least every second), committing its changes as one `Place`.
+//!
+//! A heartbeat from a worker the state has Down commits `SetWorkerLiveness` Up.
+//! In memory only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_proto::command::Command;
+use strom_proto::ids::NodeId;
+use strom_proto::instances::InstanceStatus;
+use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
+use strom_proto::internal_v1::NodeInfoRequest;
+use strom_proto::version::{self, Feature, NodeVersion};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::leases::{Lease, Leases};
+use crate::management::{now_ms, ManagementNode};
+use crate::membership::cluster_of;
+use crate::scheduler;
+
+/// How often the leader looks at leases and runs the scheduler.
+const DUTY_TICK: Duration = Duration::from_millis(200);
+/// How often the leader asks members for their build and protocol.
+const VERSION_REFRESH: Duration = Duration::from_secs(3);
+/// Least time between two rounds woken by state changes.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(10);
+/// The scheduler runs at least this often, changed or not.
+const PLAN_EVERY: Duration = Duration::from_secs(1);
+/// Messages waiting for the term task.
+const MAILBOX: usize = 4096;
+
+/// Where the current term's handle is published. Cheap to clone.
+#[derive(Clone)]
+pub struct LeaderDuties {
+    current: Arc<watch::Sender<Option<TermHandle>>>,
+}
+
+impl Default for LeaderDuties {
+    fn default() -> Self {
+        LeaderDuties {
+            current: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+impl LeaderDuties {
+    /// The running term's handle, if this node leads.
+    pub fn term(&self) -> Option<TermHandle> {
+        self.current.borrow().clone()
+    }
+}
+
+/// A cheap handle to the term task.
+#[derive(Clone)]
+pub struct TermHandle {
+    pub term: u64,
+    tx: mpsc::Sender<DutyMsg>,
+}
+
+/// The term ended while a message was on its way.
+#[derive(Debug, thiserror::Error)]
+#[error("this node's leadership term ended")]
+pub struct TermEnded;
+
+/// What one worker said, for the leader's live view.
+#[derive(Debug, Clone)]
+pub struct HeardWorker {
+    pub node: NodeId,
+    pub since_heartbeat: Duration,
+    pub build: String,
+    pub protocol: u32,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// What the leader knows from outside the log.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSnapshot {
+    pub workers: Vec<HeardWorker>,
+    /// Members' builds and protocols, as last answered.
+    pub members: BTreeMap<NodeId, NodeVersion>,
+}
+
+enum DutyMsg {
+    /// A heartbeat or a registration renewed a lease.
+    Renew { node: NodeId, lease: Lease },
+    /// How long since `node` was last heard of this term.
+    Silence {
+        node: NodeId,
+        reply: oneshot::Sender<Option<Duration>>,
+    },
+    Live {
+        reply: oneshot::Sender<LiveSnapshot>,
+    },
+    /// This round's answers of the members (from the side task).
+    MemberVersions(BTreeMap<NodeId, Option<NodeVersion>>),
+}
+
+impl TermHandle {
+    async fn send(&self, msg: DutyMsg) -> Result<(), TermEnded> {
+        self.tx.send(msg).await.map_err(|_| TermEnded)
+    }
+
+    /// A heartbeat (or registration) from `node`, received now.
+    pub async fn renew(
+        &self,
+        node: NodeId,
+        build: String,
+        protocol: u32,
+        instances: Vec<InstanceStatus>,
+    ) -> Result<(), TermEnded> {
+        let lease = Lease {
+            last: Instant::now(),
+            build,
+            protocol,
+            instances,
+        };
+        self.send(DutyMsg::Renew { node, lease }).await
+    }
+
+    /// Time since `node` last heartbeated this term (`None`: not yet).
+    pub async fn silence(&self, node: NodeId) -> Result<Option<Duration>, TermEnded> {
+        let (reply, rx) = oneshot::channel();
+        self.send(DutyMsg::Silence { node, reply }).await?;
+        rx.await.map_err(|_| TermEnded)
+    }
+
+    pub async fn live(&self) -> Result<LiveSnapshot, TermEnded> {
+        let (reply, rx) = oneshot::channel();
+        self.send(DutyMsg::Live { reply }).await?;
+        rx.await.map_err(|_| TermEnded)
+    }
+}
+
+/// Start and stop the term task with this node's leadership, until `cancel`.
+pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) {
+    let me = node.config.node_id;
+    let mut metrics = node.raft.metrics();
+    let mut running: Option<(u64, CancellationToken, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.current_leader == Some(me) && m.state == openraft::ServerState::Leader,
+                m.current_term,
+            )
+        };
+        let keep = matches!(&running, Some((t, ..)) if leading && *t == term);
+        if !keep {
+            if let Some((t, stop, task)) = running.take() {
+                node.duties.current.send_replace(None);
+                stop.cancel();
+                let _ = task.await;
+                tracing::info!(term = t, "leader duties stopped");
+            }
+            if leading {
+                let stop = cancel.child_token();
+                let (tx, rx) = mpsc::channel(MAILBOX);
+                let task =
+                    tokio::spawn(Term::new(node.clone(), tx.clone(), rx, stop.clone()).run());
+                node.duties
+                    .current
+                    .send_replace(Some(TermHandle { term, tx }));
+                tracing::info!(term, "leader duties started");
+                running = Some((term, stop, task));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = metrics.changed() => if changed.is_err() { break },
+        }
+    }
+    node.duties.current.send_replace(None);
+    if let Some((_, stop, task)) = running {
+        stop.cancel();
+        let _ = task.await;
+    }
+}
+
+/// The term task's state: everything only the leader knows.
+struct Term {
+    node: ManagementNode,
+    /// For the side task that asks members their versions.
+    tx: mpsc::Sender<DutyMsg>,
+    rx: mpsc::Receiver<DutyMsg>,
+    cancel: CancellationToken,
+    leases: Leases,
+    /// Each member's last known build and protocol (for display).
+    members: BTreeMap<NodeId, NodeVersion>,
+    last_versions: Option<Instant>,
+    asking_versions: bool,
+    last_plan: Option<((u64, u64), Instant)>,
+}
+
+impl Term {
+    fn new(
+        node: ManagementNode,
+        tx: mpsc::Sender<DutyMsg>,
+        rx: mpsc::Receiver<DutyMsg>,
+        cancel: CancellationToken,
+    ) -> Term {
+        Term {
+            node,
+            tx,
+            rx,
+            cancel,
+            leases: Leases::new(Instant::now()),
+            members: BTreeMap::new(),
+            last_versions: None,
+            asking_versions: false,
+            last_plan: None,
+        }
+    }
+
+    async fn run(mut self) {
+        // A change to the state (a scale, a deploy, a worker) wakes a round at once,
+        // so a placement follows its cause within milliseconds; bursts are coalesced.
+        let mut state = self.node.state.clone();
+        let mut state_open = true;
+        let mut next_round = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => { self.handle(msg).await; continue; }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_round) => {}
+                changed = state.changed(), if state_open => {
+                    state_open = changed.is_ok();
+                    next_round = next_round.min(Instant::now() + MIN_ROUND_GAP);
+                    continue;
+                }
+            }
+            self.round().await;
+            next_round = Instant::now() + DUTY_TICK;
+        }
+    }
+
+    async fn handle(&mut self, msg: DutyMsg) {
+        match msg {
+            DutyMsg::Renew { node, lease } => {
+                self.leases.renew(node, lease);
+                let down = self
+                    .node
+                    .read_local()
+                    .state
+                    .workers
+                    .get(&node)
+                    .is_some_and(|w| !w.up);
+                if down {
+                    tracing::info!(node, "worker heartbeats resumed: Up");
+                    self.commit(
+                        Command::SetWorkerLiveness {
+                            node,
+                            up: true,
+                            at_ms: now_ms(),
+                        },
+                        "marking a worker Up",
+                    )
+                    .await;
+                }
+            }
+            DutyMsg::Silence { node, reply } => {
+                let heard = self.leases.get(node).map(|l| l.last.elapsed());
+                let _ = reply.send(heard);
+            }
+            DutyMsg::Live { reply } => {
+                let now = Instant::now();
+                let mut workers: Vec<HeardWorker> = self
+                    .leases
+                    .iter()
+                    .map(|(id, l)| HeardWorker {
+                        node: *id,
+                        since_heartbeat: now.saturating_duration_since(l.last),
+                        build: l.build.clone(),
+                        protocol: l.protocol,
+                        instances: l.instances.clone(),
+                    })
+                    .collect();
+                workers.sort_by_key(|w| w.node);
+                let _ = reply.send(LiveSnapshot {
+                    workers,
+                    members: self.members.clone(),
+                });
+            }
+            DutyMsg::MemberVersions(answers) => {
+                self.asking_versions = false;
+                self.gate(answers).await;
+            }
+        }
+    }
+
+    /// Commit one of the leader's own writes; a failure is logged (the next round
+    /// tries again).
+    async fn commit(&self, command: Command, what: &str) {
+        if let Err(e) = self.node.propose_local_within(command).await {
+            tracing::warn!("{what}: {e}");
+        }
+    }
+
+    async fn round(&mut self) {
+        let now = Instant::now();
+        let view = self.node.read_local();
+
+        // Leases: a worker Up in the state whose lease ran out goes Down.
+        let up = view
+            .state
+            .workers
+            .iter()
+            .filter(|(_, w)| w.up)
+            .map(|(id, _)| *id);
+        let lease = self.node.config.worker_lease;
+        for id in self.leases.expired(up, now, lease) {
+            tracing::warn!(
+                node = id,
+                "worker lease expired ({lease:?} without a heartbeat): Down"
+            );
+            self.leases.remove(id);
+            self.commit(
+                Command::SetWorkerLiveness {
+                    node: id,
+                    up: false,
+                    at_ms: now_ms(),
+                },
+                &format!("marking worker {id} Down"),
+            )
+            .await;
+        }
+
+        // Version gate: ask the members what they speak, in a side task.
+        if !self.asking_versions
+            && self
+                .last_versions
+                .is_none_or(|t| now.duration_since(t) >= VERSION_REFRESH)
+        {
+            self.last_versions = Some(now);
+            self.asking_versions = true;
+            let node = self.node.clone();
+            let tx = self.tx.clone();
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    answers = ask_member_versions(&node) => {
+                        let _ = tx.send(DutyMsg::MemberVersions(answers)).await;
+                    }
+                }
+            });
+        }
+
+        // Scheduler: one round whenever the state or the Ready counts changed, and
+        // at least every second.
+        let view = self.node.read_local();
+        if !view.state.allows(Feature::Workers) {
+            return;
+        }
+        let live = self.leases.ready_view(&view.state);
+        let fingerprint = (view.applied_index(), live_fingerprint(&live));
+        let due = match self.last_plan {
+            Some((p, at)) => p != fingerprint || now.duration_since(at) >= PLAN_EVERY,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        self.last_plan = Some((fingerprint, now));
+        let changes = scheduler::plan(&view.state, &live);
+        if changes.is_empty() {
+            return;
+        }
+        tracing::info!(changes = changes.len(), "scheduler: placing");
+        self.commit(
+            Command::Place {
+                changes,
+                at_ms: now_ms(),
+            },
+            "scheduler: committing placements",
+        )
+        .await;
+    }
+
+    /// Raise the cluster protocol once every member (this round's answers) and
+    /// every Up worker (this term's heartbeats) speaks a newer one.
+    async fn gate(&mut self, answers: BTreeMap<NodeId, Option<NodeVersion>>) {
+        let mut answered = BTreeMap::new();
+        for (id, v) in &answers {
+            if let Some(v) = v {
+                self.members.insert(*id, v.clone());
+                answered.insert(*id, v.clone());
+            }
+        }
+        self.members.retain(|id, _| answers.contains_key(id));
+        let view = self.node.read_local();
+        let up_workers = view
+            .state
+            .workers
+            .iter()
+            .filter(|(_, w)| w.up)
+            .map(|(id, _)| *id);
+        let cluster = version::cluster_protocol_with_workers(
+            answers.keys().copied(),
+            &answered,
+            self.leases.protocols(up_workers).into_values(),
+        );
+        if cluster > view.state.protocol() {
+            tracing::info!(
+                protocol = cluster,
+                "every management member and worker speaks protocol {cluster}: switching the cluster to it"
+            );
+            self.commit(
+                Command::SetClusterProtocol {
+                    protocol: cluster,
+                    at_ms: now_ms(),
+                },
+                "raising the cluster protocol",
+            )
+            .await;
+        }
+    }
+}
+
+fn live_fingerprint(live: &scheduler::LiveView) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut entries: Vec<_> = live.ready.iter().collect();
+    entries.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    entries.hash(&mut h);
+    h.finish()
+}
+
+/// Ask every management member for its build and protocol (`None`: no answer;
+/// such a member counts as the oldest protocol for the gate).
+async fn ask_member_versions(node: &ManagementNode) -> BTreeMap<NodeId, Option<NodeVersion>> {
+    let metrics = node.raft.metrics().borrow().clone();
+    let cluster = cluster_of(node);
+    let me = node.config.node_id;
+    let peers: Vec<(NodeId, String)> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let asks = peers.into_iter().map(|(id, addr)| {
+        let cluster = cluster.clone();
+        async move {
+            if id == me {
+                return (
+                    id,
+                    Some(NodeVersion {
+                        build: version::BUILD.to_string(),
+                        protocol: version::PROTOCOL,
+                    }),
+                );
+            }
+            let call = async {
+                let mut client = WorkerServiceClient::new(node.peers.get(&addr).ok()?);
+                let mut request = tonic::Request::new(NodeInfoRequest {
+                    cluster_id: cluster,
+                });
+                request.set_timeout(Duration::from_secs(1));
+                match client.node_info(request).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        Some(NodeVersion {
+                            build: r.build,
+                            protocol: r.protocol,
+                        })
+                    }
+                    // A build from before the gate has no NodeInfo.
+                    Err(s) if s.code() == tonic::Code::Unimplemented => Some(NodeVersion {
+                        build: "unknown (before 0.2)".into(),
+                        protocol: version::OLDEST_PROTOCOL,
+                    }),
+                    Err(_) => None,
+                }
+            };
+            (
+                id,
+                tokio::time::timeout(Duration::from_secs(1), call)
+                    .await
+                    .ok()
+                    .flatten(),
+            )
+        }
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
