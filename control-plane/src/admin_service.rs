@@ -34,7 +34,7 @@ use crate::state_machine::StateView;
 pub struct AdminApi {
     node: ManagementNode,
     /// Set once the node's worker role has started (if it has one).
-    worker: Arc<std::sync::OnceLock<WorkerView>>,
+    worker: Arc<std::sync::OnceLock<LocalWorker>>,
     /// Ends long-lived streams (`fn logs --follow`) when the server stops.
     shutdown: tokio_util::sync::CancellationToken,
     /// How a deploy checks the handler executable (a management-only node cannot
@@ -46,17 +46,17 @@ pub struct AdminApi {
 
 /// Where a node's worker role, started after the control port, announces itself.
 #[derive(Clone)]
-pub struct WorkerSlot(Arc<std::sync::OnceLock<WorkerView>>);
+pub struct WorkerSlot(Arc<std::sync::OnceLock<LocalWorker>>);
 
 impl WorkerSlot {
-    pub fn set(&self, view: WorkerView) {
+    pub fn set(&self, view: LocalWorker) {
         let _ = self.0.set(view);
     }
 }
 
 /// What the admin API can see of this node's worker role (when it has one).
 #[derive(Clone)]
-pub struct WorkerView {
+pub struct LocalWorker {
     pub node_id: u64,
     pub invocations: InvocationStore,
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
@@ -99,7 +99,7 @@ impl AdminApi {
         self
     }
 
-    pub fn with_worker(self, worker: WorkerView) -> Self {
+    pub fn with_worker(self, worker: LocalWorker) -> Self {
         let _ = self.worker.set(worker);
         self
     }

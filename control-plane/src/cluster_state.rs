@@ -86,13 +86,9 @@ pub struct VersionState {
     pub manifest: AppManifest,
 }
 
-/// An app's keys, as Azure keeps them per function app.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppKeys {
-    pub master: String,
-    pub host: BTreeMap<String, String>,
-    pub functions: BTreeMap<String, BTreeMap<String, String>>,
-}
+/// An app's keys (defined with the worker view, which carries them to gateways;
+/// the same fields in the same order, so snapshots and log entries read as before).
+pub use strom_proto::worker_view::AppKeys;
 
 impl AppState {
     pub fn version(&self, id: &VersionId) -> Option<&VersionState> {
@@ -530,15 +526,15 @@ pub(crate) mod tests {
         )
     }
 
-    fn app(name: &str) -> AppName {
+    pub(crate) fn app(name: &str) -> AppName {
         AppName::parse(name).unwrap()
     }
 
-    fn version(n: u8) -> VersionId {
+    pub(crate) fn version(n: u8) -> VersionId {
         VersionId::of_bytes(&[n])
     }
 
-    fn deploy(app_name: &str, v: u8, m: AppManifest, at: i64) -> Command {
+    pub(crate) fn deploy(app_name: &str, v: u8, m: AppManifest, at: i64) -> Command {
         Command::DeployVersion(Box::new(DeployVersion {
             app: app(app_name),
             version: version(v),
@@ -558,7 +554,7 @@ pub(crate) mod tests {
         }))
     }
 
-    fn initialized() -> ClusterState {
+    pub(crate) fn initialized() -> ClusterState {
         let mut s = ClusterState::default();
         let r = s.apply(&Command::InitCluster {
             cluster_id: ClusterId::new_random(),

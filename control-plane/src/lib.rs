@@ -30,6 +30,7 @@ pub mod peers;
 pub mod scheduler;
 pub mod state_machine;
 pub mod tls;
+pub mod worker_view;
 pub mod workers;
 
 pub use management::{Bootstrap, ManagementConfig, ManagementNode, ProposeError};

@@ -78,12 +78,15 @@ pub fn status_of(r: &InstanceReport) -> Result<InstanceStatus, String> {
     })
 }
 
-/// The watched state on the wire: what a worker-only node needs to run and route.
+/// The whole state on the wire, for workers of builds from before worker views
+/// (`view_format` 0). Its bytes must not change while such workers may still run:
+/// `a_legacy_watch_is_encoded_as_before` freezes them.
 pub fn encode_view(view: &StateView) -> Vec<u8> {
     codec::encode(&(&view.last_applied, &view.membership, view.state.as_ref()))
         .expect("the state always encodes")
 }
 
+/// The whole state from a management node of a build from before worker views.
 pub fn decode_view(bytes: &[u8]) -> Result<StateView, codec::CodecError> {
     let (last_applied, membership, state): (Option<LogId>, StoredMembership, ClusterState) =
         codec::decode(bytes)?;
@@ -322,15 +325,29 @@ impl WorkerService for WorkerServer {
         self.check_token(&req.join_token)?;
         // The current state at once, then the latest after every change (a slow
         // watcher skips intermediate states, never the last one).
-        let stream = tokio_stream::wrappers::WatchStream::new(self.node.state.clone()).map({
+        let views = tokio_stream::wrappers::WatchStream::new(self.node.state.clone());
+        let stream: StateStream = if req.view_format >= 1 {
+            // What this worker needs, made for it (one projection per watcher).
+            let node = req.node_id;
+            Box::pin(views.map(move |view| {
+                Ok(StateUpdate {
+                    applied_index: view.applied_index(),
+                    view: Vec::new(),
+                    worker_view: crate::worker_view::project(&view, node).encode(),
+                })
+            }))
+        } else {
+            // A worker of a build from before worker views (mid rolling upgrade):
+            // the whole state, encoded once for every such watcher.
             let encoded = self.encoded.clone();
-            move |view| {
+            Box::pin(views.map(move |view| {
                 Ok(StateUpdate {
                     applied_index: view.applied_index(),
                     view: encoded.of(&view),
+                    worker_view: Vec::new(),
                 })
-            }
-        });
+            }))
+        };
         let stream = stream.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -443,5 +460,29 @@ impl ManagementNode {
             .await
             .ok()
             .map(|r| r.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    use super::*;
+
+    /// Workers of builds from before worker views read the whole state as bincode,
+    /// field by field: while they may still run (mid rolling upgrade), its bytes
+    /// must not change. A change to `ClusterState`'s shape fails here: then older
+    /// workers need a frozen copy of the old shape to be encoded for them.
+    #[test]
+    fn a_legacy_watch_is_encoded_as_before() {
+        let view = crate::worker_view::tests::state();
+        let bytes = encode_view(&view);
+        let back = decode_view(&bytes).unwrap();
+        assert_eq!(back.state, view.state);
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "da87438e8372d1627334d8fadf7f9d2aba0767d78912878ca8141f9362b6afc9",
+            "the legacy watch encoding changed"
+        );
     }
 }

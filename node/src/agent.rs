@@ -3,9 +3,8 @@
 //! - **Register** with any management node (the join token; followers point to the
 //!   leader), then **heartbeat** the leader every fifth of the lease, carrying this
 //!   worker's instance reports (one batch per heartbeat).
-//! - On a worker-only node, **watch the state** from any management node (rotating
-//!   through them when one fails) and keep the last state received: the worker runs
-//!   and its gateway routes from it, whether or not the management group has quorum.
+//! - The management nodes it knows ([`Managers`]), for the view watch
+//!   (`cluster_view`) and package fetches.
 //! - **Packages** are fetched by hash from any management node and verified.
 //!
 //! Durable: `worker.json` in the data dir (this node's id and its cluster's id: a
@@ -19,15 +18,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strom_control_plane::blob_replication::fetch_blob_from;
-use strom_control_plane::state_machine::StateView;
 use strom_control_plane::tls::url as tls_url;
-use strom_control_plane::workers::{decode_view, report_of};
+use strom_control_plane::workers::report_of;
 use strom_control_plane::ManagementNode;
 use strom_proto::ids::{NodeId, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
-use strom_proto::internal_v1::{HeartbeatRequest, RegisterWorkerRequest, WatchStateRequest};
+use strom_proto::internal_v1::{HeartbeatRequest, RegisterWorkerRequest};
 use strom_proto::version;
+use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -126,16 +125,12 @@ impl Managers {
         self.lock().cluster_id.clone()
     }
 
-    fn learn(&self, view: &StateView) {
+    /// Remember the members and the cluster id a view names.
+    pub fn learn(&self, view: &WorkerView) {
         let mut known = self.lock();
-        known.members = view
-            .membership
-            .membership()
-            .nodes()
-            .map(|(_, n)| tls_url(&n.addr))
-            .collect();
-        if let Some(c) = &view.state.cluster {
-            known.cluster_id = c.cluster_id.to_string();
+        known.members = view.managers.values().map(|a| tls_url(a)).collect();
+        if !view.cluster_id.is_empty() {
+            known.cluster_id = view.cluster_id.clone();
         }
     }
 }
@@ -147,7 +142,7 @@ fn leader_hint(s: &tonic::Status) -> Option<String> {
         .map(tls_url)
 }
 
-async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
+pub(crate) async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
     let channel = strom_control_plane::tls::channel(url, Duration::from_secs(2)).await?;
     Ok(WorkerServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
 }
@@ -159,7 +154,7 @@ pub struct Agent {
     data_dir: PathBuf,
     /// The leader's applied index from the latest heartbeat: a watched state that
     /// stays behind it is stale, and the watch moves to another management node.
-    leader_index: std::sync::atomic::AtomicU64,
+    pub(crate) leader_index: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -353,82 +348,4 @@ enum RegisterError {
     Refused(String),
     Leader(String),
     Retry(String),
-}
-
-/// How long a watched state may stay behind the leader's before the watch moves.
-const STALE_WATCH: Duration = Duration::from_secs(3);
-
-/// Keep `tx` at the newest state any management node streams, until `cancel`.
-pub async fn watch_state(
-    agent: Arc<Agent>,
-    tx: watch::Sender<Arc<StateView>>,
-    cancel: CancellationToken,
-) {
-    let mut round = 0usize;
-    loop {
-        let targets = agent.managers.addresses();
-        let url = targets[round % targets.len().max(1)].clone();
-        round += 1;
-        let after_index = tx.borrow().applied_index();
-        let watched = async {
-            let mut c = client(&url).await?;
-            let mut stream = c
-                .watch_state(WatchStateRequest {
-                    join_token: agent.token.clone(),
-                    node_id: agent.offer.node_id,
-                    after_index,
-                })
-                .await
-                .map_err(|s| format!("{url}: {}", s.message()))?
-                .into_inner();
-            tracing::info!(from = %url, "watching the cluster state");
-            let mut behind_since: Option<tokio::time::Instant> = None;
-            loop {
-                let next = tokio::select! {
-                    m = stream.message() => m.map_err(|s| format!("{url}: {}", s.message()))?,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        // A node that keeps its stream open but falls behind the
-                        // leader (cut off, lagging) is left for another.
-                        let leader = agent.leader_index.load(std::sync::atomic::Ordering::Relaxed);
-                        if tx.borrow().applied_index() < leader {
-                            let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
-                            if since.elapsed() > STALE_WATCH {
-                                return Err(format!("{url} stays behind the leader's log"));
-                            }
-                        } else {
-                            behind_since = None;
-                        }
-                        continue;
-                    }
-                };
-                let Some(update) = next else { break };
-                let view = match decode_view(&update.view) {
-                    Ok(v) => v,
-                    Err(e) => return Err(format!("{url} sent an undecodable state: {e}")),
-                };
-                agent.managers.learn(&view);
-                tx.send_if_modified(|current| {
-                    if view.applied_index() > current.applied_index() {
-                        *current = Arc::new(view);
-                        true
-                    } else {
-                        false
-                    }
-                });
-            }
-            Err::<(), String>(format!("{url} ended the state stream"))
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            result = watched => {
-                if let Err(e) = result {
-                    tracing::warn!("state watch: {e}; trying another management node");
-                }
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(if round % targets.len().max(1) == 0 { 500 } else { 50 })) => {}
-        }
-    }
 }

@@ -8,18 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strom_actors::{Lifecycle, RoutingTable};
-use strom_control_plane::admin_service::{AdminApi, WorkerSlot, WorkerView};
+use strom_control_plane::admin_service::{AdminApi, LocalWorker, WorkerSlot};
 use strom_control_plane::management::write_secret_file;
-use strom_control_plane::state_machine::StateView;
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
 use strom_proto::ids::AppName;
 use strom_proto::invocations::InvocationStore;
 use strom_proto::manifest::ZipLimits;
+use strom_proto::worker_view::WorkerView;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{watch_state, Agent, Managers, Packages, WorkerOffer};
+use crate::agent::{Agent, Managers, Packages, WorkerOffer};
 use crate::cli::UpArgs;
 use crate::client::{default_app_name, pack, status_error, CliError};
+use crate::cluster_view;
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::local_settings::{self, LocalSettings};
 use crate::output::print_functions;
@@ -168,6 +169,8 @@ struct Running {
     duties: Option<tokio::task::JoinHandle<()>>,
     /// Heartbeats and the state watch (stopped with `agent_cancel`).
     agent_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What this node's worker and gateway see of the cluster.
+    view: Option<tokio::sync::watch::Receiver<Arc<WorkerView>>>,
 }
 
 impl Running {
@@ -300,6 +303,7 @@ pub async fn run_node(
         worker_view: None,
         duties: None,
         agent_tasks: Vec::new(),
+        view: None,
     };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
 
@@ -372,6 +376,14 @@ pub async fn run_node(
             }
         }
         running.worker_view = Some(worker_view);
+        // The worker and the gateway see the local applied state, projected.
+        let (view, task) = cluster_view::local(
+            node.state.clone(),
+            settings.node_id,
+            running.agent_cancel.clone(),
+        );
+        running.view = Some(view);
+        running.agent_tasks.push(task);
     }
 
     // The worker role: register, follow the state, run instances.
@@ -390,21 +402,26 @@ pub async fn run_node(
         }
     }
     // The gateway: local instances first, else other workers.
-    let (routing, state) = match (&running.worker, &running.node) {
-        (Some(w), _) => (w.routing.clone(), w.state.clone()),
-        (None, Some(node)) => (RoutingTable::default(), node.state.clone()),
-        (None, None) => unreachable!("a node has at least one role"),
+    let routing = match &running.worker {
+        Some(w) => w.routing.clone(),
+        None => RoutingTable::default(),
     };
+    let view = running
+        .view
+        .clone()
+        .expect("a node has the management role or a watched view");
     if let Some(listener) = http {
         let gateway = Gateway::new(
             GatewayConfig {
                 node_id: settings.node_id,
                 max_body_bytes: settings.max_request_body_bytes,
                 cold_start_timeout: settings.startup_timeout,
+                tls: node_tls(|t| t.rustls_server(), "TLS for the function port"),
+                hop_tls: node_tls(|t| t.rustls_client(), "TLS client for the gateway hop"),
                 ..GatewayConfig::default()
             },
             routing,
-            state,
+            view,
             invocations.clone(),
         );
         running.gateway = Some(tokio::spawn(
@@ -456,12 +473,7 @@ pub async fn run_node(
                 let view = w.state.borrow().clone();
                 println!(
                     "Worker of cluster {} (state at log index {}).",
-                    view.state
-                        .cluster
-                        .as_ref()
-                        .map(|c| c.cluster_id.to_string())
-                        .unwrap_or_default(),
-                    view.applied_index()
+                    view.cluster_id, view.applied_index
                 );
             }
         }
@@ -486,6 +498,22 @@ pub async fn run_node(
     eprintln!("stopping…");
     running.stop().await;
     Ok(())
+}
+
+/// A TLS configuration from this node's identity, if it has one (a configuration
+/// that cannot be built is logged and left out).
+fn node_tls<T>(
+    make: impl FnOnce(&strom_control_plane::tls::NodeTls) -> Result<T, String>,
+    what: &str,
+) -> Option<T> {
+    let tls = strom_control_plane::tls::current()?;
+    match make(tls) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!("{what}: {e}");
+            None
+        }
+    }
 }
 
 /// The join token file in a data dir (mode 0600).
@@ -552,22 +580,25 @@ async fn start_worker(
             tracing::warn!("{}: {e}", token_path.display());
         }
     }
-    let (state, packages) = match &running.node {
-        Some(node) => (node.state.clone(), Packages::Local(node.clone())),
-        None => {
-            let (tx, rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
-            running.agent_tasks.push(tokio::spawn(watch_state(
-                agent.clone(),
-                tx,
-                running.agent_cancel.clone(),
-            )));
-            // Wait (bounded) for the first state, so the node starts with its apps.
+    let (state, packages) = match (&running.node, &running.view) {
+        (Some(node), Some(view)) => (view.clone(), Packages::Local(node.clone())),
+        _ => {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(WorkerView::new(settings.node_id)));
+            running
+                .agent_tasks
+                .push(tokio::spawn(cluster_view::watch_remote(
+                    agent.clone(),
+                    tx,
+                    running.agent_cancel.clone(),
+                )));
+            // Wait (bounded) for the first view, so the node starts with its apps.
             let mut first = rx.clone();
             let _ = tokio::time::timeout(
                 Duration::from_secs(30),
-                first.wait_for(|v: &Arc<StateView>| v.state.cluster.is_some()),
+                first.wait_for(|v: &Arc<WorkerView>| !v.cluster_id.is_empty()),
             )
             .await;
+            running.view = Some(rx.clone());
             (rx, Packages::Remote(managers))
         }
     };
@@ -589,7 +620,7 @@ async fn start_worker(
     .await
     .map_err(|e| CliError::new(1, format!("worker role: {e:#}")))?;
     if let Some(slot) = &running.worker_view {
-        slot.set(WorkerView {
+        slot.set(LocalWorker {
             node_id: settings.node_id,
             invocations: invocations.clone(),
             instances: worker.instances.clone(),

@@ -21,11 +21,11 @@ use strom_actors::runtime::docker::{DockerConfig, DockerRuntime, Isolation};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
 use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
-use strom_control_plane::state_machine::StateView;
 use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::manifest::{extract_to, ZipLimits};
 use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
+use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -106,9 +106,9 @@ pub struct Worker {
     docker: Arc<DockerRuntime>,
     pub routing: RoutingTable,
     pub instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
-    /// The cluster state this worker runs from (local, or watched from a
-    /// management node).
-    pub state: watch::Receiver<Arc<StateView>>,
+    /// The view of the cluster this worker runs from (projected locally, or
+    /// watched from a management node).
+    pub state: watch::Receiver<Arc<WorkerView>>,
     assign_task: tokio::task::JoinHandle<()>,
     cancel: CancellationToken,
 }
@@ -121,7 +121,7 @@ impl Worker {
         data_dir: &Path,
         containers: &Containers,
         lifecycle: Lifecycle,
-        state: watch::Receiver<Arc<StateView>>,
+        state: watch::Receiver<Arc<WorkerView>>,
         packages: Packages,
         limits: ZipLimits,
     ) -> anyhow::Result<Worker> {
@@ -174,7 +174,6 @@ impl Worker {
         let apps_dir = std::path::absolute(data_dir.join("apps"))?;
         std::fs::create_dir_all(&apps_dir)?;
         let assign_task = tokio::spawn(assign_loop(
-            node_id,
             state.clone(),
             packages,
             apps_dir,
@@ -231,8 +230,7 @@ impl Worker {
 }
 
 async fn assign_loop(
-    node_id: NodeId,
-    mut state: watch::Receiver<Arc<StateView>>,
+    mut state: watch::Receiver<Arc<WorkerView>>,
     packages: Packages,
     apps_dir: PathBuf,
     limits: ZipLimits,
@@ -246,39 +244,34 @@ async fn assign_loop(
         let view = state.borrow_and_update().clone();
         let mut assignments = Vec::new();
         let mut failed = false;
-        for app in view.state.apps.values() {
-            // What the scheduler placed on this worker.
-            let instances = view.state.placed(&app.name, node_id);
-            if instances == 0 {
-                continue;
-            }
-            let version = &app.active_version;
-            match unpacked(&apps_dir, &app.name, version, &packages, &limits).await {
+        // What the scheduler placed on this worker.
+        for (name, run, app) in view.assigned() {
+            match unpacked(&apps_dir, name, &run.version, &packages, &limits).await {
                 Ok(root) => {
                     let a = Assignment {
-                        app: app.name.clone(),
-                        version: version.clone(),
+                        app: name.clone(),
+                        version: run.version.clone(),
                         app_root: root,
-                        manifest: Arc::new(app.active().manifest.clone()),
-                        settings: app.settings.clone(),
-                        instances,
+                        manifest: Arc::new(app.manifest.clone()),
+                        settings: run.settings.clone(),
+                        instances: run.instances,
                     };
-                    last_good.insert(app.name.clone(), a.clone());
+                    last_good.insert(name.clone(), a.clone());
                     assignments.push(a);
                 }
                 Err(e) => {
                     failed = true;
-                    tracing::error!(app = %app.name, version = version.short(), "cannot unpack the package: {e:#}");
-                    if let Some(previous) = last_good.get(&app.name) {
+                    tracing::error!(app = %name, version = run.version.short(), "cannot unpack the package: {e:#}");
+                    if let Some(previous) = last_good.get(name) {
                         assignments.push(Assignment {
-                            instances,
+                            instances: run.instances,
                             ..previous.clone()
                         });
                     }
                 }
             }
         }
-        last_good.retain(|app, _| view.state.placed(app, node_id) > 0);
+        last_good.retain(|app, _| view.runs.contains_key(app));
         if supervisor
             .send_message(NodeMsg::Assign(assignments))
             .is_err()

@@ -6,6 +6,7 @@
 //! - [`command`]: the replicated commands of the control plane (only ever extended).
 //! - [`runtime_settings`]: the app settings that pick and limit an app's runtime.
 //! - [`codec`]: the bincode codec and versioned envelope for Raft entries and snapshots.
+//! - [`worker_view`]: what a worker and every gateway are told of the cluster.
 //! - [`admin_v1`] / [`internal_v1`]: generated gRPC code.
 
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod raft_types;
 pub mod route_table;
 pub mod runtime_settings;
 pub mod version;
+pub mod worker_view;
 
 /// Generated code of `proto/strom/admin/v1/admin.proto`.
 #[allow(clippy::all, missing_docs)]

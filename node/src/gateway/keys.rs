@@ -2,8 +2,8 @@
 //! `x-functions-key` header, else the `code` query parameter; `_master` grants
 //! admin level, host keys every function, function keys their function.
 
-use strom_control_plane::cluster_state::AppKeys;
 use strom_proto::manifest::AuthLevel;
+use strom_proto::worker_view::AppKeys;
 
 /// The level a presented key grants for one function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

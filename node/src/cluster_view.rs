@@ -1,0 +1,183 @@
+//! Where a node's [`WorkerView`] comes from: what its worker runs and what its
+//! gateway routes with.
+//!
+//! - On a management node: projected from its own applied state after every
+//!   change ([`follow_local`]).
+//! - On a worker-only node: watched from any management node
+//!   (`WorkerService/WatchState`, [`watch_remote`]), rotating through them when a
+//!   stream fails or stays behind the leader's log, keeping the newest view (by
+//!   applied index). The worker runs and its gateway routes from the last view it
+//!   received, whether or not the management group has quorum. A management node
+//!   of a build from before worker views sends its whole state instead; that is
+//!   projected here the same way.
+//!
+//! In memory only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_control_plane::state_machine::StateView;
+use strom_control_plane::worker_view::project;
+use strom_control_plane::workers::decode_view;
+use strom_proto::ids::NodeId;
+use strom_proto::internal_v1::{StateUpdate, WatchStateRequest};
+use strom_proto::worker_view::{WorkerView, WORKER_VIEW_FORMAT};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{client, Agent};
+
+/// How long a watched view may stay behind the leader's log before the watch moves.
+const STALE_WATCH: Duration = Duration::from_secs(3);
+
+/// Keep `tx` at the projection of the local applied state for `node`, until
+/// `cancel` (or the state machine is gone).
+pub async fn follow_local(
+    mut state: watch::Receiver<Arc<StateView>>,
+    node: NodeId,
+    tx: watch::Sender<Arc<WorkerView>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let view = state.borrow_and_update().clone();
+        tx.send_replace(Arc::new(project(&view, node)));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A channel holding the projection of `state` for `node` now, and the task that
+/// keeps it current.
+pub fn local(
+    state: watch::Receiver<Arc<StateView>>,
+    node: NodeId,
+    cancel: CancellationToken,
+) -> (
+    watch::Receiver<Arc<WorkerView>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let first = project(&state.borrow(), node);
+    let (tx, rx) = watch::channel(Arc::new(first));
+    (rx, tokio::spawn(follow_local(state, node, tx, cancel)))
+}
+
+/// The view in an update: the worker view, or (from a management node of an
+/// older build) the whole state, projected here.
+fn view_of(update: &StateUpdate, node: NodeId) -> Result<WorkerView, String> {
+    if !update.worker_view.is_empty() {
+        return WorkerView::decode(&update.worker_view).map_err(|e| e.to_string());
+    }
+    let state = decode_view(&update.view).map_err(|e| e.to_string())?;
+    Ok(project(&state, node))
+}
+
+/// Keep `tx` at the newest view any management node streams, until `cancel`.
+pub async fn watch_remote(
+    agent: Arc<Agent>,
+    tx: watch::Sender<Arc<WorkerView>>,
+    cancel: CancellationToken,
+) {
+    let node = agent.offer.node_id;
+    let mut round = 0usize;
+    loop {
+        let targets = agent.managers.addresses();
+        let url = targets[round % targets.len().max(1)].clone();
+        round += 1;
+        let after_index = tx.borrow().applied_index;
+        let watched = async {
+            let mut c = client(&url).await?;
+            let mut stream = c
+                .watch_state(WatchStateRequest {
+                    join_token: agent.token.clone(),
+                    node_id: node,
+                    after_index,
+                    view_format: WORKER_VIEW_FORMAT,
+                })
+                .await
+                .map_err(|s| format!("{url}: {}", s.message()))?
+                .into_inner();
+            tracing::info!(from = %url, "watching the cluster state");
+            let mut behind_since: Option<tokio::time::Instant> = None;
+            loop {
+                let next = tokio::select! {
+                    m = stream.message() => m.map_err(|s| format!("{url}: {}", s.message()))?,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        // A node that keeps its stream open but falls behind the
+                        // leader (cut off, lagging) is left for another.
+                        let leader = agent.leader_index.load(std::sync::atomic::Ordering::Relaxed);
+                        if tx.borrow().applied_index < leader {
+                            let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() > STALE_WATCH {
+                                return Err(format!("{url} stays behind the leader's log"));
+                            }
+                        } else {
+                            behind_since = None;
+                        }
+                        continue;
+                    }
+                };
+                let Some(update) = next else { break };
+                let view = view_of(&update, node)
+                    .map_err(|e| format!("{url} sent an unreadable view: {e}"))?;
+                agent.managers.learn(&view);
+                tx.send_if_modified(|current| {
+                    if view.applied_index > current.applied_index {
+                        *current = Arc::new(view);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err::<(), String>(format!("{url} ended the state stream"))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = watched => {
+                if let Err(e) = result {
+                    tracing::warn!("state watch: {e}; trying another management node");
+                }
+            }
+        }
+        let pause = if round % targets.len().max(1) == 0 {
+            500
+        } else {
+            50
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_management_node_s_whole_state_is_projected_here() {
+        let state = StateView::default();
+        let update = StateUpdate {
+            applied_index: 0,
+            view: strom_control_plane::workers::encode_view(&state),
+            worker_view: Vec::new(),
+        };
+        let view = view_of(&update, 7).unwrap();
+        assert_eq!(view.node, 7);
+        let newer = StateUpdate {
+            applied_index: 0,
+            view: Vec::new(),
+            worker_view: view.encode(),
+        };
+        assert_eq!(view_of(&newer, 7).unwrap(), view);
+        let broken = StateUpdate {
+            applied_index: 0,
+            view: vec![1, 2, 3],
+            worker_view: Vec::new(),
+        };
+        assert!(view_of(&broken, 7).is_err());
+    }
+}

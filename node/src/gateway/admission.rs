@@ -1,0 +1,594 @@
+//! Admission: what to do with a request, decided from its head alone and the two
+//! snapshots (this node's Ready instances, and the cluster's routes). Pure: no
+//! I/O, no clocks, no locks; the shell reads the body and sends it on.
+//!
+//! In order: a bad hop header (400); the URL length limit (414); the host ping;
+//! then, for a client's request whose function has no Ready instance here, the
+//! route in the cluster's snapshot and its keys (then it goes over the hop);
+//! otherwise the route among this node's serving apps (404, 405 with `Allow`),
+//! the keys and disabled functions (401, 404), the declared body size (413).
+//! A request from another node's gateway is served here or answered
+//! "undelivered" at once, never sent on.
+
+use hyper::StatusCode;
+use strom_proto::ids::AppName;
+use strom_proto::manifest::{AuthLevel, Trigger};
+use strom_proto::route_table::RouteMatch;
+
+use super::keys;
+use super::routes::ClusterRoutes;
+use strom_actors::RoutingSnapshot;
+
+/// Header naming the app on a request one gateway sends to another.
+pub const HOP_APP: &str = "x-strom-hop-app";
+
+/// What admission needs of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Length of path and query.
+    pub uri_len: usize,
+    /// The Host header ("" if none).
+    pub host: &'a str,
+    /// `x-functions-key`.
+    pub key_header: Option<&'a str>,
+    pub query: &'a [(String, String)],
+    /// `Content-Length`, when declared and numeric.
+    pub content_length: Option<u64>,
+    pub origin: Origin<'a>,
+}
+
+/// Who a request comes from, and so where it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin<'a> {
+    /// A client: served here, or sent on to a worker that runs its app.
+    Client,
+    /// Another node's gateway, for this app (`Err`: the hop header names no app):
+    /// served here or "undelivered", never sent on.
+    Peer(Result<&'a AppName, ()>),
+    /// A client's request no other worker could take, while this node runs the
+    /// app: served here, waiting for its instance like a cold start.
+    Here,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_url_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// A function to call with a local instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub app: AppName,
+    pub function: String,
+    /// Index into the serving manifest's `functions` (an HTTP trigger).
+    pub function_index: usize,
+    pub params: Vec<(String, String)>,
+}
+
+/// A refusal, answered at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For 405: the methods that are allowed.
+    pub allow: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// `/admin/host/ping`: 200, empty.
+    Ping,
+    /// Call a local instance.
+    Local(Target),
+    /// No Ready instance here: send over the hop to a worker that runs the app.
+    Remote(AppName),
+    /// From another gateway, but no Ready instance here: it tries elsewhere.
+    Undelivered(AppName),
+    Refuse(Refusal),
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Refuse(Refusal {
+        status,
+        code,
+        message: message.into(),
+        allow: None,
+    })
+}
+
+fn not_found(path: &str) -> Decision {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no function at {path}"),
+    )
+}
+
+pub fn admit(
+    head: &Head<'_>,
+    local: &RoutingSnapshot,
+    cluster: &ClusterRoutes,
+    limits: Limits,
+) -> Decision {
+    let hop = match head.origin {
+        Origin::Peer(Err(())) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("{HOP_APP}: not an app name"),
+            )
+        }
+        Origin::Peer(Ok(app)) => Some(app),
+        Origin::Client | Origin::Here => None,
+    };
+    if head.uri_len > limits.max_url_bytes {
+        return refuse(
+            StatusCode::URI_TOO_LONG,
+            "UriTooLong",
+            format!("the URL is longer than {} bytes", limits.max_url_bytes),
+        );
+    }
+    if head.path.eq_ignore_ascii_case("/admin/host/ping") {
+        return Decision::Ping;
+    }
+    let too_large = head
+        .content_length
+        .is_some_and(|len| len > limits.max_body_bytes as u64);
+
+    if head.origin == Origin::Client {
+        if let Some(decision) = remote(head, local, cluster, too_large, limits) {
+            return decision;
+        }
+    }
+
+    // Served here.
+    if let Some(app) = hop {
+        if local.apps.get(app).is_none_or(|s| s.endpoints.is_empty()) {
+            return Decision::Undelivered(app.clone());
+        }
+    }
+    let scoped = hop
+        .cloned()
+        .or_else(|| app_from_host(head.host).filter(|a| local.apps.contains_key(a)));
+    let lookup = match &scoped {
+        Some(app) => local.apps[app].routes.lookup(head.method, head.path),
+        None => local.routes.lookup(head.method, head.path),
+    };
+    let (app, function, params) = match lookup {
+        RouteMatch::Found {
+            app,
+            function,
+            params,
+        } => (app, function, params),
+        RouteMatch::MethodNotAllowed { allowed } => {
+            let allow = allowed.join(", ");
+            return Decision::Refuse(Refusal {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "MethodNotAllowed",
+                message: format!("{} is not allowed here; allowed: {allow}", head.method),
+                allow: Some(allow),
+            });
+        }
+        RouteMatch::NotFound => return not_found(head.path),
+    };
+    let serving = &local.apps[app];
+    let Some((function_index, http)) = serving
+        .manifest
+        .functions
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.name == function)
+        .and_then(|(i, f)| match &f.trigger {
+            Trigger::Http(h) => Some((i, h)),
+            _ => None,
+        })
+    else {
+        return not_found(head.path);
+    };
+    if let Some(refused) = access(head, cluster, app, function, http.auth_level) {
+        return refused;
+    }
+    if too_large {
+        return too_large_refusal(limits);
+    }
+    Decision::Local(Target {
+        app: app.clone(),
+        function: function.to_string(),
+        function_index,
+        params,
+    })
+}
+
+/// A client's request for a function with no Ready instance on this node: where
+/// it goes (`None`: decide as for a local request, e.g. to answer 404 or wait for
+/// this node's own cold start).
+fn remote(
+    head: &Head<'_>,
+    local: &RoutingSnapshot,
+    cluster: &ClusterRoutes,
+    too_large: bool,
+    limits: Limits,
+) -> Option<Decision> {
+    let host_app = app_from_host(head.host);
+    let RouteMatch::Found { app, function, .. } =
+        cluster.lookup(host_app.as_ref(), head.method, head.path)
+    else {
+        return None;
+    };
+    if local.apps.get(app).is_some_and(|s| !s.endpoints.is_empty()) {
+        return None;
+    }
+    let auth_level = cluster.apps.get(app)?.http_trigger(function)?.auth_level;
+    if let Some(refused) = access(head, cluster, app, function, auth_level) {
+        return Some(refused);
+    }
+    if too_large {
+        return Some(too_large_refusal(limits));
+    }
+    Some(Decision::Remote(app.clone()))
+}
+
+/// Keys and disabled functions, as Azure checks them, against the cluster's keys.
+fn access(
+    head: &Head<'_>,
+    cluster: &ClusterRoutes,
+    app: &AppName,
+    function: &str,
+    auth_level: AuthLevel,
+) -> Option<Decision> {
+    let Some(routing) = cluster.apps.get(app) else {
+        return Some(not_found(head.path));
+    };
+    let granted = keys::granted(
+        &routing.keys,
+        function,
+        keys::presented(head.key_header, head.query),
+    );
+    if routing.disabled.contains(function) && granted != keys::Granted::Master {
+        return Some(refuse(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("function `{function}` is disabled"),
+        ));
+    }
+    if !keys::allows(auth_level, granted) {
+        return Some(refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a valid function key is required (x-functions-key header or code query parameter)",
+        ));
+    }
+    None
+}
+
+fn too_large_refusal(limits: Limits) -> Decision {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        format!(
+            "the request body is larger than {} bytes",
+            limits.max_body_bytes
+        ),
+    )
+}
+
+/// `{app}.<domain>` → the app (IP addresses and bare names are not app hosts).
+pub fn app_from_host(host: &str) -> Option<AppName> {
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return None;
+    }
+    let (first, rest) = host.split_once('.')?;
+    if rest.is_empty() {
+        return None;
+    }
+    AppName::parse(first).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use strom_actors::ServingApp;
+    use strom_proto::manifest::{pack_dir, validate_app, AppManifest, AppPackage, ZipLimits};
+    use strom_proto::route_table::RouteTable;
+    use strom_proto::worker_view::{AppKeys, AppRoutes, Peer, WorkerView};
+
+    use super::*;
+
+    fn manifest(functions: &[(&str, &str, &str)]) -> AppManifest {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("host.json"),
+            r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#,
+        )
+        .unwrap();
+        for (name, route, auth) in functions {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(
+                dir.path().join(name).join("function.json"),
+                format!(
+                    r#"{{"bindings":[{{"type":"httpTrigger","direction":"in","name":"req","route":"{route}","methods":["get"],"authLevel":"{auth}"}},
+                        {{"type":"http","direction":"out","name":"res"}}]}}"#
+                ),
+            )
+            .unwrap();
+        }
+        let zip = pack_dir(dir.path()).unwrap();
+        let pkg = AppPackage::from_zip_bytes(&zip, &ZipLimits::default()).unwrap();
+        validate_app(&pkg, &BTreeMap::new()).unwrap()
+    }
+
+    fn app(name: &str) -> AppName {
+        AppName::parse(name).unwrap()
+    }
+
+    /// `web` (hello: anonymous, secret: function key, off: disabled) and `jobs`
+    /// (run: function key), both in the cluster; only `web` serves here.
+    fn snapshots(web_ready_here: bool) -> (RoutingSnapshot, ClusterRoutes) {
+        let web = manifest(&[
+            ("hello", "hello/{name}", "anonymous"),
+            ("secret", "secret", "function"),
+            ("off", "off", "anonymous"),
+        ]);
+        let jobs = manifest(&[("run", "run", "function")]);
+        let mut view = WorkerView::new(1);
+        let keys = |m: &str| AppKeys {
+            master: m.into(),
+            host: BTreeMap::from([("default".into(), format!("{m}-host"))]),
+            functions: BTreeMap::new(),
+        };
+        for (name, m, k, disabled) in [
+            ("web", &web, "web-master", vec!["off".to_string()]),
+            ("jobs", &jobs, "jobs-master", vec![]),
+        ] {
+            view.apps.insert(
+                app(name),
+                AppRoutes {
+                    version: strom_proto::ids::VersionId::of_bytes(name.as_bytes()),
+                    manifest: m.clone(),
+                    keys: keys(k),
+                    disabled: disabled.into_iter().collect(),
+                    placements: BTreeMap::from([(2, 1)]),
+                },
+            );
+        }
+        view.workers.insert(
+            2,
+            Peer {
+                http_addr: "10.0.0.2:7071".into(),
+                up: true,
+            },
+        );
+        let serving = ServingApp {
+            version: strom_proto::ids::VersionId::of_bytes(b"web"),
+            manifest: Arc::new(web.clone()),
+            routes: Arc::new(RouteTable::build([(&app("web"), &web)])),
+            endpoints: if web_ready_here {
+                vec![Arc::new(strom_actors::Endpoint::new(
+                    "127.0.0.1:1".parse().unwrap(),
+                    "web-1".into(),
+                    None,
+                    Arc::new(strom_actors::log_ring::LogRing::new(8)),
+                    Arc::default(),
+                    Box::new(|_| {}),
+                ))]
+            } else {
+                vec![]
+            },
+            unavailable: None,
+        };
+        let local = RoutingSnapshot::new(BTreeMap::from([(app("web"), serving)]));
+        (local, ClusterRoutes::build(&view))
+    }
+
+    const LIMITS: Limits = Limits {
+        max_url_bytes: 100,
+        max_body_bytes: 1000,
+    };
+
+    fn head<'a>(method: &'a str, path: &'a str, query: &'a [(String, String)]) -> Head<'a> {
+        Head {
+            method,
+            path,
+            uri_len: path.len(),
+            host: "127.0.0.1:7071",
+            key_header: None,
+            query,
+            content_length: None,
+            origin: Origin::Client,
+        }
+    }
+
+    fn status(d: &Decision) -> Option<StatusCode> {
+        match d {
+            Decision::Refuse(r) => Some(r.status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_function_served_here_is_called_locally_with_its_params() {
+        let (local, cluster) = snapshots(true);
+        let d = admit(
+            &head("GET", "/api/hello/ada", &[]),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        let Decision::Local(t) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(t.app, app("web"));
+        assert_eq!(t.function, "hello");
+        assert_eq!(t.params, vec![("name".to_string(), "ada".to_string())]);
+        assert_eq!(
+            status(&admit(
+                &head("POST", "/api/hello/ada", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            status(&admit(
+                &head("GET", "/api/nothing", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            admit(
+                &head("GET", "/admin/host/ping", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            ),
+            Decision::Ping
+        );
+    }
+
+    #[test]
+    fn keys_and_disabled_functions_are_checked_before_anything_is_sent() {
+        let (local, cluster) = snapshots(true);
+        assert_eq!(
+            status(&admit(
+                &head("GET", "/api/secret", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        let code = [("code".to_string(), "web-master-host".to_string())];
+        assert!(matches!(
+            admit(&head("GET", "/api/secret", &code), &local, &cluster, LIMITS),
+            Decision::Local(_)
+        ));
+        // Another app's key does not open this one.
+        let wrong = [("code".to_string(), "jobs-master".to_string())];
+        assert_eq!(
+            status(&admit(
+                &head("GET", "/api/secret", &wrong),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        // Disabled: 404, unless the master key calls it.
+        assert_eq!(
+            status(&admit(
+                &head("GET", "/api/off", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::NOT_FOUND)
+        );
+        let master = [("code".to_string(), "web-master".to_string())];
+        assert!(matches!(
+            admit(&head("GET", "/api/off", &master), &local, &cluster, LIMITS),
+            Decision::Local(_)
+        ));
+    }
+
+    #[test]
+    fn an_app_not_ready_here_goes_over_the_hop_after_its_keys() {
+        let (local, cluster) = snapshots(false);
+        assert_eq!(
+            admit(&head("GET", "/api/hello/x", &[]), &local, &cluster, LIMITS),
+            Decision::Remote(app("web"))
+        );
+        // `jobs` runs only elsewhere; its key is checked here first.
+        assert_eq!(
+            status(&admit(
+                &head("GET", "/api/run", &[]),
+                &local,
+                &cluster,
+                LIMITS
+            )),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        let code = [("code".to_string(), "jobs-master".to_string())];
+        assert_eq!(
+            admit(&head("GET", "/api/run", &code), &local, &cluster, LIMITS),
+            Decision::Remote(app("jobs"))
+        );
+        let mut big = head("GET", "/api/run", &code);
+        big.content_length = Some(1001);
+        assert_eq!(
+            status(&admit(&big, &local, &cluster, LIMITS)),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn a_hop_request_is_served_here_or_undelivered_never_sent_on() {
+        let (local, cluster) = snapshots(false);
+        let web = app("web");
+        let mut h = head("GET", "/api/hello/x", &[]);
+        h.origin = Origin::Peer(Ok(&web));
+        assert_eq!(
+            admit(&h, &local, &cluster, LIMITS),
+            Decision::Undelivered(web.clone())
+        );
+        // Kept here when nobody else could take it: it waits for this node's own.
+        h.origin = Origin::Here;
+        assert!(matches!(
+            admit(&h, &local, &cluster, LIMITS),
+            Decision::Local(_)
+        ));
+        let (local, cluster) = snapshots(true);
+        h.origin = Origin::Peer(Ok(&web));
+        assert!(matches!(
+            admit(&h, &local, &cluster, LIMITS),
+            Decision::Local(_)
+        ));
+        h.origin = Origin::Peer(Err(()));
+        assert_eq!(
+            status(&admit(&h, &local, &cluster, LIMITS)),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_first() {
+        let (local, cluster) = snapshots(true);
+        let mut h = head("GET", "/api/hello/x", &[]);
+        h.uri_len = 101;
+        assert_eq!(
+            status(&admit(&h, &local, &cluster, LIMITS)),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        let mut h = head("GET", "/api/hello/x", &[]);
+        h.content_length = Some(1001);
+        assert_eq!(
+            status(&admit(&h, &local, &cluster, LIMITS)),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn app_hosts() {
+        assert_eq!(
+            app_from_host("orders.example.com").unwrap().as_str(),
+            "orders"
+        );
+        assert_eq!(
+            app_from_host("Orders.localhost:7071").unwrap().as_str(),
+            "orders"
+        );
+        assert_eq!(app_from_host("127.0.0.1:7071"), None);
+        assert_eq!(app_from_host("localhost:7071"), None);
+        assert_eq!(app_from_host("[::1]:7071"), None);
+    }
+}

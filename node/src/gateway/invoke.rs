@@ -1,0 +1,382 @@
+//! Calling a local instance: wait for a Ready endpoint (a cold start waits up to
+//! the start-up limit; a crash-looping app answers 503 at once), send the request
+//! in JSON or forwarding mode under `functionTimeout` (504, the instance is
+//! recycled), and turn what happened into the response and an invocation record.
+//!
+//! A request is sent again, to another instance, only when it provably never
+//! reached a handler ([`resend`]): the connection could not be established, or
+//! the instance had already ended when it was sent (a stale keep-alive
+//! connection; the worker noticed the exit before the send). Anything else that
+//! fails is the invocation failing (500), never re-sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use strom_actors::routing::InFlight;
+use strom_actors::Endpoint;
+use strom_proto::ids::AppName;
+use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
+use strom_proto::manifest::Trigger;
+use tokio::time::Instant;
+
+use super::admission::Target;
+use super::json_mode::parse_answer;
+use super::recorder::Pending;
+use super::responses::{
+    bad_request, error, full, too_large, unavailable, undelivered, Body, BoxError, UNDELIVERED,
+};
+use super::translate::{
+    fast_uuid, forward_request, forwards, http_response, json_request, relay_response, Invocation,
+};
+use super::Gateway;
+
+/// Instances one request may find unreachable before it fails.
+const MAX_UNREACHABLE: usize = 8;
+/// How long to wait for the worker to notice an instance's exit, when a send
+/// failed and it may have ended before.
+const EXIT_NOTICE: Duration = Duration::from_millis(50);
+
+/// Why sending to an instance failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The connection could not be established.
+    Connect,
+    /// The instance had ended before the request was sent.
+    EndedBeforeSend,
+    /// Anything else: a handler may have seen the request.
+    Other,
+}
+
+/// Whether a request whose send failed goes to another instance, given how many
+/// instances it already found unreachable.
+pub fn resend(failure: SendFailure, unreachable: usize) -> bool {
+    failure != SendFailure::Other && unreachable < MAX_UNREACHABLE
+}
+
+/// How a call of an instance ended.
+enum Outcome {
+    Answered {
+        resp: Response<Incoming>,
+        in_flight: InFlight,
+    },
+    TimedOut(Duration),
+    Failed(String),
+}
+
+impl Gateway {
+    /// Call `target` with a local instance. `wait`: a client's request waits for a
+    /// cold start; one from another gateway is answered "undelivered" at once.
+    pub(super) async fn invoke<B>(
+        &self,
+        req: Request<B>,
+        target: Target,
+        wait: bool,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let snapshot = inner.routing.load();
+        let Some(serving) = snapshot.apps.get(&target.app) else {
+            return undelivered(&target.app);
+        };
+        let fmanifest = &serving.manifest.functions[target.function_index];
+        let Trigger::Http(http) = &fmanifest.trigger else {
+            return bad_request("not an HTTP function");
+        };
+        let host = &serving.manifest.host;
+        let limiter = inner.limiters.of(&target.app, &serving.version, host);
+        let Some(admitted) = limiter.admit().await else {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "maxOutstandingRequests reached; retry later",
+            );
+        };
+
+        let host_header = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let query: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let (parts, body) = req.into_parts();
+        let max = inner.config.max_body_bytes;
+        let body = match Limited::new(body, max).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return too_large(max)
+            }
+            Err(e) => return bad_request(format!("reading the request body: {e}")),
+        };
+
+        let app = &target.app;
+        let function = target.function.as_str();
+        let invocation_id = fast_uuid();
+        let started_at_ms = now_ms();
+        let start = Instant::now();
+        let forwarding = forwards(host, fmanifest);
+        let timeout = host.function_timeout_ms.map(Duration::from_millis);
+        let call = Invocation {
+            function,
+            binding: &http.binding_name,
+            params: &target.params,
+            query: &query,
+            host: &host_header,
+            id: &invocation_id,
+        };
+
+        // Instances this request could not reach: skipped until the routing
+        // snapshot offers another (a restarted instance has a new id).
+        let mut unreachable: Vec<String> = Vec::new();
+        let (endpoint, from_line, outcome) = loop {
+            let endpoint = match self.ready_endpoint(app, &unreachable, wait).await {
+                Ok(e) => e,
+                Err(r) => return r,
+            };
+            let from_line = endpoint.logs.next_seq();
+            let in_flight = endpoint.begin();
+            endpoint.note_invocation(&invocation_id);
+            let request = if forwarding {
+                forward_request(&parts, &body, endpoint.addr, &invocation_id)
+            } else {
+                json_request(&parts, &body, endpoint.addr, &call)
+            };
+            let sent_at = Instant::now();
+            let sent = inner.client.request(request);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        endpoint.recycle(format!(
+                            "function `{function}` exceeded functionTimeout ({t:?})"
+                        ));
+                        break (endpoint, from_line, Outcome::TimedOut(t));
+                    }
+                },
+                None => sent.await,
+            };
+            let e = match result {
+                Ok(resp) => break (endpoint, from_line, Outcome::Answered { resp, in_flight }),
+                Err(e) => e,
+            };
+            let failure = if e.is_connect() {
+                SendFailure::Connect
+            } else if unreachable.len() < MAX_UNREACHABLE
+                && endpoint.ended_before(sent_at, EXIT_NOTICE).await
+            {
+                SendFailure::EndedBeforeSend
+            } else {
+                SendFailure::Other
+            };
+            if resend(failure, unreachable.len()) {
+                tracing::debug!(instance = %endpoint.instance_id, ?failure, "not delivered ({e}); trying another instance");
+                unreachable.push(endpoint.instance_id.clone());
+                continue;
+            }
+            break (endpoint, from_line, Outcome::Failed(e.to_string()));
+        };
+
+        let mut record = InvocationRecord {
+            id: invocation_id.clone(),
+            app: app.clone(),
+            function: function.to_string(),
+            instance_id: endpoint.instance_id.clone(),
+            started_at_ms,
+            duration_us: 0,
+            status: InvocationStatus::Succeeded,
+            http_status: 200,
+            error: None,
+            logs: Vec::new(),
+        };
+        // The instance may have died under the request (out of memory, a crash):
+        // its record says how, once the worker has noticed.
+        let died_under_call = matches!(outcome, Outcome::Failed(_));
+        let mut response = match outcome {
+            Outcome::TimedOut(t) => {
+                record.status = InvocationStatus::TimedOut;
+                record.error = Some(format!(
+                    "exceeded functionTimeout ({t:?}); the instance is recycled"
+                ));
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "FunctionTimeout",
+                    format!("function `{function}` did not finish within functionTimeout ({t:?})"),
+                )
+            }
+            Outcome::Failed(e) => {
+                record.status = InvocationStatus::Failed;
+                record.error = Some(format!("calling the handler failed: {e}"));
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InvocationFailed",
+                    format!("function `{function}` failed: the handler did not answer ({e})"),
+                )
+            }
+            Outcome::Answered { resp, in_flight } if forwarding => {
+                record.http_status = resp.status().as_u16();
+                // The request counts as in flight (for drains and limits) until its
+                // streamed body has been relayed.
+                relay_response(resp, parts.version, (in_flight, admitted))
+            }
+            Outcome::Answered {
+                resp,
+                in_flight: _in_flight,
+            } => json_answer(resp, timeout, function, http.output.as_deref(), &mut record).await,
+        };
+        if record.status != InvocationStatus::Succeeded || !forwarding {
+            record.http_status = response.status().as_u16();
+        }
+        record.duration_us = start.elapsed().as_micros() as u64;
+        inner
+            .recorder
+            .submit(Pending::new(record, endpoint, from_line), died_under_call);
+        // A handler cannot claim "undelivered": that would make a gateway re-send a
+        // request a handler already saw.
+        response.headers_mut().remove(UNDELIVERED);
+        response
+    }
+
+    /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet
+    /// (unless `wait` is false: a request from another node is answered
+    /// "undelivered" at once, and that node tries elsewhere).
+    async fn ready_endpoint(
+        &self,
+        app: &AppName,
+        unreachable: &[String],
+        wait: bool,
+    ) -> Result<Arc<Endpoint>, Response<Body>> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.config.cold_start_timeout;
+        loop {
+            let changed = inner.routing.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let snapshot = inner.routing.load();
+            if let Some(e) = snapshot.pick_except(app, &inner.tick, unreachable) {
+                return Ok(e);
+            }
+            if !wait {
+                return Err(undelivered(app));
+            }
+            match snapshot.apps.get(app) {
+                None => {
+                    return Err(error(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("app `{app}` is not served here"),
+                    ));
+                }
+                Some(s) => {
+                    if let Some(why) = &s.unavailable {
+                        return Err(unavailable(why.clone()));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(unavailable(format!(
+                    "no instance of app `{app}` became ready in time"
+                )));
+            }
+        }
+    }
+}
+
+/// A JSON-mode handler's answer as the client's response; the record gets its
+/// `Logs` (kept even when the invocation failed) and its outcome.
+async fn json_answer(
+    resp: Response<Incoming>,
+    timeout: Option<Duration>,
+    function: &str,
+    output_binding: Option<&str>,
+    record: &mut InvocationRecord,
+) -> Response<Body> {
+    let status = resp.status().as_u16();
+    let read = match timeout {
+        Some(t) => tokio::time::timeout(t, resp.into_body().collect())
+            .await
+            .map_err(|_| "timed out reading the answer".to_string()),
+        None => Ok(resp.into_body().collect().await),
+    };
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return answer_failed(record, function, e.to_string()),
+        Err(e) => return answer_failed(record, function, e),
+    };
+    match parse_answer(status, &bytes, output_binding) {
+        Ok(answer) => {
+            record
+                .logs
+                .extend(answer.logs.into_iter().map(|text| LogEntry {
+                    source: "handler".into(),
+                    text,
+                }));
+            match answer.output {
+                None => {
+                    let mut r = Response::new(full(Bytes::new()));
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Some(out) => http_response(out),
+            }
+        }
+        Err(e) => {
+            record.status = InvocationStatus::Failed;
+            record.logs.extend(e.logs().iter().map(|text| LogEntry {
+                source: "handler".into(),
+                text: text.clone(),
+            }));
+            record.error = Some(e.to_string());
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InvocationFailed",
+                format!("function `{function}` failed: {e}"),
+            )
+        }
+    }
+}
+
+fn answer_failed(record: &mut InvocationRecord, function: &str, e: String) -> Response<Body> {
+    record.status = InvocationStatus::Failed;
+    record.error = Some(format!("reading the handler's answer failed: {e}"));
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InvocationFailed",
+        format!("function `{function}` failed"),
+    )
+}
+
+/// Milliseconds since the Unix epoch (an invocation's start, as records show it).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_provably_never_reached_a_handler_is_sent_again() {
+        assert!(resend(SendFailure::Connect, 0));
+        assert!(resend(SendFailure::EndedBeforeSend, 7));
+        assert!(!resend(SendFailure::Other, 0));
+        // A request that found every instance unreachable fails in the end.
+        assert!(!resend(SendFailure::Connect, MAX_UNREACHABLE));
+    }
+}

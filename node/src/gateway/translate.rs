@@ -1,0 +1,254 @@
+//! Requests and responses between the client's HTTP and the handler's: a JSON-mode
+//! invocation built from a request, a forwarded request (forwarding mode and the
+//! hop between gateways), and one way to relay a response (hop-by-hop headers
+//! dropped, answered in the client's HTTP version, guards held until its body has
+//! been sent).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Version};
+use strom_proto::manifest::{FunctionManifest, HostConfig, Trigger};
+
+use super::json_mode::{self, request_payload, HttpRequestData};
+use super::responses::{full, Body, BoxError, Guarded};
+use super::HOST_VERSION;
+
+/// Headers that belong to one connection, not to the message.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Forwarding mode applies to functions with exactly one httpTrigger in and one
+/// http out, in an app with `enableForwardingHttpRequest`.
+pub fn forwards(host: &HostConfig, f: &FunctionManifest) -> bool {
+    host.custom_handler.enable_forwarding_http_request
+        && f.bindings.len() == 2
+        && matches!(&f.trigger, Trigger::Http(h) if h.output.is_some())
+}
+
+/// Relay a response: hop-by-hop headers dropped, in `version` (the client's: the
+/// other side's HTTP version is its own business), with `guard` held until the
+/// body has been sent completely.
+pub fn relay_response<B, G>(resp: Response<B>, version: Version, guard: G) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Sync + Unpin + 'static,
+{
+    let (mut head, body) = resp.into_parts();
+    let names: Vec<HeaderName> = head
+        .headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
+    for n in names {
+        head.headers.remove(n);
+    }
+    head.version = version;
+    let body = Guarded {
+        inner: body.map_err(Into::into).boxed(),
+        guard,
+    };
+    Response::from_parts(head, body.boxed())
+}
+
+/// A request to `base` (`scheme://host:port`) with the method, path, query and
+/// end-to-end headers of `parts` (except `skip`).
+pub fn copy_request(parts: &Parts, base: &str, skip: &HeaderName) -> hyper::http::request::Builder {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{base}{pq}"));
+    for (k, v) in &parts.headers {
+        if !is_hop_by_hop(k.as_str()) && k != skip {
+            builder = builder.header(k, v);
+        }
+    }
+    builder
+}
+
+/// Forwarding mode: the original request, to the handler at `addr`.
+pub fn forward_request(
+    parts: &Parts,
+    body: &Bytes,
+    addr: SocketAddr,
+    id: &str,
+) -> Request<Full<Bytes>> {
+    copy_request(
+        parts,
+        &format!("http://{addr}"),
+        &hyper::header::CONTENT_LENGTH,
+    )
+    .header("x-azure-functions-invocationid", id)
+    .header("x-azure-functions-hostversion", HOST_VERSION)
+    .body(Full::new(body.clone()))
+    .expect("valid request")
+}
+
+/// What a JSON-mode invocation needs besides the request.
+pub struct Invocation<'a> {
+    pub function: &'a str,
+    pub binding: &'a str,
+    pub params: &'a [(String, String)],
+    pub query: &'a [(String, String)],
+    /// The client's Host ("" if none).
+    pub host: &'a str,
+    pub id: &'a str,
+}
+
+/// JSON mode: `POST /{function}` with the request as the trigger's data.
+pub fn json_request(
+    parts: &Parts,
+    body: &Bytes,
+    addr: SocketAddr,
+    call: &Invocation<'_>,
+) -> Request<Full<Bytes>> {
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let url = format!(
+        "http://{}{}",
+        if call.host.is_empty() {
+            "localhost"
+        } else {
+            call.host
+        },
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let data = HttpRequestData {
+        url,
+        method: parts.method.as_str(),
+        query: call.query,
+        headers: &headers,
+        params: call.params,
+        content_type: parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        body,
+    };
+    let payload = request_payload(
+        &data,
+        call.binding,
+        call.function,
+        &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        &fast_uuid(),
+    );
+    Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/{}", call.function))
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
+        .header("x-azure-functions-invocationid", call.id)
+        .header("x-azure-functions-hostversion", HOST_VERSION)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!(
+                "Azure-Functions-Host/4.0.0-strom.",
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .expect("valid request")
+}
+
+/// The HTTP response a JSON-mode handler's `http` output describes.
+pub fn http_response(out: json_mode::HttpOutput) -> Response<Body> {
+    let mut r = Response::new(full(out.body));
+    *r.status_mut() = StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK);
+    for (k, v) in out.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            if !is_hop_by_hop(name.as_str()) && name != hyper::header::CONTENT_LENGTH {
+                r.headers_mut().append(name, value);
+            }
+        }
+    }
+    r
+}
+
+/// A random (v4) UUID from the thread-local RNG (no system call per request).
+pub fn fast_uuid() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_response_loses_its_hop_by_hop_headers_and_takes_the_client_version() {
+        let resp = Response::builder()
+            .version(Version::HTTP_11)
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "1")
+            .body(Full::new(Bytes::from_static(b"hi")))
+            .unwrap();
+        let relayed = relay_response(resp, Version::HTTP_2, ());
+        assert_eq!(relayed.version(), Version::HTTP_2);
+        assert!(relayed.headers().get("connection").is_none());
+        assert!(relayed.headers().get("keep-alive").is_none());
+        assert_eq!(relayed.headers()["x-kept"], "1");
+    }
+
+    #[test]
+    fn a_forwarded_request_keeps_end_to_end_headers_and_names_the_invocation() {
+        let (parts, _) = Request::builder()
+            .method("PUT")
+            .uri("/api/echo/x?y=1")
+            .header("content-length", "2")
+            .header("transfer-encoding", "chunked")
+            .header("x-app", "a")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = forward_request(
+            &parts,
+            &Bytes::from_static(b"hi"),
+            "127.0.0.1:9".parse().unwrap(),
+            "id-1",
+        );
+        assert_eq!(r.method(), "PUT");
+        assert_eq!(r.uri(), "http://127.0.0.1:9/api/echo/x?y=1");
+        assert!(r.headers().get("transfer-encoding").is_none());
+        assert!(r.headers().get("content-length").is_none());
+        assert_eq!(r.headers()["x-app"], "a");
+        assert_eq!(r.headers()["x-azure-functions-invocationid"], "id-1");
+    }
+}
