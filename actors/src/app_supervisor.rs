@@ -15,11 +15,13 @@ use rand::Rng;
 use strom_proto::instances::{InstanceState, InstanceStatus};
 use tokio::time::Instant;
 
-use crate::instance_actor::{InstanceActor, InstanceArgs, InstanceMsg, RECYCLED};
+use crate::instance_actor::{InstanceActor, InstanceArgs, InstanceMsg};
 use crate::node_supervisor::{DeployKey, NodeMsg};
+use crate::rescale::{kept_len, rescale, SlotFacts};
 use crate::restart_policy::{RestartPolicy, RestartTracker};
 use crate::routing::Endpoint;
 use crate::runtime::{InstanceRuntime, InstanceSpec};
+use crate::stop_reason::{ReasonSlot, StopReason};
 
 /// Timings of instance lifecycles (worker configuration).
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub enum AppMsg {
 
 struct Slot {
     actor: Option<ActorRef<InstanceMsg>>,
+    /// Where the current instance says why it stopped.
+    reason: ReasonSlot,
     generation: u64,
     tracker: RestartTracker,
     endpoint: Option<Arc<Endpoint>>,
@@ -149,7 +153,9 @@ impl AppState {
         };
         s.endpoint = None;
         s.pid = None;
+        s.reason = ReasonSlot::default();
         let args = InstanceArgs {
+            reason: s.reason.clone(),
             spec,
             runtime: self.args.runtime.clone(),
             slot,
@@ -207,14 +213,18 @@ impl AppState {
         }
     }
 
+    fn facts(&self) -> Vec<SlotFacts> {
+        self.slots
+            .iter()
+            .map(|s| SlotFacts {
+                retired: s.retired,
+                running: s.actor.is_some(),
+            })
+            .collect()
+    }
+
     fn finish_if_drained(&mut self, myself: &ActorRef<AppMsg>) {
-        self.slots.truncate(
-            self.slots
-                .iter()
-                .rposition(|s| !s.retired || s.actor.is_some())
-                .map(|i| i + 1)
-                .unwrap_or(0),
-        );
+        self.slots.truncate(kept_len(&self.facts()));
         if self.draining && self.slots.iter().all(|s| s.actor.is_none()) {
             myself.stop(Some("drained".into()));
         }
@@ -224,6 +234,7 @@ impl AppState {
 fn new_slot(policy: &RestartPolicy) -> Slot {
     Slot {
         actor: None,
+        reason: ReasonSlot::default(),
         generation: 0,
         tracker: RestartTracker::new(policy.clone()),
         endpoint: None,
@@ -292,35 +303,24 @@ impl Actor for AppSupervisor {
                 state.start_slot(&myself, slot).await;
             }
             AppMsg::SetScale(n) => {
-                let active = state.slots.iter().filter(|s| !s.retired).count() as u32;
-                if n > active {
-                    // Revive retired slots below the new count first, then add new ones.
-                    for s in state
-                        .slots
-                        .iter_mut()
-                        .take(n as usize)
-                        .filter(|s| s.retired)
-                    {
-                        s.retired = false;
-                    }
-                    while (state.slots.len() as u32) < n {
-                        state.slots.push(new_slot(&state.args.lifecycle.restart));
-                    }
-                    for slot in 0..state.slots.len() as u32 {
-                        let s = &state.slots[slot as usize];
-                        if s.actor.is_none() && (slot as usize) < n as usize {
-                            let generation = s.generation;
-                            myself.send_message(AppMsg::Restart { slot, generation })?;
-                        }
-                    }
-                } else {
-                    for (i, s) in state.slots.iter_mut().enumerate() {
-                        if i as u32 >= n && !s.retired {
-                            s.retired = true;
-                            s.endpoint = None;
-                            if let Some(a) = &s.actor {
-                                let _ = a.send_message(InstanceMsg::Drain);
-                            }
+                let plan = rescale(&state.facts(), n);
+                for i in &plan.revive {
+                    state.slots[*i as usize].retired = false;
+                }
+                for _ in 0..plan.add {
+                    state.slots.push(new_slot(&state.args.lifecycle.restart));
+                }
+                for slot in plan.start {
+                    let generation = state.slots[slot as usize].generation;
+                    myself.send_message(AppMsg::Restart { slot, generation })?;
+                }
+                if !plan.retire.is_empty() {
+                    for i in plan.retire {
+                        let s = &mut state.slots[i as usize];
+                        s.retired = true;
+                        s.endpoint = None;
+                        if let Some(a) = &s.actor {
+                            let _ = a.send_message(InstanceMsg::Drain);
                         }
                     }
                     state.finish_if_drained(&myself);
@@ -346,19 +346,9 @@ impl Actor for AppSupervisor {
         event: SupervisionEvent,
         state: &mut AppState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, error, recycled) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string()), false),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let recycled = reason.as_deref().is_some_and(|r| r.starts_with(RECYCLED));
-                let error = reason.filter(|r| r != "drained").map(|r| {
-                    if recycled {
-                        r
-                    } else {
-                        format!("stopped: {r}")
-                    }
-                });
-                (cell, error, recycled)
-            }
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
             _ => return Ok(()),
         };
         let Some((slot, generation)) = state.by_actor.remove(&cell.get_id()) else {
@@ -370,20 +360,22 @@ impl Actor for AppSupervisor {
         if s.generation != generation {
             return Ok(());
         }
-        if state.draining || s.retired {
-            s.actor = None;
-            s.endpoint = None;
-            state.finish_if_drained(&myself);
-        } else if recycled {
-            s.actor = None;
-            s.endpoint = None;
-            s.recycles += 1;
-            s.last_error = error;
-            s.state = InstanceState::Restarting;
-            myself.send_message(AppMsg::Restart { slot, generation })?;
-        } else {
-            let error = error.unwrap_or_else(|| "the instance stopped".into());
-            state.on_failure(&myself, slot, error);
+        let reason = match failure {
+            Some(e) => StopReason::Failed(e),
+            None => StopReason::of(&s.reason, || "the instance stopped".into()),
+        };
+        s.actor = None;
+        s.endpoint = None;
+        match reason {
+            _ if state.draining || s.retired => state.finish_if_drained(&myself),
+            StopReason::Drained => state.finish_if_drained(&myself),
+            StopReason::Recycled(why) => {
+                s.recycles += 1;
+                s.last_error = Some(format!("recycled: {why}"));
+                s.state = InstanceState::Restarting;
+                myself.send_message(AppMsg::Restart { slot, generation })?;
+            }
+            StopReason::Failed(error) => state.on_failure(&myself, slot, error),
         }
         state.report();
         Ok(())

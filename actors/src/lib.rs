@@ -6,7 +6,9 @@
 //!      └─ InstanceActor #n      owns one handler process (or container)
 //! ```
 //!
-//! - [`restart_policy`]: the pure restart decision (immediate, backoff, CrashLooping).
+//! - [`restart_policy`]: the pure restart decision (immediate, backoff, CrashLooping);
+//!   [`serving`]: make-before-break and availability (pure); [`rescale`]: slots
+//!   (pure); [`stop_reason`]: why an instance stopped, as a value.
 //! - [`runtime`]: the instance runtime trait and the process runtime.
 //! - [`readiness`]: the 25 ms `GET /` readiness probe.
 //! - [`routing`]: the immutable routing snapshot the gateway reads lock-free.
@@ -26,9 +28,12 @@ pub mod instance_actor;
 pub mod log_ring;
 pub mod node_supervisor;
 pub mod readiness;
+pub mod rescale;
 pub mod restart_policy;
 pub mod routing;
 pub mod runtime;
+pub mod serving;
+pub mod stop_reason;
 
 pub use app_supervisor::Lifecycle;
 pub use node_supervisor::{Assignment, NodeArgs, NodeMsg, NodeSupervisor};

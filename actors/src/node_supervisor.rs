@@ -5,11 +5,12 @@
 //! (app + version + configuration), decides which deployment **serves** each app,
 //! and publishes the routing snapshot and the instance statuses.
 //!
-//! Make-before-break: a new deployment (new version, or changed settings) starts
-//! next to the serving one; traffic switches only once all its instances are Ready;
-//! then the old one drains (in-flight requests finish) and stops. If the new one
-//! never becomes Ready (crash loop), the old one keeps serving. In memory only: the
-//! desired assignments come from the replicated state again after a restart.
+//! Make-before-break (decided by [`serving::plan`], pure): a new deployment (new
+//! version, or changed settings) starts next to the serving one; traffic switches
+//! only once all its instances are Ready; then the old one drains (in-flight
+//! requests finish) and stops. If the new one never becomes Ready (crash loop),
+//! the old one keeps serving. In memory only: the desired assignments come from
+//! the replicated state again after a restart.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use strom_proto::ids::{AppName, VersionId};
-use strom_proto::instances::{InstanceState, InstanceStatus};
+use strom_proto::instances::InstanceStatus;
 use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::RouteTable;
 use tokio::sync::watch;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use crate::app_supervisor::{AppArgs, AppMsg, AppSupervisor, Lifecycle};
 use crate::routing::{Endpoint, RoutingSnapshot, RoutingTable, ServingApp};
 use crate::runtime::{InstanceRuntime, InstanceSpec};
+use crate::serving::{self, DeployFacts};
 
 /// One deployment of an app: a version with one configuration. A settings change
 /// is a new deployment, so it rolls out make-before-break like a new version.
@@ -160,32 +162,31 @@ impl NodeState {
                 self.spawn(myself, &a).await;
             }
         }
+        let shutting_down = self.shutdown.is_some();
         let mut to_drain = Vec::new();
         for entry in self.apps.values_mut() {
             let desired = entry.desired.as_ref().map(Assignment::key);
-            let serving = match &desired {
-                None => None,
-                Some(d) => {
-                    let new_ready = entry
-                        .deploys
-                        .get(d)
-                        .is_some_and(|x| x.wanted > 0 && x.endpoints.len() as u32 >= x.wanted);
-                    // The old deployment keeps serving until the new one is Ready, even
-                    // while one of its own instances restarts (draining is final).
-                    let old_serving = entry
-                        .serving
-                        .as_ref()
-                        .filter(|s| *s != d && entry.deploys.get(*s).is_some_and(|x| !x.draining));
-                    match (new_ready, old_serving) {
-                        (false, Some(old)) => Some(old.clone()),
-                        _ => Some(d.clone()),
-                    }
-                }
-            };
-            entry.serving = serving;
-            for (key, deploy) in entry.deploys.iter_mut() {
-                let keep = Some(key) == entry.serving.as_ref() || Some(key) == desired.as_ref();
-                if (!keep || self.shutdown.is_some()) && !deploy.draining {
+            let facts = entry
+                .deploys
+                .iter()
+                .map(|(k, d)| {
+                    let facts = DeployFacts {
+                        wanted: d.wanted,
+                        ready: d.endpoints.len() as u32,
+                        draining: d.draining,
+                    };
+                    (k.clone(), facts)
+                })
+                .collect();
+            let plan = serving::plan(
+                desired.as_ref(),
+                entry.serving.as_ref(),
+                &facts,
+                shutting_down,
+            );
+            entry.serving = plan.serving;
+            for key in plan.drain {
+                if let Some(deploy) = entry.deploys.get_mut(&key) {
                     deploy.draining = true;
                     to_drain.push(deploy.actor.clone());
                 }
@@ -218,24 +219,12 @@ impl NodeState {
                 if !is_serving {
                     continue;
                 }
-                let scaled_to_zero =
-                    (deploy.wanted == 0).then(|| format!("app `{name}` is scaled to 0 instances"));
-                let unavailable = scaled_to_zero.or_else(|| {
-                    (deploy.endpoints.is_empty()
-                        && !deploy.statuses.is_empty()
-                        && deploy
-                            .statuses
-                            .iter()
-                            .all(|s| s.state == InstanceState::CrashLooping))
-                    .then(|| {
-                        let why = deploy
-                            .statuses
-                            .iter()
-                            .find_map(|s| s.last_error.clone())
-                            .unwrap_or_default();
-                        format!("app `{name}` is crash-looping on this node: {why}")
-                    })
-                });
+                let unavailable = serving::unavailable(
+                    name.as_str(),
+                    deploy.wanted,
+                    deploy.endpoints.len(),
+                    &deploy.statuses,
+                );
                 serving_apps.insert(
                     name.clone(),
                     ServingApp {

@@ -428,21 +428,8 @@ async fn crash_loop_backs_off(kind: RuntimeKind) {
     // The other app is unaffected.
     let fine = h.ready("fine", 1).await;
     assert_eq!(get(fine[0].addr, "/ok").await.unwrap(), "ok");
-    // Backoff: restarts keep coming, but slowly (capped at 400 ms here).
-    let before = broken.restarts;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = h
-        .status
-        .borrow()
-        .iter()
-        .find(|i| i.app.as_str() == "broken")
-        .unwrap()
-        .restarts;
-    assert!(later > before, "still retried: {before} → {later}");
-    assert!(
-        later - before <= 8,
-        "backed off, not a tight loop: {before} → {later}"
-    );
+    // The backoff between retries (and that they never stop) is checked in
+    // virtual time over the same actor tree: `supervision.rs`.
     h.shutdown().await;
 }
 

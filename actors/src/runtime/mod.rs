@@ -2,13 +2,15 @@
 //! stopped. One trait, two real implementations ([`process`], the default, and
 //! [`docker`], containers through the Docker Engine API), chosen per app by
 //! [`select::Runtimes`], and one shared conformance suite
-//! (`actors/tests/conformance.rs`).
+//! (`actors/tests/conformance.rs`); [`fake`] pretends, so the supervisor tree
+//! above can be tested in virtual time.
 //!
 //! A runtime only starts and stops; readiness ([`crate::readiness`]), restarts
 //! ([`crate::restart_policy`]) and routing are decided elsewhere, the same way for
 //! every runtime.
 
 pub mod docker;
+pub mod fake;
 pub mod process;
 pub mod select;
 
@@ -139,6 +141,13 @@ pub trait InstanceControl: Send + Sync {
 pub trait InstanceRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn start(&self, spec: &InstanceSpec) -> Result<Started, RuntimeError>;
+
+    /// Whether a started instance answers at `endpoint` (one readiness probe).
+    /// Every real runtime uses the host's HTTP probe ([`crate::readiness`]); the
+    /// fake runtime answers from its pretend world.
+    async fn ready(&self, endpoint: SocketAddr) -> bool {
+        crate::readiness::probe(endpoint).await
+    }
 }
 
 /// Longest output line kept; longer lines are cut (marked with `…`).
