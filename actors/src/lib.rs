@@ -24,6 +24,7 @@
 //! function, is the clearer of the two.
 
 pub mod app_supervisor;
+pub mod image_build;
 pub mod instance_actor;
 pub mod log_ring;
 pub mod node_supervisor;

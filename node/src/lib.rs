@@ -42,7 +42,8 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
 }
 
 async fn run_image(cmd: cli::ImageCommand) -> Result<(), client::CliError> {
-    use strom_actors::runtime::docker::{build_image, DockerRuntime, ImageBuild, ImageBuildError};
+    use strom_actors::image_build::{build_image, ImageBuild, ImageBuildError};
+    use strom_actors::runtime::docker::DockerRuntime;
     let cli::ImageCommand::Build {
         app_dir,
         tag,

@@ -96,9 +96,9 @@ pub async fn conformance_image(docker: &Docker, scratch_dir: &Path) -> String {
         write_app(app.path(), &handler);
         let name = handler.file_name().unwrap().to_string_lossy().to_string();
         let tag = format!("strom-conformance:{}", &name[name.len() - 12..]);
-        strom_actors::runtime::docker::build_image(
+        strom_actors::image_build::build_image(
             docker,
-            &strom_actors::runtime::docker::ImageBuild {
+            &strom_actors::image_build::ImageBuild {
                 app_dir: app.path().to_path_buf(),
                 base: "scratch".into(),
                 tag: tag.clone(),
