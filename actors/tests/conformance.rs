@@ -11,7 +11,7 @@
 
 #![cfg(target_os = "linux")]
 
-mod support;
+use strom_testkit::handler as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use strom_chaos_tests::run::{self, Options, Profile};
 
-#[path = "../../actors/tests/support/mod.rs"]
-mod support;
+use strom_testkit::handler as support;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ProfileArg {

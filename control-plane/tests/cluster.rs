@@ -2,10 +2,8 @@
 //! caught up, voter), every member applies the same commands, and the group keeps
 //! accepting writes after the leader stops.
 
-mod common;
-
-use common::app_zip;
 use std::time::Duration;
+use strom_testkit::apps::app_zip;
 
 use strom_control_plane::admin_service::AdminApi;
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};

@@ -1,10 +1,8 @@
 //! A management node keeps everything across restarts, builds and reloads
 //! snapshots, and never re-initializes an existing cluster.
 
-mod common;
-
-use common::app_zip;
 use std::time::Duration;
+use strom_testkit::apps::app_zip;
 
 use strom_control_plane::admin_service::AdminApi;
 use strom_control_plane::{Bootstrap, ManagementConfig, ManagementNode};

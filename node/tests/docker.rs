@@ -10,8 +10,7 @@
 #![cfg(target_os = "linux")]
 
 mod common;
-#[path = "../../actors/tests/support/mod.rs"]
-mod support;
+use strom_testkit::handler as support;
 
 use std::path::PathBuf;
 use std::process::Command;

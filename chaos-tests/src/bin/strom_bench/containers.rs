@@ -27,8 +27,8 @@ use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolic
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 
-use crate::support;
 use crate::{free_port, proc_kb, wait_port, Proc};
+use strom_testkit::handler as support;
 
 const TRIALS: usize = 5;
 const INSTANCES_FOR_MEMORY: u32 = 10;

@@ -1,6 +1,7 @@
-//! Shared by the conformance suite and the node's container tests: the static test
-//! handler, an app folder around it, its local image, and the Docker check.
-#![allow(dead_code)]
+//! The conformance handler (`assets/conformance_handler.rs`): a static binary
+//! that both runtimes run the same way, an app folder around it, its local
+//! `FROM scratch` image, and the Docker check shared by every suite that needs an
+//! engine.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -8,7 +9,7 @@ use std::sync::OnceLock;
 use bollard::Docker;
 
 /// The handler's source (built by [`handler_binary`]).
-pub const HANDLER_SOURCE: &str = include_str!("conformance_handler.rs");
+pub const HANDLER_SOURCE: &str = include_str!("../assets/conformance_handler.rs");
 
 /// The handler as a statically linked binary, built once per source version (about a
 /// second with `rustc`), cached under `dir`.

@@ -1,0 +1,157 @@
+//! Leader failover: kill -9 of the leader, then the time to the first acknowledged write.
+
+use super::*;
+
+pub(super) struct Trial {
+    pub(super) killed: usize,
+    pub(super) new_leader: usize,
+    /// Kill → a survivor says it leads (None: not seen before the write's ack).
+    pub(super) elected_ms: Option<f64>,
+    /// Kill → first write acknowledged.
+    pub(super) ms: f64,
+}
+
+/// `trials` times: kill the leader, time the first write acknowledged through a
+/// survivor, restart the killed member and wait until it has caught up.
+pub(super) async fn failover<G: Replicated>(
+    group: &mut G,
+    trials: usize,
+) -> anyhow::Result<Vec<Trial>> {
+    let mut results = Vec::with_capacity(trials);
+    for trial in 1..=trials {
+        let leader = group.leader().await?;
+        let mut writers = Vec::new();
+        for m in (0..group.members()).filter(|m| *m != leader) {
+            writers.push(group.writer(m).await?);
+        }
+        if writers.len() != 2 {
+            bail!("{}: the failover trials need 3 members", G::NAME);
+        }
+        let survivors: Vec<usize> = (0..group.members()).filter(|m| *m != leader).collect();
+        let start = Instant::now();
+        group.kill(leader)?;
+        let done = std::cell::Cell::new(false);
+        // Until the write is acknowledged, each survivor is asked every 20 ms
+        // whether it leads: when the election ended, apart from the client's wait.
+        let watch = |member: usize| {
+            let (group, done) = (&*group, &done);
+            async move {
+                while !done.get() {
+                    if group.is_leader(member).await {
+                        return Some((start.elapsed(), member));
+                    }
+                    tokio::time::sleep(ELECTION_POLL).await;
+                }
+                None
+            }
+        };
+        let write = async {
+            let acked = first_ack(&mut writers, trial, start).await;
+            done.set(true);
+            acked
+        };
+        let (acked, first, second) = tokio::join!(write, watch(survivors[0]), watch(survivors[1]));
+        let ms = acked
+            .with_context(|| format!("{} trial {trial}: killed member {}", G::NAME, leader + 1))?
+            .as_secs_f64()
+            * 1000.0;
+        let elected = [first, second].into_iter().flatten().min();
+        let new_leader = match elected {
+            Some((_, m)) => m,
+            None => group.leader().await?,
+        };
+        results.push(Trial {
+            killed: leader,
+            new_leader,
+            elected_ms: elected.map(|(t, _)| t.as_secs_f64() * 1000.0),
+            ms,
+        });
+        group
+            .restart(leader)
+            .await
+            .with_context(|| format!("{} trial {trial}", G::NAME))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(results)
+}
+
+/// Writes through the `writers` in turn until one is acknowledged; the time from
+/// `start` until then.
+pub(super) async fn first_ack(
+    writers: &mut [Writer],
+    trial: usize,
+    start: Instant,
+) -> anyhow::Result<Duration> {
+    let mut attempt = 0usize;
+    loop {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("no write acknowledged within 30 s");
+        }
+        let survivors = writers.len();
+        let writer = &mut writers[attempt % survivors];
+        attempt += 1;
+        let sent = Instant::now();
+        let value = format!("{trial}-{attempt}");
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, writer.write("FAILOVER", &value)).await {
+            Ok(true) => return Ok(start.elapsed()),
+            Ok(false) if sent.elapsed() < RETRY_PAUSE => {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `q` quantile of sorted values, nearest rank.
+pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub(super) fn print_failover_row(system: &str, trials: &[Trial]) {
+    let mut ms: Vec<f64> = trials.iter().map(|t| t.ms).collect();
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        return;
+    }
+    let mut elected: Vec<f64> = trials.iter().filter_map(|t| t.elected_ms).collect();
+    elected.sort_by(f64::total_cmp);
+    let elected = if elected.is_empty() {
+        "–".to_string()
+    } else {
+        format!(
+            "{:.0} / {:.0}",
+            quantile(&elected, 0.5),
+            quantile(&elected, 0.99)
+        )
+    };
+    let p99 = quantile(&ms, 0.99);
+    let verdict = if p99 <= FAILOVER_GOAL_MS {
+        "met"
+    } else {
+        "missed"
+    };
+    out!(
+        "| {system} | {} | {elected} | {:.0} | {p99:.0} | {:.0} | {:.0} | {verdict} |",
+        ms.len(),
+        quantile(&ms, 0.5),
+        ms[ms.len() - 1],
+        ms[0],
+    );
+}
+
+pub(super) fn print_trials(system: &str, trials: &[Trial]) {
+    let list: Vec<String> = trials
+        .iter()
+        .map(|t| {
+            let elected = t.elected_ms.map_or("–".into(), |e| format!("{e:.0}"));
+            format!(
+                "{elected}/{:.0} ({}→{})",
+                t.ms,
+                t.killed + 1,
+                t.new_leader + 1
+            )
+        })
+        .collect();
+    out!("- {system}: {}", list.join(", "));
+}
