@@ -49,8 +49,40 @@ pub fn check_all(records: &Records, states: &[NodeState], workers: &[String]) ->
         same_state_everywhere(states),
         commit_order(records, states),
         one_leader_per_term(records),
+        faults_settled(records),
         data_plane(records, workers),
     ]
+}
+
+/// Every fault was undone and the cluster was healthy again afterwards: a fault
+/// that never settled fails the run (it would otherwise leave the rest of the run
+/// unchecked, every later failure excused by it).
+pub fn faults_settled(records: &Records) -> Verdict {
+    let violations = records
+        .faults
+        .iter()
+        .filter(|f| f.settled_ms.is_none())
+        .map(|f| {
+            (
+                f.start_ms,
+                format!(
+                    "fault `{}` at {:.1}s never settled ({})",
+                    f.what,
+                    f.start_ms as f64 / 1000.0,
+                    if f.healed_ms.is_some() {
+                        "undone, but the cluster was not healthy again"
+                    } else {
+                        "never undone"
+                    }
+                ),
+            )
+        })
+        .collect();
+    verdict(
+        "faults settled",
+        format!("{} faults", records.faults.len()),
+        violations,
+    )
 }
 
 /// A run that acknowledged nothing or served nothing proves nothing.
@@ -400,8 +432,10 @@ pub fn one_leader_per_term(records: &Records) -> Verdict {
 
 /// Why a failed request is excused, if it is.
 pub fn excuse(records: &Records, r: &Request, workers: &[String]) -> Option<String> {
+    // A fault excuses what overlaps it until it settled; one that never settled
+    // only up to when it was undone (and fails the run by itself).
     let overlapping = records.faults.iter().filter(|f| {
-        let end = f.settled_ms.unwrap_or(u64::MAX);
+        let end = f.settled_ms.or(f.healed_ms).unwrap_or(f.start_ms);
         f.start_ms <= r.end_ms && end >= r.start_ms
     });
     let mut impaired_workers: BTreeSet<&str> = BTreeSet::new();
@@ -833,6 +867,59 @@ mod tests {
         let around = context(&records, 300, 100);
         assert!(around.contains("fault cut w1"), "{around}");
         assert!(around.contains("request to m1 failed"), "{around}");
+    }
+
+    #[test]
+    fn a_fault_that_never_settled_fails_the_run_and_excuses_nothing_after_it() {
+        let records = Records {
+            requests: vec![Request {
+                client: 0,
+                node: "m2".into(),
+                start_ms: 5_000,
+                end_ms: 5_005,
+                result: Err("refused".into()),
+            }],
+            faults: vec![Fault {
+                what: "kill m2".into(),
+                impaired: vec!["m2".into()],
+                start_ms: 100,
+                healed_ms: Some(1_000),
+                settled_ms: None,
+            }],
+            ..Default::default()
+        };
+        let v = faults_settled(&records);
+        assert!(!v.passed());
+        assert!(v.violations[0].1.contains("never settled"), "{v:?}");
+        let v = data_plane(&records, &["w1".to_string()]);
+        assert_eq!(
+            v.violations.len(),
+            1,
+            "not excused after it was undone: {v:?}"
+        );
+    }
+
+    #[test]
+    fn a_pause_the_engine_refused_impairs_nothing() {
+        let history = crate::history::History::new();
+        let f = history.fault("pause worker: w1", vec!["w1".into()]);
+        history.skipped(f, "the engine could not freeze it");
+        let records = history.lock();
+        assert!(records.faults[0].impaired.is_empty());
+        assert!(
+            records.faults[0].what.contains("skipped"),
+            "{:?}",
+            records.faults[0]
+        );
+        assert!(faults_settled(&records).passed());
+        let failed = Request {
+            client: 0,
+            node: "w1".into(),
+            start_ms: records.faults[0].start_ms,
+            end_ms: records.faults[0].start_ms + 1,
+            result: Err("refused".into()),
+        };
+        assert_eq!(excuse(&records, &failed, &["w1".to_string()]), None);
     }
 
     #[test]

@@ -142,6 +142,22 @@ impl History {
         r.faults[fault].healed_ms = Some(at);
     }
 
+    /// The fault could not be made (the engine refused a pause): nothing was
+    /// impaired, so it excuses nothing; it is kept, renamed, for the record.
+    pub fn skipped(&self, fault: usize, why: &str) {
+        let at = self.now_ms();
+        let what = {
+            let mut r = self.lock();
+            let f = &mut r.faults[fault];
+            f.what = format!("skipped {} ({why})", f.what);
+            f.impaired.clear();
+            f.healed_ms = Some(at);
+            f.settled_ms = Some(at);
+            f.what.clone()
+        };
+        self.note(what);
+    }
+
     pub fn settled(&self, fault: usize) {
         let at = self.now_ms();
         let what = {
