@@ -42,10 +42,16 @@ fn verdict(check: &'static str, summary: String, violations: Vec<(u64, String)>)
 }
 
 /// Every check, in the order they are reported.
-pub fn check_all(records: &Records, states: &[NodeState], workers: &[String]) -> Vec<Verdict> {
+/// `keep`: the versions each app keeps (older ones are forgotten by retention).
+pub fn check_all(
+    records: &Records,
+    states: &[NodeState],
+    workers: &[String],
+    keep: usize,
+) -> Vec<Verdict> {
     vec![
         workload_ran(records),
-        acknowledged_writes_present(records, states),
+        acknowledged_writes_present(records, states, keep),
         same_state_everywhere(states),
         commit_order(records, states),
         one_leader_per_term(records),
@@ -143,7 +149,11 @@ fn register_value<'a>(state: &'a NodeState, register: &str) -> Option<&'a String
 /// acknowledged write with the highest log index, or of a write whose outcome is
 /// unknown and that may have been committed after it. Every acknowledged deploy's
 /// version is there.
-pub fn acknowledged_writes_present(records: &Records, states: &[NodeState]) -> Verdict {
+pub fn acknowledged_writes_present(
+    records: &Records,
+    states: &[NodeState],
+    keep: usize,
+) -> Verdict {
     let mut violations = Vec::new();
     // register -> (last acknowledged: index, value, write), unknown writes.
     type Last<'a> = Option<(u64, Option<String>, &'a crate::history::Write)>;
@@ -208,12 +218,33 @@ pub fn acknowledged_writes_present(records: &Records, states: &[NodeState]) -> V
             }
         }
     }
+    // Acknowledged deploys and their indices: a version may be gone only by
+    // retention, when the app lists its `keep` versions and all it lists with a
+    // known index are newer.
+    let deploy_index: BTreeMap<&str, u64> = records
+        .writes
+        .iter()
+        .filter_map(|w| match &w.outcome {
+            Outcome::Acked {
+                index,
+                version: Some(v),
+            } => Some((v.as_str(), *index)),
+            _ => None,
+        })
+        .collect();
+    let aged_out = |s: &NodeState, index: u64| {
+        s.versions.len() >= keep
+            && s.versions
+                .iter()
+                .filter_map(|v| deploy_index.get(v.as_str()))
+                .all(|i| *i > index)
+    };
     for w in &records.writes {
         if let (WriteKind::Deploy { .. }, Outcome::Acked { index, version }) = (&w.kind, &w.outcome)
         {
             let id = version.as_deref().unwrap_or_default();
             for s in states {
-                if !s.versions.iter().any(|v| v == id) {
+                if !s.versions.iter().any(|v| v == id) && !aged_out(s, *index) {
                     violations.push((
                         w.end_ms,
                         format!(
@@ -669,23 +700,23 @@ mod tests {
         };
         let full = state("m1", &[("K_a", "v"), ("K_b", "v"), ("CHAOS_LAST", "b")]);
         let lost = state("m2", &[("K_a", "v"), ("CHAOS_LAST", "b")]);
-        let v = acknowledged_writes_present(&records, &[full.clone(), lost.clone()]);
+        let v = acknowledged_writes_present(&records, &[full.clone(), lost.clone()], 100);
         assert_eq!(v.violations.len(), 1, "{v:?}");
         assert!(
             v.violations[0].1.starts_with("m2: setting K_b is None"),
             "{v:?}"
         );
         assert!(v.violations[0].1.contains("from write b"), "{v:?}");
-        assert!(acknowledged_writes_present(&records, &[full.clone(), full.clone()]).passed());
+        assert!(acknowledged_writes_present(&records, &[full.clone(), full.clone()], 100).passed());
         // A write with an unknown outcome may or may not have taken effect.
         let mut with_c = full.clone();
         with_c.settings.insert("K_c".into(), "v".into());
         with_c.settings.insert("CHAOS_LAST".into(), "c".into());
-        assert!(acknowledged_writes_present(&records, &[full.clone(), with_c]).passed());
+        assert!(acknowledged_writes_present(&records, &[full.clone(), with_c], 100).passed());
         // A refused one must not have.
         let mut with_x = full.clone();
         with_x.settings.insert("K_x".into(), "v".into());
-        assert!(!acknowledged_writes_present(&records, &[with_x]).passed());
+        assert!(!acknowledged_writes_present(&records, &[with_x], 100).passed());
         assert!(!same_state_everywhere(&[state("m1", &[("x", "1")]), lost]).passed());
     }
 
@@ -699,9 +730,9 @@ mod tests {
             ..Default::default()
         };
         let final_state = |k: &str, last: &str| state("m1", &[("K", k), ("CHAOS_LAST", last)]);
-        assert!(acknowledged_writes_present(&records, &[final_state("2", "b")]).passed());
+        assert!(acknowledged_writes_present(&records, &[final_state("2", "b")], 100).passed());
         // An older value won: a lost update.
-        let v = acknowledged_writes_present(&records, &[final_state("1", "a")]);
+        let v = acknowledged_writes_present(&records, &[final_state("1", "a")], 100);
         assert_eq!(v.violations.len(), 2, "{v:?}");
         assert!(
             v.violations.iter().any(|x| x
@@ -713,10 +744,10 @@ mod tests {
         records
             .writes
             .push(set("c", "K", "3", 15, 40, Outcome::Unknown("cut".into())));
-        assert!(acknowledged_writes_present(&records, &[final_state("3", "c")]).passed());
+        assert!(acknowledged_writes_present(&records, &[final_state("3", "c")], 100).passed());
         // …but not one that had ended before b began.
         records.writes[2].end_ms = 18;
-        assert!(!acknowledged_writes_present(&records, &[final_state("3", "c")]).passed());
+        assert!(!acknowledged_writes_present(&records, &[final_state("3", "c")], 100).passed());
     }
 
     #[test]
@@ -752,17 +783,17 @@ mod tests {
             ..Default::default()
         };
         good.keys.insert("k2".into(), "val-k2".into());
-        assert!(acknowledged_writes_present(&records, std::slice::from_ref(&good)).passed());
+        assert!(acknowledged_writes_present(&records, std::slice::from_ref(&good), 100).passed());
         let mut back = good.clone();
         back.keys.insert("k1".into(), "val-k1".into());
-        let v = acknowledged_writes_present(&records, &[back]);
+        let v = acknowledged_writes_present(&records, &[back], 100);
         assert!(
             v.violations[0]
                 .1
                 .contains("key k1 is Some(\"val-k1\"), expected None"),
             "{v:?}"
         );
-        let v = acknowledged_writes_present(&records, &[NodeState::default()]);
+        let v = acknowledged_writes_present(&records, &[NodeState::default()], 100);
         assert!(v.violations[0].1.contains("key k2 is None"), "{v:?}");
     }
 
@@ -867,6 +898,41 @@ mod tests {
         let around = context(&records, 300, 100);
         assert!(around.contains("fault cut w1"), "{around}");
         assert!(around.contains("request to m1 failed"), "{around}");
+    }
+
+    #[test]
+    fn an_acknowledged_deploy_may_be_gone_only_by_retention() {
+        let deploy = |n: u64| {
+            write(
+                &format!("v{n}"),
+                WriteKind::Deploy {
+                    marker: format!("m{n}"),
+                },
+                n * 10,
+                n * 10 + 5,
+                Outcome::Acked {
+                    index: n,
+                    version: Some(format!("v{n}")),
+                },
+            )
+        };
+        let records = Records {
+            writes: (1..=4).map(deploy).collect(),
+            ..Default::default()
+        };
+        let listing = |versions: &[&str]| NodeState {
+            node: "m1".into(),
+            versions: versions.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        };
+        // Keeping 2: the two newest are listed, the older ones aged out.
+        assert!(acknowledged_writes_present(&records, &[listing(&["v4", "v3"])], 2).passed());
+        // A newer one missing is lost, not aged out.
+        let v = acknowledged_writes_present(&records, &[listing(&["v4", "v2"])], 2);
+        assert!(v.violations[0].1.contains("version v3"), "{v:?}");
+        // Fewer listed than kept: nothing may be missing.
+        let v = acknowledged_writes_present(&records, &[listing(&["v4"])], 2);
+        assert!(!v.passed());
     }
 
     #[test]

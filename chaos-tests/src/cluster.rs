@@ -35,6 +35,8 @@ pub const LABEL_RUN: &str = "strom-chaos.run";
 pub const LABEL_PID: &str = "strom-chaos.pid";
 pub const CONTROL_PORT: u16 = 7171;
 pub const HTTP_PORT: u16 = 7071;
+/// Versions each app keeps: low, so that a run's deploys exercise retention.
+pub const KEEP_VERSIONS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -373,6 +375,8 @@ impl Cluster {
             env: Some(vec![
                 format!("STROM_LOG={}", self.log_filter),
                 "STROM_WORKER_THREADS=2".into(),
+                // A variable, not a flag: an older build (`--from-binary`) ignores it.
+                format!("STROM_KEEP_VERSIONS={KEEP_VERSIONS}"),
             ]),
             labels: Some(labels(&self.run)),
             host_config: Some(HostConfig {

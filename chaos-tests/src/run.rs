@@ -234,7 +234,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         .map(|i| chaos.cluster.nodes[i].name.clone())
         .collect();
     let records = history.lock();
-    let verdicts = checker::check_all(&records, &states, &workers);
+    let verdicts = checker::check_all(&records, &states, &workers, crate::cluster::KEEP_VERSIONS);
     println!();
     println!("{}", summary(&records));
     println!();

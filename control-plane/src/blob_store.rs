@@ -4,12 +4,20 @@
 //! file in the same directory, fsync'd and renamed, so a blob is either complete or
 //! absent. The name is the SHA-256 of the content and is checked on every write
 //! and on read, so a corrupted or truncated file is never served.
+//!
+//! In memory: when each blob was last written, for [`PIN`] (a deploy stores its
+//! package before the version commits, and a follower receives it before that),
+//! so the collector (`blob_gc`) never removes a package whose version may still
+//! be committing.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use strom_proto::ids::VersionId;
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -31,7 +39,14 @@ pub enum BlobError {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Blobs written recently, and when.
+    pins: std::sync::Arc<std::sync::Mutex<HashMap<VersionId, Instant>>>,
 }
+
+/// How long a blob just written is kept even if no version references it: longer
+/// than a deploy takes from storing its package to committing it (the push to
+/// the other voters, up to 60 s, then the commit).
+pub const PIN: Duration = Duration::from_secs(180);
 
 impl BlobStore {
     pub fn open(data_dir: &Path) -> Result<Self, BlobError> {
@@ -40,7 +55,10 @@ impl BlobStore {
             path: dir.clone(),
             source,
         })?;
-        Ok(BlobStore { dir })
+        Ok(BlobStore {
+            dir,
+            pins: Default::default(),
+        })
     }
 
     pub fn path_of(&self, id: &VersionId) -> PathBuf {
@@ -61,6 +79,10 @@ impl BlobStore {
 
     fn put_blocking(&self, bytes: &[u8]) -> Result<VersionId, BlobError> {
         let id = VersionId::of_bytes(bytes);
+        self.pins
+            .lock()
+            .expect("pins lock")
+            .insert(id.clone(), Instant::now());
         let target = self.path_of(&id);
         if target.is_file() {
             return Ok(id);
@@ -77,6 +99,58 @@ impl BlobStore {
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         Ok(id)
+    }
+
+    /// Blobs written within the last [`PIN`], and when.
+    pub fn pinned(&self) -> HashMap<VersionId, Instant> {
+        let now = Instant::now();
+        let mut pins = self.pins.lock().expect("pins lock");
+        pins.retain(|_, at| now.duration_since(*at) < PIN);
+        pins.clone()
+    }
+
+    /// Every stored blob and how long ago it was written (temp files and other
+    /// names are skipped).
+    pub async fn list(&self) -> Result<Vec<(VersionId, Duration)>, BlobError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let io = |source| BlobError::Io {
+                path: dir.clone(),
+                source,
+            };
+            let now = SystemTime::now();
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| VersionId::parse(n).ok())
+                else {
+                    continue;
+                };
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or_default();
+                out.push((id, age));
+            }
+            Ok(out)
+        })
+        .await
+        .expect("blob listing task panicked")
+    }
+
+    /// Remove a blob (gone already is fine).
+    pub async fn remove(&self, id: &VersionId) -> Result<(), BlobError> {
+        let path = self.path_of(id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BlobError::Io { path, source }),
+        }
     }
 
     /// Read a blob and verify its hash.

@@ -325,6 +325,15 @@ impl ClusterState {
                 self.protocol = *protocol;
                 Ok(true)
             }
+            Command::ForgetVersions { app, versions, .. } => {
+                let state = self.app_mut(app)?;
+                let before = state.versions.len();
+                let active = state.active_version.clone();
+                state
+                    .versions
+                    .retain(|v| v.id == active || !versions.contains(&v.id));
+                Ok(state.versions.len() != before)
+            }
             Command::RemoveWorker { node, .. } => {
                 self.workers
                     .remove(node)

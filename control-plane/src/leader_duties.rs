@@ -14,6 +14,7 @@
 //! - asks every member its build and protocol (every 3 s, in a side task) and
 //!   raises the cluster protocol once every member **and every Up worker** speaks
 //!   a newer one (the version gate);
+//! - forgets each app's versions beyond the retention count (`retention::plan`);
 //! - runs the scheduler (`scheduler::plan`) when the state or the Ready counts
 //!   changed (at least every second), committing its changes as one `Place`.
 //!
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::leases::{Lease, Leases};
 use crate::management::{now_ms, ManagementNode};
 use crate::membership::cluster_of;
-use crate::scheduler;
+use crate::{retention, scheduler};
 
 /// How often the leader looks at leases and runs the scheduler.
 const DUTY_TICK: Duration = Duration::from_millis(200);
@@ -367,6 +368,22 @@ impl Term {
                     }
                 }
             });
+        }
+
+        // Retention: each app keeps its newest versions.
+        if view.state.allows(Feature::VersionRetention) {
+            for (app, versions) in retention::plan(&view.state, self.node.config.keep_versions) {
+                tracing::info!(%app, count = versions.len(), "forgetting versions beyond the retention count");
+                self.commit(
+                    Command::ForgetVersions {
+                        app,
+                        versions,
+                        at_ms: now_ms(),
+                    },
+                    "forgetting old versions",
+                )
+                .await;
+            }
         }
 
         // Scheduler: one round whenever the state or the Ready counts changed, and

@@ -3,7 +3,9 @@
 //! - [`log_store`]: the Raft log and vote in redb (fsync'd before acknowledging).
 //! - [`state_machine`]: applies commands to [`cluster_state::ClusterState`], snapshots.
 //! - [`impl_raft_network`]: openraft over tonic, with peer identity checks.
-//! - [`blob_store`]: content-addressed app packages; [`blob_replication`]: between nodes.
+//! - [`blob_store`]: content-addressed app packages; [`blob_replication`]: between
+//!   nodes; [`blob_gc`]: removing those no version references; [`retention`]: which
+//!   old versions the leader forgets.
 //! - [`management`]: starts a node, bootstraps a cluster once, proposes and reads;
 //!   [`forward`]: writes and reads forwarded to the leader; [`peers`]: one cached
 //!   channel per peer; [`error`]: typed errors and their gRPC codes.
@@ -14,6 +16,7 @@
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
+pub mod blob_gc;
 pub mod blob_replication;
 pub mod blob_store;
 pub mod cluster_state;
@@ -27,6 +30,7 @@ pub mod log_store;
 pub mod management;
 pub mod membership;
 pub mod peers;
+pub mod retention;
 pub mod scheduler;
 pub mod state_machine;
 pub mod tls;

@@ -44,6 +44,8 @@ pub struct ManagementConfig {
     /// A worker whose heartbeats stop for this long is marked Down (its instances
     /// are placed elsewhere).
     pub worker_lease: Duration,
+    /// Versions kept per app (the leader forgets older ones).
+    pub keep_versions: usize,
 }
 
 impl ManagementConfig {
@@ -61,6 +63,7 @@ impl ManagementConfig {
             package_limits: ZipLimits::default(),
             heartbeat: Duration::from_millis(100),
             worker_lease: Duration::from_secs(5),
+            keep_versions: crate::retention::DEFAULT_KEEP,
         }
     }
 }

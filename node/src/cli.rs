@@ -96,6 +96,9 @@ pub struct UpArgs {
     /// Most entries (files and folders) in an app package.
     #[arg(long, env = "STROM_MAX_PACKAGE_ENTRIES", default_value_t = 10_000)]
     pub max_package_entries: u32,
+    /// Versions kept per app; older ones are forgotten and their packages removed.
+    #[arg(long, env = "STROM_KEEP_VERSIONS", default_value_t = 10)]
+    pub keep_versions: usize,
     #[command(flatten)]
     pub containers: ContainerArgs,
 }
@@ -227,6 +230,11 @@ pub struct ServeArgs {
     /// instances are placed elsewhere [default: 5000].
     #[arg(long, env = "STROM_WORKER_LEASE_MS")]
     pub worker_lease_ms: Option<u64>,
+    /// Management: versions kept per app; older ones are forgotten (no rollback to
+    /// them) and their packages removed from every node. Set the same on every
+    /// management node (the leader's applies) [default: 10].
+    #[arg(long, env = "STROM_KEEP_VERSIONS")]
+    pub keep_versions: Option<usize>,
     /// TLS: this node's certificate chain (PEM). With --tls-key and --tls-ca, every
     /// listener serves TLS and node-to-node connections use mutual TLS.
     #[arg(long, env = "STROM_TLS_CERT")]

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod local_settings;
 pub mod output;
 pub mod serve;
+pub mod unpacked;
 pub mod up;
 pub mod worker;
 

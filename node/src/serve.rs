@@ -56,6 +56,7 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.capacity_memory_mb = args.capacity_memory_mb.or(file.capacity_memory_mb);
     args.labels = args.labels.or(file.labels);
     args.worker_lease_ms = args.worker_lease_ms.or(file.worker_lease_ms);
+    args.keep_versions = args.keep_versions.or(file.keep_versions);
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
     args.tls_ca = args.tls_ca.or(file.tls_ca);
@@ -188,6 +189,9 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
     if args.worker_lease_ms.is_some_and(|ms| ms < 500) {
         problems.push("worker-lease-ms: must be at least 500".into());
     }
+    if args.keep_versions == Some(0) {
+        problems.push("keep-versions: must be at least 1 (the active version)".into());
+    }
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => match NodeTls::load(cert, key, ca) {
@@ -233,6 +237,9 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             labels,
         },
         worker_lease: Duration::from_millis(args.worker_lease_ms.unwrap_or(5000)),
+        keep_versions: args
+            .keep_versions
+            .unwrap_or(strom_control_plane::retention::DEFAULT_KEEP),
         tls,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
         max_request_body_bytes: 100 * 1024 * 1024,

@@ -72,6 +72,8 @@ pub struct NodeSettings {
     pub capacity: Capacity,
     /// A worker silent for this long is Down (management role setting).
     pub worker_lease: Duration,
+    /// Versions kept per app (management role setting).
+    pub keep_versions: usize,
     /// TLS identity for every listener and node-to-node connection.
     pub tls: Option<strom_control_plane::tls::NodeTls>,
     pub startup_timeout: Duration,
@@ -109,6 +111,12 @@ pub enum Start {
 }
 
 pub async fn run(args: UpArgs) -> Result<(), CliError> {
+    if args.keep_versions == 0 {
+        return Err(CliError::new(
+            2,
+            "--keep-versions: must be at least 1 (the active version)",
+        ));
+    }
     let apps = read_app_dirs(&args)?;
     let http_addr: SocketAddr = match args.http_addr {
         Some(a) => a,
@@ -132,6 +140,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         worker: true,
         capacity: Capacity::default(),
         worker_lease: Duration::from_secs(5),
+        keep_versions: args.keep_versions,
         tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
@@ -165,8 +174,8 @@ struct Running {
     agent_cancel: CancellationToken,
     /// Where the admin API learns about the worker role.
     worker_view: Option<WorkerSlot>,
-    /// The leader's duties (stopped with the control port).
-    duties: Option<tokio::task::JoinHandle<()>>,
+    /// The leader's duties and the package collector (stopped with the control port).
+    duties: Vec<tokio::task::JoinHandle<()>>,
     /// Heartbeats and the state watch (stopped with `agent_cancel`).
     agent_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What this node's worker and gateway see of the cluster.
@@ -194,8 +203,8 @@ impl Running {
             }
         }
         self.control_cancel.cancel();
-        if let Some(duties) = self.duties {
-            let _ = duties.await;
+        for task in self.duties {
+            let _ = task.await;
         }
         if let Some(mut s) = self.server {
             // Clients' open connections (a worker's channel, a CLI stream) must not
@@ -301,7 +310,7 @@ pub async fn run_node(
         http_cancel: CancellationToken::new(),
         agent_cancel: CancellationToken::new(),
         worker_view: None,
-        duties: None,
+        duties: Vec::new(),
         agent_tasks: Vec::new(),
         view: None,
     };
@@ -318,6 +327,7 @@ pub async fn run_node(
         );
         config.package_limits = settings.limits.clone();
         config.worker_lease = settings.worker_lease;
+        config.keep_versions = settings.keep_versions;
         let node = ManagementNode::start(config)
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
@@ -337,12 +347,18 @@ pub async fn run_node(
             control,
             running.control_cancel.clone(),
         )));
-        running.duties = Some(tokio::spawn(
+        running.duties.push(tokio::spawn(
             strom_control_plane::leader_duties::run_leader_duties(
                 node.clone(),
                 running.control_cancel.clone(),
             ),
         ));
+        running
+            .duties
+            .push(tokio::spawn(strom_control_plane::blob_gc::run(
+                node.clone(),
+                running.control_cancel.clone(),
+            )));
         let started = match &settings.start {
             Start::Bootstrap => node.bootstrap(Duration::from_secs(30)).await,
             Start::Join { seeds, token } => {

@@ -5,9 +5,8 @@
 //! Instances run as processes or containers ([`Containers`]: the worker's default
 //! runtime and container defaults; apps choose with `STROM_RUNTIME`).
 //!
-//! Durable: unpacked packages under `<data-dir>/apps/<app>/<version>/` (unpacked once,
-//! into a temp folder renamed into place, so a present folder is complete; readable by
-//! the containers' non-root user) and the process runtime's pid files under
+//! Durable: unpacked packages under `<data-dir>/apps/<app>/<version>/` (see
+//! [`crate::unpacked`]: unpacked once, removed once nothing uses them) and the process runtime's pid files under
 //! `<data-dir>/run/instances/`. What a previous run left is cleaned up at start:
 //! orphaned handler processes are killed, and containers labeled with this cluster
 //! and node are removed. Everything else is in memory.
@@ -21,15 +20,16 @@ use strom_actors::runtime::docker::{DockerConfig, DockerRuntime, Isolation};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
 use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
-use strom_proto::ids::{AppName, NodeId, VersionId};
+use strom_proto::ids::{AppName, NodeId};
 use strom_proto::instances::InstanceStatus;
-use strom_proto::manifest::{extract_to, ZipLimits};
+use strom_proto::manifest::ZipLimits;
 use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
 use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Packages;
+use crate::unpacked::{self, unpacked, Unpacked};
 
 /// The worker's runtime configuration (`--default-runtime`, `--container-*`).
 #[derive(Debug, Clone, Default)]
@@ -175,6 +175,7 @@ impl Worker {
         std::fs::create_dir_all(&apps_dir)?;
         let assign_task = tokio::spawn(assign_loop(
             state.clone(),
+            instances.clone(),
             packages,
             apps_dir,
             limits,
@@ -231,6 +232,7 @@ impl Worker {
 
 async fn assign_loop(
     mut state: watch::Receiver<Arc<WorkerView>>,
+    mut instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
     packages: Packages,
     apps_dir: PathBuf,
     limits: ZipLimits,
@@ -272,12 +274,20 @@ async fn assign_loop(
             }
         }
         last_good.retain(|app, _| view.runs.contains_key(app));
+        let assigned: std::collections::HashSet<Unpacked> = assignments
+            .iter()
+            .map(|a| (a.app.clone(), a.version.clone()))
+            .collect();
         if supervisor
             .send_message(NodeMsg::Assign(assignments))
             .is_err()
         {
             return;
         }
+        // Versions nothing uses any more leave the disk; a version whose
+        // instances still drain goes once they have stopped.
+        let mut running = in_use(&instances.borrow_and_update());
+        unpacked::collect(&apps_dir, running.union(&assigned).cloned().collect()).await;
         let retry = async {
             if failed {
                 tokio::time::sleep(Duration::from_secs(2)).await
@@ -285,43 +295,32 @@ async fn assign_loop(
                 std::future::pending().await
             }
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = state.changed() => if changed.is_err() { return },
-            _ = retry => {}
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = state.changed() => if changed.is_err() { return } else { break },
+                _ = &mut retry => break,
+                changed = instances.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = in_use(&instances.borrow_and_update());
+                    if now != running {
+                        running = now;
+                        unpacked::collect(&apps_dir, running.union(&assigned).cloned().collect())
+                            .await;
+                    }
+                }
+            }
         }
     }
 }
 
-/// The unpacked folder of a version, unpacking it first if needed.
-async fn unpacked(
-    apps_dir: &Path,
-    app: &AppName,
-    version: &VersionId,
-    packages: &Packages,
-    limits: &ZipLimits,
-) -> anyhow::Result<PathBuf> {
-    let app_dir = apps_dir.join(app.as_str());
-    let target = app_dir.join(version.as_str());
-    if target.is_dir() {
-        return Ok(target);
-    }
-    // Local, or fetched from a management node (hash verified).
-    let bytes = packages.get(version, limits.max_compressed_bytes).await?;
-    let limits = limits.clone();
-    let target2 = target.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        std::fs::create_dir_all(&app_dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".unpacking-")
-            .tempdir_in(&app_dir)?;
-        extract_to(&bytes, tmp.path(), &limits)?;
-        // A container's non-root user reads the mounted folder: the temp folder is
-        // private (0700), and a package may carry private modes.
-        strom_actors::runtime::docker::open_up(tmp.path())?;
-        std::fs::rename(tmp.keep(), &target2)?;
-        Ok(())
-    })
-    .await??;
-    Ok(target)
+/// The versions the instances on this node run (draining ones included).
+fn in_use(instances: &[InstanceStatus]) -> std::collections::HashSet<Unpacked> {
+    instances
+        .iter()
+        .map(|i| (i.app.clone(), i.version.clone()))
+        .collect()
 }

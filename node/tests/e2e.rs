@@ -777,3 +777,81 @@ fn t51_a_crash_looping_new_version_leaves_the_old_one_serving() {
     assert_eq!(r.status, 200, "{}", r.text());
     up.stop();
 }
+
+/// Disk does not grow forever: an app keeps its newest versions (`--keep-versions`),
+/// the packages no version references leave the package store, and the unpacked
+/// versions no instance uses leave the worker's disk; deleting the app removes the
+/// rest.
+#[test]
+fn t52_old_versions_and_deleted_apps_leave_the_disks() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("rolling");
+    json_app(&app, "");
+    let up = Up::start(data.path(), &[], &["--keep-versions", "2"]);
+    let blobs = data.path().join("blobs").join("sha256");
+    let unpacked = data.path().join("apps").join("rolling");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        n.sort();
+        n
+    };
+    let mut deployed = Vec::new();
+    for n in 0..4 {
+        std::fs::write(app.join("marker.txt"), format!("version {n}")).unwrap();
+        let out = up.strom_with(
+            &["app", "deploy", app.to_str().unwrap()],
+            &["--output", "json"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        deployed.push(v["version_id"].as_str().unwrap().to_string());
+        eventually(Duration::from_secs(20), "the new version serving", || {
+            (get(&up.http, "/api/items/1").status == 200
+                && instances(&up, "rolling")
+                    .iter()
+                    .all(|i| i["version_id"] == deployed[n]))
+            .then_some(())
+        });
+    }
+    let kept: Vec<String> = deployed[2..].to_vec();
+    let versions = eventually(Duration::from_secs(20), "two versions kept", || {
+        let listed: Vec<String> = up.json(&["app", "show", "rolling"])["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version_id"].as_str().unwrap().to_string())
+            .collect();
+        (listed.len() == 2).then_some(listed)
+    });
+    assert!(kept.iter().all(|k| versions.contains(k)), "{versions:?}");
+    // A forgotten version cannot be rolled back to.
+    let out = up.strom(&["app", "rollback", "rolling", &deployed[0][..12]]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let mut expected = kept.clone();
+    expected.sort();
+    eventually(Duration::from_secs(20), "only kept packages stored", || {
+        (names(&blobs) == expected).then_some(())
+    });
+    eventually(
+        Duration::from_secs(20),
+        "only the running version unpacked",
+        || (names(&unpacked) == vec![deployed[3].clone()]).then_some(()),
+    );
+
+    assert_eq!(up.strom(&["app", "delete", "rolling"]).code, 0);
+    eventually(Duration::from_secs(20), "no package left", || {
+        names(&blobs).is_empty().then_some(())
+    });
+    eventually(Duration::from_secs(20), "nothing unpacked left", || {
+        (!unpacked.exists()).then_some(())
+    });
+    up.stop();
+}

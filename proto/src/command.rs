@@ -95,6 +95,14 @@ pub enum Command {
         protocol: u32,
         at_ms: i64,
     },
+    /// The leader keeps each app's newest versions (protocol 3): these older ones
+    /// are forgotten (their packages can then be removed). The active version is
+    /// never forgotten; versions already gone are skipped.
+    ForgetVersions {
+        app: AppName,
+        versions: Vec<VersionId>,
+        at_ms: i64,
+    },
 }
 
 /// What a worker node tells the cluster about itself when it registers.

@@ -17,7 +17,9 @@ use crate::ids::NodeId;
 /// - 1: the first release (apps, versions, settings, keys, scale, management membership).
 /// - 2: worker nodes and the scheduler (`RegisterWorker`, `SetWorkerLiveness`,
 ///   `SetWorkerSchedule`, `Place`, `RemoveWorker`; `WorkerService`).
-pub const PROTOCOL: u32 = 2;
+/// - 3: workers count in the gate; version retention (`ForgetVersions`). Workers
+///   of this protocol read a worker view (`WatchState` with `view_format` 1).
+pub const PROTOCOL: u32 = 3;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -31,12 +33,15 @@ pub const BUILD: &str = env!("CARGO_PKG_VERSION");
 pub enum Feature {
     /// Worker registration, leases and placements (protocol 2).
     Workers,
+    /// Older versions beyond the retention count are forgotten (protocol 3).
+    VersionRetention,
 }
 
 impl Feature {
     pub fn since(self) -> u32 {
         match self {
             Feature::Workers => 2,
+            Feature::VersionRetention => 3,
         }
     }
 }
@@ -144,6 +149,9 @@ mod tests {
     fn a_cluster_of_this_build_allows_everything_it_has() {
         let reported = BTreeMap::from([(1, v(BUILD, PROTOCOL))]);
         assert!(allows(Feature::Workers, [1], &reported));
-        assert!(Feature::Workers.since() <= PROTOCOL);
+        for feature in [Feature::Workers, Feature::VersionRetention] {
+            assert!(allows(feature, [1], &reported));
+            assert!(feature.since() <= PROTOCOL);
+        }
     }
 }
