@@ -35,6 +35,9 @@ pub struct AdminApi {
     node: ManagementNode,
     /// Set once the node's worker role has started (if it has one).
     worker: Arc<std::sync::OnceLock<LocalWorker>>,
+    /// The applied index this node's own worker view (its gateway's, its worker's)
+    /// was last projected at; a write is acknowledged once it is there.
+    local_view: Arc<std::sync::OnceLock<watch::Receiver<u64>>>,
     /// Ends long-lived streams (`fn logs --follow`) when the server stops.
     shutdown: tokio_util::sync::CancellationToken,
     /// How a deploy checks the handler executable (a management-only node cannot
@@ -42,6 +45,16 @@ pub struct AdminApi {
     handler_check: HandlerCheck,
     /// This node's worker runs apps without `STROM_RUNTIME` in containers.
     containers_by_default: bool,
+}
+
+/// Where a node announces how far its own worker view has followed the state.
+#[derive(Clone)]
+pub struct ViewSlot(Arc<std::sync::OnceLock<watch::Receiver<u64>>>);
+
+impl ViewSlot {
+    pub fn set(&self, projected: watch::Receiver<u64>) {
+        let _ = self.0.set(projected);
+    }
 }
 
 /// Where a node's worker role, started after the control port, announces itself.
@@ -70,6 +83,7 @@ impl AdminApi {
         AdminApi {
             node,
             worker: Arc::default(),
+            local_view: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             handler_check: HandlerCheck::PackageOrPath,
             containers_by_default: false,
@@ -102,6 +116,11 @@ impl AdminApi {
     pub fn with_worker(self, worker: LocalWorker) -> Self {
         let _ = self.worker.set(worker);
         self
+    }
+
+    /// The slot this node fills in once its own worker view follows the state.
+    pub fn view_slot(&self) -> ViewSlot {
+        ViewSlot(self.local_view.clone())
     }
 
     /// The slot this node's worker role fills in once it runs.
@@ -213,8 +232,23 @@ impl AdminApi {
         if let CommandResult::Rejected(r) = &result {
             return Err(rejection_status(r));
         }
-        // Read-your-writes on this node, even when the leader committed it.
+        // Read-your-writes on this node, even when the leader committed it: its
+        // state, and the view its gateway and worker use.
         self.node.applied(index).await.map_err(|e| e.to_status())?;
+        if let Some(projected) = self.local_view.get() {
+            let mut projected = projected.clone();
+            let seen = tokio::time::timeout(
+                crate::management::APPLY_WAIT,
+                projected.wait_for(|i| *i >= index),
+            )
+            .await;
+            if !matches!(seen, Ok(Ok(_))) {
+                tracing::warn!(
+                    index,
+                    "the local worker view did not follow the commit in time"
+                );
+            }
+        }
         Ok((index, result))
     }
 

@@ -31,36 +31,62 @@ use crate::agent::{client, Agent};
 const STALE_WATCH: Duration = Duration::from_secs(3);
 
 /// Keep `tx` at the projection of the local applied state for `node`, until
-/// `cancel` (or the state machine is gone).
+/// `cancel` (or the state machine is gone). A change that leaves the view as it
+/// was (a write to an app this node neither runs nor routes differently) wakes
+/// no one: the worker and the gateway see only changes that concern them.
 pub async fn follow_local(
     mut state: watch::Receiver<Arc<StateView>>,
     node: NodeId,
     tx: watch::Sender<Arc<WorkerView>>,
+    projected: watch::Sender<u64>,
     cancel: CancellationToken,
 ) {
     loop {
-        let view = state.borrow_and_update().clone();
-        tx.send_replace(Arc::new(project(&view, node)));
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = state.changed() => if changed.is_err() { return },
         }
+        // At once, not coalesced: an acknowledged write (a new key) is what this
+        // node's gateway serves by the time the client sends its next request.
+        let view = project(&state.borrow_and_update(), node);
+        let index = view.applied_index;
+        tx.send_if_modified(|current| {
+            let changed = !current.same_content(&view);
+            if changed {
+                *current = Arc::new(view);
+            }
+            changed
+        });
+        // After the view: whoever waits for an index finds the view published.
+        projected.send_replace(index);
     }
+}
+
+/// The projection of a management node's own state for its worker and gateway.
+pub struct LocalView {
+    pub view: watch::Receiver<Arc<WorkerView>>,
+    /// The applied index the view was last projected at (advances even when the
+    /// view stays the same).
+    pub projected: watch::Receiver<u64>,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// A channel holding the projection of `state` for `node` now, and the task that
 /// keeps it current.
 pub fn local(
-    state: watch::Receiver<Arc<StateView>>,
+    mut state: watch::Receiver<Arc<StateView>>,
     node: NodeId,
     cancel: CancellationToken,
-) -> (
-    watch::Receiver<Arc<WorkerView>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let first = project(&state.borrow(), node);
-    let (tx, rx) = watch::channel(Arc::new(first));
-    (rx, tokio::spawn(follow_local(state, node, tx, cancel)))
+) -> LocalView {
+    let first = project(&state.borrow_and_update(), node);
+    let (projected_tx, projected) = watch::channel(first.applied_index);
+    let (tx, view) = watch::channel(Arc::new(first));
+    let task = tokio::spawn(follow_local(state, node, tx, projected_tx, cancel));
+    LocalView {
+        view,
+        projected,
+        task,
+    }
 }
 
 /// The view in an update: the worker view, or (from a management node of an

@@ -341,6 +341,7 @@ pub async fn run_node(
                         == strom_proto::runtime_settings::RuntimeKind::Docker,
             );
         let worker_view = api.worker_slot();
+        let view_slot = api.view_slot();
         running.server = Some(tokio::spawn(control_server::serve(
             node.clone(),
             api,
@@ -392,14 +393,16 @@ pub async fn run_node(
             }
         }
         running.worker_view = Some(worker_view);
-        // The worker and the gateway see the local applied state, projected.
-        let (view, task) = cluster_view::local(
+        // The worker and the gateway see the local applied state, projected; the
+        // admin API acknowledges a write once they do (read-your-writes here).
+        let local = cluster_view::local(
             node.state.clone(),
             settings.node_id,
             running.agent_cancel.clone(),
         );
-        running.view = Some(view);
-        running.agent_tasks.push(task);
+        view_slot.set(local.projected);
+        running.view = Some(local.view);
+        running.agent_tasks.push(local.task);
     }
 
     // The worker role: register, follow the state, run instances.

@@ -126,6 +126,32 @@ impl WorkerView {
         Ok(view)
     }
 
+    /// Whether two views say the same, whatever index they were projected at
+    /// (every field is named: a new one cannot be forgotten here).
+    pub fn same_content(&self, other: &WorkerView) -> bool {
+        let WorkerView {
+            format,
+            readable_since,
+            cluster_id,
+            applied_index: _,
+            protocol,
+            node,
+            managers,
+            workers,
+            apps,
+            runs,
+        } = self;
+        *format == other.format
+            && *readable_since == other.readable_since
+            && *cluster_id == other.cluster_id
+            && *protocol == other.protocol
+            && *node == other.node
+            && *managers == other.managers
+            && *workers == other.workers
+            && *apps == other.apps
+            && *runs == other.runs
+    }
+
     /// The apps this node runs, with what is needed to start them.
     pub fn assigned(&self) -> impl Iterator<Item = (&AppName, &Run, &AppRoutes)> {
         self.runs.iter().filter_map(|(name, run)| {
@@ -184,6 +210,16 @@ mod tests {
             WorkerView::decode(json.to_string().as_bytes()),
             Err(ViewError::TooNew(7))
         ));
+    }
+
+    #[test]
+    fn views_that_differ_only_in_their_index_say_the_same() {
+        let a = WorkerView::decode(FORMAT_1_SAMPLE.as_bytes()).unwrap();
+        let mut b = a.clone();
+        b.applied_index += 7;
+        assert!(a.same_content(&b));
+        b.runs.clear();
+        assert!(!a.same_content(&b));
     }
 
     #[test]

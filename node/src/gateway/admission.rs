@@ -384,7 +384,7 @@ mod tests {
             unavailable: None,
         };
         let local = RoutingSnapshot::new(BTreeMap::from([(app("web"), serving)]));
-        (local, ClusterRoutes::build(&view))
+        (local, ClusterRoutes::build(Arc::new(view)))
     }
 
     const LIMITS: Limits = Limits {

@@ -68,11 +68,13 @@ enum Outcome {
 }
 
 impl Gateway {
-    /// Call `target` with a local instance. `wait`: a client's request waits for a
-    /// cold start; one from another gateway is answered "undelivered" at once.
+    /// Call `target` with a local instance (`query`: the request's, parsed once by
+    /// admission). `wait`: a client's request waits for a cold start; one from
+    /// another gateway is answered "undelivered" at once.
     pub(super) async fn invoke<B>(
         &self,
         req: Request<B>,
+        query: Vec<(String, String)>,
         target: Target,
         wait: bool,
     ) -> Response<Body>
@@ -105,11 +107,6 @@ impl Gateway {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let query: Vec<(String, String)> = req
-            .uri()
-            .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
         let (parts, body) = req.into_parts();
         let max = inner.config.max_body_bytes;
         let body = match Limited::new(body, max).collect().await {

@@ -2,8 +2,8 @@
 //!
 //! A request's head is checked against two immutable snapshots, read lock-free:
 //! this node's Ready instances (the routing snapshot the worker's node supervisor
-//! publishes) and the cluster's routes, keys and placements ([`routes`], rebuilt
-//! from the node's worker view after each change). [`admission`] decides, as a
+//! publishes) and the cluster's routes, keys and placements ([`routes`], built
+//! from the node's worker view when it changed). [`admission`] decides, as a
 //! pure function, whether to refuse it, call a local instance ([`invoke`]), or
 //! send it over the internal hop to a worker that runs the app ([`hop`]).
 //! [`translate`] builds what the handler receives (JSON mode or the forwarded
@@ -87,7 +87,7 @@ struct Inner {
     /// The node's view of the cluster (changes wake requests waiting for one).
     view: watch::Receiver<Arc<WorkerView>>,
     /// The cluster's routes, built from `view`.
-    routes: Arc<Routes>,
+    routes: Routes,
     /// Keep-alive pooled HTTP/1.1 to local handlers.
     client: Client<HttpConnector, Full<Bytes>>,
     hop: HopClient,
@@ -95,7 +95,7 @@ struct Inner {
     /// Rotates ties between equal instances.
     tick: AtomicU64,
     recorder: Recorder,
-    /// Stops the route follower and the recorder once the port has closed.
+    /// Stops the recorder once the port has closed.
     stop: CancellationToken,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -121,8 +121,7 @@ impl Gateway {
             .pool_max_idle_per_host(256)
             .build(connector);
         let stop = CancellationToken::new();
-        let routes = Arc::new(Routes::new(&view.borrow()));
-        let follower = tokio::spawn(routes::follow(view.clone(), routes.clone(), stop.clone()));
+        let routes = Routes::new(view.clone());
         let (recorder, recording) = Recorder::start(invocations, stop.clone());
         Gateway {
             inner: Arc::new(Inner {
@@ -136,7 +135,7 @@ impl Gateway {
                 tick: AtomicU64::new(0),
                 recorder,
                 stop,
-                background: std::sync::Mutex::new(vec![follower, recording]),
+                background: std::sync::Mutex::new(vec![recording]),
             }),
         }
     }
@@ -221,7 +220,7 @@ impl Gateway {
                 resp
             }
             Decision::Undelivered(app) => undelivered(&app),
-            Decision::Local(target) => self.invoke(req, target, !from_gateway).await,
+            Decision::Local(target) => self.invoke(req, query, target, !from_gateway).await,
             Decision::Remote(app) => self.remote(req, app).await,
         }
     }
@@ -269,7 +268,7 @@ impl Gateway {
                     &self.inner.routes.load(),
                     self.limits(),
                 ) {
-                    Decision::Local(target) => self.invoke(req, target, true).await,
+                    Decision::Local(target) => self.invoke(req, query, target, true).await,
                     Decision::Refuse(r) => error(r.status, r.code, r.message),
                     _ => error(
                         StatusCode::SERVICE_UNAVAILABLE,

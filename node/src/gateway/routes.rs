@@ -1,8 +1,9 @@
 //! The cluster's routes as one immutable snapshot: every app's route table, keys,
 //! disabled functions and placements, and every worker's address, built from the
-//! node's [`WorkerView`] after each change and read lock-free per request
-//! (`ArcSwap`). The gateway decides where a request goes from this snapshot and
-//! the local routing snapshot alone.
+//! node's [`WorkerView`] and read per request from an `ArcSwap`. The first request
+//! after the view changed rebuilds it, so a request never sees an older view than
+//! the one published (an acknowledged key works at once). The gateway decides
+//! where a request goes from this snapshot and the local routing snapshot alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use strom_proto::manifest::{AppManifest, HttpTrigger, Trigger};
 use strom_proto::route_table::{RouteMatch, RouteTable};
 use strom_proto::worker_view::{AppKeys, Peer, WorkerView};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Everything about one app a gateway needs, whoever runs it.
 #[derive(Debug)]
@@ -42,8 +42,8 @@ impl AppRouting {
 
 #[derive(Debug, Default)]
 pub struct ClusterRoutes {
-    /// The view's applied index.
-    pub index: u64,
+    /// The view this was built from.
+    pub view: Arc<WorkerView>,
     /// Every app's routes: the namespace of the bare address.
     pub all: RouteTable,
     pub apps: HashMap<AppName, AppRouting>,
@@ -51,9 +51,8 @@ pub struct ClusterRoutes {
 }
 
 impl ClusterRoutes {
-    pub fn build(view: &WorkerView) -> ClusterRoutes {
+    pub fn build(view: Arc<WorkerView>) -> ClusterRoutes {
         ClusterRoutes {
-            index: view.applied_index,
             all: RouteTable::build(view.apps.iter().map(|(n, a)| (n, &a.manifest))),
             apps: view
                 .apps
@@ -72,6 +71,7 @@ impl ClusterRoutes {
                 })
                 .collect(),
             workers: view.workers.clone(),
+            view,
         }
     }
 
@@ -85,40 +85,66 @@ impl ClusterRoutes {
     }
 }
 
-/// The current snapshot. Cheap to share.
-#[derive(Default)]
+/// The current snapshot, following the node's view.
 pub struct Routes {
+    view: watch::Receiver<Arc<WorkerView>>,
     current: ArcSwap<ClusterRoutes>,
 }
 
 impl Routes {
-    pub fn new(view: &WorkerView) -> Routes {
+    pub fn new(view: watch::Receiver<Arc<WorkerView>>) -> Routes {
+        let first = view.borrow().clone();
         Routes {
-            current: ArcSwap::from_pointee(ClusterRoutes::build(view)),
+            view,
+            current: ArcSwap::from_pointee(ClusterRoutes::build(first)),
         }
     }
 
+    /// The routes of the newest view (rebuilt here if the view changed since).
     pub fn load(&self) -> Arc<ClusterRoutes> {
-        self.current.load_full()
-    }
-
-    fn store(&self, routes: ClusterRoutes) {
-        self.current.store(Arc::new(routes));
+        let current = self.current.load_full();
+        let view = self.view.borrow().clone();
+        if Arc::ptr_eq(&current.view, &view) {
+            return current;
+        }
+        let rebuilt = Arc::new(ClusterRoutes::build(view));
+        self.current.store(rebuilt.clone());
+        rebuilt
     }
 }
 
-/// Rebuild the snapshot after every change of the view, until `cancel`.
-pub async fn follow(
-    mut view: watch::Receiver<Arc<WorkerView>>,
-    routes: Arc<Routes>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let v = view.borrow_and_update().clone();
-        routes.store(ClusterRoutes::build(&v));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = view.changed() => if changed.is_err() { return },
-        }
+#[cfg(test)]
+mod tests {
+    use strom_proto::worker_view::AppRoutes;
+
+    use super::*;
+
+    #[test]
+    fn a_request_after_a_view_change_sees_the_new_view() {
+        let manifest = strom_testkit::apps::manifest(
+            strom_testkit::apps::HOST,
+            &[("f", &strom_testkit::apps::http_fn("f"))],
+        );
+        let (tx, rx) = watch::channel(Arc::new(WorkerView::new(1)));
+        let routes = Routes::new(rx);
+        assert!(routes.load().apps.is_empty());
+        let mut view = WorkerView::new(1);
+        view.apps.insert(
+            AppName::parse("web").unwrap(),
+            AppRoutes {
+                version: strom_proto::ids::VersionId::of_bytes(b"v"),
+                manifest,
+                keys: AppKeys::default(),
+                disabled: Default::default(),
+                placements: Default::default(),
+            },
+        );
+        tx.send_replace(Arc::new(view));
+        let now = routes.load();
+        assert!(matches!(
+            now.lookup(None, "GET", "/api/f"),
+            RouteMatch::Found { .. }
+        ));
+        assert!(Arc::ptr_eq(&now, &routes.load()), "built once per view");
     }
 }
