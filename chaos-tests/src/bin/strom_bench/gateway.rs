@@ -89,7 +89,7 @@ async fn load(target: &Target, connections: usize, seconds: f64) -> anyhow::Resu
     })
 }
 
-fn write_app(dir: &Path, handler: &Path) -> anyhow::Result<()> {
+pub fn write_app(dir: &Path, handler: &Path) -> anyhow::Result<()> {
     let host = format!(
         r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{}"}},"enableForwardingHttpRequest":true}}}}"#,
         handler.display()

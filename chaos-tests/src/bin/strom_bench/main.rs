@@ -7,6 +7,10 @@
 //!   baseline; skipped with a note when `nginx` is not installed),
 //! - through Strom's gateway in forwarding mode and in JSON mode.
 //!
+//! Gateway cost (`cost.rs`): the instructions `strom up` executes per request in
+//! forwarding and JSON mode, counted by callgrind (deterministic where throughput
+//! is noisy; skipped with a note without valgrind).
+//!
 //! Placement (`placements.rs`): the scheduler's pure `plan` over 1,000 simulated
 //! workers, placing 10,000 instances from scratch (5,000 apps × 2 and 1,000 apps ×
 //! 10), and one incremental round after 10 workers go Down, against a goal of 5,000
@@ -33,7 +37,7 @@
 //! baselines, with its rows marked "(before)".
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,placements,ha,containers] [--before DIR]
+//! [--trials N] [--only gateway,gateway-cost,placements,ha,containers] [--before DIR]
 //! [--no-write]`. The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
@@ -64,12 +68,13 @@ use strom_testkit::ports::free_port;
 mod report;
 
 mod containers;
+mod cost;
 mod gateway;
 mod ha;
 mod placements;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
-const SECTIONS: [&str; 4] = ["gateway", "placements", "ha", "containers"];
+const SECTIONS: [&str; 5] = ["gateway", "gateway-cost", "placements", "ha", "containers"];
 
 /// Failover trials unless `--trials` says otherwise.
 const FAILOVER_TRIALS: usize = 20;
@@ -186,6 +191,11 @@ async fn main() -> anyhow::Result<()> {
                 out!("### Gateway overhead: Strom's gateway vs calling the handler directly (and nginx)");
                 out!();
                 gateway::gateway_overhead(&builds, seconds).await?;
+            }
+            "gateway-cost" => {
+                out!("### Gateway cost: instructions per request (callgrind)");
+                out!();
+                cost::run(&builds).await?;
             }
             "placements" => {
                 out!("### Placements per second: the scheduler over 1,000 simulated workers");
