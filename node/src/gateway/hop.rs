@@ -9,8 +9,10 @@
 //! (connection refused, "undelivered") goes to the next worker; one whose hop
 //! broke after sending goes to the next worker only when its method is
 //! idempotent (RFC 9110 §9.2.2, as a reverse proxy retries it), else it fails
-//! (502). Keepalive pings (1 s, 2 s timeout) notice a peer that died, froze or
-//! was cut off. In memory only.
+//! (502). An idempotent request's small answer is read whole before it is
+//! relayed ([`read_whole`]), so a peer that dies mid-answer is retried too.
+//! Keepalive pings (1 s, 2 s timeout) notice a peer that died, froze or was cut
+//! off. In memory only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
@@ -51,6 +53,18 @@ pub enum Hop {
     /// The connection broke after the request was sent (the peer died, froze or
     /// was cut off): a handler may have seen it.
     Broken(String),
+}
+
+/// Answers up to this size are read whole before they are relayed.
+const READ_WHOLE: u64 = 1 << 20;
+
+/// Whether to read a hop's answer whole before relaying it: for a request that may
+/// be sent again (idempotent) with a declared body of at most [`READ_WHOLE`], so a
+/// peer that dies after its headers (the answer cut off mid-body) is a broken hop,
+/// retried on another worker, and not a failed request. Larger or streamed answers
+/// are relayed as they come.
+pub fn read_whole(idempotent: bool, content_length: Option<u64>) -> bool {
+    idempotent && content_length.is_some_and(|n| n <= READ_WHOLE)
 }
 
 /// What to do after an attempt that did not answer.
@@ -240,7 +254,29 @@ impl HopClient {
         let guard = PeerInFlight(counter);
         match self.client.request(request).await {
             Ok(resp) if resp.headers().contains_key(UNDELIVERED) => Hop::Undelivered,
-            Ok(resp) => Hop::Answered(relay_response(resp, parts.version, guard)),
+            Ok(resp) => {
+                let length = resp
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if !read_whole(parts.method.is_idempotent(), length) {
+                    return Hop::Answered(relay_response(resp, parts.version, guard));
+                }
+                // Read before relaying: a peer that dies mid-body is a broken hop
+                // (sent again), not a broken answer to the client.
+                let (head, body) = resp.into_parts();
+                match body.collect().await {
+                    Ok(b) => Hop::Answered(relay_response(
+                        Response::from_parts(head, Full::new(b.to_bytes())),
+                        parts.version,
+                        guard,
+                    )),
+                    Err(e) => Hop::Broken(format!(
+                        "forwarding to node {peer} failed while reading the answer: {e}"
+                    )),
+                }
+            }
             Err(e) if e.is_connect() => {
                 tracing::debug!(peer, %addr, "hop refused ({e}); trying another worker");
                 Hop::Refused
@@ -392,6 +428,18 @@ mod tests {
             .map(|tick| rank_peers(&placements, &workers, 1, &[], idle, tick)[0].0)
             .collect();
         assert!(first.contains(&2) && first.contains(&3), "{first:?}");
+    }
+
+    #[test]
+    fn small_answers_to_idempotent_requests_are_read_whole_before_relaying() {
+        assert!(read_whole(true, Some(12)));
+        assert!(read_whole(true, Some(READ_WHOLE)));
+        assert!(!read_whole(true, Some(READ_WHOLE + 1)), "large: streamed");
+        assert!(!read_whole(true, None), "no length: streamed");
+        assert!(
+            !read_whole(false, Some(12)),
+            "a POST is not sent again anyway"
+        );
     }
 
     #[test]
