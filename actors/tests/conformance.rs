@@ -210,7 +210,10 @@ impl Harness {
     async fn shutdown(self) -> String {
         let _ = ractor::call_t!(self.node, NodeMsg::Shutdown, 30_000);
         self.node.stop(None);
+        // As a worker stops (node/src/worker.rs): what a start cancelled by the
+        // stop was still creating is removed by the final sweep.
         if let Some(d) = &self._docker {
+            let _ = d.sweep_all().await;
             d.remove_network().await;
         }
         self.cluster.clone()
