@@ -1015,6 +1015,11 @@ impl AdminService for AdminApi {
         let view = self.fresh().await?;
         let is_worker = view.state.workers.contains_key(&id);
         let is_member = self.is_management_member(id);
+        // A refused command changes nothing: the membership is checked before the
+        // worker is removed.
+        if is_member || !is_worker {
+            self.node.removal_refused(id).map_err(|e| e.to_status())?;
+        }
         if is_worker {
             self.commit(Command::RemoveWorker {
                 node: id,

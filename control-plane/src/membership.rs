@@ -197,13 +197,8 @@ impl ManagementNode {
             ));
         }
         let membership = metrics.membership_config.membership().clone();
-        if membership.get_node(&node_id).is_none() {
-            return Err(MemberError::NotFound(node_id));
-        }
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        if voters.contains(&node_id) && voters.len() == 1 {
-            return Err(MemberError::LastVoter(node_id));
-        }
+        check_removal(&voters, membership.get_node(&node_id).is_some(), node_id)?;
         let change = if voters.contains(&node_id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
         } else {
@@ -212,6 +207,15 @@ impl ManagementNode {
         self.raft.change_membership(change, false).await?;
         let metrics = self.raft.metrics().borrow().clone();
         Ok(metrics.membership_config.membership().voter_ids().collect())
+    }
+
+    /// Whether this node's view of the membership would refuse removing
+    /// `node_id` (asked before anything else is changed).
+    pub fn removal_refused(&self, node_id: u64) -> Result<(), MemberError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        check_removal(&voters, membership.get_node(&node_id).is_some(), node_id)
     }
 
     /// Take `node_id` out of the group, through the leader.
@@ -241,6 +245,22 @@ impl ManagementNode {
             other => other,
         }
     }
+}
+
+/// Whether `node_id` may leave a group with these voters (`is_node`: it is a
+/// voter or a learner): a group keeps at least one voter.
+pub fn check_removal(
+    voters: &BTreeSet<u64>,
+    is_node: bool,
+    node_id: u64,
+) -> Result<(), MemberError> {
+    if !is_node {
+        return Err(MemberError::NotFound(node_id));
+    }
+    if voters.contains(&node_id) && voters.len() == 1 {
+        return Err(MemberError::LastVoter(node_id));
+    }
+    Ok(())
 }
 
 impl ManagementNode {
@@ -393,6 +413,8 @@ impl ManagementNode {
         token: &str,
         wait: Duration,
     ) -> Result<(), StartError> {
+        // The token proves membership from the first call on (Join included).
+        self.secret.set_join_token(token);
         let me = self.config.node_id;
         let deadline = tokio::time::Instant::now() + wait;
         let is_member = |node: &ManagementNode| {
@@ -482,4 +504,26 @@ enum Attempt {
     /// Ask the leader at this address.
     Leader(String),
     Retry(ForwardError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_voter_and_strangers_cannot_be_removed() {
+        let one = BTreeSet::from([1]);
+        let three = BTreeSet::from([1, 2, 3]);
+        assert!(matches!(
+            check_removal(&one, true, 1),
+            Err(MemberError::LastVoter(1))
+        ));
+        assert!(matches!(
+            check_removal(&three, false, 9),
+            Err(MemberError::NotFound(9))
+        ));
+        assert!(check_removal(&three, true, 2).is_ok());
+        // A learner beside a single voter may go.
+        assert!(check_removal(&one, true, 4).is_ok());
+    }
 }

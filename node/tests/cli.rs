@@ -374,9 +374,18 @@ fn t28_cluster_members_and_the_last_voter_cannot_be_removed() {
     let members = up.json(&["cluster", "members"]);
     assert_eq!(members[0]["node_id"], 1);
     assert_eq!(members[0]["voter"], true);
+    let workers = |up: &Up| {
+        up.json(&["cluster", "status"])["workers"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w["node_id"].clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(workers(&up), vec![serde_json::json!(1)]);
     let out = up.strom(&["cluster", "remove-member", "1"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("only voter"), "{}", out.stderr);
+    // A refused command changes nothing: the node's worker is still registered.
+    assert_eq!(workers(&up), vec![serde_json::json!(1)]);
     let out = up.strom(&["cluster", "remove-member", "7"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     up.stop();
