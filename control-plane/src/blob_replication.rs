@@ -48,7 +48,7 @@ pub struct ReplicationError {
 }
 
 async fn push_one(
-    channel: Result<tonic::transport::Channel, ForwardError>,
+    channel: Result<crate::internal_auth::InternalChannel, ForwardError>,
     addr: String,
     cluster: String,
     id: VersionId,
@@ -148,6 +148,7 @@ impl ManagementNode {
         for (peer, addr) in peers {
             let fetched = fetch_blob_from(
                 &addr,
+                &self.secret,
                 &cluster,
                 id,
                 self.config.package_limits.max_compressed_bytes,
@@ -175,13 +176,15 @@ impl ManagementNode {
 /// `limit` bytes and verifying the hash.
 pub async fn fetch_blob_from(
     addr: &str,
+    secret: &crate::internal_auth::ClusterSecret,
     cluster: &str,
     id: &VersionId,
     limit: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut client =
-        BlobServiceClient::new(crate::tls::channel(addr, std::time::Duration::from_secs(2)).await?)
-            .max_decoding_message_size(CHUNK * 2);
+    let mut client = BlobServiceClient::new(
+        crate::tls::channel(addr, std::time::Duration::from_secs(2), secret).await?,
+    )
+    .max_decoding_message_size(CHUNK * 2);
     let mut stream = client
         .get_blob(GetBlobRequest {
             cluster_id: cluster.to_string(),

@@ -1,5 +1,6 @@
 //! The control port: one tonic server carrying the admin API (behind the admin
-//! token), the internal Raft service, and gRPC server reflection.
+//! token), the internal services (behind a node certificate with TLS, the
+//! cluster's proof without: [`crate::internal_auth`]), and gRPC server reflection.
 
 use std::net::SocketAddr;
 
@@ -72,27 +73,32 @@ pub async fn serve(
         AdminServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE),
         AdminAuth { node: node.clone() },
     );
-    // Internal services: with TLS, only nodes with a certificate from the cluster CA.
-    let internal = crate::tls::RequirePeerCert;
+    // Internal services: with TLS, only nodes with a certificate from the cluster
+    // CA; without it, only callers that show the cluster's proof.
+    let internal = crate::internal_auth::RequireNode {
+        secret: node.secret.clone(),
+        state: node.state.clone(),
+    };
     let raft = RaftServiceServer::new(RaftServer {
         raft: node.raft.clone(),
         identity: PeerIdentity {
             node_id: node.config.node_id,
             state: node.state.clone(),
+            secret: node.secret.clone(),
         },
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
-    let raft = InterceptedService::new(raft, internal);
+    let raft = InterceptedService::new(raft, internal.clone());
     let cluster = InterceptedService::new(
         ClusterServiceServer::new(ClusterServer { node: node.clone() }),
-        internal,
+        internal.clone(),
     );
     let blobs = InterceptedService::new(
         BlobServiceServer::new(BlobServer { node: node.clone() })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
-        internal,
+        internal.clone(),
     );
     let workers = WorkerServiceServer::new(crate::workers::WorkerServer::new(
         node.clone(),

@@ -24,7 +24,6 @@ use strom_proto::internal_v1::raft_service_server::RaftService;
 use strom_proto::internal_v1::{RaftReply, RaftRequest};
 use strom_proto::raft_types::{Raft, TypeConfig};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::state_machine::StateView;
 
@@ -35,6 +34,8 @@ type NodeId = u64;
 pub struct PeerIdentity {
     pub node_id: NodeId,
     pub state: watch::Receiver<Arc<StateView>>,
+    /// The proof of membership shown to peers.
+    pub secret: crate::internal_auth::ClusterSecret,
 }
 
 impl PeerIdentity {
@@ -70,7 +71,7 @@ pub struct PeerClient {
     identity: PeerIdentity,
     target: NodeId,
     node: BasicNode,
-    client: Option<RaftServiceClient<Channel>>,
+    client: Option<RaftServiceClient<crate::internal_auth::InternalChannel>>,
 }
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -89,9 +90,12 @@ impl PeerClient {
     {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.client.is_none() {
-            let channel = crate::tls::channel(&self.node.addr, option.hard_ttl())
-                .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+            let channel =
+                crate::tls::channel(&self.node.addr, option.hard_ttl(), &self.identity.secret)
+                    .await
+                    .map_err(|e| {
+                        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+                    })?;
             self.client = Some(
                 RaftServiceClient::new(channel)
                     .max_decoding_message_size(usize::MAX)

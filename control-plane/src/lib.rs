@@ -13,6 +13,7 @@
 //! - [`workers`]: worker registration, heartbeats and the state watch;
 //!   [`leader_duties`]: the leader's term task (leases in [`leases`], the version
 //!   gate, scheduler rounds); [`scheduler`]: where instances run (pure).
+//! - [`internal_auth`]: the proof internal callers show without TLS.
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
 pub mod admin_service;
@@ -24,6 +25,7 @@ pub mod control_server;
 pub mod error;
 pub mod forward;
 pub mod impl_raft_network;
+pub mod internal_auth;
 pub mod leader_duties;
 pub mod leases;
 pub mod log_store;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::blob_store::BlobStore;
 pub use crate::error::{NoQuorum, ProposeError, QuorumView, StartError};
 use crate::impl_raft_network::{NetworkFactory, PeerIdentity};
+use crate::internal_auth::ClusterSecret;
 use crate::leader_duties::LeaderDuties;
 use crate::log_store::LogStore;
 use crate::peers::PeerChannels;
@@ -88,6 +89,9 @@ pub struct ManagementNode {
     pub peers: PeerChannels,
     /// The leader's duties of the current term, when this node leads.
     pub duties: LeaderDuties,
+    /// The proof of membership this node shows and checks without TLS (from the
+    /// join token: `join.token`, created at bootstrap or learned at join).
+    pub secret: ClusterSecret,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,9 +186,12 @@ impl ManagementNode {
         }
         .validate()?;
 
+        let secret = ClusterSecret::default();
+        secret.load(&data);
         let identity = PeerIdentity {
             node_id: config.node_id,
             state: state.clone(),
+            secret: secret.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -200,8 +207,9 @@ impl ManagementNode {
             state,
             blobs,
             config: Arc::new(config),
-            peers: PeerChannels::default(),
+            peers: PeerChannels::new(secret.clone()),
             duties: LeaderDuties::default(),
+            secret,
         })
     }
 
@@ -255,6 +263,7 @@ impl ManagementNode {
         };
         write_secret_file(&admin_path, &admin_token).map_err(io_err(&admin_path))?;
         write_secret_file(&join_path, &join_token).map_err(io_err(&join_path))?;
+        self.secret.set_join_token(&join_token);
         let (_, result) = self
             .propose(Command::InitCluster {
                 cluster_id: ClusterId::new_random(),

@@ -14,27 +14,37 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ForwardError;
+use crate::internal_auth::{internal, ClusterSecret, InternalChannel};
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Cheap to clone; every clone shares the same channels.
+/// Cheap to clone; every clone shares the same channels. Every call on them shows
+/// this node's proof of membership.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    secret: ClusterSecret,
 }
 
 impl PeerChannels {
+    pub fn new(secret: ClusterSecret) -> PeerChannels {
+        PeerChannels {
+            channels: Arc::default(),
+            secret,
+        }
+    }
+
     /// The channel to `addr` (`host:port` or a URL), created on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, ForwardError> {
+    pub fn get(&self, addr: &str) -> Result<InternalChannel, ForwardError> {
         let url = crate::tls::url(addr);
         let mut channels = self.channels.lock().expect("peer channels lock");
         if let Some(c) = channels.get(&url) {
-            return Ok(c.clone());
+            return Ok(internal(c.clone(), &self.secret));
         }
         let channel = endpoint(&url)?.connect_lazy();
         channels.insert(url, channel.clone());
-        Ok(channel)
+        Ok(internal(channel, &self.secret))
     }
 }
 

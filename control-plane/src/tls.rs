@@ -23,6 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
+use crate::internal_auth::{ClusterSecret, InternalChannel};
+
 /// A node's TLS identity and the cluster's CA, as PEM.
 #[derive(Clone)]
 pub struct NodeTls {
@@ -160,15 +162,20 @@ pub fn url(addr: &str) -> String {
 }
 
 /// A channel to another node's control port (mutual TLS when this node has an
-/// identity).
-pub async fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+/// identity; this node's proof of membership on every call).
+pub async fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    secret: &ClusterSecret,
+) -> Result<InternalChannel, String> {
     let url = url(addr);
-    crate::peers::endpoint(&url)
+    let channel: Channel = crate::peers::endpoint(&url)
         .map_err(|e| e.to_string())?
         .connect_timeout(connect_timeout)
         .connect()
         .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e)))
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+    Ok(crate::internal_auth::internal(channel, secret))
 }
 
 /// The whole chain of an error (tonic's transport errors hide the cause).

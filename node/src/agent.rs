@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strom_control_plane::blob_replication::fetch_blob_from;
+use strom_control_plane::internal_auth::{ClusterSecret, InternalChannel};
 use strom_control_plane::tls::url as tls_url;
 use strom_control_plane::workers::report_of;
 use strom_control_plane::ManagementNode;
@@ -29,7 +30,6 @@ use strom_proto::version;
 use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// What this worker offers the scheduler.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ impl Packages {
             Packages::Remote(m) => {
                 let mut errors = Vec::new();
                 for addr in m.addresses() {
-                    match fetch_blob_from(&addr, &m.cluster_id(), id, limit).await {
+                    match fetch_blob_from(&addr, &m.secret, &m.cluster_id(), id, limit).await {
                         Ok(bytes) => return Ok(bytes),
                         Err(e) => errors.push(format!("{addr}: {e}")),
                     }
@@ -82,6 +82,8 @@ impl Packages {
 pub struct Managers {
     seeds: Vec<String>,
     known: Mutex<Known>,
+    /// The proof of membership every call to them shows (from the join token).
+    pub secret: ClusterSecret,
 }
 
 #[derive(Default)]
@@ -92,10 +94,11 @@ struct Known {
 }
 
 impl Managers {
-    pub fn new(seeds: Vec<String>) -> Arc<Self> {
+    pub fn new(seeds: Vec<String>, secret: ClusterSecret) -> Arc<Self> {
         Arc::new(Managers {
             seeds,
             known: Mutex::default(),
+            secret,
         })
     }
 
@@ -142,8 +145,11 @@ fn leader_hint(s: &tonic::Status) -> Option<String> {
         .map(tls_url)
 }
 
-pub(crate) async fn client(url: &str) -> Result<WorkerServiceClient<Channel>, String> {
-    let channel = strom_control_plane::tls::channel(url, Duration::from_secs(2)).await?;
+pub(crate) async fn client(
+    url: &str,
+    secret: &ClusterSecret,
+) -> Result<WorkerServiceClient<InternalChannel>, String> {
+    let channel = strom_control_plane::tls::channel(url, Duration::from_secs(2), secret).await?;
     Ok(WorkerServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
 }
 
@@ -201,7 +207,9 @@ impl Agent {
     }
 
     async fn register_at(&self, url: &str) -> Result<Duration, RegisterError> {
-        let mut c = client(url).await.map_err(RegisterError::Retry)?;
+        let mut c = client(url, &self.managers.secret)
+            .await
+            .map_err(RegisterError::Retry)?;
         let call = c.register(RegisterWorkerRequest {
             join_token: self.token.clone(),
             node_id: self.offer.node_id,
@@ -282,7 +290,7 @@ impl Agent {
         cancel: CancellationToken,
     ) {
         let mut every = (lease / 5).max(Duration::from_millis(100));
-        let mut current: Option<(String, WorkerServiceClient<Channel>)> = None;
+        let mut current: Option<(String, WorkerServiceClient<InternalChannel>)> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -291,7 +299,7 @@ impl Agent {
             if current.is_none() {
                 let targets = self.managers.addresses();
                 for url in targets {
-                    if let Ok(c) = client(&url).await {
+                    if let Ok(c) = client(&url, &self.managers.secret).await {
                         current = Some((url, c));
                         break;
                     }

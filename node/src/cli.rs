@@ -99,6 +99,19 @@ pub struct UpArgs {
     /// Versions kept per app; older ones are forgotten and their packages removed.
     #[arg(long, env = "STROM_KEEP_VERSIONS", default_value_t = 10)]
     pub keep_versions: usize,
+    /// Function port: seconds a client may take to send a request's headers (and
+    /// the TLS handshake); longer closes the connection.
+    #[arg(long, env = "STROM_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_header_timeout_secs: u64,
+    /// Function port: longest pause in seconds while a request body arrives (408).
+    #[arg(long, env = "STROM_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// Function port: seconds a connection with no request in flight stays open.
+    #[arg(long, env = "STROM_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 120)]
+    pub http_idle_timeout_secs: u64,
+    /// Function port: connections open at once; one more gets 503.
+    #[arg(long, env = "STROM_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
     #[command(flatten)]
     pub containers: ContainerArgs,
 }
@@ -235,6 +248,21 @@ pub struct ServeArgs {
     /// management node (the leader's applies) [default: 10].
     #[arg(long, env = "STROM_KEEP_VERSIONS")]
     pub keep_versions: Option<usize>,
+    /// Function port: seconds a client may take to send a request's headers (and
+    /// the TLS handshake) [default: 30].
+    #[arg(long, env = "STROM_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Function port: longest pause in seconds while a request body arrives (408)
+    /// [default: 30].
+    #[arg(long, env = "STROM_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// Function port: seconds a connection with no request in flight stays open
+    /// [default: 120].
+    #[arg(long, env = "STROM_HTTP_IDLE_TIMEOUT_SECS")]
+    pub http_idle_timeout_secs: Option<u64>,
+    /// Function port: connections open at once; one more gets 503 [default: 10000].
+    #[arg(long, env = "STROM_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
     /// TLS: this node's certificate chain (PEM). With --tls-key and --tls-ca, every
     /// listener serves TLS and node-to-node connections use mutual TLS.
     #[arg(long, env = "STROM_TLS_CERT")]

@@ -113,7 +113,7 @@ pub async fn watch_remote(
         round += 1;
         let after_index = tx.borrow().applied_index;
         let watched = async {
-            let mut c = client(&url).await?;
+            let mut c = client(&url, &agent.managers.secret).await?;
             let mut stream = c
                 .watch_state(WatchStateRequest {
                     join_token: agent.token.clone(),

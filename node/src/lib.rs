@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod cluster_view;
+pub mod data_dir;
 pub mod gateway;
 pub mod local_settings;
 pub mod output;

@@ -11,6 +11,7 @@ use crate::cli::ServeArgs;
 use crate::client::CliError;
 use strom_control_plane::tls::NodeTls;
 
+use crate::gateway::listener::HttpLimits;
 use crate::up::{run_node, Capacity, NodeSettings, Start};
 
 /// Fill what flags and variables left unset from the `--config` file.
@@ -57,6 +58,12 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.labels = args.labels.or(file.labels);
     args.worker_lease_ms = args.worker_lease_ms.or(file.worker_lease_ms);
     args.keep_versions = args.keep_versions.or(file.keep_versions);
+    args.http_header_timeout_secs = args
+        .http_header_timeout_secs
+        .or(file.http_header_timeout_secs);
+    args.http_body_timeout_secs = args.http_body_timeout_secs.or(file.http_body_timeout_secs);
+    args.http_idle_timeout_secs = args.http_idle_timeout_secs.or(file.http_idle_timeout_secs);
+    args.http_max_connections = args.http_max_connections.or(file.http_max_connections);
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
     args.tls_ca = args.tls_ca.or(file.tls_ca);
@@ -189,6 +196,14 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
     if args.worker_lease_ms.is_some_and(|ms| ms < 500) {
         problems.push("worker-lease-ms: must be at least 500".into());
     }
+    let d = HttpLimits::default();
+    let http = HttpLimits {
+        header_read: secs(args.http_header_timeout_secs, d.header_read),
+        body_read: secs(args.http_body_timeout_secs, d.body_read),
+        idle: secs(args.http_idle_timeout_secs, d.idle),
+        max_connections: args.http_max_connections.unwrap_or(d.max_connections),
+    };
+    problems.extend(http_problems(&http));
     if args.keep_versions == Some(0) {
         problems.push("keep-versions: must be at least 1 (the active version)".into());
     }
@@ -244,7 +259,30 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),
+        http,
     })
+}
+
+fn secs(value: Option<u64>, default: Duration) -> Duration {
+    value.map(Duration::from_secs).unwrap_or(default)
+}
+
+/// What is wrong with the function port's limits (each names its flag).
+pub fn http_problems(http: &HttpLimits) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (flag, value) in [
+        ("http-header-timeout-secs", http.header_read),
+        ("http-body-timeout-secs", http.body_read),
+        ("http-idle-timeout-secs", http.idle),
+    ] {
+        if value.is_zero() {
+            problems.push(format!("{flag}: must be at least 1"));
+        }
+    }
+    if http.max_connections == 0 {
+        problems.push("http-max-connections: must be at least 1".to_string());
+    }
+    problems
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use strom_actors::{Lifecycle, RoutingTable};
 use strom_control_plane::admin_service::{AdminApi, LocalWorker, WorkerSlot};
+use strom_control_plane::internal_auth::ClusterSecret;
 use strom_control_plane::management::write_secret_file;
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
 use strom_proto::ids::AppName;
@@ -78,6 +79,8 @@ pub struct NodeSettings {
     pub tls: Option<strom_control_plane::tls::NodeTls>,
     pub startup_timeout: Duration,
     pub max_request_body_bytes: usize,
+    /// The function port's timeouts and connection limit.
+    pub http: crate::gateway::listener::HttpLimits,
     pub limits: ZipLimits,
     /// The worker's runtimes: default and container defaults.
     pub containers: crate::worker::Containers,
@@ -144,6 +147,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
+        http: crate::gateway::listener::HttpLimits {
+            header_read: Duration::from_secs(args.http_header_timeout_secs),
+            body_read: Duration::from_secs(args.http_body_timeout_secs),
+            idle: Duration::from_secs(args.http_idle_timeout_secs),
+            max_connections: args.http_max_connections,
+        },
         containers: crate::worker::Containers::from_args(&args.containers)
             .map_err(|p| CliError::new(2, p.join("\n")))?,
         limits: ZipLimits {
@@ -153,6 +162,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             ..ZipLimits::default()
         },
     };
+    let problems = crate::serve::http_problems(&settings.http);
+    if !problems.is_empty() {
+        return Err(CliError::new(2, problems.join("\n")));
+    }
     run_node(settings, apps, "single-node cluster").await
 }
 
@@ -178,6 +191,8 @@ struct Running {
     duties: Vec<tokio::task::JoinHandle<()>>,
     /// Heartbeats and the state watch (stopped with `agent_cancel`).
     agent_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The node's proof of membership (shown on internal calls and hops).
+    secret: ClusterSecret,
     /// What this node's worker and gateway see of the cluster.
     view: Option<tokio::sync::watch::Receiver<Arc<WorkerView>>>,
 }
@@ -229,7 +244,8 @@ pub async fn run_node(
     apps: Vec<AppDir>,
     title: &str,
 ) -> Result<(), CliError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(io_error(format!(
+    // The data dir holds secrets: its owner's alone (older ones are fixed).
+    crate::data_dir::secure_and_log(&settings.data_dir).map_err(io_error(format!(
         "data dir {}",
         settings.data_dir.display()
     )))?;
@@ -313,6 +329,7 @@ pub async fn run_node(
         duties: Vec::new(),
         agent_tasks: Vec::new(),
         view: None,
+        secret: ClusterSecret::default(),
     };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
 
@@ -332,6 +349,7 @@ pub async fn run_node(
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
         running.node = Some(node.clone());
+        running.secret = node.secret.clone();
         // The admin API learns about the local worker below, once it exists.
         let api = AdminApi::new(node.clone())
             .runs_instances(settings.worker)
@@ -437,6 +455,8 @@ pub async fn run_node(
                 cold_start_timeout: settings.startup_timeout,
                 tls: node_tls(|t| t.rustls_server(), "TLS for the function port"),
                 hop_tls: node_tls(|t| t.rustls_client(), "TLS client for the gateway hop"),
+                secret: running.secret.clone(),
+                http: settings.http,
                 ..GatewayConfig::default()
             },
             routing,
@@ -448,6 +468,10 @@ pub async fn run_node(
         ));
     }
 
+    // What the roles created on a first start (the Raft log, worker.json) too.
+    if let Err(e) = crate::data_dir::secure(&settings.data_dir) {
+        tracing::warn!("data dir {}: {e}", settings.data_dir.display());
+    }
     println!("strom {} — {title}", env!("CARGO_PKG_VERSION"));
     println!("  node:      {}", settings.node_id);
     println!("  data dir:  {}", settings.data_dir.display());
@@ -576,7 +600,14 @@ async fn start_worker(
         }
     };
     let token = token.trim().to_string();
-    let managers = Managers::new(seeds);
+    // The proof of membership: the management role's (it may create the token),
+    // or this worker's from its join token.
+    let secret = match &running.node {
+        Some(node) => node.secret.clone(),
+        None => ClusterSecret::from_join_token(&token),
+    };
+    running.secret = secret.clone();
+    let managers = Managers::new(seeds, secret);
     let agent = Arc::new(Agent::new(
         WorkerOffer {
             node_id: settings.node_id,

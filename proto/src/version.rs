@@ -19,7 +19,9 @@ use crate::ids::NodeId;
 ///   `SetWorkerSchedule`, `Place`, `RemoveWorker`; `WorkerService`).
 /// - 3: workers count in the gate; version retention (`ForgetVersions`). Workers
 ///   of this protocol read a worker view (`WatchState` with `view_format` 1).
-pub const PROTOCOL: u32 = 3;
+/// - 4: internal calls and gateway hops without TLS must prove the join token
+///   (`x-strom-proof`); before, the cluster id was the only credential.
+pub const PROTOCOL: u32 = 4;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -35,6 +37,9 @@ pub enum Feature {
     Workers,
     /// Older versions beyond the retention count are forgotten (protocol 3).
     VersionRetention,
+    /// Internal callers without TLS are refused unless they show the cluster's
+    /// proof (protocol 4).
+    InternalProof,
 }
 
 impl Feature {
@@ -42,6 +47,7 @@ impl Feature {
         match self {
             Feature::Workers => 2,
             Feature::VersionRetention => 3,
+            Feature::InternalProof => 4,
         }
     }
 }

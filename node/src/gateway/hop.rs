@@ -31,6 +31,8 @@ use strom_proto::ids::{AppName, NodeId};
 use strom_proto::worker_view::Peer;
 use tokio::time::Instant;
 
+use strom_control_plane::internal_auth::{ClusterSecret, PROOF_METADATA};
+
 use super::admission::HOP_APP;
 use super::responses::{bad_request, error, unavailable, Body, UNDELIVERED};
 use super::translate::{copy_request, relay_response};
@@ -139,11 +141,13 @@ pub struct HopClient {
     outstanding: RwLock<HashMap<NodeId, Arc<AtomicUsize>>>,
     unhealthy: RwLock<HashMap<NodeId, Instant>>,
     tick: AtomicU64,
+    /// Shown to the peer: its gateway trusts hop metadata only with it.
+    secret: ClusterSecret,
 }
 
 impl HopClient {
     /// `tls`: the node's client identity (mutual TLS to other nodes), if any.
-    pub fn new(tls: Option<rustls::ClientConfig>) -> HopClient {
+    pub fn new(tls: Option<rustls::ClientConfig>, secret: ClusterSecret) -> HopClient {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -168,6 +172,7 @@ impl HopClient {
         HopClient {
             client,
             scheme,
+            secret,
             outstanding: RwLock::new(HashMap::new()),
             unhealthy: RwLock::new(HashMap::new()),
             tick: AtomicU64::new(0),
@@ -234,16 +239,18 @@ impl HopClient {
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             })
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        let request = match copy_request(
+        let mut request = copy_request(
             parts,
             &format!("{}://{addr}", self.scheme),
             &hyper::header::HOST,
         )
         .header(HOP_APP, app.as_str())
         .header(HOP_FROM, me.to_string())
-        .header(HOP_HOST, client_host)
-        .body(Full::new(body.clone()))
-        {
+        .header(HOP_HOST, client_host);
+        if let Some(proof) = self.secret.proof() {
+            request = request.header(PROOF_METADATA, &*proof);
+        }
+        let request = match request.body(Full::new(body.clone())) {
             Ok(r) => r,
             Err(e) => {
                 return Hop::Answered(bad_request(format!("the request cannot be forwarded: {e}")))

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use strom_actors::routing::InFlight;
@@ -27,7 +27,7 @@ use super::admission::Target;
 use super::json_mode::parse_answer;
 use super::recorder::Pending;
 use super::responses::{
-    bad_request, error, full, too_large, unavailable, undelivered, Body, BoxError, UNDELIVERED,
+    bad_request, error, full, read_body, unavailable, undelivered, Body, BoxError, UNDELIVERED,
 };
 use super::translate::{
     fast_uuid, forward_request, forwards, http_response, json_request, relay_response, Invocation,
@@ -109,15 +109,9 @@ impl Gateway {
             .to_string();
         let (parts, body) = req.into_parts();
         let max = inner.config.max_body_bytes;
-        let body = match Limited::new(body, max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return too_large(max)
-            }
-            Err(e) => return bad_request(format!("reading the request body: {e}")),
+        let body = match read_body(body, max, inner.config.http.body_read).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
 
         let app = &target.app;

@@ -29,13 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use strom_actors::RoutingTable;
+use strom_control_plane::internal_auth::{self, ClusterSecret};
 use strom_proto::ids::{AppName, NodeId};
 use strom_proto::invocations::InvocationStore;
 use strom_proto::worker_view::WorkerView;
@@ -44,11 +45,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::app_from_host;
 use admission::{Decision, Head, Limits, Origin, HOP_APP};
-use hop::{HopClient, HOP_HOST};
+use hop::{HopClient, HOP_FROM, HOP_HOST};
 use limiter::Limiters;
 use recorder::Recorder;
 pub use responses::Body;
-use responses::{bad_request, error, full, too_large, undelivered};
+use responses::{error, full, read_body, undelivered};
 use routes::Routes;
 
 pub const HOST_VERSION: &str = concat!("4.0.0-strom.", env!("CARGO_PKG_VERSION"));
@@ -65,6 +66,10 @@ pub struct GatewayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The node's client identity for the hop (mutual TLS between nodes).
     pub hop_tls: Option<rustls::ClientConfig>,
+    /// The proof of membership hops carry, and that hop metadata must come with.
+    pub secret: ClusterSecret,
+    /// Timeouts and the connection limit of the port.
+    pub http: listener::HttpLimits,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +81,8 @@ impl Default for GatewayConfig {
             cold_start_timeout: Duration::from_secs(60),
             tls: None,
             hop_tls: None,
+            secret: ClusterSecret::default(),
+            http: listener::HttpLimits::default(),
         }
     }
 }
@@ -125,7 +132,7 @@ impl Gateway {
         let (recorder, recording) = Recorder::start(invocations, stop.clone());
         Gateway {
             inner: Arc::new(Inner {
-                hop: HopClient::new(config.hop_tls.clone()),
+                hop: HopClient::new(config.hop_tls.clone(), config.secret.clone()),
                 config,
                 routing,
                 view,
@@ -164,8 +171,32 @@ impl Gateway {
         }
     }
 
-    /// Every request starts here.
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    /// Whether hop metadata on a request is another node's: its connection
+    /// presented a node certificate (mutual TLS), or the request shows the
+    /// cluster's proof (a cluster of the previous protocol sends none).
+    fn hop_trusted(&self, proof: Option<&hyper::header::HeaderValue>, node_cert: bool) -> bool {
+        if node_cert {
+            return true;
+        }
+        let shown = internal_auth::check(&self.inner.config.secret, proof.map(|v| v.as_bytes()));
+        shown == internal_auth::Shown::Valid
+            || internal_auth::admits(
+                shown,
+                internal_auth::required_at(self.inner.view.borrow().protocol),
+            )
+    }
+
+    /// Every request starts here. `node_cert`: its connection presented a
+    /// certificate the cluster CA signed.
+    async fn handle(&self, mut req: Request<Incoming>, node_cert: bool) -> Response<Body> {
+        // The proof never reaches a handler; hop metadata from anyone but another
+        // node is dropped, so a client reaches only what it could without it.
+        let proof = req.headers_mut().remove(internal_auth::PROOF_METADATA);
+        if req.headers().contains_key(HOP_APP) && !self.hop_trusted(proof.as_ref(), node_cert) {
+            for name in [HOP_APP, HOP_HOST, HOP_FROM] {
+                req.headers_mut().remove(name);
+            }
+        }
         let hop_app = req.headers().get(HOP_APP).map(|v| {
             v.to_str()
                 .ok()
@@ -232,15 +263,9 @@ impl Gateway {
         // The hop needs the whole body (it may be sent more than once).
         let (parts, body) = req.into_parts();
         let max = self.inner.config.max_body_bytes;
-        let body = match Limited::new(body, max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return too_large(max)
-            }
-            Err(e) => return bad_request(format!("reading the request body: {e}")),
+        let body = match read_body(body, max, self.inner.config.http.body_read).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
         };
         match self.proxy(&app, &parts, &body).await {
             Ok(response) => response,

@@ -47,6 +47,54 @@ pub fn unavailable(message: impl Into<String>) -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", message)
 }
 
+/// A request body read whole: at most `max` bytes, and no pause between its
+/// bytes longer than `idle` (a client that stops sending gets 408 and the
+/// connection closes: its unread rest cannot be skipped).
+pub async fn read_body<B>(
+    body: B,
+    max: usize,
+    idle: std::time::Duration,
+) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    let body = std::pin::pin!(body);
+    let mut body = http_body_util::Limited::new(body, max);
+    let mut body = std::pin::Pin::new(&mut body);
+    let mut out = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.as_mut().frame()).await {
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    format!(
+                        "the request body stopped arriving for {} s",
+                        idle.as_secs_f64()
+                    ),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(r);
+            }
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e)))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large(max))
+            }
+            Ok(Some(Err(e))) => return Err(bad_request(format!("reading the request body: {e}"))),
+        }
+    }
+}
+
 /// "No handler saw this request": the sending node tries elsewhere.
 pub fn undelivered(app: &strom_proto::ids::AppName) -> Response<Body> {
     let mut r = unavailable(format!("no Ready instance of app `{app}` on this node"));

@@ -1,0 +1,167 @@
+//! The data dir holds secrets (tokens, keys and app settings in the Raft log,
+//! `worker.json`): it is the node user's alone. The folder is 0700 and every file
+//! and folder in it 0600/0700 — made so when it is created and on every start
+//! (an older data dir is fixed, with a log line per path).
+//!
+//! The unpacked packages under `apps/` are left readable (a container's non-root
+//! user reads its bind-mounted version folder, which it reaches without passing
+//! through the data dir); the 0700 data dir keeps other local users out of them.
+
+use std::path::{Path, PathBuf};
+
+/// Where the unpacked packages live, left as they are.
+const APPS: &str = "apps";
+
+/// One path whose mode was tightened: `(path, old mode, new mode)`.
+pub type Fixed = (PathBuf, u32, u32);
+
+/// Create `dir` if needed and make it and everything in it (but `apps/`)
+/// readable by its owner only. Returns what it changed.
+pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
+    std::fs::create_dir_all(dir)?;
+    let mut fixed = Vec::new();
+    tighten(dir, 0o700, &mut fixed)?;
+    walk(dir, &mut fixed)?;
+    Ok(fixed)
+}
+
+fn walk(dir: &Path, fixed: &mut Vec<Fixed>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_symlink() {
+            continue;
+        }
+        if kind.is_dir() {
+            if dir.join(APPS) == path {
+                // The unpacked packages: see the module's note.
+                tighten_only_others_write(&path, fixed)?;
+                continue;
+            }
+            tighten(&path, 0o700, fixed)?;
+            walk(&path, fixed)?;
+        } else if kind.is_file() {
+            tighten(&path, 0o600, fixed)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777)
+}
+
+/// Clear group and other bits; the owner keeps its own (and gets `owner_needs`).
+#[cfg(unix)]
+fn tighten(path: &Path, owner_needs: u32, fixed: &mut Vec<Fixed>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = mode_of(path)?;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let new = (mode & 0o700) | owner_needs;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
+    fixed.push((path.to_path_buf(), mode, new));
+    Ok(())
+}
+
+/// `apps/` itself: no one but the owner may write to it.
+#[cfg(unix)]
+fn tighten_only_others_write(path: &Path, fixed: &mut Vec<Fixed>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = mode_of(path)?;
+    if mode & 0o022 != 0 {
+        let new = mode & !0o022;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
+        fixed.push((path.to_path_buf(), mode, new));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_: &Path, _: u32, _: &mut Vec<Fixed>) -> std::io::Result<()> {
+    // Windows: the data dir inherits the ACL of where it is created.
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten_only_others_write(_: &Path, _: &mut Vec<Fixed>) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// [`secure`], logging each path it fixed (an older data dir).
+pub fn secure_and_log(dir: &Path) -> std::io::Result<()> {
+    for (path, old, new) in secure(dir)? {
+        tracing::info!(
+            "data dir: {} was mode {old:04o}, now {new:04o} (the data dir holds secrets)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn set(p: &Path, m: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_open_data_dir_is_closed_and_says_what_it_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        std::fs::create_dir_all(dir.join("raft")).unwrap();
+        std::fs::create_dir_all(dir.join("apps/web/v1")).unwrap();
+        std::fs::write(dir.join("raft/log.redb"), "x").unwrap();
+        std::fs::write(dir.join("worker.json"), "x").unwrap();
+        std::fs::write(dir.join("apps/web/v1/handler.py"), "x").unwrap();
+        set(&dir, 0o755);
+        set(&dir.join("raft"), 0o755);
+        set(&dir.join("raft/log.redb"), 0o644);
+        set(&dir.join("worker.json"), 0o666);
+        set(&dir.join("apps"), 0o777);
+        set(&dir.join("apps/web/v1/handler.py"), 0o755);
+
+        let fixed = secure(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("raft")), 0o700);
+        assert_eq!(mode(&dir.join("raft/log.redb")), 0o600);
+        assert_eq!(mode(&dir.join("worker.json")), 0o600);
+        // Packages stay readable for a container's user; nobody else writes.
+        assert_eq!(mode(&dir.join("apps")), 0o755);
+        assert_eq!(mode(&dir.join("apps/web/v1/handler.py")), 0o755);
+        let paths: Vec<_> = fixed.iter().map(|f| f.0.clone()).collect();
+        assert!(paths.contains(&dir.join("raft/log.redb")), "{fixed:?}");
+        assert!(fixed.contains(&(dir.join("worker.json"), 0o666, 0o600)));
+
+        // A second start has nothing to fix.
+        assert!(secure(&dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_data_dir_is_created_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        secure(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn an_owner_executable_file_keeps_its_owner_bits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("tool");
+        std::fs::write(&f, "x").unwrap();
+        set(&f, 0o755);
+        secure(tmp.path()).unwrap();
+        assert_eq!(mode(&f), 0o700);
+    }
+}
