@@ -426,7 +426,10 @@ fn parse_http_trigger(
         Some(Value::Array(items)) => {
             for (i, m) in items.iter().enumerate() {
                 match m {
-                    Value::String(s) if is_http_token(s.trim()) => {
+                    Value::String(s)
+                        if is_http_token(s.trim())
+                            && KNOWN_METHODS.contains(&s.trim().to_ascii_uppercase().as_str()) =>
+                    {
                         let upper = s.trim().to_ascii_uppercase();
                         if !methods.contains(&upper) {
                             methods.push(upper);
@@ -517,14 +520,23 @@ fn parse_timer_trigger(
                 .find(|(k, _)| k.eq_ignore_ascii_case(setting))
                 .map(|(_, v)| v)
         });
-        // A missing setting is fine: settings may be set after the deploy.
-        if let Some(v) = value {
-            if let Err(e) = Schedule::parse(v) {
-                r.err(
-                    &spath,
-                    format!("`{schedule}` resolves to an invalid schedule: {e}"),
-                );
+        // A schedule that names no setting could never run: refused, like a bad one.
+        match value {
+            Some(v) => {
+                if let Err(e) = Schedule::parse(v) {
+                    r.err(
+                        &spath,
+                        format!("`{schedule}` resolves to an invalid schedule: {e}"),
+                    );
+                }
             }
+            None => r.err(
+                &spath,
+                format!(
+                    "`{schedule}` names the app setting `{setting}`, which is not set: set it \
+                     first (`strom app settings set APP {setting}=…`) or deploy with it"
+                ),
+            ),
         }
     } else if let Err(e) = Schedule::parse(trimmed) {
         r.err(&spath, e);
@@ -696,7 +708,14 @@ mod tests {
     fn timer_function_with_setting_and_retry() {
         let json = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"%CRON%","runOnStartup":true}],
             "retry":{"strategy":"exponentialBackoff","maxRetryCount":-1,"minimumInterval":"00:00:01","maximumInterval":"00:01:00"}}"#;
-        let f = parse_with("tick", json, &[]).unwrap();
+        let e = parse_with("tick", json, &[]).unwrap_err();
+        assert_eq!(e[0].json_path, "bindings[0].schedule");
+        assert!(
+            e[0].message
+                .contains("names the app setting `CRON`, which is not set"),
+            "{e:?}"
+        );
+        let f = parse_with("tick", json, &[("CRON", "0 */5 * * * *")]).unwrap();
         let Trigger::Timer(t) = &f.trigger else {
             panic!()
         };
@@ -744,6 +763,10 @@ mod tests {
             "bindings[0].authLevel: `system` is not one of `anonymous`, `function`, `admin`",
         );
         assert_has(&e, "bindings[0].methods[1]: `B@D` is not an HTTP method");
+        let e = errs(
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","methods":["get","PURGE"]}]}"#,
+        );
+        assert_has(&e, "bindings[0].methods[1]: `PURGE` is not an HTTP method");
     }
 
     #[test]

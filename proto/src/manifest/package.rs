@@ -96,13 +96,10 @@ fn open<'a>(
         });
     }
     if archive.has_duplicate_names() {
-        let mut seen = BTreeSet::new();
-        let dup = archive
-            .file_names_raw()
-            .find(|n| !seen.insert(n.to_vec()))
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .unwrap_or_default();
-        return Err(PackageError::DuplicateEntry { entry: dup });
+        return Err(PackageError::DuplicateEntry {
+            entry: first_duplicate(bytes)
+                .unwrap_or_else(|| "(a name the central directory lists twice)".into()),
+        });
     }
     let mut entries = Vec::with_capacity(archive.len());
     let mut paths = BTreeSet::new();
@@ -259,6 +256,48 @@ fn read_capped(
     Ok(buf)
 }
 
+/// Reads an entry's whole content (and drops it): its real size must be what its
+/// header declares, within the budget, and its CRC-32 must match (the zip reader
+/// checks it at the end). A package that passes this unpacks.
+fn verify_content(
+    archive: &mut Archive<'_>,
+    entry: &Entry,
+    total: &mut u64,
+    limits: &ZipLimits,
+) -> Result<(), PackageError> {
+    let bad = |reason: String| PackageError::BadEntry {
+        entry: entry.raw_name.clone(),
+        reason,
+    };
+    let mut file = archive
+        .by_index(entry.index)
+        .map_err(|e| bad(e.to_string()))?;
+    let declared = entry.size;
+    let budget = limits.max_uncompressed_bytes.saturating_sub(*total);
+    let read = std::io::copy(
+        &mut (&mut file).take(declared.min(budget).saturating_add(1)),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| bad(format!("its data is corrupt ({e})")))?;
+    *total = total.saturating_add(read);
+    if *total > limits.max_uncompressed_bytes {
+        return Err(PackageError::TooLargeUncompressed {
+            limit: limits.max_uncompressed_bytes,
+        });
+    }
+    if read > declared {
+        return Err(bad(format!(
+            "it holds more than the {declared} bytes its header declares"
+        )));
+    }
+    if read < declared {
+        return Err(bad(format!(
+            "it holds {read} bytes, but its header declares {declared}"
+        )));
+    }
+    Ok(())
+}
+
 impl AppPackage {
     /// Reads the file list and the manifests of an app zip, refusing unsafe or oversized
     /// archives. Only `host.json` at the root and `<folder>/function.json` are read.
@@ -305,6 +344,8 @@ impl AppPackage {
                         }
                         _ => pkg.host_json = Some(content),
                     }
+                } else {
+                    verify_content(&mut archive, entry, &mut total, limits)?;
                 }
             }
             pkg.files.insert(
@@ -431,6 +472,20 @@ fn make_symlink(_target: &str, _link: &Path) -> Result<(), PackageError> {
 /// `/` separators; sorted, timestamp-free entries so the same folder gives the same bytes.
 /// Symlinks are stored as links if they stay inside `dir`, and refused otherwise.
 /// `local.settings.json` at the root is always left out, as Core Tools does.
+/// The first entry name that occurs twice, read from the local headers in order
+/// (`ZipArchive` keeps one entry per name, so it cannot say which).
+fn first_duplicate(bytes: &[u8]) -> Option<String> {
+    let mut reader = Cursor::new(bytes);
+    let mut seen = BTreeSet::new();
+    while let Ok(Some(file)) = zip::read::read_zipfile_from_stream(&mut reader) {
+        let name = String::from_utf8_lossy(file.name_raw()).into_owned();
+        if !seen.insert(name.clone()) {
+            return Some(name);
+        }
+    }
+    None
+}
+
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     let mut items: Vec<(String, std::fs::Metadata, std::path::PathBuf)> = Vec::new();
     let walker = ignore::WalkBuilder::new(dir)
@@ -493,6 +548,12 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
             writer
                 .add_directory(format!("{name}/"), options)
                 .map_err(|e| zip_err(name, e))?;
+        } else if !meta.is_file() {
+            // A FIFO would block the read forever; sockets and devices are no app.
+            return Err(PackageError::BadEntry {
+                entry: name.clone(),
+                reason: "a special file (FIFO, socket or device) cannot be packaged".into(),
+            });
         } else {
             writer
                 .start_file(name, options)
@@ -800,6 +861,115 @@ pub(crate) mod tests {
             std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
             let err = pack_dir(root).unwrap_err();
             assert!(matches!(err, PackageError::UnsafeSymlink { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_duplicate_entry_is_named() {
+        let mut bytes = zip_of(&[("host.json", "{}"), ("a.txt", "1"), ("b.txt", "2")]);
+        // Rename `b.txt` to `a.txt` in its local and central headers.
+        let (from, to) = (b"b.txt", b"a.txt");
+        let mut i = 0;
+        while i + from.len() <= bytes.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + from.len()].copy_from_slice(to);
+            }
+            i += 1;
+        }
+        let err = AppPackage::from_zip_bytes(&bytes, &ZipLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::DuplicateEntry { entry } if entry == "a.txt"),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "duplicate entry `a.txt`");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_in_the_folder_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("host.json"), "{}").unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = pack_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::BadEntry { entry, .. } if entry == "pipe"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("special file"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_refused_at_validation() {
+        let data = "x".repeat(4000);
+        let good = zip_of(&[("host.json", "{}"), ("big.txt", &data)]);
+        AppPackage::from_zip_bytes(&good, &ZipLimits::default()).unwrap();
+
+        // Flip a byte of big.txt's compressed data: it no longer inflates to its CRC.
+        let mut bad = good.clone();
+        let at = data_start(&bad, b"big.txt") + 1;
+        bad[at] ^= 0x55;
+        let err = AppPackage::from_zip_bytes(&bad, &ZipLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::BadEntry { entry, .. } if entry == "big.txt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bomb_that_lies_about_its_size_is_refused_at_validation() {
+        // An entry that inflates to far more than the size its headers declare.
+        let data = "0".repeat(200_000);
+        let mut bytes = zip_of(&[("host.json", "{}"), ("bomb.bin", &data)]);
+        // Patch the declared uncompressed size (local header at offset 22, central
+        // header at offset 24 after their signatures) to 1000.
+        patch_sizes(&mut bytes, b"bomb.bin", 1000);
+        let err = AppPackage::from_zip_bytes(&bytes, &ZipLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, PackageError::BadEntry { entry, .. } if entry == "bomb.bin"),
+            "{err}"
+        );
+    }
+
+    /// Where `name`'s data starts (after its local header, name and extra field).
+    fn data_start(bytes: &[u8], name: &[u8]) -> usize {
+        (0..bytes.len() - 30)
+            .find(|&i| {
+                &bytes[i..i + 4] == b"PK\x03\x04" && {
+                    let n = u16::from_le_bytes([bytes[i + 26], bytes[i + 27]]) as usize;
+                    &bytes[i + 30..i + 30 + n] == name
+                }
+            })
+            .map(|i| {
+                let n = u16::from_le_bytes([bytes[i + 26], bytes[i + 27]]) as usize;
+                let extra = u16::from_le_bytes([bytes[i + 28], bytes[i + 29]]) as usize;
+                i + 30 + n + extra
+            })
+            .expect("a local header for the name")
+    }
+
+    /// Sets the uncompressed size of `name` in its local and central headers.
+    fn patch_sizes(bytes: &mut [u8], name: &[u8], size: u32) {
+        let le = size.to_le_bytes();
+        let mut i = 0;
+        while i + 4 <= bytes.len() {
+            let sig = &bytes[i..i + 4];
+            if sig == b"PK\x03\x04" {
+                let n = u16::from_le_bytes([bytes[i + 26], bytes[i + 27]]) as usize;
+                if &bytes[i + 30..i + 30 + n] == name {
+                    bytes[i + 22..i + 26].copy_from_slice(&le);
+                }
+            } else if sig == b"PK\x01\x02" {
+                let n = u16::from_le_bytes([bytes[i + 28], bytes[i + 29]]) as usize;
+                if &bytes[i + 46..i + 46 + n] == name {
+                    bytes[i + 24..i + 28].copy_from_slice(&le);
+                }
+            }
+            i += 1;
         }
     }
 }

@@ -269,6 +269,12 @@ fn parse_template(template: &str) -> Result<RouteTemplate, String> {
         if raw.is_empty() {
             return Err("empty segment (`//`) is not allowed".into());
         }
+        if raw == "." || raw == ".." {
+            // Clients and proxies resolve these away: such a route is unreachable.
+            return Err(format!(
+                "a `{raw}` segment can never be reached (clients resolve dot segments away)"
+            ));
+        }
         segments.push(parse_segment(&raw)?);
     }
     check_template(&segments)?;
@@ -718,5 +724,15 @@ mod tests {
         assert!(o("files/{*a}", "files/{*b}"));
         assert!(!o("files/{*a}", "files/{b}"));
         assert!(!o("a/{x}", "a/{x}/b"));
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for route in ["a/../b", "./x", "x/.", ".."] {
+            let e = RouteTemplate::parse(route).unwrap_err();
+            assert!(e.contains("can never be reached"), "{route}: {e}");
+        }
+        assert!(RouteTemplate::parse("a/.well-known/b").is_ok());
+        assert!(RouteTemplate::parse("v1.2/x").is_ok());
     }
 }
