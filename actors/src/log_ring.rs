@@ -1,14 +1,42 @@
-//! A bounded ring of an instance's recent output lines, numbered in arrival order.
+//! A bounded ring of an instance's recent output lines, numbered in arrival order,
+//! each tagged with whose output it is.
 //!
 //! The gateway notes the line number when an invocation starts and reads the range
 //! once the invocation is over (plus a short grace for lines still in the pipe):
-//! no subscription per request, no wake-up per line. Lines older than the ring's
-//! capacity are gone (they are diagnostics). In memory only.
+//! no subscription per request, no wake-up per line. A line belongs to an
+//! invocation when exactly that one was in flight on the instance when the line
+//! arrived (or, with none in flight, had ended within [`TRAILING_GRACE`]); with
+//! several in flight it is shared — shown once, in the record of the earliest of
+//! them, naming them all — and never copied into several records. Lines older than
+//! the ring's capacity are gone (they are diagnostics). In memory only.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::runtime::LogLine;
+
+/// How long after an invocation ended, with no other in flight, its output may
+/// still arrive through the pipe.
+pub const TRAILING_GRACE: Duration = Duration::from_millis(50);
+
+/// Whose output a line is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Exactly this invocation was in flight (or had just ended).
+    One(Arc<str>),
+    /// These were in flight together (earliest first).
+    Shared(Arc<[Arc<str>]>),
+    /// No invocation: the instance's own output.
+    Nobody,
+}
+
+/// A line and whose it is.
+#[derive(Debug, Clone)]
+pub struct TaggedLine {
+    pub line: LogLine,
+    pub owner: Owner,
+}
 
 #[derive(Debug)]
 pub struct LogRing {
@@ -17,10 +45,33 @@ pub struct LogRing {
 
 #[derive(Debug)]
 struct Ring {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<TaggedLine>,
     /// Number of the first line in `lines`.
     first: u64,
     capacity: usize,
+    /// Invocations in flight on the instance, earliest first.
+    in_flight: Vec<Arc<str>>,
+    /// The owner a line arriving now gets, while `in_flight` does not change.
+    current: Option<Owner>,
+    /// The invocation that ended last, and when.
+    last_ended: Option<(Arc<str>, Instant)>,
+}
+
+impl Ring {
+    fn owner_now(&mut self) -> Owner {
+        if self.in_flight.is_empty() {
+            return match &self.last_ended {
+                Some((id, at)) if at.elapsed() <= TRAILING_GRACE => Owner::One(id.clone()),
+                _ => Owner::Nobody,
+            };
+        }
+        self.current
+            .get_or_insert_with(|| match self.in_flight.as_slice() {
+                [one] => Owner::One(one.clone()),
+                many => Owner::Shared(many.to_vec().into()),
+            })
+            .clone()
+    }
 }
 
 impl LogRing {
@@ -30,28 +81,63 @@ impl LogRing {
                 lines: VecDeque::new(),
                 first: 0,
                 capacity: capacity.max(1),
+                in_flight: Vec::new(),
+                current: None,
+                last_ended: None,
             }),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.inner.lock().expect("log ring lock")
+    }
+
     pub fn push(&self, line: LogLine) {
-        let mut r = self.inner.lock().expect("log ring lock");
+        let mut r = self.lock();
+        let owner = r.owner_now();
         if r.lines.len() == r.capacity {
             r.lines.pop_front();
             r.first += 1;
         }
-        r.lines.push_back(line);
+        r.lines.push_back(TaggedLine { line, owner });
+    }
+
+    /// Invocation `id` was sent to the instance; returns the number the next line
+    /// will get.
+    pub fn begin(&self, id: Arc<str>) -> u64 {
+        let mut r = self.lock();
+        r.in_flight.push(id);
+        r.current = None;
+        r.first + r.lines.len() as u64
+    }
+
+    /// Invocation `id` is over (its answer was relayed).
+    pub fn end(&self, id: &str) {
+        let mut r = self.lock();
+        if let Some(i) = r.in_flight.iter().position(|x| &**x == id) {
+            let ended = r.in_flight.remove(i);
+            r.last_ended = Some((ended, Instant::now()));
+            r.current = None;
+        }
     }
 
     /// The number the next line will get.
     pub fn next_seq(&self) -> u64 {
-        let r = self.inner.lock().expect("log ring lock");
+        let r = self.lock();
         r.first + r.lines.len() as u64
     }
 
     /// Lines numbered `from..to` that are still in the ring.
     pub fn range(&self, from: u64, to: u64) -> Vec<LogLine> {
-        let r = self.inner.lock().expect("log ring lock");
+        self.tagged_range(from, to)
+            .into_iter()
+            .map(|t| t.line)
+            .collect()
+    }
+
+    /// Lines numbered `from..to` that are still in the ring, with their owners.
+    pub fn tagged_range(&self, from: u64, to: u64) -> Vec<TaggedLine> {
+        let r = self.lock();
         let start = from.max(r.first);
         let end = to.min(r.first + r.lines.len() as u64);
         (start..end)
@@ -88,5 +174,49 @@ mod tests {
             .map(|l| l.text)
             .collect();
         assert_eq!(texts, ["2", "3", "4"], "line 1 fell out of the ring");
+    }
+
+    fn owners(r: &LogRing) -> Vec<Owner> {
+        r.tagged_range(0, r.next_seq())
+            .into_iter()
+            .map(|t| t.owner)
+            .collect()
+    }
+
+    #[test]
+    fn a_line_belongs_to_the_one_invocation_in_flight() {
+        let r = LogRing::new(16);
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        r.push(line("before"));
+        r.begin(a.clone());
+        r.push(line("a alone"));
+        r.begin(b.clone());
+        r.push(line("a and b"));
+        r.end("a");
+        r.push(line("b alone"));
+        r.end("b");
+        r.push(line("b just ended"));
+        let shared: Arc<[Arc<str>]> = vec![a.clone(), b.clone()].into();
+        assert_eq!(
+            owners(&r),
+            [
+                Owner::Nobody,
+                Owner::One(a),
+                Owner::Shared(shared),
+                Owner::One(b.clone()),
+                Owner::One(b),
+            ]
+        );
+    }
+
+    #[test]
+    fn output_long_after_the_last_invocation_is_nobodys() {
+        let r = LogRing::new(4);
+        r.begin("a".into());
+        r.end("a");
+        std::thread::sleep(TRAILING_GRACE + Duration::from_millis(20));
+        r.push(line("later"));
+        assert_eq!(owners(&r), [Owner::Nobody]);
     }
 }

@@ -219,11 +219,23 @@ impl NodeState {
                 if !is_serving {
                     continue;
                 }
-                let unavailable = serving::unavailable(
+                // The deployment on its way (wanted, not yet serving), if any.
+                let newer = entry
+                    .desired
+                    .as_ref()
+                    .map(Assignment::key)
+                    .filter(|k| k != key)
+                    .and_then(|k| entry.deploys.get(&k))
+                    .map(|d| d.statuses.as_slice());
+                let unavailable = serving::unavailable_with_newer(
                     name.as_str(),
-                    deploy.wanted,
-                    deploy.endpoints.len(),
-                    &deploy.statuses,
+                    serving::unavailable(
+                        name.as_str(),
+                        deploy.wanted,
+                        deploy.endpoints.len(),
+                        &deploy.statuses,
+                    ),
+                    newer,
                 );
                 serving_apps.insert(
                     name.clone(),

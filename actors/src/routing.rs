@@ -27,8 +27,6 @@ pub struct Endpoint {
     pub outstanding: AtomicUsize,
     /// Recent handler stdout/stderr lines, for invocation records.
     pub logs: Arc<LogRing>,
-    /// Ids of the latest invocations sent here, to tell whose output a line is.
-    recent: std::sync::Mutex<RecentIds>,
     /// When the worker noticed the instance had ended, and how it ended.
     exited_at: Arc<std::sync::OnceLock<(tokio::time::Instant, ExitInfo)>>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
@@ -58,7 +56,6 @@ impl Endpoint {
             pid,
             outstanding: AtomicUsize::new(0),
             logs,
-            recent: std::sync::Mutex::new(RecentIds::default()),
             exited_at,
             recycle,
         }
@@ -105,53 +102,32 @@ impl Endpoint {
         (self.recycle)(reason)
     }
 
-    /// Remember that invocation `id` was sent to this instance.
-    pub fn note_invocation(&self, id: &str) {
-        self.recent.lock().expect("recent ids lock").push(id);
-    }
-
-    /// Whether `id` is one of the latest invocations sent to this instance.
-    pub fn had_invocation(&self, id: &str) -> bool {
-        self.recent
-            .lock()
-            .expect("recent ids lock")
-            .set
-            .contains(id)
-    }
-
     /// Count a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self.clone(), None)
+    }
+
+    /// Invocation `id` is sent to this instance: counted in flight, and the
+    /// instance's output is its while it is the only one ([`LogRing`]), until the
+    /// guard drops. Also returns the number of the next output line.
+    pub fn begin_invocation(self: &Arc<Self>, id: &str) -> (InFlight, u64) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let id: Arc<str> = id.into();
+        let from_line = self.logs.begin(id.clone());
+        (InFlight(self.clone(), Some(id)), from_line)
     }
 }
 
-/// A request in flight on an endpoint; counted until dropped.
-pub struct InFlight(Arc<Endpoint>);
-
-/// A bounded set of recent invocation ids.
-#[derive(Default)]
-struct RecentIds {
-    order: std::collections::VecDeque<String>,
-    set: std::collections::HashSet<String>,
-}
-
-impl RecentIds {
-    const CAPACITY: usize = 4096;
-
-    fn push(&mut self, id: &str) {
-        if self.order.len() == Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.order.push_back(id.to_string());
-        self.set.insert(id.to_string());
-    }
-}
+/// A request in flight on an endpoint; counted (and its invocation's output
+/// attributed) until dropped.
+pub struct InFlight(Arc<Endpoint>, Option<Arc<str>>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(id) = &self.1 {
+            self.0.logs.end(id);
+        }
         self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -87,6 +87,34 @@ pub fn unavailable(
     })
 }
 
+/// [`unavailable`], said of the newest deployment when one is on its way (a new
+/// version or new settings): its error if it fails too, else that it is starting
+/// — never only the old deployment's error, which the change may have fixed.
+pub fn unavailable_with_newer(
+    app: &str,
+    serving_unavailable: Option<String>,
+    newer: Option<&[InstanceStatus]>,
+) -> Option<String> {
+    let old = serving_unavailable?;
+    let Some(newer) = newer else {
+        return Some(old);
+    };
+    let newest_error = newer.iter().find_map(|s| {
+        matches!(
+            s.state,
+            InstanceState::CrashLooping | InstanceState::Restarting
+        )
+        .then(|| s.last_error.clone())
+        .flatten()
+    });
+    Some(match newest_error {
+        Some(e) => format!("app `{app}`: its newest deployment fails on this node: {e}"),
+        None => format!(
+            "app `{app}`: its newest deployment is starting on this node (the one before it is crash-looping)"
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +125,37 @@ mod tests {
             ready,
             draining,
         }
+    }
+
+    fn status(state: InstanceState, error: Option<&str>) -> InstanceStatus {
+        InstanceStatus {
+            app: strom_proto::ids::AppName::parse("web").unwrap(),
+            version: strom_proto::ids::VersionId::of_bytes(b"v"),
+            slot: 0,
+            instance_id: "i".into(),
+            state,
+            restarts: 3,
+            pid: None,
+            last_error: error.map(str::to_string),
+            serving: false,
+        }
+    }
+
+    #[test]
+    fn a_503_quotes_the_newest_deployment() {
+        let old = Some("app `web` is crash-looping on this node: old error".to_string());
+        assert_eq!(unavailable_with_newer("web", old.clone(), None), old);
+        assert_eq!(unavailable_with_newer("web", None, Some(&[])), None);
+        let starting = [status(InstanceState::Starting, None)];
+        let msg = unavailable_with_newer("web", old.clone(), Some(&starting)).unwrap();
+        assert!(msg.contains("newest deployment is starting"), "{msg}");
+        assert!(!msg.contains("old error"), "{msg}");
+        let failing = [status(InstanceState::Restarting, Some("new error"))];
+        let msg = unavailable_with_newer("web", old, Some(&failing)).unwrap();
+        assert!(
+            msg.contains("new error") && !msg.contains("old error"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -150,7 +150,13 @@ impl Worker {
             Err(e) => tracing::info!("docker runtime not available yet: {e}"),
         }
         let runtime = Arc::new(Runtimes {
-            process: Arc::new(ProcessRuntime::new(&run_dir)?),
+            process: Arc::new(match std::env::current_exe() {
+                // Handlers die with the node, even after a kill -9 of it.
+                Ok(strom) if launcher_enabled() => {
+                    ProcessRuntime::new(&run_dir)?.with_launcher(strom)
+                }
+                _ => ProcessRuntime::new(&run_dir)?,
+            }),
             docker: Some(docker.clone()),
             default: containers.default_runtime,
         });
@@ -323,4 +329,14 @@ fn in_use(instances: &[InstanceStatus]) -> std::collections::HashSet<Unpacked> {
         .iter()
         .map(|i| (i.app.clone(), i.version.clone()))
         .collect()
+}
+
+/// Whether handlers start through the `strom` binary's launcher: only when this
+/// process is the `strom` binary (tests that embed the node in another binary
+/// start handlers directly).
+fn launcher_enabled() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .is_some_and(|name| name == "strom")
 }

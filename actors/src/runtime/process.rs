@@ -32,6 +32,47 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
     pid_dir: PathBuf,
+    /// A program that runs `LAUNCH_ARG <node pid> -- <handler> <args…>` as
+    /// [`run_launcher`] does (the `strom` binary itself): the handler then dies with
+    /// the node, even after a `kill -9` of it (Linux).
+    launcher: Option<PathBuf>,
+}
+
+/// The hidden first argument that makes the `strom` binary a handler launcher.
+pub const LAUNCH_ARG: &str = "__strom-handler-launcher";
+
+/// Become the handler: ask the kernel to kill this process when its parent (the
+/// node) dies, make sure the node has not died already, then exec the handler in
+/// place (same pid, process group, pipes, environment and folder). Returns only on
+/// failure, with the exit code to use. `args`: `<node pid> -- <program> <args…>`.
+#[cfg(target_os = "linux")]
+pub fn run_launcher(args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let (Some(parent), Some("--"), Some(program)) = (
+        args.first().and_then(|p| p.parse::<i32>().ok()),
+        args.get(1).map(String::as_str),
+        args.get(2),
+    ) else {
+        eprintln!("strom handler launcher: usage: {LAUNCH_ARG} <node pid> -- <program> [args…]");
+        return 2;
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        eprintln!("strom handler launcher: cannot tie the handler to the node: {e}");
+        return 1;
+    }
+    // The node may have died before the signal was armed.
+    if nix::unistd::getppid().as_raw() != parent {
+        return 1;
+    }
+    let err = std::process::Command::new(program).args(&args[3..]).exec();
+    eprintln!("cannot start `{program}`: {err}");
+    127
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn run_launcher(_args: &[String]) -> i32 {
+    eprintln!("strom handler launcher: only on Linux");
+    2
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,7 +89,41 @@ impl ProcessRuntime {
         std::fs::create_dir_all(run_dir)?;
         Ok(ProcessRuntime {
             pid_dir: run_dir.to_path_buf(),
+            launcher: None,
         })
+    }
+
+    /// Start handlers through `launcher` (see [`ProcessRuntime::launcher`]); Linux
+    /// only (elsewhere it is ignored, and the sweep at start cleans up).
+    pub fn with_launcher(mut self, launcher: PathBuf) -> Self {
+        if cfg!(target_os = "linux") {
+            self.launcher = Some(launcher);
+        }
+        self
+    }
+}
+
+/// Whether `program` can be started: a path that exists, or a bare name on `PATH`
+/// (through a launcher, a missing program would only show as an exit).
+fn check_program(program: &Path) -> std::io::Result<()> {
+    let bare = program.components().count() == 1 && !program.is_absolute();
+    let found = if bare {
+        program
+            .to_str()
+            .and_then(strom_proto::manifest::find_on_path)
+            .is_some()
+    } else if program.is_absolute() {
+        program.is_file()
+    } else {
+        true // relative to the handler's folder: the launcher reports it
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or command",
+        ))
     }
 }
 
@@ -93,7 +168,22 @@ impl InstanceRuntime for ProcessRuntime {
             Some(w) if !w.is_empty() => spec.app_root.join(w),
             _ => spec.app_root.clone(),
         };
-        let mut cmd = tokio::process::Command::new(&program);
+        let mut cmd = match &self.launcher {
+            Some(launcher) => {
+                check_program(&program).map_err(|source| RuntimeError::Spawn {
+                    program: program.display().to_string(),
+                    dir: dir.clone(),
+                    source,
+                })?;
+                let mut cmd = tokio::process::Command::new(launcher);
+                cmd.arg(LAUNCH_ARG)
+                    .arg(std::process::id().to_string())
+                    .arg("--")
+                    .arg(&program);
+                cmd
+            }
+            None => tokio::process::Command::new(&program),
+        };
         // Strom's own configuration (tokens, addresses) is not the handler's business.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STROM_") {

@@ -4,13 +4,16 @@
 //!
 //! A handler's output travels through a pipe and can trail its answer a little,
 //! so a record takes the lines from its start to its answer plus [`LOG_GRACE`],
-//! at most [`TRAILING_LINES`] after the answer, skipping lines that name another
-//! invocation sent to the same instance; at most [`MAX_RECORD_LINES`] in all. In
-//! memory only.
+//! at most [`TRAILING_LINES`] after the answer, that are its own (the instance's
+//! [`strom_actors::log_ring::LogRing`] tags each line with the invocations in
+//! flight when it arrived: a line of one is that one's; a line written while
+//! several were in flight appears once, in the earliest one's record, naming them
+//! all); at most [`MAX_RECORD_LINES`] in all. In memory only.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use strom_actors::log_ring::Owner;
 use strom_actors::runtime::LogStream;
 use strom_actors::Endpoint;
 use strom_proto::invocations::{InvocationRecord, InvocationStore, LogEntry};
@@ -143,50 +146,25 @@ fn finish(p: Pending) -> InvocationRecord {
         .next_seq()
         .min(p.answered_line + TRAILING_LINES)
         .min(p.from_line + MAX_RECORD_LINES);
-    for line in p.endpoint.logs.range(p.from_line, to) {
-        if names_other_invocation(&line.text, &record.id, &p.endpoint) {
-            continue;
-        }
+    for tagged in p.endpoint.logs.tagged_range(p.from_line, to) {
+        let text = match &tagged.owner {
+            Owner::One(id) if **id == *record.id => tagged.line.text,
+            // Written while several were in flight: shown once, in the earliest's
+            // record, naming them all.
+            Owner::Shared(ids) if ids.first().is_some_and(|f| **f == *record.id) => format!(
+                "[instance output while {} were in flight] {}",
+                ids.iter().map(|i| &**i).collect::<Vec<_>>().join(", "),
+                tagged.line.text
+            ),
+            _ => continue,
+        };
         record.logs.push(LogEntry {
-            source: match line.stream {
+            source: match tagged.line.stream {
                 LogStream::Stdout => "stdout".into(),
                 LogStream::Stderr => "stderr".into(),
             },
-            text: line.text,
+            text,
         });
     }
     record
-}
-
-/// The UUID-shaped words of a log line.
-fn uuids_in(line: &str) -> impl Iterator<Item = &str> {
-    let b = line.as_bytes();
-    (0..b.len().saturating_sub(35)).filter_map(move |i| {
-        let w = &b[i..i + 36];
-        let shaped = w.iter().enumerate().all(|(j, c)| match j {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        });
-        shaped.then(|| &line[i..i + 36])
-    })
-}
-
-/// Whether a line names another invocation sent to the same instance (so it
-/// belongs to that one's record, not this one's).
-fn names_other_invocation(line: &str, ours: &str, endpoint: &Endpoint) -> bool {
-    !line.contains(ours) && uuids_in(line).any(|id| endpoint.had_invocation(id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uuid_words_are_found_in_log_lines() {
-        let a = "0b8e3c1e-9f3c-4c8e-8a1b-2d4e5f6a7b8c";
-        let line = format!("order 11111111-2222-3333-4444-555555555555 for {a}");
-        let found: Vec<_> = uuids_in(&line).collect();
-        assert_eq!(found, ["11111111-2222-3333-4444-555555555555", a]);
-        assert_eq!(uuids_in("plain line").count(), 0);
-    }
 }
