@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prost::Message;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
 use strom_proto::command::{
@@ -165,7 +164,9 @@ impl AdminApi {
                 restarts: i.restarts,
                 pid: i.pid.unwrap_or(0),
                 last_error: i.last_error.clone().unwrap_or_default(),
-                serving: i.serving,
+                // Answering this node's traffic: of the serving version, and Ready
+                // (a crash-looping instance serves nothing).
+                serving: i.serving && i.state == strom_proto::instances::InstanceState::Ready,
                 node_id: *node_id,
             })
             .collect()
@@ -408,11 +409,7 @@ pub fn validation_status(errors: &[ManifestError]) -> Status {
         message.push_str("\n  ");
         message.push_str(&e.to_string());
     }
-    Status::with_details(
-        tonic::Code::InvalidArgument,
-        message,
-        details.encode_to_vec().into(),
-    )
+    strom_proto::rich_error::validation_status(message, &details)
 }
 
 fn parse_app(name: &str) -> Result<AppName, Status> {
@@ -464,8 +461,29 @@ pub fn function_info(
     let mut info = pb::FunctionInfo {
         app_name: app.to_string(),
         name: f.name.clone(),
-        supported: f.unsupported.is_empty(),
-        unsupported_reasons: f.unsupported.clone(),
+        // It serves when its trigger is supported; unsupported outputs are named.
+        supported: !matches!(f.trigger, Trigger::Unsupported { .. }),
+        unsupported_reasons: f
+            .bindings
+            .iter()
+            .filter(|b| !b.supported)
+            .map(|b| match b.direction {
+                strom_proto::manifest::Direction::In => format!(
+                    "{} `{}` ({}) is not supported on this cluster",
+                    if b.binding_type.to_ascii_lowercase().ends_with("trigger") {
+                        "trigger"
+                    } else {
+                        "input"
+                    },
+                    b.name,
+                    b.binding_type
+                ),
+                _ => format!(
+                    "output `{}` ({}) is not supported on this cluster: values given to it are dropped",
+                    b.name, b.binding_type
+                ),
+            })
+            .collect(),
         disabled: is_function_disabled(settings, &f.name),
         ..Default::default()
     };
@@ -533,7 +551,18 @@ impl AdminService for AdminApi {
         let mut name: Option<AppName> = None;
         let mut bytes = Vec::new();
         let mut settings = BTreeMap::new();
+        let mut index = 0usize;
         while let Some(chunk) = stream.message().await? {
+            index += 1;
+            if let Some(first) = &name {
+                // Later chunks leave the name empty or repeat it (as the proto says).
+                if !chunk.app_name.is_empty() && chunk.app_name != first.as_str() {
+                    return Err(Status::invalid_argument(format!(
+                        "app_name: chunk {index} names app `{}`, but the upload is for `{first}`",
+                        chunk.app_name
+                    )));
+                }
+            }
             if name.is_none() {
                 name = Some(parse_app(&chunk.app_name)?);
                 settings = chunk.settings.into_iter().collect();
@@ -988,6 +1017,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListInvocationsRequest>,
     ) -> Result<Response<pb::ListInvocationsResponse>, Status> {
         let filter = InvocationFilter::parse(request.get_ref())?;
+        filter.check_exists(&self.node.read_local().state)?;
         let invocations = match self.worker.get() {
             Some(w) => w
                 .invocations
@@ -1101,6 +1131,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListInvocationsRequest>,
     ) -> Result<Response<Self::StreamInvocationsStream>, Status> {
         let filter = InvocationFilter::parse(request.get_ref())?;
+        filter.check_exists(&self.node.read_local().state)?;
         let follow = request.get_ref().follow;
         let Some(w) = self.worker.get().cloned() else {
             return Ok(Response::new(Box::pin(futures::stream::empty())));
@@ -1128,7 +1159,15 @@ impl AdminService for AdminApi {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // A follower is told why the stream ends.
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the node is stopping: no more invocations from it",
+                            )))
+                            .await;
+                        return;
+                    }
                     next = live.recv() => next,
                 };
                 match next {
@@ -1166,6 +1205,30 @@ struct InvocationFilter {
 }
 
 impl InvocationFilter {
+    /// An app or function that does not exist is NOT_FOUND, not an empty answer.
+    fn check_exists(&self, state: &crate::cluster_state::ClusterState) -> Result<(), Status> {
+        let Some(app) = &self.app else {
+            return Ok(());
+        };
+        let Some(found) = state.apps.get(app) else {
+            return Err(Status::not_found(format!("app `{app}` not found")));
+        };
+        if let Some(function) = &self.function {
+            let known = found
+                .active()
+                .manifest
+                .functions
+                .iter()
+                .any(|f| &f.name == function);
+            if !known {
+                return Err(Status::not_found(format!(
+                    "function `{function}` not found in app `{app}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn parse(req: &pb::ListInvocationsRequest) -> Result<Self, Status> {
         let app = match req.app_name.as_str() {
             "" => None,
@@ -1176,8 +1239,8 @@ impl InvocationFilter {
             return Err(Status::invalid_argument("function_name needs app_name"));
         }
         let limit = match req.limit {
-            0 => 100,
-            n => (n as usize).min(10_000),
+            None => 100,
+            Some(n) => (n as usize).min(10_000),
         };
         Ok(InvocationFilter {
             app,

@@ -67,6 +67,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(strom_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the descriptor set is generated at build time");
+    // Python's grpcio-reflection and older grpcurl still ask v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strom_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the descriptor set is generated at build time");
     // Long-lived streams end with the server, or its graceful stop would wait on them.
     let api = api.with_shutdown(cancel.clone());
     let admin = InterceptedService::new(
@@ -126,6 +131,7 @@ pub async fn serve(
         .add_service(blobs)
         .add_service(workers)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await
 }

@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use prost::Message;
 use strom_control_plane::{control_server, Bootstrap, ManagementConfig, ManagementNode};
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_client::AdminServiceClient;
@@ -127,9 +126,7 @@ fn chunks(
 }
 
 fn details(status: &tonic::Status) -> Vec<String> {
-    pb::ValidationErrors::decode(status.details())
-        .unwrap()
-        .errors
+    strom_proto::rich_error::validation_errors(status)
         .into_iter()
         .map(|e| format!("{}|{}|{}", e.file, e.json_path, e.message))
         .collect()
@@ -287,7 +284,19 @@ async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
         ("f/function.json", FUNC),
         ("nightly/function.json", TIMER),
     ]);
-    c.deploy_app(chunks("jobs", zip)).await.unwrap();
+    // A schedule naming a setting that is not set could never run: refused.
+    let err = c.deploy_app(chunks("jobs", zip.clone())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("`NIGHTLY`, which is not set"),
+        "{}",
+        err.message()
+    );
+    // Deployed with it, it is accepted.
+    let mut parts: Vec<pb::DeployAppChunk> =
+        futures::executor::block_on_stream(chunks("jobs", zip)).collect();
+    parts[0].settings = [("NIGHTLY".to_string(), "0 0 2 * * *".to_string())].into();
+    c.deploy_app(futures::stream::iter(parts)).await.unwrap();
 
     // A setting that a timer schedule refers to must be a valid schedule.
     let err = c
@@ -442,4 +451,65 @@ async fn t34_a_stopped_raft_is_internal_not_unavailable() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_reflection_also_answers_v1alpha() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+    let s = serve(1 << 20).await;
+    let mut client = ServerReflectionClient::new(s.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"strom.admin.v1.AdminService".to_string()),
+        "{names:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t36_a_later_chunk_may_not_rename_the_app() {
+    let s = serve(1 << 20).await;
+    let mut c = s.client(Some(&s.token)).await;
+    let zip = zip_of(&[("host.json", HOST), ("f/function.json", FUNC)]);
+    let parts: Vec<Vec<u8>> = zip.chunks(zip.len() / 2 + 1).map(<[u8]>::to_vec).collect();
+    assert_eq!(parts.len(), 2);
+    let stream =
+        futures::stream::iter(
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| pb::DeployAppChunk {
+                    app_name: if i == 0 { "one".into() } else { "two".into() },
+                    data,
+                    total_size: 0,
+                    settings: Default::default(),
+                }),
+        );
+    let err = c.deploy_app(stream).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("`two`"), "{}", err.message());
+    let apps = c
+        .list_apps(pb::ListAppsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(apps.apps.is_empty(), "a refused upload changes nothing");
+    s.stop().await;
 }

@@ -31,7 +31,7 @@ pub enum Command {
     /// Manage function apps.
     #[command(subcommand)]
     App(AppCommand),
-    /// List functions.
+    /// Functions: list them, manage their keys, show their invocations and logs.
     #[command(subcommand)]
     Fn(FnCommand),
     /// Inspect the cluster.
@@ -307,8 +307,11 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
-    /// Zip an app folder (honoring .funcignore) and deploy it as a new version.
+    /// Zip an app folder (honoring .funcignore), or take a ready-made zip, and
+    /// deploy it as a new version.
     Deploy {
+        /// The app folder (`host.json` and one folder per function), or a zip of
+        /// it as Azure zip deploy takes (`host.json` at the zip's root).
         dir: PathBuf,
         /// App name (default: the folder's name).
         #[arg(long)]
@@ -328,12 +331,14 @@ pub enum AppCommand {
     },
     /// Show an app: versions, active version, functions with their URLs.
     Show {
+        /// The app's name (as `strom app list` shows it).
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete an app and all its versions.
     Delete {
+        /// The app's name (as `strom app list` shows it).
         name: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -343,13 +348,16 @@ pub enum AppCommand {
     Settings(SettingsCommand),
     /// Set how many instances of the app run.
     Scale {
+        /// The app's name (as `strom app list` shows it).
         name: String,
+        /// Instances to run (0 stops the app without deleting it).
         instances: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Make an earlier version active again.
     Rollback {
+        /// The app's name (as `strom app list` shows it).
         name: String,
         /// Version id or a unique prefix (≥ 7 hex digits).
         version: String,
@@ -362,7 +370,9 @@ pub enum AppCommand {
 pub enum SettingsCommand {
     /// Set settings: `strom app settings set NAME K=V [K=V…]`.
     Set {
+        /// The app's name (as `strom app list` shows it).
         name: String,
+        /// Settings as KEY=VALUE; a value may contain `=`.
         #[arg(required = true, value_name = "K=V")]
         pairs: Vec<String>,
         #[command(flatten)]
@@ -370,13 +380,16 @@ pub enum SettingsCommand {
     },
     /// Show settings.
     Get {
+        /// The app's name (as `strom app list` shows it).
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Remove settings.
     Unset {
+        /// The app's name (as `strom app list` shows it).
         name: String,
+        /// Names of the settings to remove.
         #[arg(required = true)]
         keys: Vec<String>,
         #[command(flatten)]
@@ -388,13 +401,16 @@ pub enum SettingsCommand {
 pub enum FnCommand {
     /// List functions of one app, or of every app.
     List {
+        /// Only this app's functions (default: every app's).
         app: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Show the keys that can call a function (function, host and master keys).
     Keys {
+        /// The app's name.
         app: String,
+        /// The function's name (its folder in the app).
         function: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -402,6 +418,7 @@ pub enum FnCommand {
     /// Create or replace a key: a function key (default), a host key (`--scope host`)
     /// or the master key (`--scope master`). Prints the key.
     SetKey {
+        /// The app's name.
         app: String,
         /// The function (for a function key; ignored for host and master keys).
         function: String,
@@ -419,8 +436,11 @@ pub enum FnCommand {
     },
     /// Remove a function key or a host key (`--scope host`).
     DeleteKey {
+        /// The app's name.
         app: String,
+        /// The function (for a function key; ignored for a host key).
         function: String,
+        /// The key's name.
         name: String,
         /// `function` or `host`.
         #[arg(long, default_value = "function")]
@@ -430,12 +450,15 @@ pub enum FnCommand {
     },
     /// Show recent invocations with their logs; `--follow` keeps streaming.
     Logs {
+        /// The app's name.
         app: String,
+        /// Only this function's invocations (default: every function of the app).
         function: Option<String>,
         /// Keep streaming new invocations.
         #[arg(long, short)]
         follow: bool,
-        /// How many recent invocations to show first.
+        /// How many recent invocations to show first (0: none, e.g. with
+        /// `--follow` to see only new ones).
         #[arg(long, default_value_t = 20)]
         tail: u32,
         #[command(flatten)]
@@ -449,18 +472,21 @@ pub enum NodeCommand {
     /// leadership to a caught-up follower first; a worker's instances move to other
     /// workers (make-before-break) and it takes no new ones.
     Drain {
+        /// The node's id (as `strom cluster status` shows it).
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A worker takes no new instances; it keeps what it runs.
     Cordon {
+        /// The node's id (as `strom cluster status` shows it).
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A cordoned or drained worker takes instances again.
     Uncordon {
+        /// The node's id (as `strom cluster status` shows it).
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,
@@ -477,6 +503,7 @@ pub enum ClusterCommand {
     /// Remove a management node from the Raft group (joint consensus), or a worker
     /// from the cluster (its instances are placed elsewhere).
     RemoveMember {
+        /// The node's id (as `strom cluster status` shows it).
         node_id: u64,
         #[command(flatten)]
         client: ClientArgs,

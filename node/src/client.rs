@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use prost::Message;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_client::AdminServiceClient;
 use tonic::metadata::MetadataValue;
@@ -39,7 +38,44 @@ impl From<anyhow::Error> for CliError {
 }
 
 /// Exit code and one-line reason for a gRPC error; validation errors are listed.
+/// `--server` must be a control URL: `http://` or `https://`, a host and a port.
+pub fn check_server_url(server: &str) -> Result<(), CliError> {
+    let wrong = |why: &str| {
+        Err(CliError::new(
+            2,
+            format!("--server `{server}`: {why}; give a URL like http://127.0.0.1:7171"),
+        ))
+    };
+    let Some((scheme, rest)) = server.split_once("://") else {
+        return wrong("no scheme");
+    };
+    if scheme != "http" && scheme != "https" {
+        return wrong(&format!(
+            "`{scheme}` is not a scheme Strom speaks (http or https)"
+        ));
+    }
+    match server.parse::<hyper::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) && !rest.starts_with('/') => Ok(()),
+        _ => wrong("no host"),
+    }
+}
+
+/// What a gRPC call to a plain HTTP server (a function port, by mistake) fails with.
+fn answered_by_plain_http(status: &tonic::Status) -> bool {
+    let m = status.message();
+    m.contains("invalid compression flag")
+        || (status.code() == tonic::Code::Unknown && m.contains("grpc-status header missing"))
+        || m.contains("invalid content type")
+}
+
 pub fn status_error(status: tonic::Status) -> CliError {
+    if answered_by_plain_http(&status) {
+        return CliError::new(
+            2,
+            "the server answered with plain HTTP, not gRPC: this looks like a function port, \
+             not the control port (--server is the control URL, http://127.0.0.1:7171 by default)",
+        );
+    }
     use tonic::Code;
     let code = match status.code() {
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 2,
@@ -49,8 +85,8 @@ pub fn status_error(status: tonic::Status) -> CliError {
         _ => 1,
     };
     let mut message = status.message().lines().next().unwrap_or("").to_string();
-    if let Ok(details) = pb::ValidationErrors::decode(status.details()) {
-        for e in &details.errors {
+    {
+        for e in &strom_proto::rich_error::validation_errors(&status) {
             message.push_str("\n  ");
             message.push_str(&e.file);
             if !e.json_path.is_empty() {
@@ -105,6 +141,7 @@ pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
             "the admin token contains characters not allowed in a header",
         )
     })?;
+    check_server_url(&args.server)?;
     let mut endpoint = Channel::from_shared(args.server.clone())
         .map_err(|e| CliError::new(2, format!("--server `{}`: {e}", args.server)))?
         .connect_timeout(std::time::Duration::from_secs(5));
@@ -153,6 +190,16 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 Some(n) => n,
                 None => default_app_name(&dir)?,
             };
+            let zip_file = dir.is_file();
+            if zip_file && publish_local_settings {
+                return Err(CliError::new(
+                    2,
+                    format!(
+                        "--publish-local-settings needs an app folder: {} is a file (a zip holds no local.settings.json)",
+                        dir.display()
+                    ),
+                ));
+            }
             let settings = if publish_local_settings {
                 crate::local_settings::read(&dir)
                     .map_err(|e| CliError::new(2, e))?
@@ -161,8 +208,12 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             } else {
                 HashMap::new()
             };
+            let zip = if zip_file {
+                read_zip(&dir)?
+            } else {
+                pack(&dir)?
+            };
             let mut c = connect(&client).await?;
-            let zip = pack(&dir)?;
             let out = Printer::new(client.output);
             let resp = upload(&mut c, &name, zip, settings, out.interactive()).await?;
             out.deployed(&resp);
@@ -372,7 +423,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .stream_invocations(pb::ListInvocationsRequest {
                     app_name: app,
                     function_name: function.unwrap_or_default(),
-                    limit: tail,
+                    limit: Some(tail),
                     follow,
                 })
                 .await
@@ -498,8 +549,13 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
 pub fn default_app_name(dir: &Path) -> Result<String, CliError> {
     let abs = std::fs::canonicalize(dir)
         .map_err(|e| CliError::new(2, format!("app folder {}: {e}", dir.display())))?;
-    abs.file_name()
-        .and_then(|n| n.to_str())
+    // A zip is named after its file (`web.zip` → `web`).
+    let name = if abs.is_file() {
+        abs.file_stem()
+    } else {
+        abs.file_name()
+    };
+    name.and_then(|n| n.to_str())
         .map(|n| n.to_ascii_lowercase())
         .ok_or_else(|| {
             CliError::new(
@@ -513,6 +569,23 @@ pub fn default_app_name(dir: &Path) -> Result<String, CliError> {
 }
 
 /// Zip an app folder, honoring `.funcignore`.
+/// A ready-made package (what Azure zip deploy takes: `host.json` at its root);
+/// the cluster validates it as it does a packed folder.
+pub fn read_zip(path: &Path) -> Result<Vec<u8>, CliError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::new(2, format!("app package {}: {e}", path.display())))?;
+    if !bytes.starts_with(b"PK") {
+        return Err(CliError::new(
+            2,
+            format!(
+                "app package {}: not a zip file; give an app folder or a zip of one",
+                path.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 pub fn pack(dir: &Path) -> Result<Vec<u8>, CliError> {
     if !dir.is_dir() {
         return Err(CliError::new(
@@ -573,4 +646,40 @@ pub async fn upload(
         b.finish_and_clear();
     }
     Ok(result.map_err(status_error)?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_need_a_scheme_strom_speaks_and_a_host() {
+        assert!(check_server_url("http://127.0.0.1:7171").is_ok());
+        assert!(check_server_url("https://mgmt.example:7171").is_ok());
+        for (bad, why) in [
+            ("127.0.0.1:7171", "no scheme"),
+            ("ftp://127.0.0.1:7171", "`ftp` is not a scheme"),
+            ("http://", "no host"),
+            ("http:///x", "no host"),
+        ] {
+            let e = check_server_url(bad).unwrap_err();
+            assert_eq!(e.code, 2, "{bad}");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+            assert!(
+                e.message.contains("http://127.0.0.1:7171") && e.message.contains(bad),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_http_answer_is_named_as_a_wrong_port() {
+        let e = status_error(tonic::Status::internal(
+            "protocol error: received message with invalid compression flag: 123 (valid flags are 0 and 1) while receiving response with status: 404 Not Found",
+        ));
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("function port"), "{}", e.message);
+        assert!(!e.message.contains("compression"), "{}", e.message);
+    }
 }

@@ -16,6 +16,18 @@ pub mod worker;
 
 use clap::Parser;
 
+/// What the node logs without `STROM_LOG`: warnings, the node's own info lines,
+/// and its handlers' output (`strom_handler`: start-up lines such as "Listening
+/// on …", stdout at info, stderr at warn).
+pub const DEFAULT_LOG_FILTER: &str =
+    "warn,strom_control_plane=info,strom_node=info,strom_handler=info";
+
+/// Whether log lines carry ANSI colours: only on a terminal, and never with
+/// `NO_COLOR` set (<https://no-color.org>).
+pub fn log_colours(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
+}
+
 /// Run the CLI; returns the process exit code.
 pub async fn main_with_args(args: Vec<String>) -> i32 {
     let cli = match cli::Cli::try_parse_from(args) {

@@ -1,11 +1,24 @@
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // A handler being started: tie it to the node and become it (never returns on
+    // success).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(strom_actors::runtime::process::LAUNCH_ARG) {
+        std::process::exit(strom_actors::runtime::process::run_launcher(&args[2..]));
+    }
     let filter = EnvFilter::try_from_env("STROM_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,strom_control_plane=info,strom_node=info"));
+        .unwrap_or_else(|_| EnvFilter::new(strom_node::DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: files and journald get plain text.
+        .with_ansi(strom_node::log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some(),
+        ))
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("STROM_WORKER_THREADS")

@@ -162,7 +162,9 @@ impl Printer {
     }
 
     pub fn members(&self, r: &pb::GetClusterStatusResponse) {
-        if self.json(&r.members) {
+        // An object, like every other command's JSON (room for more fields).
+        let object = serde_json::json!({"leader_id": r.leader_id, "members": r.members});
+        if self.json(&object) {
             return;
         }
         let mut t = table(&["MEMBER", "ADDRESS", "ROLE", "LEADER"]);
@@ -442,6 +444,8 @@ pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
             format!("not supported: {}", f.unsupported_reasons.join("; "))
         } else if f.disabled {
             "disabled".into()
+        } else if !f.unsupported_reasons.is_empty() {
+            format!("ok; {}", f.unsupported_reasons.join("; "))
         } else {
             "ok".into()
         };

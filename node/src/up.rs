@@ -38,6 +38,50 @@ pub struct AppDir {
     local: Option<LocalSettings>,
 }
 
+/// Validate an app folder as the cluster would on a first deploy (no settings but
+/// its local.settings.json); every problem at once, each naming file and JSON path.
+fn check_app_dir(app: &AppDir, limits: &ZipLimits, in_containers: bool) -> Result<(), CliError> {
+    use strom_proto::manifest::{validate_app_for, AppPackage, HandlerCheck, ManifestError};
+    let zip = pack(&app.dir)?;
+    let settings: BTreeMap<String, String> = app
+        .local
+        .as_ref()
+        .map(|l| l.values.clone().into_iter().collect())
+        .unwrap_or_default();
+    let in_containers = match settings.get(strom_proto::runtime_settings::RUNTIME) {
+        Some(v) => v.trim().eq_ignore_ascii_case("docker"),
+        None => in_containers,
+    };
+    let check = if in_containers {
+        HandlerCheck::PackageOnly
+    } else {
+        HandlerCheck::PackageOrPath
+    };
+    let errors = AppPackage::from_zip_bytes(&zip, limits)
+        .map_err(|e| vec![ManifestError::from(e)])
+        .and_then(|pkg| validate_app_for(&pkg, &settings, check).map(|_| ()))
+        .err()
+        .unwrap_or_default();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let mut message = format!(
+        "app folder {} is not valid (nothing was created):",
+        app.dir.display()
+    );
+    for e in &errors {
+        message.push_str("\n  ");
+        message.push_str(&e.file);
+        if !e.json_path.is_empty() {
+            message.push_str(": ");
+            message.push_str(&e.json_path);
+        }
+        message.push_str(": ");
+        message.push_str(&e.message);
+    }
+    Err(CliError::new(2, message))
+}
+
 fn read_app_dirs(args: &UpArgs) -> Result<Vec<AppDir>, CliError> {
     let mut out = Vec::new();
     for dir in &args.app_dirs {
@@ -165,6 +209,16 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let problems = crate::serve::http_problems(&settings.http);
     if !problems.is_empty() {
         return Err(CliError::new(2, problems.join("\n")));
+    }
+    // A first start validates the apps before it creates anything: an invalid app
+    // must not leave a new cluster (and its one-time admin token) behind. Later
+    // starts deploy through the cluster, which also knows settings set since.
+    if !settings.data_dir.join("node.json").exists() {
+        let in_containers = settings.containers.default_runtime
+            == strom_proto::runtime_settings::RuntimeKind::Docker;
+        for app in &apps {
+            check_app_dir(app, &settings.limits, in_containers)?;
+        }
     }
     run_node(settings, apps, "single-node cluster").await
 }
@@ -531,11 +585,29 @@ pub async fn run_node(
             return Err(e);
         }
     }
+    let mut not_ready = 0;
+    let mut reporter = None;
     if let (Some(node), Some(w)) = (&running.node, &running.worker) {
         wait_until_ready(node, w, settings.startup_timeout).await;
-        print_running(node, w);
+        print_running(node);
+        let health = app_health(&node.read_local().state, &w.instances.borrow());
+        not_ready = print_health(&health);
+        reporter = Some(tokio::spawn(report_health_changes(
+            node.clone(),
+            w.instances.clone(),
+            health,
+            running.agent_cancel.clone(),
+        )));
     }
-    println!("Ready. Press Ctrl-C to stop.");
+    running.agent_tasks.extend(reporter);
+    if not_ready == 0 {
+        println!("Ready. Press Ctrl-C to stop.");
+    } else {
+        println!(
+            "Started, but {not_ready} app{} not ready (see above; `strom app show APP`). Press Ctrl-C to stop.",
+            if not_ready == 1 { " is" } else { "s are" }
+        );
+    }
 
     shutdown_signal().await;
     eprintln!("stopping…");
@@ -685,6 +757,35 @@ async fn start_worker(
     Ok(())
 }
 
+/// Which `local.settings.json` Values each app last got, by hash (in the data
+/// dir, 0600): a restart applies the file again only when it changed, so settings
+/// changed since with `strom app settings set` are kept.
+const APPLIED_LOCAL_SETTINGS: &str = "applied-local-settings.json";
+
+fn values_hash(values: &BTreeMap<String, String>) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(values).expect("a map of strings");
+    hex::encode(sha2::Sha256::digest(json))
+}
+
+fn read_applied(data_dir: &std::path::Path) -> BTreeMap<String, String> {
+    std::fs::read(data_dir.join(APPLIED_LOCAL_SETTINGS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The Values to send with `app`'s deploy: all of them when the file is new or
+/// changed since they were last applied, none otherwise.
+pub fn local_values_to_apply(
+    applied: &BTreeMap<String, String>,
+    app: &str,
+    values: Option<&BTreeMap<String, String>>,
+) -> Option<BTreeMap<String, String>> {
+    let values = values?;
+    (applied.get(app) != Some(&values_hash(values))).then(|| values.clone())
+}
+
 async fn deploy_dirs(
     node: &ManagementNode,
     apps: &[AppDir],
@@ -696,15 +797,23 @@ async fn deploy_dirs(
             .runs_instances(runs_instances)
             .containers_by_default(in_containers),
     );
+    let data_dir = node.config.data_dir.clone();
+    let mut applied = read_applied(&data_dir);
     for app in apps {
         let zip = pack(&app.dir)?;
         // local.settings.json Values go in with the version, so the first
-        // instances already start with them.
-        let settings = app
-            .local
-            .as_ref()
-            .map(|l| l.values.clone())
-            .unwrap_or_default();
+        // instances already start with them — once per change of the file.
+        let values = app.local.as_ref().map(|l| &l.values);
+        let to_apply = local_values_to_apply(&applied, app.name.as_str(), values);
+        if values.is_some() && to_apply.is_none() {
+            println!(
+                "app `{}`: {} unchanged since it was applied; keeping the current settings",
+                app.name,
+                local_settings::FILE
+            );
+        }
+        let applying = to_apply.is_some();
+        let settings = to_apply.unwrap_or_default();
         let resp = api
             .deploy_bytes(app.name.clone(), zip, settings)
             .await
@@ -713,12 +822,20 @@ async fn deploy_dirs(
                 e.message = format!("deploying {}: {}", app.dir.display(), e.message);
                 e
             })?;
-        if resp.changed {
+        if let (true, Some(values)) = (applying, values) {
+            applied.insert(app.name.to_string(), values_hash(values));
+            let text = serde_json::to_string_pretty(&applied).expect("a map of strings");
+            let path = data_dir.join(APPLIED_LOCAL_SETTINGS);
+            if let Err(e) = write_secret_file(&path, &text) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+        if resp.changed || applying {
             println!(
                 "Deployed app `{}` version {}{}.",
                 resp.app_name,
                 &resp.version_id[..12],
-                if app.local.is_some() {
+                if applying {
                     format!(" with the settings of {}", local_settings::FILE)
                 } else {
                     String::new()
@@ -762,7 +879,7 @@ async fn wait_until_ready(node: &ManagementNode, worker: &Worker, limit: Duratio
     }
 }
 
-fn print_running(node: &ManagementNode, worker: &Worker) {
+fn print_running(node: &ManagementNode) {
     let view = node.read_local();
     if view.state.apps.is_empty() {
         println!("No apps yet: deploy one with `strom app deploy DIR`.");
@@ -783,12 +900,105 @@ fn print_running(node: &ManagementNode, worker: &Worker) {
         }
     }
     print_functions(&functions, true);
-    for i in worker.instances.borrow().iter() {
-        if let Some(e) = &i.last_error {
-            if i.state != strom_proto::instances::InstanceState::Ready {
-                println!("app `{}`: {} — {e}", i.app, i.state.as_str());
+}
+
+/// How one app is doing on this node, as `strom up` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppHealth {
+    /// `ready` of the version's instances answer requests.
+    Ready { ready: usize },
+    /// Nothing answers yet; instances are starting.
+    Starting,
+    /// Nothing answers: its instances keep failing (the newest error).
+    Failing(String),
+}
+
+impl std::fmt::Display for AppHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppHealth::Ready { ready } => write!(
+                f,
+                "ready ({ready} instance{})",
+                if *ready == 1 { "" } else { "s" }
+            ),
+            AppHealth::Starting => f.write_str("starting"),
+            AppHealth::Failing(e) => write!(f, "NOT ready: {e}"),
+        }
+    }
+}
+
+/// Each app's health from this node's instances: those of the active version
+/// (a failing new instance never hides behind an old one that serves).
+pub fn app_health(
+    state: &strom_control_plane::cluster_state::ClusterState,
+    instances: &[strom_proto::instances::InstanceStatus],
+) -> BTreeMap<AppName, AppHealth> {
+    use strom_proto::instances::InstanceState;
+    state
+        .apps
+        .values()
+        .map(|app| {
+            let mine: Vec<_> = instances
+                .iter()
+                .filter(|i| i.app == app.name && i.version == app.active_version)
+                .collect();
+            let ready = mine
+                .iter()
+                .filter(|i| i.state == InstanceState::Ready)
+                .count();
+            let failing = mine.iter().find_map(|i| {
+                matches!(
+                    i.state,
+                    InstanceState::CrashLooping | InstanceState::Restarting
+                )
+                .then(|| i.last_error.clone())
+                .flatten()
+            });
+            let health = match (ready, failing) {
+                (0, Some(e)) => AppHealth::Failing(e),
+                (0, None) => AppHealth::Starting,
+                (ready, _) => AppHealth::Ready { ready },
+            };
+            (app.name.clone(), health)
+        })
+        .collect()
+}
+
+/// Print each app's health; returns how many are not ready.
+fn print_health(health: &BTreeMap<AppName, AppHealth>) -> usize {
+    for (app, h) in health {
+        println!("app `{app}`: {h}");
+    }
+    health
+        .values()
+        .filter(|h| !matches!(h, AppHealth::Ready { .. }))
+        .count()
+}
+
+/// After start-up: say when an app becomes ready or starts failing.
+async fn report_health_changes(
+    node: ManagementNode,
+    mut instances: tokio::sync::watch::Receiver<Arc<Vec<strom_proto::instances::InstanceStatus>>>,
+    mut last: BTreeMap<AppName, AppHealth>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = instances.changed() => if changed.is_err() { return },
+        }
+        // Let a burst of changes settle into one line per app.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = app_health(&node.read_local().state, &instances.borrow_and_update());
+        for (app, h) in &now {
+            let kind = |h: &AppHealth| std::mem::discriminant(h);
+            if last.get(app).map(kind) != Some(kind(h)) {
+                // stdout may be gone (`strom up | head`): a lost line is no error.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "app `{app}`: {h}");
             }
         }
+        last = now;
     }
 }
 

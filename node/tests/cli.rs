@@ -321,7 +321,38 @@ fn t26_usage_errors_exit_non_zero_with_a_reason() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("tcp connect error: tcp connect error"),
+        "{stderr}"
+    );
+    for (server, says) in [
+        ("127.0.0.1:7171", "give a URL like http://127.0.0.1:7171"),
+        ("ftp://127.0.0.1:7171", "not a scheme Strom speaks"),
+    ] {
+        let out = Command::new(STROM)
+            .args(["app", "list", "--server", server, "--token", "x"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{server}: {stderr}");
+        assert!(stderr.contains(says), "{server}: {stderr}");
+    }
+    // The function port given by mistake.
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[], &[]);
+    let out = common::cli(
+        &up.http,
+        &["app", "list"],
+        &["--data-dir", data.path().to_str().unwrap()],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("function port"), "{}", out.stderr);
+    up.stop();
 }
 
 #[test]
@@ -372,8 +403,10 @@ fn t28_cluster_members_and_the_last_voter_cannot_be_removed() {
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &[], &[]);
     let members = up.json(&["cluster", "members"]);
-    assert_eq!(members[0]["node_id"], 1);
-    assert_eq!(members[0]["voter"], true);
+    assert!(members.is_object(), "{members}");
+    assert_eq!(members["leader_id"], 1);
+    assert_eq!(members["members"][0]["node_id"], 1);
+    assert_eq!(members["members"][0]["voter"], true);
     let workers = |up: &Up| {
         up.json(&["cluster", "status"])["workers"]
             .as_array()
@@ -388,5 +421,434 @@ fn t28_cluster_members_and_the_last_voter_cannot_be_removed() {
     assert_eq!(workers(&up), vec![serde_json::json!(1)]);
     let out = up.strom(&["cluster", "remove-member", "7"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
+    up.stop();
+}
+
+#[test]
+fn t29_a_ready_made_zip_deploys_and_special_files_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[], &[]);
+    let files = tempfile::tempdir().unwrap();
+    let zip = files.path().join("Zipped.zip");
+    std::fs::write(&zip, strom_testkit::apps::app_zip("zipped")).unwrap();
+    let out = up.strom(&["app", "deploy", zip.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Named after the file, as a folder is named after itself.
+    let show = up.json(&["app", "show", "zipped"]);
+    assert_eq!(show["functions"][0]["name"], "f");
+
+    // Not a zip: a clear error, nothing deployed.
+    let text = files.path().join("notes.zip");
+    std::fs::write(&text, "hello").unwrap();
+    let out = up.strom(&["app", "deploy", text.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not a zip file"), "{}", out.stderr);
+    let out = up.strom(&[
+        "app",
+        "deploy",
+        zip.to_str().unwrap(),
+        "--publish-local-settings",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("needs an app folder"), "{}", out.stderr);
+
+    // A FIFO in an app folder is refused at once (it used to hang the deploy).
+    #[cfg(unix)]
+    {
+        let app = files.path().join("piped");
+        write_app(&app, HOST, &[("f", &http_fn("piped"))]);
+        let made = Command::new("mkfifo")
+            .arg(app.join("pipe"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let out = up.strom(&["app", "deploy", app.to_str().unwrap()]);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("`pipe`") && out.stderr.contains("special file"),
+            "{}",
+            out.stderr
+        );
+    }
+    let apps = up.json(&["app", "list"]);
+    assert_eq!(apps["apps"].as_array().unwrap().len(), 1, "{apps}");
+    up.stop();
+}
+
+#[test]
+fn t30_logs_to_a_file_are_plain_and_show_handler_output() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("logged");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "f",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+    let log = data.path().join("node.log");
+    let mut child = Command::new(STROM)
+        .arg("up")
+        .arg(&app)
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .args([
+            "--control-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("STROM_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut http = None;
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(rest) = line.trim().strip_prefix("functions:") {
+            http = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.starts_with("Ready.") {
+            break;
+        }
+    }
+    let r = common::get(&http.unwrap(), "/api/f");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r
+        .header("x-azure-functions-invocationid")
+        .map(str::to_string);
+    let text = common::eventually(
+        std::time::Duration::from_secs(10),
+        "the handler's line in the log",
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("stdout ").then_some(text)
+        },
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes in a file: {text}"
+    );
+    assert!(text.contains("strom_handler"), "{text}");
+    if let Some(id) = id {
+        assert!(text.contains(&format!("stdout {id}")), "{text}");
+    }
+}
+
+#[test]
+fn t31_up_with_an_invalid_app_creates_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("node");
+    let apps = tempfile::tempdir().unwrap();
+    let bad = apps.path().join("bad");
+    write_app(
+        &bad,
+        HOST,
+        &[("f", &http_fn("items/{id:int")), ("g", "{ not json")],
+    );
+    let out = Command::new(STROM)
+        .arg("up")
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args([
+            "--control-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    // Every problem at once, naming file and JSON path.
+    assert!(stderr.contains("f/function.json"), "{stderr}");
+    assert!(stderr.contains("g/function.json"), "{stderr}");
+    assert!(!stdout.contains("Admin token"), "{stdout}");
+    assert!(!dir.join("node.json").exists());
+    assert!(!dir.join("admin.token").exists());
+}
+
+#[test]
+fn t32_fn_logs_names_unknown_apps_and_says_why_a_follow_ended() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("logs");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "f",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    for args in [
+        &["fn", "logs", "nosuch"][..],
+        &["fn", "logs", "logs", "nofn"],
+    ] {
+        let out = up.strom(args);
+        assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("not found"), "{}", out.stderr);
+    }
+    let r = common::get(&up.http, "/api/f");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = |extra: &[&str]| {
+        let mut args = vec!["fn", "logs", "logs", "f", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = up.strom_with(&args, &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout.lines().count()
+    };
+    // The record is written once its grace for trailing output is over.
+    common::eventually(std::time::Duration::from_secs(10), "the record", || {
+        (lines(&[]) == 1).then_some(())
+    });
+    assert_eq!(lines(&["--tail", "0"]), 0);
+
+    // A follower is told that the node went away, and exits non-zero.
+    let follow = Command::new(STROM)
+        .args(["fn", "logs", "logs", "--follow", "--tail", "0"])
+        .args(["--server", &up.server, "--data-dir"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    up.stop();
+    let out = follow.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("the node is stopping"), "{stderr}");
+}
+
+#[test]
+fn t33_up_reports_an_app_that_is_not_ready_and_never_shows_it_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("boom");
+    write_app(
+        &app,
+        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh","arguments":["-c","echo boom >&2; exit 3"]}}}"#,
+        &[("f", &http_fn("f"))],
+    );
+    let up = Up::start(data.path(), &[&app], &["--startup-timeout-secs", "3"]);
+    assert!(
+        up.stdout
+            .iter()
+            .any(|l| l.starts_with("app `boom`: NOT ready") && l.contains("boom")),
+        "{:#?}",
+        up.stdout
+    );
+    let last = up.stdout.last().unwrap();
+    assert!(
+        last.starts_with("Started, but 1 app is not ready"),
+        "{:#?}",
+        up.stdout
+    );
+    let show = up.json(&["app", "show", "boom"]);
+    let instances = show["instances"].as_array().cloned().unwrap_or_default();
+    assert!(!instances.is_empty(), "{show}");
+    for i in &instances {
+        assert_ne!(i["serving"], true, "a failing instance serves nothing: {i}");
+    }
+    up.stop();
+}
+
+#[test]
+fn t34_a_restart_applies_local_settings_only_when_the_file_changed() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("keep");
+    write_app(&app, HOST, &[("f", &http_fn("keep"))]);
+    let file = app.join("local.settings.json");
+    std::fs::write(&file, r#"{"Values":{"K":"from-file"}}"#).unwrap();
+    let get = |up: &Up| up.json(&["app", "settings", "get", "keep"])["settings"]["K"].clone();
+
+    let up = Up::start(data.path(), &[&app], &[]);
+    assert_eq!(get(&up), "from-file");
+    let out = up.strom(&["app", "settings", "set", "keep", "K=set-since"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    up.stop();
+
+    // Same file: the setting changed since is kept, and the node says why.
+    let up = Up::start(data.path(), &[&app], &[]);
+    assert_eq!(get(&up), "set-since");
+    assert!(
+        up.stdout
+            .iter()
+            .any(|l| l.contains("local.settings.json unchanged")),
+        "{:#?}",
+        up.stdout
+    );
+    up.stop();
+
+    // A changed file is applied, as a new deploy would.
+    std::fs::write(&file, r#"{"Values":{"K":"edited"}}"#).unwrap();
+    let up = Up::start(data.path(), &[&app], &[]);
+    assert_eq!(get(&up), "edited");
+    up.stop();
+}
+
+#[test]
+fn t35_unsupported_outputs_are_named_and_their_values_recorded_as_dropped() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("outs");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "f",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"},{"type":"queue","direction":"out","name":"$return","queueName":"q"}]}"#,
+        )],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    let fns = up.json(&["fn", "list", "outs"]);
+    let f = &fns["functions"][0];
+    assert_eq!(f["supported"], true, "it serves: {f}");
+    assert!(
+        f["unsupported_reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("output `$return` (queue) is not supported"),
+        "{f}"
+    );
+    let r = common::get(&up.http, "/api/f?action=return");
+    assert_eq!(r.status, 201, "{}", r.text());
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the drop recorded",
+        || {
+            let out = up.strom_with(&["fn", "logs", "outs", "f", "--output", "json"], &[]);
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            out.stdout
+                .contains(
+                    "output `$return` (queue) is not supported on this cluster: value dropped",
+                )
+                .then_some(())
+        },
+    );
+    up.stop();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn t36_handlers_die_with_a_killed_node() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("orphan");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[("f", &http_fn("f"))],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    // Instances are reported with the worker's heartbeats.
+    let pids: Vec<u64> = common::eventually(
+        std::time::Duration::from_secs(10),
+        "the instance's pid",
+        || {
+            let pids: Vec<u64> = up.json(&["app", "show", "orphan"])["instances"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["pid"].as_u64())
+                .filter(|p| *p > 0)
+                .collect();
+            (!pids.is_empty()).then_some(pids)
+        },
+    );
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    assert!(pids.iter().all(|p| alive(*p)));
+    up.kill9();
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the handlers to die with their node",
+        || pids.iter().all(|p| !alive(*p)).then_some(()),
+    );
+}
+
+#[test]
+fn t37_output_lines_land_in_one_record_only() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("lines");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "f",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    let base = up.http.clone();
+    // Sequential calls a few ms apart: each record holds exactly its own lines.
+    for _ in 0..3 {
+        assert_eq!(common::get(&base, "/api/f").status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(8));
+    }
+    // Concurrent calls on the one instance.
+    let calls: Vec<_> = (0..9)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || common::get(&base, "/api/f?action=sleep=300").status)
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    let records: Vec<serde_json::Value> =
+        common::eventually(std::time::Duration::from_secs(10), "12 records", || {
+            let out = up.strom_with(
+                &[
+                    "fn", "logs", "lines", "f", "--tail", "100", "--output", "json",
+                ],
+                &[],
+            );
+            let records: Vec<serde_json::Value> = out
+                .stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            (records.len() == 12).then_some(records)
+        });
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let all_lines: Vec<String> = records
+        .iter()
+        .flat_map(|r| r["logs"].as_array().cloned().unwrap_or_default())
+        .filter(|l| l["source"] == "stdout")
+        .map(|l| l["text"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        let copies = all_lines
+            .iter()
+            .filter(|t| t.contains(&format!("stdout {id}")))
+            .count();
+        assert_eq!(
+            copies, 1,
+            "the line of {id} is in exactly one record: {all_lines:#?}"
+        );
+    }
     up.stop();
 }

@@ -52,7 +52,7 @@ fn t80_three_nodes_join_serve_and_survive_a_leader_kill() {
         assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
         serde_json::from_str(&out.stdout).unwrap()
     };
-    let members = on(&n3, &["cluster", "members"]);
+    let members = on(&n3, &["cluster", "members"])["members"].clone();
     assert_eq!(members.as_array().unwrap().len(), 3, "{members}");
     assert!(members
         .as_array()

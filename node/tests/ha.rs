@@ -457,7 +457,7 @@ fn t91_quorum_loss_stops_writes_not_requests_and_membership_changes_survive_rest
     let voters = |server: &str| -> Option<BTreeSet<u64>> {
         let members = json(server, &admin, &["cluster", "members"])?;
         Some(
-            members
+            members["members"]
                 .as_array()?
                 .iter()
                 .filter(|m| m["voter"] == true)

@@ -130,7 +130,7 @@ fn t95_tls_everywhere_with_mutual_tls_between_nodes() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let members: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
     let out = cli(
         &n2.server,
         &["cluster", "members"],

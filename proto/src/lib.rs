@@ -7,6 +7,7 @@
 //! - [`runtime_settings`]: the app settings that pick and limit an app's runtime.
 //! - [`codec`]: the bincode codec and versioned envelope for Raft entries and snapshots.
 //! - [`worker_view`]: what a worker and every gateway are told of the cluster.
+//! - [`rich_error`]: validation errors in gRPC's rich error model.
 //! - [`admin_v1`] / [`internal_v1`]: generated gRPC code.
 
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod instances;
 pub mod invocations;
 pub mod manifest;
 pub mod raft_types;
+pub mod rich_error;
 pub mod route_table;
 pub mod runtime_settings;
 pub mod version;

@@ -155,7 +155,11 @@ mod tests {
     fn a_cluster_of_this_build_allows_everything_it_has() {
         let reported = BTreeMap::from([(1, v(BUILD, PROTOCOL))]);
         assert!(allows(Feature::Workers, [1], &reported));
-        for feature in [Feature::Workers, Feature::VersionRetention] {
+        for feature in [
+            Feature::Workers,
+            Feature::VersionRetention,
+            Feature::InternalProof,
+        ] {
             assert!(allows(feature, [1], &reported));
             assert!(feature.since() <= PROTOCOL);
         }

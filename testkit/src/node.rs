@@ -98,7 +98,8 @@ impl Up {
                     if let Some(rest) = line.trim().strip_prefix("functions:") {
                         http = rest.split_whitespace().next().map(str::to_string);
                     }
-                    let ready = line.starts_with("Ready.");
+                    // "Ready." or, with an app that is not ready, "Started, but …".
+                    let ready = line.starts_with("Ready.") || line.starts_with("Started, but");
                     lines.push(line);
                     if ready {
                         break;

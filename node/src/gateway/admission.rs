@@ -91,6 +91,14 @@ pub enum Decision {
     Refuse(Refusal),
 }
 
+/// Whether a path has a `.` or `..` segment, percent-encoded or not.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Decision {
     Decision::Refuse(Refusal {
         status,
@@ -134,6 +142,14 @@ pub fn admit(
     }
     if head.path.eq_ignore_ascii_case("/admin/host/ping") {
         return Decision::Ping;
+    }
+    if has_dot_segment(head.path) {
+        // `/api/x/../../admin` must not reach a handler that would resolve it.
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the path has `.` or `..` segments: send the path they resolve to",
+        );
     }
     let too_large = head
         .content_length
@@ -410,6 +426,26 @@ mod tests {
             Decision::Refuse(r) => Some(r.status),
             _ => None,
         }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_before_routing() {
+        let (local, cluster) = (RoutingSnapshot::default(), ClusterRoutes::default());
+        for path in [
+            "/api/x/../../admin",
+            "/api/./x",
+            "/api/%2E%2e/x",
+            "/api/x/..",
+        ] {
+            let h = head("GET", path, &[]);
+            assert_eq!(
+                status(&admit(&h, &local, &cluster, LIMITS)),
+                Some(StatusCode::BAD_REQUEST),
+                "{path}"
+            );
+        }
+        assert!(!has_dot_segment("/api/.well-known/x"));
+        assert!(!has_dot_segment("/api/v1.2/x..y"));
     }
 
     #[test]

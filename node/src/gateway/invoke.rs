@@ -20,11 +20,11 @@ use strom_actors::routing::InFlight;
 use strom_actors::Endpoint;
 use strom_proto::ids::AppName;
 use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
-use strom_proto::manifest::Trigger;
+use strom_proto::manifest::{Direction, Trigger};
 use tokio::time::Instant;
 
 use super::admission::Target;
-use super::json_mode::parse_answer;
+use super::json_mode::{dropped_outputs, parse_answer};
 use super::recorder::Pending;
 use super::responses::{
     bad_request, error, full, read_body, unavailable, undelivered, Body, BoxError, UNDELIVERED,
@@ -138,9 +138,7 @@ impl Gateway {
                 Ok(e) => e,
                 Err(r) => return r,
             };
-            let from_line = endpoint.logs.next_seq();
-            let in_flight = endpoint.begin();
-            endpoint.note_invocation(&invocation_id);
+            let (in_flight, from_line) = endpoint.begin_invocation(&invocation_id);
             let request = if forwarding {
                 forward_request(&parts, &body, endpoint.addr, &invocation_id)
             } else {
@@ -226,7 +224,23 @@ impl Gateway {
             Outcome::Answered {
                 resp,
                 in_flight: _in_flight,
-            } => json_answer(resp, timeout, function, http.output.as_deref(), &mut record).await,
+            } => {
+                let unsupported: Vec<(&str, &str)> = fmanifest
+                    .bindings
+                    .iter()
+                    .filter(|b| !b.supported && b.direction != Direction::In)
+                    .map(|b| (b.name.as_str(), b.binding_type.as_str()))
+                    .collect();
+                json_answer(
+                    resp,
+                    timeout,
+                    function,
+                    http.output.as_deref(),
+                    &unsupported,
+                    &mut record,
+                )
+                .await
+            }
         };
         if record.status != InvocationStatus::Succeeded || !forwarding {
             record.http_status = response.status().as_u16();
@@ -293,6 +307,7 @@ async fn json_answer(
     timeout: Option<Duration>,
     function: &str,
     output_binding: Option<&str>,
+    unsupported: &[(&str, &str)],
     record: &mut InvocationRecord,
 ) -> Response<Body> {
     let status = resp.status().as_u16();
@@ -315,6 +330,14 @@ async fn json_answer(
                     source: "handler".into(),
                     text,
                 }));
+            record.logs.extend(
+                dropped_outputs(&bytes, unsupported)
+                    .into_iter()
+                    .map(|text| LogEntry {
+                        source: "host".into(),
+                        text,
+                    }),
+            );
             match answer.output {
                 None => {
                     let mut r = Response::new(full(Bytes::new()));

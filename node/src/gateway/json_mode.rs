@@ -145,6 +145,34 @@ fn logs_of(obj: &Map<String, Value>) -> Vec<String> {
     }
 }
 
+/// What a handler's answer gave to output bindings this cluster does not support
+/// (`(name, type)`): one line each for the invocation's record, never silent.
+pub fn dropped_outputs(body: &[u8], unsupported: &[(&str, &str)]) -> Vec<String> {
+    if unsupported.is_empty() {
+        return Vec::new();
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let outputs = match get(&obj, "Outputs") {
+        Some(Value::Object(o)) => Some(o),
+        _ => None,
+    };
+    unsupported
+        .iter()
+        .filter_map(|(name, kind)| {
+            let value = if *name == "$return" {
+                get(&obj, "ReturnValue")
+            } else {
+                outputs.and_then(|o| get(o, name))
+            };
+            value.filter(|v| !v.is_null()).map(|_| {
+                format!("output `{name}` ({kind}) is not supported on this cluster: value dropped")
+            })
+        })
+        .collect()
+}
+
 /// Interpret the handler's HTTP answer. `output_binding` is the name of the
 /// function's `http` output binding (`res`, `$return`), if it has one.
 pub fn parse_answer(
@@ -189,13 +217,16 @@ pub fn parse_answer(
     Ok(Answer { logs, output })
 }
 
+/// The type of a string body that names none (Azure's).
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
 fn http_output(v: &Value) -> Result<HttpOutput, String> {
     let obj = match v {
         Value::Object(o) => o,
         Value::String(s) => {
             return Ok(HttpOutput {
                 status: 200,
-                headers: vec![],
+                headers: vec![("content-type".into(), TEXT_PLAIN.into())],
                 body: Bytes::from(s.clone()),
             })
         }
@@ -253,6 +284,10 @@ fn http_output(v: &Value) -> Result<HttpOutput, String> {
             let binary = content_type.as_deref().is_some_and(|c| {
                 c.starts_with("application/octet-stream") || c.starts_with("image/")
             });
+            if content_type.is_none() {
+                // As Azure sends a string body that names no type.
+                headers.push(("content-type".into(), TEXT_PLAIN.into()));
+            }
             match binary.then(|| base64::engine::general_purpose::STANDARD.decode(s)) {
                 Some(Ok(bytes)) => Bytes::from(bytes),
                 _ => Bytes::from(s.clone()),
@@ -275,6 +310,24 @@ fn http_output(v: &Value) -> Result<HttpOutput, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_for_unsupported_outputs_are_named_not_dropped_silently() {
+        let body = br#"{"Outputs":{"res":{"body":"ok"},"msg":"hello"},"ReturnValue":{"a":1}}"#;
+        let lines = dropped_outputs(
+            body,
+            &[("msg", "queue"), ("$return", "queue"), ("other", "blob")],
+        );
+        assert_eq!(
+            lines,
+            [
+                "output `msg` (queue) is not supported on this cluster: value dropped",
+                "output `$return` (queue) is not supported on this cluster: value dropped",
+            ]
+        );
+        assert!(dropped_outputs(body, &[]).is_empty());
+        assert!(dropped_outputs(br#"{"Outputs":{"msg":null}}"#, &[("msg", "queue")]).is_empty());
+    }
 
     #[test]
     fn request_payload_has_the_azure_shape() {
@@ -335,7 +388,17 @@ mod tests {
         .unwrap();
         let out = a.output.unwrap();
         assert_eq!(out.status, 201);
-        assert_eq!(out.headers, vec![("X-A".to_string(), "b".to_string())]);
+        // A string body that names no type gets Azure's.
+        assert_eq!(
+            out.headers,
+            vec![
+                ("X-A".to_string(), "b".to_string()),
+                (
+                    "content-type".to_string(),
+                    "text/plain; charset=utf-8".to_string()
+                )
+            ]
+        );
         assert_eq!(out.body, Bytes::from("made"));
         assert_eq!(a.logs, vec!["one"]);
 
@@ -355,7 +418,28 @@ mod tests {
 
         // ReturnValue is used when the named output is absent.
         let a = parse_answer(200, br#"{"Outputs":{},"ReturnValue":"plain"}"#, Some("res")).unwrap();
-        assert_eq!(a.output.unwrap().body, Bytes::from("plain"));
+        let out = a.output.unwrap();
+        assert_eq!(out.body, Bytes::from("plain"));
+        assert_eq!(
+            out.headers,
+            vec![("content-type".into(), "text/plain; charset=utf-8".into())]
+        );
+        // A string body without a type gets Azure's; a named type is kept.
+        let a = parse_answer(200, br#"{"Outputs":{"res":{"body":"hi"}}}"#, Some("res")).unwrap();
+        assert_eq!(
+            a.output.unwrap().headers,
+            vec![("content-type".into(), "text/plain; charset=utf-8".into())]
+        );
+        let a = parse_answer(
+            200,
+            br#"{"Outputs":{"res":{"body":"<p>","headers":{"Content-Type":"text/html"}}}}"#,
+            Some("res"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.output.unwrap().headers,
+            vec![("Content-Type".into(), "text/html".into())]
+        );
 
         let a = parse_answer(200, br#"{"Outputs":{},"Logs":["x"]}"#, Some("res")).unwrap();
         assert_eq!(a.output, None);
