@@ -24,7 +24,7 @@ use strom_proto::manifest::{Direction, Trigger};
 use tokio::time::Instant;
 
 use super::admission::Target;
-use super::json_mode::{dropped_outputs, parse_answer};
+use super::json_mode::parse_answer_with;
 use super::recorder::Pending;
 use super::responses::{
     bad_request, error, full, read_body, unavailable, undelivered, Body, BoxError, UNDELIVERED,
@@ -322,7 +322,7 @@ async fn json_answer(
         Ok(Err(e)) => return answer_failed(record, function, e.to_string()),
         Err(e) => return answer_failed(record, function, e),
     };
-    match parse_answer(status, &bytes, output_binding) {
+    match parse_answer_with(status, &bytes, output_binding, unsupported) {
         Ok(answer) => {
             record
                 .logs
@@ -330,14 +330,12 @@ async fn json_answer(
                     source: "handler".into(),
                     text,
                 }));
-            record.logs.extend(
-                dropped_outputs(&bytes, unsupported)
-                    .into_iter()
-                    .map(|text| LogEntry {
-                        source: "host".into(),
-                        text,
-                    }),
-            );
+            record
+                .logs
+                .extend(answer.dropped.into_iter().map(|text| LogEntry {
+                    source: "host".into(),
+                    text,
+                }));
             match answer.output {
                 None => {
                     let mut r = Response::new(full(Bytes::new()));

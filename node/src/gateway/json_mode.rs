@@ -111,6 +111,8 @@ pub struct Answer {
     pub logs: Vec<String>,
     /// `None`: no http output value → 204.
     pub output: Option<HttpOutput>,
+    /// One line per value given to an output binding this cluster does not support.
+    pub dropped: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -147,14 +149,11 @@ fn logs_of(obj: &Map<String, Value>) -> Vec<String> {
 
 /// What a handler's answer gave to output bindings this cluster does not support
 /// (`(name, type)`): one line each for the invocation's record, never silent.
-pub fn dropped_outputs(body: &[u8], unsupported: &[(&str, &str)]) -> Vec<String> {
+fn dropped_outputs(obj: &Map<String, Value>, unsupported: &[(&str, &str)]) -> Vec<String> {
     if unsupported.is_empty() {
         return Vec::new();
     }
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let outputs = match get(&obj, "Outputs") {
+    let outputs = match get(obj, "Outputs") {
         Some(Value::Object(o)) => Some(o),
         _ => None,
     };
@@ -162,7 +161,7 @@ pub fn dropped_outputs(body: &[u8], unsupported: &[(&str, &str)]) -> Vec<String>
         .iter()
         .filter_map(|(name, kind)| {
             let value = if *name == "$return" {
-                get(&obj, "ReturnValue")
+                get(obj, "ReturnValue")
             } else {
                 outputs.and_then(|o| get(o, name))
             };
@@ -180,6 +179,17 @@ pub fn parse_answer(
     body: &[u8],
     output_binding: Option<&str>,
 ) -> Result<Answer, AnswerError> {
+    parse_answer_with(status, body, output_binding, &[])
+}
+
+/// [`parse_answer`], also naming the values given to the function's unsupported
+/// output bindings (`(name, type)`) in [`Answer::dropped`].
+pub fn parse_answer_with(
+    status: u16,
+    body: &[u8],
+    output_binding: Option<&str>,
+    unsupported: &[(&str, &str)],
+) -> Result<Answer, AnswerError> {
     let parsed: Result<Value, _> = serde_json::from_slice(body);
     if !(200..300).contains(&status) {
         // Azure drops these logs; we keep them.
@@ -194,8 +204,13 @@ pub fn parse_answer(
         return Err(AnswerError::NotJson("expected a JSON object".into()));
     };
     let logs = logs_of(&obj);
+    let dropped = dropped_outputs(&obj, unsupported);
     let Some(binding) = output_binding else {
-        return Ok(Answer { logs, output: None });
+        return Ok(Answer {
+            logs,
+            output: None,
+            dropped,
+        });
     };
     let return_value = get(&obj, "ReturnValue").filter(|v| !v.is_null());
     let value = if binding == "$return" {
@@ -214,7 +229,11 @@ pub fn parse_answer(
         None => None,
         Some(v) => Some(http_output(v).map_err(AnswerError::BadOutput)?),
     };
-    Ok(Answer { logs, output })
+    Ok(Answer {
+        logs,
+        output,
+        dropped,
+    })
 }
 
 /// The type of a string body that names none (Azure's).
@@ -314,19 +333,21 @@ mod tests {
     #[test]
     fn values_for_unsupported_outputs_are_named_not_dropped_silently() {
         let body = br#"{"Outputs":{"res":{"body":"ok"},"msg":"hello"},"ReturnValue":{"a":1}}"#;
-        let lines = dropped_outputs(
-            body,
-            &[("msg", "queue"), ("$return", "queue"), ("other", "blob")],
-        );
+        let unsupported = [("msg", "queue"), ("$return", "queue"), ("other", "blob")];
+        let a = parse_answer_with(200, body, Some("res"), &unsupported).unwrap();
         assert_eq!(
-            lines,
+            a.dropped,
             [
                 "output `msg` (queue) is not supported on this cluster: value dropped",
                 "output `$return` (queue) is not supported on this cluster: value dropped",
             ]
         );
-        assert!(dropped_outputs(body, &[]).is_empty());
-        assert!(dropped_outputs(br#"{"Outputs":{"msg":null}}"#, &[("msg", "queue")]).is_empty());
+        assert!(parse_answer(200, body, Some("res"))
+            .unwrap()
+            .dropped
+            .is_empty());
+        let a = parse_answer_with(200, br#"{"Outputs":{"msg":null}}"#, None, &unsupported);
+        assert!(a.unwrap().dropped.is_empty());
     }
 
     #[test]
