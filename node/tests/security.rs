@@ -332,3 +332,50 @@ fn connections_beyond_the_limit_get_503() {
     });
     up.stop();
 }
+
+/// curl, as a user would run it (CI installs it; elsewhere a missing curl skips
+/// the test with a message).
+fn curl() -> Option<std::process::Command> {
+    match std::process::Command::new("curl").arg("--version").output() {
+        Ok(o) if o.status.success() => Some(std::process::Command::new("curl")),
+        _ if std::env::var_os("STROM_REQUIRE_DOCKER").is_some() => {
+            panic!("curl is required in CI (.ci/run installs it)")
+        }
+        _ => {
+            eprintln!("skipped: curl is not installed");
+            None
+        }
+    }
+}
+
+#[test]
+fn an_http2_body_over_the_limit_gets_413_not_a_reset() {
+    let Some(_) = curl() else { return };
+    let Node { up, _data, _apps } = start(&["--max-request-body-bytes", "1000"]);
+    let files = tempfile::tempdir().unwrap();
+    let big = files.path().join("big");
+    // Far beyond HTTP/2's first flow-control window: curl is still sending when
+    // the gateway answers.
+    std::fs::write(&big, vec![b'a'; 300_000]).unwrap();
+    for extra in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let out = curl()
+            .unwrap()
+            .args(["-sS", "--http2-prior-knowledge", "-X", "POST"])
+            .args(["-w", "\nstatus %{http_code}"])
+            .args(extra)
+            .arg("--data-binary")
+            .arg(format!("@{}", big.display()))
+            .arg(format!("{}/api/fwd/x", up.http))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        assert!(
+            stdout.ends_with("status 413"),
+            "{extra:?}: {stdout} {stderr}"
+        );
+        assert!(stdout.contains("PayloadTooLarge"), "{stdout}");
+    }
+    up.stop();
+}

@@ -109,7 +109,8 @@ impl Gateway {
             .to_string();
         let (parts, body) = req.into_parts();
         let max = inner.config.max_body_bytes;
-        let body = match read_body(body, max, inner.config.http.body_read).await {
+        let http2 = parts.version == hyper::Version::HTTP_2;
+        let body = match read_body(body, max, inner.config.http.body_read, http2).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };

@@ -244,6 +244,13 @@ impl Gateway {
         match decision {
             Decision::Ping => Response::new(full(Bytes::new())),
             Decision::Refuse(r) => {
+                // An HTTP/2 client still sending a body too large gets the 413, not
+                // a stream reset: the rest is read and dropped first (bounded).
+                if r.status == StatusCode::PAYLOAD_TOO_LARGE
+                    && req.version() == hyper::Version::HTTP_2
+                {
+                    responses::discard(req.into_body()).await;
+                }
                 let mut resp = error(r.status, r.code, r.message);
                 if let Some(allow) = r.allow.and_then(|a| a.parse().ok()) {
                     resp.headers_mut().insert(hyper::header::ALLOW, allow);
@@ -263,7 +270,8 @@ impl Gateway {
         // The hop needs the whole body (it may be sent more than once).
         let (parts, body) = req.into_parts();
         let max = self.inner.config.max_body_bytes;
-        let body = match read_body(body, max, self.inner.config.http.body_read).await {
+        let http2 = parts.version == hyper::Version::HTTP_2;
+        let body = match read_body(body, max, self.inner.config.http.body_read, http2).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };

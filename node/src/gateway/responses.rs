@@ -47,21 +47,47 @@ pub fn unavailable(message: impl Into<String>) -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", message)
 }
 
+/// How much of a refused request body is read and dropped before the answer, so
+/// that an HTTP/2 client, still sending, gets the 413 instead of a stream reset.
+const DISCARD_CAP: usize = 16 << 20;
+/// How long that may take.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Read and drop what is left of a refused body (bounded by [`DISCARD_CAP`] and
+/// [`DISCARD_TIME`]).
+pub async fn discard<B>(body: B)
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+{
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(frame)) = body.as_mut().frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DISCARD_CAP {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A request body read whole: at most `max` bytes, and no pause between its
 /// bytes longer than `idle` (a client that stops sending gets 408 and the
-/// connection closes: its unread rest cannot be skipped).
+/// connection closes: its unread rest cannot be skipped). Over `max`: 413, after
+/// reading and dropping the rest when `discard_excess` (HTTP/2: the client would
+/// otherwise see its stream reset instead of the answer).
 pub async fn read_body<B>(
     body: B,
     max: usize,
     idle: std::time::Duration,
+    discard_excess: bool,
 ) -> Result<Bytes, Response<Body>>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
-    let body = std::pin::pin!(body);
-    let mut body = http_body_util::Limited::new(body, max);
-    let mut body = std::pin::Pin::new(&mut body);
+    let mut body = std::pin::pin!(body);
     let mut out = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(idle, body.as_mut().frame()).await {
@@ -81,16 +107,19 @@ where
             Ok(None) => return Ok(out.freeze()),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > max {
+                        if discard_excess {
+                            discard(body).await;
+                        }
+                        return Err(too_large(max));
+                    }
                     out.extend_from_slice(&data);
                 }
             }
-            Ok(Some(Err(e)))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large(max))
+            Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                return Err(bad_request(format!("reading the request body: {e}")));
             }
-            Ok(Some(Err(e))) => return Err(bad_request(format!("reading the request body: {e}"))),
         }
     }
 }
