@@ -125,6 +125,7 @@ pub async fn serve(
         server = server.tls_config(tls.tonic_server())?;
     }
     server
+        .layer(crate::decode_errors::DecodeErrorsLayer)
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)

@@ -22,6 +22,7 @@ pub mod blob_replication;
 pub mod blob_store;
 pub mod cluster_state;
 pub mod control_server;
+pub mod decode_errors;
 pub mod error;
 pub mod forward;
 pub mod impl_raft_network;
