@@ -92,9 +92,15 @@ fn tighten_only_others_write(_: &Path, _: &mut Vec<Fixed>) -> std::io::Result<()
     Ok(())
 }
 
-/// [`secure`], logging each path it fixed (an older data dir).
+/// [`secure`], logging each path it fixed in an older data dir (a new one is
+/// created closed, without a word).
 pub fn secure_and_log(dir: &Path) -> std::io::Result<()> {
-    for (path, old, new) in secure(dir)? {
+    let existed = dir.exists();
+    let fixed = secure(dir)?;
+    if !existed {
+        return Ok(());
+    }
+    for (path, old, new) in fixed {
         tracing::info!(
             "data dir: {} was mode {old:04o}, now {new:04o} (the data dir holds secrets)",
             path.display()
