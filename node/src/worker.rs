@@ -20,8 +20,8 @@ use strom_actors::runtime::docker::{DockerConfig, DockerRuntime, Isolation};
 use strom_actors::runtime::process::{reap_orphans, ProcessRuntime};
 use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
-use strom_proto::ids::{AppName, NodeId};
-use strom_proto::instances::InstanceStatus;
+use strom_proto::ids::{AppName, NodeId, VersionId};
+use strom_proto::instances::{InstanceState, InstanceStatus};
 use strom_proto::manifest::ZipLimits;
 use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
 use strom_proto::worker_view::WorkerView;
@@ -162,7 +162,11 @@ impl Worker {
         });
         let run_dir = run_dir.clone();
         let routing = RoutingTable::default();
-        let (status_tx, instances) = watch::channel(Arc::new(Vec::new()));
+        // What the actor tree reports, what the assign loop could not unpack, and
+        // both together (what heartbeats, the admin API and `strom up` show).
+        let (status_tx, actor_statuses) = watch::channel(Arc::new(Vec::new()));
+        let (failures_tx, failures) = watch::channel(Arc::new(Vec::new()));
+        let (public_tx, instances) = watch::channel(Arc::new(Vec::new()));
         let (supervisor, _) = Actor::spawn(
             Some("node-supervisor".into()),
             NodeSupervisor,
@@ -179,13 +183,20 @@ impl Worker {
         // (the default `./.strom`) would make their paths wrong there.
         let apps_dir = std::path::absolute(data_dir.join("apps"))?;
         std::fs::create_dir_all(&apps_dir)?;
+        tokio::spawn(merge_statuses(
+            actor_statuses.clone(),
+            failures,
+            public_tx,
+            cancel.clone(),
+        ));
         let assign_task = tokio::spawn(assign_loop(
             state.clone(),
-            instances.clone(),
+            actor_statuses,
             packages,
             apps_dir,
             limits,
             supervisor.clone(),
+            failures_tx,
             cancel.clone(),
         ));
         Ok(Worker {
@@ -236,6 +247,66 @@ impl Worker {
     }
 }
 
+/// Publish the actor tree's statuses and the unpack failures as one list.
+async fn merge_statuses(
+    mut actors: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    mut failures: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    public: watch::Sender<Arc<Vec<InstanceStatus>>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let merged: Vec<InstanceStatus> = actors
+            .borrow_and_update()
+            .iter()
+            .chain(failures.borrow_and_update().iter())
+            .cloned()
+            .collect();
+        public.send_replace(Arc::new(merged));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = actors.changed() => if changed.is_err() { return },
+            changed = failures.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A version this worker could not unpack: attempts so far and the last error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackFailure {
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// How long to wait before unpacking again after `attempts` failures in a row:
+/// 2 s, doubling, at most a minute.
+pub fn unpack_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 6)).min(60))
+}
+
+/// How an unpack failure shows among the instances (`strom app show`, `cluster
+/// status`): a crash-looping slot of that version with the reason, never serving.
+pub fn failure_status(app: &AppName, version: &VersionId, f: &UnpackFailure) -> InstanceStatus {
+    InstanceStatus {
+        app: app.clone(),
+        version: version.clone(),
+        slot: 0,
+        instance_id: format!("unpack-{app}-{}", version.short()),
+        state: InstanceState::CrashLooping,
+        restarts: u64::from(f.attempts),
+        pid: None,
+        last_error: Some(format!(
+            "cannot unpack version {}: {} (tried {} time{}; again in {} s)",
+            version.short(),
+            f.error,
+            f.attempts,
+            if f.attempts == 1 { "" } else { "s" },
+            unpack_backoff(f.attempts).as_secs()
+        )),
+        serving: false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn assign_loop(
     mut state: watch::Receiver<Arc<WorkerView>>,
     mut instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
@@ -243,19 +314,24 @@ async fn assign_loop(
     apps_dir: PathBuf,
     limits: ZipLimits,
     supervisor: ActorRef<NodeMsg>,
+    failures_tx: watch::Sender<Arc<Vec<InstanceStatus>>>,
     cancel: CancellationToken,
 ) {
     // The last assignment that could be unpacked, per app: when a new version cannot
     // be fetched yet, the version already running keeps running.
     let mut last_good: std::collections::HashMap<AppName, Assignment> = Default::default();
+    let mut failures: std::collections::BTreeMap<(AppName, VersionId), UnpackFailure> =
+        Default::default();
     loop {
         let view = state.borrow_and_update().clone();
         let mut assignments = Vec::new();
         let mut failed = false;
+        let mut still_failing = std::collections::BTreeSet::new();
         // What the scheduler placed on this worker.
         for (name, run, app) in view.assigned() {
             match unpacked(&apps_dir, name, &run.version, &packages, &limits).await {
                 Ok(root) => {
+                    failures.remove(&(name.clone(), run.version.clone()));
                     let a = Assignment {
                         app: name.clone(),
                         version: run.version.clone(),
@@ -269,7 +345,15 @@ async fn assign_loop(
                 }
                 Err(e) => {
                     failed = true;
-                    tracing::error!(app = %name, version = run.version.short(), "cannot unpack the package: {e:#}");
+                    let key = (name.clone(), run.version.clone());
+                    let failure = failures.entry(key.clone()).or_insert(UnpackFailure {
+                        attempts: 0,
+                        error: String::new(),
+                    });
+                    failure.attempts += 1;
+                    failure.error = format!("{e:#}");
+                    still_failing.insert(key);
+                    tracing::error!(app = %name, version = run.version.short(), attempts = failure.attempts, "cannot unpack the package: {e:#}");
                     if let Some(previous) = last_good.get(name) {
                         assignments.push(Assignment {
                             instances: run.instances,
@@ -280,6 +364,19 @@ async fn assign_loop(
             }
         }
         last_good.retain(|app, _| view.runs.contains_key(app));
+        // Only what is still assigned and still failing is shown.
+        failures.retain(|key, _| still_failing.contains(key));
+        failures_tx.send_replace(Arc::new(
+            failures
+                .iter()
+                .map(|((app, version), f)| failure_status(app, version, f))
+                .collect(),
+        ));
+        let backoff = failures
+            .values()
+            .map(|f| unpack_backoff(f.attempts))
+            .min()
+            .unwrap_or(Duration::from_secs(2));
         let assigned: std::collections::HashSet<Unpacked> = assignments
             .iter()
             .map(|a| (a.app.clone(), a.version.clone()))
@@ -296,7 +393,7 @@ async fn assign_loop(
         unpacked::collect(&apps_dir, running.union(&assigned).cloned().collect()).await;
         let retry = async {
             if failed {
-                tokio::time::sleep(Duration::from_secs(2)).await
+                tokio::time::sleep(backoff).await
             } else {
                 std::future::pending().await
             }
@@ -339,4 +436,37 @@ fn launcher_enabled() -> bool {
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .is_some_and(|name| name == "strom")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpacking_backs_off_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| unpack_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn an_unpack_failure_shows_as_a_failing_slot_with_its_reason() {
+        let app = AppName::parse("web").unwrap();
+        let version = VersionId::of_bytes(b"zip");
+        let s = failure_status(
+            &app,
+            &version,
+            &UnpackFailure {
+                attempts: 3,
+                error: "the package does not match its hash".into(),
+            },
+        );
+        assert_eq!(s.state, InstanceState::CrashLooping);
+        assert!(!s.serving);
+        let e = s.last_error.unwrap();
+        assert!(
+            e.contains("cannot unpack version") && e.contains("does not match"),
+            "{e}"
+        );
+        assert!(e.contains("tried 3 times; again in 8 s"), "{e}");
+    }
 }

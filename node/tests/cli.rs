@@ -852,3 +852,51 @@ fn t37_output_lines_land_in_one_record_only() {
     }
     up.stop();
 }
+
+#[test]
+fn t38_a_version_that_cannot_be_unpacked_is_shown_with_its_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("broken");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[("f", &http_fn("f"))],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+    let version = up.json(&["app", "show", "broken"])["app"]["active_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    up.stop();
+    // The unpacked folder is gone and the stored package no longer matches its
+    // hash (a disk fault): the worker cannot unpack the version on restart.
+    std::fs::remove_dir_all(data.path().join("apps").join("broken").join(&version)).unwrap();
+    let blob = data.path().join("blobs").join("sha256").join(&version);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let up = Up::start(data.path(), &[], &["--startup-timeout-secs", "2"]);
+    let failing = common::eventually(
+        std::time::Duration::from_secs(20),
+        "the unpack failure in app show",
+        || {
+            up.json(&["app", "show", "broken"])["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| {
+                    i["state"] == "CrashLooping"
+                        && i["last_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("cannot unpack version"))
+                })
+                .cloned()
+        },
+    );
+    assert_ne!(failing["serving"], true, "{failing}");
+    let status = up.strom(&["cluster", "status"]);
+    assert!(status.stdout.contains("cannot unpack"), "{}", status.stdout);
+    up.stop();
+}
