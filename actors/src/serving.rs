@@ -99,14 +99,7 @@ pub fn unavailable_with_newer(
     let Some(newer) = newer else {
         return Some(old);
     };
-    let newest_error = newer.iter().find_map(|s| {
-        matches!(
-            s.state,
-            InstanceState::CrashLooping | InstanceState::Restarting
-        )
-        .then(|| s.last_error.clone())
-        .flatten()
-    });
+    let newest_error = newer.iter().find_map(InstanceStatus::failure);
     Some(match newest_error {
         Some(e) => format!("app `{app}`: its newest deployment fails on this node: {e}"),
         None => format!(

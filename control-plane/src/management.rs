@@ -482,8 +482,8 @@ fn check_node_file(data: &Path, node_id: NodeId) -> Result<(), StartError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let json = serde_json::to_vec(&NodeFile { node_id }).expect("plain struct");
-            std::fs::write(&path, json).map_err(io_err(&path))
+            let json = serde_json::to_string(&NodeFile { node_id }).expect("plain struct");
+            write_secret_file(&path, &json).map_err(io_err(&path))
         }
         Err(e) => Err(io_err(&path)(e)),
     }

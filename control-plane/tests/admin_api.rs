@@ -397,29 +397,36 @@ async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
     s.stop().await;
 }
 
+/// The services server reflection lists, asked through one protocol version
+/// (`v1`, or `v1alpha` as Python's grpcio-reflection and older grpcurl ask).
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new($channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply")
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_server_reflection_lists_the_admin_service() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-
     let s = serve(1 << 20).await;
-    let mut client = ServerReflectionClient::new(s.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reflection reply")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflected_services!(v1, s.channel().await);
     assert!(
         names.contains(&"strom.admin.v1.AdminService".to_string()),
         "{names:?}"
@@ -455,27 +462,8 @@ async fn t34_a_stopped_raft_is_internal_not_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t35_reflection_also_answers_v1alpha() {
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-
     let s = serve(1 << 20).await;
-    let mut client = ServerReflectionClient::new(s.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reflection reply")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflected_services!(v1alpha, s.channel().await);
     assert!(
         names.contains(&"strom.admin.v1.AdminService".to_string()),
         "{names:?}"

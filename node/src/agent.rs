@@ -270,12 +270,13 @@ impl Agent {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let json = serde_json::to_vec(&WorkerFile {
+                let json = serde_json::to_string(&WorkerFile {
                     node_id: self.offer.node_id,
                     cluster_id: cluster_id.to_string(),
                 })
                 .expect("plain struct");
-                std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))
+                strom_control_plane::management::write_secret_file(&path, &json)
+                    .map_err(|e| format!("{}: {e}", path.display()))
             }
             Err(e) => Err(format!("{}: {e}", path.display())),
         }

@@ -70,14 +70,7 @@ fn check_app_dir(app: &AppDir, limits: &ZipLimits, in_containers: bool) -> Resul
         app.dir.display()
     );
     for e in &errors {
-        message.push_str("\n  ");
-        message.push_str(&e.file);
-        if !e.json_path.is_empty() {
-            message.push_str(": ");
-            message.push_str(&e.json_path);
-        }
-        message.push_str(": ");
-        message.push_str(&e.message);
+        message.push_str(&format!("\n  {e}"));
     }
     Err(CliError::new(2, message))
 }
@@ -299,6 +292,8 @@ pub async fn run_node(
     title: &str,
 ) -> Result<(), CliError> {
     // The data dir holds secrets: its owner's alone (older ones are fixed).
+    let first_start = !settings.data_dir.join("node.json").exists()
+        && !settings.data_dir.join("worker.json").exists();
     crate::data_dir::secure_and_log(&settings.data_dir).map_err(io_error(format!(
         "data dir {}",
         settings.data_dir.display()
@@ -522,9 +517,12 @@ pub async fn run_node(
         ));
     }
 
-    // What the roles created on a first start (the Raft log, worker.json) too.
-    if let Err(e) = crate::data_dir::secure(&settings.data_dir) {
-        tracing::warn!("data dir {}: {e}", settings.data_dir.display());
+    // What the roles created on a first start (the Raft log and its folders) too;
+    // later files are created 0600 (tempfile, write_secret_file).
+    if first_start {
+        if let Err(e) = crate::data_dir::secure(&settings.data_dir) {
+            tracing::warn!("data dir {}: {e}", settings.data_dir.display());
+        }
     }
     println!("strom {} — {title}", env!("CARGO_PKG_VERSION"));
     println!("  node:      {}", settings.node_id);
@@ -946,16 +944,9 @@ pub fn app_health(
                 .iter()
                 .filter(|i| i.state == InstanceState::Ready)
                 .count();
-            let failing = mine.iter().find_map(|i| {
-                matches!(
-                    i.state,
-                    InstanceState::CrashLooping | InstanceState::Restarting
-                )
-                .then(|| i.last_error.clone())
-                .flatten()
-            });
+            let failing = mine.iter().find_map(|i| i.failure());
             let health = match (ready, failing) {
-                (0, Some(e)) => AppHealth::Failing(e),
+                (0, Some(e)) => AppHealth::Failing(e.to_string()),
                 (0, None) => AppHealth::Starting,
                 (ready, _) => AppHealth::Ready { ready },
             };

@@ -7,6 +7,23 @@ use std::process::Command;
 
 use common::{examples, http_fn, write_app, Up, HOST, STROM};
 
+/// An app run by the Rust test handler: one anonymous HTTP function `f` at `/api/f`.
+fn handler_app(app: &std::path::Path) {
+    write_app(
+        app,
+        &common::test_handler_host(""),
+        &[(
+            "f",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+}
+
+/// [`handler_app`] with a function key required.
+fn keyed_handler_app(app: &std::path::Path) {
+    write_app(app, &common::test_handler_host(""), &[("f", &http_fn("f"))]);
+}
+
 #[test]
 fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
     let data = tempfile::tempdir().unwrap();
@@ -481,14 +498,7 @@ fn t30_logs_to_a_file_are_plain_and_show_handler_output() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("logged");
-    write_app(
-        &app,
-        &common::test_handler_host(""),
-        &[(
-            "f",
-            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
-        )],
-    );
+    handler_app(&app);
     let log = data.path().join("node.log");
     let mut child = Command::new(STROM)
         .arg("up")
@@ -586,14 +596,7 @@ fn t32_fn_logs_names_unknown_apps_and_says_why_a_follow_ended() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("logs");
-    write_app(
-        &app,
-        &common::test_handler_host(""),
-        &[(
-            "f",
-            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
-        )],
-    );
+    handler_app(&app);
     let up = Up::start(data.path(), &[&app], &[]);
     for args in [
         &["fn", "logs", "nosuch"][..],
@@ -619,15 +622,22 @@ fn t32_fn_logs_names_unknown_apps_and_says_why_a_follow_ended() {
     assert_eq!(lines(&["--tail", "0"]), 0);
 
     // A follower is told that the node went away, and exits non-zero.
-    let follow = Command::new(STROM)
-        .args(["fn", "logs", "logs", "--follow", "--tail", "0"])
-        .args(["--server", &up.server, "--data-dir"])
+    let mut follow = Command::new(STROM)
+        .args(["fn", "logs", "logs", "--follow", "--tail", "1"])
+        .args(["--output", "json", "--server", &up.server, "--data-dir"])
         .arg(data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Following once the backlog (the one record) has come through.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"id\""), "{first}");
     up.stop();
     let out = follow.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -751,11 +761,7 @@ fn t36_handlers_die_with_a_killed_node() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("orphan");
-    write_app(
-        &app,
-        &common::test_handler_host(""),
-        &[("f", &http_fn("f"))],
-    );
+    keyed_handler_app(&app);
     let up = Up::start(data.path(), &[&app], &[]);
     // Instances are reported with the worker's heartbeats.
     let pids: Vec<u64> = common::eventually(
@@ -790,14 +796,7 @@ fn t37_output_lines_land_in_one_record_only() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("lines");
-    write_app(
-        &app,
-        &common::test_handler_host(""),
-        &[(
-            "f",
-            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"f"},{"type":"http","direction":"out","name":"res"}]}"#,
-        )],
-    );
+    handler_app(&app);
     let up = Up::start(data.path(), &[&app], &[]);
     let base = up.http.clone();
     // Sequential calls a few ms apart: each record holds exactly its own lines.
@@ -858,11 +857,7 @@ fn t38_a_version_that_cannot_be_unpacked_is_shown_with_its_reason() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("broken");
-    write_app(
-        &app,
-        &common::test_handler_host(""),
-        &[("f", &http_fn("f"))],
-    );
+    keyed_handler_app(&app);
     let up = Up::start(data.path(), &[&app], &[]);
     let version = up.json(&["app", "show", "broken"])["app"]["active_version"]
         .as_str()

@@ -48,3 +48,13 @@ pub struct InstanceStatus {
     /// Whether this version currently receives this node's traffic for the app.
     pub serving: bool,
 }
+
+impl InstanceStatus {
+    /// Why the instance fails, while it is failing (restarting or crash-looping).
+    pub fn failure(&self) -> Option<&str> {
+        match self.state {
+            InstanceState::Restarting | InstanceState::CrashLooping => self.last_error.as_deref(),
+            _ => None,
+        }
+    }
+}
