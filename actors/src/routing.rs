@@ -146,13 +146,14 @@ pub struct ServingApp {
 #[derive(Debug, Default)]
 pub struct RoutingSnapshot {
     pub apps: BTreeMap<AppName, ServingApp>,
-    /// Routes of every serving app: the namespace of the bare address.
+    /// The shared address's routes: every serving app's, a route only while one
+    /// app claims it.
     pub routes: RouteTable,
 }
 
 impl RoutingSnapshot {
     pub fn new(apps: BTreeMap<AppName, ServingApp>) -> Self {
-        let routes = RouteTable::build(apps.iter().map(|(n, a)| (n, a.manifest.as_ref())));
+        let routes = RouteTable::build_shared(apps.iter().map(|(n, a)| (n, a.manifest.as_ref())));
         RoutingSnapshot { apps, routes }
     }
 

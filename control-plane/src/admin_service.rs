@@ -23,11 +23,13 @@ use strom_proto::manifest::{
     is_function_disabled, validate_app_for, AppManifest, AppPackage, FunctionManifest,
     HandlerCheck, ManifestError, Schedule, Trigger,
 };
+use strom_proto::route_table::SharedRoute;
+use strom_proto::version::Feature;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster_state::{AppKeys, AppState};
-use crate::management::{new_function_key, now_ms, ManagementNode};
+use crate::cluster_state::{AppState, ClusterState};
+use crate::management::{new_function_key, now_ms, ManagementConfig, ManagementNode};
 use crate::state_machine::StateView;
 
 pub struct AdminApi {
@@ -348,17 +350,15 @@ impl AdminApi {
         tracing::info!(%app, version = version.short(), log_index, "deployed");
         let view = self.node.read_local();
         let state = find_app(&view, &app)?;
+        let config = &self.node.config;
         Ok(pb::DeployAppResponse {
             app_name: app.to_string(),
             version_id: version.to_string(),
             changed: result == CommandResult::Applied,
-            functions: functions_of(state, &manifest, self.http_base()),
+            functions: functions_of(&view.state, state, &manifest, config),
             log_index,
+            warnings: shared_route_warnings(&view.state, &app, &manifest, config),
         })
-    }
-
-    fn http_base(&self) -> &str {
-        &self.node.config.public_http_url
     }
 }
 
@@ -380,7 +380,12 @@ fn rejection_status(r: &Rejection) -> Status {
         | Rejection::FunctionNotFound { .. }
         | Rejection::KeyNotFound { .. }
         | Rejection::WorkerNotFound { .. } => Status::not_found(r.to_string()),
-        Rejection::RouteConflict { .. } => Status::failed_precondition(r.to_string()),
+        // Refused only while an older node holds the cluster below protocol 5.
+        Rejection::RouteConflict { .. } => Status::failed_precondition(format!(
+            "{r}: apps may share routes (each at its own address) once every node runs a \
+             build of protocol {} or later",
+            Feature::AppHosts.since()
+        )),
         Rejection::NotInitialized => Status::unavailable(r.to_string()),
         Rejection::AlreadyInitialized | Rejection::MasterKeyIsPermanent => {
             Status::failed_precondition(r.to_string())
@@ -450,16 +455,25 @@ fn resolve_version(app: &AppState, raw: &str) -> Result<VersionId, Status> {
     }
 }
 
-pub fn function_info(
-    app: &AppName,
+/// Where one app's functions are reached on this node's function port.
+struct Addresses<'a> {
+    /// The shared address (`http://127.0.0.1:7071`).
+    shared: &'a str,
+    /// The app's own address (`http://shop.localhost:7071`).
+    own: String,
+    /// The app's functions whose routes other apps also have.
+    shared_routes: Vec<SharedRoute>,
+}
+
+fn function_info(
+    app: &AppState,
     manifest: &AppManifest,
     f: &FunctionManifest,
-    settings: &BTreeMap<String, String>,
-    keys: &AppKeys,
-    http_base: &str,
+    at: &Addresses<'_>,
 ) -> pb::FunctionInfo {
+    let (settings, keys) = (&app.settings, &app.keys);
     let mut info = pb::FunctionInfo {
-        app_name: app.to_string(),
+        app_name: app.name.to_string(),
         name: f.name.clone(),
         // It serves when its trigger is supported; unsupported outputs are named.
         supported: !matches!(f.trigger, Trigger::Unsupported { .. }),
@@ -503,7 +517,19 @@ pub fn function_info(
             info.auth_level = h.auth_level.as_str().to_string();
             info.methods = h.methods.clone();
             info.route = h.route.clone();
-            info.url = format!("{http_base}{}", h.url_path(&manifest.host.route_prefix));
+            let path = h.url_path(&manifest.host.route_prefix);
+            info.app_url = format!("{}{path}", at.own);
+            info.shared_with = at
+                .shared_routes
+                .iter()
+                .filter(|s| s.function == f.name)
+                .map(|s| format!("{}/{}", s.other_app, s.other_function))
+                .collect();
+            info.url = if info.shared_with.is_empty() {
+                format!("{}{path}", at.shared)
+            } else {
+                info.app_url.clone()
+            };
         }
         Trigger::Timer(t) => {
             info.trigger_type = "timerTrigger".into();
@@ -520,16 +546,59 @@ pub fn function_info(
     info
 }
 
-fn functions_of(app: &AppState, manifest: &AppManifest, http_base: &str) -> Vec<pb::FunctionInfo> {
+/// The functions of `manifest` (a version of `app`) as the API shows them, with
+/// the URLs that reach them on this node's function port.
+pub fn functions_of(
+    state: &ClusterState,
+    app: &AppState,
+    manifest: &AppManifest,
+    config: &ManagementConfig,
+) -> Vec<pb::FunctionInfo> {
+    let at = Addresses {
+        shared: &config.public_http_url,
+        own: config.app_url(&app.name),
+        shared_routes: state.shared_routes(&app.name, manifest),
+    };
     manifest
         .functions
         .iter()
-        .map(|f| function_info(&app.name, manifest, f, &app.settings, &app.keys, http_base))
+        .map(|f| function_info(app, manifest, f, &at))
         .collect()
 }
 
-fn summary(app: &AppState) -> pb::AppSummary {
+/// Warnings for a version of `app` that became active: each route another app
+/// also has, and where each function is still reached.
+fn shared_route_warnings(
+    state: &ClusterState,
+    app: &AppName,
+    manifest: &AppManifest,
+    config: &ManagementConfig,
+) -> Vec<String> {
+    state
+        .shared_routes(app, manifest)
+        .into_iter()
+        .map(|s| {
+            format!(
+                "app `{app}`'s function `{}` and app `{}`'s function `{}` have the same route \
+                 ({}): the shared address {} serves it for neither; call each at its app's own \
+                 address: {}{}, {}{}",
+                s.function,
+                s.other_app,
+                s.other_function,
+                s.route,
+                config.public_http_url,
+                config.app_url(app),
+                s.route,
+                config.app_url(&s.other_app),
+                s.other_route,
+            )
+        })
+        .collect()
+}
+
+fn summary(app: &AppState, config: &ManagementConfig) -> pb::AppSummary {
     pb::AppSummary {
+        url: config.app_url(&app.name),
         name: app.name.to_string(),
         active_version: app.active_version.to_string(),
         version_count: app.versions.len() as u32,
@@ -587,7 +656,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let view = self.fresh().await?;
         Ok(Response::new(pb::ListAppsResponse {
-            apps: view.state.apps.values().map(summary).collect(),
+            apps: view
+                .state
+                .apps
+                .values()
+                .map(|a| summary(a, &self.node.config))
+                .collect(),
             applied_index: view.applied_index(),
         }))
     }
@@ -601,7 +675,7 @@ impl AdminService for AdminApi {
         let app = find_app(&view, &name)?;
         let manifest = &app.active().manifest;
         Ok(Response::new(pb::GetAppResponse {
-            app: Some(summary(app)),
+            app: Some(summary(app, &self.node.config)),
             versions: app
                 .versions
                 .iter()
@@ -614,7 +688,7 @@ impl AdminService for AdminApi {
                     active: v.id == app.active_version,
                 })
                 .collect(),
-            functions: functions_of(app, manifest, self.http_base()),
+            functions: functions_of(&view.state, app, manifest, &self.node.config),
             applied_index: view.applied_index(),
             route_prefix: manifest.host.route_prefix.clone(),
             instances: self.instances(self.node.live_workers().await.as_ref(), Some(&name)),
@@ -711,10 +785,12 @@ impl AdminService for AdminApi {
             .await?;
         let view = self.node.read_local();
         let state = find_app(&view, &app)?;
+        let (config, manifest) = (&self.node.config, &state.active().manifest);
         Ok(Response::new(pb::RollbackAppResponse {
             version_id: version.to_string(),
-            functions: functions_of(state, &state.active().manifest, self.http_base()),
+            functions: functions_of(&view.state, state, manifest, config),
             log_index,
+            warnings: shared_route_warnings(&view.state, &app, manifest, config),
         }))
     }
 
@@ -735,7 +811,12 @@ impl AdminService for AdminApi {
             if filter.as_ref().is_some_and(|f| f != &app.name) {
                 continue;
             }
-            functions.extend(functions_of(app, &app.active().manifest, self.http_base()));
+            functions.extend(functions_of(
+                &view.state,
+                app,
+                &app.active().manifest,
+                &self.node.config,
+            ));
         }
         Ok(Response::new(pb::ListFunctionsResponse {
             functions,

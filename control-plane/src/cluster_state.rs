@@ -16,7 +16,8 @@ use strom_proto::command::{
     Command, CommandResult, DeployVersion, KeyScope, Rejection, WorkerInfo, WorkerSchedule,
 };
 use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
-use strom_proto::manifest::{AppManifest, FunctionManifest, Trigger};
+use strom_proto::manifest::AppManifest;
+use strom_proto::route_table::SharedRoute;
 use strom_proto::version::{Feature, OLDEST_PROTOCOL};
 
 /// Identity of the cluster, set once by `InitCluster`.
@@ -431,30 +432,35 @@ impl ClusterState {
         Ok(true)
     }
 
-    /// On the bare address, HTTP routes of all apps form one namespace: a version
-    /// whose route+method pairs overlap another app's active version is refused.
+    /// Before [`Feature::AppHosts`], HTTP routes of all apps formed one namespace:
+    /// a version whose route+method pairs overlap another app's active version is
+    /// refused. Since, apps may share routes (each is reached at its own address):
+    /// see [`ClusterState::shared_routes`].
     pub fn route_conflict(&self, app: &AppName, manifest: &AppManifest) -> Option<Rejection> {
-        for (other_name, other) in &self.apps {
-            if other_name == app {
-                continue;
-            }
-            let other_manifest = &other.active().manifest;
-            for f in &manifest.functions {
-                for g in &other_manifest.functions {
-                    if http_functions_overlap(manifest, f, other_manifest, g) {
-                        return Some(Rejection::RouteConflict {
-                            app: app.clone(),
-                            function: f.name.clone(),
-                            route: full_route(manifest, f),
-                            other_app: other_name.clone(),
-                            other_function: g.name.clone(),
-                            other_route: full_route(other_manifest, g),
-                        });
-                    }
-                }
-            }
+        if self.allows(Feature::AppHosts) {
+            return None;
         }
-        None
+        let s = self.shared_routes(app, manifest).into_iter().next()?;
+        Some(Rejection::RouteConflict {
+            app: app.clone(),
+            function: s.function,
+            route: s.route,
+            other_app: s.other_app,
+            other_function: s.other_function,
+            other_route: s.other_route,
+        })
+    }
+
+    /// The functions of `app` (in `manifest`) whose routes another app's active
+    /// version also claims: the shared address serves neither.
+    pub fn shared_routes(&self, app: &AppName, manifest: &AppManifest) -> Vec<SharedRoute> {
+        strom_proto::route_table::shared_routes(
+            app,
+            manifest,
+            self.apps
+                .iter()
+                .map(|(name, other)| (name, &other.active().manifest)),
+        )
     }
 
     fn app(&self, app: &AppName) -> Result<&AppState, Rejection> {
@@ -467,38 +473,6 @@ impl ClusterState {
         self.apps
             .get_mut(app)
             .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })
-    }
-}
-
-fn full_route(m: &AppManifest, f: &FunctionManifest) -> String {
-    match &f.trigger {
-        Trigger::Http(h) => h.url_path(&m.host.route_prefix),
-        _ => String::new(),
-    }
-}
-
-fn http_functions_overlap(
-    am: &AppManifest,
-    a: &FunctionManifest,
-    bm: &AppManifest,
-    b: &FunctionManifest,
-) -> bool {
-    let (Trigger::Http(ha), Trigger::Http(hb)) = (&a.trigger, &b.trigger) else {
-        return false;
-    };
-    let methods_meet = ha.methods.is_empty()
-        || hb.methods.is_empty()
-        || ha.methods.iter().any(|m| hb.methods.contains(m));
-    if !methods_meet {
-        return false;
-    }
-    // Compare the full paths (prefix + route), so `api/x` and `v2/x` don't clash.
-    let parse = |m: &AppManifest, h: &strom_proto::manifest::HttpTrigger| {
-        strom_proto::manifest::RouteTemplate::parse(&h.url_path(&m.host.route_prefix))
-    };
-    match (parse(am, ha), parse(bm, hb)) {
-        (Ok(x), Ok(y)) => x.overlaps(&y),
-        _ => false,
     }
 }
 
@@ -671,6 +645,36 @@ pub(crate) mod tests {
             CommandResult::Rejected(Rejection::VersionNotFound { .. })
         ));
         assert_eq!(s.apps[&app("orders")].active_version, version(1));
+    }
+
+    #[test]
+    fn since_app_hosts_apps_may_share_routes_and_the_sharing_is_named() {
+        let mut s = initialized();
+        s.apply(&deploy(
+            "one",
+            1,
+            manifest("api", &[("get-item", &http("items/{id}", r#""get""#))]),
+            1,
+        ));
+        s.apply(&Command::SetClusterProtocol {
+            protocol: Feature::AppHosts.since(),
+            at_ms: 2,
+        });
+        let two = manifest("api", &[("item", &http("items/{key}", r#""get","post""#))]);
+        assert_eq!(
+            s.apply(&deploy("two", 2, two.clone(), 3)),
+            CommandResult::Applied
+        );
+        let shared = s.shared_routes(&app("two"), &two);
+        assert_eq!(shared.len(), 1);
+        assert_eq!(
+            (shared[0].function.as_str(), shared[0].other_app.as_str()),
+            ("item", "one")
+        );
+        assert!(s
+            .shared_routes(&app("one"), &s.apps[&app("one")].active().manifest)
+            .iter()
+            .any(|r| r.other_app == app("two")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use openraft::{BasicNode, ServerState};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{Command, CommandResult};
-use strom_proto::ids::{ClusterId, NodeId, TokenHash};
+use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash};
 use strom_proto::manifest::ZipLimits;
 use strom_proto::raft_types::Raft;
 use tokio::sync::watch;
@@ -47,6 +47,8 @@ pub struct ManagementConfig {
     pub worker_lease: Duration,
     /// Versions kept per app (the leader forgets older ones).
     pub keep_versions: usize,
+    /// Each app's own address is `{app}.<app_domain>` on the function port.
+    pub app_domain: String,
 }
 
 impl ManagementConfig {
@@ -65,8 +67,58 @@ impl ManagementConfig {
             heartbeat: Duration::from_millis(100),
             worker_lease: Duration::from_secs(5),
             keep_versions: crate::retention::DEFAULT_KEEP,
+            app_domain: "localhost".into(),
         }
     }
+
+    /// The base URL of `app`'s own address: the function port's scheme and port
+    /// with the host `{app}.<app_domain>` (e.g. `http://shop.localhost:7071`).
+    pub fn app_url(&self, app: &AppName) -> String {
+        app_url(&self.public_http_url, &self.app_domain, app)
+    }
+}
+
+/// `{scheme}://{app}.{domain}[:port]` from a node's public function URL.
+pub fn app_url(public_http_url: &str, domain: &str, app: &AppName) -> String {
+    let (scheme, rest) = public_http_url
+        .split_once("://")
+        .unwrap_or(("http", public_http_url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    // The port follows the last `:` after any `]` of an IPv6 literal.
+    let after_bracket = authority.rsplit_once(']').map_or(authority, |(_, r)| r);
+    let port = after_bracket
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    match port {
+        Some(p) => format!("{scheme}://{app}.{domain}:{p}"),
+        None => format!("{scheme}://{app}.{domain}"),
+    }
+}
+
+/// A domain apps' own addresses may live under: DNS labels (letters, digits,
+/// `-`, not at a label's ends), dot-separated, at most 253 bytes.
+pub fn check_app_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() || domain.len() > 253 {
+        return Err(format!(
+            "`{domain}` is not a domain name (1 to 253 bytes, like `localhost` or `functions.example.com`)"
+        ));
+    }
+    for label in domain.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "`{domain}` is not a domain name: label `{label}` must be 1-63 letters, digits or `-` (not at its ends)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How often a write or read waiting for an election looks again.
@@ -486,5 +538,33 @@ fn check_node_file(data: &Path, node_id: NodeId) -> Result<(), StartError> {
             write_secret_file(&path, &json).map_err(io_err(&path))
         }
         Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_apps_own_address_keeps_the_function_ports_scheme_and_port() {
+        let shop = strom_proto::ids::AppName::parse("shop").unwrap();
+        for (base, domain, want) in [
+            (
+                "http://127.0.0.1:7071",
+                "localhost",
+                "http://shop.localhost:7071",
+            ),
+            (
+                "https://[::1]:8443",
+                "localhost",
+                "https://shop.localhost:8443",
+            ),
+            ("https://node1.corp", "fn.corp", "https://shop.fn.corp"),
+        ] {
+            assert_eq!(super::app_url(base, domain, &shop), want);
+        }
+        assert!(super::check_app_domain("functions.example.com").is_ok());
+        for bad in ["", "a..b", "-a.b", "a_b", "a.b.", "ü.de"] {
+            let e = super::check_app_domain(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
     }
 }

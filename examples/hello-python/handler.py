@@ -7,7 +7,6 @@ answers, then POSTs each invocation to /{FunctionName} with a body
 Functions:
   hello    GET/POST /api/hello/{name?}  anonymous  -> "<GREETING>, <name>!"
   secret   GET /api/secret/{id:int}     function   -> {"id": <id>, "message": ...}
-  nightly  timer 0 30 2 * * *                      -> only Logs
 """
 import json
 import os
@@ -42,12 +41,7 @@ def secret(data):
     }
 
 
-def nightly(data):
-    late = " (past due)" if as_dict(data.get("timer")).get("IsPastDue") else ""
-    return {"Outputs": {}, "Logs": [f"nightly batch ran{late}"]}
-
-
-FUNCTIONS = {"hello": hello, "secret": secret, "nightly": nightly}
+FUNCTIONS = {"hello": hello, "secret": secret}
 
 
 class Handler(BaseHTTPRequestHandler):

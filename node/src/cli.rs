@@ -99,6 +99,15 @@ pub struct UpArgs {
     /// Versions kept per app; older ones are forgotten and their packages removed.
     #[arg(long, env = "STROM_KEEP_VERSIONS", default_value_t = 10)]
     pub keep_versions: usize,
+    /// Each app's own address is `{app}.<domain>` on the function port (`*.localhost`
+    /// reaches this machine without DNS); the bare address serves a route only
+    /// while one app claims it.
+    #[arg(long, env = "STROM_APP_DOMAIN", default_value = "localhost")]
+    pub app_domain: String,
+    /// Print the function table as wide as its contents (whole keys); by default
+    /// it fits 100 columns.
+    #[arg(long)]
+    pub wide: bool,
     /// Function port: seconds a client may take to send a request's headers (and
     /// the TLS handshake); longer closes the connection.
     #[arg(long, env = "STROM_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
@@ -248,6 +257,12 @@ pub struct ServeArgs {
     /// management node (the leader's applies) [default: 10].
     #[arg(long, env = "STROM_KEEP_VERSIONS")]
     pub keep_versions: Option<usize>,
+    /// Each app's own address is `{app}.<domain>` on the function port: point a
+    /// wildcard DNS name (`*.functions.example.com`) at the nodes; the bare address
+    /// serves a route only while one app claims it. Shown in function URLs
+    /// [default: localhost].
+    #[arg(long, env = "STROM_APP_DOMAIN")]
+    pub app_domain: Option<String>,
     /// Function port: seconds a client may take to send a request's headers (and
     /// the TLS handshake) [default: 30].
     #[arg(long, env = "STROM_HTTP_HEADER_TIMEOUT_SECS")]
@@ -297,6 +312,10 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Tables as wide as their contents (whole keys); by default function tables
+    /// fit 100 columns.
+    #[arg(long)]
+    pub wide: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

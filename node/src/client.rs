@@ -214,7 +214,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 pack(&dir)?
             };
             let mut c = connect(&client).await?;
-            let out = Printer::new(client.output);
+            let out = Printer::of(&client);
             let resp = upload(&mut c, &name, zip, settings, out.interactive()).await?;
             out.deployed(&resp);
         }
@@ -225,7 +225,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).apps(&resp);
+            Printer::of(&client).apps(&resp);
         }
         AppCommand::Show { name, client } => {
             let mut c = connect(&client).await?;
@@ -234,7 +234,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).app(&resp);
+            Printer::of(&client).app(&resp);
         }
         AppCommand::Delete { name, client } => {
             let mut c = connect(&client).await?;
@@ -243,7 +243,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(&format!("deleted app `{name}`"), &resp);
+            Printer::of(&client).message(&format!("deleted app `{name}`"), &resp);
         }
         AppCommand::Rollback {
             name,
@@ -259,10 +259,12 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(
+            let out = Printer::of(&client);
+            out.message(
                 &format!("app `{name}` now runs version {}", &resp.version_id[..12]),
                 &resp,
             );
+            out.warnings(&resp.warnings);
         }
         AppCommand::Scale {
             name,
@@ -278,7 +280,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(
+            Printer::of(&client).message(
                 &format!("app `{name}` now runs {} instance(s)", resp.instances),
                 &resp,
             );
@@ -312,7 +314,7 @@ async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).settings(&resp.settings, &resp);
+            Printer::of(&client).settings(&resp.settings, &resp);
         }
         SettingsCommand::Unset { name, keys, client } => {
             let mut c = connect(&client).await?;
@@ -325,7 +327,7 @@ async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).settings(&resp.settings, &resp);
+            Printer::of(&client).settings(&resp.settings, &resp);
         }
         SettingsCommand::Get { name, client } => {
             let mut c = connect(&client).await?;
@@ -334,7 +336,7 @@ async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).settings(&resp.settings, &resp);
+            Printer::of(&client).settings(&resp.settings, &resp);
         }
     }
     Ok(())
@@ -351,7 +353,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).functions(&resp.functions, &resp);
+            Printer::of(&client).functions(&resp.functions, &resp);
         }
         FnCommand::Keys {
             app,
@@ -367,7 +369,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).keys(&resp);
+            Printer::of(&client).keys(&resp);
         }
         FnCommand::SetKey {
             app,
@@ -389,7 +391,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).key_set(&resp);
+            Printer::of(&client).key_set(&resp);
         }
         FnCommand::DeleteKey {
             app,
@@ -409,7 +411,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(&format!("deleted key `{name}`"), &resp);
+            Printer::of(&client).message(&format!("deleted key `{name}`"), &resp);
         }
         FnCommand::Logs {
             app,
@@ -429,7 +431,7 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let out = Printer::new(client.output);
+            let out = Printer::of(&client);
             while let Some(inv) = stream.message().await.map_err(status_error)? {
                 out.invocation(&inv);
             }
@@ -465,7 +467,7 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
             } else {
                 text.push_str("; it can stop now");
             }
-            Printer::new(client.output).message(&text, &resp);
+            Printer::of(&client).message(&text, &resp);
         }
         NodeCommand::Cordon { node_id, client } => {
             let mut c = connect(&client).await?;
@@ -474,7 +476,7 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(
+            Printer::of(&client).message(
                 &format!(
                     "worker {node_id} is {}: it takes no new instances",
                     resp.status
@@ -489,7 +491,7 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(
+            Printer::of(&client).message(
                 &format!(
                     "worker {node_id} is {}: it takes instances again",
                     resp.status
@@ -510,7 +512,7 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).members(&resp);
+            Printer::of(&client).members(&resp);
         }
         ClusterCommand::RemoveMember { node_id, client } => {
             let mut c = connect(&client).await?;
@@ -519,7 +521,7 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).message(
+            Printer::of(&client).message(
                 &format!(
                     "removed node {node_id}{}; voters now: {:?}",
                     if resp.worker_removed {
@@ -539,7 +541,7 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Printer::new(client.output).status(&resp);
+            Printer::of(&client).status(&resp);
         }
     }
     Ok(())

@@ -40,6 +40,7 @@ use crate::cli::Output;
 
 pub struct Printer {
     output: Output,
+    wide: bool,
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, seconds).
@@ -64,7 +65,27 @@ fn short(version: &str) -> &str {
 
 impl Printer {
     pub fn new(output: Output) -> Self {
-        Printer { output }
+        Printer {
+            output,
+            wide: false,
+        }
+    }
+
+    /// As the client flags ask (`--output`, `--wide`).
+    pub fn of(client: &crate::cli::ClientArgs) -> Self {
+        Printer {
+            output: client.output,
+            wide: client.wide,
+        }
+    }
+
+    /// Warnings a write answered with, one per line on stderr (tables only).
+    pub fn warnings(&self, warnings: &[String]) {
+        if self.output == Output::Table {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+        }
     }
 
     /// Progress bars only for people at a terminal.
@@ -107,7 +128,8 @@ impl Printer {
                 short(&r.version_id)
             );
         }
-        print_functions(&r.functions, false);
+        print_functions(&r.functions, self.wide);
+        self.warnings(&r.warnings);
     }
 
     pub fn apps(&self, r: &pb::ListAppsResponse) {
@@ -141,6 +163,9 @@ impl Printer {
         say!("created:        {}", format_time(a.created_at_ms));
         say!("updated:        {}", format_time(a.updated_at_ms));
         say!("route prefix:   /{}", r.route_prefix);
+        if !a.url.is_empty() {
+            say!("own address:    {}", a.url);
+        }
         say!();
         let mut t = table(&["VERSION", "DEPLOYED", "SIZE", "FUNCTIONS", "ACTIVE"]);
         for v in &r.versions {
@@ -154,7 +179,7 @@ impl Printer {
         }
         say!("{t}");
         say!();
-        print_functions(&r.functions, false);
+        print_functions(&r.functions, self.wide);
         if !r.instances.is_empty() {
             say!();
             print_instances(&r.instances);
@@ -238,7 +263,7 @@ impl Printer {
             say!("no functions");
             return;
         }
-        print_functions(functions, true);
+        print_functions(functions, self.wide);
     }
 
     pub fn settings<T: Serialize>(&self, settings: &HashMap<String, String>, whole: &T) {
@@ -425,8 +450,110 @@ pub fn print_instances(instances: &[pb::InstanceInfo]) {
     say!("{t}");
 }
 
-pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
-    let mut header = vec![
+/// The width function listings fit without `--wide`.
+pub const NARROW_COLUMNS: u16 = 100;
+
+/// Functions grouped by app: a line naming the app and its own address, then its
+/// functions. Unless `wide`, the table fits [`NARROW_COLUMNS`] columns: the trigger
+/// and its methods share a column, keys are shortened (`strom fn keys` shows them
+/// whole), URLs never wrap, and routes another app shares are noted below.
+pub fn print_functions(functions: &[pb::FunctionInfo], wide: bool) {
+    let mut apps: Vec<&str> = Vec::new();
+    for f in functions {
+        if !apps.contains(&f.app_name.as_str()) {
+            apps.push(&f.app_name);
+        }
+    }
+    let mut shortened = false;
+    for (i, app) in apps.iter().enumerate() {
+        if i > 0 {
+            say!();
+        }
+        let mine: Vec<&pb::FunctionInfo> =
+            functions.iter().filter(|f| f.app_name == *app).collect();
+        match mine.iter().find_map(|f| own_address(&f.app_url)) {
+            Some(own) => say!("app `{app}` (own address {own}):"),
+            None => say!("app `{app}`:"),
+        }
+        let t = if wide {
+            wide_function_table(&mine)
+        } else {
+            let (t, short) = narrow_function_table(&mine);
+            shortened |= short;
+            t
+        };
+        say!("{t}");
+        if !wide {
+            for f in mine.iter().filter(|f| !f.shared_with.is_empty()) {
+                say!(
+                    "  `{}` is not on the shared address: {} has the same route",
+                    f.name,
+                    f.shared_with.join(", ")
+                );
+            }
+        }
+    }
+    if shortened {
+        say!("(keys shortened: `strom fn keys APP FUNCTION` or --wide shows them)");
+    }
+}
+
+fn url_or_schedule(f: &pb::FunctionInfo) -> String {
+    if f.url.is_empty() {
+        f.schedule.clone()
+    } else {
+        f.url.clone()
+    }
+}
+
+fn methods(f: &pb::FunctionInfo) -> String {
+    if f.methods.is_empty() && f.trigger_type == "httpTrigger" {
+        "*".into()
+    } else {
+        f.methods.join(",")
+    }
+}
+
+fn narrow_function_table(functions: &[&pb::FunctionInfo]) -> (Table, bool) {
+    use comfy_table::{ColumnConstraint, ContentArrangement};
+    let mut shortened = false;
+    let mut t = table(&["FUNCTION", "TRIGGER", "URL / SCHEDULE", "KEY", "STATUS"]);
+    t.set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_width(NARROW_COLUMNS);
+    for f in functions {
+        let key = match f.key.char_indices().nth(8) {
+            Some((cut, _)) => {
+                shortened = true;
+                format!("{}…", &f.key[..cut])
+            }
+            None => f.key.clone(),
+        };
+        t.add_row(vec![
+            f.name.clone(),
+            match f.trigger_type.as_str() {
+                "httpTrigger" => format!("http {}", methods(f)),
+                "timerTrigger" => "timer".into(),
+                other => other.to_string(),
+            },
+            url_or_schedule(f),
+            match f.auth_level.as_str() {
+                "admin" => format!("master {key}"),
+                _ => key,
+            },
+            function_status(f, false),
+        ]);
+    }
+    // A URL or key that wraps cannot be copied: only the status wraps.
+    for i in 0..4 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_constraint(ColumnConstraint::ContentWidth);
+        }
+    }
+    (t, shortened)
+}
+
+fn wide_function_table(functions: &[&pb::FunctionInfo]) -> Table {
+    let mut t = table(&[
         "FUNCTION",
         "TRIGGER",
         "AUTH",
@@ -434,42 +561,49 @@ pub fn print_functions(functions: &[pb::FunctionInfo], with_app: bool) {
         "URL / SCHEDULE",
         "KEY",
         "STATUS",
-    ];
-    if with_app {
-        header.insert(0, "APP");
-    }
-    let mut t = table(&header);
+    ]);
     for f in functions {
-        let status = if !f.supported {
-            format!("not supported: {}", f.unsupported_reasons.join("; "))
-        } else if f.disabled {
-            "disabled".into()
-        } else if !f.unsupported_reasons.is_empty() {
-            format!("ok; {}", f.unsupported_reasons.join("; "))
-        } else {
-            "ok".into()
-        };
-        let mut row = vec![
+        t.add_row(vec![
             f.name.clone(),
             f.trigger_type.clone(),
             f.auth_level.clone(),
-            if f.methods.is_empty() && f.trigger_type == "httpTrigger" {
-                "*".into()
-            } else {
-                f.methods.join(",")
-            },
-            if f.url.is_empty() {
-                f.schedule.clone()
-            } else {
-                f.url.clone()
-            },
+            methods(f),
+            url_or_schedule(f),
             f.key.clone(),
-            status,
-        ];
-        if with_app {
-            row.insert(0, f.app_name.clone());
-        }
-        t.add_row(row);
+            function_status(f, true),
+        ]);
     }
-    say!("{t}");
+    t
+}
+
+/// `scheme://authority` of a function's URL at its app's own address.
+fn own_address(app_url: &str) -> Option<String> {
+    let (scheme, rest) = app_url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+fn function_status(f: &pb::FunctionInfo, with_shared: bool) -> String {
+    let mut notes: Vec<String> = Vec::new();
+    if with_shared && !f.shared_with.is_empty() {
+        notes.push(format!(
+            "not on the shared address: {} has the route too",
+            f.shared_with.join(", ")
+        ));
+    }
+    notes.extend(f.unsupported_reasons.iter().cloned());
+    let state = if !f.supported {
+        "not supported"
+    } else if f.disabled {
+        "disabled"
+    } else {
+        "ok"
+    };
+    if notes.is_empty() {
+        state.into()
+    } else if f.supported && !f.disabled {
+        format!("ok; {}", notes.join("; "))
+    } else {
+        format!("{state}: {}", notes.join("; "))
+    }
 }

@@ -58,6 +58,7 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.labels = args.labels.or(file.labels);
     args.worker_lease_ms = args.worker_lease_ms.or(file.worker_lease_ms);
     args.keep_versions = args.keep_versions.or(file.keep_versions);
+    args.app_domain = args.app_domain.or(file.app_domain);
     args.http_header_timeout_secs = args
         .http_header_timeout_secs
         .or(file.http_header_timeout_secs);
@@ -207,6 +208,13 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
     if args.keep_versions == Some(0) {
         problems.push("keep-versions: must be at least 1 (the active version)".into());
     }
+    let app_domain = args
+        .app_domain
+        .clone()
+        .unwrap_or_else(|| "localhost".into());
+    if let Err(e) = strom_control_plane::management::check_app_domain(&app_domain) {
+        problems.push(format!("app-domain: {e}"));
+    }
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
         (None, None, None) => None,
         (Some(cert), Some(key), Some(ca)) => match NodeTls::load(cert, key, ca) {
@@ -255,6 +263,8 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         keep_versions: args
             .keep_versions
             .unwrap_or(strom_control_plane::retention::DEFAULT_KEEP),
+        app_domain,
+        wide: false,
         tls,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
         max_request_body_bytes: 100 * 1024 * 1024,

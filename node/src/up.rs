@@ -112,6 +112,10 @@ pub struct NodeSettings {
     pub worker_lease: Duration,
     /// Versions kept per app (management role setting).
     pub keep_versions: usize,
+    /// Apps' own addresses are `{app}.<app_domain>` (shown in function URLs).
+    pub app_domain: String,
+    /// Print the function table as wide as its contents.
+    pub wide: bool,
     /// TLS identity for every listener and node-to-node connection.
     pub tls: Option<strom_control_plane::tls::NodeTls>,
     pub startup_timeout: Duration,
@@ -157,6 +161,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             "--keep-versions: must be at least 1 (the active version)",
         ));
     }
+    strom_control_plane::management::check_app_domain(&args.app_domain)
+        .map_err(|e| CliError::new(2, format!("--app-domain: {e}")))?;
     let apps = read_app_dirs(&args)?;
     let http_addr: SocketAddr = match args.http_addr {
         Some(a) => a,
@@ -181,6 +187,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         capacity: Capacity::default(),
         worker_lease: Duration::from_secs(5),
         keep_versions: args.keep_versions,
+        app_domain: args.app_domain.clone(),
+        wide: args.wide,
         tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         max_request_body_bytes: args.max_request_body_bytes,
@@ -394,6 +402,7 @@ pub async fn run_node(
         config.package_limits = settings.limits.clone();
         config.worker_lease = settings.worker_lease;
         config.keep_versions = settings.keep_versions;
+        config.app_domain = settings.app_domain.clone();
         let node = ManagementNode::start(config)
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
@@ -587,7 +596,7 @@ pub async fn run_node(
     let mut reporter = None;
     if let (Some(node), Some(w)) = (&running.node, &running.worker) {
         wait_until_ready(node, w, settings.startup_timeout).await;
-        print_running(node);
+        print_running(node, settings.wide);
         let health = app_health(&node.read_local().state, &w.instances.borrow());
         not_ready = print_health(&health);
         reporter = Some(tokio::spawn(report_health_changes(
@@ -795,6 +804,7 @@ async fn deploy_dirs(
             .runs_instances(runs_instances)
             .containers_by_default(in_containers),
     );
+    wait_for_this_protocol(node, Duration::from_secs(10)).await;
     let data_dir = node.config.data_dir.clone();
     let mut applied = read_applied(&data_dir);
     for app in apps {
@@ -840,8 +850,30 @@ async fn deploy_dirs(
                 }
             );
         }
+        for w in &resp.warnings {
+            println!("Warning: {w}");
+        }
     }
     Ok(())
+}
+
+/// A new cluster speaks the oldest protocol until its leader has heard from every
+/// member and worker (a second or so): wait (bounded) for this build's, so that
+/// apps deployed now or just after may share routes (a feature of protocol 5).
+async fn wait_for_this_protocol(node: &ManagementNode, limit: Duration) {
+    let mut state = node.state.clone();
+    let reached = tokio::time::timeout(
+        limit,
+        state.wait_for(|v| v.state.protocol() >= strom_proto::version::PROTOCOL),
+    )
+    .await;
+    if !matches!(reached, Ok(Ok(_))) {
+        tracing::warn!(
+            "the cluster still speaks protocol {} after {limit:?}: apps that share routes are refused until it speaks {}",
+            node.read_local().state.protocol(),
+            strom_proto::version::PROTOCOL
+        );
+    }
 }
 
 /// Wait (bounded) until every app is served by an instance that is Ready (or
@@ -877,7 +909,7 @@ async fn wait_until_ready(node: &ManagementNode, worker: &Worker, limit: Duratio
     }
 }
 
-fn print_running(node: &ManagementNode) {
+fn print_running(node: &ManagementNode, wide: bool) {
     let view = node.read_local();
     if view.state.apps.is_empty() {
         println!("No apps yet: deploy one with `strom app deploy DIR`.");
@@ -885,19 +917,14 @@ fn print_running(node: &ManagementNode) {
     }
     let mut functions = Vec::new();
     for app in view.state.apps.values() {
-        let manifest = &app.active().manifest;
-        for f in &manifest.functions {
-            functions.push(strom_control_plane::admin_service::function_info(
-                &app.name,
-                manifest,
-                f,
-                &app.settings,
-                &app.keys,
-                &node.config.public_http_url,
-            ));
-        }
+        functions.extend(strom_control_plane::admin_service::functions_of(
+            &view.state,
+            app,
+            &app.active().manifest,
+            &node.config,
+        ));
     }
-    print_functions(&functions, true);
+    print_functions(&functions, wide);
 }
 
 /// How one app is doing on this node, as `strom up` reports it.

@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{examples, http_fn, write_app, Up, HOST, STROM};
+use std::time::Duration;
+
+use common::{eventually, examples, get, http, http_fn, write_app, Up, HOST, STROM};
 
 /// An app run by the Rust test handler: one anonymous HTTP function `f` at `/api/f`.
 fn handler_app(app: &std::path::Path) {
@@ -41,7 +43,7 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
 
     let apps = up.json(&["app", "list"]);
     assert_eq!(apps["apps"][0]["name"], "hello-python");
-    assert_eq!(apps["apps"][0]["function_count"], 3);
+    assert_eq!(apps["apps"][0]["function_count"], 2);
 
     let show = up.json(&["app", "show", "hello-python"]);
     let functions = show["functions"].as_array().unwrap();
@@ -49,17 +51,39 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hello", "nightly", "secret"]);
+    assert_eq!(names, ["hello", "secret"]);
     assert_eq!(functions[0]["trigger_type"], "httpTrigger");
     assert_eq!(functions[0]["methods"], serde_json::json!(["GET", "POST"]));
     assert_eq!(functions[0]["url"], hello_url.as_str());
-    assert_eq!(functions[1]["trigger_type"], "timerTrigger");
-    assert_eq!(functions[1]["schedule"], "0 30 2 * * *");
-
-    assert_eq!(functions[2]["auth_level"], "function");
+    let port = up.http.rsplit(':').next().unwrap();
+    assert_eq!(
+        functions[0]["app_url"],
+        format!("http://hello-python.localhost:{port}/api/hello/{{name?}}")
+    );
+    assert_eq!(
+        show["app"]["url"],
+        format!("http://hello-python.localhost:{port}")
+    );
+    assert_eq!(functions[1]["auth_level"], "function");
     assert!(
-        !functions[2]["key"].as_str().unwrap().is_empty(),
+        !functions[1]["key"].as_str().unwrap().is_empty(),
         "the key to call it is shown"
+    );
+    // The first screen fits 100 columns; --wide shows whole keys.
+    let widest = up.stdout.iter().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "{widest} columns: {:#?}", up.stdout);
+    let key = functions[1]["key"].as_str().unwrap();
+    assert!(!up.stdout.iter().any(|l| l.contains(key)));
+    let wide = up.strom(&["fn", "list", "hello-python", "--wide"]);
+    assert!(wide.stdout.contains(key), "{}", wide.stdout);
+    let narrow = up.strom(&["fn", "list", "hello-python"]);
+    assert!(!narrow.stdout.contains(key), "{}", narrow.stdout);
+    assert!(
+        narrow
+            .stdout
+            .contains("own address http://hello-python.localhost:"),
+        "{}",
+        narrow.stdout
     );
     let settings = up.json(&["app", "settings", "get", "hello-python"]);
     assert_eq!(
@@ -68,7 +92,7 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
     );
 
     let fns = up.json(&["fn", "list", "hello-python"]);
-    assert_eq!(fns["functions"].as_array().unwrap().len(), 3);
+    assert_eq!(fns["functions"].as_array().unwrap().len(), 2);
 
     // `strom … | head`: a reader that goes away ends the command quietly.
     let mut child = Command::new(STROM)
@@ -203,19 +227,23 @@ fn t22_bad_apps_are_refused_with_all_their_errors_and_change_nothing() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("no functions"), "{}", out.stderr);
 
-    // Overlapping routes with another app on the shared address.
+    // A route another app has too is no error: a warning names both apps and
+    // where each is still reached.
     let other = apps.path().join("other");
     write_app(&other, HOST, &[("item", &http_fn("items/{key:int}"))]);
     let out = up.strom(&["app", "deploy", other.to_str().unwrap()]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stderr.contains("`shop`") && out.stderr.contains("`other`"),
+        out.stderr
+            .contains("warning: app `other`'s function `item` and app `shop`'s")
+            && out.stderr.contains("http://other.localhost:")
+            && out.stderr.contains("http://shop.localhost:"),
         "{}",
         out.stderr
     );
     assert_eq!(
         up.json(&["app", "list"])["apps"].as_array().unwrap().len(),
-        1
+        2
     );
     up.stop();
 }
@@ -893,5 +921,103 @@ fn t38_a_version_that_cannot_be_unpacked_is_shown_with_its_reason() {
     assert_ne!(failing["serving"], true, "{failing}");
     let status = up.strom(&["cluster", "status"]);
     assert!(status.stdout.contains("cannot unpack"), "{}", status.stdout);
+    up.stop();
+}
+
+/// Copy the hello-python sample to `dir`, greeting with `greeting`.
+fn hello_python_as(dir: &std::path::Path, greeting: &str) {
+    let sample = examples().join("hello-python");
+    for entry in walk(&sample) {
+        let to = dir.join(entry.strip_prefix(&sample).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    std::fs::write(
+        dir.join("local.settings.json"),
+        format!(r#"{{"Values":{{"GREETING":"{greeting}"}}}}"#),
+    )
+    .unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn t39_apps_with_the_same_routes_answer_at_their_own_addresses() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let (alpha, beta) = (apps.path().join("alpha"), apps.path().join("beta"));
+    hello_python_as(&alpha, "Hello");
+    hello_python_as(&beta, "Hi from beta");
+    let up = Up::start(data.path(), &[&alpha, &beta], &[]);
+    let port = up.http.rsplit(':').next().unwrap().to_string();
+    let stdout = up.stdout.join("\n");
+    for expected in [
+        "Warning: app `beta`'s function `hello` and app `alpha`'s function `hello`",
+        &format!("app `alpha` (own address http://alpha.localhost:{port})"),
+        &format!("app `beta` (own address http://beta.localhost:{port})"),
+        &format!("http://beta.localhost:{port}/api/hello/{{name?}}"),
+        "`hello` is not on the shared address: beta/hello has the same route",
+    ] {
+        assert!(stdout.contains(expected), "no `{expected}` in:\n{stdout}");
+    }
+
+    let at = |host: &str| {
+        let host = format!("{host}:{port}");
+        http("GET", &up.http, "/api/hello/ada", &[("Host", &host)], b"")
+    };
+    let alpha_says = at("alpha.localhost");
+    assert_eq!(
+        (alpha_says.status, alpha_says.text().as_str()),
+        (200, "Hello, ada!")
+    );
+    let beta_says = at("beta.localhost");
+    assert_eq!(
+        (beta_says.status, beta_says.text().as_str()),
+        (200, "Hi from beta, ada!")
+    );
+    // The shared address serves neither, and says where each one is.
+    let shared = get(&up.http, "/api/hello/ada");
+    assert_eq!(shared.status, 404);
+    let message = shared.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("(`alpha`, `beta`)")
+            && message.contains(&format!("http://alpha.localhost:{port}/api/hello/ada")),
+        "{message}"
+    );
+    let fns = up.json(&["fn", "list", "alpha"]);
+    let hello = &fns["functions"][0];
+    assert_eq!(hello["shared_with"], serde_json::json!(["beta/hello"]));
+    assert_eq!(hello["url"], hello["app_url"]);
+
+    // Once `beta` is gone, the shared address serves `alpha`'s route again.
+    let out = up.strom(&["app", "delete", "beta"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eventually(
+        Duration::from_secs(10),
+        "the shared address serves alpha",
+        || {
+            let r = get(&up.http, "/api/hello/ada");
+            (r.status == 200 && r.text() == "Hello, ada!").then_some(())
+        },
+    );
+    let fns = up.json(&["fn", "list", "alpha"]);
+    assert_eq!(
+        fns["functions"][0]["url"],
+        format!("{}/api/hello/{{name?}}", up.http)
+    );
     up.stop();
 }

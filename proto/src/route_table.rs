@@ -5,11 +5,16 @@
 //! constrained parameter, which beats a plain parameter, which beats an optional
 //! one, which beats a catch-all. A path that matches some route but not with this
 //! method is "method not allowed" (405), not "not found".
+//!
+//! Every app has its own address (`{app}.<domain>`), where its routes are all it
+//! serves. The shared address (an IP, `localhost`) serves the routes of all apps,
+//! but a route only while one app claims it: two apps whose routes are ambiguous
+//! with each other ([`functions_overlap`]) are reached at their own addresses only.
 
 use std::cmp::Ordering;
 
 use crate::ids::AppName;
-use crate::manifest::{AppManifest, RouteTemplate, Segment, Trigger};
+use crate::manifest::{AppManifest, FunctionManifest, RouteTemplate, Segment, Trigger};
 
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
@@ -25,6 +30,9 @@ pub struct RouteEntry {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     entries: Vec<RouteEntry>,
+    /// Shared address only: routes several apps claim, served by none of them
+    /// here (each app's own address still serves its own).
+    contested: Vec<RouteEntry>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +45,83 @@ pub enum RouteMatch<'a> {
     MethodNotAllowed {
         allowed: Vec<String>,
     },
+    /// On the shared address: the route belongs to several apps, each reached at
+    /// its own address.
+    Contested {
+        apps: Vec<AppName>,
+    },
     NotFound,
+}
+
+/// Two apps' HTTP functions claim the same requests: their methods meet and their
+/// full paths (route prefix included) are ambiguous with each other.
+pub fn functions_overlap(
+    am: &AppManifest,
+    a: &FunctionManifest,
+    bm: &AppManifest,
+    b: &FunctionManifest,
+) -> bool {
+    let (Trigger::Http(ha), Trigger::Http(hb)) = (&a.trigger, &b.trigger) else {
+        return false;
+    };
+    let methods_meet = ha.methods.is_empty()
+        || hb.methods.is_empty()
+        || ha.methods.iter().any(|m| hb.methods.contains(m));
+    if !methods_meet {
+        return false;
+    }
+    // The full paths (prefix + route), so `api/x` and `v2/x` don't clash.
+    let parse = |m: &AppManifest, h: &crate::manifest::HttpTrigger| {
+        RouteTemplate::parse(&h.url_path(&m.host.route_prefix))
+    };
+    match (parse(am, ha), parse(bm, hb)) {
+        (Ok(x), Ok(y)) => x.overlaps(&y),
+        _ => false,
+    }
+}
+
+/// One function of an app whose route another app's function also claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRoute {
+    pub function: String,
+    /// The full path template, prefix included.
+    pub route: String,
+    pub other_app: AppName,
+    pub other_function: String,
+    pub other_route: String,
+}
+
+/// The functions of `app` (with `manifest`) that share a route with a function of
+/// one of `others` (an app's own entry among `others` is skipped).
+pub fn shared_routes<'a>(
+    app: &AppName,
+    manifest: &AppManifest,
+    others: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>,
+) -> Vec<SharedRoute> {
+    let full = |m: &AppManifest, f: &FunctionManifest| match &f.trigger {
+        Trigger::Http(h) => h.url_path(&m.host.route_prefix),
+        _ => String::new(),
+    };
+    let mut out = Vec::new();
+    for (other_app, other) in others {
+        if other_app == app {
+            continue;
+        }
+        for f in &manifest.functions {
+            for g in &other.functions {
+                if functions_overlap(manifest, f, other, g) {
+                    out.push(SharedRoute {
+                        function: f.name.clone(),
+                        route: full(manifest, f),
+                        other_app: other_app.clone(),
+                        other_function: g.name.clone(),
+                        other_route: full(other, g),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 fn rank(t: &RouteTemplate) -> Vec<u8> {
@@ -56,8 +140,33 @@ fn rank(t: &RouteTemplate) -> Vec<u8> {
 impl RouteTable {
     /// Build from `(app, manifest)` pairs: every HTTP-triggered function.
     pub fn build<'a>(apps: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>) -> Self {
+        Self::build_with(apps, false)
+    }
+
+    /// The shared address's table: every HTTP-triggered function of these apps,
+    /// except those whose route another app also claims ([`RouteMatch::Contested`]).
+    pub fn build_shared<'a>(
+        apps: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>,
+    ) -> Self {
+        Self::build_with(apps, true)
+    }
+
+    fn build_with<'a>(
+        apps: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>,
+        shared: bool,
+    ) -> Self {
+        let apps: Vec<(&AppName, &AppManifest)> = apps.into_iter().collect();
         let mut entries = Vec::new();
-        for (app, manifest) in apps {
+        let mut contested = Vec::new();
+        for &(app, manifest) in &apps {
+            let claimed_by_others: Vec<String> = if shared {
+                shared_routes(app, manifest, apps.iter().copied())
+                    .into_iter()
+                    .map(|s| s.function)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for f in &manifest.functions {
                 let Trigger::Http(h) = &f.trigger else {
                     continue;
@@ -67,20 +176,27 @@ impl RouteTable {
                 else {
                     continue;
                 };
-                entries.push(RouteEntry {
+                let entry = RouteEntry {
                     app: app.clone(),
                     function: f.name.clone(),
                     rank: rank(&template),
                     template,
                     methods: h.methods.clone(),
-                });
+                };
+                if claimed_by_others.contains(&f.name) {
+                    contested.push(entry);
+                } else {
+                    entries.push(entry);
+                }
             }
         }
-        entries.sort_by(|a, b| match a.rank.cmp(&b.rank) {
+        let by_precedence = |a: &RouteEntry, b: &RouteEntry| match a.rank.cmp(&b.rank) {
             Ordering::Equal => b.template.segments.len().cmp(&a.template.segments.len()),
             other => other,
-        });
-        RouteTable { entries }
+        };
+        entries.sort_by(by_precedence);
+        contested.sort_by(by_precedence);
+        RouteTable { entries, contested }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,7 +227,18 @@ impl RouteTable {
                 }
             }
         }
-        if path_matched {
+        let mut claimants: Vec<AppName> = Vec::new();
+        for e in &self.contested {
+            let method_ok =
+                e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+            if method_ok && e.template.matches(&segments).is_some() && !claimants.contains(&e.app) {
+                claimants.push(e.app.clone());
+            }
+        }
+        if !claimants.is_empty() {
+            claimants.sort();
+            RouteMatch::Contested { apps: claimants }
+        } else if path_matched {
             RouteMatch::MethodNotAllowed { allowed }
         } else {
             RouteMatch::NotFound
@@ -243,5 +370,63 @@ mod tests {
             t.lookup("GET", "/api/one"),
             RouteMatch::Found { .. }
         ));
+    }
+
+    #[test]
+    fn the_shared_address_serves_a_route_only_while_one_app_claims_it() {
+        let a = AppName::parse("aaa").unwrap();
+        let b = AppName::parse("bbb").unwrap();
+        let ma = app(
+            "api",
+            &[("HttpTrigger", "HttpTrigger", ""), ("only-a", "a", "")],
+        );
+        let mb = app("api", &[("HttpTrigger", "httptrigger", r#""get""#)]);
+        let shared = RouteTable::build_shared([(&a, &ma), (&b, &mb)]);
+        assert_eq!(
+            shared.lookup("GET", "/api/HttpTrigger"),
+            RouteMatch::Contested {
+                apps: vec![a.clone(), b.clone()]
+            }
+        );
+        // Only `aaa` takes POST there: no conflict for it, yet the function is one
+        // whole: it is reached at its own address only.
+        assert_eq!(
+            shared.lookup("POST", "/api/HttpTrigger"),
+            RouteMatch::Contested {
+                apps: vec![a.clone()]
+            }
+        );
+        assert!(matches!(
+            shared.lookup("GET", "/api/a"),
+            RouteMatch::Found {
+                function: "only-a",
+                ..
+            }
+        ));
+        // Each app's own table serves its own function.
+        let own_b = RouteTable::build([(&b, &mb)]);
+        assert!(matches!(
+            own_b.lookup("GET", "/api/HttpTrigger"),
+            RouteMatch::Found {
+                function: "HttpTrigger",
+                ..
+            }
+        ));
+        // Once `bbb` is gone, the shared address serves `aaa`'s route again.
+        let alone = RouteTable::build_shared([(&a, &ma)]);
+        assert!(matches!(
+            alone.lookup("GET", "/api/HttpTrigger"),
+            RouteMatch::Found { .. }
+        ));
+        let shared_of_a = shared_routes(&a, &ma, [(&a, &ma), (&b, &mb)]);
+        assert_eq!(shared_of_a.len(), 1);
+        assert_eq!(
+            (
+                shared_of_a[0].function.as_str(),
+                shared_of_a[0].other_app.as_str()
+            ),
+            ("HttpTrigger", "bbb")
+        );
+        assert_eq!(shared_of_a[0].route, "/api/HttpTrigger");
     }
 }

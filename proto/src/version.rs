@@ -21,7 +21,10 @@ use crate::ids::NodeId;
 ///   of this protocol read a worker view (`WatchState` with `view_format` 1).
 /// - 4: internal calls and gateway hops without TLS must prove the join token
 ///   (`x-strom-proof`); before, the cluster id was the only credential.
-pub const PROTOCOL: u32 = 4;
+/// - 5: apps may share routes: each app has its own address (`{app}.<domain>`),
+///   and the shared address serves a route only while one app claims it; before,
+///   a deploy whose routes overlapped another app's was refused.
+pub const PROTOCOL: u32 = 5;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -40,6 +43,8 @@ pub enum Feature {
     /// Internal callers without TLS are refused unless they show the cluster's
     /// proof (protocol 4).
     InternalProof,
+    /// Deploys whose routes overlap another app's are accepted (protocol 5).
+    AppHosts,
 }
 
 impl Feature {
@@ -48,6 +53,7 @@ impl Feature {
             Feature::Workers => 2,
             Feature::VersionRetention => 3,
             Feature::InternalProof => 4,
+            Feature::AppHosts => 5,
         }
     }
 }
@@ -159,6 +165,7 @@ mod tests {
             Feature::Workers,
             Feature::VersionRetention,
             Feature::InternalProof,
+            Feature::AppHosts,
         ] {
             assert!(allows(feature, [1], &reported));
             assert!(feature.since() <= PROTOCOL);

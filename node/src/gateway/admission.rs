@@ -108,6 +108,42 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
     })
 }
 
+/// On the shared address, a route several apps claim: name them and their own
+/// addresses (on a loopback Host, the `{app}.localhost` form that needs no DNS).
+fn contested(head: &Head<'_>, apps: &[AppName]) -> Decision {
+    let (host, port) = match head.host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => (h, p),
+        _ => (head.host, ""),
+    };
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let names: Vec<String> = apps.iter().map(|a| format!("`{a}`")).collect();
+    let example = match apps.first() {
+        Some(first) if loopback => {
+            let port = if port.is_empty() {
+                String::new()
+            } else {
+                format!(":{port}")
+            };
+            format!(", e.g. http://{first}.localhost{port}{}", head.path)
+        }
+        _ => String::new(),
+    };
+    refuse(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!(
+            "{} is a route of more than one app ({}): the shared address serves it for none; \
+             call it at the app's own address, Host `{{app}}.<domain>`{example}",
+            head.path,
+            names.join(", ")
+        ),
+    )
+}
+
 fn not_found(path: &str) -> Decision {
     refuse(
         StatusCode::NOT_FOUND,
@@ -189,6 +225,7 @@ pub fn admit(
                 allow: Some(allow),
             });
         }
+        RouteMatch::Contested { apps } => return contested(head, &apps),
         RouteMatch::NotFound => return not_found(head.path),
     };
     let serving = &local.apps[app];
@@ -230,10 +267,11 @@ fn remote(
     limits: Limits,
 ) -> Option<Decision> {
     let host_app = app_from_host(head.host);
-    let RouteMatch::Found { app, function, .. } =
-        cluster.lookup(host_app.as_ref(), head.method, head.path)
-    else {
-        return None;
+    let (app, function) = match cluster.lookup(host_app.as_ref(), head.method, head.path) {
+        RouteMatch::Found { app, function, .. } => (app, function),
+        // Decided from the whole cluster's routes, not from the apps this node runs.
+        RouteMatch::Contested { apps } => return Some(contested(head, &apps)),
+        _ => return None,
     };
     if local.apps.get(app).is_some_and(|s| !s.endpoints.is_empty()) {
         return None;
@@ -347,6 +385,14 @@ mod tests {
     /// `web` (hello: anonymous, secret: function key, off: disabled) and `jobs`
     /// (run: function key), both in the cluster; only `web` serves here.
     fn snapshots(web_ready_here: bool) -> (RoutingSnapshot, ClusterRoutes) {
+        snapshots_with(web_ready_here, None)
+    }
+
+    /// As [`snapshots`], with `other` (its manifest) in the cluster too.
+    fn snapshots_with(
+        web_ready_here: bool,
+        other: Option<&AppManifest>,
+    ) -> (RoutingSnapshot, ClusterRoutes) {
         let web = manifest(&[
             ("hello", "hello/{name}", "anonymous"),
             ("secret", "secret", "function"),
@@ -359,10 +405,14 @@ mod tests {
             host: BTreeMap::from([("default".into(), format!("{m}-host"))]),
             functions: BTreeMap::new(),
         };
-        for (name, m, k, disabled) in [
+        let mut apps = vec![
             ("web", &web, "web-master", vec!["off".to_string()]),
             ("jobs", &jobs, "jobs-master", vec![]),
-        ] {
+        ];
+        if let Some(m) = other {
+            apps.push(("other", m, "other-master", vec![]));
+        }
+        for (name, m, k, disabled) in apps {
             view.apps.insert(
                 app(name),
                 AppRoutes {
@@ -425,6 +475,54 @@ mod tests {
         match d {
             Decision::Refuse(r) => Some(r.status),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn a_route_of_two_apps_is_served_at_each_apps_address_only() {
+        let other = manifest(&[("greet", "hello/{who}", "anonymous")]);
+        for web_ready_here in [true, false] {
+            let (local, cluster) = snapshots_with(web_ready_here, Some(&other));
+            let shared = admit(
+                &head("GET", "/api/hello/ada", &[]),
+                &local,
+                &cluster,
+                LIMITS,
+            );
+            let Decision::Refuse(r) = &shared else {
+                panic!("the shared address serves a contested route: {shared:?}")
+            };
+            assert_eq!(r.status, StatusCode::NOT_FOUND);
+            assert!(
+                r.message.contains("`other`, `web`")
+                    && r.message
+                        .contains("http://other.localhost:7071/api/hello/ada"),
+                "{}",
+                r.message
+            );
+            let mut own = head("GET", "/api/hello/ada", &[]);
+            own.host = "web.localhost:7071";
+            let d = admit(&own, &local, &cluster, LIMITS);
+            if web_ready_here {
+                assert!(
+                    matches!(&d, Decision::Local(t) if t.app == app("web") && t.function == "hello"),
+                    "{d:?}"
+                );
+            } else {
+                assert!(
+                    matches!(&d, Decision::Remote(a) if a == &app("web")),
+                    "{d:?}"
+                );
+            }
+            own.host = "other.localhost:7071";
+            let d = admit(&own, &local, &cluster, LIMITS);
+            assert!(
+                matches!(&d, Decision::Remote(a) if a == &app("other")),
+                "{d:?}"
+            );
+            // Routes only one app claims stay on the shared address.
+            let d = admit(&head("GET", "/api/run", &[]), &local, &cluster, LIMITS);
+            assert_eq!(status(&d), Some(StatusCode::UNAUTHORIZED), "{d:?}");
         }
     }
 

@@ -44,7 +44,8 @@ impl AppRouting {
 pub struct ClusterRoutes {
     /// The view this was built from.
     pub view: Arc<WorkerView>,
-    /// Every app's routes: the namespace of the bare address.
+    /// The shared address's routes: every app's, but a route only while one app
+    /// claims it.
     pub all: RouteTable,
     pub apps: HashMap<AppName, AppRouting>,
     pub workers: BTreeMap<NodeId, Peer>,
@@ -53,7 +54,7 @@ pub struct ClusterRoutes {
 impl ClusterRoutes {
     pub fn build(view: Arc<WorkerView>) -> ClusterRoutes {
         ClusterRoutes {
-            all: RouteTable::build(view.apps.iter().map(|(n, a)| (n, &a.manifest))),
+            all: RouteTable::build_shared(view.apps.iter().map(|(n, a)| (n, &a.manifest))),
             apps: view
                 .apps
                 .iter()
@@ -76,7 +77,7 @@ impl ClusterRoutes {
     }
 
     /// Look a request up: in one app's routes when the Host names a known app,
-    /// else across all apps.
+    /// else on the shared address.
     pub fn lookup(&self, host_app: Option<&AppName>, method: &str, path: &str) -> RouteMatch<'_> {
         match host_app.and_then(|a| self.apps.get(a)) {
             Some(app) => app.routes.lookup(method, path),
