@@ -47,6 +47,9 @@ pub struct Assignment {
     /// The unpacked package.
     pub app_root: PathBuf,
     pub manifest: Arc<AppManifest>,
+    /// The version's host.json uses the legacy `httpWorker` section: forwarded
+    /// requests go to `/{FunctionName}` (read from the unpacked package).
+    pub http_worker: bool,
     pub settings: BTreeMap<String, String>,
     pub instances: u32,
 }
@@ -90,6 +93,7 @@ pub struct NodeArgs {
 struct Deploy {
     actor: ActorRef<AppMsg>,
     manifest: Arc<AppManifest>,
+    http_worker: bool,
     statuses: Vec<InstanceStatus>,
     endpoints: Vec<Arc<Endpoint>>,
     wanted: u32,
@@ -138,6 +142,7 @@ impl NodeState {
                     Deploy {
                         actor,
                         manifest: a.manifest.clone(),
+                        http_worker: a.http_worker,
                         statuses: Vec::new(),
                         endpoints: Vec::new(),
                         wanted: a.instances,
@@ -243,6 +248,7 @@ impl NodeState {
                         version: key.version.clone(),
                         routes: Arc::new(RouteTable::build([(name, deploy.manifest.as_ref())])),
                         manifest: deploy.manifest.clone(),
+                        http_worker: deploy.http_worker,
                         endpoints: deploy.endpoints.clone(),
                         unavailable,
                     },

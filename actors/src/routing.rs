@@ -137,6 +137,8 @@ impl Drop for InFlight {
 pub struct ServingApp {
     pub version: VersionId,
     pub manifest: Arc<AppManifest>,
+    /// Legacy `httpWorker`: forwarded requests go to `/{FunctionName}`.
+    pub http_worker: bool,
     pub routes: Arc<RouteTable>,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Set when no instance can be started (crash loop): requests fail fast.

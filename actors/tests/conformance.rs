@@ -159,6 +159,7 @@ impl Harness {
             version: VersionId::of_bytes(b"conformance"),
             app_root: self.app.path().to_path_buf(),
             manifest: self.manifest.clone(),
+            http_worker: false,
             settings,
             instances: n,
         }

@@ -78,6 +78,7 @@ fn assignment(v: u8, instances: u32) -> Assignment {
         version: version(v),
         app_root: PathBuf::from("/nonexistent"),
         manifest: manifest(),
+        http_worker: false,
         settings: BTreeMap::new(),
         instances,
     }

@@ -22,7 +22,7 @@ use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
 use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::{InstanceState, InstanceStatus};
-use strom_proto::manifest::ZipLimits;
+use strom_proto::manifest::{is_legacy_http_worker, ZipLimits, HOST_JSON};
 use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
 use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
@@ -332,11 +332,14 @@ async fn assign_loop(
             match unpacked(&apps_dir, name, &run.version, &packages, &limits).await {
                 Ok(root) => {
                     failures.remove(&(name.clone(), run.version.clone()));
+                    let http_worker = std::fs::read(root.join(HOST_JSON))
+                        .is_ok_and(|bytes| is_legacy_http_worker(&bytes));
                     let a = Assignment {
                         app: name.clone(),
                         version: run.version.clone(),
                         app_root: root,
                         manifest: Arc::new(app.manifest.clone()),
+                        http_worker,
                         settings: run.settings.clone(),
                         instances: run.instances,
                     };

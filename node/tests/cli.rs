@@ -1021,3 +1021,19 @@ fn t39_apps_with_the_same_routes_answer_at_their_own_addresses() {
     );
     up.stop();
 }
+
+#[test]
+fn t40_a_legacy_http_worker_app_runs_its_worker_path_and_gets_requests_at_the_function_name() {
+    // The shape of the Azure host's sample/HttpWorker: `httpWorker` section,
+    // `defaultWorkerPath`, requests forwarded to /{FunctionName}.
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[&examples().join("http-worker")], &[]);
+    let r = get(&up.http, "/api/hello?name=ada");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "Hello, ada! (the worker got /hello?name=ada)")
+    );
+    let r = http("POST", &up.http, "/api/hello", &[], b"data");
+    assert_eq!((r.status, r.text().as_str()), (200, "got 'data' at /hello"));
+    up.stop();
+}

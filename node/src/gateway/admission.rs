@@ -434,6 +434,7 @@ mod tests {
         let serving = ServingApp {
             version: strom_proto::ids::VersionId::of_bytes(b"web"),
             manifest: Arc::new(web.clone()),
+            http_worker: false,
             routes: Arc::new(RouteTable::build([(&app("web"), &web)])),
             endpoints: if web_ready_here {
                 vec![Arc::new(strom_actors::Endpoint::new(

@@ -141,7 +141,8 @@ impl Gateway {
             };
             let (in_flight, from_line) = endpoint.begin_invocation(&invocation_id);
             let request = if forwarding {
-                forward_request(&parts, &body, endpoint.addr, &invocation_id)
+                let to_function = serving.http_worker.then_some(function);
+                forward_request(&parts, &body, endpoint.addr, &invocation_id, to_function)
             } else {
                 json_request(&parts, &body, endpoint.addr, &call)
             };

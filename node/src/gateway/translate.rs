@@ -76,9 +76,12 @@ pub fn copy_request(parts: &Parts, base: &str, skip: &HeaderName) -> hyper::http
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let mut builder = Request::builder()
-        .method(parts.method.clone())
-        .uri(format!("{base}{pq}"));
+    request_to(parts, format!("{base}{pq}"), skip)
+}
+
+/// A request to `uri` with the method and end-to-end headers of `parts` (except `skip`).
+fn request_to(parts: &Parts, uri: String, skip: &HeaderName) -> hyper::http::request::Builder {
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
     for (k, v) in &parts.headers {
         if !is_hop_by_hop(k.as_str()) && k != skip {
             builder = builder.header(k, v);
@@ -87,22 +90,35 @@ pub fn copy_request(parts: &Parts, base: &str, skip: &HeaderName) -> hyper::http
     builder
 }
 
-/// Forwarding mode: the original request, to the handler at `addr`.
+/// Forwarding mode: the original request, to the handler at `addr`: at its own
+/// path, or at `/{function}` with its query when `to_function` names it (the
+/// legacy `httpWorker` section, as Azure sends it).
 pub fn forward_request(
     parts: &Parts,
     body: &Bytes,
     addr: SocketAddr,
     id: &str,
+    to_function: Option<&str>,
 ) -> Request<Full<Bytes>> {
-    copy_request(
-        parts,
-        &format!("http://{addr}"),
-        &hyper::header::CONTENT_LENGTH,
-    )
-    .header("x-azure-functions-invocationid", id)
-    .header("x-azure-functions-hostversion", HOST_VERSION)
-    .body(Full::new(body.clone()))
-    .expect("valid request")
+    let uri = match to_function {
+        None => {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            format!("http://{addr}{pq}")
+        }
+        Some(function) => match parts.uri.query() {
+            Some(q) => format!("http://{addr}/{function}?{q}"),
+            None => format!("http://{addr}/{function}"),
+        },
+    };
+    request_to(parts, uri, &hyper::header::CONTENT_LENGTH)
+        .header("x-azure-functions-invocationid", id)
+        .header("x-azure-functions-hostversion", HOST_VERSION)
+        .body(Full::new(body.clone()))
+        .expect("valid request")
 }
 
 /// What a JSON-mode invocation needs besides the request.
@@ -243,6 +259,7 @@ mod tests {
             &Bytes::from_static(b"hi"),
             "127.0.0.1:9".parse().unwrap(),
             "id-1",
+            None,
         );
         assert_eq!(r.method(), "PUT");
         assert_eq!(r.uri(), "http://127.0.0.1:9/api/echo/x?y=1");
@@ -250,5 +267,16 @@ mod tests {
         assert!(r.headers().get("content-length").is_none());
         assert_eq!(r.headers()["x-app"], "a");
         assert_eq!(r.headers()["x-azure-functions-invocationid"], "id-1");
+        // The legacy httpWorker section: to /{FunctionName}, query kept.
+        let r = forward_request(
+            &parts,
+            &Bytes::from_static(b"hi"),
+            "127.0.0.1:9".parse().unwrap(),
+            "id-2",
+            Some("echo"),
+        );
+        assert_eq!(r.uri(), "http://127.0.0.1:9/echo?y=1");
+        assert_eq!(r.method(), "PUT");
+        assert_eq!(r.headers()["x-app"], "a");
     }
 }

@@ -28,9 +28,25 @@ pub struct HostConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomHandler {
     pub default_executable_path: String,
+    /// The command line after the executable, as Azure builds it: `arguments`,
+    /// then `defaultWorkerPath` (the script an interpreter runs, relative to the
+    /// working directory), then `workerArguments`.
     pub arguments: Vec<String>,
     pub working_directory: Option<String>,
+    /// Functions with one `httpTrigger` in and one `http` out get the client's
+    /// request as it came. Always on for the legacy `httpWorker` section, which
+    /// sends them to `/{FunctionName}` (see [`is_legacy_http_worker`]).
     pub enable_forwarding_http_request: bool,
+}
+
+/// Whether this host.json configures its handler with the legacy `httpWorker`
+/// section (and no `customHandler`, which wins when both are present). Azure then
+/// forwards HTTP-in/HTTP-out requests to `/{FunctionName}`, not to their path.
+///
+/// Read from a version's own host.json where it is unpacked (the package is
+/// immutable, so the answer never changes for a version).
+pub fn is_legacy_http_worker(bytes: &[u8]) -> bool {
+    parse_host(bytes).is_ok_and(|(_, section)| section == "httpWorker")
 }
 
 const LOG_LEVELS: [&str; 7] = [
@@ -203,37 +219,58 @@ fn parse_handler(
         }
         Some(d) => r.object(d, &desc_path),
     };
+    // The legacy section forwards HTTP-only functions always (Azure's
+    // `CustomHandlerType.None`); the flag is `customHandler`'s opt-in.
     let enable_forwarding_http_request = r
         .opt_bool(handler, section, "enableForwardingHttpRequest")
-        .unwrap_or(false);
+        .unwrap_or(false)
+        || section == "httpWorker";
     let description = description?;
     let default_executable_path = r.req_string(description, &desc_path, "defaultExecutablePath");
     let working_directory = r.opt_string(description, &desc_path, "workingDirectory");
-    let mut arguments = Vec::new();
-    match get(description, "arguments") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                match item {
-                    Value::String(s) => arguments.push(s.clone()),
-                    other => r.err(
-                        &format!("{}[{i}]", key_path(&desc_path, "arguments")),
-                        format!("expected a string, found {}", describe(other)),
-                    ),
-                }
-            }
+    // Azure's command line: executable, arguments, "workerPath", workerArguments.
+    let mut arguments = string_list(r, description, &desc_path, "arguments");
+    if let Some(path) = r.opt_string(description, &desc_path, "defaultWorkerPath") {
+        if path.trim().is_empty() {
+            r.err(
+                &key_path(&desc_path, "defaultWorkerPath"),
+                "must not be empty (leave it out instead)",
+            );
+        } else {
+            arguments.push(path);
         }
-        Some(other) => r.err(
-            &key_path(&desc_path, "arguments"),
-            format!("expected an array of strings, found {}", describe(other)),
-        ),
     }
+    arguments.extend(string_list(r, description, &desc_path, "workerArguments"));
     Some(CustomHandler {
         default_executable_path: default_executable_path?,
         arguments,
         working_directory,
         enable_forwarding_http_request,
     })
+}
+
+/// An optional array of strings at `key`.
+fn string_list(r: &mut Report, obj: &Map<String, Value>, parent: &str, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    match get(obj, key) {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    other => r.err(
+                        &format!("{}[{i}]", key_path(parent, key)),
+                        format!("expected a string, found {}", describe(other)),
+                    ),
+                }
+            }
+        }
+        Some(other) => r.err(
+            &key_path(parent, key),
+            format!("expected an array of strings, found {}", describe(other)),
+        ),
+    }
+    out
 }
 
 /// `-1` or absent → unbounded; a positive integer → that limit.
@@ -310,14 +347,48 @@ mod tests {
         assert_eq!(h.function_timeout_ms, None);
         assert_eq!(h.route_prefix, "");
         assert_eq!(h.custom_handler.default_executable_path, "app");
-        assert!(!h.custom_handler.enable_forwarding_http_request);
-        let h = HostConfig::from_json(
+        // The legacy section always forwards HTTP-only functions (to /{FunctionName}).
+        assert!(h.custom_handler.enable_forwarding_http_request);
+        let both =
             br#"{"version":"2.0","httpWorker":{"description":{"defaultExecutablePath":"old"}},
-                 "customHandler":{"description":{"defaultExecutablePath":"new"}}}"#,
+                 "customHandler":{"description":{"defaultExecutablePath":"new"}}}"#;
+        let h = HostConfig::from_json(both).unwrap();
+        assert_eq!(h.custom_handler.default_executable_path, "new");
+        assert!(!h.custom_handler.enable_forwarding_http_request);
+        assert_eq!(h.route_prefix, "api");
+        assert!(!is_legacy_http_worker(both));
+    }
+
+    #[test]
+    fn the_worker_path_and_its_arguments_follow_the_arguments_as_azure_runs_them() {
+        // Azure's own sample/HttpWorker host.json.
+        let sample = br#"{"version":"2.0","httpWorker":{"description":{
+            "defaultExecutablePath":"node","defaultWorkerPath":"server.js"}}}"#;
+        let h = HostConfig::from_json(sample).unwrap();
+        assert_eq!(h.custom_handler.default_executable_path, "node");
+        assert_eq!(h.custom_handler.arguments, vec!["server.js"]);
+        assert!(is_legacy_http_worker(sample));
+        let h = HostConfig::from_json(
+            br#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"python3",
+                 "arguments":["-u"],"defaultWorkerPath":"app/main.py","workerArguments":["--fast"]}}}"#,
         )
         .unwrap();
-        assert_eq!(h.custom_handler.default_executable_path, "new");
-        assert_eq!(h.route_prefix, "api");
+        assert_eq!(
+            h.custom_handler.arguments,
+            vec!["-u", "app/main.py", "--fast"]
+        );
+        let e = errors(
+            r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"x",
+                "defaultWorkerPath":"","workerArguments":[1]}}}"#,
+        );
+        assert!(
+            has(&e, "customHandler.description.defaultWorkerPath"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "customHandler.description.workerArguments[0]"),
+            "{e:?}"
+        );
     }
 
     #[test]

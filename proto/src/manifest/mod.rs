@@ -24,7 +24,7 @@ pub use function_json::{
     AuthLevel, BindingSpec, Direction, FunctionContext, FunctionManifest, HttpTrigger, RetryPolicy,
     RetryStrategy, TimerTrigger, Trigger,
 };
-pub use host_json::{CustomHandler, HostConfig};
+pub use host_json::{is_legacy_http_worker, CustomHandler, HostConfig, HOST_JSON};
 pub use ncrontab::Schedule;
 pub use package::{extract_to, pack_dir, AppPackage, PackageFile, ZipLimits};
 pub use route_template::{Constraint, RouteParam, RouteTemplate, Segment};
