@@ -1368,6 +1368,25 @@ fn check_schedule_settings(
     set: &std::collections::HashMap<String, String>,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
+    let has_timers = manifest
+        .functions
+        .iter()
+        .any(|f| matches!(f.trigger, Trigger::Timer(_)));
+    if has_timers {
+        // Only the zone settings being set: the others are as they were, valid.
+        let zones: BTreeMap<String, String> = set
+            .iter()
+            .filter(|(k, _)| {
+                strom_proto::timers::TIME_ZONE_SETTINGS
+                    .iter()
+                    .any(|z| z.eq_ignore_ascii_case(k))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Err(e) = strom_proto::timers::time_zone(&zones) {
+            problems.push(format!("{e} (the time zone of this app's timers)"));
+        }
+    }
     for f in &manifest.functions {
         let Trigger::Timer(t) = &f.trigger else {
             continue;

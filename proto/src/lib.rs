@@ -8,6 +8,7 @@
 //! - [`codec`]: the bincode codec and versioned envelope for Raft entries and snapshots.
 //! - [`worker_view`]: what a worker and every gateway are told of the cluster.
 //! - [`rich_error`]: validation errors in gRPC's rich error model.
+//! - [`timers`]: timer schedules in time (zones, DST, what is due), pure.
 //! - [`admin_v1`] / [`internal_v1`]: generated gRPC code.
 
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod raft_types;
 pub mod rich_error;
 pub mod route_table;
 pub mod runtime_settings;
+pub mod timers;
 pub mod version;
 pub mod worker_view;
 

@@ -22,6 +22,9 @@ pub struct AppManifest {
     pub functions: Vec<FunctionManifest>,
 }
 
+/// The `file` of a problem with the app's settings (not in the package).
+pub const APP_SETTINGS: &str = "(app settings)";
+
 /// Validates a package against the given app settings; `Err` holds every problem found.
 /// `defaultExecutablePath` read leniently from a host.json that failed validation
 /// elsewhere; `None` if it cannot be found as a string.
@@ -148,6 +151,14 @@ pub fn validate_app_for(
 
     functions.sort_by_key(|f| f.name.to_lowercase());
     errors.extend(route_conflicts(&functions));
+    if functions
+        .iter()
+        .any(|f| matches!(f.trigger, super::Trigger::Timer(_)))
+    {
+        if let Err(e) = crate::timers::time_zone(settings) {
+            errors.push(ManifestError::new(APP_SETTINGS, "", e));
+        }
+    }
 
     match host {
         Some((host, _)) if errors.is_empty() => Ok(AppManifest { host, functions }),
@@ -399,6 +410,26 @@ mod tests {
             "c/function.json: bindings[0].schedule: schedule `0 0 0 * * 8`",
         );
         assert_eq!(e.len(), 7, "{e:#?}");
+    }
+
+    #[test]
+    fn a_timer_app_needs_a_time_zone_that_exists() {
+        let files = [
+            ("host.json", HOST),
+            ("handler", "#!/bin/sh"),
+            ("t/function.json", TIMER),
+        ];
+        let pkg = AppPackage::from_zip_bytes(&zip_of(&files), &ZipLimits::default()).unwrap();
+        let zone =
+            |name: &str| BTreeMap::from([("WEBSITE_TIME_ZONE".to_string(), name.to_string())]);
+        assert!(validate_app(&pkg, &zone("W. Europe Standard Time")).is_ok());
+        let e = validate_app(&pkg, &zone("Nowhere/Land")).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert_eq!(e[0].file, APP_SETTINGS);
+        assert!(
+            e[0].message.contains("WEBSITE_TIME_ZONE: `Nowhere/Land`"),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -862,9 +862,9 @@ mod tests {
         assert_has(&e, "retry.delayInterval: required");
         assert_has(&e, "scriptFile: `../../x` points outside the app");
         let e = errs(
-            r#"{"scriptFile":"missing.sh","bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"00:05:00"}]}"#,
+            r#"{"scriptFile":"missing.sh","bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"00:00:00"}]}"#,
         );
         assert_has(&e, "scriptFile: `missing.sh` not found in the package");
-        assert_has(&e, "only work on App Service plans");
+        assert_has(&e, "the interval must be longer than zero");
     }
 }

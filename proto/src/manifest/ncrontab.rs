@@ -1,5 +1,6 @@
-//! NCRONTAB schedules of `timerTrigger`: `{second} {minute} {hour} {day} {month}
-//! {day-of-week}`, or five fields without seconds.
+//! Schedules of `timerTrigger`: NCRONTAB, `{second} {minute} {hour} {day} {month}
+//! {day-of-week}` or five fields without seconds, and .NET TimeSpans (`hh:mm:ss`, a
+//! constant interval, as Azure allows on dedicated plans).
 //!
 //! We check the NCRONTAB grammar ourselves (numbers, `*`, ranges, steps, lists, month and
 //! day names; day-of-week 0–6 with 0 = Sunday) and then hand a normalised numeric pattern
@@ -11,11 +12,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A validated NCRONTAB expression.
+use super::timespan::parse_timespan_ms;
+
+/// A validated schedule: an NCRONTAB expression or a constant interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     text: String,
     has_seconds: bool,
+    /// A TimeSpan schedule: this many milliseconds between ticks.
+    interval_ms: Option<u64>,
 }
 
 const FIELDS: [(&str, u32, u32); 6] = [
@@ -54,13 +59,47 @@ const DAYS: [&str; 7] = [
 impl Schedule {
     /// Parses and validates; the error quotes the expression and names the bad field.
     pub fn parse(text: &str) -> Result<Schedule, String> {
+        let trimmed = text.trim();
+        if is_timespan_like(trimmed) {
+            return match parse_timespan_ms(trimmed) {
+                Some(0) => Err(format!(
+                    "schedule `{text}`: the interval must be longer than zero"
+                )),
+                Some(ms) => Ok(Schedule {
+                    text: trimmed.to_string(),
+                    has_seconds: true,
+                    interval_ms: Some(ms),
+                }),
+                None => Err(format!(
+                    "schedule `{text}`: not a TimeSpan `hh:mm:ss` (or `d.hh:mm:ss`)"
+                )),
+            };
+        }
         let (normalized, has_seconds) =
             normalize(text).map_err(|e| format!("schedule `{text}`: {e}"))?;
-        build_cron(&normalized).map_err(|e| format!("schedule `{text}`: {e}"))?;
+        let cron = build_cron(&normalized).map_err(|e| format!("schedule `{text}`: {e}"))?;
+        // A pattern no date matches (`0 0 0 30 2 *`) would never run. Day-of-month
+        // and day-of-week both restricted may take decades to meet: look 40 years on.
+        let from = chrono::DateTime::<chrono::Utc>::from_timestamp(946_684_800, 0)
+            .expect("2000-01-01 is a valid time");
+        match cron.find_next_occurrence(&from, false) {
+            Ok(next) if (next - from).num_days() <= 40 * 366 => {}
+            _ => {
+                return Err(format!(
+                    "schedule `{text}`: no date matches it, so it would never run"
+                ))
+            }
+        }
         Ok(Schedule {
-            text: text.trim().to_string(),
+            text: trimmed.to_string(),
             has_seconds,
+            interval_ms: None,
         })
+    }
+
+    /// A TimeSpan schedule's interval.
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        self.interval_ms.map(std::time::Duration::from_millis)
     }
 
     /// The expression as written (trimmed).
@@ -73,9 +112,13 @@ impl Schedule {
         self.has_seconds
     }
 
-    /// The evaluator for next occurrences (UTC unless the caller converts). Fails only for
-    /// a `Schedule` deserialised from text that never went through [`Schedule::parse`].
+    /// The evaluator for next occurrences (UTC unless the caller converts). Fails for
+    /// a TimeSpan schedule, and for a `Schedule` deserialised from text that never
+    /// went through [`Schedule::parse`].
     pub fn cron(&self) -> Result<croner::Cron, String> {
+        if self.interval_ms.is_some() {
+            return Err(format!("`{}` is an interval, not NCRONTAB", self.text));
+        }
         let (normalized, _) = normalize(&self.text)?;
         build_cron(&normalized)
     }
@@ -100,13 +143,6 @@ fn build_cron(six_fields: &str) -> Result<croner::Cron, String> {
 /// Returns the 6-field numeric form and whether seconds were given.
 fn normalize(text: &str) -> Result<(String, bool), String> {
     let trimmed = text.trim();
-    if is_timespan_like(trimmed) {
-        return Err(
-            "TimeSpan schedules (`hh:mm:ss`) only work on App Service plans; \
-             use an NCRONTAB expression such as `0 */5 * * * *`"
-                .into(),
-        );
-    }
     let mut fields: Vec<&str> = trimmed.split_whitespace().collect();
     let has_seconds = match fields.len() {
         6 => true,
@@ -222,7 +258,21 @@ mod tests {
             assert_eq!(s.has_seconds(), secs, "{ok}");
             assert_eq!(s.text(), ok);
             assert!(s.cron().is_ok());
+            assert_eq!(s.interval(), None);
         }
+        // Rare but real: Feb 29 (every 4 years), Feb 29 on a Monday (decades apart).
+        for rare in ["0 0 0 29 2 *", "0 0 0 29 2 1"] {
+            Schedule::parse(rare).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn accepts_timespans_as_constant_intervals() {
+        let s = Schedule::parse("00:05:00").unwrap();
+        assert_eq!(s.interval(), Some(std::time::Duration::from_secs(300)));
+        assert!(s.cron().is_err());
+        let s = Schedule::parse("1.00:00:00").unwrap();
+        assert_eq!(s.interval(), Some(std::time::Duration::from_secs(86_400)));
     }
 
     #[test]
@@ -239,7 +289,10 @@ mod tests {
             ),
             ("0 0 0 * * 7", "out of range 0-6"),
             ("abc", "found 1"),
-            ("00:05:00", "only work on App Service plans"),
+            ("00:00:00", "longer than zero"),
+            ("25:00:00", "not a TimeSpan"),
+            ("0 0 0 30 2 *", "would never run"),
+            ("0 0 0 31 4,6,9,11 *", "would never run"),
             ("0 0 0 L * *", "`L` is not a valid day value"),
             ("0 0 0 * * 1#2", "is not a valid day-of-week value"),
             ("0 0 0 ? * *", "not a valid day value"),
