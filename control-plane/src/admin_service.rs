@@ -387,9 +387,11 @@ fn rejection_status(r: &Rejection) -> Status {
             Feature::AppHosts.since()
         )),
         Rejection::NotInitialized => Status::unavailable(r.to_string()),
-        Rejection::AlreadyInitialized | Rejection::MasterKeyIsPermanent => {
-            Status::failed_precondition(r.to_string())
-        }
+        Rejection::AlreadyInitialized
+        | Rejection::MasterKeyIsPermanent
+        | Rejection::TimerBusy { .. }
+        | Rejection::TimerMoved { .. } => Status::failed_precondition(r.to_string()),
+        Rejection::TimerRunNotFound { .. } => Status::not_found(r.to_string()),
     }
 }
 

@@ -13,11 +13,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{
-    Command, CommandResult, DeployVersion, KeyScope, Rejection, WorkerInfo, WorkerSchedule,
+    Command, CommandResult, DeployVersion, KeyScope, Rejection, TimerId, WorkerInfo, WorkerSchedule,
 };
 use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
 use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::SharedRoute;
+
+use crate::timer_records::TimerRecord;
 use strom_proto::version::{Feature, OLDEST_PROTOCOL};
 
 /// Identity of the cluster, set once by `InitCluster`.
@@ -40,6 +42,54 @@ pub struct ClusterState {
     /// The wire protocol every management member has reported (the version gate;
     /// 0 before the first report means [`OLDEST_PROTOCOL`]).
     pub protocol: u32,
+    /// Timer functions' schedule status and runs (protocol 6; snapshot format 3).
+    pub timers: BTreeMap<TimerId, TimerRecord>,
+}
+
+/// `ClusterState` as builds before timers (protocol ≤ 5) encode it: snapshot
+/// format 2 and the legacy worker watch. Field for field the same, without `timers`.
+#[derive(Debug, Deserialize)]
+pub struct ClusterStateV2 {
+    pub cluster: Option<ClusterInfo>,
+    pub apps: BTreeMap<AppName, AppState>,
+    pub workers: BTreeMap<NodeId, WorkerState>,
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+}
+
+/// Encodes a state as [`ClusterStateV2`] (its timers left out).
+#[derive(Serialize)]
+pub struct ClusterStateV2Ref<'a> {
+    pub cluster: &'a Option<ClusterInfo>,
+    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub workers: &'a BTreeMap<NodeId, WorkerState>,
+    pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    fn from(v: ClusterStateV2) -> ClusterState {
+        ClusterState {
+            cluster: v.cluster,
+            apps: v.apps,
+            workers: v.workers,
+            placements: v.placements,
+            protocol: v.protocol,
+            timers: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterState {
+    pub fn as_v2(&self) -> ClusterStateV2Ref<'_> {
+        ClusterStateV2Ref {
+            cluster: &self.cluster,
+            apps: &self.apps,
+            workers: &self.workers,
+            placements: &self.placements,
+            protocol: self.protocol,
+        }
+    }
 }
 
 /// A registered worker as the replicated state knows it. Heartbeats are not
@@ -159,6 +209,7 @@ impl ClusterState {
                 let state = self.app_mut(app)?;
                 state.active_version = version.clone();
                 state.updated_at_ms = *at_ms;
+                self.prune_timers();
                 Ok(true)
             }
             Command::DeleteApp { app, .. } => {
@@ -166,8 +217,12 @@ impl ClusterState {
                     .remove(app)
                     .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })?;
                 self.placements.remove(app);
+                self.prune_timers();
                 Ok(true)
             }
+            Command::ScheduleTimer { .. }
+            | Command::FireTimer(_)
+            | Command::CompleteTimer { .. } => self.apply_timer(command),
             Command::SetAppSettings {
                 app,
                 set,
@@ -429,6 +484,7 @@ impl ClusterState {
         }
         state.active_version = d.version.clone();
         state.updated_at_ms = d.at_ms;
+        self.prune_timers();
         Ok(true)
     }
 

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::cluster_state::ClusterState;
 
-/// Snapshot format written by this build. Format 1 (no workers, no placements) is
-/// still read and migrated.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Snapshot format written by this build. Formats 1 (no workers, no placements)
+/// and 2 (no timers) are still read and migrated.
+pub const SNAPSHOT_FORMAT: u32 = 3;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers see: the state as of `last_applied`.
@@ -120,7 +120,21 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
             },
         });
     }
+    if format == 2 {
+        let old: SnapshotBodyV2 = codec::decode(body)?;
+        return Ok(SnapshotBody {
+            meta: old.meta,
+            state: old.state.into(),
+        });
+    }
     codec::decode(body)
+}
+
+/// Format 2: the state before timers.
+#[derive(Deserialize)]
+struct SnapshotBodyV2 {
+    meta: SnapshotMeta,
+    state: crate::cluster_state::ClusterStateV2,
 }
 
 /// Write `bytes` to `dir/name` atomically and durably.
@@ -320,5 +334,28 @@ mod tests {
         assert_eq!(body.state.cluster, Some(info));
         assert!(body.state.workers.is_empty());
         assert!(body.state.placements.is_empty());
+    }
+
+    /// A snapshot of a build before timers (format 2) still loads, with no timers.
+    #[test]
+    fn format_2_snapshots_are_migrated() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            meta: SnapshotMeta,
+            state: crate::cluster_state::ClusterStateV2Ref<'a>,
+        }
+        let mut state = crate::timer_records::tests::with_timer_app();
+        state.protocol = 5;
+        let bytes = codec::encode_envelope(
+            2,
+            &V2 {
+                meta: SnapshotMeta::default(),
+                state: state.as_v2(),
+            },
+        )
+        .unwrap();
+        let body = decode_snapshot(&bytes).unwrap();
+        assert_eq!(body.state, state, "every field but the (empty) timers");
+        assert!(body.state.timers.is_empty());
     }
 }

@@ -34,7 +34,7 @@ use strom_proto::version::{self, Feature};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::cluster_state::ClusterState;
+use crate::cluster_state::{ClusterState, ClusterStateV2};
 use crate::leader_duties::{LiveSnapshot, TermHandle};
 use crate::management::{now_ms, ManagementNode};
 use crate::membership::cluster_of;
@@ -82,18 +82,18 @@ pub fn status_of(r: &InstanceReport) -> Result<InstanceStatus, String> {
 /// (`view_format` 0). Its bytes must not change while such workers may still run:
 /// `a_legacy_watch_is_encoded_as_before` freezes them.
 pub fn encode_view(view: &StateView) -> Vec<u8> {
-    codec::encode(&(&view.last_applied, &view.membership, view.state.as_ref()))
+    codec::encode(&(&view.last_applied, &view.membership, view.state.as_v2()))
         .expect("the state always encodes")
 }
 
 /// The whole state from a management node of a build from before worker views.
 pub fn decode_view(bytes: &[u8]) -> Result<StateView, codec::CodecError> {
-    let (last_applied, membership, state): (Option<LogId>, StoredMembership, ClusterState) =
+    let (last_applied, membership, state): (Option<LogId>, StoredMembership, ClusterStateV2) =
         codec::decode(bytes)?;
     Ok(StateView {
         last_applied,
         membership,
-        state: Arc::new(state),
+        state: Arc::new(ClusterState::from(state)),
     })
 }
 

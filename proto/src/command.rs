@@ -103,6 +103,65 @@ pub enum Command {
         versions: Vec<VersionId>,
         at_ms: i64,
     },
+    /// Timers (protocol 6): a timer's next tick is `next_ms` (its first, or after
+    /// a missed tick was skipped without the monitor), decided from a record whose
+    /// next tick was `replaces_ms` (`None`: no record yet). Refused while it runs or
+    /// when the record has moved on since (a leader deciding from an older view).
+    ScheduleTimer {
+        timer: TimerId,
+        replaces_ms: Option<i64>,
+        next_ms: i64,
+        at_ms: i64,
+    },
+    /// A timer's tick runs: recorded before it is dispatched, so that a new leader
+    /// dispatches it again with the same invocation id. Refused while a run of the
+    /// timer is recorded (never two at once) and unless `tick_ms` is the record's
+    /// next tick (never one tick twice, none skipped).
+    FireTimer(Box<TimerFire>),
+    /// A timer run ended; the timer may fire again. Only the recorded run's
+    /// invocation id completes it.
+    CompleteTimer {
+        timer: TimerId,
+        invocation_id: String,
+        outcome: TimerOutcome,
+        at_ms: i64,
+    },
+}
+
+/// A timer function of an app.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TimerId {
+    pub app: AppName,
+    pub function: String,
+}
+
+impl std::fmt::Display for TimerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app, self.function)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerFire {
+    pub timer: TimerId,
+    /// The scheduled time of the tick that runs (Unix ms).
+    pub tick_ms: i64,
+    /// Sent to the handler; the same on every dispatch of this tick.
+    pub invocation_id: String,
+    /// Ticks were missed and collapse into this run (`IsPastDue`).
+    pub past_due: bool,
+    /// The tick after this one.
+    pub next_ms: i64,
+    pub at_ms: i64,
+}
+
+/// How a timer run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerOutcome {
+    pub succeeded: bool,
+    /// Why it failed (empty when it succeeded).
+    pub error: String,
+    pub duration_ms: u64,
 }
 
 /// What a worker node tells the cluster about itself when it registers.
@@ -226,4 +285,20 @@ pub enum Rejection {
     MasterKeyIsPermanent,
     #[error("node {node} is not a registered worker")]
     WorkerNotFound { node: NodeId },
+    #[error("timer `{timer}` is running (invocation {invocation_id}): one run at a time")]
+    TimerBusy {
+        timer: TimerId,
+        invocation_id: String,
+    },
+    #[error("timer `{timer}`'s next tick is {actual:?} (Unix ms), not {expected:?}: it moved on")]
+    TimerMoved {
+        timer: TimerId,
+        expected: Option<i64>,
+        actual: Option<i64>,
+    },
+    #[error("timer `{timer}` has no run {invocation_id} going on")]
+    TimerRunNotFound {
+        timer: TimerId,
+        invocation_id: String,
+    },
 }

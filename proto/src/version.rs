@@ -24,7 +24,9 @@ use crate::ids::NodeId;
 /// - 5: apps may share routes: each app has its own address (`{app}.<domain>`),
 ///   and the shared address serves a route only while one app claims it; before,
 ///   a deploy whose routes overlapped another app's was refused.
-pub const PROTOCOL: u32 = 5;
+/// - 6: timers: `ScheduleTimer`, `FireTimer`, `CompleteTimer`, and the state's timer
+///   records (snapshot format 3).
+pub const PROTOCOL: u32 = 6;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -45,6 +47,8 @@ pub enum Feature {
     InternalProof,
     /// Deploys whose routes overlap another app's are accepted (protocol 5).
     AppHosts,
+    /// Timer records and the timer commands (protocol 6).
+    Timers,
 }
 
 impl Feature {
@@ -54,6 +58,7 @@ impl Feature {
             Feature::VersionRetention => 3,
             Feature::InternalProof => 4,
             Feature::AppHosts => 5,
+            Feature::Timers => 6,
         }
     }
 }
@@ -166,6 +171,7 @@ mod tests {
             Feature::VersionRetention,
             Feature::InternalProof,
             Feature::AppHosts,
+            Feature::Timers,
         ] {
             assert!(allows(feature, [1], &reported));
             assert!(feature.since() <= PROTOCOL);

@@ -1,0 +1,484 @@
+//! Replicated timer records (protocol 6): per timer function, its schedule status
+//! and the run going on, if any. The leader commits `FireTimer` before it dispatches
+//! a tick and `CompleteTimer` when the handler has answered; the state machine is
+//! what guarantees that a timer never runs twice at once and never runs one tick
+//! twice, whichever leader proposes (two leaders of different terms cannot both
+//! get a fire of the same timer committed while a run is recorded).
+
+// Rejections are rare business outcomes, returned by value on purpose.
+#![allow(clippy::result_large_err)]
+
+use serde::{Deserialize, Serialize};
+use strom_proto::command::{Command, Rejection, TimerFire, TimerId, TimerOutcome};
+use strom_proto::manifest::{TimerTrigger, Trigger};
+
+use crate::cluster_state::ClusterState;
+
+/// One timer function's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRecord {
+    /// The tick of the last run (its scheduled time, Unix ms).
+    pub last_ms: Option<i64>,
+    /// The next tick due (Unix ms).
+    pub next_ms: i64,
+    /// When the record last changed (Azure's `ScheduleStatus.LastUpdated`).
+    pub updated_ms: i64,
+    /// The run going on: dispatched (again, by a new leader) until completed.
+    pub running: Option<TimerRun>,
+    /// How the last finished run ended.
+    pub last_outcome: Option<FinishedRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRun {
+    pub tick_ms: i64,
+    pub invocation_id: String,
+    pub past_due: bool,
+    pub fired_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedRun {
+    pub tick_ms: i64,
+    pub invocation_id: String,
+    pub outcome: TimerOutcome,
+    pub finished_at_ms: i64,
+}
+
+impl ClusterState {
+    /// The timer trigger of `timer` in its app's active version.
+    pub fn timer_trigger(&self, timer: &TimerId) -> Option<&TimerTrigger> {
+        self.apps
+            .get(&timer.app)?
+            .active()
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name == timer.function)
+            .and_then(|f| match &f.trigger {
+                Trigger::Timer(t) => Some(t),
+                _ => None,
+            })
+    }
+
+    fn timer_exists(&self, timer: &TimerId) -> Result<(), Rejection> {
+        if !self.apps.contains_key(&timer.app) {
+            return Err(Rejection::AppNotFound {
+                app: timer.app.clone(),
+            });
+        }
+        match self.timer_trigger(timer) {
+            Some(_) => Ok(()),
+            None => Err(Rejection::FunctionNotFound {
+                app: timer.app.clone(),
+                function: timer.function.clone(),
+            }),
+        }
+    }
+
+    fn busy(timer: &TimerId, record: &TimerRecord) -> Result<(), Rejection> {
+        match &record.running {
+            Some(run) => Err(Rejection::TimerBusy {
+                timer: timer.clone(),
+                invocation_id: run.invocation_id.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `ScheduleTimer`, `FireTimer` and `CompleteTimer`.
+    pub(crate) fn apply_timer(&mut self, command: &Command) -> Result<bool, Rejection> {
+        match command {
+            Command::ScheduleTimer {
+                timer,
+                replaces_ms,
+                next_ms,
+                at_ms,
+            } => {
+                self.timer_exists(timer)?;
+                let actual = self.timers.get(timer).map(|r| r.next_ms);
+                if actual != *replaces_ms {
+                    return Err(Rejection::TimerMoved {
+                        timer: timer.clone(),
+                        expected: *replaces_ms,
+                        actual,
+                    });
+                }
+                match self.timers.get_mut(timer) {
+                    Some(record) => {
+                        Self::busy(timer, record)?;
+                        if record.next_ms == *next_ms {
+                            return Ok(false);
+                        }
+                        record.next_ms = *next_ms;
+                        record.updated_ms = *at_ms;
+                    }
+                    None => {
+                        self.timers.insert(
+                            timer.clone(),
+                            TimerRecord {
+                                last_ms: None,
+                                next_ms: *next_ms,
+                                updated_ms: *at_ms,
+                                running: None,
+                                last_outcome: None,
+                            },
+                        );
+                    }
+                }
+                Ok(true)
+            }
+            Command::FireTimer(fire) => self.fire(fire),
+            Command::CompleteTimer {
+                timer,
+                invocation_id,
+                outcome,
+                at_ms,
+            } => {
+                let record =
+                    self.timers
+                        .get_mut(timer)
+                        .ok_or_else(|| Rejection::TimerRunNotFound {
+                            timer: timer.clone(),
+                            invocation_id: invocation_id.clone(),
+                        })?;
+                let run = match &record.running {
+                    Some(run) if &run.invocation_id == invocation_id => run.clone(),
+                    _ => {
+                        return Err(Rejection::TimerRunNotFound {
+                            timer: timer.clone(),
+                            invocation_id: invocation_id.clone(),
+                        })
+                    }
+                };
+                record.running = None;
+                record.updated_ms = *at_ms;
+                record.last_outcome = Some(FinishedRun {
+                    tick_ms: run.tick_ms,
+                    invocation_id: run.invocation_id,
+                    outcome: outcome.clone(),
+                    finished_at_ms: *at_ms,
+                });
+                Ok(true)
+            }
+            _ => unreachable!("apply_timer is given timer commands only"),
+        }
+    }
+
+    fn fire(&mut self, fire: &TimerFire) -> Result<bool, Rejection> {
+        let timer = &fire.timer;
+        self.timer_exists(timer)?;
+        let record = self
+            .timers
+            .entry(timer.clone())
+            .or_insert_with(|| TimerRecord {
+                last_ms: None,
+                next_ms: fire.tick_ms,
+                updated_ms: fire.at_ms,
+                running: None,
+                last_outcome: None,
+            });
+        Self::busy(timer, record)?;
+        // Decided from the record as it is: its next tick, after its last one.
+        if record.next_ms != fire.tick_ms || record.last_ms.is_some_and(|l| l >= fire.tick_ms) {
+            return Err(Rejection::TimerMoved {
+                timer: timer.clone(),
+                expected: Some(fire.tick_ms),
+                actual: Some(record.next_ms),
+            });
+        }
+        record.last_ms = Some(fire.tick_ms);
+        record.next_ms = fire.next_ms;
+        record.updated_ms = fire.at_ms;
+        record.running = Some(TimerRun {
+            tick_ms: fire.tick_ms,
+            invocation_id: fire.invocation_id.clone(),
+            past_due: fire.past_due,
+            fired_at_ms: fire.at_ms,
+        });
+        Ok(true)
+    }
+
+    /// Records of functions that are no longer timers of their app's active
+    /// version (a deploy or rollback without them, a deleted app) go.
+    pub(crate) fn prune_timers(&mut self) {
+        let keep: Vec<TimerId> = self
+            .timers
+            .keys()
+            .filter(|t| self.timer_trigger(t).is_some())
+            .cloned()
+            .collect();
+        self.timers.retain(|t, _| keep.contains(t));
+    }
+
+    /// The runs a new leader must dispatch again, each with its invocation id.
+    pub fn timer_runs(&self) -> impl Iterator<Item = (&TimerId, &TimerRun)> {
+        self.timers
+            .iter()
+            .filter_map(|(t, r)| r.running.as_ref().map(|run| (t, run)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cluster_state::tests::{deploy, initialized, manifest};
+    use strom_proto::command::CommandResult;
+    use strom_proto::ids::AppName;
+
+    pub(crate) const TIMER: &str = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"*/2 * * * * *"}]}"#;
+
+    fn timer() -> TimerId {
+        TimerId {
+            app: AppName::parse("batch").unwrap(),
+            function: "tick".into(),
+        }
+    }
+
+    fn fire(tick_ms: i64, id: &str) -> Command {
+        Command::FireTimer(Box::new(TimerFire {
+            timer: timer(),
+            tick_ms,
+            invocation_id: id.into(),
+            past_due: false,
+            next_ms: tick_ms + 2000,
+            at_ms: tick_ms,
+        }))
+    }
+
+    fn complete(id: &str) -> Command {
+        Command::CompleteTimer {
+            timer: timer(),
+            invocation_id: id.into(),
+            outcome: TimerOutcome {
+                succeeded: true,
+                error: String::new(),
+                duration_ms: 5,
+            },
+            at_ms: 1,
+        }
+    }
+
+    pub(crate) fn with_timer_app() -> ClusterState {
+        let mut s = initialized();
+        let r = s.apply(&deploy("batch", 1, manifest("api", &[("tick", TIMER)]), 1));
+        assert_eq!(r, CommandResult::Applied);
+        s
+    }
+
+    #[test]
+    fn one_run_at_a_time_and_each_tick_once() {
+        let mut s = with_timer_app();
+        assert_eq!(s.apply(&fire(2000, "a")), CommandResult::Applied);
+        // A second fire while it runs, from this or another leader: refused.
+        assert!(matches!(
+            s.apply(&fire(4000, "b")),
+            CommandResult::Rejected(Rejection::TimerBusy { .. })
+        ));
+        assert_eq!(s.timer_runs().count(), 1);
+        // Only the recorded run completes it.
+        assert!(matches!(
+            s.apply(&complete("b")),
+            CommandResult::Rejected(Rejection::TimerRunNotFound { .. })
+        ));
+        assert_eq!(s.apply(&complete("a")), CommandResult::Applied);
+        assert!(matches!(
+            s.apply(&complete("a")),
+            CommandResult::Rejected(Rejection::TimerRunNotFound { .. })
+        ));
+        // The same tick again (a leader that did not see the first): refused.
+        assert!(matches!(
+            s.apply(&fire(2000, "c")),
+            CommandResult::Rejected(Rejection::TimerMoved { .. })
+        ));
+        // A tick that is not the next one (skipping 4000): refused.
+        assert!(matches!(
+            s.apply(&fire(6000, "c")),
+            CommandResult::Rejected(Rejection::TimerMoved { .. })
+        ));
+        assert_eq!(s.apply(&fire(4000, "d")), CommandResult::Applied);
+        let record = &s.timers[&timer()];
+        assert_eq!(
+            (
+                record.last_ms,
+                record.next_ms,
+                record.last_outcome.as_ref().map(|o| o.tick_ms)
+            ),
+            (Some(4000), 6000, Some(2000))
+        );
+    }
+
+    #[test]
+    fn records_follow_the_active_version_and_the_app() {
+        let mut s = with_timer_app();
+        let schedule = |replaces_ms, next_ms| Command::ScheduleTimer {
+            timer: timer(),
+            replaces_ms,
+            next_ms,
+            at_ms: 1,
+        };
+        assert_eq!(s.apply(&schedule(None, 2000)), CommandResult::Applied);
+        assert_eq!(
+            s.apply(&schedule(Some(2000), 2000)),
+            CommandResult::Unchanged
+        );
+        // Decided from a view without the record (an older leader): refused.
+        assert!(matches!(
+            s.apply(&schedule(None, 4000)),
+            CommandResult::Rejected(Rejection::TimerMoved { .. })
+        ));
+        let missing = TimerId {
+            function: "nope".into(),
+            ..timer()
+        };
+        assert!(matches!(
+            s.apply(&Command::ScheduleTimer {
+                timer: missing,
+                replaces_ms: None,
+                next_ms: 1,
+                at_ms: 1
+            }),
+            CommandResult::Rejected(Rejection::FunctionNotFound { .. })
+        ));
+        assert_eq!(s.apply(&fire(2000, "a")), CommandResult::Applied);
+        // A version without the timer drops its record; the app's deletion too.
+        let http = crate::cluster_state::tests::http("x", "");
+        s.apply(&deploy("batch", 2, manifest("api", &[("x", &http)]), 2));
+        assert!(s.timers.is_empty());
+        s.apply(&Command::ActivateVersion {
+            app: timer().app,
+            version: crate::cluster_state::tests::version(1),
+            at_ms: 3,
+        });
+        // Back with no record: a first fire starts it again.
+        assert_eq!(s.apply(&fire(8000, "b")), CommandResult::Applied);
+        s.apply(&Command::DeleteApp {
+            app: timer().app,
+            at_ms: 4,
+        });
+        assert!(s.timers.is_empty());
+    }
+
+    /// A seeded model of the tick protocol over many random histories: leaders
+    /// that decide from stale views, leader changes that re-dispatch recorded runs,
+    /// crashes between fire and dispatch, duplicate completions, outages. The log
+    /// applies what they propose; the rules hold whatever the interleaving.
+    #[test]
+    fn the_tick_rules_hold_over_a_thousand_seeded_histories() {
+        use rand::{Rng, SeedableRng};
+        use strom_proto::timers::{due, Due, ScheduleStatus, TimerSpec};
+
+        let spec = TimerSpec::resolve(
+            &TimerTrigger {
+                binding_name: "t".into(),
+                schedule: "00:00:02".into(),
+                run_on_startup: false,
+                use_monitor: Some(true),
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let to_dt = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        for seed in 0..1000u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut log = with_timer_app();
+            // Views leaders decide from: the newest, or one some steps old.
+            let mut history: Vec<ClusterState> = vec![log.clone()];
+            let mut now: i64 = 1_000_000;
+            let mut next_id = 0u32;
+            // Dispatches seen by the handler: (tick, invocation id).
+            let mut dispatched: Vec<(i64, String)> = Vec::new();
+            let mut fires: Vec<TimerFire> = Vec::new();
+            for _ in 0..200 {
+                now += match rng.random_range(0..20) {
+                    0 => 30_000, // an outage
+                    _ => rng.random_range(0..3000),
+                };
+                let stale = rng.random_range(0..4).min(history.len() - 1);
+                let view = history[history.len() - 1 - stale].clone();
+                let record = view.timers.get(&timer());
+                let status = record.map(|r| ScheduleStatus {
+                    last: r.last_ms.map(to_dt),
+                    next: to_dt(r.next_ms),
+                    last_updated: to_dt(r.updated_ms),
+                });
+                let running = record.is_some_and(|r| r.running.is_some());
+                let proposal = match due(&spec, status.as_ref(), running, to_dt(now)) {
+                    Some(Due::Schedule { next }) | Some(Due::Skip { next }) => {
+                        Some(Command::ScheduleTimer {
+                            timer: timer(),
+                            replaces_ms: record.map(|r| r.next_ms),
+                            next_ms: next.timestamp_millis(),
+                            at_ms: now,
+                        })
+                    }
+                    Some(Due::Run {
+                        tick,
+                        past_due,
+                        next,
+                    }) => {
+                        next_id += 1;
+                        Some(Command::FireTimer(Box::new(TimerFire {
+                            timer: timer(),
+                            tick_ms: tick.timestamp_millis(),
+                            invocation_id: format!("id-{next_id}"),
+                            past_due,
+                            next_ms: next.timestamp_millis(),
+                            at_ms: now,
+                        })))
+                    }
+                    _ => None,
+                };
+                if let Some(command) = proposal {
+                    if log.apply(&command) == CommandResult::Applied {
+                        if let Command::FireTimer(f) = &command {
+                            fires.push((**f).clone());
+                            // A crash between fire and dispatch: nothing sent yet.
+                            if rng.random_range(0..5) > 0 {
+                                dispatched.push((f.tick_ms, f.invocation_id.clone()));
+                            }
+                        }
+                    }
+                }
+                // A leader change: every recorded run is dispatched again.
+                if rng.random_range(0..10) == 0 {
+                    for (_, run) in log.timer_runs() {
+                        dispatched.push((run.tick_ms, run.invocation_id.clone()));
+                    }
+                }
+                // The handler answers (sometimes twice: a duplicate completion).
+                if rng.random_range(0..3) == 0 {
+                    if let Some(run) = log.timers.get(&timer()).and_then(|r| r.running.clone()) {
+                        for _ in 0..rng.random_range(1..3) {
+                            log.apply(&complete(&run.invocation_id));
+                        }
+                    }
+                }
+                history.push(log.clone());
+                // Rule: at most one run recorded, ever.
+                assert!(log.timer_runs().count() <= 1, "seed {seed}");
+            }
+            // Each tick ran at most once; ticks follow one another with none lost
+            // (a fire's tick is the previous fire's next, missed ones collapsed).
+            for pair in fires.windows(2) {
+                assert!(pair[1].tick_ms > pair[0].tick_ms, "seed {seed}");
+                assert_eq!(
+                    pair[1].tick_ms, pair[0].next_ms,
+                    "seed {seed}: a tick was lost"
+                );
+                if pair[1].tick_ms + 2000 <= pair[1].at_ms {
+                    assert!(
+                        pair[1].past_due,
+                        "seed {seed}: missed ticks collapse past due"
+                    );
+                }
+            }
+            // Every dispatch of a tick carries the id it was fired with.
+            for (tick, id) in &dispatched {
+                let fire = fires.iter().find(|f| f.tick_ms == *tick).unwrap();
+                assert_eq!(&fire.invocation_id, id, "seed {seed}");
+            }
+            assert!(fires.len() > 5, "seed {seed}: the model ran ticks");
+        }
+    }
+}
