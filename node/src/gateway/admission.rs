@@ -112,7 +112,14 @@ fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) ->
 /// addresses (on a loopback Host, the `{app}.localhost` form that needs no DNS).
 fn contested(head: &Head<'_>, apps: &[AppName]) -> Decision {
     let (host, port) = match head.host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => (h, p),
+        // `host:port` or `[v6]:port`; a bare `[v6]` or `v6` has no port.
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (h.ends_with(']') || !h.contains(':')) =>
+        {
+            (h, p)
+        }
         _ => (head.host, ""),
     };
     let loopback = host == "localhost"
@@ -520,6 +527,17 @@ mod tests {
             assert!(
                 matches!(&d, Decision::Remote(a) if a == &app("other")),
                 "{d:?}"
+            );
+            let mut v6 = head("GET", "/api/hello/ada", &[]);
+            v6.host = "[::1]:7071";
+            let Decision::Refuse(r) = admit(&v6, &local, &cluster, LIMITS) else {
+                panic!("contested")
+            };
+            assert!(
+                r.message
+                    .contains("http://other.localhost:7071/api/hello/ada"),
+                "{}",
+                r.message
             );
             // Routes only one app claims stay on the shared address.
             let d = admit(&head("GET", "/api/run", &[]), &local, &cluster, LIMITS);
