@@ -390,7 +390,9 @@ fn rejection_status(r: &Rejection) -> Status {
         Rejection::AlreadyInitialized
         | Rejection::MasterKeyIsPermanent
         | Rejection::TimerBusy { .. }
-        | Rejection::TimerMoved { .. } => Status::failed_precondition(r.to_string()),
+        | Rejection::TimerMoved { .. }
+        | Rejection::NotYetEnabled { .. } => Status::failed_precondition(r.to_string()),
+        Rejection::TimerNextNotAfter { .. } => Status::invalid_argument(r.to_string()),
         Rejection::TimerRunNotFound { .. } => Status::not_found(r.to_string()),
     }
 }
@@ -738,7 +740,12 @@ impl AdminService for AdminApi {
             return Err(Status::invalid_argument("nothing to set or remove"));
         }
         if let Some(state) = self.node.read_local().state.apps.get(&app) {
-            check_schedule_settings(&state.active().manifest, &req.set)
+            let mut merged = state.settings.clone();
+            for k in &req.remove {
+                merged.remove(k);
+            }
+            merged.extend(req.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            check_schedule_settings(&state.active().manifest, &req.set, &merged)
                 .map_err(Status::invalid_argument)?;
         }
         let (log_index, _) = self
@@ -1368,24 +1375,21 @@ fn too_large(limit: u64) -> Status {
 fn check_schedule_settings(
     manifest: &AppManifest,
     set: &std::collections::HashMap<String, String>,
+    after: &BTreeMap<String, String>,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
     let has_timers = manifest
         .functions
         .iter()
         .any(|f| matches!(f.trigger, Trigger::Timer(_)));
-    if has_timers {
-        // Only the zone settings being set: the others are as they were, valid.
-        let zones: BTreeMap<String, String> = set
+    let zone_changes = set.keys().any(|k| {
+        strom_proto::timers::TIME_ZONE_SETTINGS
             .iter()
-            .filter(|(k, _)| {
-                strom_proto::timers::TIME_ZONE_SETTINGS
-                    .iter()
-                    .any(|z| z.eq_ignore_ascii_case(k))
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Err(e) = strom_proto::timers::time_zone(&zones) {
+            .any(|z| z.eq_ignore_ascii_case(k))
+    });
+    // The zone the timers would use with the settings as they will be.
+    if has_timers && zone_changes {
+        if let Err(e) = strom_proto::timers::time_zone(after) {
             problems.push(format!("{e} (the time zone of this app's timers)"));
         }
     }

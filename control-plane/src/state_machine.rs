@@ -130,6 +130,36 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
     codec::decode(body)
 }
 
+/// The snapshot of `state`, in the newest format every member can read: format 2
+/// until the cluster speaks [`Feature::Timers`] (a follower of an older build may be
+/// sent it during a rolling upgrade; there are no timer records before), then 3.
+fn encode_snapshot(
+    meta: &SnapshotMeta,
+    state: &ClusterState,
+) -> Result<Vec<u8>, codec::CodecError> {
+    if state.allows(strom_proto::version::Feature::Timers) {
+        return codec::encode_envelope(
+            SNAPSHOT_FORMAT,
+            &SnapshotBody {
+                meta: meta.clone(),
+                state: state.clone(),
+            },
+        );
+    }
+    #[derive(Serialize)]
+    struct V2<'a> {
+        meta: &'a SnapshotMeta,
+        state: crate::cluster_state::ClusterStateV2Ref<'a>,
+    }
+    codec::encode_envelope(
+        2,
+        &V2 {
+            meta,
+            state: state.as_v2(),
+        },
+    )
+}
+
 /// Format 2: the state before timers.
 #[derive(Deserialize)]
 struct SnapshotBodyV2 {
@@ -173,11 +203,7 @@ fn store_snapshot(
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, state) = self.body.take().expect("a builder builds one snapshot");
-        let body = SnapshotBody {
-            meta: meta.clone(),
-            state: (*state).clone(),
-        };
-        let bytes = codec::encode_envelope(SNAPSHOT_FORMAT, &body)
+        let bytes = encode_snapshot(&meta, &state)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tokio::task::spawn_blocking(store_snapshot(
             self.dir.clone(),
@@ -334,6 +360,22 @@ mod tests {
         assert_eq!(body.state.cluster, Some(info));
         assert!(body.state.workers.is_empty());
         assert!(body.state.placements.is_empty());
+    }
+
+    /// Until the cluster speaks protocol 6, snapshots are written in format 2 (an
+    /// older follower may be sent one); then in format 3, timers included.
+    #[test]
+    fn the_snapshot_format_follows_the_cluster_protocol() {
+        let mut state = crate::timer_records::tests::with_timer_app();
+        state.protocol = 5;
+        let meta = SnapshotMeta::default();
+        let old = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&old, 2).unwrap().0, 2);
+        assert_eq!(decode_snapshot(&old).unwrap().state, state);
+        state.protocol = 6;
+        let new = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&new, 3).unwrap().0, 3);
+        assert_eq!(decode_snapshot(&new).unwrap().state, state);
     }
 
     /// A snapshot of a build before timers (format 2) still loads, with no timers.

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{Command, Rejection, TimerFire, TimerId, TimerOutcome};
 use strom_proto::manifest::{TimerTrigger, Trigger};
+use strom_proto::version::Feature;
 
 use crate::cluster_state::ClusterState;
 
@@ -23,6 +24,8 @@ pub struct TimerRecord {
     pub next_ms: i64,
     /// When the record last changed (Azure's `ScheduleStatus.LastUpdated`).
     pub updated_ms: i64,
+    /// What `next_ms` was computed from (`timers::TimerSpec::describe`).
+    pub schedule: String,
     /// The run going on: dispatched (again, by a new leader) until completed.
     pub running: Option<TimerRun>,
     /// How the last finished run ended.
@@ -88,11 +91,20 @@ impl ClusterState {
 
     /// `ScheduleTimer`, `FireTimer` and `CompleteTimer`.
     pub(crate) fn apply_timer(&mut self, command: &Command) -> Result<bool, Rejection> {
+        // Proposed only once every node reads them; refused alike everywhere before.
+        if !self.allows(Feature::Timers) {
+            return Err(Rejection::NotYetEnabled {
+                what: "timers".into(),
+                needs: Feature::Timers.since(),
+                speaks: self.protocol(),
+            });
+        }
         match command {
             Command::ScheduleTimer {
                 timer,
                 replaces_ms,
                 next_ms,
+                schedule,
                 at_ms,
             } => {
                 self.timer_exists(timer)?;
@@ -107,10 +119,11 @@ impl ClusterState {
                 match self.timers.get_mut(timer) {
                     Some(record) => {
                         Self::busy(timer, record)?;
-                        if record.next_ms == *next_ms {
+                        if record.next_ms == *next_ms && &record.schedule == schedule {
                             return Ok(false);
                         }
                         record.next_ms = *next_ms;
+                        record.schedule = schedule.clone();
                         record.updated_ms = *at_ms;
                     }
                     None => {
@@ -120,6 +133,7 @@ impl ClusterState {
                                 last_ms: None,
                                 next_ms: *next_ms,
                                 updated_ms: *at_ms,
+                                schedule: schedule.clone(),
                                 running: None,
                                 last_outcome: None,
                             },
@@ -168,6 +182,13 @@ impl ClusterState {
     fn fire(&mut self, fire: &TimerFire) -> Result<bool, Rejection> {
         let timer = &fire.timer;
         self.timer_exists(timer)?;
+        if fire.next_ms <= fire.tick_ms {
+            return Err(Rejection::TimerNextNotAfter {
+                timer: timer.clone(),
+                tick_ms: fire.tick_ms,
+                next_ms: fire.next_ms,
+            });
+        }
         let record = self
             .timers
             .entry(timer.clone())
@@ -175,6 +196,7 @@ impl ClusterState {
                 last_ms: None,
                 next_ms: fire.tick_ms,
                 updated_ms: fire.at_ms,
+                schedule: fire.schedule.clone(),
                 running: None,
                 last_outcome: None,
             });
@@ -189,6 +211,7 @@ impl ClusterState {
         }
         record.last_ms = Some(fire.tick_ms);
         record.next_ms = fire.next_ms;
+        record.schedule = fire.schedule.clone();
         record.updated_ms = fire.at_ms;
         record.running = Some(TimerRun {
             tick_ms: fire.tick_ms,
@@ -242,6 +265,7 @@ pub(crate) mod tests {
             invocation_id: id.into(),
             past_due: false,
             next_ms: tick_ms + 2000,
+            schedule: "*/2 * * * * * (UTC)".into(),
             at_ms: tick_ms,
         }))
     }
@@ -261,9 +285,32 @@ pub(crate) mod tests {
 
     pub(crate) fn with_timer_app() -> ClusterState {
         let mut s = initialized();
+        s.apply(&Command::SetClusterProtocol {
+            protocol: Feature::Timers.since(),
+            at_ms: 1,
+        });
         let r = s.apply(&deploy("batch", 1, manifest("api", &[("tick", TIMER)]), 1));
         assert_eq!(r, CommandResult::Applied);
         s
+    }
+
+    #[test]
+    fn timer_commands_wait_for_the_protocol() {
+        let mut s = initialized();
+        s.apply(&deploy("batch", 1, manifest("api", &[("tick", TIMER)]), 1));
+        assert!(matches!(
+            s.apply(&fire(2000, "a")),
+            CommandResult::Rejected(Rejection::NotYetEnabled { needs: 6, .. })
+        ));
+        let mut s = with_timer_app();
+        let mut bad = fire(2000, "a");
+        if let Command::FireTimer(f) = &mut bad {
+            f.next_ms = 2000;
+        }
+        assert!(matches!(
+            s.apply(&bad),
+            CommandResult::Rejected(Rejection::TimerNextNotAfter { .. })
+        ));
     }
 
     #[test]
@@ -315,6 +362,7 @@ pub(crate) mod tests {
             timer: timer(),
             replaces_ms,
             next_ms,
+            schedule: "*/2 * * * * * (UTC)".into(),
             at_ms: 1,
         };
         assert_eq!(s.apply(&schedule(None, 2000)), CommandResult::Applied);
@@ -336,6 +384,7 @@ pub(crate) mod tests {
                 timer: missing,
                 replaces_ms: None,
                 next_ms: 1,
+                schedule: String::new(),
                 at_ms: 1
             }),
             CommandResult::Rejected(Rejection::FunctionNotFound { .. })
@@ -401,6 +450,7 @@ pub(crate) mod tests {
                     last: r.last_ms.map(to_dt),
                     next: to_dt(r.next_ms),
                     last_updated: to_dt(r.updated_ms),
+                    schedule: r.schedule.clone(),
                 });
                 let running = record.is_some_and(|r| r.running.is_some());
                 let proposal = match due(&spec, status.as_ref(), running, to_dt(now)) {
@@ -409,6 +459,7 @@ pub(crate) mod tests {
                             timer: timer(),
                             replaces_ms: record.map(|r| r.next_ms),
                             next_ms: next.timestamp_millis(),
+                            schedule: spec.describe(),
                             at_ms: now,
                         })
                     }
@@ -424,6 +475,7 @@ pub(crate) mod tests {
                             invocation_id: format!("id-{next_id}"),
                             past_due,
                             next_ms: next.timestamp_millis(),
+                            schedule: spec.describe(),
                             at_ms: now,
                         })))
                     }

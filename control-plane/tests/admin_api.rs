@@ -309,6 +309,25 @@ async fn t32_not_found_settings_disable_and_schedule_settings_are_checked() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("nightly"), "{}", err.message());
+    // So must the time zone the timers run in (an IANA or a Windows name).
+    let zone = |key: &str, value: &str| pb::SetAppSettingsRequest {
+        name: "jobs".into(),
+        set: [(key.to_string(), value.to_string())].into(),
+        remove: vec![],
+    };
+    let err = c
+        .set_app_settings(zone("WEBSITE_TIME_ZONE", "Mars/Olympus"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("`Mars/Olympus`"),
+        "{}",
+        err.message()
+    );
+    c.set_app_settings(zone("WEBSITE_TIME_ZONE", "W. Europe Standard Time"))
+        .await
+        .unwrap();
 
     let set = c
         .set_app_settings(pb::SetAppSettingsRequest {

@@ -111,6 +111,8 @@ pub enum Command {
         timer: TimerId,
         replaces_ms: Option<i64>,
         next_ms: i64,
+        /// What `next_ms` was computed from (`timers::TimerSpec::describe`).
+        schedule: String,
         at_ms: i64,
     },
     /// A timer's tick runs: recorded before it is dispatched, so that a new leader
@@ -152,6 +154,8 @@ pub struct TimerFire {
     pub past_due: bool,
     /// The tick after this one.
     pub next_ms: i64,
+    /// What `next_ms` was computed from (`timers::TimerSpec::describe`).
+    pub schedule: String,
     pub at_ms: i64,
 }
 
@@ -295,6 +299,20 @@ pub enum Rejection {
         timer: TimerId,
         expected: Option<i64>,
         actual: Option<i64>,
+    },
+    #[error("{what} needs cluster protocol {needs}; the cluster speaks {speaks}")]
+    NotYetEnabled {
+        what: String,
+        needs: u32,
+        speaks: u32,
+    },
+    #[error(
+        "timer `{timer}`: the next tick ({next_ms}) must come after the tick that runs ({tick_ms})"
+    )]
+    TimerNextNotAfter {
+        timer: TimerId,
+        tick_ms: i64,
+        next_ms: i64,
     },
     #[error("timer `{timer}` has no run {invocation_id} going on")]
     TimerRunNotFound {

@@ -25,14 +25,16 @@ pub struct RouteEntry {
     /// Upper-case; empty = every method.
     pub methods: Vec<String>,
     rank: Vec<u8>,
+    /// Shared address only: another app has an overlapping route, so neither is
+    /// served here (each app's own address still serves its own).
+    contested: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
+    /// In precedence order, contested routes included: a request that a contested
+    /// route would take is not served by a lower-precedence route of a third app.
     entries: Vec<RouteEntry>,
-    /// Shared address only: routes several apps claim, served by none of them
-    /// here (each app's own address still serves its own).
-    contested: Vec<RouteEntry>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -155,18 +157,8 @@ impl RouteTable {
         apps: impl IntoIterator<Item = (&'a AppName, &'a AppManifest)>,
         shared: bool,
     ) -> Self {
-        let apps: Vec<(&AppName, &AppManifest)> = apps.into_iter().collect();
         let mut entries = Vec::new();
-        let mut contested = Vec::new();
-        for &(app, manifest) in &apps {
-            let claimed_by_others: Vec<String> = if shared {
-                shared_routes(app, manifest, apps.iter().copied())
-                    .into_iter()
-                    .map(|s| s.function)
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        for (app, manifest) in apps {
             for f in &manifest.functions {
                 let Trigger::Http(h) = &f.trigger else {
                     continue;
@@ -176,27 +168,24 @@ impl RouteTable {
                 else {
                     continue;
                 };
-                let entry = RouteEntry {
+                entries.push(RouteEntry {
                     app: app.clone(),
                     function: f.name.clone(),
                     rank: rank(&template),
                     template,
                     methods: h.methods.clone(),
-                };
-                if claimed_by_others.contains(&f.name) {
-                    contested.push(entry);
-                } else {
-                    entries.push(entry);
-                }
+                    contested: false,
+                });
             }
         }
-        let by_precedence = |a: &RouteEntry, b: &RouteEntry| match a.rank.cmp(&b.rank) {
+        if shared {
+            mark_contested(&mut entries);
+        }
+        entries.sort_by(|a, b| match a.rank.cmp(&b.rank) {
             Ordering::Equal => b.template.segments.len().cmp(&a.template.segments.len()),
             other => other,
-        };
-        entries.sort_by(by_precedence);
-        contested.sort_by(by_precedence);
-        RouteTable { entries, contested }
+        });
+        RouteTable { entries }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -207,13 +196,28 @@ impl RouteTable {
     pub fn lookup(&self, method: &str, path: &str) -> RouteMatch<'_> {
         let decoded: Vec<String> = split_path(path);
         let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let takes = |e: &RouteEntry| {
+            e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        };
         let mut allowed: Vec<String> = Vec::new();
         let mut path_matched = false;
         for e in &self.entries {
             let Some(params) = e.template.matches(&segments) else {
                 continue;
             };
-            if e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            if takes(e) {
+                if e.contested {
+                    // Every app whose contested route has this path.
+                    let mut apps: Vec<AppName> = self
+                        .entries
+                        .iter()
+                        .filter(|c| c.contested && c.template.matches(&segments).is_some())
+                        .map(|c| c.app.clone())
+                        .collect();
+                    apps.sort();
+                    apps.dedup();
+                    return RouteMatch::Contested { apps };
+                }
                 return RouteMatch::Found {
                     app: &e.app,
                     function: &e.function,
@@ -227,22 +231,44 @@ impl RouteTable {
                 }
             }
         }
-        let mut claimants: Vec<AppName> = Vec::new();
-        for e in &self.contested {
-            let method_ok =
-                e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
-            if method_ok && e.template.matches(&segments).is_some() && !claimants.contains(&e.app) {
-                claimants.push(e.app.clone());
-            }
-        }
-        if !claimants.is_empty() {
-            claimants.sort();
-            RouteMatch::Contested { apps: claimants }
-        } else if path_matched {
+        if path_matched {
             RouteMatch::MethodNotAllowed { allowed }
         } else {
             RouteMatch::NotFound
         }
+    }
+}
+
+/// Mark the entries whose route overlaps a route of another app with a method in
+/// common. Routes are grouped by shape once, so this grows with the routes and
+/// the overlaps, not with every pair of routes.
+fn mark_contested(entries: &mut [RouteEntry]) {
+    use std::collections::HashMap;
+    let mut by_shape: HashMap<Vec<crate::manifest::route_template::Shape>, Vec<usize>> =
+        HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        for shape in e.template.shapes() {
+            by_shape.entry(shape).or_default().push(i);
+        }
+    }
+    let meet = |a: &RouteEntry, b: &RouteEntry| {
+        a.methods.is_empty()
+            || b.methods.is_empty()
+            || a.methods.iter().any(|m| b.methods.contains(m))
+    };
+    let mut contested = vec![false; entries.len()];
+    for group in by_shape.values().filter(|g| g.len() > 1) {
+        for (k, &i) in group.iter().enumerate() {
+            for &j in &group[k + 1..] {
+                if entries[i].app != entries[j].app && meet(&entries[i], &entries[j]) {
+                    contested[i] = true;
+                    contested[j] = true;
+                }
+            }
+        }
+    }
+    for (e, c) in entries.iter_mut().zip(contested) {
+        e.contested = c;
     }
 }
 
@@ -388,12 +414,12 @@ mod tests {
                 apps: vec![a.clone(), b.clone()]
             }
         );
-        // Only `aaa` takes POST there: no conflict for it, yet the function is one
-        // whole: it is reached at its own address only.
+        // Only `aaa` takes POST there, yet the function is one whole: it is
+        // reached at its own address only (the answer names both apps of the path).
         assert_eq!(
             shared.lookup("POST", "/api/HttpTrigger"),
             RouteMatch::Contested {
-                apps: vec![a.clone()]
+                apps: vec![a.clone(), b.clone()]
             }
         );
         assert!(matches!(
@@ -417,6 +443,22 @@ mod tests {
         assert!(matches!(
             alone.lookup("GET", "/api/HttpTrigger"),
             RouteMatch::Found { .. }
+        ));
+        // A third app's lower-precedence route does not take what the contested
+        // route would (it would move `aaa`'s traffic to another app).
+        let c = AppName::parse("ccc").unwrap();
+        let mc = app("api", &[("any", "{name}", "")]);
+        let three = RouteTable::build_shared([(&a, &ma), (&b, &mb), (&c, &mc)]);
+        assert!(matches!(
+            three.lookup("GET", "/api/HttpTrigger"),
+            RouteMatch::Contested { .. }
+        ));
+        assert!(matches!(
+            three.lookup("GET", "/api/other"),
+            RouteMatch::Found {
+                function: "any",
+                ..
+            }
         ));
         let shared_of_a = shared_routes(&a, &ma, [(&a, &ma), (&b, &mb)]);
         assert_eq!(shared_of_a.len(), 1);

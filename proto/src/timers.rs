@@ -9,7 +9,8 @@
 //!   after the jump as it was into the gap (02:30 → 03:30 new time), and never twice
 //!   when that instant is also an occurrence of its own; a wall-clock time that
 //!   happens twice (fall back) runs once, the first time.
-//! - **TimeSpan schedules** (`hh:mm:ss`): every interval after the previous tick.
+//! - **TimeSpan schedules** (`hh:mm:ss`): the next tick is one interval after the
+//!   time the previous run was started (as Azure's constant schedule does).
 //! - **What is due** ([`due`]): a timer runs at most once at a time (a tick due
 //!   while the previous run goes on waits for it); ticks missed during an outage
 //!   collapse into one run with `IsPastDue`; with `useMonitor: false`, missed ticks
@@ -103,6 +104,12 @@ impl TimerSpec {
         Ok(spec)
     }
 
+    /// What the ticks are computed from (schedule and zone): when it changes (a
+    /// deploy, a `%Setting%` or zone setting), the next tick is computed again.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.schedule.text(), self.zone.name())
+    }
+
     /// Whether ticks come more often than once a minute.
     fn sub_minute(&self) -> bool {
         if let Some(i) = self.schedule.interval() {
@@ -176,19 +183,21 @@ fn instant_of(zone: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
 }
 
 /// A timer's schedule status, as Azure's monitor keeps it (`ScheduleStatus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleStatus {
     /// The tick of the last run (its scheduled time).
     pub last: Option<DateTime<Utc>>,
     /// The next tick due.
     pub next: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
+    /// The [`TimerSpec::describe`] `next` was computed from.
+    pub schedule: String,
 }
 
 /// What a timer needs now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
-    /// Not scheduled yet: its first tick is `next`.
+    /// Not scheduled yet, or its schedule changed since: its next tick is `next`.
     Schedule { next: DateTime<Utc> },
     /// Nothing before `at`.
     Wait { at: DateTime<Utc> },
@@ -215,6 +224,9 @@ pub fn due(
     let Some(status) = status else {
         return spec.next_after(now).map(|next| Due::Schedule { next });
     };
+    if status.schedule != spec.describe() && !running {
+        return spec.next_after(now).map(|next| Due::Schedule { next });
+    }
     if now < status.next {
         return Some(Due::Wait { at: status.next });
     }
@@ -399,6 +411,7 @@ mod tests {
             last: None,
             next: utc("2026-01-01T10:05:00Z"),
             last_updated: now,
+            schedule: s.describe(),
         };
         assert_eq!(
             due(&s, Some(&status), false, now),
@@ -425,6 +438,15 @@ mod tests {
                 next: utc("2026-01-01T11:10:00Z")
             })
         );
+        // A changed schedule (or zone) is computed again from now, once no run goes on.
+        let hourly = spec("0 0 * * * *", "Europe/Berlin");
+        assert_eq!(
+            due(&hourly, Some(&status), false, now),
+            Some(Due::Schedule {
+                next: utc("2026-01-01T11:00:00Z")
+            })
+        );
+        assert_eq!(due(&hourly, Some(&status), true, on_time), Some(Due::Busy));
         // Without the monitor, missed ticks are skipped.
         let mut unmonitored = s.clone();
         unmonitored.use_monitor = false;

@@ -122,7 +122,7 @@ fn contested(head: &Head<'_>, apps: &[AppName]) -> Decision {
         }
         _ => (head.host, ""),
     };
-    let loopback = host == "localhost"
+    let loopback = host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<std::net::IpAddr>()
@@ -210,11 +210,18 @@ pub fn admit(
             return Decision::Undelivered(app.clone());
         }
     }
-    let scoped = hop
-        .cloned()
-        .or_else(|| app_from_host(head.host).filter(|a| local.apps.contains_key(a)));
+    // An app's own address serves that app's routes only, wherever it runs: the
+    // same answer from every node.
+    let scoped = hop.cloned().or_else(|| {
+        app_from_host(head.host)
+            .filter(|a| local.apps.contains_key(a) || cluster.apps.contains_key(a))
+    });
     let lookup = match &scoped {
-        Some(app) => local.apps[app].routes.lookup(head.method, head.path),
+        Some(app) => match (local.apps.get(app), cluster.apps.get(app)) {
+            (Some(serving), _) => serving.routes.lookup(head.method, head.path),
+            (None, Some(routing)) => routing.routes.lookup(head.method, head.path),
+            (None, None) => RouteMatch::NotFound,
+        },
         None => local.routes.lookup(head.method, head.path),
     };
     let (app, function, params) = match lookup {
@@ -235,7 +242,10 @@ pub fn admit(
         RouteMatch::Contested { apps } => return contested(head, &apps),
         RouteMatch::NotFound => return not_found(head.path),
     };
-    let serving = &local.apps[app];
+    // Only an app served here is called here (another's was sent on above).
+    let Some(serving) = local.apps.get(app) else {
+        return not_found(head.path);
+    };
     let Some((function_index, http)) = serving
         .manifest
         .functions

@@ -23,6 +23,9 @@ pub struct Schedule {
     interval_ms: Option<u64>,
 }
 
+/// The longest TimeSpan schedule: a year.
+const MAX_INTERVAL_MS: u64 = 365 * 86_400_000;
+
 const FIELDS: [(&str, u32, u32); 6] = [
     ("second", 0, 59),
     ("minute", 0, 59),
@@ -64,6 +67,9 @@ impl Schedule {
             return match parse_timespan_ms(trimmed) {
                 Some(0) => Err(format!(
                     "schedule `{text}`: the interval must be longer than zero"
+                )),
+                Some(ms) if ms > MAX_INTERVAL_MS => Err(format!(
+                    "schedule `{text}`: the interval must be at most 365 days"
                 )),
                 Some(ms) => Ok(Schedule {
                     text: trimmed.to_string(),
@@ -291,6 +297,7 @@ mod tests {
             ("abc", "found 1"),
             ("00:00:00", "longer than zero"),
             ("25:00:00", "not a TimeSpan"),
+            ("400.00:00:00", "at most 365 days"),
             ("0 0 0 30 2 *", "would never run"),
             ("0 0 0 31 4,6,9,11 *", "would never run"),
             ("0 0 0 L * *", "`L` is not a valid day value"),

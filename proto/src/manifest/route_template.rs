@@ -137,7 +137,9 @@ impl RouteTemplate {
         })
     }
 
-    fn shapes(&self) -> Vec<Vec<Shape>> {
+    /// Every shape a path matching this template can have (optional trailing
+    /// parameters present or not): two templates overlap when they share one.
+    pub(crate) fn shapes(&self) -> Vec<Vec<Shape>> {
         let full: Vec<Shape> = self
             .segments
             .iter()
@@ -161,8 +163,8 @@ impl RouteTemplate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Shape {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Shape {
     Literal(String),
     Param {
         constraints: Vec<String>,
