@@ -408,54 +408,74 @@ pub fn commit_order(records: &Records, states: &[NodeState]) -> Verdict {
     )
 }
 
-/// No two nodes led in the same term: per term, the nodes that said they were
-/// leader and the leaders that followers named are one node at most.
+/// Leaders only move forward. openraft (without its `single-term-leader` feature,
+/// as Strom runs it) identifies a leader by `(term, node id)`: a second leader may be
+/// elected in the same term, with a higher node id, as a higher term would (a node
+/// that voted for `(15, 3)` may later vote for `(15, 5)`, never back). So per node,
+/// the leader it leads or follows, as `(term, leader id)`, never goes backwards: a
+/// node seen following or leading an older leader after a newer one would mean a
+/// vote went back (lost on a restart, or granted twice). Several leaders in one term
+/// are listed in the summary.
 pub fn one_leader_per_term(records: &Records) -> Verdict {
-    let mut per_term: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new(); // term -> leader -> first seen
-    for seen in &records.leaders {
-        let leader = if seen.state == "leader" {
-            Some(seen.node_id)
-        } else if seen.leader_id != 0 {
-            Some(seen.leader_id)
+    let mut last: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new(); // node -> (term, leader, at)
+    let mut per_term: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    let mut violations = Vec::new();
+    let mut seen: Vec<&crate::history::LeaderSeen> = records.leaders.iter().collect();
+    seen.sort_by_key(|s| s.at_ms);
+    for s in seen {
+        let leader = if s.state == "leader" {
+            s.node_id
         } else {
-            None
+            s.leader_id
         };
-        if let Some(l) = leader {
-            per_term
-                .entry(seen.term)
-                .or_default()
-                .entry(l)
-                .or_insert(seen.at_ms);
+        if leader == 0 {
+            continue;
         }
+        per_term.entry(s.term).or_default().insert(leader);
+        let now = (s.term, leader);
+        if let Some(&(term, prev, at)) = last.get(&s.node_id) {
+            if now < (term, prev) {
+                violations.push((
+                    s.at_ms,
+                    format!(
+                        "{} went back from leader {prev} of term {term} (seen at {:.1}s) to leader {leader} of term {} (at {:.1}s)",
+                        s.node,
+                        at as f64 / 1000.0,
+                        s.term,
+                        s.at_ms as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
+        last.insert(s.node_id, (s.term, leader, s.at_ms));
     }
-    let violations = per_term
+    let shared: Vec<String> = per_term
         .iter()
-        .filter(|(_, leaders)| leaders.len() > 1)
-        .map(|(term, leaders)| {
-            let at = leaders.values().copied().max().unwrap_or(0);
-            (
-                at,
-                format!(
-                    "term {term} had {} leaders: {}",
-                    leaders.len(),
-                    leaders
-                        .iter()
-                        .map(|(l, t)| format!(
-                            "node {l} (first seen at {:.1}s)",
-                            *t as f64 / 1000.0
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+        .filter(|(_, l)| l.len() > 1)
+        .map(|(t, l)| {
+            format!(
+                "term {t}: {}",
+                l.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" then ")
             )
         })
         .collect();
     verdict(
-        "one leader per term",
+        "leaders only move forward",
         format!(
-            "{} observations over {} terms",
+            "{} observations over {} terms{}",
             records.leaders.len(),
-            per_term.len()
+            per_term.len(),
+            if shared.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (several leaders, in node-id order: {})",
+                    shared.join("; ")
+                )
+            }
         ),
         violations,
     )
@@ -828,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn two_leaders_in_one_term_are_reported() {
+    fn leaders_that_go_back_are_reported_and_a_second_leader_of_a_term_is_not() {
         let seen = |node_id, term, state: &str, leader_id, at_ms| LeaderSeen {
             at_ms,
             node: format!("m{node_id}"),
@@ -844,13 +864,25 @@ mod tests {
                 seen(2, 4, "leader", 2, 100),
                 seen(3, 4, "follower", 2, 100),
                 seen(3, 4, "follower", 0, 120),
+                // openraft: (4, 3) supersedes (4, 2) in the same term.
+                seen(3, 4, "leader", 3, 200),
+                seen(2, 4, "follower", 3, 250),
             ],
             ..Default::default()
         };
-        assert!(one_leader_per_term(&records).passed());
-        records.leaders.push(seen(3, 4, "leader", 3, 200));
         let v = one_leader_per_term(&records);
-        assert!(v.violations[0].1.contains("term 4 had 2 leaders"), "{v:?}");
+        assert!(v.passed(), "{v:?}");
+        assert!(v.summary.contains("term 4: 2 then 3"), "{v:?}");
+        // A node seen following an older leader after a newer one: a vote went back.
+        records.leaders.push(seen(2, 4, "follower", 2, 300));
+        let v = one_leader_per_term(&records);
+        assert!(!v.passed());
+        assert!(
+            v.violations[0]
+                .1
+                .contains("m2 went back from leader 3 of term 4"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -194,6 +194,27 @@ pub struct ScheduleStatus {
     pub schedule: String,
 }
 
+/// The trigger value a timer function receives (`Data.{binding}`), in Azure's
+/// shape (`TimerInfo`): the schedule status in the timer's zone, and `IsPastDue`.
+pub fn timer_info(zone: Tz, status: Option<&ScheduleStatus>, past_due: bool) -> serde_json::Value {
+    let at = |t: DateTime<Utc>| {
+        t.with_timezone(&zone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+    };
+    let status = status.map(|s| {
+        serde_json::json!({
+            "Last": s.last.map(at).unwrap_or_else(|| "0001-01-01T00:00:00".into()),
+            "Next": at(s.next),
+            "LastUpdated": at(s.last_updated),
+        })
+    });
+    serde_json::json!({
+        "Schedule": {"AdjustForDST": true},
+        "ScheduleStatus": status,
+        "IsPastDue": past_due,
+    })
+}
+
 /// What a timer needs now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -395,6 +416,32 @@ mod tests {
         assert!(s.run_on_startup && !s.use_monitor);
         let e = TimerSpec::resolve(&trigger, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("`NIGHTLY`"), "{e}");
+    }
+
+    #[test]
+    fn the_timer_value_has_azures_shape_in_the_timers_zone() {
+        let status = ScheduleStatus {
+            last: Some(utc("2026-07-01T07:30:00Z")),
+            next: utc("2026-07-02T07:30:00Z"),
+            last_updated: utc("2026-07-01T07:30:01Z"),
+            schedule: String::new(),
+        };
+        let v = timer_info(Tz::Europe__Berlin, Some(&status), true);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "Schedule": {"AdjustForDST": true},
+                "ScheduleStatus": {
+                    "Last": "2026-07-01T09:30:00.000+02:00",
+                    "Next": "2026-07-02T09:30:00.000+02:00",
+                    "LastUpdated": "2026-07-01T09:30:01.000+02:00"
+                },
+                "IsPastDue": true
+            })
+        );
+        let first = timer_info(Tz::UTC, None, false);
+        assert_eq!(first["ScheduleStatus"], serde_json::Value::Null);
+        assert_eq!(first["IsPastDue"], false);
     }
 
     #[test]
