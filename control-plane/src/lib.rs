@@ -36,6 +36,7 @@ pub mod peers;
 pub mod retention;
 pub mod scheduler;
 pub mod state_machine;
+pub mod timer_plan;
 pub mod timer_records;
 pub mod tls;
 pub mod worker_view;

@@ -32,6 +32,19 @@ pub struct TimerRecord {
     pub last_outcome: Option<FinishedRun>,
 }
 
+impl TimerRecord {
+    /// The record as the schedule side reads it (Azure's `ScheduleStatus`).
+    pub fn status(&self) -> strom_proto::timers::ScheduleStatus {
+        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        strom_proto::timers::ScheduleStatus {
+            last: self.last_ms.map(at),
+            next: at(self.next_ms),
+            last_updated: at(self.updated_ms),
+            schedule: self.schedule.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerRun {
     pub tick_ms: i64,
@@ -415,7 +428,7 @@ pub(crate) mod tests {
     #[test]
     fn the_tick_rules_hold_over_a_thousand_seeded_histories() {
         use rand::{Rng, SeedableRng};
-        use strom_proto::timers::{due, Due, ScheduleStatus, TimerSpec};
+        use strom_proto::timers::{due, Due, TimerSpec};
 
         let spec = TimerSpec::resolve(
             &TimerTrigger {
@@ -446,12 +459,7 @@ pub(crate) mod tests {
                 let stale = rng.random_range(0..4).min(history.len() - 1);
                 let view = history[history.len() - 1 - stale].clone();
                 let record = view.timers.get(&timer());
-                let status = record.map(|r| ScheduleStatus {
-                    last: r.last_ms.map(to_dt),
-                    next: to_dt(r.next_ms),
-                    last_updated: to_dt(r.updated_ms),
-                    schedule: r.schedule.clone(),
-                });
+                let status = record.map(TimerRecord::status);
                 let running = record.is_some_and(|r| r.running.is_some());
                 let proposal = match due(&spec, status.as_ref(), running, to_dt(now)) {
                     Some(Due::Schedule { next }) | Some(Due::Skip { next }) => {

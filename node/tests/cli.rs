@@ -1037,3 +1037,93 @@ fn t40_a_legacy_http_worker_app_runs_its_worker_path_and_gets_requests_at_the_fu
     assert_eq!((r.status, r.text().as_str()), (200, "got 'data' at /hello"));
     up.stop();
 }
+
+#[test]
+fn t41_admin_invoke_runs_a_timer_function_now_with_the_master_key() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("jobs");
+    write_app(
+        &app,
+        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"python3","arguments":["handler.py"]}}}"#,
+        &[(
+            "tick",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"myTimer","schedule":"0 0 0 1 1 *"}]}"#,
+        )],
+    );
+    std::fs::write(
+        app.join("handler.py"),
+        r#"import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        timer = body["Data"]["myTimer"]
+        log = "ran %s past_due=%s id=%s" % (self.path, timer["IsPastDue"], self.headers["X-Azure-Functions-InvocationId"])
+        out = json.dumps({"Outputs": {}, "Logs": [log]}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"])), H).serve_forever()
+"#,
+    )
+    .unwrap();
+    let up = Up::start(data.path(), &[&app], &[]);
+    let keys = up.json(&["fn", "keys", "jobs", "tick"]);
+    let master = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["scope"] == "master")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Without the master key: refused, nothing runs.
+    let r = http(
+        "POST",
+        &up.http,
+        "/admin/functions/tick",
+        &[],
+        br#"{"input":""}"#,
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // With it (Azure's call): 202, and the handler runs it with the timer value.
+    let r = http(
+        "POST",
+        &up.http,
+        "/admin/functions/tick",
+        &[
+            ("x-functions-key", &master),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"input":"ignored for timers"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.header("x-ms-invocation-id").unwrap().to_string();
+    let record = eventually(Duration::from_secs(10), "the invocation's record", || {
+        let out = up.strom(&["fn", "logs", "jobs", "tick", "--output", "json"]);
+        out.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["id"] == id.as_str())
+    });
+    assert_eq!(record["status"], "Succeeded", "{record}");
+    let logs = record["logs"].to_string();
+    assert!(
+        logs.contains(&format!("ran /tick past_due=False id={id}")),
+        "{record}"
+    );
+    // The app's own path base works for clients that cannot set Host.
+    let r = http(
+        "POST",
+        &up.http,
+        "/apps/jobs/admin/functions/tick",
+        &[("x-functions-key", &master)],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    up.stop();
+}

@@ -78,10 +78,21 @@ pub struct Refusal {
     pub allow: Option<String>,
 }
 
+/// A non-HTTP function to run now (`POST /admin/functions/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTarget {
+    pub app: AppName,
+    pub function: String,
+    /// Its trigger binding's name (`Data.{binding}`).
+    pub binding: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// `/admin/host/ping`: 200, empty.
     Ping,
+    /// Run a non-HTTP function now with a local instance (Azure's admin invoke).
+    AdminInvoke(AdminTarget),
     /// Call a local instance.
     Local(Target),
     /// No Ready instance here: send over the hop to a worker that runs the app.
@@ -197,6 +208,12 @@ pub fn admit(
     let too_large = head
         .content_length
         .is_some_and(|len| len > limits.max_body_bytes as u64);
+
+    if let Some((path_app, function)) = admin_function_path(head.path) {
+        return admin_invoke(
+            head, hop, path_app, function, local, cluster, too_large, limits,
+        );
+    }
 
     if head.origin == Origin::Client {
         if let Some(decision) = remote(head, local, cluster, too_large, limits) {
@@ -345,6 +362,152 @@ fn too_large_refusal(limits: Limits) -> Decision {
             limits.max_body_bytes
         ),
     )
+}
+
+/// `/admin/functions/{name}` or `/apps/{app}/admin/functions/{name}` (for clients
+/// that cannot set Host): the app named in the path, if any, and the function.
+fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [a, f, name] if a.eq_ignore_ascii_case("admin") && f.eq_ignore_ascii_case("functions") => {
+            Some((None, name))
+        }
+        [apps, app, a, f, name]
+            if apps.eq_ignore_ascii_case("apps")
+                && a.eq_ignore_ascii_case("admin")
+                && f.eq_ignore_ascii_case("functions") =>
+        {
+            Some((Some(app), name))
+        }
+        _ => None,
+    }
+}
+
+/// Azure's admin invoke: `POST /admin/functions/{name}` with the app's master key
+/// runs a non-HTTP function now. The app is the hop's, the one the path names, the
+/// Host's (`{app}.<domain>`), or on the shared address the one app that has a
+/// function of that name.
+#[allow(clippy::too_many_arguments)]
+fn admin_invoke(
+    head: &Head<'_>,
+    hop: Option<&AppName>,
+    path_app: Option<&str>,
+    function: &str,
+    local: &RoutingSnapshot,
+    cluster: &ClusterRoutes,
+    too_large: bool,
+    limits: Limits,
+) -> Decision {
+    let has = |app: &AppName| {
+        cluster.apps.get(app).is_some_and(|r| {
+            r.manifest
+                .functions
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case(function))
+        })
+    };
+    let app = if let Some(app) = hop {
+        Some(app.clone())
+    } else if let Some(raw) = path_app {
+        AppName::parse(raw)
+            .ok()
+            .filter(|a| cluster.apps.contains_key(a))
+    } else if let Some(a) = app_from_host(head.host).filter(|a| cluster.apps.contains_key(a)) {
+        Some(a)
+    } else {
+        let mut owners = cluster.apps.keys().filter(|a| has(a));
+        match (owners.next(), owners.next()) {
+            (Some(one), None) => Some(one.clone()),
+            (Some(_), Some(_)) => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!(
+                        "several apps have a function `{function}`: call it at the app's own \
+                         address (Host `{{app}}.<domain>`) or at /apps/{{app}}/admin/functions/{function}"
+                    ),
+                )
+            }
+            _ => None,
+        }
+    };
+    let not_found = || {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no function `{function}`"),
+        )
+    };
+    let Some(app) = app else {
+        return not_found();
+    };
+    let Some(routing) = cluster.apps.get(&app) else {
+        return not_found();
+    };
+    let Some(f) = routing
+        .manifest
+        .functions
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(function))
+    else {
+        return not_found();
+    };
+    let granted = keys::granted(
+        &routing.keys,
+        &f.name,
+        keys::presented(head.key_header, head.query),
+    );
+    if granted != keys::Granted::Master {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "running a function needs the app's master key (x-functions-key header or code query parameter)",
+        );
+    }
+    if !head.method.eq_ignore_ascii_case("POST") {
+        return Decision::Refuse(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "MethodNotAllowed",
+            message: format!("{} is not allowed here; allowed: POST", head.method),
+            allow: Some("POST".into()),
+        });
+    }
+    let binding = match &f.trigger {
+        Trigger::Timer(t) => t.binding_name.clone(),
+        Trigger::Http(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("function `{}` has an HTTP trigger: call its URL", f.name),
+            )
+        }
+        Trigger::Unsupported { binding_type } => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "function `{}`'s trigger ({binding_type}) is not supported on this cluster",
+                    f.name
+                ),
+            )
+        }
+    };
+    if too_large {
+        return too_large_refusal(limits);
+    }
+    let ready_here = local
+        .apps
+        .get(&app)
+        .is_some_and(|s| !s.endpoints.is_empty());
+    match head.origin {
+        Origin::Client if !ready_here => Decision::Remote(app),
+        Origin::Peer(_) if !ready_here => Decision::Undelivered(app),
+        _ => Decision::AdminInvoke(AdminTarget {
+            app,
+            function: f.name.clone(),
+            binding,
+        }),
+    }
 }
 
 /// `{app}.<domain>` → the app (IP addresses and bare names are not app hosts).
@@ -552,6 +715,95 @@ mod tests {
             // Routes only one app claims stay on the shared address.
             let d = admit(&head("GET", "/api/run", &[]), &local, &cluster, LIMITS);
             assert_eq!(status(&d), Some(StatusCode::UNAUTHORIZED), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn admin_invoke_needs_the_master_key_and_a_non_http_function() {
+        let timers = strom_testkit::apps::manifest(
+            strom_testkit::apps::HOST,
+            &[(
+                "tick",
+                r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 0 0 1 1 *"}]}"#,
+            )],
+        );
+        let (local, cluster) = snapshots_with(true, Some(&timers));
+        let key = [("code".to_string(), "other-master".to_string())];
+        let post = |path: &'static str, query: &'static [(String, String)]| Head {
+            method: "POST",
+            ..head("GET", path, query)
+        };
+        let key: &'static [(String, String)] = Box::leak(Box::new(key));
+        // The shared address: the one app with that function; it runs elsewhere.
+        let d = admit(
+            &post("/admin/functions/tick", key),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        assert!(
+            matches!(&d, Decision::Remote(a) if a == &app("other")),
+            "{d:?}"
+        );
+        let d = admit(
+            &post("/apps/other/admin/functions/tick", key),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        assert!(
+            matches!(&d, Decision::Remote(a) if a == &app("other")),
+            "{d:?}"
+        );
+        // Where its instance is started (or as a hop), it runs here.
+        let mut here = post("/admin/functions/TICK", key);
+        here.origin = Origin::Here;
+        assert_eq!(
+            admit(&here, &local, &cluster, LIMITS),
+            Decision::AdminInvoke(AdminTarget {
+                app: app("other"),
+                function: "tick".into(),
+                binding: "t".into(),
+            })
+        );
+        let other = app("other");
+        let mut hop = post("/admin/functions/tick", key);
+        hop.origin = Origin::Peer(Ok(&other));
+        assert!(matches!(
+            admit(&hop, &local, &cluster, LIMITS),
+            Decision::Undelivered(_)
+        ));
+        // Refusals: no key, a function key, GET, an HTTP function, no such function.
+        for (head, want) in [
+            (post("/admin/functions/tick", &[]), StatusCode::UNAUTHORIZED),
+            (
+                Head {
+                    key_header: Some("web-master"),
+                    ..post("/admin/functions/tick", &[])
+                },
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                head("GET", "/admin/functions/tick", key),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Head {
+                    key_header: Some("web-master"),
+                    ..post("/apps/web/admin/functions/hello", &[])
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (post("/admin/functions/nope", key), StatusCode::NOT_FOUND),
+        ] {
+            let d = admit(&head, &local, &cluster, LIMITS);
+            assert_eq!(
+                status(&d),
+                Some(want),
+                "{} {}: {d:?}",
+                head.method,
+                head.path
+            );
         }
     }
 

@@ -260,7 +260,7 @@ impl Gateway {
     /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet
     /// (unless `wait` is false: a request from another node is answered
     /// "undelivered" at once, and that node tries elsewhere).
-    async fn ready_endpoint(
+    pub(super) async fn ready_endpoint(
         &self,
         app: &AppName,
         unreachable: &[String],
@@ -374,7 +374,7 @@ fn answer_failed(record: &mut InvocationRecord, function: &str, e: String) -> Re
 }
 
 /// Milliseconds since the Unix epoch (an invocation's start, as records show it).
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -12,6 +12,7 @@
 //! port. No actor mailbox and no lock on control-plane state is on the request
 //! path. In memory only.
 
+pub mod admin_invoke;
 pub mod admission;
 pub mod hop;
 pub mod invoke;
@@ -259,6 +260,7 @@ impl Gateway {
             }
             Decision::Undelivered(app) => undelivered(&app),
             Decision::Local(target) => self.invoke(req, query, target, !from_gateway).await,
+            Decision::AdminInvoke(target) => self.admin_invoke(req, target, !from_gateway).await,
             Decision::Remote(app) => self.remote(req, app).await,
         }
     }
@@ -302,6 +304,7 @@ impl Gateway {
                     self.limits(),
                 ) {
                     Decision::Local(target) => self.invoke(req, query, target, true).await,
+                    Decision::AdminInvoke(target) => self.admin_invoke(req, target, true).await,
                     Decision::Refuse(r) => error(r.status, r.code, r.message),
                     _ => error(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -176,14 +176,25 @@ pub fn json_request(
         &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
         &fast_uuid(),
     );
+    invocation_request(addr, call.function, call.id, &payload)
+}
+
+/// JSON mode: `POST /{function}` with an invocation payload (`Data`, `Metadata`),
+/// as the Azure host sends it.
+pub fn invocation_request(
+    addr: SocketAddr,
+    function: &str,
+    id: &str,
+    payload: &serde_json::Value,
+) -> Request<Full<Bytes>> {
     Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/{}", call.function))
+        .uri(format!("http://{addr}/{function}"))
         .header(
             hyper::header::CONTENT_TYPE,
             "application/json; charset=utf-8",
         )
-        .header("x-azure-functions-invocationid", call.id)
+        .header("x-azure-functions-invocationid", id)
         .header("x-azure-functions-hostversion", HOST_VERSION)
         .header(
             hyper::header::USER_AGENT,

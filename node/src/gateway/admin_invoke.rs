@@ -1,0 +1,195 @@
+//! Azure's admin invoke: `POST /admin/functions/{name}` with the app's master key
+//! runs a non-HTTP function now. Like Azure, it answers 202 Accepted once the
+//! invocation is handed to an instance and runs it in the background; the answer
+//! names the invocation (`x-ms-invocation-id`), whose record `strom fn logs` shows.
+//! For a timer function the body's `input` is ignored and `IsPastDue` is false.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
+use strom_proto::manifest::Direction;
+use tokio::time::Instant;
+
+use super::admission::AdminTarget;
+use super::json_mode::parse_answer_with;
+use super::recorder::Pending;
+use super::responses::{bad_request, full, read_body, undelivered, Body, BoxError};
+use super::translate::{fast_uuid, invocation_request};
+use super::Gateway;
+
+/// The header that names the invocation an admin invoke started.
+pub const INVOCATION_ID_HEADER: &str = "x-ms-invocation-id";
+
+impl Gateway {
+    /// Hand `target` to a local instance and answer 202; the invocation runs on.
+    pub(super) async fn admin_invoke<B>(
+        &self,
+        req: Request<B>,
+        target: AdminTarget,
+        wait: bool,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let (parts, body) = req.into_parts();
+        let http2 = parts.version == hyper::Version::HTTP_2;
+        let max = inner.config.max_body_bytes;
+        let body = match read_body(body, max, inner.config.http.body_read, http2).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
+        };
+        // Azure's body is `{"input": "…"}`; none at all is accepted too.
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
+                return bad_request(format!(
+                    "the body must be JSON like {{\"input\": \"…\"}}: {e}"
+                ));
+            }
+        }
+        let endpoint = match self.ready_endpoint(&target.app, &[], wait).await {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let snapshot = inner.routing.load();
+        let Some(serving) = snapshot.apps.get(&target.app) else {
+            return undelivered(&target.app);
+        };
+        let timeout = serving
+            .manifest
+            .host
+            .function_timeout_ms
+            .map(Duration::from_millis);
+        let unsupported: Vec<(String, String)> = serving
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name == target.function)
+            .map(|f| {
+                f.bindings
+                    .iter()
+                    .filter(|b| !b.supported && b.direction != Direction::In)
+                    .map(|b| (b.name.clone(), b.binding_type.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let id = fast_uuid();
+        let mut data = serde_json::Map::new();
+        data.insert(
+            target.binding.clone(),
+            strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false),
+        );
+        let payload = json!({
+            "Data": data,
+            "Metadata": {"sys": {
+                "MethodName": target.function,
+                "UtcNow": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "RandGuid": fast_uuid(),
+            }},
+        });
+        let request = invocation_request(endpoint.addr, &target.function, &id, &payload);
+        let (in_flight, from_line) = endpoint.begin_invocation(&id);
+        let gateway = self.clone();
+        let invocation_id = id.clone();
+        tokio::spawn(async move {
+            let inner = &gateway.inner;
+            let started_at_ms = super::invoke::now_ms();
+            let start = Instant::now();
+            let mut record = InvocationRecord {
+                id: invocation_id,
+                app: target.app.clone(),
+                function: target.function.clone(),
+                instance_id: endpoint.instance_id.clone(),
+                started_at_ms,
+                duration_us: 0,
+                status: InvocationStatus::Succeeded,
+                http_status: 200,
+                error: None,
+                logs: Vec::new(),
+            };
+            let sent = inner.client.request(request);
+            let answered = match timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
+                None => Ok(sent.await),
+            };
+            let mut died = false;
+            match answered {
+                Err(t) => {
+                    record.status = InvocationStatus::TimedOut;
+                    record.http_status = StatusCode::GATEWAY_TIMEOUT.as_u16();
+                    record.error = Some(format!(
+                        "exceeded functionTimeout ({t:?}); the instance is recycled"
+                    ));
+                    endpoint.recycle(format!(
+                        "function `{}` exceeded functionTimeout ({t:?})",
+                        target.function
+                    ));
+                }
+                Ok(Err(e)) => {
+                    died = true;
+                    record.status = InvocationStatus::Failed;
+                    record.http_status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                    record.error = Some(format!("calling the handler failed: {e}"));
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    record.http_status = status;
+                    match resp.into_body().collect().await {
+                        Err(e) => {
+                            record.status = InvocationStatus::Failed;
+                            record.error =
+                                Some(format!("reading the handler's answer failed: {e}"));
+                        }
+                        Ok(bytes) => {
+                            let refs: Vec<(&str, &str)> = unsupported
+                                .iter()
+                                .map(|(n, t)| (n.as_str(), t.as_str()))
+                                .collect();
+                            match parse_answer_with(status, &bytes.to_bytes(), None, &refs) {
+                                Ok(answer) => {
+                                    record.logs.extend(answer.logs.into_iter().map(|text| {
+                                        LogEntry {
+                                            source: "handler".into(),
+                                            text,
+                                        }
+                                    }));
+                                    record.logs.extend(answer.dropped.into_iter().map(|text| {
+                                        LogEntry {
+                                            source: "host".into(),
+                                            text,
+                                        }
+                                    }));
+                                }
+                                Err(e) => {
+                                    record.status = InvocationStatus::Failed;
+                                    record.logs.extend(e.logs().iter().map(|text| LogEntry {
+                                        source: "handler".into(),
+                                        text: text.clone(),
+                                    }));
+                                    record.error = Some(e.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            drop(in_flight);
+            record.duration_us = start.elapsed().as_micros() as u64;
+            inner
+                .recorder
+                .submit(Pending::new(record, endpoint, from_line), died);
+        });
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert(INVOCATION_ID_HEADER, v);
+        }
+        r
+    }
+}
