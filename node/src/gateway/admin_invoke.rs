@@ -12,7 +12,6 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
-use strom_proto::manifest::Direction;
 use tokio::time::Instant;
 
 use super::admission::AdminTarget;
@@ -72,10 +71,8 @@ impl Gateway {
             .iter()
             .find(|f| f.name == target.function)
             .map(|f| {
-                f.bindings
-                    .iter()
-                    .filter(|b| !b.supported && b.direction != Direction::In)
-                    .map(|b| (b.name.clone(), b.binding_type.clone()))
+                f.unsupported_outputs()
+                    .map(|(n, t)| (n.to_string(), t.to_string()))
                     .collect()
             })
             .unwrap_or_default();

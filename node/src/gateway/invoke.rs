@@ -20,7 +20,7 @@ use strom_actors::routing::InFlight;
 use strom_actors::Endpoint;
 use strom_proto::ids::AppName;
 use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
-use strom_proto::manifest::{Direction, Trigger};
+use strom_proto::manifest::Trigger;
 use tokio::time::Instant;
 
 use super::admission::Target;
@@ -227,12 +227,7 @@ impl Gateway {
                 resp,
                 in_flight: _in_flight,
             } => {
-                let unsupported: Vec<(&str, &str)> = fmanifest
-                    .bindings
-                    .iter()
-                    .filter(|b| !b.supported && b.direction != Direction::In)
-                    .map(|b| (b.name.as_str(), b.binding_type.as_str()))
-                    .collect();
+                let unsupported: Vec<(&str, &str)> = fmanifest.unsupported_outputs().collect();
                 json_answer(
                     resp,
                     timeout,

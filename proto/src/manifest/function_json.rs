@@ -142,6 +142,15 @@ const KNOWN_METHODS: [&str; 8] = [
 ];
 
 impl FunctionManifest {
+    /// `(name, type)` of the output bindings this cluster does not support: values
+    /// given to them are dropped (and the drop recorded).
+    pub fn unsupported_outputs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.bindings
+            .iter()
+            .filter(|b| !b.supported && b.direction != Direction::In)
+            .map(|b| (b.name.as_str(), b.binding_type.as_str()))
+    }
+
     /// Parses and validates `<name>/function.json`, returning every problem found.
     pub fn from_json(
         name: &str,
