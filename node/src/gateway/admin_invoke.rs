@@ -11,10 +11,11 @@ use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use strom_proto::invocations::{InvocationRecord, InvocationStatus, LogEntry};
+use strom_proto::invocations::{InvocationRecord, InvocationStatus};
 use tokio::time::Instant;
 
 use super::admission::AdminTarget;
+use super::invoke::{answer_failed, record_answer};
 use super::json_mode::parse_answer_with;
 use super::recorder::Pending;
 use super::responses::{bad_request, full, read_body, undelivered, Body, BoxError};
@@ -139,39 +140,15 @@ impl Gateway {
                     record.http_status = status;
                     match resp.into_body().collect().await {
                         Err(e) => {
-                            record.status = InvocationStatus::Failed;
-                            record.error =
-                                Some(format!("reading the handler's answer failed: {e}"));
+                            answer_failed(&mut record, &target.function, e.to_string());
                         }
                         Ok(bytes) => {
                             let refs: Vec<(&str, &str)> = unsupported
                                 .iter()
                                 .map(|(n, t)| (n.as_str(), t.as_str()))
                                 .collect();
-                            match parse_answer_with(status, &bytes.to_bytes(), None, &refs) {
-                                Ok(answer) => {
-                                    record.logs.extend(answer.logs.into_iter().map(|text| {
-                                        LogEntry {
-                                            source: "handler".into(),
-                                            text,
-                                        }
-                                    }));
-                                    record.logs.extend(answer.dropped.into_iter().map(|text| {
-                                        LogEntry {
-                                            source: "host".into(),
-                                            text,
-                                        }
-                                    }));
-                                }
-                                Err(e) => {
-                                    record.status = InvocationStatus::Failed;
-                                    record.logs.extend(e.logs().iter().map(|text| LogEntry {
-                                        source: "handler".into(),
-                                        text: text.clone(),
-                                    }));
-                                    record.error = Some(e.to_string());
-                                }
-                            }
+                            let parsed = parse_answer_with(status, &bytes.to_bytes(), None, &refs);
+                            let _ = record_answer(&mut record, parsed);
                         }
                     }
                 }

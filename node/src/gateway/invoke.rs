@@ -24,7 +24,7 @@ use strom_proto::manifest::Trigger;
 use tokio::time::Instant;
 
 use super::admission::Target;
-use super::json_mode::parse_answer_with;
+use super::json_mode::{parse_answer_with, Answer, AnswerError, HttpOutput};
 use super::recorder::Pending;
 use super::responses::{
     bad_request, error, full, read_body, unavailable, undelivered, Body, BoxError, UNDELIVERED,
@@ -319,46 +319,61 @@ async fn json_answer(
         Ok(Err(e)) => return answer_failed(record, function, e.to_string()),
         Err(e) => return answer_failed(record, function, e),
     };
-    match parse_answer_with(status, &bytes, output_binding, unsupported) {
+    match record_answer(
+        record,
+        parse_answer_with(status, &bytes, output_binding, unsupported),
+    ) {
+        Ok(None) => {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Ok(Some(out)) => http_response(out),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InvocationFailed",
+            format!("function `{function}` failed: {e}"),
+        ),
+    }
+}
+
+/// A JSON-mode answer into its invocation's record: the handler's `Logs` (kept
+/// when it failed too), the values dropped for unsupported outputs, the outcome.
+/// Returns the `http` output, or why the invocation failed.
+pub(super) fn record_answer(
+    record: &mut InvocationRecord,
+    parsed: Result<Answer, AnswerError>,
+) -> Result<Option<HttpOutput>, AnswerError> {
+    let line = |source: &str, text: String| LogEntry {
+        source: source.into(),
+        text,
+    };
+    match parsed {
         Ok(answer) => {
             record
                 .logs
-                .extend(answer.logs.into_iter().map(|text| LogEntry {
-                    source: "handler".into(),
-                    text,
-                }));
+                .extend(answer.logs.into_iter().map(|t| line("handler", t)));
             record
                 .logs
-                .extend(answer.dropped.into_iter().map(|text| LogEntry {
-                    source: "host".into(),
-                    text,
-                }));
-            match answer.output {
-                None => {
-                    let mut r = Response::new(full(Bytes::new()));
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                    r
-                }
-                Some(out) => http_response(out),
-            }
+                .extend(answer.dropped.into_iter().map(|t| line("host", t)));
+            Ok(answer.output)
         }
         Err(e) => {
             record.status = InvocationStatus::Failed;
-            record.logs.extend(e.logs().iter().map(|text| LogEntry {
-                source: "handler".into(),
-                text: text.clone(),
-            }));
+            record
+                .logs
+                .extend(e.logs().iter().map(|t| line("handler", t.clone())));
             record.error = Some(e.to_string());
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InvocationFailed",
-                format!("function `{function}` failed: {e}"),
-            )
+            Err(e)
         }
     }
 }
 
-fn answer_failed(record: &mut InvocationRecord, function: &str, e: String) -> Response<Body> {
+pub(super) fn answer_failed(
+    record: &mut InvocationRecord,
+    function: &str,
+    e: String,
+) -> Response<Body> {
     record.status = InvocationStatus::Failed;
     record.error = Some(format!("reading the handler's answer failed: {e}"));
     error(
