@@ -367,6 +367,14 @@ fn too_large_refusal(limits: Limits) -> Decision {
 /// `/admin/functions/{name}` or `/apps/{app}/admin/functions/{name}` (for clients
 /// that cannot set Host): the app named in the path, if any, and the function.
 fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
+    // On every request's path: no allocation unless it can be one.
+    let starts = |prefix: &str| {
+        path.len() >= prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    if !starts("/admin/") && !starts("/apps/") {
+        return None;
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         [a, f, name] if a.eq_ignore_ascii_case("admin") && f.eq_ignore_ascii_case("functions") => {
