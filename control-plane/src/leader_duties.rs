@@ -15,17 +15,22 @@
 //!   raises the cluster protocol once every member **and every Up worker** speaks
 //!   a newer one (the version gate);
 //! - forgets each app's versions beyond the retention count (`retention::plan`);
+//! - runs the timer plan (`timer_plan::plan`): commits each due tick
+//!   (`FireTimer`) before it is sent, sends every recorded run it is not sending
+//!   yet through the node's [`TimerDispatcher`] (at a new term: all of them, with
+//!   their recorded invocation ids), commits `CompleteTimer` with each outcome,
+//!   and wakes for the earliest next tick;
 //! - runs the scheduler (`scheduler::plan`) when the state or the Ready counts
 //!   changed (at least every second), committing its changes as one `Place`.
 //!
 //! A heartbeat from a worker the state has Down commits `SetWorkerLiveness` Up.
 //! In memory only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use strom_proto::command::Command;
+use strom_proto::command::{Command, CommandResult, TimerId, TimerOutcome};
 use strom_proto::ids::NodeId;
 use strom_proto::instances::InstanceStatus;
 use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
@@ -38,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::leases::{Lease, Leases};
 use crate::management::{now_ms, ManagementNode};
 use crate::membership::cluster_of;
-use crate::{retention, scheduler};
+use crate::timer_service::{dispatch_for, DispatcherSlot, TimerDispatch, TimerDispatcher};
+use crate::{retention, scheduler, timer_plan};
 
 /// How often the leader looks at leases and runs the scheduler.
 const DUTY_TICK: Duration = Duration::from_millis(200);
@@ -55,12 +61,15 @@ const MAILBOX: usize = 4096;
 #[derive(Clone)]
 pub struct LeaderDuties {
     current: Arc<watch::Sender<Option<TermHandle>>>,
+    /// Who sends timer runs to instances: the node's gateway, once it exists.
+    pub timers: DispatcherSlot,
 }
 
 impl Default for LeaderDuties {
     fn default() -> Self {
         LeaderDuties {
             current: Arc::new(watch::channel(None).0),
+            timers: DispatcherSlot::default(),
         }
     }
 }
@@ -115,6 +124,12 @@ enum DutyMsg {
     },
     /// This round's answers of the members (from the side task).
     MemberVersions(BTreeMap<NodeId, Option<NodeVersion>>),
+    /// A timer run this term sent has ended.
+    TimerDone {
+        timer: TimerId,
+        invocation_id: String,
+        outcome: TimerOutcome,
+    },
 }
 
 impl TermHandle {
@@ -211,6 +226,12 @@ struct Term {
     last_versions: Option<Instant>,
     asking_versions: bool,
     last_plan: Option<((u64, u64), Instant)>,
+    /// Timer runs this term is sending (by invocation id).
+    dispatching: HashSet<String>,
+    /// When the earliest timer is due next.
+    timer_wake: Option<Instant>,
+    /// Timers that cannot be scheduled, and why (each reason logged once).
+    invalid_timers: HashMap<TimerId, String>,
 }
 
 impl Term {
@@ -230,6 +251,9 @@ impl Term {
             last_versions: None,
             asking_versions: false,
             last_plan: None,
+            dispatching: HashSet::new(),
+            timer_wake: None,
+            invalid_timers: HashMap::new(),
         }
     }
 
@@ -255,6 +279,9 @@ impl Term {
             }
             self.round().await;
             next_round = Instant::now() + DUTY_TICK;
+            if let Some(wake) = self.timer_wake {
+                next_round = next_round.min(wake);
+            }
         }
     }
 
@@ -308,6 +335,29 @@ impl Term {
             DutyMsg::MemberVersions(answers) => {
                 self.asking_versions = false;
                 self.gate(answers).await;
+            }
+            DutyMsg::TimerDone {
+                timer,
+                invocation_id,
+                outcome,
+            } => {
+                // Committed or not, the next round sends it again if it is still
+                // recorded as running (the worker answers a run it has finished
+                // with its outcome, without running it again).
+                self.dispatching.remove(&invocation_id);
+                if !outcome.succeeded {
+                    tracing::warn!(%timer, %invocation_id, "timer run failed: {}", outcome.error);
+                }
+                self.commit(
+                    Command::CompleteTimer {
+                        timer,
+                        invocation_id,
+                        outcome,
+                        at_ms: now_ms(),
+                    },
+                    "recording a timer run's outcome",
+                )
+                .await;
             }
         }
     }
@@ -386,6 +436,8 @@ impl Term {
             }
         }
 
+        self.timers().await;
+
         // Scheduler: one round whenever the state or the Ready counts changed, and
         // at least every second.
         let view = self.node.read_local();
@@ -415,6 +467,69 @@ impl Term {
             "scheduler: committing placements",
         )
         .await;
+    }
+
+    /// Timers: commit what the plan proposes (each due tick before it is sent),
+    /// then send every recorded run this term is not sending yet.
+    async fn timers(&mut self) {
+        self.timer_wake = None;
+        let Some(dispatcher) = self.node.duties.timers.get() else {
+            return;
+        };
+        let view = self.node.read_local();
+        if !view.state.allows(Feature::Timers) {
+            return;
+        }
+        let now = now_ms();
+        let plan = timer_plan::plan(&view.state, now, strom_proto::ids::new_invocation_id);
+        self.timer_wake = plan
+            .wake_at_ms
+            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now).max(0) as u64));
+        for action in plan.actions {
+            match action {
+                timer_plan::TimerAction::Propose(command) => {
+                    match self.node.propose_local_within(command).await {
+                        Ok((_, CommandResult::Rejected(why))) => {
+                            tracing::debug!("timer command refused: {why}");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("committing a timer command: {e}"),
+                    }
+                }
+                timer_plan::TimerAction::Invalid { timer, reason } => {
+                    if self.invalid_timers.get(&timer) != Some(&reason) {
+                        tracing::warn!(%timer, "timer not scheduled: {reason}");
+                        self.invalid_timers.insert(timer, reason);
+                    }
+                }
+            }
+        }
+        let view = self.node.read_local();
+        for (timer, run) in timer_plan::to_dispatch(&view.state, &self.dispatching) {
+            let Some(dispatch) = dispatch_for(&view.state, timer, run) else {
+                continue;
+            };
+            tracing::info!(%timer, invocation_id = %run.invocation_id, tick_ms = run.tick_ms, past_due = run.past_due, "timer run: sending");
+            self.dispatching.insert(run.invocation_id.clone());
+            self.send_run(&dispatcher, timer.clone(), dispatch);
+        }
+    }
+
+    /// Send one run in a task of this term; its outcome comes back as a message.
+    fn send_run(&self, dispatcher: &Arc<dyn TimerDispatcher>, timer: TimerId, run: TimerDispatch) {
+        let invocation_id = run.invocation_id.clone();
+        let sent = dispatcher.dispatch(run);
+        let tx = self.tx.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                // The next leader sends it again, with the same id.
+                _ = cancel.cancelled() => {}
+                outcome = sent => {
+                    let _ = tx.send(DutyMsg::TimerDone { timer, invocation_id, outcome }).await;
+                }
+            }
+        });
     }
 
     /// Raise the cluster protocol once every member (this round's answers) and

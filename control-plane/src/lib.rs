@@ -12,7 +12,10 @@
 //! - [`membership`]: joining the management group (learner, catch-up, voter).
 //! - [`workers`]: worker registration, heartbeats and the state watch;
 //!   [`leader_duties`]: the leader's term task (leases in [`leases`], the version
-//!   gate, scheduler rounds); [`scheduler`]: where instances run (pure).
+//!   gate, scheduler rounds, timers); [`scheduler`]: where instances run (pure).
+//! - [`timer_records`]: replicated timer schedule status and runs;
+//!   [`timer_plan`]: what the leader fires and sends (pure); [`timer_service`]:
+//!   what a run is sent with, and the dispatcher seam the gateway implements.
 //! - [`internal_auth`]: the proof internal callers show without TLS.
 //! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
 
@@ -38,6 +41,7 @@ pub mod scheduler;
 pub mod state_machine;
 pub mod timer_plan;
 pub mod timer_records;
+pub mod timer_service;
 pub mod tls;
 pub mod worker_view;
 pub mod workers;

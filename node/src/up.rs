@@ -521,6 +521,10 @@ pub async fn run_node(
             view,
             invocations.clone(),
         );
+        // The leader's timer duties send runs through this node's gateway.
+        if let Some(node) = &running.node {
+            node.duties.timers.set(Arc::new(gateway.clone()));
+        }
         running.gateway = Some(tokio::spawn(
             gateway.serve(listener, running.http_cancel.clone()),
         ));

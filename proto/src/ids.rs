@@ -182,3 +182,8 @@ mod tests {
         assert!(!h.matches(""));
     }
 }
+
+/// A new invocation id (a random UUID, as Azure's).
+pub fn new_invocation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

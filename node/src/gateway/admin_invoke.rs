@@ -18,7 +18,7 @@ use super::admission::AdminTarget;
 use super::invoke::{answer_failed, record_answer};
 use super::json_mode::parse_answer_with;
 use super::recorder::Pending;
-use super::responses::{bad_request, full, read_body, undelivered, Body, BoxError};
+use super::responses::{bad_request, full, read_body, Body, BoxError};
 use super::translate::{fast_uuid, invocation_request};
 use super::Gateway;
 
@@ -57,32 +57,56 @@ impl Gateway {
             Ok(e) => e,
             Err(r) => return r,
         };
-        let snapshot = inner.routing.load();
-        let Some(serving) = snapshot.apps.get(&target.app) else {
-            return undelivered(&target.app);
-        };
-        let timeout = serving
-            .manifest
-            .host
-            .function_timeout_ms
-            .map(Duration::from_millis);
-        let unsupported: Vec<(String, String)> = serving
-            .manifest
-            .functions
-            .iter()
-            .find(|f| f.name == target.function)
-            .map(|f| {
-                f.unsupported_outputs()
-                    .map(|(n, t)| (n.to_string(), t.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let id = fast_uuid();
         let mut data = serde_json::Map::new();
         data.insert(
             target.binding.clone(),
             strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false),
         );
+        tokio::spawn(
+            self.clone()
+                .run_non_http(target, endpoint, id.clone(), data),
+        );
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert(INVOCATION_ID_HEADER, v);
+        }
+        r
+    }
+
+    /// Run a non-HTTP function on `endpoint` in JSON mode with `data` as `Data`,
+    /// record it for `strom fn logs`, and return how it ended. `functionTimeout`
+    /// applies (the instance is recycled after it), as for HTTP invocations.
+    pub(super) async fn run_non_http(
+        self,
+        target: AdminTarget,
+        endpoint: std::sync::Arc<strom_actors::routing::Endpoint>,
+        id: String,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> InvocationRecord {
+        let inner = &self.inner;
+        let (timeout, unsupported) = match inner.routing.load().apps.get(&target.app) {
+            Some(serving) => (
+                serving
+                    .manifest
+                    .host
+                    .function_timeout_ms
+                    .map(Duration::from_millis),
+                serving
+                    .manifest
+                    .functions
+                    .iter()
+                    .find(|f| f.name == target.function)
+                    .map(|f| {
+                        f.unsupported_outputs()
+                            .map(|(n, t)| (n.to_string(), t.to_string()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            ),
+            None => (None, Vec::new()),
+        };
         let payload = json!({
             "Data": data,
             "Metadata": {"sys": {
@@ -93,77 +117,71 @@ impl Gateway {
         });
         let request = invocation_request(endpoint.addr, &target.function, &id, &payload);
         let (in_flight, from_line) = endpoint.begin_invocation(&id);
-        let gateway = self.clone();
-        let invocation_id = id.clone();
-        tokio::spawn(async move {
-            let inner = &gateway.inner;
-            let started_at_ms = super::invoke::now_ms();
-            let start = Instant::now();
-            let mut record = InvocationRecord {
-                id: invocation_id,
-                app: target.app.clone(),
-                function: target.function.clone(),
-                instance_id: endpoint.instance_id.clone(),
-                started_at_ms,
-                duration_us: 0,
-                status: InvocationStatus::Succeeded,
-                http_status: 200,
-                error: None,
-                logs: Vec::new(),
-            };
-            let sent = inner.client.request(request);
-            let answered = match timeout {
-                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
-                None => Ok(sent.await),
-            };
-            let mut died = false;
-            match answered {
-                Err(t) => {
-                    record.status = InvocationStatus::TimedOut;
-                    record.http_status = StatusCode::GATEWAY_TIMEOUT.as_u16();
-                    record.error = Some(format!(
-                        "exceeded functionTimeout ({t:?}); the instance is recycled"
-                    ));
-                    endpoint.recycle(format!(
-                        "function `{}` exceeded functionTimeout ({t:?})",
-                        target.function
-                    ));
-                }
-                Ok(Err(e)) => {
-                    died = true;
-                    record.status = InvocationStatus::Failed;
-                    record.http_status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
-                    record.error = Some(format!("calling the handler failed: {e}"));
-                }
-                Ok(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    record.http_status = status;
-                    match resp.into_body().collect().await {
-                        Err(e) => {
-                            answer_failed(&mut record, &target.function, e.to_string());
-                        }
-                        Ok(bytes) => {
-                            let refs: Vec<(&str, &str)> = unsupported
-                                .iter()
-                                .map(|(n, t)| (n.as_str(), t.as_str()))
-                                .collect();
-                            let parsed = parse_answer_with(status, &bytes.to_bytes(), None, &refs);
-                            let _ = record_answer(&mut record, parsed);
-                        }
+        let started_at_ms = super::invoke::now_ms();
+        let start = Instant::now();
+        let mut record = InvocationRecord {
+            id,
+            app: target.app.clone(),
+            function: target.function.clone(),
+            instance_id: endpoint.instance_id.clone(),
+            started_at_ms,
+            duration_us: 0,
+            status: InvocationStatus::Succeeded,
+            http_status: 200,
+            error: None,
+            logs: Vec::new(),
+        };
+        let sent = inner.client.request(request);
+        let answered = match timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
+            None => Ok(sent.await),
+        };
+        let mut died = false;
+        match answered {
+            Err(t) => {
+                record.status = InvocationStatus::TimedOut;
+                record.http_status = StatusCode::GATEWAY_TIMEOUT.as_u16();
+                record.error = Some(format!(
+                    "exceeded functionTimeout ({t:?}); the instance is recycled"
+                ));
+                endpoint.recycle(format!(
+                    "function `{}` exceeded functionTimeout ({t:?})",
+                    target.function
+                ));
+            }
+            Ok(Err(e)) => {
+                died = true;
+                record.status = InvocationStatus::Failed;
+                record.http_status = StatusCode::INTERNAL_SERVER_ERROR.as_u16();
+                record.error = Some(format!("calling the handler failed: {e}"));
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                record.http_status = status;
+                match resp.into_body().collect().await {
+                    Err(e) => {
+                        answer_failed(&mut record, &target.function, e.to_string());
+                    }
+                    Ok(bytes) => {
+                        let refs: Vec<(&str, &str)> = unsupported
+                            .iter()
+                            .map(|(n, t)| (n.as_str(), t.as_str()))
+                            .collect();
+                        let parsed = parse_answer_with(status, &bytes.to_bytes(), None, &refs);
+                        let _ = record_answer(&mut record, parsed);
                     }
                 }
             }
-            drop(in_flight);
-            record.duration_us = start.elapsed().as_micros() as u64;
-            inner
-                .recorder
-                .submit(Pending::new(record, endpoint, from_line), died);
-        });
-        let mut r = Response::new(full(Bytes::new()));
-        *r.status_mut() = StatusCode::ACCEPTED;
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            r.headers_mut().insert(INVOCATION_ID_HEADER, v);
         }
-        r
+        drop(in_flight);
+        record.duration_us = start.elapsed().as_micros() as u64;
+        let outcome = InvocationRecord {
+            logs: Vec::new(),
+            ..record.clone()
+        };
+        inner
+            .recorder
+            .submit(Pending::new(record, endpoint, from_line), died);
+        outcome
     }
 }

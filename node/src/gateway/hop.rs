@@ -193,7 +193,7 @@ impl HopClient {
         }
     }
 
-    fn mark_unhealthy(&self, peer: NodeId) {
+    pub(super) fn mark_unhealthy(&self, peer: NodeId) {
         self.unhealthy
             .write()
             .expect("health lock")
@@ -218,7 +218,7 @@ impl HopClient {
     }
 
     /// One attempt: send to `peer` at `addr` (`host:port`).
-    async fn send(
+    pub(super) async fn send(
         &self,
         me: NodeId,
         app: &AppName,

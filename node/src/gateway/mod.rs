@@ -23,6 +23,7 @@ pub mod listener;
 pub mod recorder;
 pub mod responses;
 pub mod routes;
+pub mod timer_run;
 pub mod translate;
 
 use std::sync::atomic::AtomicU64;
@@ -103,6 +104,8 @@ struct Inner {
     /// Rotates ties between equal instances.
     tick: AtomicU64,
     recorder: Recorder,
+    /// Timer runs started here, by invocation id (each runs once per node).
+    timer_runs: timer_run::TimerRuns,
     /// Stops the recorder once the port has closed.
     stop: CancellationToken,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -142,6 +145,7 @@ impl Gateway {
                 limiters: Limiters::default(),
                 tick: AtomicU64::new(0),
                 recorder,
+                timer_runs: timer_run::TimerRuns::default(),
                 stop,
                 background: std::sync::Mutex::new(vec![recording]),
             }),
@@ -194,9 +198,12 @@ impl Gateway {
         // node is dropped, so a client reaches only what it could without it.
         let proof = req.headers_mut().remove(internal_auth::PROOF_METADATA);
         if req.headers().contains_key(HOP_APP) && !self.hop_trusted(proof.as_ref(), node_cert) {
-            for name in [HOP_APP, HOP_HOST, HOP_FROM] {
+            for name in [HOP_APP, HOP_HOST, HOP_FROM, timer_run::HOP_TIMER] {
                 req.headers_mut().remove(name);
             }
+        }
+        if !req.headers().contains_key(HOP_APP) {
+            req.headers_mut().remove(timer_run::HOP_TIMER);
         }
         let hop_app = req.headers().get(HOP_APP).map(|v| {
             v.to_str()
@@ -209,6 +216,12 @@ impl Gateway {
             // (HTTP/2 carried it as the hop's own).
             if let Some(host) = req.headers_mut().remove(HOP_HOST) {
                 req.headers_mut().insert(hyper::header::HOST, host);
+            }
+        }
+        // A timer run another node's leader sends (trusted hop metadata only).
+        if let Some(Ok(app)) = &hop_app {
+            if req.headers().contains_key(timer_run::HOP_TIMER) {
+                return self.serve_timer_run(req, app.clone()).await;
             }
         }
         let query: Vec<(String, String)> = req
