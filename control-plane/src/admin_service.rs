@@ -12,7 +12,8 @@ use std::sync::Arc;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
 use strom_proto::command::{
-    Command, CommandResult, DeployVersion, InitialKeys, KeyScope, Rejection, WorkerSchedule,
+    Command, CommandResult, DeployVersion, InitialKeys, KeyScope, Rejection, TimerId,
+    WorkerSchedule,
 };
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
@@ -467,6 +468,59 @@ struct Addresses<'a> {
     own: String,
     /// The app's functions whose routes other apps also have.
     shared_routes: Vec<SharedRoute>,
+    /// The manifest is the app's active version's (its timers run).
+    active: bool,
+    timers: &'a std::collections::BTreeMap<TimerId, crate::timer_records::TimerRecord>,
+}
+
+impl Addresses<'_> {
+    fn timer(&self, app: &AppName, function: &str) -> Option<&crate::timer_records::TimerRecord> {
+        self.timers.get(&TimerId {
+            app: app.clone(),
+            function: function.to_string(),
+        })
+    }
+}
+
+/// A timer's schedule as the cluster runs it, and its runs (`record`: its tick
+/// record, for the app's active version).
+fn timer_status(
+    trigger: &strom_proto::manifest::TimerTrigger,
+    settings: &std::collections::BTreeMap<String, String>,
+    record: Option<&crate::timer_records::TimerRecord>,
+) -> pb::TimerStatus {
+    let mut status = match strom_proto::timers::TimerSpec::resolve(trigger, settings) {
+        Ok(spec) => pb::TimerStatus {
+            schedule: spec.describe(),
+            time_zone: spec.zone.name().to_string(),
+            ..Default::default()
+        },
+        Err(problem) => pb::TimerStatus {
+            schedule: trigger.schedule.clone(),
+            problem,
+            ..Default::default()
+        },
+    };
+    if let Some(r) = record {
+        status.next_ms = r.next_ms;
+        status.running = r.running.as_ref().map(|run| pb::TimerRunStatus {
+            invocation_id: run.invocation_id.clone(),
+            tick_ms: run.tick_ms,
+            past_due: run.past_due,
+            at_ms: run.fired_at_ms,
+            ..Default::default()
+        });
+        status.last_run = r.last_outcome.as_ref().map(|run| pb::TimerRunStatus {
+            invocation_id: run.invocation_id.clone(),
+            tick_ms: run.tick_ms,
+            past_due: false,
+            at_ms: run.finished_at_ms,
+            succeeded: run.outcome.succeeded,
+            error: run.outcome.error.clone(),
+            duration_ms: run.outcome.duration_ms,
+        });
+    }
+    status
 }
 
 fn function_info(
@@ -538,10 +592,10 @@ fn function_info(
         Trigger::Timer(t) => {
             info.trigger_type = "timerTrigger".into();
             info.schedule = t.schedule.clone();
-            // Validated and stored, but this build has no timer service yet.
-            info.supported = false;
-            info.unsupported_reasons
-                .push("timer triggers are not scheduled by this version of Strom yet".into());
+            // The active version's timers run (and have a record once scheduled).
+            if at.active {
+                info.timer = Some(timer_status(t, settings, at.timer(&app.name, &f.name)));
+            }
         }
         Trigger::Unsupported { binding_type } => {
             info.trigger_type = binding_type.clone();
@@ -562,6 +616,8 @@ pub fn functions_of(
         shared: &config.public_http_url,
         own: config.app_url(&app.name),
         shared_routes: state.shared_routes(&app.name, manifest),
+        active: app.active().manifest == *manifest,
+        timers: &state.timers,
     };
     manifest
         .functions

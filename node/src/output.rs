@@ -499,11 +499,58 @@ pub fn print_functions(functions: &[pb::FunctionInfo], wide: bool) {
 }
 
 fn url_or_schedule(f: &pb::FunctionInfo) -> String {
-    if f.url.is_empty() {
-        f.schedule.clone()
-    } else {
-        f.url.clone()
+    match &f.timer {
+        _ if !f.url.is_empty() => f.url.clone(),
+        // As the cluster runs it: `%Setting%` resolved, with its zone.
+        Some(t) if t.problem.is_empty() => t.schedule.clone(),
+        _ => f.schedule.clone(),
     }
+}
+
+/// A time of a timer, in its zone (`2026-12-06 02:30:00`).
+fn timer_time(ms: i64, zone: &str) -> String {
+    let zone: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::Tz::UTC);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&zone)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// A timer's runs, for the status column: not scheduled (why), running, next,
+/// last (its times in the timer's zone).
+pub fn timer_notes(t: &pb::TimerStatus) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !t.problem.is_empty() {
+        notes.push(format!("not scheduled: {}", t.problem));
+        return notes;
+    }
+    let at = |ms| timer_time(ms, &t.time_zone);
+    if let Some(r) = &t.running {
+        notes.push(format!(
+            "running the {} tick{} (id {})",
+            at(r.tick_ms),
+            if r.past_due { ", past due" } else { "" },
+            r.invocation_id
+        ));
+    }
+    if t.next_ms > 0 {
+        notes.push(format!("next {}", at(t.next_ms)));
+    }
+    if let Some(r) = &t.last_run {
+        if r.succeeded {
+            notes.push(format!(
+                "last {} succeeded ({} ms)",
+                at(r.tick_ms),
+                r.duration_ms
+            ));
+        } else {
+            notes.push(format!("last {} failed: {}", at(r.tick_ms), r.error));
+        }
+    }
+    notes
 }
 
 fn methods(f: &pb::FunctionInfo) -> String {
@@ -592,6 +639,11 @@ fn function_status(f: &pb::FunctionInfo, with_shared: bool) -> String {
         ));
     }
     notes.extend(f.unsupported_reasons.iter().cloned());
+    if let Some(t) = &f.timer {
+        if !f.disabled {
+            notes.extend(timer_notes(t));
+        }
+    }
     let state = if !f.supported {
         "not supported"
     } else if f.disabled {

@@ -18,7 +18,7 @@ use super::admission::AdminTarget;
 use super::invoke::{answer_failed, record_answer};
 use super::json_mode::parse_answer_with;
 use super::recorder::Pending;
-use super::responses::{bad_request, full, read_body, Body, BoxError};
+use super::responses::{bad_request, full, Body, BoxError};
 use super::translate::{fast_uuid, invocation_request};
 use super::Gateway;
 
@@ -37,11 +37,8 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
-        let inner = &self.inner;
         let (parts, body) = req.into_parts();
-        let http2 = parts.version == hyper::Version::HTTP_2;
-        let max = inner.config.max_body_bytes;
-        let body = match read_body(body, max, inner.config.http.body_read, http2).await {
+        let body = match self.whole_body(body, parts.version).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };

@@ -169,6 +169,18 @@ impl Gateway {
         }
     }
 
+    /// A request's whole body within the port's limits (size, idle time), or
+    /// the refusal to answer.
+    async fn whole_body<B>(&self, body: B, version: hyper::Version) -> Result<Bytes, Response<Body>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<responses::BoxError>,
+    {
+        let config = &self.inner.config;
+        let http2 = version == hyper::Version::HTTP_2;
+        read_body(body, config.max_body_bytes, config.http.body_read, http2).await
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_url_bytes: self.inner.config.max_url_bytes,
@@ -284,9 +296,7 @@ impl Gateway {
     async fn remote(&self, req: Request<Incoming>, app: AppName) -> Response<Body> {
         // The hop needs the whole body (it may be sent more than once).
         let (parts, body) = req.into_parts();
-        let max = self.inner.config.max_body_bytes;
-        let http2 = parts.version == hyper::Version::HTTP_2;
-        let body = match read_body(body, max, self.inner.config.http.body_read, http2).await {
+        let body = match self.whole_body(body, parts.version).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };

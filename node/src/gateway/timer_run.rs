@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::admission::AdminTarget;
 use super::hop::Hop;
-use super::responses::{bad_request, full, read_body, undelivered, Body, BoxError};
+use super::responses::{bad_request, full, undelivered, Body, BoxError};
 use super::Gateway;
 use strom_proto::invocations::InvocationStatus;
 
@@ -183,17 +183,8 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
-        let inner = &self.inner;
         let (parts, body) = req.into_parts();
-        let http2 = parts.version == hyper::Version::HTTP_2;
-        let body = match read_body(
-            body,
-            inner.config.max_body_bytes,
-            inner.config.http.body_read,
-            http2,
-        )
-        .await
-        {
+        let body = match self.whole_body(body, parts.version).await {
             Ok(b) => b,
             Err(refused) => return refused,
         };
