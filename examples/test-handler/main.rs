@@ -98,12 +98,18 @@ struct Config {
     port: u16,
     worker: Option<String>,
     mode: Mode,
+    default_action: Action,
+    record: Option<std::path::PathBuf>,
 }
 
 /// Who answers: echoed in every echo body.
 #[derive(Debug)]
 struct Identity {
     worker: Option<String>,
+    /// `TEST_HANDLER_ACTION`.
+    default_action: Action,
+    /// `TEST_HANDLER_RECORD`.
+    record: Option<std::path::PathBuf>,
     pid: u32,
 }
 
@@ -198,11 +204,30 @@ impl Config {
                 Mode::Normal
             }
         };
+        let default_action = match var("TEST_HANDLER_ACTION").filter(|a| !a.is_empty()) {
+            None => Action::Echo,
+            Some(raw) => match parse_action(&raw) {
+                Action::Unknown => {
+                    problems.push(format!("TEST_HANDLER_ACTION `{raw}` is not an action"));
+                    Action::Echo
+                }
+                action => action,
+            },
+        };
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
         let worker = var("FUNCTIONS_CUSTOMHANDLER_WORKER_ID").filter(|w| !w.is_empty());
-        Ok(Self { port, worker, mode })
+        let record = var("TEST_HANDLER_RECORD")
+            .filter(|r| !r.is_empty())
+            .map(std::path::PathBuf::from);
+        Ok(Self {
+            port,
+            worker,
+            mode,
+            default_action,
+            record,
+        })
     }
 }
 
@@ -245,6 +270,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let identity = Arc::new(Identity {
         worker: config.worker,
+        default_action: config.default_action,
+        record: config.record,
         pid: std::process::id(),
     });
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -321,8 +348,15 @@ async fn handle(req: Request<Incoming>, identity: &Identity) -> Response<Full<By
     let invocation_id = header(&parts.headers, INVOCATION_ID);
 
     if let Some((name, payload)) = json_mode_request(&parts.method, &parts.uri, &body) {
-        let action = json_mode_action(&payload);
+        let action = json_mode_action(&payload).unwrap_or_else(|| identity.default_action.clone());
+        let record = |event: &str, data: Option<&Value>| {
+            if let Some(path) = &identity.record {
+                record_line(path, event, &name, invocation_id.as_deref(), data);
+            }
+        };
+        record("start", payload.get("Data"));
         let action = perform_effects(action, invocation_id.as_deref()).await;
+        record("end", None);
         let context = JsonModeContext {
             name,
             invocation_id,
@@ -397,7 +431,41 @@ fn json_mode_request(
     }
 }
 
-fn json_mode_action(payload: &Map<String, Value>) -> Action {
+/// Append one `TEST_HANDLER_RECORD` line (one write, so lines never interleave).
+fn record_line(
+    path: &std::path::Path,
+    event: &str,
+    function: &str,
+    invocation_id: Option<&str>,
+    data: Option<&Value>,
+) {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut line = json!({
+        "event": event,
+        "function": function,
+        "invocationId": invocation_id,
+        "pid": std::process::id(),
+        "atMs": at_ms,
+    });
+    if let Some(data) = data {
+        line["data"] = data.clone();
+    }
+    let mut text = line.to_string();
+    text.push('\n');
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("TEST_HANDLER_RECORD {}: {e}", path.display());
+    }
+}
+
+/// The action a JSON-mode request names (`None`: it names none).
+fn json_mode_action(payload: &Map<String, Value>) -> Option<Action> {
     let query = payload
         .get("Data")
         .and_then(Value::as_object)
@@ -406,9 +474,9 @@ fn json_mode_action(payload: &Map<String, Value>) -> Action {
                 .find_map(|binding| binding.get("Query").filter(|q| q.is_object()))
         });
     match query.and_then(|q| q.get("action")) {
-        None | Some(Value::Null) => Action::Echo,
-        Some(Value::String(action)) => parse_action(action),
-        Some(_) => Action::Unknown,
+        None | Some(Value::Null) => None,
+        Some(Value::String(action)) => Some(parse_action(action)),
+        Some(_) => Some(Action::Unknown),
     }
 }
 

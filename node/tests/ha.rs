@@ -496,3 +496,242 @@ fn t91_quorum_loss_stops_writes_not_requests_and_membership_changes_survive_rest
         up.stop();
     }
 }
+
+/// One line of the test handler's `TEST_HANDLER_RECORD` file.
+#[derive(Debug, Clone)]
+struct Event {
+    start: bool,
+    id: String,
+    pid: u64,
+    at_ms: u64,
+    /// Start lines: the tick (`ScheduleStatus.Next`) and `IsPastDue`.
+    tick: String,
+    past_due: bool,
+}
+
+fn read_events(path: &Path) -> Vec<Event> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut events: Vec<Event> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| Event {
+            start: v["event"] == "start",
+            id: v["invocationId"].as_str().unwrap_or("").to_string(),
+            pid: v["pid"].as_u64().unwrap_or(0),
+            at_ms: v["atMs"].as_u64().unwrap_or(0),
+            tick: v["data"]["t"]["ScheduleStatus"]["Next"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            past_due: v["data"]["t"]["IsPastDue"] == true,
+        })
+        .collect();
+    events.sort_by_key(|e| (e.at_ms, !e.start));
+    events
+}
+
+/// The timer rules over a handler's record: one invocation id per tick (a tick
+/// sent again keeps its id), no two runs of different ticks at once, and
+/// consecutive ticks `period_ms` apart unless the earlier run was past due (the
+/// ticks of an outage collapse into it). Returns the ticks, in order.
+fn check_ticks(events: &[Event], period_ms: i64) -> Vec<(i64, bool)> {
+    use std::collections::BTreeMap;
+    let mut by_tick: BTreeMap<i64, (String, bool)> = BTreeMap::new();
+    let mut active: Vec<(String, u64)> = Vec::new();
+    for e in events {
+        if e.start {
+            // A start of the same id again is a re-dispatch: the earlier one was lost.
+            active.retain(|(id, _)| *id != e.id);
+            assert!(
+                active.is_empty(),
+                "run {} started at {} while {active:?} still ran",
+                e.id,
+                e.at_ms
+            );
+            active.push((e.id.clone(), e.pid));
+            let tick = chrono_ms(&e.tick);
+            let known = by_tick.entry(tick).or_insert((e.id.clone(), e.past_due));
+            assert_eq!(known.0, e.id, "tick {} ran with two invocation ids", e.tick);
+        } else {
+            active.retain(|(id, pid)| !(*id == e.id && *pid == e.pid));
+        }
+    }
+    let ticks: Vec<(i64, bool)> = by_tick.iter().map(|(t, (_, p))| (*t, *p)).collect();
+    for pair in ticks.windows(2) {
+        let ((a, past_due), (b, _)) = (pair[0], pair[1]);
+        assert!(
+            b - a == period_ms || (past_due && b - a > period_ms),
+            "ticks {a} and {b}: {} ms apart, and the run of {a} was not past due (ticks {ticks:?})",
+            b - a
+        );
+    }
+    ticks
+}
+
+/// RFC 3339 → Unix ms.
+fn chrono_ms(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("tick `{s}`: {e}"))
+        .timestamp_millis()
+}
+
+#[test]
+fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_loss() {
+    let mut c = Cluster::new(5);
+    let m1 = c.bootstrap(0);
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.join(2, "management", &c.seeds(&[1]));
+    let seeds = c.seeds(&[0, 1, 2]);
+    let w4 = c.join(3, "worker", &seeds);
+    let w5 = c.join(4, "worker", &seeds);
+    let admin = c.admin();
+    let apps = tempfile::tempdir().unwrap();
+    let record = apps.path().join("ticks.jsonl");
+    let app = apps.path().join("ticks");
+    // Every 2 s, runs of 1.2 s (a worker killed at a random moment likely cuts
+    // one off); missed ticks are caught up (useMonitor).
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "tick",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"*/2 * * * * *","useMonitor":true}]}"#,
+        )],
+    );
+    let settings = serde_json::json!({"Values": {
+        "TEST_HANDLER_RECORD": record.to_str().unwrap(),
+        "TEST_HANDLER_ACTION": "sleep=1200",
+    }});
+    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
+    let out = cli(
+        &m2.server,
+        &admin,
+        &[
+            "app",
+            "deploy",
+            app.to_str().unwrap(),
+            "--publish-local-settings",
+        ],
+    );
+    assert_eq!(out.code, 0, "deploy: {}", out.stderr);
+    eventually(Duration::from_secs(30), "the first ticks", || {
+        (read_events(&record).iter().filter(|e| !e.start).count() >= 2).then_some(())
+    });
+
+    let leader = |servers: &[&str]| -> u64 {
+        eventually(Duration::from_secs(30), "a leader", || {
+            servers.iter().find_map(|s| {
+                json(s, &admin, &["cluster", "status"])?["leader_id"]
+                    .as_u64()
+                    .filter(|l| *l != 0)
+            })
+        })
+    };
+    let mut managers = vec![Some(m1), Some(m2), Some(m3)];
+    // Kill the leader twice (the first one comes back in between).
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_secs(5));
+        let servers: Vec<String> = managers
+            .iter()
+            .flatten()
+            .map(|m| m.server.clone())
+            .collect();
+        let refs: Vec<&str> = servers.iter().map(String::as_str).collect();
+        let old = leader(&refs);
+        managers[(old - 1) as usize].take().unwrap().kill9();
+        let survivors: Vec<String> = managers
+            .iter()
+            .flatten()
+            .map(|m| m.server.clone())
+            .collect();
+        let refs: Vec<&str> = survivors.iter().map(String::as_str).collect();
+        eventually(Duration::from_secs(30), "a new leader", || {
+            (leader(&refs) != old).then_some(())
+        });
+        if round == 0 {
+            std::thread::sleep(Duration::from_secs(4));
+            let i = (old - 1) as usize;
+            managers[i] = Some(c.join(i, "management", &seeds));
+        }
+    }
+    // Kill the worker while it runs a tick: the run is sent to the other worker
+    // with the same invocation id.
+    let mgmt = managers.iter().flatten().next().unwrap().server.clone();
+    let victim_node = eventually(Duration::from_secs(30), "a run going on", || {
+        let events = read_events(&record);
+        let last = events.last()?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        if !last.start || now_ms.saturating_sub(last.at_ms) > 300 {
+            std::thread::sleep(Duration::from_millis(20));
+            return None;
+        }
+        let status = json(&mgmt, &admin, &["cluster", "status"])?;
+        status["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["pid"].as_u64() == Some(last.pid))?["node_id"]
+            .as_u64()
+    });
+    let (victim, survivor) = if victim_node == 5 { (w5, w4) } else { (w4, w5) };
+    victim.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+
+    // No quorum for a while (two managers stopped): the ticks it missed run as one
+    // past-due run once a leader is back.
+    let up: Vec<usize> = (0..3).filter(|i| managers[*i].is_some()).collect();
+    for i in &up[..2] {
+        managers[*i].take().unwrap().kill9();
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    for i in &up[..2] {
+        managers[*i] = Some(c.join(*i, "management", &seeds));
+    }
+    let servers: Vec<String> = managers
+        .iter()
+        .flatten()
+        .map(|m| m.server.clone())
+        .collect();
+    let refs: Vec<&str> = servers.iter().map(String::as_str).collect();
+    leader(&refs);
+    let resumed = read_events(&record).len();
+    eventually(
+        Duration::from_secs(60),
+        "ticks after the outage, 40 s in all",
+        || {
+            let events = read_events(&record);
+            let span = events.last()?.at_ms - events.first()?.at_ms;
+            (events.len() >= resumed + 6 && span >= 40_000).then_some(())
+        },
+    );
+    let status = json(&servers[0], &admin, &["fn", "list", "ticks"]);
+    for up in managers.into_iter().flatten().chain([survivor]) {
+        up.stop();
+    }
+
+    let events = read_events(&record);
+    let ticks = check_ticks(&events, 2000);
+    let starts = events.iter().filter(|e| e.start).count();
+    eprintln!(
+        "{} ticks, {} past due, {} runs sent again after a worker loss: {ticks:?}",
+        ticks.len(),
+        ticks.iter().filter(|(_, p)| *p).count(),
+        starts - ticks.len()
+    );
+    assert!(ticks.len() >= 15, "{} ticks ran: {ticks:?}", ticks.len());
+    assert!(
+        starts > ticks.len(),
+        "the run cut off with its worker was sent again (same id)"
+    );
+    assert!(
+        ticks.iter().any(|(_, past_due)| *past_due),
+        "the ticks missed without a quorum ran as one past-due run: {ticks:?}"
+    );
+    // The timer's status is shown (its last run and next tick).
+    let status = status.expect("fn list --output json");
+    let timer = &status["functions"][0]["timer"];
+    assert!(timer["next_ms"].as_i64().unwrap_or(0) > 0, "{status}");
+    assert!(timer["last_run"]["succeeded"] == true, "{status}");
+}
