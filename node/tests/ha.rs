@@ -129,6 +129,18 @@ impl Cluster {
         self.start(i, roles, &["--join", seeds, "--join-token", &self.token])
     }
 
+    /// Nodes 1–3 management, 4–5 workers.
+    fn three_managers_two_workers() -> (Cluster, [Up; 5]) {
+        let mut c = Cluster::new(5);
+        let m1 = c.bootstrap(0);
+        let m2 = c.join(1, "management", &c.seeds(&[0]));
+        let m3 = c.join(2, "management", &c.seeds(&[1]));
+        let seeds = c.seeds(&[0, 1, 2]);
+        let w4 = c.join(3, "worker", &seeds);
+        let w5 = c.join(4, "worker", &seeds);
+        (c, [m1, m2, m3, w4, w5])
+    }
+
     fn admin(&self) -> String {
         std::fs::read_to_string(self.dirs[0].path().join("admin.token"))
             .unwrap()
@@ -139,13 +151,8 @@ impl Cluster {
 
 #[test]
 fn t90_three_managers_two_workers_survive_leader_loss_worker_loss_and_a_drain() {
-    let mut c = Cluster::new(5);
-    let m1 = c.bootstrap(0);
-    let m2 = c.join(1, "management", &c.seeds(&[0]));
-    let m3 = c.join(2, "management", &c.seeds(&[1]));
+    let (c, [m1, m2, m3, w4, w5]) = Cluster::three_managers_two_workers();
     let seeds = c.seeds(&[0, 1, 2]);
-    let w4 = c.join(3, "worker", &seeds);
-    let w5 = c.join(4, "worker", &seeds);
     let admin = c.admin();
     let apps = tempfile::tempdir().unwrap();
     deploy_web(&m2.server, &admin, apps.path(), "web");
@@ -577,13 +584,8 @@ fn chrono_ms(s: &str) -> i64 {
 
 #[test]
 fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_loss() {
-    let mut c = Cluster::new(5);
-    let m1 = c.bootstrap(0);
-    let m2 = c.join(1, "management", &c.seeds(&[0]));
-    let m3 = c.join(2, "management", &c.seeds(&[1]));
+    let (c, [m1, m2, m3, w4, w5]) = Cluster::three_managers_two_workers();
     let seeds = c.seeds(&[0, 1, 2]);
-    let w4 = c.join(3, "worker", &seeds);
-    let w5 = c.join(4, "worker", &seeds);
     let admin = c.admin();
     let apps = tempfile::tempdir().unwrap();
     let record = apps.path().join("ticks.jsonl");
