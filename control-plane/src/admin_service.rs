@@ -859,6 +859,71 @@ impl AdminService for AdminApi {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn invoke_function(
+        &self,
+        request: Request<pb::InvokeFunctionRequest>,
+    ) -> Result<Response<pb::InvokeFunctionResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        let view = self.fresh().await?;
+        let state = find_app(&view, &app)?;
+        let function = state
+            .active()
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(&req.function_name))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "app `{app}` has no function `{}`",
+                    req.function_name
+                ))
+            })?;
+        match &function.trigger {
+            Trigger::Timer(_) => {}
+            Trigger::Http(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "function `{}` has an HTTP trigger: call its URL (strom fn list shows it)",
+                    function.name
+                )))
+            }
+            Trigger::Unsupported { binding_type } => {
+                return Err(Status::failed_precondition(format!(
+                    "function `{}`'s trigger ({binding_type}) is not supported on this cluster",
+                    function.name
+                )))
+            }
+        }
+        let timer = TimerId {
+            app: app.clone(),
+            function: function.name.clone(),
+        };
+        let id = strom_proto::ids::new_invocation_id();
+        let run = crate::timer_service::manual_dispatch(&view.state, &timer, id.clone(), now_ms())
+            .ok_or_else(|| Status::not_found(format!("no timer function {timer}")))?;
+        let dispatcher = self.node.duties.timers.get().ok_or_else(|| {
+            Status::unavailable("this node has no function port to run functions through")
+        })?;
+        tracing::info!(%timer, invocation_id = %id, "admin invoke");
+        let running = dispatcher.dispatch(run);
+        if req.no_wait {
+            tokio::spawn(running);
+            return Ok(Response::new(pb::InvokeFunctionResponse {
+                invocation_id: id,
+                ..Default::default()
+            }));
+        }
+        let outcome = running.await;
+        Ok(Response::new(pb::InvokeFunctionResponse {
+            invocation_id: id,
+            finished: true,
+            succeeded: outcome.succeeded,
+            error: outcome.error,
+            duration_ms: outcome.duration_ms,
+        }))
+    }
+
     async fn list_functions(
         &self,
         request: Request<pb::ListFunctionsRequest>,

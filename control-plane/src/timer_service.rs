@@ -82,6 +82,31 @@ pub fn dispatch_for(
     })
 }
 
+/// A run of `timer` now, outside its schedule (an admin invoke): a new id,
+/// `IsPastDue` false, the status as it is. Not a tick: the record is untouched.
+pub fn manual_dispatch(
+    state: &ClusterState,
+    timer: &TimerId,
+    invocation_id: String,
+    now_ms: i64,
+) -> Option<TimerDispatch> {
+    let trigger = state.timer_trigger(timer)?;
+    let app = state.apps.get(&timer.app)?;
+    let zone = timers::time_zone(&app.settings).unwrap_or(chrono_tz::Tz::UTC);
+    let status = state
+        .timers
+        .get(timer)
+        .filter(|_| trigger.use_monitor != Some(false))
+        .map(|r| r.status());
+    Some(TimerDispatch {
+        timer: timer.clone(),
+        invocation_id,
+        binding: trigger.binding_name.clone(),
+        value: timers::timer_info(zone, status.as_ref(), false),
+        tick_ms: now_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +177,16 @@ mod tests {
             d.value["ScheduleStatus"]["Next"],
             "2027-01-15T09:00:02.000+01:00"
         );
+        // An admin invoke: a new id, never past due, the record untouched.
+        let before = s.timers.clone();
+        let m = manual_dispatch(&s, &timer, "manual".into(), 1_800_000_002_500).unwrap();
+        assert_eq!(m.invocation_id, "manual");
+        assert_eq!(m.value["IsPastDue"], false);
+        assert_eq!(s.timers, before);
+        let other = TimerId {
+            app: timer.app.clone(),
+            function: "api".into(),
+        };
+        assert!(manual_dispatch(&s, &other, "x".into(), 0).is_none());
     }
 }

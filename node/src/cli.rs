@@ -467,6 +467,22 @@ pub enum FnCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Run a non-HTTP (timer) function now, outside its schedule, on a worker
+    /// that runs its app; waits and prints the outcome (exit 1 if it failed).
+    Invoke {
+        /// The app's name.
+        app: String,
+        /// The function's name.
+        function: String,
+        /// Azure's `input` (JSON text); a timer function ignores it.
+        #[arg(long)]
+        input: Option<String>,
+        /// Print the invocation id once the run is started; do not wait for it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show recent invocations with their logs; `--follow` keeps streaming.
     Logs {
         /// The app's name.

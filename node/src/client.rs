@@ -413,6 +413,49 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                 .into_inner();
             Printer::of(&client).message(&format!("deleted key `{name}`"), &resp);
         }
+        FnCommand::Invoke {
+            app,
+            function,
+            input,
+            no_wait,
+            client,
+        } => {
+            let input = input.unwrap_or_default();
+            if !input.is_empty() {
+                if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
+                    return Err(CliError::new(2, format!("--input is not JSON: {e}")));
+                }
+            }
+            let mut c = connect(&client).await?;
+            let resp = c
+                .invoke_function(pb::InvokeFunctionRequest {
+                    app_name: app.clone(),
+                    function_name: function.clone(),
+                    input,
+                    no_wait,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let text = match (resp.finished, resp.succeeded) {
+                (false, _) => format!(
+                    "started {app}/{function}: invocation {} (`strom fn logs {app} {function}` shows it)",
+                    resp.invocation_id
+                ),
+                (true, true) => format!(
+                    "{app}/{function} succeeded in {} ms (invocation {})",
+                    resp.duration_ms, resp.invocation_id
+                ),
+                (true, false) => format!(
+                    "{app}/{function} failed after {} ms (invocation {}): {}",
+                    resp.duration_ms, resp.invocation_id, resp.error
+                ),
+            };
+            Printer::of(&client).message(&text, &resp);
+            if resp.finished && !resp.succeeded {
+                return Err(CliError::new(1, format!("{app}/{function} failed")));
+            }
+        }
         FnCommand::Logs {
             app,
             function,

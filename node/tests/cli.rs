@@ -1063,7 +1063,7 @@ class H(BaseHTTPRequestHandler):
         timer = body["Data"]["myTimer"]
         log = "ran %s past_due=%s id=%s" % (self.path, timer["IsPastDue"], self.headers["X-Azure-Functions-InvocationId"])
         out = json.dumps({"Outputs": {}, "Logs": [log]}).encode()
-        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_response(500 if os.environ.get("FAIL") else 200); self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
     def log_message(self, *a): pass
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"])), H).serve_forever()
@@ -1125,5 +1125,34 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
         b"",
     );
     assert_eq!(r.status, 202, "{}", r.text());
+
+    // `strom fn invoke` runs it and waits for its outcome.
+    let out = up.strom(&["fn", "invoke", "jobs", "tick"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("jobs/tick succeeded in"),
+        "{}",
+        out.stdout
+    );
+    let out = up.strom(&["fn", "invoke", "jobs", "nope"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("no function `nope`"), "{}", out.stderr);
+    let out = up.strom(&["fn", "invoke", "jobs", "tick", "--input", "{not json"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // A run that fails: exit 1, and the handler's answer named.
+    let out = up.strom(&["app", "settings", "set", "jobs", "FAIL=1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = eventually(Duration::from_secs(20), "a failing run", || {
+        let out = up.strom(&["fn", "invoke", "jobs", "tick"]);
+        (out.code == 1).then_some(out)
+    });
+    assert!(
+        out.stdout.contains("jobs/tick failed after"),
+        "{}",
+        out.stdout
+    );
+    let invoked = up.json(&["fn", "invoke", "jobs", "tick", "--no-wait"]);
+    assert_eq!(invoked["finished"], false, "{invoked}");
+    assert!(!invoked["invocation_id"].as_str().unwrap_or("").is_empty());
     up.stop();
 }

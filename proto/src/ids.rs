@@ -149,6 +149,11 @@ impl TokenHash {
     }
 }
 
+/// A new invocation id (a random UUID, as Azure's).
+pub fn new_invocation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,9 +186,4 @@ mod tests {
         assert!(!h.matches("secreT"));
         assert!(!h.matches(""));
     }
-}
-
-/// A new invocation id (a random UUID, as Azure's).
-pub fn new_invocation_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
