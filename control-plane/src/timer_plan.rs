@@ -10,6 +10,11 @@
 //!   skips a missed tick (no monitor) or follows a changed schedule;
 //! - a disabled timer does nothing (re-enabled, its missed ticks collapse into one
 //!   past-due run, as Azure's listener does when it starts again);
+//! - a `runOnStartup` timer that has not run since its app's active version was
+//!   deployed runs once now (not past due): its next tick is moved to now
+//!   (`ScheduleTimer`), then fired; the tick after it is the schedule's. "Since the
+//!   deploy" compares ticks with the version's `deployed_at_ms` only, so leaders
+//!   with skewed clocks cannot run it twice;
 //! - every recorded run that this leader is not dispatching yet is to be dispatched,
 //!   with its recorded invocation id: at a new term, all of them.
 
@@ -77,6 +82,40 @@ pub fn plan(state: &ClusterState, now_ms: i64, mut new_id: impl FnMut() -> Strin
             let record = state.timers.get(&timer);
             let status = record.map(TimerRecord::status);
             let running = record.is_some_and(|r| r.running.is_some());
+            let deployed_ms = app.active().deployed_at_ms;
+            if spec.run_on_startup && !running && startup_due(record, deployed_ms) {
+                let startup = now_ms.max(deployed_ms);
+                match record {
+                    Some(r) if r.next_ms >= deployed_ms && r.next_ms <= now_ms => {
+                        let Some(next) = spec.next_after(at(now_ms)) else {
+                            continue;
+                        };
+                        actions.push(TimerAction::Propose(Command::FireTimer(Box::new(
+                            TimerFire {
+                                timer: timer.clone(),
+                                tick_ms: r.next_ms,
+                                invocation_id: new_id(),
+                                past_due: false,
+                                next_ms: next.timestamp_millis().max(r.next_ms + 1),
+                                schedule: spec.describe(),
+                                at_ms: now_ms,
+                            },
+                        ))));
+                        wake(next.timestamp_millis());
+                    }
+                    _ => {
+                        actions.push(TimerAction::Propose(Command::ScheduleTimer {
+                            timer: timer.clone(),
+                            replaces_ms: record.map(|r| r.next_ms),
+                            next_ms: startup,
+                            schedule: spec.describe(),
+                            at_ms: now_ms,
+                        }));
+                        wake(startup);
+                    }
+                }
+                continue;
+            }
             let schedule = |next: DateTime<Utc>| Command::ScheduleTimer {
                 timer: timer.clone(),
                 replaces_ms: record.map(|r| r.next_ms),
@@ -119,6 +158,14 @@ pub fn plan(state: &ClusterState, now_ms: i64, mut new_id: impl FnMut() -> Strin
     }
     out.actions = actions;
     out
+}
+
+/// Whether a `runOnStartup` timer has yet to run for the version deployed at
+/// `deployed_ms`: it has not fired a tick since.
+fn startup_due(record: Option<&TimerRecord>, deployed_ms: i64) -> bool {
+    record
+        .and_then(|r| r.last_ms)
+        .is_none_or(|last| last < deployed_ms)
 }
 
 /// The recorded runs this leader must dispatch (again): those whose invocation id
@@ -216,6 +263,92 @@ mod tests {
             (fire.tick_ms, fire.next_ms, fire.invocation_id.as_str()),
             (4_000, 6_000, "id-2")
         );
+    }
+
+    #[test]
+    fn a_run_on_startup_timer_runs_once_per_deploy_and_keeps_its_schedule() {
+        use crate::cluster_state::tests::{deploy, manifest};
+        let mut s = initialized_at_protocol_6();
+        let startup = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 0 3 * * *","runOnStartup":true}]}"#;
+        let three_am = 1_800_068_400_000; // 2027-01-16T03:00:00Z
+        let m = manifest("api", &[("nightly", startup)]);
+        s.apply(&deploy("batch", 1, m.clone(), 1_800_000_000_000));
+        let mut new_id = ids();
+        // Deployed: its next tick moves to now, then runs (not past due).
+        let p = step(&mut s, 1_800_000_000_500, &mut new_id);
+        assert!(
+            matches!(
+                p.actions.as_slice(),
+                [TimerAction::Propose(Command::ScheduleTimer {
+                    next_ms: 1_800_000_000_500,
+                    ..
+                })]
+            ),
+            "{p:?}"
+        );
+        let p = step(&mut s, 1_800_000_000_510, &mut new_id);
+        let [TimerAction::Propose(Command::FireTimer(fire))] = p.actions.as_slice() else {
+            panic!("{p:?}")
+        };
+        assert_eq!((fire.tick_ms, fire.past_due), (1_800_000_000_500, false));
+        assert_eq!(fire.next_ms, three_am, "the schedule goes on");
+        let timer = fire.timer.clone();
+        complete(&mut s, &timer, "id-1", 1_800_000_001_000);
+        // Once per deploy: nothing more until 03:00, even with a clock behind.
+        for now in [1_800_000_002_000, 1_799_999_000_000] {
+            let p = step(&mut s, now, &mut new_id);
+            assert!(p.actions.is_empty(), "{p:?}");
+        }
+        // A new version runs it again; a settings change does not.
+        s.apply(&Command::SetAppSettings {
+            app: timer.app.clone(),
+            set: [("X".to_string(), "1".to_string())].into(),
+            remove: vec![],
+            at_ms: 1_800_000_003_000,
+        });
+        assert!(step(&mut s, 1_800_000_003_100, &mut new_id)
+            .actions
+            .is_empty());
+        let mut m2 = m;
+        m2.functions[0].name = "nightly".into();
+        m2.host.function_timeout_ms = Some(60_000);
+        s.apply(&deploy("batch", 2, m2, 1_800_000_004_000));
+        let p = step(&mut s, 1_800_000_004_100, &mut new_id);
+        assert!(
+            matches!(
+                p.actions.as_slice(),
+                [TimerAction::Propose(Command::ScheduleTimer { .. })]
+            ),
+            "{p:?}"
+        );
+        let p = step(&mut s, 1_800_000_004_200, &mut new_id);
+        assert!(
+            matches!(p.actions.as_slice(), [TimerAction::Propose(Command::FireTimer(f))] if f.tick_ms == 1_800_000_004_100),
+            "{p:?}"
+        );
+    }
+
+    fn initialized_at_protocol_6() -> ClusterState {
+        let mut s = crate::cluster_state::tests::initialized();
+        s.apply(&Command::SetClusterProtocol {
+            protocol: Feature::Timers.since(),
+            at_ms: 1,
+        });
+        s
+    }
+
+    fn complete(s: &mut ClusterState, timer: &TimerId, id: &str, at_ms: i64) {
+        let r = s.apply(&Command::CompleteTimer {
+            timer: timer.clone(),
+            invocation_id: id.into(),
+            outcome: TimerOutcome {
+                succeeded: true,
+                error: String::new(),
+                duration_ms: 1,
+            },
+            at_ms,
+        });
+        assert_eq!(r, CommandResult::Applied);
     }
 
     #[test]
