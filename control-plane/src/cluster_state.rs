@@ -19,7 +19,7 @@ use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
 use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::SharedRoute;
 
-use crate::timer_records::TimerRecord;
+use crate::timer_records::{TimerRecord, TimerRetryState};
 use strom_proto::version::{Feature, OLDEST_PROTOCOL};
 
 /// Identity of the cluster, set once by `InitCluster`.
@@ -44,6 +44,46 @@ pub struct ClusterState {
     pub protocol: u32,
     /// Timer functions' schedule status and runs (protocol 6; snapshot format 3).
     pub timers: BTreeMap<TimerId, TimerRecord>,
+    /// Runs being retried: their next attempt (protocol 7; snapshot format 4).
+    pub timer_retries: BTreeMap<TimerId, TimerRetryState>,
+}
+
+/// `ClusterState` as builds of protocol 6 encode it: snapshot format 3. Field for
+/// field the same, without `timer_retries`.
+#[derive(Debug, Deserialize)]
+pub struct ClusterStateV3 {
+    pub cluster: Option<ClusterInfo>,
+    pub apps: BTreeMap<AppName, AppState>,
+    pub workers: BTreeMap<NodeId, WorkerState>,
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: BTreeMap<TimerId, TimerRecord>,
+}
+
+/// Encodes a state as [`ClusterStateV3`] (its retries left out: there are none
+/// before protocol 7).
+#[derive(Serialize)]
+pub struct ClusterStateV3Ref<'a> {
+    pub cluster: &'a Option<ClusterInfo>,
+    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub workers: &'a BTreeMap<NodeId, WorkerState>,
+    pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: &'a BTreeMap<TimerId, TimerRecord>,
+}
+
+impl From<ClusterStateV3> for ClusterState {
+    fn from(v: ClusterStateV3) -> ClusterState {
+        ClusterState {
+            cluster: v.cluster,
+            apps: v.apps,
+            workers: v.workers,
+            placements: v.placements,
+            protocol: v.protocol,
+            timers: v.timers,
+            timer_retries: BTreeMap::new(),
+        }
+    }
 }
 
 /// `ClusterState` as builds before timers (protocol ≤ 5) encode it: snapshot
@@ -76,11 +116,23 @@ impl From<ClusterStateV2> for ClusterState {
             placements: v.placements,
             protocol: v.protocol,
             timers: BTreeMap::new(),
+            timer_retries: BTreeMap::new(),
         }
     }
 }
 
 impl ClusterState {
+    pub fn as_v3(&self) -> ClusterStateV3Ref<'_> {
+        ClusterStateV3Ref {
+            cluster: &self.cluster,
+            apps: &self.apps,
+            workers: &self.workers,
+            placements: &self.placements,
+            protocol: self.protocol,
+            timers: &self.timers,
+        }
+    }
+
     pub fn as_v2(&self) -> ClusterStateV2Ref<'_> {
         ClusterStateV2Ref {
             cluster: &self.cluster,
@@ -222,7 +274,8 @@ impl ClusterState {
             }
             Command::ScheduleTimer { .. }
             | Command::FireTimer(_)
-            | Command::CompleteTimer { .. } => self.apply_timer(command),
+            | Command::CompleteTimer { .. }
+            | Command::RetryTimer(_) => self.apply_timer(command),
             Command::SetAppSettings {
                 app,
                 set,

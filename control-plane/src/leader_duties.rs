@@ -43,7 +43,9 @@ use tokio_util::sync::CancellationToken;
 use crate::leases::{Lease, Leases};
 use crate::management::{now_ms, ManagementNode};
 use crate::membership::cluster_of;
-use crate::timer_service::{dispatch_for, DispatcherSlot, TimerDispatch, TimerDispatcher};
+use crate::timer_service::{
+    dispatch_for, outcome_command, DispatcherSlot, TimerDispatch, TimerDispatcher,
+};
 use crate::{retention, scheduler, timer_plan};
 
 /// How often the leader looks at leases and runs the scheduler.
@@ -348,16 +350,20 @@ impl Term {
                 if !outcome.succeeded {
                     tracing::warn!(%timer, %invocation_id, "timer run failed: {}", outcome.error);
                 }
-                self.commit(
-                    Command::CompleteTimer {
-                        timer,
-                        invocation_id,
-                        outcome,
-                        at_ms: now_ms(),
-                    },
-                    "recording a timer run's outcome",
-                )
-                .await;
+                let view = self.node.read_local();
+                let command = outcome_command(
+                    &view.state,
+                    &timer,
+                    &invocation_id,
+                    outcome,
+                    now_ms(),
+                    strom_proto::ids::new_invocation_id,
+                );
+                if let Command::RetryTimer(r) = &command {
+                    tracing::info!(%timer, attempt = r.attempt, retry_at_ms = r.retry_at_ms, "timer run: retrying");
+                }
+                self.commit(command, "recording a timer run's outcome")
+                    .await;
             }
         }
     }
@@ -505,12 +511,12 @@ impl Term {
             }
         }
         let view = self.node.read_local();
-        for (timer, run) in timer_plan::to_dispatch(&view.state, &self.dispatching) {
-            let Some(dispatch) = dispatch_for(&view.state, timer, run) else {
+        for (timer, attempt) in timer_plan::to_dispatch(&view.state, &self.dispatching, now_ms()) {
+            let Some(dispatch) = dispatch_for(&view.state, timer, &attempt) else {
                 continue;
             };
-            tracing::info!(%timer, invocation_id = %run.invocation_id, tick_ms = run.tick_ms, past_due = run.past_due, "timer run: sending");
-            self.dispatching.insert(run.invocation_id.clone());
+            tracing::info!(%timer, invocation_id = attempt.invocation_id(), attempt = attempt.number(), tick_ms = attempt.run.tick_ms, past_due = attempt.run.past_due, "timer run: sending");
+            self.dispatching.insert(attempt.invocation_id().to_string());
             self.send_run(&dispatcher, timer.clone(), dispatch);
         }
     }

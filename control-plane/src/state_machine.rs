@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::cluster_state::ClusterState;
 
-/// Snapshot format written by this build. Formats 1 (no workers, no placements)
-/// and 2 (no timers) are still read and migrated.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// Snapshot format written by this build. Formats 1 (no workers, no placements),
+/// 2 (no timers) and 3 (no timer retries) are still read and migrated.
+pub const SNAPSHOT_FORMAT: u32 = 4;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers see: the state as of `last_applied`.
@@ -127,6 +127,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
             state: old.state.into(),
         });
     }
+    if format == 3 {
+        let old: SnapshotBodyV3 = codec::decode(body)?;
+        return Ok(SnapshotBody {
+            meta: old.meta,
+            state: old.state.into(),
+        });
+    }
     codec::decode(body)
 }
 
@@ -137,12 +144,26 @@ fn encode_snapshot(
     meta: &SnapshotMeta,
     state: &ClusterState,
 ) -> Result<Vec<u8>, codec::CodecError> {
-    if state.allows(strom_proto::version::Feature::Timers) {
+    if state.allows(strom_proto::version::Feature::TimerRetries) {
         return codec::encode_envelope(
             SNAPSHOT_FORMAT,
             &SnapshotBody {
                 meta: meta.clone(),
                 state: state.clone(),
+            },
+        );
+    }
+    if state.allows(strom_proto::version::Feature::Timers) {
+        #[derive(Serialize)]
+        struct V3<'a> {
+            meta: &'a SnapshotMeta,
+            state: crate::cluster_state::ClusterStateV3Ref<'a>,
+        }
+        return codec::encode_envelope(
+            3,
+            &V3 {
+                meta,
+                state: state.as_v3(),
             },
         );
     }
@@ -158,6 +179,13 @@ fn encode_snapshot(
             state: state.as_v2(),
         },
     )
+}
+
+/// Format 3: the state before timer retries.
+#[derive(Deserialize)]
+struct SnapshotBodyV3 {
+    meta: SnapshotMeta,
+    state: crate::cluster_state::ClusterStateV3,
 }
 
 /// Format 2: the state before timers.
@@ -373,9 +401,16 @@ mod tests {
         assert_eq!(codec::open_envelope(&old, 2).unwrap().0, 2);
         assert_eq!(decode_snapshot(&old).unwrap().state, state);
         state.protocol = 6;
-        let new = encode_snapshot(&meta, &state).unwrap();
-        assert_eq!(codec::open_envelope(&new, 3).unwrap().0, 3);
-        assert_eq!(decode_snapshot(&new).unwrap().state, state);
+        let v3 = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&v3, 3).unwrap().0, 3);
+        assert_eq!(decode_snapshot(&v3).unwrap().state, state);
+        // Protocol 7: format 4, with the timers' retries.
+        state.protocol = 7;
+        let (timer, retry) = crate::timer_records::tests::a_retry();
+        state.timer_retries.insert(timer, retry);
+        let v4 = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&v4, 4).unwrap().0, 4);
+        assert_eq!(decode_snapshot(&v4).unwrap().state, state);
     }
 
     /// A snapshot of a build before timers (format 2) still loads, with no timers.

@@ -27,7 +27,7 @@ use strom_proto::timers::{due, Due, TimerSpec};
 use strom_proto::version::Feature;
 
 use crate::cluster_state::ClusterState;
-use crate::timer_records::{TimerRecord, TimerRun};
+use crate::timer_records::{Attempt, TimerRecord};
 
 /// One thing to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +156,12 @@ pub fn plan(state: &ClusterState, now_ms: i64, mut new_id: impl FnMut() -> Strin
             }
         }
     }
+    // Retries waiting for their time.
+    for retry in state.timer_retries.values() {
+        if retry.retry_at_ms > now_ms {
+            wake(retry.retry_at_ms);
+        }
+    }
     out.actions = actions;
     out
 }
@@ -168,16 +174,18 @@ fn startup_due(record: Option<&TimerRecord>, deployed_ms: i64) -> bool {
         .is_none_or(|last| last < deployed_ms)
 }
 
-/// The recorded runs this leader must dispatch (again): those whose invocation id
-/// it is not dispatching already. Each keeps its id, so a handler sees one id per
-/// tick however many leaders sent it.
+/// The recorded runs this leader must dispatch (again) at `now_ms`: each run's
+/// current attempt whose invocation id it is not dispatching already and whose
+/// retry time (if a retry) has come. Each keeps its id, so a handler sees one id
+/// per attempt however many leaders sent it.
 pub fn to_dispatch<'a>(
     state: &'a ClusterState,
     dispatching: &HashSet<String>,
-) -> Vec<(&'a TimerId, &'a TimerRun)> {
+    now_ms: i64,
+) -> Vec<(&'a TimerId, Attempt)> {
     state
-        .timer_runs()
-        .filter(|(_, run)| !dispatching.contains(&run.invocation_id))
+        .timer_attempts()
+        .filter(|(_, a)| !dispatching.contains(a.invocation_id()) && a.due_ms() <= now_ms)
         .collect()
 }
 
@@ -238,11 +246,11 @@ mod tests {
         // While it runs, the next tick waits; the run is to be dispatched, once per leader.
         let p = step(&mut s, 4_500, &mut new_id);
         assert!(p.actions.is_empty(), "{p:?}");
-        let runs = to_dispatch(&s, &HashSet::new());
+        let runs = to_dispatch(&s, &HashSet::new(), 4_500);
         assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].1.invocation_id, "id-1");
+        assert_eq!(runs[0].1.invocation_id(), "id-1");
         let dispatching: HashSet<String> = ["id-1".to_string()].into();
-        assert!(to_dispatch(&s, &dispatching).is_empty());
+        assert!(to_dispatch(&s, &dispatching, 4_500).is_empty());
         // Completed late: the waiting tick runs now, past due only if beyond the grace.
         let timer = runs[0].0.clone();
         s.apply(&Command::CompleteTimer {

@@ -53,6 +53,48 @@ pub struct TimerRun {
     pub fired_at_ms: i64,
 }
 
+/// A run being retried (protocol 7): its next attempt. The run stays recorded
+/// in its timer's record until an attempt succeeds or the policy gives up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRetryState {
+    /// 1 = the first retry.
+    pub attempt: u32,
+    /// The attempt's own invocation id (the same on every dispatch of it).
+    pub invocation_id: String,
+    /// Not before this time (Unix ms).
+    pub retry_at_ms: i64,
+    /// Why the previous attempt failed (`RetryContext.Exception`).
+    pub error: String,
+}
+
+/// The attempt of a recorded run to send now or later: the run, and its retry
+/// (none for the first attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub run: TimerRun,
+    pub retry: Option<TimerRetryState>,
+}
+
+impl Attempt {
+    /// This attempt's invocation id.
+    pub fn invocation_id(&self) -> &str {
+        match &self.retry {
+            Some(r) => &r.invocation_id,
+            None => &self.run.invocation_id,
+        }
+    }
+
+    /// 0 for the first attempt.
+    pub fn number(&self) -> u32 {
+        self.retry.as_ref().map_or(0, |r| r.attempt)
+    }
+
+    /// When it may be sent (Unix ms).
+    pub fn due_ms(&self) -> i64 {
+        self.retry.as_ref().map_or(i64::MIN, |r| r.retry_at_ms)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinishedRun {
     pub tick_ms: i64,
@@ -75,6 +117,20 @@ impl ClusterState {
                 Trigger::Timer(t) => Some(t),
                 _ => None,
             })
+    }
+
+    /// The function of `timer` in its app's active version.
+    pub fn timer_function(
+        &self,
+        timer: &TimerId,
+    ) -> Option<&strom_proto::manifest::FunctionManifest> {
+        self.apps
+            .get(&timer.app)?
+            .active()
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name == timer.function)
     }
 
     fn timer_exists(&self, timer: &TimerId) -> Result<(), Rejection> {
@@ -102,7 +158,16 @@ impl ClusterState {
         }
     }
 
-    /// `ScheduleTimer`, `FireTimer` and `CompleteTimer`.
+    /// The current attempt's invocation id of `timer`'s recorded run.
+    fn current_attempt_id(&self, timer: &TimerId) -> Option<&str> {
+        let run = self.timers.get(timer)?.running.as_ref()?;
+        Some(match self.timer_retries.get(timer) {
+            Some(r) => &r.invocation_id,
+            None => &run.invocation_id,
+        })
+    }
+
+    /// `ScheduleTimer`, `FireTimer`, `CompleteTimer` and `RetryTimer`.
     pub(crate) fn apply_timer(&mut self, command: &Command) -> Result<bool, Rejection> {
         // Proposed only once every node reads them; refused alike everywhere before.
         if !self.allows(Feature::Timers) {
@@ -162,30 +227,53 @@ impl ClusterState {
                 outcome,
                 at_ms,
             } => {
-                let record =
-                    self.timers
-                        .get_mut(timer)
-                        .ok_or_else(|| Rejection::TimerRunNotFound {
-                            timer: timer.clone(),
-                            invocation_id: invocation_id.clone(),
-                        })?;
-                let run = match &record.running {
-                    Some(run) if &run.invocation_id == invocation_id => run.clone(),
-                    _ => {
-                        return Err(Rejection::TimerRunNotFound {
-                            timer: timer.clone(),
-                            invocation_id: invocation_id.clone(),
-                        })
-                    }
-                };
-                record.running = None;
+                // Only the current attempt completes the run (an older attempt's
+                // late answer changes nothing).
+                if self.current_attempt_id(timer) != Some(invocation_id.as_str()) {
+                    return Err(Rejection::TimerRunNotFound {
+                        timer: timer.clone(),
+                        invocation_id: invocation_id.clone(),
+                    });
+                }
+                self.timer_retries.remove(timer);
+                let record = self.timers.get_mut(timer).expect("a recorded run");
+                let run = record.running.take().expect("a recorded run");
                 record.updated_ms = *at_ms;
                 record.last_outcome = Some(FinishedRun {
                     tick_ms: run.tick_ms,
-                    invocation_id: run.invocation_id,
+                    invocation_id: invocation_id.clone(),
                     outcome: outcome.clone(),
                     finished_at_ms: *at_ms,
                 });
+                Ok(true)
+            }
+            Command::RetryTimer(retry) => {
+                if !self.allows(Feature::TimerRetries) {
+                    return Err(Rejection::NotYetEnabled {
+                        what: "timer retries".into(),
+                        needs: Feature::TimerRetries.since(),
+                        speaks: self.protocol(),
+                    });
+                }
+                let timer = &retry.timer;
+                if self.current_attempt_id(timer) != Some(retry.failed_invocation_id.as_str()) {
+                    return Err(Rejection::TimerRunNotFound {
+                        timer: timer.clone(),
+                        invocation_id: retry.failed_invocation_id.clone(),
+                    });
+                }
+                self.timer_retries.insert(
+                    timer.clone(),
+                    TimerRetryState {
+                        attempt: retry.attempt,
+                        invocation_id: retry.invocation_id.clone(),
+                        retry_at_ms: retry.retry_at_ms,
+                        error: retry.error.clone(),
+                    },
+                );
+                if let Some(record) = self.timers.get_mut(timer) {
+                    record.updated_ms = retry.at_ms;
+                }
                 Ok(true)
             }
             _ => unreachable!("apply_timer is given timer commands only"),
@@ -245,6 +333,7 @@ impl ClusterState {
             .cloned()
             .collect();
         self.timers.retain(|t, _| keep.contains(t));
+        self.timer_retries.retain(|t, _| keep.contains(t));
     }
 
     /// The runs a new leader must dispatch again, each with its invocation id.
@@ -252,6 +341,19 @@ impl ClusterState {
         self.timers
             .iter()
             .filter_map(|(t, r)| r.running.as_ref().map(|run| (t, run)))
+    }
+
+    /// Each recorded run's current attempt.
+    pub fn timer_attempts(&self) -> impl Iterator<Item = (&TimerId, Attempt)> {
+        self.timer_runs().map(|(t, run)| {
+            (
+                t,
+                Attempt {
+                    run: run.clone(),
+                    retry: self.timer_retries.get(t).cloned(),
+                },
+            )
+        })
     }
 }
 
@@ -294,6 +396,74 @@ pub(crate) mod tests {
             },
             at_ms: 1,
         }
+    }
+
+    pub(crate) fn a_retry() -> (TimerId, TimerRetryState) {
+        (
+            timer(),
+            TimerRetryState {
+                attempt: 1,
+                invocation_id: "r1".into(),
+                retry_at_ms: 5000,
+                error: "exit 1".into(),
+            },
+        )
+    }
+
+    fn retry(failed: &str, attempt: u32, id: &str) -> Command {
+        Command::RetryTimer(Box::new(strom_proto::command::TimerRetry {
+            timer: timer(),
+            failed_invocation_id: failed.into(),
+            error: format!("{failed} failed"),
+            attempt,
+            invocation_id: id.into(),
+            retry_at_ms: 9000 + attempt as i64,
+            at_ms: 3000,
+        }))
+    }
+
+    #[test]
+    fn a_retried_run_keeps_the_timer_busy_and_only_its_current_attempt_moves_it() {
+        let mut s = with_timer_app();
+        s.protocol = 6;
+        assert_eq!(s.apply(&fire(2000, "a")), CommandResult::Applied);
+        // Before protocol 7: refused alike on every build.
+        assert!(matches!(
+            s.apply(&retry("a", 1, "b")),
+            CommandResult::Rejected(Rejection::NotYetEnabled { needs: 7, .. })
+        ));
+        s.protocol = 7;
+        assert_eq!(s.apply(&retry("a", 1, "b")), CommandResult::Applied);
+        // The first attempt's late answer, or a retry of it, moves nothing.
+        for stale in [complete("a"), retry("a", 1, "c")] {
+            assert!(matches!(
+                s.apply(&stale),
+                CommandResult::Rejected(Rejection::TimerRunNotFound { .. })
+            ));
+        }
+        // The timer waits for the run (no next tick fires meanwhile).
+        assert!(matches!(
+            s.apply(&fire(4000, "x")),
+            CommandResult::Rejected(Rejection::TimerBusy { .. })
+        ));
+        let attempts: Vec<Attempt> = s.timer_attempts().map(|(_, a)| a).collect();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(
+            (
+                attempts[0].invocation_id(),
+                attempts[0].number(),
+                attempts[0].due_ms()
+            ),
+            ("b", 1, 9001)
+        );
+        assert_eq!(attempts[0].retry.as_ref().unwrap().error, "a failed");
+        assert_eq!(s.apply(&retry("b", 2, "c")), CommandResult::Applied);
+        assert_eq!(s.apply(&complete("c")), CommandResult::Applied);
+        assert!(s.timer_retries.is_empty());
+        let record = &s.timers[&timer()];
+        assert!(record.running.is_none());
+        assert_eq!(record.last_outcome.as_ref().unwrap().invocation_id, "c");
+        assert_eq!(s.apply(&fire(4000, "x")), CommandResult::Applied);
     }
 
     pub(crate) fn with_timer_app() -> ClusterState {

@@ -1156,3 +1156,83 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
     assert!(!invoked["invocation_id"].as_str().unwrap_or("").is_empty());
     up.stop();
 }
+
+#[test]
+fn t42_a_failing_timer_run_is_retried_by_its_policy_with_retry_context() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let calls = apps.path().join("calls.jsonl");
+    let app = apps.path().join("jobs");
+    // Runs once at deploy (runOnStartup); fails until its second retry.
+    write_app(
+        &app,
+        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"python3","arguments":["handler.py"]}},
+            "retry":{"strategy":"fixedDelay","maxRetryCount":3,"delayInterval":"00:00:01"}}"#,
+        &[(
+            "nightly",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 0 3 * * *","runOnStartup":true}]}"#,
+        )],
+    );
+    std::fs::write(
+        app.join("handler.py"),
+        r#"import json, os, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        retry = body["Metadata"].get("RetryContext")
+        with open(os.environ["CALLS"], "a") as f:
+            f.write(json.dumps({"at": time.time(), "id": self.headers["X-Azure-Functions-InvocationId"], "retry": retry}) + "\n")
+        ok = retry is not None and retry["RetryCount"] >= 2
+        out = json.dumps({"Outputs": {}, "Logs": ["attempt %s" % retry["RetryCount"]]}).encode()
+        self.send_response(200 if ok else 500); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *a): pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"])), H).serve_forever()
+"#,
+    )
+    .unwrap();
+    let settings = serde_json::json!({"Values": {"CALLS": calls.to_str().unwrap()}});
+    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
+    let up = Up::start(data.path(), &[&app], &[]);
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let status = eventually(Duration::from_secs(30), "the run to succeed", || {
+        let list = up.json(&["fn", "list", "jobs"]);
+        let last = &list["functions"][0]["timer"]["last_run"];
+        (last["succeeded"] == true).then(|| list.clone())
+    });
+    let seen = read();
+    assert_eq!(seen.len(), 3, "three attempts: {seen:?}");
+    let counts: Vec<u64> = seen
+        .iter()
+        .map(|c| c["retry"]["RetryCount"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![0, 1, 2]);
+    assert!(seen.iter().all(|c| c["retry"]["MaxRetryCount"] == 3));
+    assert!(seen[0]["retry"]["Exception"].is_null());
+    assert!(
+        seen[1]["retry"]["Exception"]["Message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("500"),
+        "{seen:?}"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "each attempt has its own id");
+    for pair in seen.windows(2) {
+        let gap = pair[1]["at"].as_f64().unwrap() - pair[0]["at"].as_f64().unwrap();
+        assert!(gap >= 0.95, "retries wait their delay (1 s): {gap}");
+    }
+    let last = &status["functions"][0]["timer"]["last_run"];
+    assert_eq!(last["invocation_id"], seen[2]["id"], "{status}");
+    up.stop();
+}

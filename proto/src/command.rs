@@ -128,6 +128,25 @@ pub enum Command {
         outcome: TimerOutcome,
         at_ms: i64,
     },
+    /// Timer retries (protocol 7): the current attempt of a timer's run failed and
+    /// its retry policy allows another: attempt `attempt` runs at `retry_at_ms` with
+    /// its own invocation id. The run stays recorded (the timer waits). Only the
+    /// current attempt's id moves it on.
+    RetryTimer(Box<TimerRetry>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRetry {
+    pub timer: TimerId,
+    /// The attempt that failed.
+    pub failed_invocation_id: String,
+    /// Why it failed (sent to the next attempt as `RetryContext.Exception`).
+    pub error: String,
+    /// The next attempt: its number (1 = the first retry), id and time.
+    pub attempt: u32,
+    pub invocation_id: String,
+    pub retry_at_ms: i64,
+    pub at_ms: i64,
 }
 
 /// A timer function of an app.

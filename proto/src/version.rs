@@ -26,7 +26,9 @@ use crate::ids::NodeId;
 ///   a deploy whose routes overlapped another app's was refused.
 /// - 6: timers: `ScheduleTimer`, `FireTimer`, `CompleteTimer`, and the state's timer
 ///   records (snapshot format 3).
-pub const PROTOCOL: u32 = 6;
+/// - 7: timer retries: `RetryTimer`, and the state's retry records (snapshot
+///   format 4).
+pub const PROTOCOL: u32 = 7;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -49,6 +51,9 @@ pub enum Feature {
     AppHosts,
     /// Timer records and the timer commands (protocol 6).
     Timers,
+    /// A failed timer run is retried by its retry policy, the retry recorded
+    /// (protocol 7).
+    TimerRetries,
 }
 
 impl Feature {
@@ -59,6 +64,7 @@ impl Feature {
             Feature::InternalProof => 4,
             Feature::AppHosts => 5,
             Feature::Timers => 6,
+            Feature::TimerRetries => 7,
         }
     }
 }

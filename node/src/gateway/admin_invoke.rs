@@ -60,10 +60,13 @@ impl Gateway {
             target.binding.clone(),
             strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false),
         );
-        tokio::spawn(
-            self.clone()
-                .run_non_http(target, endpoint, id.clone(), data),
-        );
+        tokio::spawn(self.clone().run_non_http(
+            target,
+            endpoint,
+            id.clone(),
+            data,
+            serde_json::Map::new(),
+        ));
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::ACCEPTED;
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -72,8 +75,9 @@ impl Gateway {
         r
     }
 
-    /// Run a non-HTTP function on `endpoint` in JSON mode with `data` as `Data`,
-    /// record it for `strom fn logs`, and return how it ended. `functionTimeout`
+    /// Run a non-HTTP function on `endpoint` in JSON mode with `data` as `Data`
+    /// (and `metadata` in `Metadata` next to `sys`), record it for `strom fn
+    /// logs`, and return how it ended. `functionTimeout`
     /// applies (the instance is recycled after it), as for HTTP invocations.
     pub(super) async fn run_non_http(
         self,
@@ -81,6 +85,7 @@ impl Gateway {
         endpoint: std::sync::Arc<strom_actors::routing::Endpoint>,
         id: String,
         data: serde_json::Map<String, serde_json::Value>,
+        mut metadata: serde_json::Map<String, serde_json::Value>,
     ) -> InvocationRecord {
         let inner = &self.inner;
         let (timeout, unsupported) = match inner.routing.load().apps.get(&target.app) {
@@ -104,14 +109,15 @@ impl Gateway {
             ),
             None => (None, Vec::new()),
         };
-        let payload = json!({
-            "Data": data,
-            "Metadata": {"sys": {
+        metadata.insert(
+            "sys".into(),
+            json!({
                 "MethodName": target.function,
                 "UtcNow": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
                 "RandGuid": fast_uuid(),
-            }},
-        });
+            }),
+        );
+        let payload = json!({"Data": data, "Metadata": metadata});
         let request = invocation_request(endpoint.addr, &target.function, &id, &payload);
         let (in_flight, from_line) = endpoint.begin_invocation(&id);
         let started_at_ms = super::invoke::now_ms();

@@ -156,9 +156,13 @@ impl Gateway {
                 };
                 let mut data = serde_json::Map::new();
                 data.insert(run.binding.clone(), run.value.clone());
+                let mut metadata = serde_json::Map::new();
+                if let Some(retry) = &run.retry_context {
+                    metadata.insert("RetryContext".into(), retry.clone());
+                }
                 let record = gateway
                     .clone()
-                    .run_non_http(target, endpoint, run.invocation_id.clone(), data)
+                    .run_non_http(target, endpoint, run.invocation_id.clone(), data, metadata)
                     .await;
                 let outcome = TimerOutcome {
                     succeeded: record.status == InvocationStatus::Succeeded,

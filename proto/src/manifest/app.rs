@@ -118,6 +118,20 @@ pub fn validate_app_for(
             Err(e) => errors.extend(e),
         }
     }
+    // host.json's `retry` is the default of functions without their own.
+    if let Some(bytes) = &pkg.host_json {
+        match super::function_json::host_retry(bytes, HOST_JSON) {
+            Ok(Some(policy)) => {
+                for f in functions.iter_mut().filter(|f| f.retry.is_none()) {
+                    f.retry = Some(policy.clone());
+                }
+            }
+            Ok(None) => {}
+            // A host.json that is not JSON was reported above.
+            Err(e) if host.is_some() => errors.extend(e),
+            Err(_) => {}
+        }
+    }
     if pkg.function_jsons.is_empty() {
         errors.push(ManifestError::new(
             PACKAGE_FILE,

@@ -100,6 +100,26 @@ pub enum RetryStrategy {
     ExponentialBackoff { minimum_ms: u64, maximum_ms: u64 },
 }
 
+impl RetryPolicy {
+    /// How long to wait before retry `attempt` (1 = the first retry), or `None`
+    /// when the policy allows no more: a fixed delay, or the minimum interval
+    /// doubled for each retry after the first, at most the maximum.
+    pub fn delay_before(&self, attempt: u32) -> Option<u64> {
+        if attempt == 0 || (self.max_retry_count >= 0 && attempt > self.max_retry_count as u32) {
+            return None;
+        }
+        Some(match self.strategy {
+            RetryStrategy::FixedDelay { delay_ms } => delay_ms,
+            RetryStrategy::ExponentialBackoff {
+                minimum_ms,
+                maximum_ms,
+            } => minimum_ms
+                .saturating_mul(1u64 << (attempt - 1).min(62))
+                .min(maximum_ms),
+        })
+    }
+}
+
 /// What the function.json checks need from outside the file.
 pub struct FunctionContext<'a> {
     /// App settings, for `%Setting%` schedules.
@@ -558,6 +578,25 @@ fn parse_timer_trigger(
     })
 }
 
+/// host.json's `retry`: the default policy of functions without their own.
+pub(crate) fn host_retry(
+    bytes: &[u8],
+    file: &str,
+) -> Result<Option<RetryPolicy>, Vec<ManifestError>> {
+    let doc = parse_document(bytes, file).map_err(|e| vec![e])?;
+    let mut r = Report::new(file);
+    let Some(root) = doc.as_object() else {
+        return Ok(None);
+    };
+    let retry = parse_retry(&mut r, root);
+    let errors = r.into_errors();
+    if errors.is_empty() {
+        Ok(retry)
+    } else {
+        Err(errors)
+    }
+}
+
 fn parse_retry(r: &mut Report, root: &Map<String, Value>) -> Option<RetryPolicy> {
     let retry = r.opt_object(root, "", "retry")?;
     let interval = |r: &mut Report, key: &str| -> Option<u64> {
@@ -711,6 +750,52 @@ mod tests {
         assert!(h.methods.is_empty());
         assert_eq!(h.route, "hello");
         assert_eq!(h.output.as_deref(), Some("$return"));
+    }
+
+    #[test]
+    fn retry_delays_follow_the_strategy_up_to_the_count() {
+        let fixed = RetryPolicy {
+            strategy: RetryStrategy::FixedDelay { delay_ms: 500 },
+            max_retry_count: 2,
+        };
+        let delays: Vec<Option<u64>> = (0..4).map(|a| fixed.delay_before(a)).collect();
+        assert_eq!(delays, vec![None, Some(500), Some(500), None]);
+        let backoff = RetryPolicy {
+            strategy: RetryStrategy::ExponentialBackoff {
+                minimum_ms: 1000,
+                maximum_ms: 5000,
+            },
+            max_retry_count: -1,
+        };
+        let delays: Vec<Option<u64>> = (1..6).map(|a| backoff.delay_before(a)).collect();
+        let expected = [1000, 2000, 4000, 5000, 5000].map(Some);
+        assert_eq!(delays, expected);
+        assert_eq!(backoff.delay_before(10_000), Some(5000), "forever, capped");
+        let none = RetryPolicy {
+            max_retry_count: 0,
+            ..fixed
+        };
+        assert_eq!(none.delay_before(1), None);
+    }
+
+    #[test]
+    fn host_json_retry_is_read_and_checked() {
+        let ok = br#"{"version":"2.0","retry":{"strategy":"fixedDelay","maxRetryCount":2,"delayInterval":"00:00:03"}}"#;
+        assert_eq!(
+            host_retry(ok, "host.json").unwrap(),
+            Some(RetryPolicy {
+                strategy: RetryStrategy::FixedDelay { delay_ms: 3000 },
+                max_retry_count: 2
+            })
+        );
+        assert_eq!(
+            host_retry(br#"{"version":"2.0"}"#, "host.json").unwrap(),
+            None
+        );
+        let bad = br#"{"version":"2.0","retry":{"strategy":"fixedDelay","maxRetryCount":2,"delayInterval":"-00:00:03"}}"#;
+        let errors = host_retry(bad, "host.json").unwrap_err();
+        assert_eq!(errors[0].file, "host.json");
+        assert_eq!(errors[0].json_path, "retry.delayInterval");
     }
 
     #[test]
