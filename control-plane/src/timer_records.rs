@@ -106,17 +106,10 @@ pub struct FinishedRun {
 impl ClusterState {
     /// The timer trigger of `timer` in its app's active version.
     pub fn timer_trigger(&self, timer: &TimerId) -> Option<&TimerTrigger> {
-        self.apps
-            .get(&timer.app)?
-            .active()
-            .manifest
-            .functions
-            .iter()
-            .find(|f| f.name == timer.function)
-            .and_then(|f| match &f.trigger {
-                Trigger::Timer(t) => Some(t),
-                _ => None,
-            })
+        match &self.timer_function(timer)?.trigger {
+            Trigger::Timer(t) => Some(t),
+            _ => None,
+        }
     }
 
     /// The function of `timer` in its app's active version.
