@@ -1126,6 +1126,26 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
     );
     assert_eq!(r.status, 202, "{}", r.text());
 
+    // Azure's host status: the master key; Running while the app is served.
+    let r = http(
+        "GET",
+        &up.http,
+        "/apps/jobs/admin/host/status",
+        &[("x-functions-key", &master)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let host = r.json();
+    assert_eq!(host["state"], "Running", "{host}");
+    assert_eq!(host["id"], "jobs", "{host}");
+    assert!(
+        host["version"].as_str().unwrap().starts_with("4."),
+        "{host}"
+    );
+    assert!(host["errors"].as_array().unwrap().is_empty(), "{host}");
+    let r = http("GET", &up.http, "/admin/host/status", &[], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+
     // `strom fn invoke` runs it and waits for its outcome.
     let out = up.strom(&["fn", "invoke", "jobs", "tick"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);

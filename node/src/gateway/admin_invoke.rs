@@ -3,6 +3,7 @@
 //! invocation is handed to an instance and runs it in the background; the answer
 //! names the invocation (`x-ms-invocation-id`), whose record `strom fn logs` shows.
 //! For a timer function the body's `input` is ignored and `IsPastDue` is false.
+//! Also Azure's `GET /admin/host/status` (master key) of an app.
 
 use std::time::Duration;
 
@@ -25,7 +26,67 @@ use super::Gateway;
 /// The header that names the invocation an admin invoke started.
 pub const INVOCATION_ID_HEADER: &str = "x-ms-invocation-id";
 
+/// Azure's `ScriptHostState` for an app, as this node sees it: `Error` when its
+/// instances here cannot start (a crash loop: the reason is in `errors`),
+/// `Running` when it is served here or placed on an Up worker, else `Offline`
+/// (scaled to 0, or no worker can take it).
+pub fn host_state(
+    unavailable_here: Option<&str>,
+    served_here: bool,
+    placed_up: bool,
+) -> (&'static str, Vec<String>) {
+    match unavailable_here {
+        Some(why) => ("Error", vec![why.to_string()]),
+        None if served_here || placed_up => ("Running", Vec::new()),
+        None => ("Offline", Vec::new()),
+    }
+}
+
+fn computer_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .unwrap_or_default()
+}
+
 impl Gateway {
+    /// `GET /admin/host/status` (Azure's `HostStatus`) of `app`.
+    pub(super) fn host_status(&self, app: &strom_proto::ids::AppName) -> Response<Body> {
+        let inner = &self.inner;
+        let local = inner.routing.load();
+        let routes = inner.routes.load();
+        let serving = local.apps.get(app);
+        let placed_up = routes.apps.get(app).is_some_and(|a| {
+            a.placements
+                .iter()
+                .any(|(node, n)| *n > 0 && routes.workers.get(node).is_some_and(|w| w.up))
+        });
+        let (state, errors) = host_state(
+            serving.and_then(|s| s.unavailable.as_deref()),
+            serving.is_some_and(|s| !s.endpoints.is_empty()),
+            placed_up,
+        );
+        let body = json!({
+            "id": app.as_str(),
+            "state": state,
+            "version": super::HOST_VERSION,
+            "versionDetails": format!("{} (Strom {})", super::HOST_VERSION, env!("CARGO_PKG_VERSION")),
+            "platformVersion": "",
+            "instanceId": inner.config.node_id.to_string(),
+            "computerName": computer_name(),
+            "processUptime": inner.started.elapsed().as_millis() as u64,
+            "functionAppContentEditingState": "NotAllowed",
+            "extensionBundle": null,
+            "errors": errors,
+        });
+        let mut r = Response::new(full(Bytes::from(body.to_string())));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
     /// Hand `target` to a local instance and answer 202; the invocation runs on.
     pub(super) async fn admin_invoke<B>(
         &self,

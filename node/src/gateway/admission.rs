@@ -93,6 +93,8 @@ pub enum Decision {
     Ping,
     /// Run a non-HTTP function now with a local instance (Azure's admin invoke).
     AdminInvoke(AdminTarget),
+    /// `GET /admin/host/status` of an app (master key checked).
+    HostStatus(AppName),
     /// Call a local instance.
     Local(Target),
     /// No Ready instance here: send over the hop to a worker that runs the app.
@@ -209,6 +211,9 @@ pub fn admit(
         .content_length
         .is_some_and(|len| len > limits.max_body_bytes as u64);
 
+    if let Some(path_app) = host_status_path(head.path) {
+        return host_status(head, hop, path_app, cluster);
+    }
     if let Some((path_app, function)) = admin_function_path(head.path) {
         return admin_invoke(
             head, hop, path_app, function, local, cluster, too_large, limits,
@@ -364,6 +369,110 @@ fn too_large_refusal(limits: Limits) -> Decision {
     )
 }
 
+/// `/admin/host/status` or `/apps/{app}/admin/host/status`: `Some(app in the path)`.
+fn host_status_path(path: &str) -> Option<Option<&str>> {
+    const STATUS: &str = "/admin/host/status";
+    let ends = path.len() >= STATUS.len()
+        && path.as_bytes()[path.len() - STATUS.len()..].eq_ignore_ascii_case(STATUS.as_bytes());
+    if !ends {
+        return None;
+    }
+    let base = &path[..path.len() - STATUS.len()];
+    if base.is_empty() {
+        return Some(None);
+    }
+    match base.trim_start_matches('/').split_once('/') {
+        Some((apps, app)) if apps.eq_ignore_ascii_case("apps") && !app.contains('/') => {
+            Some(Some(app))
+        }
+        _ => None,
+    }
+}
+
+/// The app an admin request is for: the hop's, the path's, the Host's
+/// (`{app}.<domain>`), or on the shared address the one app that `fits` (several:
+/// `Err` with the refusal naming the ways to choose).
+fn admin_app(
+    head: &Head<'_>,
+    hop: Option<&AppName>,
+    path_app: Option<&str>,
+    cluster: &ClusterRoutes,
+    fits: impl Fn(&AppName) -> bool,
+    what: &str,
+    path: &str,
+) -> Result<Option<AppName>, Decision> {
+    if let Some(app) = hop {
+        return Ok(Some(app.clone()));
+    }
+    if let Some(raw) = path_app {
+        return Ok(AppName::parse(raw)
+            .ok()
+            .filter(|a| cluster.apps.contains_key(a)));
+    }
+    if let Some(a) = app_from_host(head.host).filter(|a| cluster.apps.contains_key(a)) {
+        return Ok(Some(a));
+    }
+    let mut owners = cluster.apps.keys().filter(|a| fits(a));
+    match (owners.next(), owners.next()) {
+        (Some(one), None) => Ok(Some(one.clone())),
+        (Some(_), Some(_)) => Err(refuse(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "several apps have {what}: call it at the app's own address (Host \
+                 `{{app}}.<domain>`) or at /apps/{{app}}{path}"
+            ),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Azure's host status: the app's master key, GET.
+fn host_status(
+    head: &Head<'_>,
+    hop: Option<&AppName>,
+    path_app: Option<&str>,
+    cluster: &ClusterRoutes,
+) -> Decision {
+    let app = match admin_app(
+        head,
+        hop,
+        path_app,
+        cluster,
+        |_| true,
+        "a host status",
+        "/admin/host/status",
+    ) {
+        Ok(Some(app)) => app,
+        Ok(None) => return not_found(head.path),
+        Err(refused) => return refused,
+    };
+    let Some(routing) = cluster.apps.get(&app) else {
+        return not_found(head.path);
+    };
+    let granted = keys::granted(
+        &routing.keys,
+        "",
+        keys::presented(head.key_header, head.query),
+    );
+    if granted != keys::Granted::Master {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the host status needs the app's master key (x-functions-key header or code query parameter)",
+        );
+    }
+    if !head.method.eq_ignore_ascii_case("GET") {
+        return Decision::Refuse(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "MethodNotAllowed",
+            message: format!("{} is not allowed here; allowed: GET", head.method),
+            allow: Some("GET".into()),
+        });
+    }
+    Decision::HostStatus(app)
+}
+
 /// `/admin/functions/{name}` or `/apps/{app}/admin/functions/{name}` (for clients
 /// that cannot set Host): the app named in the path, if any, and the function.
 fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
@@ -414,30 +523,11 @@ fn admin_invoke(
                 .any(|f| f.name.eq_ignore_ascii_case(function))
         })
     };
-    let app = if let Some(app) = hop {
-        Some(app.clone())
-    } else if let Some(raw) = path_app {
-        AppName::parse(raw)
-            .ok()
-            .filter(|a| cluster.apps.contains_key(a))
-    } else if let Some(a) = app_from_host(head.host).filter(|a| cluster.apps.contains_key(a)) {
-        Some(a)
-    } else {
-        let mut owners = cluster.apps.keys().filter(|a| has(a));
-        match (owners.next(), owners.next()) {
-            (Some(one), None) => Some(one.clone()),
-            (Some(_), Some(_)) => {
-                return refuse(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!(
-                        "several apps have a function `{function}`: call it at the app's own \
-                         address (Host `{{app}}.<domain>`) or at /apps/{{app}}/admin/functions/{function}"
-                    ),
-                )
-            }
-            _ => None,
-        }
+    let path = format!("/admin/functions/{function}");
+    let what = format!("a function `{function}`");
+    let app = match admin_app(head, hop, path_app, cluster, has, &what, &path) {
+        Ok(app) => app,
+        Err(refused) => return refused,
     };
     let not_found = || {
         refuse(
@@ -724,6 +814,72 @@ mod tests {
             let d = admit(&head("GET", "/api/run", &[]), &local, &cluster, LIMITS);
             assert_eq!(status(&d), Some(StatusCode::UNAUTHORIZED), "{d:?}");
         }
+    }
+
+    #[test]
+    fn host_status_needs_the_apps_master_key_and_names_its_app() {
+        let (local, cluster) = snapshots_with(true, None);
+        // Apps `web` and `jobs`.
+        let key: &'static [(String, String)] =
+            Box::leak(Box::new([("code".to_string(), "jobs-master".to_string())]));
+        // Two apps on the shared address: choose by path base or Host.
+        let d = admit(
+            &head("GET", "/admin/host/status", key),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        assert_eq!(status(&d), Some(StatusCode::NOT_FOUND), "{d:?}");
+        let d = admit(
+            &head("GET", "/apps/jobs/admin/host/status", key),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        assert_eq!(d, Decision::HostStatus(app("jobs")));
+        let mut own = head("GET", "/admin/host/status", key);
+        own.host = "jobs.localhost:7071";
+        assert_eq!(
+            admit(&own, &local, &cluster, LIMITS),
+            Decision::HostStatus(app("jobs"))
+        );
+        // Another app's master key, no key, POST, an unknown app: refused.
+        for (h, want) in [
+            (
+                head("GET", "/apps/web/admin/host/status", key),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                head("GET", "/apps/jobs/admin/host/status", &[]),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                Head {
+                    method: "POST",
+                    ..head("GET", "/apps/jobs/admin/host/status", key)
+                },
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                head("GET", "/apps/nope/admin/host/status", key),
+                StatusCode::NOT_FOUND,
+            ),
+        ] {
+            let d = admit(&h, &local, &cluster, LIMITS);
+            assert_eq!(status(&d), Some(want), "{} {}: {d:?}", h.method, h.path);
+        }
+        assert_eq!(
+            super::super::admin_invoke::host_state(Some("crash loop"), false, true),
+            ("Error", vec!["crash loop".to_string()])
+        );
+        assert_eq!(
+            super::super::admin_invoke::host_state(None, false, true).0,
+            "Running"
+        );
+        assert_eq!(
+            super::super::admin_invoke::host_state(None, false, false).0,
+            "Offline"
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ struct Inner {
     recorder: Recorder,
     /// Timer runs started here, by invocation id (each runs once per node).
     timer_runs: timer_run::TimerRuns,
+    /// When the gateway started (the host status's `processUptime`).
+    started: tokio::time::Instant,
     /// Stops the recorder once the port has closed.
     stop: CancellationToken,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -146,6 +148,7 @@ impl Gateway {
                 tick: AtomicU64::new(0),
                 recorder,
                 timer_runs: timer_run::TimerRuns::default(),
+                started: tokio::time::Instant::now(),
                 stop,
                 background: std::sync::Mutex::new(vec![recording]),
             }),
@@ -286,6 +289,7 @@ impl Gateway {
             Decision::Undelivered(app) => undelivered(&app),
             Decision::Local(target) => self.invoke(req, query, target, !from_gateway).await,
             Decision::AdminInvoke(target) => self.admin_invoke(req, target, !from_gateway).await,
+            Decision::HostStatus(app) => self.host_status(&app),
             Decision::Remote(app) => self.remote(req, app).await,
         }
     }
