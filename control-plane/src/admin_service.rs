@@ -1082,6 +1082,28 @@ impl AdminService for AdminApi {
             placements,
             protocol: view.state.protocol(),
             live: live.is_some(),
+            timer_runs: view
+                .state
+                .timer_attempts()
+                .map(|(timer, a)| pb::TimerRunInfo {
+                    app_name: timer.app.to_string(),
+                    function_name: timer.function.clone(),
+                    attempt: a.number(),
+                    retry_at_ms: a.retry.as_ref().map_or(0, |r| r.retry_at_ms),
+                    last_error: a
+                        .retry
+                        .as_ref()
+                        .map(|r| r.error.clone())
+                        .unwrap_or_default(),
+                    run: Some(pb::TimerRunStatus {
+                        invocation_id: a.invocation_id().to_string(),
+                        tick_ms: a.run.tick_ms,
+                        past_due: a.run.past_due,
+                        at_ms: a.run.fired_at_ms,
+                        ..Default::default()
+                    }),
+                })
+                .collect(),
         }))
     }
 

@@ -386,6 +386,37 @@ impl Printer {
             }
             say!("{t}");
         }
+        if !r.timer_runs.is_empty() {
+            let mut t = table(&["TIMER", "TICK (UTC)", "ATTEMPT", "STATE", "INVOCATION"]);
+            for run in &r.timer_runs {
+                let tick = run.run.as_ref().map_or(0, |r| r.tick_ms);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let state = if run.retry_at_ms > now_ms {
+                    format!(
+                        "retry at {} after: {}",
+                        timer_time(run.retry_at_ms, "UTC"),
+                        run.last_error
+                    )
+                } else if run.attempt > 0 {
+                    format!("running (retry after: {})", run.last_error)
+                } else {
+                    "running".into()
+                };
+                t.add_row(vec![
+                    format!("{}/{}", run.app_name, run.function_name),
+                    timer_time(tick, "UTC"),
+                    run.attempt.to_string(),
+                    state,
+                    run.run
+                        .as_ref()
+                        .map(|r| r.invocation_id.clone())
+                        .unwrap_or_default(),
+                ]);
+            }
+            say!("{t}");
+        }
         if !r.instances.is_empty() {
             print_instances(&r.instances);
         }
