@@ -7,6 +7,7 @@ answers, then POSTs each invocation to /{FunctionName} with a body
 Functions:
   hello    GET/POST /api/hello/{name?}  anonymous  -> "<GREETING>, <name>!"
   secret   GET /api/secret/{id:int}     function   -> {"id": <id>, "message": ...}
+  nightly  timer 0 30 2 * * *                      -> only Logs (`strom fn invoke` runs it now)
 """
 import json
 import os
@@ -41,7 +42,12 @@ def secret(data):
     }
 
 
-FUNCTIONS = {"hello": hello, "secret": secret}
+def nightly(data):
+    late = " (past due)" if as_dict(data.get("timer")).get("IsPastDue") else ""
+    return {"Outputs": {}, "Logs": [f"nightly batch ran{late}"]}
+
+
+FUNCTIONS = {"hello": hello, "secret": secret, "nightly": nightly}
 
 
 class Handler(BaseHTTPRequestHandler):

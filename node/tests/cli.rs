@@ -43,7 +43,7 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
 
     let apps = up.json(&["app", "list"]);
     assert_eq!(apps["apps"][0]["name"], "hello-python");
-    assert_eq!(apps["apps"][0]["function_count"], 2);
+    assert_eq!(apps["apps"][0]["function_count"], 3);
 
     let show = up.json(&["app", "show", "hello-python"]);
     let functions = show["functions"].as_array().unwrap();
@@ -51,7 +51,7 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["hello", "secret"]);
+    assert_eq!(names, ["hello", "nightly", "secret"]);
     assert_eq!(functions[0]["trigger_type"], "httpTrigger");
     assert_eq!(functions[0]["methods"], serde_json::json!(["GET", "POST"]));
     assert_eq!(functions[0]["url"], hello_url.as_str());
@@ -64,15 +64,16 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
         show["app"]["url"],
         format!("http://hello-python.localhost:{port}")
     );
-    assert_eq!(functions[1]["auth_level"], "function");
+    assert_eq!(functions[1]["trigger_type"], "timerTrigger");
+    assert_eq!(functions[2]["auth_level"], "function");
     assert!(
-        !functions[1]["key"].as_str().unwrap().is_empty(),
+        !functions[2]["key"].as_str().unwrap().is_empty(),
         "the key to call it is shown"
     );
     // The first screen fits 100 columns; --wide shows whole keys.
     let widest = up.stdout.iter().map(|l| l.chars().count()).max().unwrap();
     assert!(widest <= 100, "{widest} columns: {:#?}", up.stdout);
-    let key = functions[1]["key"].as_str().unwrap();
+    let key = functions[2]["key"].as_str().unwrap();
     assert!(!up.stdout.iter().any(|l| l.contains(key)));
     let wide = up.strom(&["fn", "list", "hello-python", "--wide"]);
     assert!(wide.stdout.contains(key), "{}", wide.stdout);
@@ -92,7 +93,20 @@ fn t20_up_deploys_and_list_show_return_the_app_and_its_functions() {
     );
 
     let fns = up.json(&["fn", "list", "hello-python"]);
-    assert_eq!(fns["functions"].as_array().unwrap().len(), 2);
+    assert_eq!(fns["functions"].as_array().unwrap().len(), 3);
+    // The sample's timer runs now on request, and its status shows the next tick.
+    let out = up.strom(&["fn", "invoke", "hello-python", "nightly"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let nightly = fns["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "nightly")
+        .unwrap();
+    assert_eq!(
+        nightly["timer"]["schedule"], "0 30 2 * * * (UTC)",
+        "{nightly}"
+    );
 
     // `strom … | head`: a reader that goes away ends the command quietly.
     let mut child = Command::new(STROM)
