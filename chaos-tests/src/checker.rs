@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::history::{Outcome, Records, Request, WriteKind};
+use crate::history::{Outcome, Records, Request, TimerEvent, WriteKind};
 
 /// What one manager holds at the end of a run (read through that node).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,7 +57,168 @@ pub fn check_all(
         one_leader_per_term(records),
         faults_settled(records),
         data_plane(records, workers),
+        timers(records),
     ]
+}
+
+/// The chaos timer apps' period.
+pub const TIMER_PERIOD_MS: i64 = 2000;
+/// How long around a fault (before its start, after it settled) its effects on
+/// timers are excused.
+const TIMER_FAULT_MARGIN_MS: u64 = 15_000;
+
+/// One tick's run as the handlers recorded it.
+#[derive(Debug, Clone)]
+struct TickRun {
+    id: String,
+    past_due: bool,
+    /// Run times (ms since the run started) of its first start and last end.
+    start_ms: u64,
+    end_ms: Option<u64>,
+}
+
+/// The timer rules over the handlers' records, per timer function:
+/// - never two runs at once: a run starts only when every earlier run ended (or
+///   was lost with its worker and is being sent again, with its id);
+/// - one invocation id per tick (a tick sent again keeps its id);
+/// - ticks `TIMER_PERIOD_MS` apart, unless the gap is explained: the earlier run
+///   was past due (missed ticks collapse into it), the timer was busy (the
+///   earlier run outlasted the period), or a fault was in effect;
+/// - a past-due run happens only around a fault or after a busy run;
+/// - each timer kept running to the end of the run.
+pub fn timers(records: &Records) -> Verdict {
+    let run_ms = |unix: u64| unix.saturating_sub(records.started_unix_ms);
+    let in_fault = |from: u64, to: u64| {
+        records.faults.iter().any(|f| {
+            let start = f.start_ms.saturating_sub(TIMER_FAULT_MARGIN_MS);
+            let end = f
+                .settled_ms
+                .unwrap_or(u64::MAX)
+                .saturating_add(TIMER_FAULT_MARGIN_MS);
+            start <= to && from <= end
+        })
+    };
+    let mut by_function: BTreeMap<&str, Vec<&TimerEvent>> = BTreeMap::new();
+    for e in &records.timer_events {
+        by_function.entry(&e.function).or_default().push(e);
+    }
+    let end_ms = records
+        .notes
+        .iter()
+        .rev()
+        .find(|(_, n)| n == "workload stopped")
+        .map(|(at, _)| *at);
+    let mut violations = Vec::new();
+    let mut counts = Vec::new();
+    for (function, mut events) in by_function {
+        events.sort_by_key(|e| (e.at_unix_ms, e.start));
+        let mut active: Vec<(&str, u64)> = Vec::new();
+        let mut ticks: BTreeMap<i64, TickRun> = BTreeMap::new();
+        let mut tick_of: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut sent_again = 0;
+        for e in &events {
+            let at = run_ms(e.at_unix_ms);
+            if e.start {
+                let before = active.len();
+                active.retain(|(id, _)| *id != e.invocation_id);
+                sent_again += usize::from(active.len() != before);
+                if let Some((other, _)) = active.first() {
+                    violations.push((
+                        at,
+                        format!(
+                            "timer {function}: run {} started at {:.1}s while run {other} still ran",
+                            e.invocation_id,
+                            at as f64 / 1000.0
+                        ),
+                    ));
+                }
+                active.push((&e.invocation_id, e.pid));
+                tick_of.insert(&e.invocation_id, e.tick_ms);
+                let run = ticks.entry(e.tick_ms).or_insert_with(|| TickRun {
+                    id: e.invocation_id.clone(),
+                    past_due: e.past_due,
+                    start_ms: at,
+                    end_ms: None,
+                });
+                if run.id != e.invocation_id {
+                    violations.push((
+                        at,
+                        format!(
+                            "timer {function}: tick {} ran with two invocation ids ({} and {})",
+                            e.tick_ms, run.id, e.invocation_id
+                        ),
+                    ));
+                }
+            } else {
+                active.retain(|(id, pid)| !(*id == e.invocation_id && *pid == e.pid));
+                if let Some(run) = tick_of
+                    .get(e.invocation_id.as_str())
+                    .and_then(|t| ticks.get_mut(t))
+                {
+                    run.end_ms = Some(at);
+                }
+            }
+        }
+        let list: Vec<(&i64, &TickRun)> = ticks.iter().collect();
+        for (i, (tick, run)) in list.iter().enumerate() {
+            let tick_at = run_ms(u64::try_from(**tick).unwrap_or(0));
+            let busy_before = i > 0
+                && list[i - 1]
+                    .1
+                    .end_ms
+                    .is_some_and(|end| end + 1000 >= tick_at);
+            if run.past_due && !busy_before && !in_fault(tick_at, run.start_ms) {
+                violations.push((
+                    run.start_ms,
+                    format!(
+                        "timer {function}: the run of tick {tick} ({:.1}s) was past due with no fault and no busy run before it",
+                        tick_at as f64 / 1000.0
+                    ),
+                ));
+            }
+            if let Some((next, _)) = list.get(i + 1) {
+                let gap = **next - **tick;
+                let busy = run
+                    .end_ms
+                    .is_some_and(|end| end + 1000 >= tick_at + TIMER_PERIOD_MS as u64);
+                let next_at = run_ms(u64::try_from(**next).unwrap_or(0));
+                if gap != TIMER_PERIOD_MS
+                    && !(gap > TIMER_PERIOD_MS
+                        && (run.past_due || busy || in_fault(tick_at, next_at)))
+                {
+                    violations.push((
+                        tick_at,
+                        format!(
+                            "timer {function}: ticks {tick} and {next} are {gap} ms apart, not explained by a past-due run, a busy run or a fault"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some(end), Some((last, _))) = (end_ms, list.last()) {
+            let last_at = run_ms(u64::try_from(**last).unwrap_or(0));
+            if last_at + 20_000 < end {
+                violations.push((
+                    last_at,
+                    format!(
+                        "timer {function}: its last tick ran at {:.1}s, the run ended at {:.1}s",
+                        last_at as f64 / 1000.0,
+                        end as f64 / 1000.0
+                    ),
+                ));
+            }
+        }
+        counts.push(format!(
+            "{function}: {} ticks, {} past due, {} sent again",
+            list.len(),
+            list.iter().filter(|(_, r)| r.past_due).count(),
+            sent_again
+        ));
+    }
+    if counts.is_empty() {
+        violations.push((0, "no timer run was recorded".into()));
+    }
+    verdict("timers", counts.join("; "), violations)
 }
 
 /// Every fault was undone and the cluster was healthy again afterwards: a fault
@@ -1023,5 +1184,156 @@ mod tests {
     #[test]
     fn an_empty_run_fails() {
         assert!(!workload_ran(&Records::default()).passed());
+    }
+
+    /// A timer run of tick `tick_s` (seconds of the run) from `start_s` to `end_s`.
+    fn run(
+        id: &str,
+        tick_s: f64,
+        start_s: f64,
+        end_s: Option<f64>,
+        past_due: bool,
+    ) -> Vec<TimerEvent> {
+        let unix = |s: f64| 1_000_000 + (s * 1000.0) as u64;
+        let mut events = vec![TimerEvent {
+            start: true,
+            function: "tick".into(),
+            invocation_id: id.into(),
+            pid: 7,
+            at_unix_ms: unix(start_s),
+            tick_ms: unix(tick_s) as i64,
+            past_due,
+        }];
+        if let Some(end) = end_s {
+            events.push(TimerEvent {
+                start: false,
+                at_unix_ms: unix(end),
+                tick_ms: 0,
+                past_due: false,
+                ..events[0].clone()
+            });
+        }
+        events
+    }
+
+    fn timer_records(runs: Vec<Vec<TimerEvent>>, faults: Vec<Fault>, end_s: u64) -> Records {
+        Records {
+            timer_events: runs.into_iter().flatten().collect(),
+            started_unix_ms: 1_000_000,
+            faults,
+            notes: vec![(end_s * 1000, "workload stopped".into())],
+            ..Records::default()
+        }
+    }
+
+    fn regular(n: usize) -> Vec<Vec<TimerEvent>> {
+        (0..n)
+            .map(|i| {
+                let t = 2.0 * i as f64;
+                run(&format!("r{i}"), t, t + 0.01, Some(t + 0.3), false)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timer_runs_every_period_once_pass() {
+        let v = timers(&timer_records(regular(10), vec![], 20));
+        assert!(v.passed(), "{:?}", v.violations);
+        assert!(v.summary.contains("tick: 10 ticks"), "{}", v.summary);
+        // No runs recorded at all fails.
+        assert!(!timers(&timer_records(vec![], vec![], 20)).passed());
+    }
+
+    #[test]
+    fn overlapping_runs_two_ids_for_a_tick_and_unexplained_gaps_fail() {
+        let mut runs = regular(5);
+        runs.push(run("late", 10.0, 10.0, Some(13.0), false));
+        runs.push(run("over", 12.0, 12.5, Some(12.8), false));
+        let v = timers(&timer_records(runs, vec![], 14));
+        assert!(
+            v.violations.iter().any(|(_, t)| t.contains("still ran")),
+            "{:?}",
+            v.violations
+        );
+
+        let mut runs = regular(5);
+        runs.push(run("dup", 8.0, 8.5, Some(8.7), false));
+        let v = timers(&timer_records(runs, vec![], 10));
+        assert!(
+            v.violations
+                .iter()
+                .any(|(_, t)| t.contains("two invocation ids")),
+            "{:?}",
+            v.violations
+        );
+
+        // Ticks 10 and 12 missing, without a reason.
+        let mut runs = regular(5);
+        runs.push(run("after", 14.0, 14.0, Some(14.2), false));
+        let v = timers(&timer_records(runs, vec![], 16));
+        assert!(
+            v.violations
+                .iter()
+                .any(|(_, t)| t.contains("4000 ms apart") || t.contains("6000 ms apart")),
+            "{:?}",
+            v.violations
+        );
+
+        // The timer stopped long before the end.
+        let v = timers(&timer_records(regular(5), vec![], 60));
+        assert!(
+            v.violations.iter().any(|(_, t)| t.contains("last tick")),
+            "{:?}",
+            v.violations
+        );
+    }
+
+    #[test]
+    fn an_outage_collapses_into_one_past_due_run_and_a_lost_run_is_sent_again_with_its_id() {
+        let mut runs = regular(5);
+        // A leader was killed at 9 s; tick 10 ran past due at 16 s, 12 and 14 collapsed.
+        runs.push(run("pd", 10.0, 16.0, Some(16.2), true));
+        runs.push(run("n", 18.0, 18.0, Some(18.3), false));
+        // Tick 20's worker died mid-run; it was sent again with the same id.
+        runs.push(run("lost", 20.0, 20.0, None, false));
+        runs.push(run("lost", 20.0, 23.0, Some(23.2), false));
+        runs.push(run("z", 24.0, 24.0, Some(24.1), false));
+        let kill = Fault {
+            what: "kill leader".into(),
+            impaired: vec![],
+            start_ms: 9_000,
+            healed_ms: Some(12_000),
+            settled_ms: Some(14_000),
+        };
+        let v = timers(&timer_records(runs.clone(), vec![kill], 26));
+        assert!(v.passed(), "{:?}", v.violations);
+        assert!(
+            v.summary.contains("1 past due, 1 sent again"),
+            "{}",
+            v.summary
+        );
+        // Without the fault the past-due run and its gap are unexplained.
+        let v = timers(&timer_records(runs, vec![], 26));
+        assert!(
+            v.violations
+                .iter()
+                .any(|(_, t)| t.contains("past due with no fault")),
+            "{:?}",
+            v.violations
+        );
+    }
+
+    #[test]
+    fn a_run_longer_than_its_period_makes_the_next_ticks_wait() {
+        // 3 s runs every 2 s: tick 2 runs when tick 0's run ends; tick 4 waits for
+        // it and runs past due, tick 6 collapsed into it.
+        let runs = vec![
+            run("a", 0.0, 0.0, Some(3.0), false),
+            run("b", 2.0, 3.0, Some(6.0), false),
+            run("c", 4.0, 6.0, Some(9.0), true),
+            run("d", 8.0, 9.0, Some(12.0), false),
+        ];
+        let v = timers(&timer_records(runs, vec![], 14));
+        assert!(v.passed(), "{:?}", v.violations);
     }
 }

@@ -77,6 +77,8 @@ pub struct Cluster {
     pub admin_token: String,
     pub join_token: String,
     pub log_filter: String,
+    /// A host folder every node sees at `/shared` (the timer apps' run records).
+    pub shared: Option<std::path::PathBuf>,
 }
 
 /// A file of the image's root filesystem.
@@ -279,6 +281,7 @@ impl Cluster {
             admin_token: String::new(),
             join_token: String::new(),
             log_filter: "info,openraft=warn".into(),
+            shared: None,
         })
     }
 
@@ -380,10 +383,15 @@ impl Cluster {
             ]),
             labels: Some(labels(&self.run)),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!(
-                    "strom-chaos-{}-{}:/data",
-                    self.run, node.name
-                )]),
+                binds: Some(
+                    std::iter::once(format!("strom-chaos-{}-{}:/data", self.run, node.name))
+                        .chain(
+                            self.shared
+                                .iter()
+                                .map(|dir| format!("{}:/shared", dir.display())),
+                        )
+                        .collect(),
+                ),
                 network_mode: Some(self.network.clone()),
                 init: Some(true),
                 ..Default::default()

@@ -82,6 +82,56 @@ pub struct Fault {
     pub settled_ms: Option<u64>,
 }
 
+/// One line of a timer app's run record (the test handler's
+/// `TEST_HANDLER_RECORD`): a run starting or ending on some instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerEvent {
+    pub start: bool,
+    /// The timer function (`<app>/<function>` names it uniquely here).
+    pub function: String,
+    pub invocation_id: String,
+    /// The handler process.
+    pub pid: u64,
+    /// Wall clock, Unix ms.
+    pub at_unix_ms: u64,
+    /// Start lines: the tick (`ScheduleStatus.Next`, Unix ms) and `IsPastDue`.
+    pub tick_ms: i64,
+    pub past_due: bool,
+}
+
+impl TimerEvent {
+    /// Parse one record line (`None`: not a timer run's line).
+    pub fn parse(line: &str) -> Option<TimerEvent> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let start = v["event"] == "start";
+        // The test handler writes `data`; the conformance handler the whole `payload`.
+        let data = if v["data"].is_object() {
+            &v["data"]
+        } else {
+            &v["payload"]["Data"]
+        };
+        let timer = data
+            .as_object()
+            .and_then(|d| d.values().find(|b| b.get("ScheduleStatus").is_some()));
+        let tick_ms = match timer {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t["ScheduleStatus"]["Next"].as_str()?)
+                .ok()?
+                .timestamp_millis(),
+            None if start => return None,
+            None => 0,
+        };
+        Some(TimerEvent {
+            start,
+            function: v["function"].as_str()?.to_string(),
+            invocation_id: v["invocationId"].as_str()?.to_string(),
+            pid: v["pid"].as_u64()?,
+            at_unix_ms: v["atMs"].as_u64()?,
+            tick_ms,
+            past_due: timer.is_some_and(|t| t["IsPastDue"] == true),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Records {
     pub writes: Vec<Write>,
@@ -90,6 +140,10 @@ pub struct Records {
     pub faults: Vec<Fault>,
     /// Free-form lines (phases, upgrades), for the context of a failed check.
     pub notes: Vec<(u64, String)>,
+    /// The timer apps' runs, read at the end (wall-clock times).
+    pub timer_events: Vec<TimerEvent>,
+    /// The wall clock when the run started (Unix ms): run times + this = wall clock.
+    pub started_unix_ms: u64,
 }
 
 #[derive(Clone)]
@@ -100,9 +154,15 @@ pub struct History {
 
 impl History {
     pub fn new() -> History {
+        let started_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         History {
             started: Instant::now(),
-            records: Arc::default(),
+            records: Arc::new(Mutex::new(Records {
+                started_unix_ms,
+                ..Records::default()
+            })),
         }
     }
 
@@ -172,5 +232,30 @@ impl History {
 impl Default for History {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_record_lines_of_both_handlers_parse() {
+        let conformance = r#"{"event":"start","function":"tick","invocationId":"abc","pid":7,"atMs":1000,"payload":{"Data":{"timer":{"IsPastDue":true,"ScheduleStatus":{"Next":"1970-01-01T00:00:02.000+00:00"}}},"Metadata":{}}}"#;
+        let e = TimerEvent::parse(conformance).unwrap();
+        assert!(e.start && e.past_due);
+        assert_eq!((e.tick_ms, e.pid, e.at_unix_ms), (2000, 7, 1000));
+        assert_eq!(
+            (e.function.as_str(), e.invocation_id.as_str()),
+            ("tick", "abc")
+        );
+        let test_handler = r#"{"event":"start","function":"tick","invocationId":"x","pid":8,"atMs":5,"data":{"t":{"IsPastDue":false,"ScheduleStatus":{"Next":"1970-01-01T00:00:04.000+01:00"}}}}"#;
+        let e = TimerEvent::parse(test_handler).unwrap();
+        assert_eq!((e.tick_ms, e.past_due), (4000 - 3_600_000, false));
+        let end = r#"{"event":"end","function":"tick","invocationId":"x","pid":8,"atMs":9}"#;
+        assert!(!TimerEvent::parse(end).unwrap().start);
+        // A start without a timer value is not a timer run.
+        let http = r#"{"event":"start","function":"f","invocationId":"y","pid":8,"atMs":9,"data":{"req":{}}}"#;
+        assert!(TimerEvent::parse(http).is_none());
     }
 }

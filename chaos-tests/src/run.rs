@@ -1,7 +1,7 @@
 //! One chaos run: build the images, start the cluster, deploy the apps, run the
 //! workload while a seeded plan of faults happens, heal, check, tear down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,9 @@ use crate::checker::{self, NodeState};
 use crate::cluster::{self, Cluster, Role};
 use crate::history::{History, Outcome};
 use crate::workload::{self, Setup, LEDGER, LEDGER_FUNCTION, WEB};
+
+/// The timer apps' run record, in the shared folder.
+const TIMER_RECORD: &str = "timers.jsonl";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -187,6 +190,14 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         t.elapsed().as_secs_f64()
     );
     let mut cluster = Cluster::create(docker, &run_id, images, opts.managers, opts.workers).await?;
+    // The timer apps' handlers record their runs here (every node sees it).
+    let shared = work.join("shared");
+    std::fs::create_dir_all(&shared)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))?;
+    }
+    cluster.shared = Some(shared.clone());
     let t = Instant::now();
     cluster.start_all().await?;
     println!(
@@ -228,6 +239,14 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
     // must hold), and fails the run.
     healthy.context("the cluster did not become healthy after the faults were healed")?;
     let states = chaos.read_states().await?;
+    {
+        let text = std::fs::read_to_string(shared.join(TIMER_RECORD)).unwrap_or_default();
+        let events: Vec<_> = text
+            .lines()
+            .filter_map(crate::history::TimerEvent::parse)
+            .collect();
+        history.lock().timer_events = events;
+    }
     let workers: Vec<String> = chaos
         .cluster
         .workers()
@@ -343,8 +362,9 @@ impl Chaos {
         self.cluster.nodes[i].name.clone()
     }
 
-    /// Deploy `web` (the test handler; the callers' key; one instance per worker)
-    /// and `ledger` (never placed: the writers' target).
+    /// Deploy `web` (the test handler; the callers' key; one instance per worker),
+    /// the timer apps `ticks` and `slow` (their runs recorded in the shared
+    /// folder, checked at the end) and `ledger` (never placed: the writers' target).
     async fn deploy_apps(&mut self, work: &Path, handler: &Path) -> anyhow::Result<()> {
         let web = work.join("web");
         std::fs::create_dir_all(web.join("hello"))?;
@@ -384,6 +404,35 @@ impl Chaos {
             }))
             .await
             .context("scaling web")?;
+        // Two timer apps, every 2 s (missed ticks caught up): `tick` runs 0.3 s,
+        // `slow` 3 s, longer than its period.
+        for (app, function, action) in [
+            ("ticks", "tick", "sleep=300"),
+            ("slow", "slow", "sleep=3000"),
+        ] {
+            let dir = work.join(app);
+            std::fs::create_dir_all(dir.join(function))?;
+            std::fs::write(
+                dir.join("host.json"),
+                r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"handler"}}}"#,
+            )?;
+            std::fs::write(
+                dir.join(function).join("function.json"),
+                r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"timer","schedule":"*/2 * * * * *","useMonitor":true}]}"#,
+            )?;
+            std::fs::copy(handler, dir.join("handler"))?;
+            let settings = HashMap::from([
+                (
+                    "TEST_HANDLER_RECORD".to_string(),
+                    format!("/shared/{TIMER_RECORD}"),
+                ),
+                ("TEST_HANDLER_ACTION".to_string(), action.to_string()),
+            ]);
+            let zip = strom_proto::manifest::pack_dir(&dir)?;
+            workload::deploy_with(&setup, &ip, app, zip, settings)
+                .await
+                .with_context(|| format!("deploying the timer app {app}"))?;
+        }
         let zip = strom_proto::manifest::pack_dir(&ledger)?;
         workload::deploy(&setup, &ip, LEDGER, zip)
             .await

@@ -127,6 +127,17 @@ pub async fn deploy(
     app: &str,
     zip: Vec<u8>,
 ) -> Result<pb::DeployAppResponse, tonic::Status> {
+    deploy_with(setup, ip, app, zip, HashMap::new()).await
+}
+
+/// [`deploy`] with app settings set together with the version.
+pub async fn deploy_with(
+    setup: &Setup,
+    ip: &str,
+    app: &str,
+    zip: Vec<u8>,
+    settings: HashMap<String, String>,
+) -> Result<pb::DeployAppResponse, tonic::Status> {
     let url = format!("http://{ip}:{}", crate::cluster::CONTROL_PORT);
     let channel = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
@@ -146,7 +157,11 @@ pub async fn deploy(
                 String::new()
             },
             total_size: if i == 0 { total } else { 0 },
-            settings: HashMap::new(),
+            settings: if i == 0 {
+                settings.clone()
+            } else {
+                HashMap::new()
+            },
             data: data.to_vec(),
         })
         .collect();

@@ -906,7 +906,7 @@ impl AdminService for AdminApi {
             Status::unavailable("this node has no function port to run functions through")
         })?;
         tracing::info!(%timer, invocation_id = %id, "admin invoke");
-        let running = dispatcher.dispatch(run);
+        let running = dispatcher.dispatch(run, crate::timer_service::always());
         if req.no_wait {
             tokio::spawn(running);
             return Ok(Response::new(pb::InvokeFunctionResponse {
@@ -914,7 +914,9 @@ impl AdminService for AdminApi {
                 ..Default::default()
             }));
         }
-        let outcome = running.await;
+        let outcome = running
+            .await
+            .ok_or_else(|| Status::internal("the run was given up"))?;
         Ok(Response::new(pb::InvokeFunctionResponse {
             invocation_id: id,
             finished: true,

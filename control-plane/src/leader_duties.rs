@@ -44,7 +44,7 @@ use crate::leases::{Lease, Leases};
 use crate::management::{now_ms, ManagementNode};
 use crate::membership::cluster_of;
 use crate::timer_service::{
-    dispatch_for, outcome_command, DispatcherSlot, TimerDispatch, TimerDispatcher,
+    dispatch_for, outcome_command, DispatcherSlot, StillLeading, TimerDispatch, TimerDispatcher,
 };
 use crate::{retention, scheduler, timer_plan};
 
@@ -58,6 +58,8 @@ const MIN_ROUND_GAP: Duration = Duration::from_millis(10);
 const PLAN_EVERY: Duration = Duration::from_secs(1);
 /// Messages waiting for the term task.
 const MAILBOX: usize = 4096;
+/// How long a timer dispatch waits for this node's leadership to be confirmed.
+const LEADING_CHECK: Duration = Duration::from_secs(2);
 
 /// Where the current term's handle is published. Cheap to clone.
 #[derive(Clone)]
@@ -126,11 +128,12 @@ enum DutyMsg {
     },
     /// This round's answers of the members (from the side task).
     MemberVersions(BTreeMap<NodeId, Option<NodeVersion>>),
-    /// A timer run this term sent has ended.
+    /// A timer run this term sent has ended (`None`: this node no longer leads;
+    /// the next leader sends it again).
     TimerDone {
         timer: TimerId,
         invocation_id: String,
-        outcome: TimerOutcome,
+        outcome: Option<TimerOutcome>,
     },
 }
 
@@ -195,7 +198,7 @@ pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) 
                 let stop = cancel.child_token();
                 let (tx, rx) = mpsc::channel(MAILBOX);
                 let task =
-                    tokio::spawn(Term::new(node.clone(), tx.clone(), rx, stop.clone()).run());
+                    tokio::spawn(Term::new(node.clone(), term, tx.clone(), rx, stop.clone()).run());
                 node.duties
                     .current
                     .send_replace(Some(TermHandle { term, tx }));
@@ -218,6 +221,8 @@ pub async fn run_leader_duties(node: ManagementNode, cancel: CancellationToken) 
 /// The term task's state: everything only the leader knows.
 struct Term {
     node: ManagementNode,
+    /// The Raft term this task leads.
+    term: u64,
     /// For the side task that asks members their versions.
     tx: mpsc::Sender<DutyMsg>,
     rx: mpsc::Receiver<DutyMsg>,
@@ -239,12 +244,14 @@ struct Term {
 impl Term {
     fn new(
         node: ManagementNode,
+        term: u64,
         tx: mpsc::Sender<DutyMsg>,
         rx: mpsc::Receiver<DutyMsg>,
         cancel: CancellationToken,
     ) -> Term {
         Term {
             node,
+            term,
             tx,
             rx,
             cancel,
@@ -347,6 +354,9 @@ impl Term {
                 // recorded as running (the worker answers a run it has finished
                 // with its outcome, without running it again).
                 self.dispatching.remove(&invocation_id);
+                let Some(outcome) = outcome else {
+                    return;
+                };
                 if !outcome.succeeded {
                     tracing::warn!(%timer, %invocation_id, "timer run failed: {}", outcome.error);
                 }
@@ -483,7 +493,8 @@ impl Term {
             return;
         };
         let view = self.node.read_local();
-        if !view.state.allows(Feature::Timers) {
+        // Once every node can run what another node's leader sends it.
+        if !view.state.allows(Feature::TimerRuns) {
             return;
         }
         let now = now_ms();
@@ -524,7 +535,16 @@ impl Term {
     /// Send one run in a task of this term; its outcome comes back as a message.
     fn send_run(&self, dispatcher: &Arc<dyn TimerDispatcher>, timer: TimerId, run: TimerDispatch) {
         let invocation_id = run.invocation_id.clone();
-        let sent = dispatcher.dispatch(run);
+        let node = self.node.clone();
+        let term = self.term;
+        let leading: StillLeading = Arc::new(move || {
+            let node = node.clone();
+            Box::pin(async move {
+                let confirmed = tokio::time::timeout(LEADING_CHECK, node.read_index_local()).await;
+                matches!(confirmed, Ok(Ok(_))) && node.raft.metrics().borrow().current_term == term
+            })
+        });
+        let sent = dispatcher.dispatch(run, leading);
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
         tokio::spawn(async move {

@@ -144,7 +144,7 @@ fn encode_snapshot(
     meta: &SnapshotMeta,
     state: &ClusterState,
 ) -> Result<Vec<u8>, codec::CodecError> {
-    if state.allows(strom_proto::version::Feature::TimerRetries) {
+    if state.allows(strom_proto::version::Feature::TimerRuns) {
         return codec::encode_envelope(
             SNAPSHOT_FORMAT,
             &SnapshotBody {

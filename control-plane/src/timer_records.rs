@@ -241,10 +241,10 @@ impl ClusterState {
                 Ok(true)
             }
             Command::RetryTimer(retry) => {
-                if !self.allows(Feature::TimerRetries) {
+                if !self.allows(Feature::TimerRuns) {
                     return Err(Rejection::NotYetEnabled {
                         what: "timer retries".into(),
-                        needs: Feature::TimerRetries.since(),
+                        needs: Feature::TimerRuns.since(),
                         speaks: self.protocol(),
                     });
                 }

@@ -36,11 +36,25 @@ pub struct TimerDispatch {
     pub retry_context: Option<serde_json::Value>,
 }
 
+/// Whether the sender may still send a run: the leader that fired it still leads
+/// (confirmed with a quorum). Asked before every attempt to reach an instance, so
+/// a deposed leader that has not heard of its successor yet sends nothing more.
+pub type StillLeading = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
 /// Sends a run to an instance of its app and waits for its outcome. The gateway
-/// implements it; it never gives up while the future is polled except with an
-/// outcome (a failed run is an outcome).
+/// implements it; it gives up only with an outcome (a failed run is an outcome),
+/// or with `None` once `leading` says no (nothing ran on its behalf since).
 pub trait TimerDispatcher: Send + Sync {
-    fn dispatch(&self, run: TimerDispatch) -> BoxFuture<'static, TimerOutcome>;
+    fn dispatch(
+        &self,
+        run: TimerDispatch,
+        leading: StillLeading,
+    ) -> BoxFuture<'static, Option<TimerOutcome>>;
+}
+
+/// For runs no leader fenced (an admin invoke): always.
+pub fn always() -> StillLeading {
+    Arc::new(|| Box::pin(async { true }))
 }
 
 /// Where the node's dispatcher is set once its gateway exists. Cheap to clone.
@@ -122,7 +136,7 @@ pub fn outcome_command(
     now_ms: i64,
     new_id: impl FnOnce() -> String,
 ) -> Command {
-    let retry = (!outcome.succeeded && state.allows(Feature::TimerRetries))
+    let retry = (!outcome.succeeded && state.allows(Feature::TimerRuns))
         .then(|| {
             let (_, attempt) = state
                 .timer_attempts()

@@ -533,7 +533,7 @@ fn read_events(path: &Path) -> Vec<Event> {
             past_due: v["data"]["t"]["IsPastDue"] == true,
         })
         .collect();
-    events.sort_by_key(|e| (e.at_ms, !e.start));
+    events.sort_by_key(|e| (e.at_ms, e.start));
     events
 }
 

@@ -26,8 +26,9 @@ use crate::ids::NodeId;
 ///   a deploy whose routes overlapped another app's was refused.
 /// - 6: timers: `ScheduleTimer`, `FireTimer`, `CompleteTimer`, and the state's timer
 ///   records (snapshot format 3).
-/// - 7: timer retries: `RetryTimer`, and the state's retry records (snapshot
-///   format 4).
+/// - 7: timers run: the leader fires them and sends runs to other nodes'
+///   gateways; timer retries: `RetryTimer`, and the state's retry records
+///   (snapshot format 4).
 pub const PROTOCOL: u32 = 7;
 
 /// The oldest protocol a member can speak; what a member that does not answer
@@ -51,9 +52,10 @@ pub enum Feature {
     AppHosts,
     /// Timer records and the timer commands (protocol 6).
     Timers,
-    /// A failed timer run is retried by its retry policy, the retry recorded
-    /// (protocol 7).
-    TimerRetries,
+    /// Timers run: every node's gateway serves a timer run another node's leader
+    /// sends, and a failed run is retried by its retry policy, the retry
+    /// recorded (protocol 7). Builds of protocol 6 kept records but ran nothing.
+    TimerRuns,
 }
 
 impl Feature {
@@ -64,7 +66,7 @@ impl Feature {
             Feature::InternalProof => 4,
             Feature::AppHosts => 5,
             Feature::Timers => 6,
-            Feature::TimerRetries => 7,
+            Feature::TimerRuns => 7,
         }
     }
 }

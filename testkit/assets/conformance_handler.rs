@@ -14,6 +14,12 @@
 //!   `sleep` (`ms` milliseconds), `exit` (exits with `code`, no answer), `hog`
 //!   (allocates memory until killed), `connect` (a TCP connection to `addr`, 1 s:
 //!   `connected` or the error), anything else `ok`.
+//! - With `TEST_HANDLER_RECORD` set (an app setting), a JSON-mode invocation (a POST
+//!   whose body is a JSON object with `Data`, e.g. a timer run) appends a line
+//!   `{"event":"start","function","invocationId","pid","atMs","payload":<body>}` to
+//!   that file, waits `TEST_HANDLER_ACTION=sleep=MS` (if set), appends the same
+//!   line with `"event":"end"` and no payload, and answers
+//!   `{"Outputs":{},"Logs":["ran"]}`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -72,6 +78,7 @@ fn serve(stream: TcpStream) {
         }
         let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut length = 0usize;
+        let mut invocation = String::new();
         let mut close = line.ends_with("HTTP/1.0\r\n");
         loop {
             let mut h = String::new();
@@ -87,6 +94,9 @@ fn serve(stream: TcpStream) {
                 if k == "content-length" {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                if k == "x-azure-functions-invocationid" {
+                    invocation = v.trim().to_string();
+                }
                 if k == "connection" && v.trim().eq_ignore_ascii_case("close") {
                     close = true;
                 }
@@ -95,6 +105,54 @@ fn serve(stream: TcpStream) {
         let mut body = vec![0u8; length];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if let Ok(record) = std::env::var("TEST_HANDLER_RECORD") {
+            if line.starts_with("POST ") && body.starts_with(b"{") && body.windows(7).any(|w| w == b"\"Data\":") {
+                let function = target.trim_start_matches('/').to_string();
+                let json = |event: &str, payload: Option<&[u8]>| {
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis())
+                        .unwrap_or(0);
+                    let mut l = format!(
+                        "{{\"event\":\"{event}\",\"function\":\"{function}\",\"invocationId\":\"{invocation}\",\"pid\":{},\"atMs\":{at}",
+                        std::process::id()
+                    );
+                    if let Some(p) = payload {
+                        l.push_str(",\"payload\":");
+                        l.push_str(&String::from_utf8_lossy(p));
+                    }
+                    l.push_str("}\n");
+                    l
+                };
+                let append = |text: String| {
+                    let written = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&record)
+                        .and_then(|mut f| f.write_all(text.as_bytes()));
+                    if let Err(e) = written {
+                        eprintln!("TEST_HANDLER_RECORD {record}: {e}");
+                    }
+                };
+                append(json("start", Some(&body)));
+                let sleep = std::env::var("TEST_HANDLER_ACTION")
+                    .ok()
+                    .and_then(|a| a.strip_prefix("sleep=").and_then(|ms| ms.parse::<u64>().ok()));
+                if let Some(ms) = sleep {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                append(json("end", None));
+                let answer = "{\"Outputs\":{},\"Logs\":[\"ran\"]}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    answer.len()
+                );
+                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
         let params: HashMap<&str, &str> = query

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
-use strom_control_plane::timer_service::{TimerDispatch, TimerDispatcher};
+use strom_control_plane::timer_service::{StillLeading, TimerDispatch, TimerDispatcher};
 use strom_proto::command::TimerOutcome;
 use strom_proto::ids::{AppName, NodeId};
 use strom_proto::worker_view::Peer;
@@ -220,7 +220,12 @@ impl Gateway {
     /// Send `run` to a worker of its app and wait for its outcome; workers are
     /// tried in [`candidates`] order, again after a pause while none has a Ready
     /// instance, until the cold-start timeout (then the run fails, recorded).
-    async fn send_timer_run(self, run: TimerDispatch) -> TimerOutcome {
+    /// Before each attempt the sender must still lead (`None` otherwise).
+    async fn send_timer_run(
+        self,
+        run: TimerDispatch,
+        leading: StillLeading,
+    ) -> Option<TimerOutcome> {
         let inner = &self.inner;
         let me = inner.config.node_id;
         let started = Instant::now();
@@ -237,9 +242,13 @@ impl Gateway {
                 .map(|a| candidates(&a.placements, &routes.workers, &run.invocation_id))
                 .unwrap_or_default();
             for (node, addr) in order {
+                if !leading().await {
+                    tracing::info!(timer = %run.timer, invocation_id = %run.invocation_id, "timer run: no longer leading; not sent");
+                    return None;
+                }
                 if node == me {
                     if let Some(outcome) = self.run_timer_here(run.clone()).await {
-                        return outcome;
+                        return Some(outcome);
                     }
                     continue;
                 }
@@ -248,17 +257,17 @@ impl Gateway {
                     .header(hyper::header::CONTENT_TYPE, "application/json")
                     .body(());
                 let Ok(request) = request else {
-                    return failed(
+                    return Some(failed(
                         format!("function name `{}` is not a path", run.timer.function),
                         started,
-                    );
+                    ));
                 };
                 let (parts, ()) = request.into_parts();
                 match inner.hop.send(me, &app, node, &addr, &parts, &body).await {
                     Hop::Answered(resp) if resp.status() == StatusCode::OK => {
                         match resp.into_body().collect().await {
                             Ok(b) => match serde_json::from_slice::<TimerOutcome>(&b.to_bytes()) {
-                                Ok(outcome) => return outcome,
+                                Ok(outcome) => return Some(outcome),
                                 Err(e) => last_error = format!("node {node} answered: {e}"),
                             },
                             Err(e) => {
@@ -284,13 +293,13 @@ impl Gateway {
                 if last_error.is_empty() {
                     last_error = "no worker runs the app".into();
                 }
-                return failed(
+                return Some(failed(
                     format!(
                         "no instance of app `{app}` took the run within {:?} ({last_error})",
                         inner.config.cold_start_timeout
                     ),
                     started,
-                );
+                ));
             }
             let mut view = inner.view.clone();
             tokio::select! {
@@ -303,8 +312,12 @@ impl Gateway {
 }
 
 impl TimerDispatcher for Gateway {
-    fn dispatch(&self, run: TimerDispatch) -> BoxFuture<'static, TimerOutcome> {
-        Box::pin(self.clone().send_timer_run(run))
+    fn dispatch(
+        &self,
+        run: TimerDispatch,
+        leading: StillLeading,
+    ) -> BoxFuture<'static, Option<TimerOutcome>> {
+        Box::pin(self.clone().send_timer_run(run, leading))
     }
 }
 
