@@ -31,13 +31,17 @@
 //! and process runtimes against a bare container and a bare process, and the
 //! worker's memory per instance (skipped with a note without a Docker engine).
 //!
+//! Timers (`timers.rs`): how late a timer run reaches a warm instance after its
+//! tick through `strom up`, against a loop that sleeps until each tick and calls
+//! the handler directly.
+//!
 //! Before and after, in one run: `--before DIR` names the folder of an older build's
 //! `strom` binary (e.g. `target/release` of a worktree at the base commit); the
 //! gateway and HA sections then measure it too, beside this build and the
 //! baselines, with its rows marked "(before)".
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,gateway-cost,placements,ha,containers] [--before DIR]
+//! [--trials N] [--only gateway,gateway-cost,placements,ha,containers,timers] [--before DIR]
 //! [--no-write]`. The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
@@ -72,9 +76,17 @@ mod cost;
 mod gateway;
 mod ha;
 mod placements;
+mod timers;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
-const SECTIONS: [&str; 5] = ["gateway", "gateway-cost", "placements", "ha", "containers"];
+const SECTIONS: [&str; 6] = [
+    "gateway",
+    "gateway-cost",
+    "placements",
+    "ha",
+    "containers",
+    "timers",
+];
 
 /// Failover trials unless `--trials` says otherwise.
 const FAILOVER_TRIALS: usize = 20;
@@ -206,6 +218,11 @@ async fn main() -> anyhow::Result<()> {
                 out!("### Commit latency, throughput, failover and memory: Strom vs etcd");
                 out!();
                 ha::run(&builds, seconds, trials).await?;
+            }
+            "timers" => {
+                out!("### Timer dispatch lateness: scheduled tick → handler receives the run");
+                out!();
+                timers::run(&builds, seconds).await?;
             }
             _ => containers::run(&builds.current).await?,
         }

@@ -1,0 +1,182 @@
+//! Timer dispatch lateness: from a tick's scheduled time to the handler receiving
+//! the run, for a warm instance. The same handler records when each run reaches
+//! it (`TEST_HANDLER_RECORD`) and which tick it is for; the baseline is the best
+//! any scheduler could do on this machine: a loop in this process that sleeps
+//! until each tick and POSTs the same JSON-mode request to the handler directly.
+
+use super::*;
+use strom_chaos_tests::history::TimerEvent;
+
+/// Every second (NCRONTAB with seconds).
+const EVERY_SECOND: &str = "* * * * * *";
+
+/// Lateness of each run's arrival at the handler after its tick (ms).
+fn lateness(record: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    let mut late: Vec<f64> = text
+        .lines()
+        .filter_map(TimerEvent::parse)
+        .filter(|e| e.start)
+        .map(|e| e.at_unix_ms as f64 - e.tick_ms as f64)
+        .collect();
+    late.sort_by(f64::total_cmp);
+    late
+}
+
+fn row(what: &str, late: &[f64], baseline_p50: Option<f64>) {
+    if late.is_empty() {
+        out!("| {what} | 0 | – | – | – | – |");
+        return;
+    }
+    let q = |p: f64| late[((late.len() - 1) as f64 * p).round() as usize];
+    let ratio = baseline_p50
+        .filter(|b| *b > 0.0)
+        .map_or("1.00×".to_string(), |b| format!("{:.2}×", q(0.5) / b));
+    out!(
+        "| {what} | {} | {:.1} | {:.1} | {:.1} | {ratio} |",
+        late.len(),
+        q(0.5),
+        q(0.99),
+        late[late.len() - 1]
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The baseline: sleep until each whole second, POST the run to the handler.
+async fn direct(handler: &Path, dir: &Path, seconds: f64) -> anyhow::Result<Vec<f64>> {
+    let record = dir.join("direct.jsonl");
+    let port = free_port();
+    let _handler = Proc(
+        Command::new(handler)
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("TEST_HANDLER_RECORD", &record)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(([127, 0, 0, 1], port).into()).await?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        let tick = (now_ms() / 1000 + 1) * 1000;
+        tokio::time::sleep(Duration::from_millis((tick - now_ms()).max(0) as u64)).await;
+        let at = chrono::DateTime::from_timestamp_millis(tick).unwrap_or_default();
+        let body = serde_json::json!({
+            "Data": {"timer": strom_proto::timers::timer_info(
+                chrono_tz::Tz::UTC,
+                Some(&strom_proto::timers::ScheduleStatus {
+                    last: None,
+                    next: at,
+                    last_updated: at,
+                    schedule: EVERY_SECOND.into(),
+                }),
+                false,
+            )},
+            "Metadata": {},
+        });
+        let req = hyper::Request::post(format!("http://127.0.0.1:{port}/tick"))
+            .header("content-type", "application/json")
+            .header("x-azure-functions-invocationid", format!("direct-{tick}"))
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = client.request(req).await?;
+        resp.into_body().collect().await?;
+    }
+    Ok(lateness(&record))
+}
+
+/// `strom up` with a timer firing every second; runs recorded by the handler.
+async fn through_strom(
+    strom: &Path,
+    handler: &Path,
+    dir: &Path,
+    seconds: f64,
+) -> anyhow::Result<Vec<f64>> {
+    let app = dir.join("timers");
+    let record = dir.join("strom.jsonl");
+    std::fs::create_dir_all(app.join("tick"))?;
+    std::fs::write(
+        app.join("host.json"),
+        format!(
+            r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{}"}}}}}}"#,
+            handler.display()
+        ),
+    )?;
+    std::fs::write(
+        app.join("tick/function.json"),
+        format!(
+            r#"{{"bindings":[{{"type":"timerTrigger","direction":"in","name":"timer","schedule":"{EVERY_SECOND}"}}]}}"#
+        ),
+    )?;
+    std::fs::write(
+        app.join("local.settings.json"),
+        serde_json::json!({"Values": {"TEST_HANDLER_RECORD": record}}).to_string(),
+    )?;
+    let http_port = free_port();
+    let _strom = Proc(
+        Command::new(strom)
+            .arg("up")
+            .arg(&app)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--control-addr", "127.0.0.1:0", "--http-addr"])
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("STROM_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // Warm: measure only once runs arrive.
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    while lateness(&record).len() < 2 {
+        if Instant::now() > warm_deadline {
+            bail!("no timer run reached the handler within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let skip = lateness(&record).len();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let text = std::fs::read_to_string(&record).unwrap_or_default();
+    let measured: String = text
+        .lines()
+        .filter(|l| TimerEvent::parse(l).is_some_and(|e| e.start))
+        .skip(skip)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let kept = dir.join("strom-measured.jsonl");
+    std::fs::write(&kept, measured)?;
+    Ok(lateness(&kept))
+}
+
+pub async fn run(builds: &Builds, seconds: f64) -> anyhow::Result<()> {
+    let seconds = seconds.max(20.0);
+    let handler = builds.current.join("strom-test-handler");
+    let dir = tempfile::tempdir()?;
+    let direct_late = direct(&handler, dir.path(), seconds).await?;
+    let strom_late =
+        through_strom(&builds.current.join("strom"), &handler, dir.path(), seconds).await?;
+    out!(
+        "Timer `{EVERY_SECOND}` for {seconds:.0} s, warm instance; lateness = when the run reaches the handler minus its tick (wall clock, one machine)."
+    );
+    out!();
+    out!("| dispatch | runs | p50 ms | p99 ms | max ms | p50 vs direct |");
+    out!("|---|---:|---:|---:|---:|---:|");
+    let base = direct_late.get(direct_late.len() / 2).copied();
+    row(
+        "direct (sleep until the tick, POST to the handler)",
+        &direct_late,
+        None,
+    );
+    row(
+        "strom up (leader fires, commits, sends to its instance)",
+        &strom_late,
+        base,
+    );
+    out!("| scale-to-zero start | – | – | – | – | not built yet |");
+    Ok(())
+}
