@@ -1496,6 +1496,7 @@ fn invocation_info(r: &InvocationRecord) -> pb::InvocationInfo {
         status: r.status.as_str().to_string(),
         http_status: r.http_status as u32,
         error: r.error.clone().unwrap_or_default(),
+        trigger: r.trigger.clone(),
         logs: r
             .logs
             .iter()

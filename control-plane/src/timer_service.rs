@@ -34,6 +34,13 @@ pub struct TimerDispatch {
     /// `Exception`) when the function has a retry policy.
     #[serde(default)]
     pub retry_context: Option<serde_json::Value>,
+    /// A tick of its schedule (false: an admin invoke, `strom fn invoke`).
+    #[serde(default = "scheduled")]
+    pub scheduled: bool,
+}
+
+fn scheduled() -> bool {
+    true
 }
 
 /// Whether the sender may still send a run: the leader that fired it still leads
@@ -101,6 +108,7 @@ pub fn dispatch_for(
         value: timers::timer_info(zone, status.as_ref(), run.past_due),
         tick_ms: run.tick_ms,
         retry_context: retry_context(state, timer, attempt),
+        scheduled: true,
     })
 }
 
@@ -198,6 +206,7 @@ pub fn manual_dispatch(
                 retry: None,
             },
         ),
+        scheduled: false,
     })
 }
 

@@ -236,10 +236,15 @@ impl Printer {
             return;
         }
         say!(
-            "{} {}/{} {} {} {:.1} ms id={}{}",
+            "{} {}/{} {} {} {} {:.1} ms id={}{}",
             format_time_ms(i.started_at_ms),
             i.app_name,
             i.function_name,
+            if i.trigger.is_empty() {
+                "http"
+            } else {
+                &i.trigger
+            },
             i.status,
             i.http_status,
             i.duration_us as f64 / 1000.0,

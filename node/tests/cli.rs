@@ -1125,6 +1125,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
             .find(|r| r["id"] == id.as_str())
     });
     assert_eq!(record["status"], "Succeeded", "{record}");
+    assert_eq!(record["trigger"], "admin", "{record}");
     let logs = record["logs"].to_string();
     assert!(
         logs.contains(&format!("ran /tick past_due=False id={id}")),
@@ -1281,5 +1282,32 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
     }
     let last = &status["functions"][0]["timer"]["last_run"];
     assert_eq!(last["invocation_id"], seen[2]["id"], "{status}");
+    // Each attempt is in `strom fn logs`, as a timer run, failed twice then succeeded.
+    let logs = up.strom(&["fn", "logs", "jobs", "nightly", "--output", "json"]);
+    let mut runs: Vec<serde_json::Value> = logs
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    runs.sort_by_key(|r| r["started_at_ms"].as_i64());
+    let statuses: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["trigger"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("timer", "Failed"),
+            ("timer", "Failed"),
+            ("timer", "Succeeded")
+        ],
+        "{}",
+        logs.stdout
+    );
     up.stop();
 }

@@ -51,6 +51,10 @@ pub struct InvocationRecord {
     pub http_status: u16,
     pub error: Option<String>,
     pub logs: Vec<LogEntry>,
+    /// What started it: `http`, `timer` (a scheduled run) or `admin` (an admin
+    /// invoke of a non-HTTP function).
+    #[serde(default)]
+    pub trigger: String,
 }
 
 /// Bounded, shared store of recent invocations. Cheap to clone.
@@ -128,6 +132,7 @@ mod tests {
             http_status: 200,
             error: None,
             logs: vec![],
+            trigger: "http".into(),
         }
     }
 

@@ -127,6 +127,7 @@ impl Gateway {
             id.clone(),
             data,
             serde_json::Map::new(),
+            "admin",
         ));
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::ACCEPTED;
@@ -147,6 +148,7 @@ impl Gateway {
         id: String,
         data: serde_json::Map<String, serde_json::Value>,
         mut metadata: serde_json::Map<String, serde_json::Value>,
+        trigger: &'static str,
     ) -> InvocationRecord {
         let inner = &self.inner;
         let (timeout, unsupported) = match inner.routing.load().apps.get(&target.app) {
@@ -194,6 +196,7 @@ impl Gateway {
             http_status: 200,
             error: None,
             logs: Vec::new(),
+            trigger: trigger.to_string(),
         };
         let sent = inner.client.request(request);
         let answered = match timeout {

@@ -192,6 +192,7 @@ impl Gateway {
             http_status: 200,
             error: None,
             logs: Vec::new(),
+            trigger: "http".into(),
         };
         // The instance may have died under the request (out of memory, a crash):
         // its record says how, once the worker has noticed.

@@ -162,7 +162,14 @@ impl Gateway {
                 }
                 let record = gateway
                     .clone()
-                    .run_non_http(target, endpoint, run.invocation_id.clone(), data, metadata)
+                    .run_non_http(
+                        target,
+                        endpoint,
+                        run.invocation_id.clone(),
+                        data,
+                        metadata,
+                        if run.scheduled { "timer" } else { "admin" },
+                    )
                     .await;
                 let outcome = TimerOutcome {
                     succeeded: record.status == InvocationStatus::Succeeded,
