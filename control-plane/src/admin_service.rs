@@ -754,7 +754,7 @@ impl AdminService for AdminApi {
             instances: self.instances(self.node.live_workers().await.as_ref(), Some(&name)),
             scale: app
                 .scale
-                .unwrap_or_else(|| crate::scheduler::desired_in(&view.state, app)),
+                .unwrap_or_else(|| crate::scheduler::desired_in(&view.state, app, now_ms())),
         }))
     }
 
@@ -1046,7 +1046,7 @@ impl AdminService for AdminApi {
             .values()
             .map(|app| pb::AppPlacement {
                 app_name: app.name.to_string(),
-                desired: crate::scheduler::desired_in(&view.state, app),
+                desired: crate::scheduler::desired_in(&view.state, app, now_ms()),
                 nodes: view
                     .state
                     .placements
@@ -1524,6 +1524,9 @@ fn check_schedule_settings(
     after: &BTreeMap<String, String>,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
+    if let Some(p) = strom_proto::manifest::app::scale_to_zero_problem(&manifest.functions, after) {
+        problems.push(format!("STROM_SCALE_TO_ZERO: {p}"));
+    }
     let has_timers = manifest
         .functions
         .iter()
@@ -1572,7 +1575,14 @@ fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
         return Err(format!("setting `{key}`: the value must not contain NUL"));
     }
     // Settings the scheduler reads are checked before they are committed.
-    if key == crate::scheduler::MEMORY_SETTING || key == crate::scheduler::LABELS_SETTING {
+    if [
+        crate::scheduler::MEMORY_SETTING,
+        crate::scheduler::LABELS_SETTING,
+        crate::scheduler::SCALE_TO_ZERO_SETTING,
+        crate::scheduler::IDLE_STOP_SETTING,
+    ]
+    .contains(&key)
+    {
         crate::scheduler::app_requirements(&BTreeMap::from([(
             key.to_string(),
             value.to_string(),

@@ -96,7 +96,10 @@ impl Leases {
                 }
             }
         }
-        LiveView { ready }
+        LiveView {
+            ready,
+            now_ms: crate::management::now_ms(),
+        }
     }
 
     /// The protocol each of `workers` reported this term (`None`: not heard yet).

@@ -57,12 +57,20 @@ use crate::cluster_state::{AppState, ClusterState};
 pub const MEMORY_SETTING: &str = strom_proto::runtime_settings::MEMORY_MB;
 /// The app setting listing the `key=value` labels a worker must carry.
 pub const LABELS_SETTING: &str = "STROM_WORKER_LABELS";
+/// `true`: a batch app with no instance between its timer runs.
+pub const SCALE_TO_ZERO_SETTING: &str = "STROM_SCALE_TO_ZERO";
+/// How long a scale-to-zero app's instance stays after its last run (`hh:mm:ss`).
+pub const IDLE_STOP_SETTING: &str = "STROM_IDLE_STOP";
+/// [`IDLE_STOP_SETTING`]'s default: 5 minutes.
+pub const DEFAULT_IDLE_STOP_MS: u64 = 300_000;
 
 /// What the leader knows from worker heartbeats (not replicated): Ready instances
 /// of each app's *active* version on each worker.
 #[derive(Debug, Default, Clone)]
 pub struct LiveView {
     pub ready: HashMap<(NodeId, AppName), u32>,
+    /// The leader's clock (Unix ms), for scale-to-zero apps' idle time.
+    pub now_ms: i64,
 }
 
 /// What an app asks of the workers it runs on, parsed from its settings.
@@ -72,6 +80,10 @@ pub struct Requirements {
     pub memory_mb: u64,
     /// Labels a worker must all carry; empty = any worker.
     pub labels: BTreeMap<String, String>,
+    /// A batch app: instances only while its timers run, and for `idle_stop_ms`
+    /// after.
+    pub scale_to_zero: bool,
+    pub idle_stop_ms: u64,
 }
 
 /// Desired instances of an app: its scale, or by default `min(2, eligible_workers)`.
@@ -79,9 +91,45 @@ pub fn desired(app: &AppState, eligible_workers: usize) -> u32 {
     app.scale.unwrap_or(eligible_workers.min(2) as u32)
 }
 
-/// Desired instances of `app` in `state`, counted as [`plan`] counts them (for
-/// status displays); 0 when its settings do not parse.
-pub fn desired_in(state: &ClusterState, app: &AppState) -> u32 {
+/// Whether a scale-to-zero app needs an instance at `now_ms`: one of its timers
+/// has a run recorded (going on, or waiting for a retry), or its last run ended
+/// less than `idle_stop_ms` ago.
+pub fn batch_active(state: &ClusterState, app: &AppName, idle_stop_ms: u64, now_ms: i64) -> bool {
+    state
+        .timers
+        .iter()
+        .filter(|(t, _)| &t.app == app)
+        .any(|(_, r)| {
+            r.running.is_some()
+                || r.last_outcome
+                    .as_ref()
+                    .is_some_and(|o| o.finished_at_ms.saturating_add(idle_stop_ms as i64) > now_ms)
+        })
+}
+
+/// Desired instances of an app with requirements `req` at `now_ms`: a
+/// scale-to-zero app's scale (at least 1) while [`batch_active`], else 0; any
+/// other app's [`desired`].
+fn desired_of(
+    state: &ClusterState,
+    app: &AppState,
+    req: &Requirements,
+    eligible: usize,
+    now_ms: i64,
+) -> u32 {
+    if !req.scale_to_zero {
+        return desired(app, eligible);
+    }
+    if batch_active(state, &app.name, req.idle_stop_ms, now_ms) {
+        app.scale.unwrap_or(1).max(1)
+    } else {
+        0
+    }
+}
+
+/// Desired instances of `app` in `state` at `now_ms`, counted as [`plan`] counts
+/// them (for status displays); 0 when its settings do not parse.
+pub fn desired_in(state: &ClusterState, app: &AppState, now_ms: i64) -> u32 {
     let Ok(req) = app_requirements(&app.settings) else {
         return app.scale.unwrap_or(0);
     };
@@ -95,12 +143,33 @@ pub fn desired_in(state: &ClusterState, app: &AppState) -> u32 {
                 .all(|(k, v)| w.info.labels.get(k) == Some(v))
         })
         .count();
-    desired(app, eligible)
+    desired_of(state, app, &req, eligible, now_ms)
 }
 
 /// App settings the scheduler reads, parsed; errors name the setting and value.
 pub fn app_requirements(settings: &BTreeMap<String, String>) -> Result<Requirements, String> {
-    let mut req = Requirements::default();
+    let mut req = Requirements {
+        idle_stop_ms: DEFAULT_IDLE_STOP_MS,
+        ..Requirements::default()
+    };
+    if let Some(raw) = settings.get(SCALE_TO_ZERO_SETTING) {
+        req.scale_to_zero = match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" | "" => false,
+            _ => {
+                return Err(format!(
+                    "{SCALE_TO_ZERO_SETTING} `{raw}` is not true or false"
+                ))
+            }
+        };
+    }
+    if let Some(raw) = settings.get(IDLE_STOP_SETTING) {
+        let value = raw.trim();
+        if !value.is_empty() {
+            req.idle_stop_ms = strom_proto::manifest::timespan::parse_timespan_ms(value)
+                .ok_or_else(|| format!("{IDLE_STOP_SETTING} `{raw}` is not hh:mm:ss"))?;
+        }
+    }
     if let Some(raw) = settings.get(MEMORY_SETTING) {
         let value = raw.trim();
         if !value.is_empty() {
@@ -141,7 +210,7 @@ pub fn plan(state: &ClusterState, live: &LiveView) -> Vec<PlacementChange> {
             continue;
         };
         let set = label_sets.index_of(&req.labels, &workers);
-        let desired = desired(app, label_sets.sets[set].eligible);
+        let desired = desired_of(state, app, &req, label_sets.sets[set].eligible, live.now_ms);
         let mut app_plan = AppPlan {
             name,
             memory_mb: req.memory_mb,
@@ -654,6 +723,77 @@ mod tests {
                 .map(|p| p.iter().map(|(n, c)| (*n, *c)).collect())
                 .unwrap_or_default()
         }
+    }
+
+    #[test]
+    fn a_scale_to_zero_app_has_an_instance_only_while_its_timers_run_and_briefly_after() {
+        use crate::timer_records::{FinishedRun, TimerRecord, TimerRun};
+        use strom_proto::command::{TimerId, TimerOutcome};
+        let mut w = World::new();
+        w.worker(1, 100, 0, &[]);
+        w.worker(2, 100, 0, &[("batch", "true")]);
+        w.deploy(
+            "nightly",
+            &[
+                (SCALE_TO_ZERO_SETTING, "true"),
+                (IDLE_STOP_SETTING, "00:00:10"),
+                (LABELS_SETTING, "batch=true"),
+            ],
+        );
+        w.live.now_ms = 1_000_000;
+        assert_eq!(w.plan(), vec![], "no instance between runs");
+        let timer = TimerId {
+            app: app("nightly"),
+            function: "f".into(),
+        };
+        let mut record = TimerRecord {
+            last_ms: Some(999_000),
+            next_ms: 1_060_000,
+            updated_ms: 999_000,
+            schedule: "0 * * * * * (UTC)".into(),
+            running: Some(TimerRun {
+                tick_ms: 999_000,
+                invocation_id: "a".into(),
+                past_due: false,
+                fired_at_ms: 999_000,
+            }),
+            last_outcome: None,
+        };
+        w.state.timers.insert(timer.clone(), record.clone());
+        // A run is recorded: one instance, on the worker its labels pick.
+        w.round();
+        assert_eq!(w.placed("nightly"), vec![(2, 1)]);
+        assert_eq!(
+            desired_in(&w.state, &w.state.apps[&app("nightly")], w.live.now_ms),
+            1
+        );
+        // It ended 5 s ago: the instance stays for the idle time…
+        record.running = None;
+        record.last_outcome = Some(FinishedRun {
+            tick_ms: 999_000,
+            invocation_id: "a".into(),
+            outcome: TimerOutcome {
+                succeeded: true,
+                error: String::new(),
+                duration_ms: 1000,
+            },
+            finished_at_ms: 995_000,
+        });
+        w.state.timers.insert(timer, record);
+        assert_eq!(w.plan(), vec![]);
+        // …and goes once it has passed.
+        w.live.now_ms = 1_005_001;
+        w.round();
+        assert!(
+            w.placed("nightly").iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            w.placed("nightly")
+        );
+        // Bad values are named.
+        let err = app_requirements(&pairs(&[(IDLE_STOP_SETTING, "5m")])).unwrap_err();
+        assert!(err.contains("STROM_IDLE_STOP `5m`"), "{err}");
+        let err = app_requirements(&pairs(&[(SCALE_TO_ZERO_SETTING, "yes")])).unwrap_err();
+        assert!(err.contains("not true or false"), "{err}");
     }
 
     #[test]

@@ -940,6 +940,9 @@ pub enum AppHealth {
     Starting,
     /// Nothing answers: its instances keep failing (the newest error).
     Failing(String),
+    /// No instance is wanted now: scaled to 0, or a scale-to-zero batch app
+    /// between its timer runs.
+    Idle,
 }
 
 impl std::fmt::Display for AppHealth {
@@ -952,6 +955,7 @@ impl std::fmt::Display for AppHealth {
             ),
             AppHealth::Starting => f.write_str("starting"),
             AppHealth::Failing(e) => write!(f, "NOT ready: {e}"),
+            AppHealth::Idle => f.write_str("no instance (scaled to zero until it is needed)"),
         }
     }
 }
@@ -976,14 +980,26 @@ pub fn app_health(
                 .filter(|i| i.state == InstanceState::Ready)
                 .count();
             let failing = mine.iter().find_map(|i| i.failure());
+            let placed: u32 = state
+                .placements
+                .get(&app.name)
+                .map_or(0, |p| p.values().sum());
             let health = match (ready, failing) {
                 (0, Some(e)) => AppHealth::Failing(e.to_string()),
+                (0, None) if placed == 0 && mine.is_empty() && wants_none(app) => AppHealth::Idle,
                 (0, None) => AppHealth::Starting,
                 (ready, _) => AppHealth::Ready { ready },
             };
             (app.name.clone(), health)
         })
         .collect()
+}
+
+/// Whether an app may rightly have no instance: scaled to 0, or scale-to-zero.
+fn wants_none(app: &strom_control_plane::cluster_state::AppState) -> bool {
+    app.scale == Some(0)
+        || strom_control_plane::scheduler::app_requirements(&app.settings)
+            .is_ok_and(|r| r.scale_to_zero)
 }
 
 /// Print each app's health; returns how many are not ready.
@@ -993,7 +1009,7 @@ fn print_health(health: &BTreeMap<AppName, AppHealth>) -> usize {
     }
     health
         .values()
-        .filter(|h| !matches!(h, AppHealth::Ready { .. }))
+        .filter(|h| !matches!(h, AppHealth::Ready { .. } | AppHealth::Idle))
         .count()
 }
 

@@ -1311,3 +1311,83 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
     );
     up.stop();
 }
+
+#[test]
+fn t43_a_scale_to_zero_batch_app_starts_for_its_runs_and_stops_when_idle() {
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let record = apps.path().join("runs.jsonl");
+    let app = apps.path().join("batch");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "job",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"*/6 * * * * *","useMonitor":true}]}"#,
+        )],
+    );
+    let settings = serde_json::json!({"Values": {
+        "TEST_HANDLER_RECORD": record.to_str().unwrap(),
+        "STROM_SCALE_TO_ZERO": "true",
+        "STROM_IDLE_STOP": "00:00:01",
+    }});
+    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
+    let up = Up::start(data.path(), &[&app], &[]);
+    let instances = || -> usize {
+        let s = up.json(&["cluster", "status"]);
+        s["instances"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|i| i["app_name"] == "batch").count())
+    };
+    let starts = || -> Vec<u64> {
+        std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "start")
+            .filter_map(|v| v["pid"].as_u64())
+            .collect()
+    };
+    // Between runs: no instance.
+    eventually(Duration::from_secs(20), "no instance between runs", || {
+        (instances() == 0).then_some(())
+    });
+    // A tick starts one, runs on it, and it stops again after the idle time.
+    eventually(Duration::from_secs(20), "a run", || {
+        (!starts().is_empty()).then_some(())
+    });
+    eventually(Duration::from_secs(20), "stopped when idle", || {
+        (instances() == 0).then_some(())
+    });
+    // The next tick starts a new instance (a new handler process).
+    eventually(Duration::from_secs(20), "a second run", || {
+        (starts().len() >= 2).then_some(())
+    });
+    let pids = starts();
+    assert_ne!(pids[0], pids[1], "each run on a fresh instance: {pids:?}");
+    // Every run succeeded; its duration includes the cold start.
+    let list = up.json(&["fn", "list", "batch"]);
+    let last = &list["functions"][0]["timer"]["last_run"];
+    assert_eq!(last["succeeded"], true, "{list}");
+    assert!(last["duration_ms"].as_u64().unwrap() > 0, "{list}");
+    // The setting is refused for an app with HTTP functions, naming them.
+    let web = apps.path().join("web");
+    write_app(
+        &web,
+        &common::test_handler_host(""),
+        &[("hello", &http_fn("hello"))],
+    );
+    let out = up.strom(&["app", "deploy", web.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = up.strom(&["app", "settings", "set", "web", "STROM_SCALE_TO_ZERO=true"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("HTTP functions (hello)"),
+        "{}",
+        out.stderr
+    );
+    let out = up.strom(&["app", "settings", "set", "batch", "STROM_IDLE_STOP=soon"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("STROM_IDLE_STOP"), "{}", out.stderr);
+    up.stop();
+}

@@ -125,6 +125,20 @@ async fn wait(mut rx: Outcome) -> Option<TimerOutcome> {
     outcome
 }
 
+/// A run's duration counts from its dispatch: waiting for an instance (a cold
+/// start, e.g. a scale-to-zero app's) is part of it.
+fn with_wait(mut outcome: TimerOutcome, started: Instant) -> TimerOutcome {
+    let total = started.elapsed().as_millis() as u64;
+    if total > outcome.duration_ms + 1000 {
+        tracing::info!(
+            "timer run waited {} ms for an instance",
+            total - outcome.duration_ms
+        );
+    }
+    outcome.duration_ms = outcome.duration_ms.max(total);
+    outcome
+}
+
 fn failed(error: String, started: Instant) -> TimerOutcome {
     TimerOutcome {
         succeeded: false,
@@ -255,7 +269,7 @@ impl Gateway {
                 }
                 if node == me {
                     if let Some(outcome) = self.run_timer_here(run.clone()).await {
-                        return Some(outcome);
+                        return Some(with_wait(outcome, started));
                     }
                     continue;
                 }
@@ -274,7 +288,7 @@ impl Gateway {
                     Hop::Answered(resp) if resp.status() == StatusCode::OK => {
                         match resp.into_body().collect().await {
                             Ok(b) => match serde_json::from_slice::<TimerOutcome>(&b.to_bytes()) {
-                                Ok(outcome) => return Some(outcome),
+                                Ok(outcome) => return Some(with_wait(outcome, started)),
                                 Err(e) => last_error = format!("node {node} answered: {e}"),
                             },
                             Err(e) => {

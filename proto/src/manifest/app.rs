@@ -174,10 +174,41 @@ pub fn validate_app_for(
         }
     }
 
+    if let Some(problem) = scale_to_zero_problem(&functions, settings) {
+        errors.push(ManifestError::new(
+            APP_SETTINGS,
+            "STROM_SCALE_TO_ZERO",
+            problem,
+        ));
+    }
+
     match host {
         Some((host, _)) if errors.is_empty() => Ok(AppManifest { host, functions }),
         _ => Err(errors),
     }
+}
+
+/// Why `STROM_SCALE_TO_ZERO=true` cannot hold for these functions: a batch app
+/// has no instance between its timer runs, so it cannot serve HTTP functions.
+pub fn scale_to_zero_problem(
+    functions: &[FunctionManifest],
+    settings: &BTreeMap<String, String>,
+) -> Option<String> {
+    let on = settings
+        .get("STROM_SCALE_TO_ZERO")
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"));
+    let http: Vec<&str> = functions
+        .iter()
+        .filter(|f| matches!(f.trigger, super::Trigger::Http(_)))
+        .map(|f| f.name.as_str())
+        .collect();
+    (on && !http.is_empty()).then(|| {
+        format!(
+            "true, but the app has HTTP functions ({}): a scale-to-zero app has no instance \
+             between its timer runs to serve them; remove the setting or move them to another app",
+            http.join(", ")
+        )
+    })
 }
 
 /// In the package (relative path) first, then on this machine's `PATH` for a bare name;
