@@ -3,6 +3,8 @@
 //! it (`TEST_HANDLER_RECORD`) and which tick it is for; the baseline is the best
 //! any scheduler could do on this machine: a loop in this process that sleeps
 //! until each tick and POSTs the same JSON-mode request to the handler directly.
+//! A scale-to-zero app (`STROM_SCALE_TO_ZERO`, stopped at once after each run)
+//! shows the cost of starting an instance for a run.
 
 use super::*;
 use strom_chaos_tests::history::TimerEvent;
@@ -90,13 +92,18 @@ async fn direct(handler: &Path, dir: &Path, seconds: f64) -> anyhow::Result<Vec<
     Ok(lateness(&record))
 }
 
-/// `strom up` with a timer firing every second; runs recorded by the handler.
+/// `strom up` with a timer on `schedule` and the app `settings`; runs recorded by
+/// the handler (the first two, warming up, left out).
 async fn through_strom(
     strom: &Path,
     handler: &Path,
     dir: &Path,
     seconds: f64,
+    schedule: &str,
+    settings: serde_json::Value,
 ) -> anyhow::Result<Vec<f64>> {
+    let dir = dir.join(format!("strom-{}", free_port()));
+    let dir = dir.as_path();
     let app = dir.join("timers");
     let record = dir.join("strom.jsonl");
     std::fs::create_dir_all(app.join("tick"))?;
@@ -110,12 +117,14 @@ async fn through_strom(
     std::fs::write(
         app.join("tick/function.json"),
         format!(
-            r#"{{"bindings":[{{"type":"timerTrigger","direction":"in","name":"timer","schedule":"{EVERY_SECOND}"}}]}}"#
+            r#"{{"bindings":[{{"type":"timerTrigger","direction":"in","name":"timer","schedule":"{schedule}"}}]}}"#
         ),
     )?;
+    let mut values = settings;
+    values["TEST_HANDLER_RECORD"] = serde_json::json!(record);
     std::fs::write(
         app.join("local.settings.json"),
-        serde_json::json!({"Values": {"TEST_HANDLER_RECORD": record}}).to_string(),
+        serde_json::json!({ "Values": values }).to_string(),
     )?;
     let http_port = free_port();
     let _strom = Proc(
@@ -156,12 +165,27 @@ async fn through_strom(
 pub async fn run(builds: &Builds, seconds: f64) -> anyhow::Result<()> {
     let seconds = seconds.max(20.0);
     let handler = builds.current.join("strom-test-handler");
+    let strom = builds.current.join("strom");
     let dir = tempfile::tempdir()?;
     let direct_late = direct(&handler, dir.path(), seconds).await?;
+    let warm = serde_json::json!({});
     let strom_late =
-        through_strom(&builds.current.join("strom"), &handler, dir.path(), seconds).await?;
+        through_strom(&strom, &handler, dir.path(), seconds, EVERY_SECOND, warm).await?;
+    // A batch app: no instance between runs (stopped at once), a run every 5 s,
+    // so each one starts an instance.
+    let batch = serde_json::json!({"STROM_SCALE_TO_ZERO": "true", "STROM_IDLE_STOP": "00:00:00"});
+    let cold_seconds = seconds.max(40.0);
+    let cold_late = through_strom(
+        &strom,
+        &handler,
+        dir.path(),
+        cold_seconds,
+        "*/5 * * * * *",
+        batch,
+    )
+    .await?;
     out!(
-        "Timer `{EVERY_SECOND}` for {seconds:.0} s, warm instance; lateness = when the run reaches the handler minus its tick (wall clock, one machine)."
+        "Timers for {seconds:.0} s (every second, warm) and {cold_seconds:.0} s (every 5 s, scale to zero); lateness = when the run reaches the handler minus its tick (wall clock, one machine)."
     );
     out!();
     out!("| dispatch | runs | p50 ms | p99 ms | max ms | p50 vs direct |");
@@ -173,10 +197,14 @@ pub async fn run(builds: &Builds, seconds: f64) -> anyhow::Result<()> {
         None,
     );
     row(
-        "strom up (leader fires, commits, sends to its instance)",
+        "strom up, warm instance (leader fires, commits, sends to it)",
         &strom_late,
         base,
     );
-    out!("| scale-to-zero start | – | – | – | – | not built yet |");
+    row(
+        "strom up, scale-to-zero app (each run starts an instance)",
+        &cold_late,
+        base,
+    );
     Ok(())
 }
