@@ -604,9 +604,14 @@ pub(crate) mod tests {
         )
         .unwrap();
         let to_dt = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        let mut retried = 0;
         for seed in 0..1000u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut log = with_timer_app();
+            // Protocol 7: failed attempts are retried (at most twice here).
+            log.protocol = Feature::TimerRuns.since();
+            // Retry attempts: (tick, attempt id).
+            let mut attempts: Vec<(i64, String)> = Vec::new();
             // Views leaders decide from: the newest, or one some steps old.
             let mut history: Vec<ClusterState> = vec![log.clone()];
             let mut now: i64 = 1_000_000;
@@ -663,19 +668,54 @@ pub(crate) mod tests {
                         }
                     }
                 }
-                // A leader change: every recorded run is dispatched again.
+                // A leader change (or a worker lost): every recorded run's current
+                // attempt is dispatched again, with its id.
                 if rng.random_range(0..10) == 0 {
-                    for (_, run) in log.timer_runs() {
-                        dispatched.push((run.tick_ms, run.invocation_id.clone()));
-                    }
-                }
-                // The handler answers (sometimes twice: a duplicate completion).
-                if rng.random_range(0..3) == 0 {
-                    if let Some(run) = log.timers.get(&timer()).and_then(|r| r.running.clone()) {
-                        for _ in 0..rng.random_range(1..3) {
-                            log.apply(&complete(&run.invocation_id));
+                    for (_, a) in log.timer_attempts() {
+                        if a.retry.is_some() {
+                            attempts.push((a.run.tick_ms, a.invocation_id().to_string()));
+                        } else {
+                            dispatched.push((a.run.tick_ms, a.run.invocation_id.clone()));
                         }
                     }
+                }
+                // The handler answers: a failure is retried while the policy allows
+                // (a stale leader may retry or complete an older attempt: refused);
+                // sometimes twice (a duplicate completion).
+                if rng.random_range(0..3) == 0 {
+                    // The newest view, or the one before (a leader a step behind).
+                    let view = &history[history.len() - 1 - stale.min(1)];
+                    let current = view.timer_attempts().next().map(|(_, a)| a);
+                    if let Some(a) = current {
+                        let id = a.invocation_id().to_string();
+                        if rng.random_range(0..3) == 0 && a.number() < 2 {
+                            next_id += 1;
+                            let retry =
+                                Command::RetryTimer(Box::new(strom_proto::command::TimerRetry {
+                                    timer: timer(),
+                                    failed_invocation_id: id,
+                                    error: "failed".into(),
+                                    attempt: a.number() + 1,
+                                    invocation_id: format!("id-{next_id}"),
+                                    retry_at_ms: now + 500,
+                                    at_ms: now,
+                                }));
+                            if log.apply(&retry) == CommandResult::Applied {
+                                attempts.push((a.run.tick_ms, format!("id-{next_id}")));
+                            }
+                        } else {
+                            for _ in 0..rng.random_range(1..3) {
+                                log.apply(&complete(&id));
+                            }
+                        }
+                    }
+                }
+                // Rule: a retry is of the run recorded, and the run stays recorded.
+                for t in log.timer_retries.keys() {
+                    assert!(
+                        log.timers.get(t).is_some_and(|r| r.running.is_some()),
+                        "seed {seed}: a retry without its run"
+                    );
                 }
                 history.push(log.clone());
                 // Rule: at most one run recorded, ever.
@@ -696,12 +736,23 @@ pub(crate) mod tests {
                     );
                 }
             }
-            // Every dispatch of a tick carries the id it was fired with.
+            // Every dispatch of a tick carries the id it was fired with; a retry
+            // attempt's id belongs to one tick only, and is never a fire's.
             for (tick, id) in &dispatched {
                 let fire = fires.iter().find(|f| f.tick_ms == *tick).unwrap();
                 assert_eq!(&fire.invocation_id, id, "seed {seed}");
             }
+            for (tick, id) in &attempts {
+                assert!(fires.iter().any(|f| f.tick_ms == *tick), "seed {seed}");
+                assert!(fires.iter().all(|f| &f.invocation_id != id), "seed {seed}");
+                assert!(
+                    attempts.iter().all(|(t, i)| i != id || t == tick),
+                    "seed {seed}: an attempt id of two ticks"
+                );
+            }
             assert!(fires.len() > 5, "seed {seed}: the model ran ticks");
+            retried += usize::from(!attempts.is_empty());
         }
+        assert!(retried > 100, "retries happened in {retried} histories");
     }
 }
