@@ -895,6 +895,19 @@ impl AdminService for AdminApi {
                 )))
             }
         }
+        let batch =
+            crate::scheduler::app_requirements(&state.settings).is_ok_and(|r| r.scale_to_zero);
+        let placed: u32 = view
+            .state
+            .placements
+            .get(&app)
+            .map_or(0, |p| p.values().sum());
+        if batch && placed == 0 {
+            return Err(Status::failed_precondition(format!(
+                "app `{app}` scales to zero (STROM_SCALE_TO_ZERO) and has no instance now: its \
+                 instances start for its timer runs only; set STROM_SCALE_TO_ZERO=false to run it on demand"
+            )));
+        }
         let timer = TimerId {
             app: app.clone(),
             function: function.name.clone(),

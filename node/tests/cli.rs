@@ -1370,6 +1370,15 @@ fn t43_a_scale_to_zero_batch_app_starts_for_its_runs_and_stops_when_idle() {
     let last = &list["functions"][0]["timer"]["last_run"];
     assert_eq!(last["succeeded"], true, "{list}");
     assert!(last["duration_ms"].as_u64().unwrap() > 0, "{list}");
+    // Between runs it cannot be invoked on demand: refused at once, saying why.
+    eventually(Duration::from_secs(20), "idle again", || {
+        (instances() == 0).then_some(())
+    });
+    let out = up.strom(&["fn", "invoke", "batch", "job"]);
+    if out.code != 0 {
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("scales to zero"), "{}", out.stderr);
+    }
     // The setting is refused for an app with HTTP functions, naming them.
     let web = apps.path().join("web");
     write_app(
