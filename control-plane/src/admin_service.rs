@@ -1509,7 +1509,7 @@ fn invocation_info(r: &InvocationRecord) -> pb::InvocationInfo {
         status: r.status.as_str().to_string(),
         http_status: r.http_status as u32,
         error: r.error.clone().unwrap_or_default(),
-        trigger: r.trigger.clone(),
+        trigger: r.trigger.to_string(),
         logs: r
             .logs
             .iter()

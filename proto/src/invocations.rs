@@ -54,7 +54,7 @@ pub struct InvocationRecord {
     /// What started it: `http`, `timer` (a scheduled run) or `admin` (an admin
     /// invoke of a non-HTTP function).
     #[serde(default)]
-    pub trigger: String,
+    pub trigger: std::borrow::Cow<'static, str>,
 }
 
 /// Bounded, shared store of recent invocations. Cheap to clone.
@@ -132,7 +132,7 @@ mod tests {
             http_status: 200,
             error: None,
             logs: vec![],
-            trigger: "http".into(),
+            trigger: std::borrow::Cow::Borrowed("http"),
         }
     }
 

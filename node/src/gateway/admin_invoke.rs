@@ -196,7 +196,7 @@ impl Gateway {
             http_status: 200,
             error: None,
             logs: Vec::new(),
-            trigger: trigger.to_string(),
+            trigger: std::borrow::Cow::Borrowed(trigger),
         };
         let sent = inner.client.request(request);
         let answered = match timeout {

@@ -192,7 +192,7 @@ impl Gateway {
             http_status: 200,
             error: None,
             logs: Vec::new(),
-            trigger: "http".into(),
+            trigger: std::borrow::Cow::Borrowed("http"),
         };
         // The instance may have died under the request (out of memory, a crash):
         // its record says how, once the worker has noticed.

@@ -217,9 +217,6 @@ impl Gateway {
                 req.headers_mut().remove(name);
             }
         }
-        if !req.headers().contains_key(HOP_APP) {
-            req.headers_mut().remove(timer_run::HOP_TIMER);
-        }
         let hop_app = req.headers().get(HOP_APP).map(|v| {
             v.to_str()
                 .ok()
