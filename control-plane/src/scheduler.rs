@@ -74,7 +74,7 @@ pub struct LiveView {
 }
 
 /// What an app asks of the workers it runs on, parsed from its settings.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirements {
     /// MiB reserved per instance; 0 = not counted.
     pub memory_mb: u64,
@@ -84,6 +84,17 @@ pub struct Requirements {
     /// after.
     pub scale_to_zero: bool,
     pub idle_stop_ms: u64,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            memory_mb: 0,
+            labels: BTreeMap::new(),
+            scale_to_zero: false,
+            idle_stop_ms: DEFAULT_IDLE_STOP_MS,
+        }
+    }
 }
 
 /// Desired instances of an app: its scale, or by default `min(2, eligible_workers)`.
@@ -148,10 +159,7 @@ pub fn desired_in(state: &ClusterState, app: &AppState, now_ms: i64) -> u32 {
 
 /// App settings the scheduler reads, parsed; errors name the setting and value.
 pub fn app_requirements(settings: &BTreeMap<String, String>) -> Result<Requirements, String> {
-    let mut req = Requirements {
-        idle_stop_ms: DEFAULT_IDLE_STOP_MS,
-        ..Requirements::default()
-    };
+    let mut req = Requirements::default();
     if let Some(raw) = settings.get(SCALE_TO_ZERO_SETTING) {
         req.scale_to_zero = match raw.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => true,
