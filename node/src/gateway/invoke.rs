@@ -67,6 +67,15 @@ enum Outcome {
     Failed(String),
 }
 
+/// Whether this node still serves `app` (it may be starting an instance): not
+/// gone, not scaled to 0 or crash-looping here.
+fn served_here(snapshot: &strom_actors::routing::RoutingSnapshot, app: &AppName) -> bool {
+    snapshot
+        .apps
+        .get(app)
+        .is_some_and(|s| s.unavailable.is_none())
+}
+
 impl Gateway {
     /// Call `target` with a local instance (`query`: the request's, parsed once by
     /// admission). `wait`: a client's request waits for a cold start; one from
@@ -137,6 +146,15 @@ impl Gateway {
         let (endpoint, from_line, outcome) = loop {
             let endpoint = match self.ready_endpoint(app, &unreachable, wait).await {
                 Ok(e) => e,
+                // A client's request no handler has seen, whose app stopped being
+                // served here after it was admitted (a drain, a scale-down): another
+                // worker that runs the app takes it over the hop.
+                Err(r) if wait && !served_here(&inner.routing.load(), app) => {
+                    match self.proxy(app, &parts, &body).await {
+                        Ok(elsewhere) => return elsewhere,
+                        Err(()) => return r,
+                    }
+                }
                 Err(r) => return r,
             };
             let (in_flight, from_line) = endpoint.begin_invocation(&invocation_id);
