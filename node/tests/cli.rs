@@ -1282,13 +1282,17 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["FUNCTIONS_CUSTOMHANDLER_PORT"]
     }
     let last = &status["functions"][0]["timer"]["last_run"];
     assert_eq!(last["invocation_id"], seen[2]["id"], "{status}");
-    // Each attempt is in `strom fn logs`, as a timer run, failed twice then succeeded.
-    let logs = up.strom(&["fn", "logs", "jobs", "nightly", "--output", "json"]);
-    let mut runs: Vec<serde_json::Value> = logs
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    // Each attempt is in `strom fn logs`, as a timer run, failed twice then succeeded
+    // (a record is written shortly after its answer, once its output lines are in).
+    let (logs, mut runs) = eventually(Duration::from_secs(10), "three records", || {
+        let logs = up.strom(&["fn", "logs", "jobs", "nightly", "--output", "json"]);
+        let runs: Vec<serde_json::Value> = logs
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (runs.len() >= 3).then_some((logs, runs))
+    });
     runs.sort_by_key(|r| r["started_at_ms"].as_i64());
     let statuses: Vec<(&str, &str)> = runs
         .iter()
