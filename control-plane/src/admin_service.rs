@@ -433,6 +433,16 @@ fn find_app<'a>(view: &'a StateView, name: &AppName) -> Result<&'a AppState, Sta
         .ok_or_else(|| Status::not_found(format!("app `{name}` not found")))
 }
 
+/// A function of the app's active version, by name (case-insensitive).
+fn find_function<'a>(app: &'a AppState, name: &str) -> Result<&'a FunctionManifest, Status> {
+    app.active()
+        .manifest
+        .functions
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| Status::not_found(format!("app `{}` has no function `{name}`", app.name)))
+}
+
 /// Resolve a full version id or a unique prefix of ≥ 7 hex digits.
 fn resolve_version(app: &AppState, raw: &str) -> Result<VersionId, Status> {
     let raw = raw.trim().to_ascii_lowercase();
@@ -868,18 +878,7 @@ impl AdminService for AdminApi {
         let app = parse_app(&req.app_name)?;
         let view = self.fresh().await?;
         let state = find_app(&view, &app)?;
-        let function = state
-            .active()
-            .manifest
-            .functions
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(&req.function_name))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "app `{app}` has no function `{}`",
-                    req.function_name
-                ))
-            })?;
+        let function = find_function(state, &req.function_name)?;
         match &function.trigger {
             Trigger::Timer(_) => {}
             Trigger::Http(_) => {
@@ -1155,18 +1154,7 @@ impl AdminService for AdminApi {
         let app = parse_app(&req.app_name)?;
         let view = self.fresh().await?;
         let state = find_app(&view, &app)?;
-        let f = state
-            .active()
-            .manifest
-            .functions
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(&req.function_name))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "app `{app}` has no function `{}`",
-                    req.function_name
-                ))
-            })?;
+        let f = find_function(state, &req.function_name)?;
         let key = |scope: &str, (name, value): (&String, &String)| pb::FunctionKey {
             name: name.clone(),
             value: value.clone(),

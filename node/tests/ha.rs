@@ -575,6 +575,15 @@ fn check_ticks(events: &[Event], period_ms: i64) -> Vec<(i64, bool)> {
     ticks
 }
 
+/// Wait until `n` more runs have ended (on any worker) than have now.
+fn more_runs_end(record: &Path, n: usize) {
+    let ended = || read_events(record).iter().filter(|e| !e.start).count();
+    let target = ended() + n;
+    eventually(Duration::from_secs(30), "more timer runs ending", || {
+        (ended() >= target).then_some(())
+    });
+}
+
 /// RFC 3339 → Unix ms.
 fn chrono_ms(s: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(s)
@@ -632,7 +641,7 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
     let mut managers = vec![Some(m1), Some(m2), Some(m3)];
     // Kill the leader twice (the first one comes back in between).
     for round in 0..2 {
-        std::thread::sleep(Duration::from_secs(5));
+        more_runs_end(&record, 2);
         let servers: Vec<String> = managers
             .iter()
             .flatten()
@@ -651,7 +660,8 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
             (leader(&refs) != old).then_some(())
         });
         if round == 0 {
-            std::thread::sleep(Duration::from_secs(4));
+            // The new leader runs ticks before the old one comes back.
+            more_runs_end(&record, 2);
             let i = (old - 1) as usize;
             managers[i] = Some(c.join(i, "management", &seeds));
         }
@@ -679,7 +689,8 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
     });
     let (victim, survivor) = if victim_node == 5 { (w5, w4) } else { (w4, w5) };
     victim.kill9();
-    std::thread::sleep(Duration::from_secs(4));
+    // The cut-off run is sent again and ends on the survivor, and the next one.
+    more_runs_end(&record, 2);
 
     // No quorum for a while (two managers stopped): the ticks it missed run as one
     // past-due run once a leader is back.
@@ -687,6 +698,7 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
     for i in &up[..2] {
         managers[*i].take().unwrap().kill9();
     }
+    // The outage itself: long enough for several 2 s ticks to be missed.
     std::thread::sleep(Duration::from_secs(7));
     for i in &up[..2] {
         managers[*i] = Some(c.join(*i, "management", &seeds));

@@ -57,6 +57,33 @@ pub struct InvocationRecord {
     pub trigger: std::borrow::Cow<'static, str>,
 }
 
+impl InvocationRecord {
+    /// The record of a call that started at `started_at_ms`: succeeded with 200
+    /// until the answer says otherwise.
+    pub fn started(
+        id: String,
+        app: AppName,
+        function: String,
+        instance_id: String,
+        started_at_ms: i64,
+        trigger: &'static str,
+    ) -> InvocationRecord {
+        InvocationRecord {
+            id,
+            app,
+            function,
+            instance_id,
+            started_at_ms,
+            duration_us: 0,
+            status: InvocationStatus::Succeeded,
+            http_status: 200,
+            error: None,
+            logs: Vec::new(),
+            trigger: std::borrow::Cow::Borrowed(trigger),
+        }
+    }
+}
+
 /// Bounded, shared store of recent invocations. Cheap to clone.
 #[derive(Clone)]
 pub struct InvocationStore {

@@ -98,9 +98,8 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
-        let body = match self.whole_body(body, parts.version).await {
-            Ok(b) => b,
+        let (_, body) = match self.whole_request(req).await {
+            Ok(r) => r,
             Err(refused) => return refused,
         };
         // Azure's body is `{"input": "…"}`; none at all is accepted too.
@@ -185,19 +184,14 @@ impl Gateway {
         let (in_flight, from_line) = endpoint.begin_invocation(&id);
         let started_at_ms = super::invoke::now_ms();
         let start = Instant::now();
-        let mut record = InvocationRecord {
+        let mut record = InvocationRecord::started(
             id,
-            app: target.app.clone(),
-            function: target.function.clone(),
-            instance_id: endpoint.instance_id.clone(),
+            target.app.clone(),
+            target.function.clone(),
+            endpoint.instance_id.clone(),
             started_at_ms,
-            duration_us: 0,
-            status: InvocationStatus::Succeeded,
-            http_status: 200,
-            error: None,
-            logs: Vec::new(),
-            trigger: std::borrow::Cow::Borrowed(trigger),
-        };
+            trigger,
+        );
         let sent = inner.client.request(request);
         let answered = match timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),

@@ -427,6 +427,36 @@ fn admin_app(
     }
 }
 
+/// An admin endpoint's checks: the app's master key, then the one allowed method.
+fn admin_gate(
+    head: &Head<'_>,
+    routing: &super::routes::AppRouting,
+    what: &str,
+    method: &'static str,
+) -> Result<(), Decision> {
+    let granted = keys::granted(
+        &routing.keys,
+        "",
+        keys::presented(head.key_header, head.query),
+    );
+    if granted != keys::Granted::Master {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            format!("{what} needs the app's master key (x-functions-key header or code query parameter)"),
+        ));
+    }
+    if !head.method.eq_ignore_ascii_case(method) {
+        return Err(Decision::Refuse(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "MethodNotAllowed",
+            message: format!("{} is not allowed here; allowed: {method}", head.method),
+            allow: Some(method.into()),
+        }));
+    }
+    Ok(())
+}
+
 /// Azure's host status: the app's master key, GET.
 fn host_status(
     head: &Head<'_>,
@@ -450,25 +480,8 @@ fn host_status(
     let Some(routing) = cluster.apps.get(&app) else {
         return not_found(head.path);
     };
-    let granted = keys::granted(
-        &routing.keys,
-        "",
-        keys::presented(head.key_header, head.query),
-    );
-    if granted != keys::Granted::Master {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the host status needs the app's master key (x-functions-key header or code query parameter)",
-        );
-    }
-    if !head.method.eq_ignore_ascii_case("GET") {
-        return Decision::Refuse(Refusal {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "MethodNotAllowed",
-            message: format!("{} is not allowed here; allowed: GET", head.method),
-            allow: Some("GET".into()),
-        });
+    if let Err(refused) = admin_gate(head, routing, "the host status", "GET") {
+        return refused;
     }
     Decision::HostStatus(app)
 }
@@ -550,25 +563,8 @@ fn admin_invoke(
     else {
         return not_found();
     };
-    let granted = keys::granted(
-        &routing.keys,
-        &f.name,
-        keys::presented(head.key_header, head.query),
-    );
-    if granted != keys::Granted::Master {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "running a function needs the app's master key (x-functions-key header or code query parameter)",
-        );
-    }
-    if !head.method.eq_ignore_ascii_case("POST") {
-        return Decision::Refuse(Refusal {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "MethodNotAllowed",
-            message: format!("{} is not allowed here; allowed: POST", head.method),
-            allow: Some("POST".into()),
-        });
+    if let Err(refused) = admin_gate(head, routing, "running a function", "POST") {
+        return refused;
     }
     let binding = match &f.trigger {
         Trigger::Timer(t) => t.binding_name.clone(),

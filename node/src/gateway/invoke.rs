@@ -199,19 +199,14 @@ impl Gateway {
             break (endpoint, from_line, Outcome::Failed(e.to_string()));
         };
 
-        let mut record = InvocationRecord {
-            id: invocation_id.clone(),
-            app: app.clone(),
-            function: function.to_string(),
-            instance_id: endpoint.instance_id.clone(),
+        let mut record = InvocationRecord::started(
+            invocation_id.clone(),
+            app.clone(),
+            function.to_string(),
+            endpoint.instance_id.clone(),
             started_at_ms,
-            duration_us: 0,
-            status: InvocationStatus::Succeeded,
-            http_status: 200,
-            error: None,
-            logs: Vec::new(),
-            trigger: std::borrow::Cow::Borrowed("http"),
-        };
+            "http",
+        );
         // The instance may have died under the request (out of memory, a crash):
         // its record says how, once the worker has noticed.
         let died_under_call = matches!(outcome, Outcome::Failed(_));

@@ -172,16 +172,21 @@ impl Gateway {
         }
     }
 
-    /// A request's whole body within the port's limits (size, idle time), or
-    /// the refusal to answer.
-    async fn whole_body<B>(&self, body: B, version: hyper::Version) -> Result<Bytes, Response<Body>>
+    /// A request's head and whole body within the port's limits (size, idle
+    /// time), or the refusal to answer.
+    async fn whole_request<B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<(hyper::http::request::Parts, Bytes), Response<Body>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<responses::BoxError>,
     {
+        let (parts, body) = req.into_parts();
         let config = &self.inner.config;
-        let http2 = version == hyper::Version::HTTP_2;
-        read_body(body, config.max_body_bytes, config.http.body_read, http2).await
+        let http2 = parts.version == hyper::Version::HTTP_2;
+        let body = read_body(body, config.max_body_bytes, config.http.body_read, http2).await?;
+        Ok((parts, body))
     }
 
     fn limits(&self) -> Limits {
@@ -296,9 +301,8 @@ impl Gateway {
     /// own instance is Ready.
     async fn remote(&self, req: Request<Incoming>, app: AppName) -> Response<Body> {
         // The hop needs the whole body (it may be sent more than once).
-        let (parts, body) = req.into_parts();
-        let body = match self.whole_body(body, parts.version).await {
-            Ok(b) => b,
+        let (parts, body) = match self.whole_request(req).await {
+            Ok(r) => r,
             Err(refused) => return refused,
         };
         match self.proxy(&app, &parts, &body).await {

@@ -208,9 +208,8 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
-        let body = match self.whole_body(body, parts.version).await {
-            Ok(b) => b,
+        let (_, body) = match self.whole_request(req).await {
+            Ok(r) => r,
             Err(refused) => return refused,
         };
         let run: TimerDispatch = match serde_json::from_slice(&body) {
