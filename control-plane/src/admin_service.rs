@@ -33,8 +33,9 @@ use crate::cluster_state::{AppState, ClusterState};
 use crate::management::{new_function_key, now_ms, ManagementConfig, ManagementNode};
 use crate::state_machine::StateView;
 
+#[derive(Clone)]
 pub struct AdminApi {
-    node: ManagementNode,
+    pub(crate) node: ManagementNode,
     /// Set once the node's worker role has started (if it has one).
     worker: Arc<std::sync::OnceLock<LocalWorker>>,
     /// The applied index this node's own worker view (its gateway's, its worker's)
@@ -132,7 +133,7 @@ impl AdminApi {
 
     /// Instances of every worker as the leader last heard of them; this node's own
     /// when no leader answers.
-    fn instances(
+    pub(crate) fn instances(
         &self,
         live: Option<&LiveWorkersReply>,
         app: Option<&AppName>,
@@ -220,14 +221,14 @@ impl AdminApi {
             .is_some()
     }
 
-    async fn fresh(&self) -> Result<Arc<StateView>, Status> {
+    pub(crate) async fn fresh(&self) -> Result<Arc<StateView>, Status> {
         self.node
             .read_linearizable()
             .await
             .map_err(|e| e.to_status())
     }
 
-    async fn commit(&self, command: Command) -> Result<(u64, CommandResult), Status> {
+    pub(crate) async fn commit(&self, command: Command) -> Result<(u64, CommandResult), Status> {
         let (index, result) = self
             .node
             .propose(command)
@@ -256,17 +257,107 @@ impl AdminApi {
         Ok((index, result))
     }
 
-    /// Validate a package, store it, and commit it as the app's active version.
-    /// Used by the gRPC upload and in-process by `strom up`.
+    /// Deploy a package as the app's active version through the one deploy path
+    /// ([`AdminApi::deploy`]), answered once committed. Used by the gRPC upload and
+    /// in-process by `strom up`.
     pub async fn deploy_bytes(
         &self,
         app: AppName,
         bytes: Vec<u8>,
         new_settings: BTreeMap<String, String>,
     ) -> Result<pb::DeployAppResponse, Status> {
+        let request = crate::deploy::DeployRequest {
+            app,
+            bytes,
+            settings: new_settings,
+            meta: crate::deploy::DeployMeta::cli(),
+            wait: crate::deploy::DeployWait::Committed,
+        };
+        self.deploy(request).await.map_err(|e| e.to_status())
+    }
+
+    /// Create or replace a key (the gRPC API and the key management REST API):
+    /// the master key's name is always `_master`; `value` `None` makes a random
+    /// one. Answers the name, the value and the commit's log index.
+    pub async fn put_key(
+        &self,
+        app: AppName,
+        scope: KeyScope,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<(String, String, u64), Status> {
+        let name = match scope {
+            KeyScope::Master => "_master".to_string(),
+            _ => {
+                strom_proto::key_rules::check_key_name(name).map_err(Status::invalid_argument)?;
+                name.to_string()
+            }
+        };
+        let value = match value {
+            None => new_function_key(),
+            Some(v) => {
+                strom_proto::key_rules::check_key_value(v).map_err(Status::invalid_argument)?;
+                v.to_string()
+            }
+        };
+        let (log_index, _) = self
+            .commit(Command::PutKey {
+                app,
+                scope,
+                name: name.clone(),
+                value: value.clone(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok((name, value, log_index))
+    }
+
+    /// Remove a key (not the master key); answers the commit's log index.
+    pub async fn delete_key(
+        &self,
+        app: AppName,
+        scope: KeyScope,
+        name: &str,
+    ) -> Result<u64, Status> {
+        if scope == KeyScope::Master || name == "_master" {
+            return Err(Status::invalid_argument(
+                "the master key cannot be deleted (set a new value instead)",
+            ));
+        }
+        strom_proto::key_rules::check_key_name(name).map_err(Status::invalid_argument)?;
+        let (log_index, _) = self
+            .commit(Command::DeleteKey {
+                app,
+                scope,
+                name: name.to_string(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(log_index)
+    }
+
+    /// Whether `token` is the cluster's admin token.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.node
+            .read_local()
+            .state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.admin_token_hash.matches(token))
+    }
+
+    /// Validate a package, store it, and commit it as the app's active version
+    /// (no history: [`AdminApi::deploy`] records it).
+    pub(crate) async fn commit_package(
+        &self,
+        app: AppName,
+        bytes: Vec<u8>,
+        new_settings: BTreeMap<String, String>,
+    ) -> Result<pb::DeployAppResponse, crate::deploy::DeployError> {
+        use crate::deploy::DeployError;
         let limits = self.node.config.package_limits.clone();
         if bytes.is_empty() {
-            return Err(validation_status(&[ManifestError::new(
+            return Err(DeployError::Invalid(vec![ManifestError::new(
                 "(package)",
                 "",
                 "the package is empty",
@@ -280,7 +371,9 @@ impl AdminApi {
             }
         }
         if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
+            return Err(DeployError::Status(Status::invalid_argument(
+                problems.join("; "),
+            )));
         }
         let mut settings = self
             .node
@@ -313,8 +406,8 @@ impl AdminApi {
             validate_app_for(&pkg, &settings, handler_check)
         })
         .await
-        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?
-        .map_err(|errors| validation_status(&errors))?;
+        .map_err(|e| DeployError::Status(Status::internal(format!("validation task failed: {e}"))))?
+        .map_err(DeployError::Invalid)?;
 
         let size_bytes = bytes.len() as u64;
         let version = self
@@ -322,12 +415,12 @@ impl AdminApi {
             .blobs
             .put(bytes.clone())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| DeployError::Status(Status::internal(e.to_string())))?;
         // Committed only once a majority of management nodes holds the package.
         self.node
             .replicate_blob(&version, bytes)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| DeployError::Status(Status::unavailable(e.to_string())))?;
         let initial_keys = InitialKeys {
             master: new_function_key(),
             host_default: new_function_key(),
@@ -347,10 +440,11 @@ impl AdminApi {
                 initial_keys,
                 settings: new_settings,
             })))
-            .await?;
+            .await
+            .map_err(DeployError::Status)?;
         tracing::info!(%app, version = version.short(), log_index, "deployed");
         let view = self.node.read_local();
-        let state = find_app(&view, &app)?;
+        let state = find_app(&view, &app).map_err(DeployError::Status)?;
         let config = &self.node.config;
         Ok(pb::DeployAppResponse {
             app_name: app.to_string(),
@@ -374,7 +468,7 @@ fn server_state_name(state: openraft::ServerState) -> &'static str {
     }
 }
 
-fn rejection_status(r: &Rejection) -> Status {
+pub(crate) fn rejection_status(r: &Rejection) -> Status {
     match r {
         Rejection::AppNotFound { .. }
         | Rejection::VersionNotFound { .. }
@@ -394,7 +488,10 @@ fn rejection_status(r: &Rejection) -> Status {
         | Rejection::TimerMoved { .. }
         | Rejection::NotYetEnabled { .. } => Status::failed_precondition(r.to_string()),
         Rejection::TimerNextNotAfter { .. } => Status::invalid_argument(r.to_string()),
-        Rejection::TimerRunNotFound { .. } => Status::not_found(r.to_string()),
+        Rejection::TimerRunNotFound { .. } | Rejection::DeploymentNotFound { .. } => {
+            Status::not_found(r.to_string())
+        }
+        Rejection::DeploymentInProgress { .. } => Status::aborted(r.to_string()),
     }
 }
 
@@ -422,11 +519,11 @@ pub fn validation_status(errors: &[ManifestError]) -> Status {
     strom_proto::rich_error::validation_status(message, &details)
 }
 
-fn parse_app(name: &str) -> Result<AppName, Status> {
+pub(crate) fn parse_app(name: &str) -> Result<AppName, Status> {
     AppName::parse(name).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn find_app<'a>(view: &'a StateView, name: &AppName) -> Result<&'a AppState, Status> {
+pub(crate) fn find_app<'a>(view: &'a StateView, name: &AppName) -> Result<&'a AppState, Status> {
     view.state
         .apps
         .get(name)
@@ -1154,12 +1251,30 @@ impl AdminService for AdminApi {
         let app = parse_app(&req.app_name)?;
         let view = self.fresh().await?;
         let state = find_app(&view, &app)?;
-        let f = find_function(state, &req.function_name)?;
         let key = |scope: &str, (name, value): (&String, &String)| pb::FunctionKey {
             name: name.clone(),
             value: value.clone(),
             scope: scope.to_string(),
         };
+        let master = key("master", (&"_master".to_string(), &state.keys.master));
+        if req.function_name.is_empty() {
+            let mut keys: Vec<pb::FunctionKey> =
+                state.keys.host.iter().map(|kv| key("host", kv)).collect();
+            keys.extend(
+                view.state
+                    .system_keys
+                    .get(&app)
+                    .into_iter()
+                    .flatten()
+                    .map(|kv| key("system", kv)),
+            );
+            keys.push(master);
+            return Ok(Response::new(pb::ListFunctionKeysResponse {
+                keys,
+                auth_level: String::new(),
+            }));
+        }
+        let f = find_function(state, &req.function_name)?;
         let mut keys: Vec<pb::FunctionKey> = state
             .keys
             .functions
@@ -1169,7 +1284,7 @@ impl AdminService for AdminApi {
             .map(|kv| key("function", kv))
             .collect();
         keys.extend(state.keys.host.iter().map(|kv| key("host", kv)));
-        keys.push(key("master", (&"_master".to_string(), &state.keys.master)));
+        keys.push(master);
         let auth_level = match &f.trigger {
             Trigger::Http(h) => h.auth_level.as_str().to_string(),
             _ => String::new(),
@@ -1187,33 +1302,14 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let app = parse_app(&req.app_name)?;
         let scope = key_scope(&req.scope, &req.function_name)?;
-        let name = match scope {
-            KeyScope::Master => "_master".to_string(),
-            _ => {
-                check_key_name(&req.name).map_err(Status::invalid_argument)?;
-                req.name
-            }
-        };
-        let value = if req.value.is_empty() {
-            new_function_key()
-        } else {
-            check_key_value(&req.value).map_err(Status::invalid_argument)?;
-            req.value
-        };
         let scope_name = match &scope {
             KeyScope::Master => "master",
             KeyScope::Host => "host",
             KeyScope::Function(_) => "function",
+            KeyScope::System => "system",
         };
-        let (log_index, _) = self
-            .commit(Command::PutKey {
-                app,
-                scope,
-                name: name.clone(),
-                value: value.clone(),
-                at_ms: now_ms(),
-            })
-            .await?;
+        let value = (!req.value.is_empty()).then_some(req.value.as_str());
+        let (name, value, log_index) = self.put_key(app, scope, &req.name, value).await?;
         Ok(Response::new(pb::SetFunctionKeyResponse {
             key: Some(pb::FunctionKey {
                 name,
@@ -1231,20 +1327,7 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let app = parse_app(&req.app_name)?;
         let scope = key_scope(&req.scope, &req.function_name)?;
-        if scope == KeyScope::Master {
-            return Err(Status::invalid_argument(
-                "the master key cannot be deleted (set a new value instead)",
-            ));
-        }
-        check_key_name(&req.name).map_err(Status::invalid_argument)?;
-        let (log_index, _) = self
-            .commit(Command::DeleteKey {
-                app,
-                scope,
-                name: req.name,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self.delete_key(app, scope, &req.name).await?;
         Ok(Response::new(pb::DeleteFunctionKeyResponse { log_index }))
     }
 
@@ -1361,6 +1444,70 @@ impl AdminService for AdminApi {
     type StreamInvocationsStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<pb::InvocationInfo, Status>> + Send + 'static>,
     >;
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        let view = self.fresh().await?;
+        let history = view.state.deployments.get(&app);
+        if history.is_none() && !view.state.apps.contains_key(&app) {
+            return Err(Status::not_found(format!(
+                "app `{app}` not found (and has no deployment history)"
+            )));
+        }
+        let now = now_ms();
+        let deployments = crate::publishing::history(&app, &view.state, now)
+            .into_iter()
+            .map(deployment_info)
+            .collect();
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments }))
+    }
+
+    async fn set_deploy_credential(
+        &self,
+        request: Request<pb::SetDeployCredentialRequest>,
+    ) -> Result<Response<pb::SetDeployCredentialResponse>, Status> {
+        let req = request.into_inner();
+        let app = parse_app(&req.app_name)?;
+        if req.rotate && req.delete {
+            return Err(Status::invalid_argument(
+                "rotate and delete: give one of them",
+            ));
+        }
+        let view = self.fresh().await?;
+        find_app(&view, &app)?;
+        let user_name = format!("${app}");
+        let exists = view
+            .state
+            .deployments
+            .get(&app)
+            .is_some_and(|d| d.credential.is_some());
+        if !req.rotate && !req.delete && exists {
+            return Ok(Response::new(pb::SetDeployCredentialResponse {
+                user_name,
+                password: String::new(),
+                exists: true,
+                log_index: view.applied_index(),
+            }));
+        }
+        let password = (!req.delete).then(new_function_key);
+        let (log_index, _) = self
+            .commit(Command::SetDeployCredential {
+                app,
+                credential: password.as_deref().map(strom_proto::ids::TokenHash::of),
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(pb::SetDeployCredentialResponse {
+            user_name,
+            exists: password.is_some(),
+            password: password.unwrap_or_default(),
+            log_index,
+        }))
+    }
 
     async fn stream_invocations(
         &self,
@@ -1509,6 +1656,26 @@ fn invocation_info(r: &InvocationRecord) -> pb::InvocationInfo {
     }
 }
 
+fn deployment_info(d: crate::publishing::DeploymentView) -> pb::Deployment {
+    pb::Deployment {
+        id: d.id,
+        status: d.status.into(),
+        status_text: d.status_text,
+        author: d.author,
+        deployer: d.deployer,
+        message: d.message,
+        received_time: d.received_time.unwrap_or_default(),
+        end_time: d.end_time.unwrap_or_default(),
+        last_success_end_time: d.last_success_end_time.unwrap_or_default(),
+        complete: d.complete,
+        active: d.active,
+        version_id: d.version.unwrap_or_default(),
+        errors: d.errors,
+        node_id: d.node,
+        size_bytes: d.size_bytes,
+    }
+}
+
 fn too_large(limit: u64) -> Status {
     validation_status(&[ManifestError::new(
         "(package)",
@@ -1593,7 +1760,6 @@ fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// App setting names become environment variables: no `=`, no NUL, not empty.
 /// The key collection a request names: `function` (the default) needs the function.
 fn key_scope(scope: &str, function: &str) -> Result<KeyScope, Status> {
     match scope {
@@ -1603,46 +1769,14 @@ fn key_scope(scope: &str, function: &str) -> Result<KeyScope, Status> {
         "" | "function" => Ok(KeyScope::Function(function.to_string())),
         "host" => Ok(KeyScope::Host),
         "master" => Ok(KeyScope::Master),
+        "system" => Ok(KeyScope::System),
         other => Err(Status::invalid_argument(format!(
-            "key scope `{other}` is not one of function, host, master"
+            "key scope `{other}` is not one of function, host, master, system"
         ))),
     }
 }
 
-/// Key names: 1 to 64 of A-Z a-z 0-9 . - _, not starting with `_` (reserved, as
-/// `_master`).
-fn check_key_name(name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with('_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "key name `{name}` must be 1 to 64 of A-Z a-z 0-9 . - _, not starting with `_`"
-        ))
-    }
-}
-
-/// Key values: 16 to 128 of A-Z a-z 0-9 - _ = (what fits a `code` query parameter
-/// and an `x-functions-key` header unescaped).
-fn check_key_value(value: &str) -> Result<(), String> {
-    let ok = (16..=128).contains(&value.len())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "key value must be 16 to 128 of A-Z a-z 0-9 - _ = (got {} characters)",
-            value.len()
-        ))
-    }
-}
-
+/// App setting names become environment variables: no `=`, no NUL, not empty.
 fn check_setting_name(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("setting name is empty".into());

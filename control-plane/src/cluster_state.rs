@@ -46,6 +46,57 @@ pub struct ClusterState {
     pub timers: BTreeMap<TimerId, TimerRecord>,
     /// Runs being retried: their next attempt (protocol 7; snapshot format 4).
     pub timer_retries: BTreeMap<TimerId, TimerRetryState>,
+    /// Per app name: its deployment history and deployment credential (protocol
+    /// 8; snapshot format 5). An app name may have a history before the app
+    /// exists (a first deploy that failed).
+    pub deployments: BTreeMap<AppName, AppDeployments>,
+    /// Per app: its system keys (protocol 8; snapshot format 5). They open no
+    /// function, so they stay out of the worker view.
+    pub system_keys: BTreeMap<AppName, BTreeMap<String, String>>,
+}
+
+pub use crate::deployments::{AppDeployments, DeploymentRecord};
+
+/// `ClusterState` as builds of protocol 7 encode it: snapshot format 4. Field for
+/// field the same, without the publishing maps.
+#[derive(Debug, Deserialize)]
+pub struct ClusterStateV4 {
+    pub cluster: Option<ClusterInfo>,
+    pub apps: BTreeMap<AppName, AppState>,
+    pub workers: BTreeMap<NodeId, WorkerState>,
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: BTreeMap<TimerId, TimerRecord>,
+    pub timer_retries: BTreeMap<TimerId, TimerRetryState>,
+}
+
+/// Encodes a state as [`ClusterStateV4`] (no deployments or system keys exist
+/// before protocol 8).
+#[derive(Serialize)]
+pub struct ClusterStateV4Ref<'a> {
+    pub cluster: &'a Option<ClusterInfo>,
+    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub workers: &'a BTreeMap<NodeId, WorkerState>,
+    pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: &'a BTreeMap<TimerId, TimerRecord>,
+    pub timer_retries: &'a BTreeMap<TimerId, TimerRetryState>,
+}
+
+impl From<ClusterStateV4> for ClusterState {
+    fn from(v: ClusterStateV4) -> ClusterState {
+        ClusterState {
+            cluster: v.cluster,
+            apps: v.apps,
+            workers: v.workers,
+            placements: v.placements,
+            protocol: v.protocol,
+            timers: v.timers,
+            timer_retries: v.timer_retries,
+            deployments: BTreeMap::new(),
+            system_keys: BTreeMap::new(),
+        }
+    }
 }
 
 /// `ClusterState` as builds of protocol 6 encode it: snapshot format 3. Field for
@@ -82,6 +133,8 @@ impl From<ClusterStateV3> for ClusterState {
             protocol: v.protocol,
             timers: v.timers,
             timer_retries: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            system_keys: BTreeMap::new(),
         }
     }
 }
@@ -117,11 +170,25 @@ impl From<ClusterStateV2> for ClusterState {
             protocol: v.protocol,
             timers: BTreeMap::new(),
             timer_retries: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            system_keys: BTreeMap::new(),
         }
     }
 }
 
 impl ClusterState {
+    pub fn as_v4(&self) -> ClusterStateV4Ref<'_> {
+        ClusterStateV4Ref {
+            cluster: &self.cluster,
+            apps: &self.apps,
+            workers: &self.workers,
+            placements: &self.placements,
+            protocol: self.protocol,
+            timers: &self.timers,
+            timer_retries: &self.timer_retries,
+        }
+    }
+
     pub fn as_v3(&self) -> ClusterStateV3Ref<'_> {
         ClusterStateV3Ref {
             cluster: &self.cluster,
@@ -269,6 +336,8 @@ impl ClusterState {
                     .remove(app)
                     .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })?;
                 self.placements.remove(app);
+                self.deployments.remove(app);
+                self.system_keys.remove(app);
                 self.prune_timers();
                 Ok(true)
             }
@@ -276,6 +345,9 @@ impl ClusterState {
             | Command::FireTimer(_)
             | Command::CompleteTimer { .. }
             | Command::RetryTimer(_) => self.apply_timer(command),
+            Command::BeginDeployment(_)
+            | Command::UpdateDeployment(_)
+            | Command::SetDeployCredential { .. } => self.apply_deployment(command),
             Command::SetAppSettings {
                 app,
                 set,
@@ -303,8 +375,15 @@ impl ClusterState {
                 value,
                 ..
             } => {
+                if *scope == KeyScope::System {
+                    self.needs(Feature::Publishing, "system keys")?;
+                    self.app(app)?;
+                    let keys = self.system_keys.entry(app.clone()).or_default();
+                    return Ok(keys.insert(name.clone(), value.clone()).as_ref() != Some(value));
+                }
                 let state = self.app_mut(app)?;
                 let slot = match scope {
+                    KeyScope::System => unreachable!("handled above"),
                     KeyScope::Master => {
                         let changed = &state.keys.master != value;
                         state.keys.master = value.clone();
@@ -345,8 +424,19 @@ impl ClusterState {
             Command::DeleteKey {
                 app, scope, name, ..
             } => {
+                if *scope == KeyScope::System {
+                    self.needs(Feature::Publishing, "system keys")?;
+                    self.app(app)?;
+                    return self
+                        .system_keys
+                        .get_mut(app)
+                        .and_then(|s| s.remove(name))
+                        .map(|_| true)
+                        .ok_or_else(|| Rejection::KeyNotFound { name: name.clone() });
+                }
                 let state = self.app_mut(app)?;
                 let slot = match scope {
+                    KeyScope::System => unreachable!("handled above"),
                     KeyScope::Master => return Err(Rejection::MasterKeyIsPermanent),
                     KeyScope::Host => Some(&mut state.keys.host),
                     KeyScope::Function(f) => state.keys.functions.get_mut(f),
@@ -466,6 +556,18 @@ impl ClusterState {
         self.protocol() >= feature.since()
     }
 
+    /// Refuses `what` until the cluster speaks `feature`'s protocol.
+    pub fn needs(&self, feature: Feature, what: &str) -> Result<(), Rejection> {
+        if self.allows(feature) {
+            return Ok(());
+        }
+        Err(Rejection::NotYetEnabled {
+            what: what.to_string(),
+            needs: feature.since(),
+            speaks: self.protocol(),
+        })
+    }
+
     fn worker_mut(&mut self, node: NodeId) -> Result<&mut WorkerState, Rejection> {
         self.workers
             .get_mut(&node)
@@ -572,7 +674,7 @@ impl ClusterState {
         )
     }
 
-    fn app(&self, app: &AppName) -> Result<&AppState, Rejection> {
+    pub(crate) fn app(&self, app: &AppName) -> Result<&AppState, Rejection> {
         self.apps
             .get(app)
             .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })

@@ -1,8 +1,24 @@
-//! The control port: one tonic server carrying the admin API (behind the admin
-//! token), the internal services (behind a node certificate with TLS, the
-//! cluster's proof without: [`crate::internal_auth`]), and gRPC server reflection.
+//! The control port: one server carrying the admin API (behind the admin token),
+//! the internal services (behind a node certificate with TLS, the cluster's proof
+//! without: [`crate::internal_auth`]), gRPC server reflection, and the publishing
+//! endpoint ([`crate::publishing`], HTTP/1.1 and HTTP/2).
+//!
+//! Connections: at most [`MAX_CONNECTIONS`] at once (one more is closed at once);
+//! a TLS handshake must finish within [`HANDSHAKE`] (on its own task: a slow
+//! client never holds up the accept loop); HTTP/1.1 request heads within 30 s
+//! (hyper's default, as tonic sets its timer); HTTP/2 connections are pinged.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 
 use strom_proto::admin_v1::admin_service_server::AdminServiceServer;
 use strom_proto::internal_v1::blob_service_server::BlobServiceServer;
@@ -55,6 +71,13 @@ impl Interceptor for AdminAuth {
 
 /// Maximum gRPC message size: deploy chunks are 1 MiB; Raft payloads can be larger.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Connections open at once on the control port.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A TLS handshake must finish within this.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Why the control port stopped serving.
+pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serve the control port on a bound listener until `cancel` fires.
 pub async fn serve(
@@ -62,7 +85,7 @@ pub async fn serve(
     api: AdminApi,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(strom_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -74,6 +97,7 @@ pub async fn serve(
         .expect("the descriptor set is generated at build time");
     // Long-lived streams end with the server, or its graceful stop would wait on them.
     let api = api.with_shutdown(cancel.clone());
+    let api_for_publishing = api.clone();
     let admin = InterceptedService::new(
         AdminServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE),
         AdminAuth { node: node.clone() },
@@ -112,29 +136,174 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let workers = InterceptedService::new(workers, internal);
-    // tonic does not apply TCP_NODELAY to a caller's listener: without it small
-    // replies (Raft acks, admin answers) wait for Nagle's algorithm.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        if let Ok(stream) = &s {
-            let _ = stream.set_nodelay(true);
-        }
-        s
-    });
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = crate::tls::current() {
-        server = server.tls_config(tls.tonic_server())?;
-    }
-    server
+    let server = tonic::transport::Server::builder()
+        // HTTP/1.1 for the publishing endpoint (curl, PowerShell, build tools).
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let router = server
         .layer(crate::decode_errors::DecodeErrorsLayer)
+        .layer(crate::publishing::PublishingLayer::new(api_for_publishing))
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)
         .add_service(blobs)
         .add_service(workers)
         .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-        .await
+        .add_service(reflection_v1alpha);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    match crate::tls::current() {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+                .filter_map(move |s| admit(&slots, s));
+            Ok(router
+                .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                .await?)
+        }
+        Some(tls) => {
+            // TLS here rather than in tonic: tonic offers only `h2` by ALPN, and
+            // HTTP/1.1 clients of the publishing endpoint would fail the handshake.
+            let config = tls
+                .rustls_server()
+                .map_err(|e| format!("control port TLS: {e}"))?;
+            let incoming = tls_incoming(listener, config, slots, cancel.clone());
+            Ok(router
+                .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                .await?)
+        }
+    }
+}
+
+/// A connection that holds one of the port's connection slots while it is open.
+pub struct Admitted<T> {
+    io: T,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<T: Connected> Connected for Admitted<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Admitted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A plain connection, if a slot is free (TCP_NODELAY on: tonic does not set it
+/// on a caller's listener, and small replies — Raft acks — would wait for Nagle).
+fn admit(
+    slots: &Arc<Semaphore>,
+    accepted: std::io::Result<TcpStream>,
+) -> Option<std::io::Result<Admitted<TcpStream>>> {
+    let stream = match accepted {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    let _ = stream.set_nodelay(true);
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(Ok(Admitted {
+            io: stream,
+            _slot: slot,
+        })),
+        Err(_) => {
+            tracing::warn!(
+                "control port: {MAX_CONNECTIONS} connections are open; closing a new one"
+            );
+            None
+        }
+    }
+}
+
+type TlsConn = Admitted<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// TLS connections: each handshake on its own task, within [`HANDSHAKE`].
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> impl Stream<Item = std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("control port: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    "control port: {MAX_CONNECTIONS} connections are open; closing a new one"
+                );
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx
+                            .send(Ok(Admitted {
+                                io: tls,
+                                _slot: slot,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "control port: TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "control port: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Bind the control address (fails clearly if it is taken).

@@ -26,8 +26,9 @@ use tokio::sync::watch;
 use crate::cluster_state::ClusterState;
 
 /// Snapshot format written by this build. Formats 1 (no workers, no placements),
-/// 2 (no timers) and 3 (no timer retries) are still read and migrated.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+/// 2 (no timers), 3 (no timer retries) and 4 (no deployments, no system keys) are
+/// still read and migrated.
+pub const SNAPSHOT_FORMAT: u32 = 5;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers see: the state as of `last_applied`.
@@ -134,6 +135,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
             state: old.state.into(),
         });
     }
+    if format == 4 {
+        let old: SnapshotBodyV4 = codec::decode(body)?;
+        return Ok(SnapshotBody {
+            meta: old.meta,
+            state: old.state.into(),
+        });
+    }
     codec::decode(body)
 }
 
@@ -144,12 +152,26 @@ fn encode_snapshot(
     meta: &SnapshotMeta,
     state: &ClusterState,
 ) -> Result<Vec<u8>, codec::CodecError> {
-    if state.allows(strom_proto::version::Feature::TimerRuns) {
+    if state.allows(strom_proto::version::Feature::Publishing) {
         return codec::encode_envelope(
             SNAPSHOT_FORMAT,
             &SnapshotBody {
                 meta: meta.clone(),
                 state: state.clone(),
+            },
+        );
+    }
+    if state.allows(strom_proto::version::Feature::TimerRuns) {
+        #[derive(Serialize)]
+        struct V4<'a> {
+            meta: &'a SnapshotMeta,
+            state: crate::cluster_state::ClusterStateV4Ref<'a>,
+        }
+        return codec::encode_envelope(
+            4,
+            &V4 {
+                meta,
+                state: state.as_v4(),
             },
         );
     }
@@ -179,6 +201,13 @@ fn encode_snapshot(
             state: state.as_v2(),
         },
     )
+}
+
+/// Format 4: the state before deployments and system keys.
+#[derive(Deserialize)]
+struct SnapshotBodyV4 {
+    meta: SnapshotMeta,
+    state: crate::cluster_state::ClusterStateV4,
 }
 
 /// Format 3: the state before timer retries.
@@ -411,6 +440,31 @@ mod tests {
         let v4 = encode_snapshot(&meta, &state).unwrap();
         assert_eq!(codec::open_envelope(&v4, 4).unwrap().0, 4);
         assert_eq!(decode_snapshot(&v4).unwrap().state, state);
+        // Protocol 8: format 5, with deployments and system keys.
+        state.protocol = 8;
+        let app = strom_proto::ids::AppName::parse("batch").unwrap();
+        state.apply(&strom_proto::command::Command::BeginDeployment(Box::new(
+            strom_proto::command::DeploymentStart {
+                app: app.clone(),
+                id: "d1".into(),
+                author: "ada".into(),
+                deployer: "curl".into(),
+                message: String::new(),
+                node: 1,
+                size_bytes: 1,
+                deadline_ms: 10,
+                at_ms: 1,
+            },
+        )));
+        state
+            .system_keys
+            .entry(app)
+            .or_default()
+            .insert("hook".into(), "v".repeat(20));
+        assert!(!state.deployments.is_empty());
+        let v5 = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&v5, 5).unwrap().0, 5);
+        assert_eq!(decode_snapshot(&v5).unwrap().state, state);
     }
 
     /// A snapshot of a build before timers (format 2) still loads, with no timers.

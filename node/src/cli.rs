@@ -383,6 +383,86 @@ pub enum AppCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The app's deployment history, newest first (zip deploys, `strom app
+    /// deploy`, `strom up`): who, when, status, the version, why one failed.
+    Deployments {
+        /// The app's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The app's deployment credential for the publishing endpoint (HTTP Basic,
+    /// user `$NAME`; valid for this app's zip deploy only). Made and shown once;
+    /// kept hashed, so an existing one is not shown again: `--rotate` makes a new
+    /// one (the old one stops working).
+    Credentials {
+        /// The app's name.
+        name: String,
+        /// Make a new credential even if one exists.
+        #[arg(long, conflicts_with = "delete")]
+        rotate: bool,
+        /// Remove the credential (only the admin token deploys the app then).
+        #[arg(long)]
+        delete: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a publish profile (`.PublishSettings`, as Visual Studio imports for
+    /// zip deploy) naming this cluster's publishing endpoint and the app's
+    /// deployment credential. Makes the credential if the app has none; with one,
+    /// `--rotate` is needed (it is stored hashed and cannot be shown again).
+    PublishProfile {
+        /// The app's name.
+        name: String,
+        /// Where to write it (mode 0600: it holds the credential).
+        #[arg(long, short = 'o', default_value = "NAME.PublishSettings")]
+        out: PathBuf,
+        /// Make a new credential for the profile (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+        /// The publishing endpoint as the tools should reach it (default: --server).
+        #[arg(long)]
+        publish_url: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The app's own keys: host keys (open every function), system keys and the
+    /// master key.
+    Keys {
+        /// The app's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create or replace an app key: a host key (default), a system key
+    /// (`--scope system`) or the master key (`--scope master`). Prints the key.
+    SetKey {
+        /// The app's name.
+        name: String,
+        /// The key's name (ignored for the master key).
+        #[arg(default_value = "")]
+        key: String,
+        /// The key's value (16 to 128 of A-Z a-z 0-9 - _ =); default: a new random key.
+        #[arg(long)]
+        value: Option<String>,
+        /// `host`, `system` or `master`.
+        #[arg(long, default_value = "host")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a host key or a system key (`--scope system`); `_master` stays.
+    DeleteKey {
+        /// The app's name.
+        name: String,
+        /// The key's name.
+        key: String,
+        /// `host` or `system`.
+        #[arg(long, default_value = "host")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -266,6 +266,169 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             );
             out.warnings(&resp.warnings);
         }
+        AppCommand::Deployments { name, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .list_deployments(pb::ListDeploymentsRequest { app_name: name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::of(&client).deployments(&resp);
+        }
+        AppCommand::Credentials {
+            name,
+            rotate,
+            delete,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .set_deploy_credential(pb::SetDeployCredentialRequest {
+                    app_name: name.clone(),
+                    rotate,
+                    delete,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let text = if delete {
+                format!("app `{name}` has no deployment credential now")
+            } else if resp.password.is_empty() {
+                format!(
+                    "app `{name}` has a deployment credential (user `{}`); it is stored hashed \
+                     and cannot be shown again: --rotate makes a new one",
+                    resp.user_name
+                )
+            } else {
+                format!(
+                    "deployment credential of app `{name}` (shown once; keep it secret):\n  user:     {}\n  password: {}",
+                    resp.user_name, resp.password
+                )
+            };
+            Printer::of(&client).message(&text, &resp);
+        }
+        AppCommand::PublishProfile {
+            name,
+            out,
+            rotate,
+            publish_url,
+            client,
+        } => {
+            let mut c = connect(&client).await?;
+            let app = c
+                .get_app(pb::GetAppRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let resp = c
+                .set_deploy_credential(pb::SetDeployCredentialRequest {
+                    app_name: name.clone(),
+                    rotate,
+                    delete: false,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if resp.password.is_empty() {
+                return Err(CliError::new(
+                    2,
+                    format!(
+                        "app `{name}` already has a deployment credential, stored hashed: it \
+                         cannot be put in a profile. Pass --rotate to make a new one for the \
+                         profile (the old one stops working)"
+                    ),
+                ));
+            }
+            let base = publish_url.unwrap_or_else(|| client.server.clone());
+            let base = base.trim_end_matches('/');
+            let app_url = app.app.as_ref().map(|a| a.url.clone()).unwrap_or_default();
+            let xml = crate::publish_profile::render(&crate::publish_profile::Profile {
+                app: &name,
+                scm_url: &format!("{base}/apps/{name}/scm"),
+                user: &resp.user_name,
+                password: &resp.password,
+                app_url: &app_url,
+            });
+            let out = if out.as_os_str() == "NAME.PublishSettings" {
+                std::path::PathBuf::from(format!("{name}.PublishSettings"))
+            } else {
+                out
+            };
+            crate::publish_profile::write_private(&out, xml.as_bytes())
+                .map_err(|e| CliError::new(1, format!("writing {}: {e}", out.display())))?;
+            Printer::of(&client).message(
+                &format!(
+                    "wrote {} (mode 0600; it holds the credential of user `{}`)\n  publish URL: {base}/apps/{name}/scm",
+                    out.display(),
+                    resp.user_name
+                ),
+                &serde_json::json!({"file": out, "user_name": resp.user_name, "publish_url": format!("{base}/apps/{name}/scm")}),
+            );
+        }
+        AppCommand::Keys { name, client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .list_function_keys(pb::ListFunctionKeysRequest {
+                    app_name: name,
+                    function_name: String::new(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::of(&client).keys(&resp);
+        }
+        AppCommand::SetKey {
+            name,
+            key,
+            value,
+            scope,
+            client,
+        } => {
+            if scope == "function" {
+                return Err(CliError::new(
+                    2,
+                    "--scope function: function keys are set with `strom fn set-key APP FUNCTION KEY`",
+                ));
+            }
+            let mut c = connect(&client).await?;
+            let resp = c
+                .set_function_key(pb::SetFunctionKeyRequest {
+                    app_name: name,
+                    function_name: String::new(),
+                    scope,
+                    name: key,
+                    value: value.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::of(&client).key_set(&resp);
+        }
+        AppCommand::DeleteKey {
+            name,
+            key,
+            scope,
+            client,
+        } => {
+            if scope == "function" {
+                return Err(CliError::new(
+                    2,
+                    "--scope function: function keys are deleted with `strom fn delete-key APP FUNCTION KEY`",
+                ));
+            }
+            let mut c = connect(&client).await?;
+            let resp = c
+                .delete_function_key(pb::DeleteFunctionKeyRequest {
+                    app_name: name,
+                    function_name: String::new(),
+                    scope,
+                    name: key.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Printer::of(&client).message(&format!("deleted key `{key}`"), &resp);
+        }
         AppCommand::Scale {
             name,
             instances,

@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod gateway;
 pub mod local_settings;
 pub mod output;
+pub mod publish_profile;
 pub mod serve;
 pub mod unpacked;
 pub mod up;

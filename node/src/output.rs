@@ -212,10 +212,53 @@ impl Printer {
         if self.json(r) {
             return;
         }
-        say!("auth level: {}", r.auth_level);
+        if !r.auth_level.is_empty() {
+            say!("auth level: {}", r.auth_level);
+        }
         let mut t = table(&["SCOPE", "NAME", "VALUE"]);
         for k in &r.keys {
             t.add_row(vec![k.scope.clone(), k.name.clone(), k.value.clone()]);
+        }
+        say!("{t}");
+    }
+
+    pub fn deployments(&self, r: &pb::ListDeploymentsResponse) {
+        if self.json(r) {
+            return;
+        }
+        if r.deployments.is_empty() {
+            say!("no deployments yet");
+            return;
+        }
+        let mut t = table(&[
+            "ID", "STATUS", "RECEIVED", "DEPLOYER", "AUTHOR", "VERSION", "DETAILS",
+        ]);
+        for d in &r.deployments {
+            let status = match d.status {
+                0 => "Pending",
+                1 => "Building",
+                2 => "Deploying",
+                3 => "Failed",
+                4 => "Success",
+                _ => "?",
+            };
+            let mut details = d.status_text.clone();
+            for e in &d.errors {
+                details.push_str("\n  ");
+                details.push_str(e);
+            }
+            if !d.message.is_empty() {
+                details = format!("\"{}\" — {details}", d.message);
+            }
+            t.add_row(vec![
+                d.id.chars().take(12).collect::<String>(),
+                format!("{status}{}", if d.active { " (active)" } else { "" }),
+                d.received_time.clone(),
+                d.deployer.clone(),
+                d.author.clone(),
+                d.version_id.chars().take(12).collect::<String>(),
+                details,
+            ]);
         }
         say!("{t}");
     }

@@ -232,7 +232,7 @@ fn io_error(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliE
 struct Running {
     node: Option<ManagementNode>,
     worker: Option<Worker>,
-    server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    server: Option<tokio::task::JoinHandle<Result<(), control_server::ServeError>>>,
     gateway: Option<tokio::task::JoinHandle<()>>,
     /// Control server, leader duties.
     control_cancel: CancellationToken,

@@ -133,6 +133,96 @@ pub enum Command {
     /// its own invocation id. The run stays recorded (the timer waits). Only the
     /// current attempt's id moves it on.
     RetryTimer(Box<TimerRetry>),
+    /// Publishing (protocol 8): a deployment of an app begins (zip deploy, `strom
+    /// app deploy`). Refused while another deployment of the app is in progress
+    /// and before its deadline; one past its deadline is marked failed (abandoned)
+    /// by this command. The app need not exist (a first deploy creates it).
+    BeginDeployment(Box<DeploymentStart>),
+    /// A deployment moves on (a step, or its end). Only an in-progress deployment
+    /// moves; an ended one never changes again.
+    UpdateDeployment(Box<DeploymentUpdate>),
+    /// The app's deployment credential (its hash; `None` removes it). Valid only
+    /// for the zip deploy endpoint of that app.
+    SetDeployCredential {
+        app: AppName,
+        credential: Option<TokenHash>,
+        at_ms: i64,
+    },
+}
+
+/// A deployment's status, as Kudu numbers it (`DeployStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployStatus {
+    Pending,
+    Building,
+    Deploying,
+    Failed,
+    Success,
+}
+
+impl DeployStatus {
+    /// Kudu's number: 0 Pending, 1 Building, 2 Deploying, 3 Failed, 4 Success.
+    pub fn code(self) -> u8 {
+        match self {
+            DeployStatus::Pending => 0,
+            DeployStatus::Building => 1,
+            DeployStatus::Deploying => 2,
+            DeployStatus::Failed => 3,
+            DeployStatus::Success => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStatus::Pending => "Pending",
+            DeployStatus::Building => "Building",
+            DeployStatus::Deploying => "Deploying",
+            DeployStatus::Failed => "Failed",
+            DeployStatus::Success => "Success",
+        }
+    }
+
+    /// Failed or Success: the deployment ended.
+    pub fn is_complete(self) -> bool {
+        matches!(self, DeployStatus::Failed | DeployStatus::Success)
+    }
+}
+
+/// A deployment as it is received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStart {
+    pub app: AppName,
+    /// Chosen by the receiving node (a random hex id, as Kudu's).
+    pub id: String,
+    pub author: String,
+    pub deployer: String,
+    pub message: String,
+    /// The management node that runs it.
+    pub node: NodeId,
+    /// Package size in bytes.
+    pub size_bytes: u64,
+    /// After this time (Unix ms) an unfinished deployment counts as abandoned.
+    pub deadline_ms: i64,
+    pub at_ms: i64,
+}
+
+/// A step or the end of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentUpdate {
+    pub app: AppName,
+    pub id: String,
+    pub status: DeployStatus,
+    /// What it does now, or why it failed.
+    pub status_text: String,
+    /// The version it deploys, once known.
+    pub version: Option<VersionId>,
+    /// Every validation error (file, JSON path, message), when it failed on them.
+    pub errors: Vec<String>,
+    /// On failure: make this version active again, but only while the deployment's
+    /// own version is still the active one (make-before-break's promise: a failed
+    /// deploy leaves the version that served before).
+    pub restore: Option<VersionId>,
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +356,9 @@ pub enum KeyScope {
     Master,
     Host,
     Function(String),
+    /// System keys (protocol 8), Azure's keys for extension webhooks
+    /// (`/admin/host/systemkeys`). They open no function.
+    System,
 }
 
 /// What applying a command did. Business outcomes are values, not errors.
@@ -338,4 +431,8 @@ pub enum Rejection {
         timer: TimerId,
         invocation_id: String,
     },
+    #[error("deployment {id} of app `{app}` is in progress (one deployment of an app at a time)")]
+    DeploymentInProgress { app: AppName, id: String },
+    #[error("app `{app}` has no deployment `{id}`")]
+    DeploymentNotFound { app: AppName, id: String },
 }

@@ -16,6 +16,7 @@ pub mod command;
 pub mod ids;
 pub mod instances;
 pub mod invocations;
+pub mod key_rules;
 pub mod manifest;
 pub mod raft_types;
 pub mod rich_error;

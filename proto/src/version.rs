@@ -29,7 +29,10 @@ use crate::ids::NodeId;
 /// - 7: timers run: the leader fires them and sends runs to other nodes'
 ///   gateways; timer retries: `RetryTimer`, and the state's retry records
 ///   (snapshot format 4).
-pub const PROTOCOL: u32 = 7;
+/// - 8: publishing: deployment history and per-app deployment credentials
+///   (`BeginDeployment`, `UpdateDeployment`, `SetDeployCredential`), system keys
+///   (`KeyScope::System`) (snapshot format 5).
+pub const PROTOCOL: u32 = 8;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -56,6 +59,8 @@ pub enum Feature {
     /// sends, and a failed run is retried by its retry policy, the retry
     /// recorded (protocol 7). Builds of protocol 6 kept records but ran nothing.
     TimerRuns,
+    /// Deployment history, deployment credentials and system keys (protocol 8).
+    Publishing,
 }
 
 impl Feature {
@@ -67,6 +72,7 @@ impl Feature {
             Feature::AppHosts => 5,
             Feature::Timers => 6,
             Feature::TimerRuns => 7,
+            Feature::Publishing => 8,
         }
     }
 }
