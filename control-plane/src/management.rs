@@ -188,9 +188,7 @@ pub fn new_token() -> String {
 
 /// A new random function/host key value (Azure keys are 56 base64 characters).
 pub fn new_function_key() -> String {
-    let mut bytes = [0u8; 42];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    strom_proto::key_rules::new_key_value()
 }
 
 pub fn now_ms() -> i64 {

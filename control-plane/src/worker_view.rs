@@ -54,6 +54,7 @@ pub fn project(state: &StateView, node: NodeId) -> WorkerView {
                 keys: app.keys.clone(),
                 disabled,
                 placements: s.placements.get(name).cloned().unwrap_or_default(),
+                system_keys: s.system_keys.get(name).cloned().unwrap_or_default(),
             },
         );
         let instances = s.placed(name, node);

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster_view;
 pub mod data_dir;
 pub mod gateway;
+pub mod key_admin;
 pub mod local_settings;
 pub mod output;
 pub mod publish_profile;

@@ -250,6 +250,10 @@ struct Running {
     secret: ClusterSecret,
     /// What this node's worker and gateway see of the cluster.
     view: Option<tokio::sync::watch::Receiver<Arc<WorkerView>>>,
+    /// The admin API (a management node): the key management API writes through it.
+    api: Option<AdminApi>,
+    /// The management group as a worker-only node knows it.
+    managers: Option<Arc<Managers>>,
 }
 
 impl Running {
@@ -386,6 +390,8 @@ pub async fn run_node(
         duties: Vec::new(),
         agent_tasks: Vec::new(),
         view: None,
+        api: None,
+        managers: None,
         secret: ClusterSecret::default(),
     };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
@@ -418,6 +424,7 @@ pub async fn run_node(
             );
         let worker_view = api.worker_slot();
         let view_slot = api.view_slot();
+        running.api = Some(api.clone());
         running.server = Some(tokio::spawn(control_server::serve(
             node.clone(),
             api,
@@ -515,6 +522,7 @@ pub async fn run_node(
                 hop_tls: node_tls(|t| t.rustls_client(), "TLS client for the gateway hop"),
                 secret: running.secret.clone(),
                 http: settings.http,
+                key_admin: key_admin(&running, &view),
                 ..GatewayConfig::default()
             },
             routing,
@@ -691,6 +699,7 @@ async fn start_worker(
     };
     running.secret = secret.clone();
     let managers = Managers::new(seeds, secret);
+    running.managers = Some(managers.clone());
     let agent = Arc::new(Agent::new(
         WorkerOffer {
             node_id: settings.node_id,
@@ -1054,4 +1063,22 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Where this node's key management API writes: its admin API, or (worker only)
+/// the management group.
+fn key_admin(
+    running: &Running,
+    view: &tokio::sync::watch::Receiver<Arc<WorkerView>>,
+) -> crate::gateway::KeyAdminHandle {
+    let admin: Option<Arc<dyn crate::gateway::KeyAdmin>> = match (&running.api, &running.managers) {
+        (Some(api), _) => Some(Arc::new(crate::key_admin::ManagementKeys(api.clone()))),
+        (None, Some(managers)) => Some(Arc::new(crate::key_admin::RemoteKeys {
+            managers: managers.clone(),
+            secret: running.secret.clone(),
+            view: view.clone(),
+        })),
+        (None, None) => None,
+    };
+    crate::gateway::KeyAdminHandle(admin)
 }

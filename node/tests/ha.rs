@@ -749,3 +749,161 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
     assert!(timer["next_ms"].as_i64().unwrap_or(0) > 0, "{status}");
     assert!(timer["last_run"]["succeeded"] == true, "{status}");
 }
+
+/// A key's status on every gateway: the function called with `?code=`.
+fn key_status(gateways: &[String], code: &str) -> Vec<u16> {
+    gateways
+        .iter()
+        .map(|g| get(g, &format!("/api/keyed/1?code={code}")).status)
+        .collect()
+}
+
+/// Until every gateway answers `want` with this key (at most a second: the
+/// key management API's promise once a write is answered).
+fn within_a_second(gateways: &[String], code: &str, want: u16, what: &str) {
+    eventually(Duration::from_secs(1), what, || {
+        key_status(gateways, code)
+            .iter()
+            .all(|s| *s == want)
+            .then_some(())
+    });
+}
+
+#[test]
+fn t94_the_key_management_api_on_any_node_changes_keys_on_every_node() {
+    let (c, [m1, m2, m3, w4, w5]) = Cluster::three_managers_two_workers();
+    let admin = c.admin();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("keyed");
+    write_app(
+        &app,
+        &common::test_handler_host(""),
+        &[(
+            "keyed",
+            r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"function","route":"keyed/{id:int}"},{"type":"http","direction":"out","name":"res"}]}"#,
+        )],
+    );
+    let out = cli(
+        &m2.server,
+        &admin,
+        &["app", "deploy", app.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let keys = json(&m1.server, &admin, &["app", "keys", "keyed"]).unwrap();
+    let master = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["scope"] == "master")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gateways: Vec<String> = [&m1, &m2, &m3, &w4, &w5]
+        .iter()
+        .map(|n| n.http.clone())
+        .collect();
+    eventually(Duration::from_secs(30), "keyed served everywhere", || {
+        let r = get(&w4.http, &format!("/api/keyed/1?code={master}"));
+        (r.status == 200).then_some(())
+    });
+    let with_master = [("x-functions-key", master.as_str())];
+    let body = |v: &str| format!(r#"{{"name":"ci","value":"{v}"}}"#);
+
+    // Created through a worker-only node (its gateway proposes to the managers).
+    let first = "ci-first-value-0123456789";
+    let r = common::http(
+        "PUT",
+        &w4.http,
+        "/admin/functions/keyed/keys/ci",
+        &with_master,
+        body(first).as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["value"], first);
+    within_a_second(&gateways, first, 200, "the new key works everywhere");
+
+    // Rotated through a follower's function port: the old value stops working.
+    let second = "ci-second-value-0123456789";
+    let r = common::http(
+        "PUT",
+        &m3.http,
+        "/admin/functions/keyed/keys/ci",
+        &with_master,
+        body(second).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "replaced: {}", r.text());
+    within_a_second(&gateways, first, 401, "the old value is refused everywhere");
+    within_a_second(&gateways, second, 200, "the new value works everywhere");
+
+    // Listed on another worker; deleted with the admin token on a manager.
+    let r = common::http(
+        "GET",
+        &w5.http,
+        "/admin/functions/keyed/keys",
+        &with_master,
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "ci" && k["value"] == second),
+        "{}",
+        r.text()
+    );
+    let bearer = format!("Bearer {admin}");
+    let r = common::http(
+        "DELETE",
+        &m1.http,
+        "/admin/functions/keyed/keys/ci",
+        &[("authorization", bearer.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    within_a_second(
+        &gateways,
+        second,
+        401,
+        "the deleted key is refused everywhere",
+    );
+    // A worker cannot check the admin token; a wrong key changes nothing.
+    let r = common::http(
+        "DELETE",
+        &w4.http,
+        "/admin/host/keys/default",
+        &[("authorization", bearer.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = common::http(
+        "DELETE",
+        &m2.http,
+        "/admin/host/keys/default",
+        &[("x-functions-key", "not-the-master-key-000")],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let r = common::http(
+        "PUT",
+        &w5.http,
+        "/admin/host/keys/bad%20name",
+        &with_master,
+        br#"{"value":"a-good-value-0123456789"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let host = json(&m2.server, &admin, &["app", "keys", "keyed"]).unwrap();
+    assert!(
+        host["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["scope"] == "host" && k["name"] == "default"),
+        "{host}"
+    );
+    for n in [m1, m2, m3, w4, w5] {
+        n.stop();
+    }
+}

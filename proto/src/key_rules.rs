@@ -35,6 +35,15 @@ pub fn check_key_value(value: &str) -> Result<(), String> {
     }
 }
 
+/// A new random key value: 42 random bytes, URL-safe base64 (56 characters).
+pub fn new_key_value() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 42];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +58,8 @@ mod tests {
         for bad in ["short", "has space 0123456789", &"x".repeat(129)] {
             assert!(check_key_value(bad).is_err(), "{bad}");
         }
+        let v = new_key_value();
+        assert!(check_key_value(&v).is_ok(), "{v}");
+        assert_ne!(v, new_key_value());
     }
 }

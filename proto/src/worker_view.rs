@@ -75,6 +75,10 @@ pub struct AppRoutes {
     pub disabled: BTreeSet<String>,
     /// Instances per worker.
     pub placements: BTreeMap<NodeId, u32>,
+    /// System keys (protocol 8): they open no function; a gateway lists them for
+    /// the key management API (`/admin/host/systemkeys`).
+    #[serde(default)]
+    pub system_keys: BTreeMap<String, String>,
 }
 
 /// One app placed on this node.

@@ -87,6 +87,30 @@ pub struct AdminTarget {
     pub binding: String,
 }
 
+/// Which keys a key management request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysScope {
+    /// One function's keys (its name as the manifest spells it).
+    Function(String),
+    /// Host keys (`/admin/host/keys`, also `/admin/host/functionkeys`); `_master`
+    /// among them by name.
+    Host,
+    /// System keys.
+    System,
+}
+
+/// A key management request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysTarget {
+    pub app: AppName,
+    pub scope: KeysScope,
+    /// One key (`…/keys/{name}`), or the list.
+    pub key: Option<String>,
+    /// The caller showed the app's master key (otherwise the admin token is
+    /// checked before anything is answered).
+    pub master: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// `/admin/host/ping`: 200, empty.
@@ -95,6 +119,10 @@ pub enum Decision {
     AdminInvoke(AdminTarget),
     /// `GET /admin/host/status` of an app (master key checked).
     HostStatus(AppName),
+    /// The key management API (`/admin/functions/{name}/keys`, `/admin/host/keys`,
+    /// `/admin/host/systemkeys`): the caller showed the master key, or must show
+    /// the admin token.
+    Keys(KeysTarget),
     /// Call a local instance.
     Local(Target),
     /// No Ready instance here: send over the hop to a worker that runs the app.
@@ -213,6 +241,9 @@ pub fn admit(
 
     if let Some(path_app) = host_status_path(head.path) {
         return host_status(head, hop, path_app, cluster);
+    }
+    if let Some(path) = keys_path(head.path) {
+        return keys_request(head, hop, path, cluster);
     }
     if let Some((path_app, function)) = admin_function_path(head.path) {
         return admin_invoke(
@@ -486,10 +517,9 @@ fn host_status(
     Decision::HostStatus(app)
 }
 
-/// `/admin/functions/{name}` or `/apps/{app}/admin/functions/{name}` (for clients
-/// that cannot set Host): the app named in the path, if any, and the function.
-fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
-    // On every request's path: no allocation unless it can be one.
+/// The segments of a path that may be an admin endpoint (under `/admin/` or
+/// `/apps/`). On every request's path: no allocation unless it can be one.
+fn admin_segments(path: &str) -> Option<Vec<&str>> {
     let starts = |prefix: &str| {
         path.len() >= prefix.len()
             && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
@@ -497,7 +527,142 @@ fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
     if !starts("/admin/") && !starts("/apps/") {
         return None;
     }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(path.trim_start_matches('/').split('/').collect())
+}
+
+/// A key management path: the app in the path (if any), the collection, the key.
+#[derive(Debug, PartialEq, Eq)]
+struct KeysPath<'a> {
+    app: Option<&'a str>,
+    /// `Some(function)` for a function's keys.
+    function: Option<&'a str>,
+    system: bool,
+    key: Option<&'a str>,
+}
+
+/// `[/apps/{app}]/admin/functions/{name}/keys[/{key}]`,
+/// `[/apps/{app}]/admin/host/{keys|functionkeys|systemkeys}[/{key}]`.
+fn keys_path(path: &str) -> Option<KeysPath<'_>> {
+    let segments = admin_segments(path)?;
+    let (app, rest) = match segments.as_slice() {
+        [apps, app, rest @ ..] if apps.eq_ignore_ascii_case("apps") => (Some(*app), rest),
+        rest => (None, rest),
+    };
+    let is = |s: &str, what: &str| s.eq_ignore_ascii_case(what);
+    let (function, system, key) = match rest {
+        [a, f, name, k, key @ ..] if is(a, "admin") && is(f, "functions") && is(k, "keys") => {
+            (Some(*name), false, key)
+        }
+        [a, h, k, key @ ..]
+            if is(a, "admin") && is(h, "host") && (is(k, "keys") || is(k, "functionkeys")) =>
+        {
+            (None, false, key)
+        }
+        [a, h, k, key @ ..] if is(a, "admin") && is(h, "host") && is(k, "systemkeys") => {
+            (None, true, key)
+        }
+        _ => return None,
+    };
+    let key = match key {
+        [] => None,
+        [one] if !one.is_empty() => Some(*one),
+        _ => return None,
+    };
+    Some(KeysPath {
+        app,
+        function,
+        system,
+        key,
+    })
+}
+
+/// Azure's key management API: the app's master key (or, checked later, the
+/// admin token); GET lists, and one key takes GET, PUT, POST and DELETE.
+fn keys_request(
+    head: &Head<'_>,
+    hop: Option<&AppName>,
+    path: KeysPath<'_>,
+    cluster: &ClusterRoutes,
+) -> Decision {
+    let has = |app: &AppName| {
+        path.function.is_none_or(|function| {
+            cluster.apps.get(app).is_some_and(|r| {
+                r.manifest
+                    .functions
+                    .iter()
+                    .any(|f| f.name.eq_ignore_ascii_case(function))
+            })
+        })
+    };
+    let what = match path.function {
+        Some(f) => format!("a function `{f}`"),
+        None => "keys".to_string(),
+    };
+    let shown_path = match path.function {
+        Some(f) => format!("/admin/functions/{f}/keys"),
+        None => "/admin/host/keys".to_string(),
+    };
+    let app = match admin_app(head, hop, path.app, cluster, has, &what, &shown_path) {
+        Ok(Some(app)) => app,
+        Ok(None) => return not_found(head.path),
+        Err(refused) => return refused,
+    };
+    let Some(routing) = cluster.apps.get(&app) else {
+        return not_found(head.path);
+    };
+    let scope = match path.function {
+        Some(name) => match routing
+            .manifest
+            .functions
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+        {
+            Some(f) => KeysScope::Function(f.name.clone()),
+            None => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("app `{app}` has no function `{name}`"),
+                )
+            }
+        },
+        None if path.system => KeysScope::System,
+        None => KeysScope::Host,
+    };
+    let allowed: &[&str] = if path.key.is_some() {
+        &["GET", "PUT", "POST", "DELETE"]
+    } else {
+        &["GET"]
+    };
+    if !allowed.iter().any(|m| head.method.eq_ignore_ascii_case(m)) {
+        return Decision::Refuse(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "MethodNotAllowed",
+            message: format!(
+                "{} is not allowed here; allowed: {}",
+                head.method,
+                allowed.join(", ")
+            ),
+            allow: Some(allowed.join(", ")),
+        });
+    }
+    let master = keys::granted(
+        &routing.keys,
+        "",
+        keys::presented(head.key_header, head.query),
+    ) == keys::Granted::Master;
+    Decision::Keys(KeysTarget {
+        app,
+        scope,
+        key: path.key.map(str::to_string),
+        master,
+    })
+}
+
+/// `/admin/functions/{name}` or `/apps/{app}/admin/functions/{name}` (for clients
+/// that cannot set Host): the app named in the path, if any, and the function.
+fn admin_function_path(path: &str) -> Option<(Option<&str>, &str)> {
+    let segments = admin_segments(path)?;
     match segments.as_slice() {
         [a, f, name] if a.eq_ignore_ascii_case("admin") && f.eq_ignore_ascii_case("functions") => {
             Some((None, name))
@@ -695,6 +860,7 @@ mod tests {
                     keys: keys(k),
                     disabled: disabled.into_iter().collect(),
                     placements: BTreeMap::from([(2, 1)]),
+                    system_keys: BTreeMap::new(),
                 },
             );
         }
@@ -876,6 +1042,56 @@ mod tests {
             super::super::admin_invoke::host_state(None, false, false).0,
             "Offline"
         );
+    }
+
+    #[test]
+    fn key_paths_name_the_app_the_collection_and_the_key() {
+        let p = |path| keys_path(path);
+        assert_eq!(
+            p("/admin/functions/Hello/keys"),
+            Some(KeysPath {
+                app: None,
+                function: Some("Hello"),
+                system: false,
+                key: None
+            })
+        );
+        assert_eq!(
+            p("/apps/web/admin/functions/hello/keys/ci"),
+            Some(KeysPath {
+                app: Some("web"),
+                function: Some("hello"),
+                system: false,
+                key: Some("ci")
+            })
+        );
+        assert_eq!(
+            p("/admin/host/functionkeys/default"),
+            Some(KeysPath {
+                app: None,
+                function: None,
+                system: false,
+                key: Some("default")
+            })
+        );
+        assert_eq!(
+            p("/ADMIN/host/systemkeys"),
+            Some(KeysPath {
+                app: None,
+                function: None,
+                system: true,
+                key: None
+            })
+        );
+        for not in [
+            "/admin/functions/hello",
+            "/admin/host/keys/a/b",
+            "/admin/host/keys/",
+            "/api/admin/host/keys",
+            "/admin/host/status",
+        ] {
+            assert_eq!(p(not), None, "{not}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod hop;
 pub mod invoke;
 pub mod json_mode;
 pub mod keys;
+pub mod keys_api;
 pub mod limiter;
 pub mod listener;
 pub mod recorder;
@@ -48,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 pub use admission::app_from_host;
 use admission::{Decision, Head, Limits, Origin, HOP_APP};
 use hop::{HopClient, HOP_FROM, HOP_HOST};
+pub use keys_api::{KeyAdmin, KeyAdminError};
 use limiter::Limiters;
 use recorder::Recorder;
 pub use responses::Body;
@@ -72,6 +74,18 @@ pub struct GatewayConfig {
     pub secret: ClusterSecret,
     /// Timeouts and the connection limit of the port.
     pub http: listener::HttpLimits,
+    /// Where the key management API's writes go.
+    pub key_admin: KeyAdminHandle,
+}
+
+/// This node's [`KeyAdmin`], if it has one.
+#[derive(Clone, Default)]
+pub struct KeyAdminHandle(pub Option<Arc<dyn KeyAdmin>>);
+
+impl std::fmt::Debug for KeyAdminHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "KeyAdmin" } else { "none" })
+    }
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +99,7 @@ impl Default for GatewayConfig {
             hop_tls: None,
             secret: ClusterSecret::default(),
             http: listener::HttpLimits::default(),
+            key_admin: KeyAdminHandle::default(),
         }
     }
 }
@@ -292,6 +307,7 @@ impl Gateway {
             Decision::Local(target) => self.invoke(req, query, target, !from_gateway).await,
             Decision::AdminInvoke(target) => self.admin_invoke(req, target, !from_gateway).await,
             Decision::HostStatus(app) => self.host_status(&app),
+            Decision::Keys(target) => self.keys(req, target).await,
             Decision::Remote(app) => self.remote(req, app).await,
         }
     }

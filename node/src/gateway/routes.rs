@@ -24,6 +24,8 @@ pub struct AppRouting {
     pub disabled: BTreeSet<String>,
     /// Instances per worker.
     pub placements: BTreeMap<NodeId, u32>,
+    /// System keys (listed by the key management API; they open no function).
+    pub system_keys: BTreeMap<String, String>,
 }
 
 impl AppRouting {
@@ -67,6 +69,7 @@ impl ClusterRoutes {
                             keys: a.keys.clone(),
                             disabled: a.disabled.clone(),
                             placements: a.placements.clone(),
+                            system_keys: a.system_keys.clone(),
                         },
                     )
                 })
@@ -138,6 +141,7 @@ mod tests {
                 keys: AppKeys::default(),
                 disabled: Default::default(),
                 placements: Default::default(),
+                system_keys: Default::default(),
             },
         );
         tx.send_replace(Arc::new(view));
