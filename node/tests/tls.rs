@@ -24,14 +24,21 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (curl) takes a certificate whose issuer is
+        // its own subject for self-signed.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "strom test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         for name in nodes {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
+            let mut params =
+                CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("strom node {name}"));
+            let cert = params.signed_by(&key, &ca).unwrap();
             std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
             std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
         }
@@ -163,6 +170,63 @@ fn t95_tls_everywhere_with_mutual_tls_between_nodes() {
         });
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"id\":\"5\""), "{body}");
+    }
+
+    // The publishing endpoint on the control port, HTTPS with HTTP/1.1 and HTTP/2
+    // (curl verifying the node against the CA), through the follower.
+    if let Ok(o) = std::process::Command::new("curl").arg("--version").output() {
+        assert!(o.status.success());
+        let v2 = apps.path().join("v2");
+        write_app(
+            &v2,
+            &common::test_handler_host(""),
+            &[(
+                "hello",
+                r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","route":"hello2/{id:int}"},{"type":"http","direction":"out","name":"res"}]}"#,
+            )],
+        );
+        let zip = apps.path().join("v2.zip");
+        std::fs::write(&zip, strom_proto::manifest::pack_dir(&v2).unwrap()).unwrap();
+        for (version, query) in [("--http1.1", "message=h1"), ("--http2", "message=h2")] {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    version,
+                    "--cacert",
+                    ca,
+                    "-w",
+                    "\n%{http_code} %{http_version}",
+                ])
+                .args(["-u", &format!("$strom:{}", admin.trim())])
+                .args(["-H", "Content-Type: application/zip", "--data-binary"])
+                .arg(format!("@{}", zip.display()))
+                .arg(format!(
+                    "{}/apps/secure/scm/api/zipdeploy?{query}",
+                    n2.server
+                ))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let want = if version == "--http2" {
+                "200 2"
+            } else {
+                "200 1.1"
+            };
+            assert!(text.trim_end().ends_with(want), "{version}: {text}");
+        }
+        let (status, _) = eventually(Duration::from_secs(30), "v2 over HTTPS", || {
+            https_get(&n1.http, "/api/hello2/5", Path::new(ca))
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        });
+        assert_eq!(status, 200);
+    } else if std::env::var_os("STROM_REQUIRE_DOCKER").is_some() {
+        panic!("curl is required in CI (.ci/run installs it)");
     }
 
     // Plain HTTP is not served on the function port.
