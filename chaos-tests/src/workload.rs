@@ -174,8 +174,9 @@ fn classify(status: &tonic::Status) -> Outcome {
     use tonic::Code::*;
     let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
+        // ABORTED: another deployment of the app is in progress (refused at once).
         InvalidArgument | NotFound | AlreadyExists | PermissionDenied | Unauthenticated
-        | FailedPrecondition | OutOfRange | Unimplemented => Outcome::Refused(text),
+        | FailedPrecondition | OutOfRange | Unimplemented | Aborted => Outcome::Refused(text),
         _ => Outcome::Unknown(text),
     }
 }

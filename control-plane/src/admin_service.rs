@@ -116,6 +116,11 @@ impl AdminApi {
         self
     }
 
+    /// Whether the control server is stopping.
+    pub(crate) fn shutdown_requested(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     pub fn with_worker(self, worker: LocalWorker) -> Self {
         let _ = self.worker.set(worker);
         self

@@ -25,9 +25,12 @@ use crate::management::now_ms;
 
 /// How long a zip deploy waits for its version's instances to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(300);
-/// An unfinished deployment counts as abandoned this long after it was received
-/// (its node stopped): the next deployment of the app may then begin.
+/// An unfinished zip deployment counts as abandoned this long after it was
+/// received (its node stopped or was cut off): the next deployment of the app may
+/// then begin. A node that restarts fails its own unfinished ones at once.
 pub const DEADLINE: Duration = Duration::from_secs(600);
+/// The same for a deploy answered at its commit (`DeployApp`, `strom up`).
+pub const COMMIT_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a deployed app may have no placement before the deploy says so and
 /// ends (scaled to zero, or no worker can take it).
 const PLACEMENT_GRACE: Duration = Duration::from_secs(3);
@@ -166,7 +169,12 @@ impl AdminApi {
                 message: request.meta.message.clone(),
                 node: self.node.config.node_id,
                 size_bytes: request.bytes.len() as u64,
-                deadline_ms: at_ms + DEADLINE.as_millis() as i64,
+                deadline_ms: at_ms
+                    + match request.wait {
+                        DeployWait::Committed => COMMIT_DEADLINE,
+                        DeployWait::Serving => DEADLINE,
+                    }
+                    .as_millis() as i64,
                 at_ms,
             }));
             match self.node.propose(begin).await {
@@ -205,16 +213,20 @@ impl AdminApi {
             errors: Vec::new(),
             restore: None,
         };
-        self.record(
-            &id,
-            &app,
-            step(
-                DeployStatus::Building,
-                "checking and validating the package".into(),
-                None,
-            ),
-        )
-        .await;
+        // A deploy answered at its commit is quick: its steps are not recorded
+        // (fewer commits before the answer), only its end.
+        if request.wait == DeployWait::Serving {
+            self.record(
+                &id,
+                &app,
+                step(
+                    DeployStatus::Building,
+                    "checking and validating the package".into(),
+                    None,
+                ),
+            )
+            .await;
+        }
         let before = self
             .node
             .read_local()
@@ -234,7 +246,7 @@ impl AdminApi {
                 };
                 let mut failed = step(DeployStatus::Failed, e.describe(), None);
                 failed.errors = errors;
-                self.record(&id, &app, failed).await;
+                self.finish(&id, &app, failed).await;
                 return Err(e);
             }
         };
@@ -244,7 +256,7 @@ impl AdminApi {
             .map(|v| v.short().to_string())
             .unwrap_or_default();
         if request.wait == DeployWait::Committed {
-            self.record(
+            self.finish(
                 &id,
                 &app,
                 step(
@@ -259,19 +271,19 @@ impl AdminApi {
         let Some(version) = version else {
             return Ok(deployed);
         };
-        self.record(
-            &id,
-            &app,
-            step(
-                DeployStatus::Deploying,
-                format!("version {short} committed; waiting for its instances to be ready"),
-                Some(version.clone()),
-            ),
-        )
-        .await;
+        // The version to give back if this one fails is remembered with the step,
+        // so that a restart of this node can give it back too.
+        let restore = before.filter(|b| b != &version);
+        let mut deploying = step(
+            DeployStatus::Deploying,
+            format!("version {short} committed; waiting for its instances to be ready"),
+            Some(version.clone()),
+        );
+        deploying.restore = restore.clone();
+        self.record(&id, &app, deploying).await;
         match self.wait_serving(&app, &version).await {
             Ok(text) => {
-                self.record(&id, &app, step(DeployStatus::Success, text, Some(version)))
+                self.finish(&id, &app, step(DeployStatus::Success, text, Some(version)))
                     .await;
                 Ok(deployed)
             }
@@ -279,24 +291,23 @@ impl AdminApi {
                 let mut failed = step(DeployStatus::Failed, why.clone(), Some(version.clone()));
                 // The version that served before is active again (only if this
                 // deployment's version still is: a rollback meanwhile wins).
-                failed.restore = before.filter(|b| b != &version);
+                failed.restore = restore;
                 if failed.restore.is_some() {
                     failed
                         .text
                         .push_str("; the version that served before is active again");
                 }
                 let text = failed.text.clone();
-                self.record(&id, &app, failed).await;
+                self.finish(&id, &app, failed).await;
                 Err(DeployError::NotReady(text))
             }
         }
     }
 
-    /// Commit a step of a deployment (nothing without a history). A step that
-    /// cannot be committed (no quorum) is logged; the deployment goes on, and a
-    /// deadline ends a record left unfinished.
-    async fn record(&self, id: &Option<String>, app: &AppName, step: Step) {
-        let Some(id) = id else { return };
+    /// Commit a step of a deployment (nothing without a history); `false` when it
+    /// could not be committed (no quorum): logged, and the deployment goes on.
+    async fn record(&self, id: &Option<String>, app: &AppName, step: Step) -> bool {
+        let Some(id) = id else { return true };
         let command = Command::UpdateDeployment(Box::new(DeploymentUpdate {
             app: app.clone(),
             id: id.clone(),
@@ -307,9 +318,70 @@ impl AdminApi {
             restore: step.restore,
             at_ms: now_ms(),
         }));
-        if let Err(e) = self.commit(command).await {
-            tracing::warn!(%app, deployment = %id, "recording a deployment step failed: {e}");
+        match self.commit(command).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%app, deployment = %id, "recording a deployment step failed: {e}");
+                false
+            }
         }
+    }
+
+    /// Commit a deployment's end. If that fails (no quorum for now), the answer
+    /// goes out and the end is committed in the background once it can be (until
+    /// the record's deadline), so the next deployment need not wait for it.
+    async fn finish(&self, id: &Option<String>, app: &AppName, step: Step) {
+        let retry = step.clone();
+        if self.record(id, app, step).await {
+            return;
+        }
+        let (api, id, app) = (self.clone(), id.clone(), app.clone());
+        tokio::spawn(async move {
+            let give_up = tokio::time::Instant::now() + DEADLINE;
+            let mut pause = Duration::from_millis(500);
+            while tokio::time::Instant::now() < give_up && !api.shutdown_requested() {
+                tokio::time::sleep(pause).await;
+                if api.record(&id, &app, retry.clone()).await {
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Deployments this node ran before it restarted can never end: fail them now
+    /// (giving back the version that served before, as a failed deployment does).
+    /// Those received after `started_ms` are this process's own and go on.
+    pub async fn abandon_own_deployments(&self, started_ms: i64) -> Result<usize, Status> {
+        let view = self.fresh().await?;
+        let me = self.node.config.node_id;
+        let stale: Vec<(AppName, crate::deployments::DeploymentRecord)> = view
+            .state
+            .deployments
+            .iter()
+            .flat_map(|(app, d)| d.history.iter().map(move |r| (app.clone(), r.clone())))
+            .filter(|(_, r)| r.node == me && !r.status.is_complete() && r.received_ms < started_ms)
+            .collect();
+        for (app, r) in &stale {
+            let step = Step {
+                status: DeployStatus::Failed,
+                text: format!(
+                    "node {me} restarted during the deployment{}",
+                    if r.restore.is_some() {
+                        "; the version that served before is active again"
+                    } else {
+                        ""
+                    }
+                ),
+                version: r.version.clone(),
+                errors: Vec::new(),
+                restore: r.restore.clone(),
+            };
+            if !self.record(&Some(r.id.clone()), app, step).await {
+                return Err(Status::unavailable("could not commit (no quorum yet)"));
+            }
+        }
+        Ok(stale.len())
     }
 
     /// Wait until `version` serves on every worker the app is placed on: each has
@@ -390,6 +462,7 @@ impl AdminApi {
     }
 }
 
+#[derive(Clone)]
 struct Step {
     status: DeployStatus,
     text: String,

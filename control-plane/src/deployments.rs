@@ -74,6 +74,8 @@ pub struct DeploymentRecord {
     pub deadline_ms: i64,
     pub version: Option<VersionId>,
     pub errors: Vec<String>,
+    /// The version that served before this deployment's, given back if it fails.
+    pub restore: Option<VersionId>,
 }
 
 impl DeploymentRecord {
@@ -162,6 +164,7 @@ impl ClusterState {
             deadline_ms: start.deadline_ms,
             version: None,
             errors: Vec::new(),
+            restore: None,
         });
         if entry.history.len() > HISTORY {
             let extra = entry.history.len() - HISTORY;
@@ -184,11 +187,12 @@ impl ClusterState {
             return Ok(false);
         }
         let own_version = record.version.clone().or_else(|| u.version.clone());
+        let restore = u.restore.clone().or_else(|| record.restore.clone());
         // A failed deployment gives the app back the version that served before,
         // unless someone deployed or rolled back since (only its own version is
         // taken back).
         if u.status == DeployStatus::Failed {
-            if let (Some(restore), Some(own)) = (&u.restore, &own_version) {
+            if let (Some(restore), Some(own)) = (&restore, &own_version) {
                 if let Some(app) = self.apps.get_mut(&u.app) {
                     if &app.active_version == own && app.version(restore).is_some() {
                         app.active_version = restore.clone();
@@ -211,6 +215,9 @@ impl ClusterState {
         }
         if !u.errors.is_empty() {
             record.errors = u.errors.clone();
+        }
+        if u.restore.is_some() {
+            record.restore = u.restore.clone();
         }
         if u.status.is_complete() {
             record.end_ms = Some(u.at_ms);

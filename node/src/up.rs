@@ -303,6 +303,8 @@ pub async fn run_node(
     apps: Vec<AppDir>,
     title: &str,
 ) -> Result<(), CliError> {
+    // Deployments recorded by this node before now are an earlier process's.
+    let started_ms = strom_control_plane::management::now_ms();
     // The data dir holds secrets: its owner's alone (older ones are fixed).
     let first_start = !settings.data_dir.join("node.json").exists()
         && !settings.data_dir.join("worker.json").exists();
@@ -476,6 +478,29 @@ pub async fn run_node(
             }
         }
         running.worker_view = Some(worker_view);
+        // Deployments this node ran before a restart can never end: fail them (and
+        // give back the version that served before) once a write can commit.
+        if let Some(api) = running.api.clone() {
+            let cancel = running.control_cancel.clone();
+            running.duties.push(tokio::spawn(async move {
+                for _ in 0..150 {
+                    match api.abandon_own_deployments(started_ms).await {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            tracing::info!(
+                                "failed {n} deployment(s) this node ran before it restarted"
+                            );
+                            return;
+                        }
+                        Err(e) => tracing::debug!("abandoning old deployments: {e}"),
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }));
+        }
         // The worker and the gateway see the local applied state, projected; the
         // admin API acknowledges a write once they do (read-your-writes here).
         let local = cluster_view::local(

@@ -548,3 +548,70 @@ fn one_deployment_at_a_time_and_credentials_only_for_their_app() {
 fn get_host(base: &str, host: &str, path: &str) -> common::HttpResponse {
     http("GET", base, path, &[("host", host)], b"")
 }
+
+#[test]
+fn a_deployment_cut_short_by_a_crash_is_failed_at_restart_and_the_old_version_kept() {
+    let Some(_) = curl() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    app(&files.path().join("web"), "v1", None);
+    let up = Up::start(data.path(), &[&files.path().join("web")], &[]);
+    let admin = format!("$strom:{}", token(&up));
+    let scm = format!("{}/apps/web/scm", up.server);
+    let before = up.json(&["app", "show", "web"])["app"]["active_version"].clone();
+    let slow = write(
+        files.path(),
+        "slow.zip",
+        &app(
+            &files.path().join("slow"),
+            "v2",
+            Some("ready-after-ms=60000"),
+        ),
+    );
+    let r = post_zip(
+        Some(&admin),
+        Some("application/zip"),
+        &slow,
+        &format!("{scm}/api/zipdeploy?isAsync=true"),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), "the deployment deploying", || {
+        let d = curl_run(&["-u", &admin], &format!("{scm}/api/deployments/{id}")).json();
+        (d["status"] == 2).then_some(())
+    });
+    up.kill9();
+    let up = Up::start(data.path(), &[], &[]);
+    let d = eventually(Duration::from_secs(30), "the deployment failed", || {
+        let d = curl_run(
+            &["-u", &admin],
+            &format!("{}/apps/web/scm/api/deployments/{id}", up.server),
+        )
+        .json();
+        (d["status"] == 3).then_some(d)
+    });
+    assert!(
+        d["status_text"].as_str().unwrap().contains("restarted"),
+        "{d}"
+    );
+    assert_eq!(
+        up.json(&["app", "show", "web"])["app"]["active_version"],
+        before,
+        "the version that served before is active again"
+    );
+    assert_eq!(get(&up.http, "/api/v1").status, 200);
+    // The next deployment need not wait for the dead one's deadline.
+    let v3 = write(
+        files.path(),
+        "v3.zip",
+        &app(&files.path().join("v3"), "v3", None),
+    );
+    let r = post_zip(
+        Some(&admin),
+        Some("application/zip"),
+        &v3,
+        &format!("{}/apps/web/scm/api/zipdeploy", up.server),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    up.stop();
+}
