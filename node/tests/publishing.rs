@@ -248,7 +248,11 @@ fn a_bad_deploy_changes_nothing_while_the_old_version_serves() {
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     app(&files.path().join("web"), "v1", None);
-    let up = Up::start(data.path(), &[&files.path().join("web")], &[]);
+    let up = Up::start(
+        data.path(),
+        &[&files.path().join("web")],
+        &["--max-package-bytes", "200000"],
+    );
     let admin = format!("$strom:{}", token(&up));
     let scm = format!("{}/apps/web/scm", up.server);
     let active = || up.json(&["app", "show", "web"])["app"]["active_version"].clone();
@@ -316,7 +320,42 @@ fn a_bad_deploy_changes_nothing_while_the_old_version_serves() {
     );
     assert_eq!(active(), before, "the old version is active again");
 
+    // A zip that reaches outside its folder (zip slip): refused, naming the entry.
+    let slip = {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        w.start_file("host.json", opts).unwrap();
+        w.write_all(br#"{"version":"2.0"}"#).unwrap();
+        w.start_file("../evil.sh", opts).unwrap();
+        w.write_all(b"echo owned").unwrap();
+        write(files.path(), "slip.zip", &w.finish().unwrap().into_inner())
+    };
+    let r = post_zip(
+        Some(&admin),
+        Some("application/zip"),
+        &slip,
+        &format!("{scm}/api/zipdeploy"),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("evil.sh"), "{}", r.body);
+
     // Input refused before anything begins.
+    let big = write(
+        files.path(),
+        "big.zip",
+        &[b"PK\x03\x04".as_slice(), &vec![0u8; 300_000]].concat(),
+    );
+    let r = post_zip(
+        Some(&admin),
+        Some("application/zip"),
+        &big,
+        &format!("{scm}/api/zipdeploy"),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (413, "PackageTooLarge".into())
+    );
     let not_zip = write(files.path(), "notzip", b"hello");
     let r = post_zip(
         Some(&admin),
@@ -368,14 +407,15 @@ fn a_bad_deploy_changes_nothing_while_the_old_version_serves() {
         failed.len()
     );
     assert_eq!(active(), before);
-    // Only the two that began are in the history, both failed and saying why.
+    // Only those that began are in the history (the invalid app, the zip slip,
+    // the version that never started), each failed and saying why.
     let h = history(&up, "web");
     let failed: Vec<_> = h.iter().filter(|d| d["status"] == 3).collect();
-    assert_eq!(failed.len(), 2, "{h:?}");
+    assert_eq!(failed.len(), 3, "{h:?}");
     assert!(failed
         .iter()
         .any(|d| d["message"] == "broken" && !d["errors"].as_array().unwrap().is_empty()));
-    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h.len(), 4, "{h:?}");
     up.stop();
 }
 
