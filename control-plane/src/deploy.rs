@@ -184,7 +184,11 @@ impl AdminApi {
                         other => DeployError::Status(rejection_status(&other)),
                     })
                 }
-                Ok(_) => Some(id),
+                Ok((index, _)) => {
+                    // Answers read this node's state: let it show the deployment.
+                    let _ = self.node.applied(index).await;
+                    Some(id)
+                }
                 Err(e) => return Err(DeployError::Status(e.to_status())),
             }
         } else {
