@@ -358,6 +358,7 @@ impl AdminApi {
         app: AppName,
         bytes: Vec<u8>,
         new_settings: BTreeMap<String, String>,
+        deployment: Option<&str>,
     ) -> Result<pb::DeployAppResponse, crate::deploy::DeployError> {
         use crate::deploy::DeployError;
         let limits = self.node.config.package_limits.clone();
@@ -435,18 +436,24 @@ impl AdminApi {
                 .map(|f| (f.name.clone(), new_function_key()))
                 .collect(),
         };
-        let (log_index, result) = self
-            .commit(Command::DeployVersion(Box::new(DeployVersion {
-                app: app.clone(),
-                version: version.clone(),
-                size_bytes,
-                manifest: manifest.clone(),
-                at_ms: now_ms(),
-                initial_keys,
-                settings: new_settings,
-            })))
-            .await
-            .map_err(DeployError::Status)?;
+        let deploy = Box::new(DeployVersion {
+            app: app.clone(),
+            version: version.clone(),
+            size_bytes,
+            manifest: manifest.clone(),
+            at_ms: now_ms(),
+            initial_keys,
+            settings: new_settings,
+        });
+        // A recorded deployment commits its version only while it still runs.
+        let command = match deployment {
+            Some(id) => Command::DeployVersionFor {
+                deployment: id.to_string(),
+                deploy,
+            },
+            None => Command::DeployVersion(deploy),
+        };
+        let (log_index, result) = self.commit(command).await.map_err(DeployError::Status)?;
         tracing::info!(%app, version = version.short(), log_index, "deployed");
         let view = self.node.read_local();
         let state = find_app(&view, &app).map_err(DeployError::Status)?;
@@ -496,7 +503,9 @@ pub(crate) fn rejection_status(r: &Rejection) -> Status {
         Rejection::TimerRunNotFound { .. } | Rejection::DeploymentNotFound { .. } => {
             Status::not_found(r.to_string())
         }
-        Rejection::DeploymentInProgress { .. } => Status::aborted(r.to_string()),
+        Rejection::DeploymentInProgress { .. } | Rejection::DeploymentEnded { .. } => {
+            Status::aborted(r.to_string())
+        }
     }
 }
 

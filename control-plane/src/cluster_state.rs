@@ -347,7 +347,8 @@ impl ClusterState {
             | Command::RetryTimer(_) => self.apply_timer(command),
             Command::BeginDeployment(_)
             | Command::UpdateDeployment(_)
-            | Command::SetDeployCredential { .. } => self.apply_deployment(command),
+            | Command::SetDeployCredential { .. }
+            | Command::DeployVersionFor { .. } => self.apply_deployment(command),
             Command::SetAppSettings {
                 app,
                 set,
@@ -583,7 +584,7 @@ impl ClusterState {
             .unwrap_or(0)
     }
 
-    fn deploy(&mut self, d: &DeployVersion) -> Result<bool, Rejection> {
+    pub(crate) fn deploy(&mut self, d: &DeployVersion) -> Result<bool, Rejection> {
         if let Some(c) = self.route_conflict(&d.app, &d.manifest) {
             return Err(c);
         }

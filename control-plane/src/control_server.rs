@@ -8,6 +8,7 @@
 //! client never holds up the accept loop); HTTP/1.1 request heads within 30 s
 //! (hyper's default, as tonic sets its timer); HTTP/2 connections are pinged.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,6 +76,9 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A TLS handshake must finish within this.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// A connection must send its first bytes (after TLS) within this, or it is
+/// closed: an idle connection may not hold one of the port's slots.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
 
 /// Why the control port stopped serving.
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
@@ -174,10 +178,22 @@ pub async fn serve(
     }
 }
 
-/// A connection that holds one of the port's connection slots while it is open.
+/// A connection that holds one of the port's connection slots while it is open,
+/// and is closed if it sends nothing within [`FIRST_BYTES`].
 pub struct Admitted<T> {
     io: T,
     _slot: OwnedSemaphorePermit,
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Admitted<T> {
+    fn new(io: T, slot: OwnedSemaphorePermit) -> Self {
+        Admitted {
+            io,
+            _slot: slot,
+            first_bytes: Some(Box::pin(tokio::time::sleep(FIRST_BYTES))),
+        }
+    }
 }
 
 impl<T: Connected> Connected for Admitted<T> {
@@ -194,7 +210,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Admitted<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Some(deadline) = self.first_bytes.as_mut() {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_bytes = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the connection sent nothing in time",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -240,10 +270,7 @@ fn admit(
     };
     let _ = stream.set_nodelay(true);
     match slots.clone().try_acquire_owned() {
-        Ok(slot) => Some(Ok(Admitted {
-            io: stream,
-            _slot: slot,
-        })),
+        Ok(slot) => Some(Ok(Admitted::new(stream, slot))),
         Err(_) => {
             tracing::warn!(
                 "control port: {MAX_CONNECTIONS} connections are open; closing a new one"
@@ -290,12 +317,7 @@ fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx
-                            .send(Ok(Admitted {
-                                io: tls,
-                                _slot: slot,
-                            }))
-                            .await;
+                        let _ = tx.send(Ok(Admitted::new(tls, slot))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, "control port: TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%peer, "control port: TLS handshake timed out"),

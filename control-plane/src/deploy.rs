@@ -25,12 +25,15 @@ use crate::management::now_ms;
 
 /// How long a zip deploy waits for its version's instances to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(300);
-/// An unfinished zip deployment counts as abandoned this long after it was
-/// received (its node stopped or was cut off): the next deployment of the app may
-/// then begin. A node that restarts fails its own unfinished ones at once.
-pub const DEADLINE: Duration = Duration::from_secs(600);
-/// The same for a deploy answered at its commit (`DeployApp`, `strom up`).
-pub const COMMIT_DEADLINE: Duration = Duration::from_secs(120);
+/// An unfinished deployment counts as abandoned once its deadline passes (its
+/// node stopped or was cut off): the next deployment of the app may then begin,
+/// and the abandoned one can no longer commit its version. The deadline is this
+/// long after it was received (checking, storing and committing the package)…
+pub const COMMIT_DEADLINE: Duration = Duration::from_secs(300);
+/// …and, once its version is committed, this long for its instances to be ready
+/// (a zip deploy: [`READY_TIMEOUT`] and a margin). A node that restarts fails its
+/// own unfinished deployments at once.
+pub const SERVING_DEADLINE: Duration = Duration::from_secs(360);
 /// How long a deployed app may have no placement before the deploy says so and
 /// ends (scaled to zero, or no worker can take it).
 const PLACEMENT_GRACE: Duration = Duration::from_secs(3);
@@ -169,12 +172,7 @@ impl AdminApi {
                 message: request.meta.message.clone(),
                 node: self.node.config.node_id,
                 size_bytes: request.bytes.len() as u64,
-                deadline_ms: at_ms
-                    + match request.wait {
-                        DeployWait::Committed => COMMIT_DEADLINE,
-                        DeployWait::Serving => DEADLINE,
-                    }
-                    .as_millis() as i64,
+                deadline_ms: at_ms + COMMIT_DEADLINE.as_millis() as i64,
                 at_ms,
             }));
             match self.node.propose(begin).await {
@@ -189,7 +187,24 @@ impl AdminApi {
                     let _ = self.node.applied(index).await;
                     Some(id)
                 }
-                Err(e) => return Err(DeployError::Status(e.to_status())),
+                Err(e) => {
+                    // The begin may still commit (a write whose outcome is unknown):
+                    // end it then, so the next deployment need not wait.
+                    let (api, app) = (self.clone(), request.app.clone());
+                    let why = format!("it could not begin: {}", e.to_status().message());
+                    tokio::spawn(async move {
+                        let failed = Step {
+                            status: DeployStatus::Failed,
+                            text: why,
+                            version: None,
+                            errors: Vec::new(),
+                            restore: None,
+                            deadline_ms: None,
+                        };
+                        api.finish(&Some(id), &app, failed).await;
+                    });
+                    return Err(DeployError::Status(e.to_status()));
+                }
             }
         } else {
             None
@@ -216,6 +231,7 @@ impl AdminApi {
             version,
             errors: Vec::new(),
             restore: None,
+            deadline_ms: None,
         };
         // A deploy answered at its commit is quick: its steps are not recorded
         // (fewer commits before the answer), only its end.
@@ -239,7 +255,7 @@ impl AdminApi {
             .get(&app)
             .map(|a| a.active_version.clone());
         let deployed = match self
-            .commit_package(app.clone(), request.bytes, request.settings)
+            .commit_package(app.clone(), request.bytes, request.settings, id.as_deref())
             .await
         {
             Ok(d) => d,
@@ -273,6 +289,9 @@ impl AdminApi {
             return Ok(deployed);
         }
         let Some(version) = version else {
+            let text = format!("version {} committed", deployed.version_id);
+            self.finish(&id, &app, step(DeployStatus::Success, text, None))
+                .await;
             return Ok(deployed);
         };
         // The version to give back if this one fails is remembered with the step,
@@ -284,6 +303,7 @@ impl AdminApi {
             Some(version.clone()),
         );
         deploying.restore = restore.clone();
+        deploying.deadline_ms = Some(now_ms() + SERVING_DEADLINE.as_millis() as i64);
         self.record(&id, &app, deploying).await;
         match self.wait_serving(&app, &version).await {
             Ok(text) => {
@@ -309,7 +329,9 @@ impl AdminApi {
     }
 
     /// Commit a step of a deployment (nothing without a history); `false` when it
-    /// could not be committed (no quorum): logged, and the deployment goes on.
+    /// could not be committed for now (no quorum): logged, and the deployment goes
+    /// on. A refusal (the record ended or is gone) counts as recorded: there is
+    /// nothing to retry.
     async fn record(&self, id: &Option<String>, app: &AppName, step: Step) -> bool {
         let Some(id) = id else { return true };
         let command = Command::UpdateDeployment(Box::new(DeploymentUpdate {
@@ -320,13 +342,18 @@ impl AdminApi {
             version: step.version,
             errors: step.errors,
             restore: step.restore,
+            deadline_ms: step.deadline_ms,
             at_ms: now_ms(),
         }));
         match self.commit(command).await {
             Ok(_) => true,
-            Err(e) => {
+            Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Internal) => {
                 tracing::warn!(%app, deployment = %id, "recording a deployment step failed: {e}");
                 false
+            }
+            Err(e) => {
+                tracing::info!(%app, deployment = %id, "a deployment step was refused: {e}");
+                true
             }
         }
     }
@@ -341,7 +368,7 @@ impl AdminApi {
         }
         let (api, id, app) = (self.clone(), id.clone(), app.clone());
         tokio::spawn(async move {
-            let give_up = tokio::time::Instant::now() + DEADLINE;
+            let give_up = tokio::time::Instant::now() + SERVING_DEADLINE;
             let mut pause = Duration::from_millis(500);
             while tokio::time::Instant::now() < give_up && !api.shutdown_requested() {
                 tokio::time::sleep(pause).await;
@@ -380,6 +407,7 @@ impl AdminApi {
                 version: r.version.clone(),
                 errors: Vec::new(),
                 restore: r.restore.clone(),
+                deadline_ms: None,
             };
             if !self.record(&Some(r.id.clone()), app, step).await {
                 return Err(Status::unavailable("could not commit (no quorum yet)"));
@@ -473,4 +501,5 @@ struct Step {
     version: Option<VersionId>,
     errors: Vec<String>,
     restore: Option<VersionId>,
+    deadline_ms: Option<i64>,
 }

@@ -98,8 +98,8 @@ impl DeploymentRecord {
     fn abandon(&mut self, at_ms: i64) {
         self.status = DeployStatus::Failed;
         self.status_text = format!(
-            "abandoned: node {} did not finish it by its deadline (it may have stopped); \
-             the version that served before keeps serving",
+            "abandoned: node {} did not finish it by its deadline (it may have stopped or \
+             been cut off)",
             self.node
         );
         self.end_ms = Some(at_ms);
@@ -108,11 +108,71 @@ impl DeploymentRecord {
 }
 
 impl ClusterState {
+    /// A failed deployment gives the app back the version that served before,
+    /// unless someone deployed or rolled back since (only its own version is
+    /// taken back).
+    fn give_back(
+        &mut self,
+        app: &strom_proto::ids::AppName,
+        own: Option<&VersionId>,
+        restore: Option<&VersionId>,
+        at_ms: i64,
+    ) {
+        let (Some(own), Some(restore)) = (own, restore) else {
+            return;
+        };
+        if let Some(state) = self.apps.get_mut(app) {
+            if &state.active_version == own && state.version(restore).is_some() {
+                state.active_version = restore.clone();
+                state.updated_at_ms = at_ms;
+                self.prune_timers();
+            }
+        }
+    }
+
+    /// Give up an unfinished deployment whose deadline passed: Failed, at its
+    /// deadline, and the version that served before given back.
+    fn abandon_deployment(&mut self, app: &strom_proto::ids::AppName, id: &str) {
+        let Some(d) = self
+            .deployments
+            .get_mut(app)
+            .and_then(|h| h.history.iter_mut().find(|d| d.id == id))
+        else {
+            return;
+        };
+        let at = d.deadline_ms;
+        d.abandon(at);
+        let (own, restore) = (d.version.clone(), d.restore.clone());
+        self.give_back(app, own.as_ref(), restore.as_ref(), at);
+    }
+
     pub(crate) fn apply_deployment(&mut self, command: &Command) -> Result<bool, Rejection> {
         self.needs(Feature::Publishing, "deployment history")?;
         match command {
             Command::BeginDeployment(start) => self.begin_deployment(start),
             Command::UpdateDeployment(update) => self.update_deployment(update),
+            Command::DeployVersionFor { deployment, deploy } => {
+                let running = self
+                    .deployments
+                    .get(&deploy.app)
+                    .and_then(|h| h.find(deployment))
+                    .is_some_and(|d| d.is_running(deploy.at_ms));
+                if !running {
+                    return Err(Rejection::DeploymentEnded {
+                        app: deploy.app.clone(),
+                        id: deployment.clone(),
+                    });
+                }
+                let changed = self.deploy(deploy)?;
+                if let Some(d) = self
+                    .deployments
+                    .get_mut(&deploy.app)
+                    .and_then(|h| h.history.iter_mut().find(|d| &d.id == deployment))
+                {
+                    d.version = Some(deploy.version.clone());
+                }
+                Ok(changed)
+            }
             Command::SetDeployCredential {
                 app, credential, ..
             } => {
@@ -143,12 +203,16 @@ impl ClusterState {
                 id: running.id.clone(),
             });
         }
-        for d in entry.history.iter_mut() {
-            if !d.status.is_complete() {
-                let at = d.deadline_ms;
-                d.abandon(at);
-            }
+        let stale: Vec<String> = entry
+            .history
+            .iter()
+            .filter(|d| !d.status.is_complete())
+            .map(|d| d.id.clone())
+            .collect();
+        for id in stale {
+            self.abandon_deployment(&start.app, &id);
         }
+        let entry = self.deployments.entry(start.app.clone()).or_default();
         entry.history.push(DeploymentRecord {
             id: start.id.clone(),
             status: DeployStatus::Pending,
@@ -186,21 +250,15 @@ impl ClusterState {
         if record.status.is_complete() {
             return Ok(false);
         }
+        // Too late: the deployment was given up when its deadline passed.
+        if u.at_ms >= record.deadline_ms {
+            self.abandon_deployment(&u.app, &u.id);
+            return Ok(true);
+        }
         let own_version = record.version.clone().or_else(|| u.version.clone());
         let restore = u.restore.clone().or_else(|| record.restore.clone());
-        // A failed deployment gives the app back the version that served before,
-        // unless someone deployed or rolled back since (only its own version is
-        // taken back).
         if u.status == DeployStatus::Failed {
-            if let (Some(restore), Some(own)) = (&restore, &own_version) {
-                if let Some(app) = self.apps.get_mut(&u.app) {
-                    if &app.active_version == own && app.version(restore).is_some() {
-                        app.active_version = restore.clone();
-                        app.updated_at_ms = u.at_ms;
-                        self.prune_timers();
-                    }
-                }
-            }
+            self.give_back(&u.app, own_version.as_ref(), restore.as_ref(), u.at_ms);
         }
         let record = self
             .deployments
@@ -218,6 +276,9 @@ impl ClusterState {
         }
         if u.restore.is_some() {
             record.restore = u.restore.clone();
+        }
+        if let Some(deadline) = u.deadline_ms {
+            record.deadline_ms = record.deadline_ms.max(deadline);
         }
         if u.status.is_complete() {
             record.end_ms = Some(u.at_ms);
@@ -259,6 +320,7 @@ mod tests {
             version: None,
             errors: Vec::new(),
             restore: None,
+            deadline_ms: None,
             at_ms,
         }))
     }
@@ -322,6 +384,77 @@ mod tests {
     }
 
     #[test]
+    fn a_late_step_or_version_changes_nothing_but_the_abandonment() {
+        let mut s = state();
+        s.apply(&start("a", 0));
+        // A step renews the deadline; one after it is too late.
+        let mut step = update("a", DeployStatus::Deploying, 900);
+        if let Command::UpdateDeployment(u) = &mut step {
+            u.deadline_ms = Some(5000);
+        }
+        assert_eq!(s.apply(&step), CommandResult::Applied);
+        assert!(s.deployments[&app()].history[0].is_running(4999));
+        let mut v = s.apps[&app()].versions[0].clone();
+        v.id = VersionId::of_bytes(b"late");
+        let deploy_for = |at_ms| Command::DeployVersionFor {
+            deployment: "a".into(),
+            deploy: Box::new(strom_proto::command::DeployVersion {
+                app: app(),
+                version: v.id.clone(),
+                size_bytes: 1,
+                manifest: v.manifest.clone(),
+                at_ms,
+                initial_keys: strom_proto::command::InitialKeys {
+                    master: "m".repeat(20),
+                    host_default: "h".repeat(20),
+                    function_defaults: Default::default(),
+                },
+                settings: Default::default(),
+            }),
+        };
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&deploy_for(5000)),
+            CommandResult::Rejected(Rejection::DeploymentEnded { .. })
+        ));
+        assert_eq!(s, before, "a version too late changes nothing");
+        assert_eq!(s.apply(&deploy_for(4000)), CommandResult::Applied);
+        assert_eq!(s.apps[&app()].active_version, v.id);
+        // A success after the deadline is the abandonment instead.
+        assert_eq!(
+            s.apply(&update("a", DeployStatus::Success, 6000)),
+            CommandResult::Applied
+        );
+        let a = &s.deployments[&app()].history[0];
+        assert_eq!(a.status, DeployStatus::Failed);
+        assert_eq!(a.end_ms, Some(5000));
+    }
+
+    #[test]
+    fn an_abandoned_deployment_gives_back_the_version_before() {
+        let mut s = state();
+        let before = s.apps[&app()].active_version.clone();
+        let mut newer = s.apps[&app()].versions[0].clone();
+        newer.id = VersionId::of_bytes(b"newer");
+        s.apps.get_mut(&app()).unwrap().versions.push(newer.clone());
+        s.apply(&start("a", 0));
+        let mut step = update("a", DeployStatus::Deploying, 10);
+        if let Command::UpdateDeployment(u) = &mut step {
+            u.version = Some(newer.id.clone());
+            u.restore = Some(before.clone());
+        }
+        s.apply(&step);
+        s.apps.get_mut(&app()).unwrap().active_version = newer.id.clone();
+        // Its node never comes back; the next deployment begins after the deadline.
+        assert_eq!(s.apply(&start("b", 2000)), CommandResult::Applied);
+        assert_eq!(s.apps[&app()].active_version, before);
+        assert_eq!(
+            s.deployments[&app()].history[0].status,
+            DeployStatus::Failed
+        );
+    }
+
+    #[test]
     fn the_history_keeps_the_newest_fifty() {
         let mut s = state();
         for i in 0..60 {
@@ -352,6 +485,7 @@ mod tests {
                 version: Some(newer.id.clone()),
                 errors: vec![],
                 restore,
+                deadline_ms: None,
                 at_ms: 5,
             }))
         };

@@ -156,6 +156,32 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     r
 }
 
+/// A browser page of another site must not deploy with credentials the browser
+/// keeps for this endpoint (a zip POST can be a CORS "simple request", sent
+/// without a preflight): a request a browser marks as cross-site, or whose
+/// `Origin` is not this endpoint, is refused. Tools (curl, PowerShell, IDEs) send
+/// neither header.
+fn refuse_cross_site(headers: &http::HeaderMap, host: Option<&str>) -> Result<(), HttpError> {
+    let forbidden = |why: String| Err(HttpError::new(StatusCode::FORBIDDEN, "CrossSite", why));
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return forbidden(format!(
+                "a browser request from another site (Sec-Fetch-Site: {site}) is refused"
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
+        if host.is_none_or(|h| !h.eq_ignore_ascii_case(authority)) {
+            return forbidden(format!(
+                "a request from another origin ({origin}) is refused"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a request asks for, once its app is known.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -330,6 +356,7 @@ where
                 .map(str::to_string)
         });
     let target = target(request.uri().path(), host.as_deref())?;
+    refuse_cross_site(request.headers(), host.as_deref())?;
     let view = api.node.read_local();
     let Some(cluster) = view.state.cluster.as_ref() else {
         return Err(HttpError::new(
@@ -338,7 +365,7 @@ where
             "the cluster is not initialized yet",
         ));
     };
-    authenticate(
+    let caller = authenticate(
         request.headers(),
         &cluster.admin_token_hash,
         &target.app,
@@ -372,7 +399,19 @@ where
     };
     match (&target.endpoint, &method) {
         (Endpoint::ZipDeploy, &Method::POST) => {
+            let headers = request.headers().clone();
             let body = read_zip(&api, request).await?;
+            // The upload took a while: the credential must still be valid (not
+            // rotated or deleted meanwhile, its app not deleted) as of now.
+            let view = api.fresh().await.map_err(status_error)?;
+            if let (Caller::App(_), Some(cluster)) = (&caller, view.state.cluster.as_ref()) {
+                authenticate(
+                    &headers,
+                    &cluster.admin_token_hash,
+                    &target.app,
+                    view.state.deployments.get(&target.app),
+                )?;
+            }
             zip_deploy(&api, &target.app, body, &query, location("latest")).await
         }
         (Endpoint::ZipDeploy, &Method::PUT) => Err(HttpError::new(
@@ -935,6 +974,35 @@ mod tests {
             let e = ok(&bad, Some(&web)).unwrap_err();
             assert_eq!(e.status, StatusCode::UNAUTHORIZED);
             assert!(e.headers.iter().any(|(n, _)| n == header::WWW_AUTHENTICATE));
+        }
+    }
+
+    #[test]
+    fn browsers_on_other_sites_are_refused() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            refuse_cross_site(&h, Some("mgmt:7171"))
+        };
+        assert!(with(&[]).is_ok(), "tools send neither header");
+        assert!(with(&[("origin", "https://mgmt:7171")]).is_ok());
+        assert!(with(&[("sec-fetch-site", "same-origin")]).is_ok());
+        for bad in [
+            &[("origin", "https://evil.example")][..],
+            &[("origin", "null")],
+            &[("sec-fetch-site", "cross-site")],
+            &[
+                ("sec-fetch-site", "same-site"),
+                ("origin", "https://mgmt:7171"),
+            ],
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{bad:?}");
         }
     }
 

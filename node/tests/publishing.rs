@@ -655,3 +655,31 @@ fn a_deployment_cut_short_by_a_crash_is_failed_at_restart_and_the_old_version_ke
     assert_eq!(r.status, 200, "{r:?}");
     up.stop();
 }
+
+#[test]
+fn a_connection_that_sends_nothing_does_not_keep_its_slot_on_the_control_port() {
+    use std::io::Read;
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &[], &[]);
+    let addr = up.server.trim_start_matches("http://").to_string();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // Closed by the node (0 bytes or a reset), not by our read timeout.
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("unexpected bytes: {:?}", &buf[..n]),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the idle connection stayed open: {e}"
+        ),
+    }
+    // A client that speaks is served.
+    let r = http("GET", &up.server, "/apps/web/scm/api/deployments", &[], b"");
+    assert_eq!(r.status, 401);
+    up.stop();
+}

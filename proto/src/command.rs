@@ -148,6 +148,14 @@ pub enum Command {
         credential: Option<TokenHash>,
         at_ms: i64,
     },
+    /// A version committed by a deployment (protocol 8): applied as
+    /// `DeployVersion`, but only while that deployment is still running (not
+    /// ended, its deadline not passed at `deploy.at_ms`), so a deployment given up
+    /// as abandoned can never change the app afterwards.
+    DeployVersionFor {
+        deployment: String,
+        deploy: Box<DeployVersion>,
+    },
 }
 
 /// A deployment's status, as Kudu numbers it (`DeployStatus`).
@@ -220,8 +228,11 @@ pub struct DeploymentUpdate {
     pub errors: Vec<String>,
     /// On failure: make this version active again, but only while the deployment's
     /// own version is still the active one (make-before-break's promise: a failed
-    /// deploy leaves the version that served before).
+    /// deploy leaves the version that served before). Given with an earlier step,
+    /// it is remembered for a failure (or an abandonment) later.
     pub restore: Option<VersionId>,
+    /// The deployment's new deadline (it only moves later), for its next phase.
+    pub deadline_ms: Option<i64>,
     pub at_ms: i64,
 }
 
@@ -435,4 +446,8 @@ pub enum Rejection {
     DeploymentInProgress { app: AppName, id: String },
     #[error("app `{app}` has no deployment `{id}`")]
     DeploymentNotFound { app: AppName, id: String },
+    #[error(
+        "deployment {id} of app `{app}` has ended (failed, or abandoned when its deadline passed)"
+    )]
+    DeploymentEnded { app: AppName, id: String },
 }

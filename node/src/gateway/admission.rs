@@ -33,6 +33,8 @@ pub struct Head<'a> {
     pub host: &'a str,
     /// `x-functions-key`.
     pub key_header: Option<&'a str>,
+    /// `Authorization` (the admin token, for the key management API).
+    pub authorization: Option<&'a str>,
     pub query: &'a [(String, String)],
     /// `Content-Length`, when declared and numeric.
     pub content_length: Option<u64>,
@@ -610,6 +612,19 @@ fn keys_request(
     let Some(routing) = cluster.apps.get(&app) else {
         return not_found(head.path);
     };
+    let master = keys::granted(
+        &routing.keys,
+        "",
+        keys::presented(head.key_header, head.query),
+    ) == keys::Granted::Master;
+    if !master && head.authorization.is_none() {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the key management API needs the app's master key (x-functions-key header or code \
+             query parameter) or the admin token (Authorization: Bearer)",
+        );
+    }
     let scope = match path.function {
         Some(name) => match routing
             .manifest
@@ -646,11 +661,6 @@ fn keys_request(
             allow: Some(allowed.join(", ")),
         });
     }
-    let master = keys::granted(
-        &routing.keys,
-        "",
-        keys::presented(head.key_header, head.query),
-    ) == keys::Granted::Master;
     Decision::Keys(KeysTarget {
         app,
         scope,
@@ -906,6 +916,7 @@ mod tests {
             uri_len: path.len(),
             host: "127.0.0.1:7071",
             key_header: None,
+            authorization: None,
             query,
             content_length: None,
             origin: Origin::Client,
@@ -1045,6 +1056,65 @@ mod tests {
     }
 
     #[test]
+    fn the_key_api_asks_for_credentials_before_it_says_anything() {
+        let (local, cluster) = snapshots_with(true, None);
+        let key: &'static [(String, String)] =
+            Box::leak(Box::new([("code".to_string(), "web-master".to_string())]));
+        // No key and no token: 401 even for a function that does not exist.
+        for path in [
+            "/apps/web/admin/functions/nope/keys",
+            "/apps/web/admin/host/keys",
+        ] {
+            match admit(&head("GET", path, &[]), &local, &cluster, LIMITS) {
+                Decision::Refuse(r) => assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}"),
+                d => panic!("{path}: {d:?}"),
+            }
+        }
+        match admit(
+            &head("GET", "/apps/web/admin/functions/nope/keys", key),
+            &local,
+            &cluster,
+            LIMITS,
+        ) {
+            Decision::Refuse(r) => assert_eq!(r.status, StatusCode::NOT_FOUND),
+            d => panic!("{d:?}"),
+        }
+        let d = admit(
+            &head("GET", "/apps/web/admin/host/systemkeys", key),
+            &local,
+            &cluster,
+            LIMITS,
+        );
+        assert_eq!(
+            d,
+            Decision::Keys(KeysTarget {
+                app: app("web"),
+                scope: KeysScope::System,
+                key: None,
+                master: true,
+            })
+        );
+        // A bearer token is checked by the handler (only a management node can).
+        let bearer = Head {
+            authorization: Some("Bearer t"),
+            ..head("DELETE", "/apps/web/admin/host/keys/default", &[])
+        };
+        assert!(matches!(
+            admit(&bearer, &local, &cluster, LIMITS),
+            Decision::Keys(KeysTarget { master: false, .. })
+        ));
+        match admit(
+            &head("PATCH", "/apps/web/admin/host/keys/default", key),
+            &local,
+            &cluster,
+            LIMITS,
+        ) {
+            Decision::Refuse(r) => assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn key_paths_name_the_app_the_collection_and_the_key() {
         let p = |path| keys_path(path);
         assert_eq!(
@@ -1155,6 +1225,7 @@ mod tests {
             (
                 Head {
                     key_header: Some("web-master"),
+                    authorization: None,
                     ..post("/admin/functions/tick", &[])
                 },
                 StatusCode::UNAUTHORIZED,
@@ -1166,6 +1237,7 @@ mod tests {
             (
                 Head {
                     key_header: Some("web-master"),
+                    authorization: None,
                     ..post("/apps/web/admin/functions/hello", &[])
                 },
                 StatusCode::BAD_REQUEST,

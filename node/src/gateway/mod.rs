@@ -272,6 +272,7 @@ impl Gateway {
                 .unwrap_or(0),
             host: header(hyper::header::HOST.as_str()).unwrap_or(""),
             key_header: header("x-functions-key"),
+            authorization: header(hyper::header::AUTHORIZATION.as_str()),
             query: &query,
             content_length: header(hyper::header::CONTENT_LENGTH.as_str())
                 .and_then(|v| v.parse::<u64>().ok()),
@@ -337,6 +338,7 @@ impl Gateway {
                     uri_len: 0,
                     host: header(hyper::header::HOST.as_str()).unwrap_or(""),
                     key_header: header("x-functions-key"),
+                    authorization: header(hyper::header::AUTHORIZATION.as_str()),
                     query: &query,
                     content_length: None,
                     origin: Origin::Here,
