@@ -9,7 +9,7 @@
 //! loaded; openraft then re-applies the committed log entries after it, so a crash
 //! at any point loses nothing that was committed.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use strom_proto::raft_types::{
 use tokio::sync::watch;
 
 use crate::cluster_state::ClusterState;
+use crate::durable::write_atomically;
 
 /// Snapshot format written by this build. Formats 1 (no workers, no placements),
 /// 2 (no timers), 3 (no timer retries) and 4 (no deployments, no system keys) are
@@ -222,15 +223,6 @@ struct SnapshotBodyV3 {
 struct SnapshotBodyV2 {
     meta: SnapshotMeta,
     state: crate::cluster_state::ClusterStateV2,
-}
-
-/// Write `bytes` to `dir/name` atomically and durably.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(name)).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 pub struct SnapshotBuilder {

@@ -167,7 +167,7 @@ pub async fn watch_remote(
                 }
             }
         }
-        let pause = if round % targets.len().max(1) == 0 {
+        let pause = if round.is_multiple_of(targets.len().max(1)) {
             500
         } else {
             50
