@@ -480,7 +480,7 @@ fn server_state_name(state: openraft::ServerState) -> &'static str {
     }
 }
 
-pub(crate) fn rejection_status(r: &Rejection) -> Status {
+pub fn rejection_status(r: &Rejection) -> Status {
     match r {
         Rejection::AppNotFound { .. }
         | Rejection::VersionNotFound { .. }

@@ -119,27 +119,22 @@ impl DeployError {
 }
 
 /// A deployment that was received and recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Started {
     /// Its id in the history (`None` below protocol 8: no history yet).
     pub id: Option<String>,
-    /// The running deployment; its outcome.
-    pub outcome: tokio::sync::watch::Receiver<Option<Result<pb::DeployAppResponse, DeployError>>>,
+    /// The running deployment (dropping the handle does not stop it).
+    run: tokio::task::JoinHandle<Result<pb::DeployAppResponse, DeployError>>,
 }
 
 impl Started {
     /// Wait for the outcome.
-    pub async fn finished(mut self) -> Result<pb::DeployAppResponse, DeployError> {
-        loop {
-            if let Some(done) = self.outcome.borrow_and_update().clone() {
-                return done;
-            }
-            if self.outcome.changed().await.is_err() {
-                return Err(DeployError::Status(Status::internal(
-                    "the deployment task ended without an outcome",
-                )));
-            }
-        }
+    pub async fn finished(self) -> Result<pb::DeployAppResponse, DeployError> {
+        self.run.await.unwrap_or_else(|e| {
+            Err(DeployError::Status(Status::internal(format!(
+                "the deployment task failed: {e}"
+            ))))
+        })
     }
 }
 
@@ -193,14 +188,7 @@ impl AdminApi {
                     let (api, app) = (self.clone(), request.app.clone());
                     let why = format!("it could not begin: {}", e.to_status().message());
                     tokio::spawn(async move {
-                        let failed = Step {
-                            status: DeployStatus::Failed,
-                            text: why,
-                            version: None,
-                            errors: Vec::new(),
-                            restore: None,
-                            deadline_ms: None,
-                        };
+                        let failed = Step::new(DeployStatus::Failed, why, None);
                         api.finish(&Some(id), &app, failed).await;
                     });
                     return Err(DeployError::Status(e.to_status()));
@@ -209,14 +197,10 @@ impl AdminApi {
         } else {
             None
         };
-        let (tx, rx) = tokio::sync::watch::channel(None);
         let api = self.clone();
         let run_id = id.clone();
-        tokio::spawn(async move {
-            let outcome = api.run_deployment(run_id, request).await;
-            let _ = tx.send(Some(outcome));
-        });
-        Ok(Started { id, outcome: rx })
+        let run = tokio::spawn(async move { api.run_deployment(run_id, request).await });
+        Ok(Started { id, run })
     }
 
     async fn run_deployment(
@@ -225,14 +209,7 @@ impl AdminApi {
         request: DeployRequest,
     ) -> Result<pb::DeployAppResponse, DeployError> {
         let app = request.app.clone();
-        let step = |status, text: String, version: Option<VersionId>| Step {
-            status,
-            text,
-            version,
-            errors: Vec::new(),
-            restore: None,
-            deadline_ms: None,
-        };
+        let step = Step::new;
         // A deploy answered at its commit is quick: its steps are not recorded
         // (fewer commits before the answer), only its end.
         if request.wait == DeployWait::Serving {
@@ -394,9 +371,9 @@ impl AdminApi {
             .filter(|(_, r)| r.node == me && !r.status.is_complete() && r.received_ms < started_ms)
             .collect();
         for (app, r) in &stale {
-            let step = Step {
-                status: DeployStatus::Failed,
-                text: format!(
+            let mut step = Step::new(
+                DeployStatus::Failed,
+                format!(
                     "node {me} restarted during the deployment{}",
                     if r.restore.is_some() {
                         "; the version that served before is active again"
@@ -404,11 +381,9 @@ impl AdminApi {
                         ""
                     }
                 ),
-                version: r.version.clone(),
-                errors: Vec::new(),
-                restore: r.restore.clone(),
-                deadline_ms: None,
-            };
+                r.version.clone(),
+            );
+            step.restore = r.restore.clone();
             if !self.record(&Some(r.id.clone()), app, step).await {
                 return Err(Status::unavailable("could not commit (no quorum yet)"));
             }
@@ -502,4 +477,17 @@ struct Step {
     errors: Vec<String>,
     restore: Option<VersionId>,
     deadline_ms: Option<i64>,
+}
+
+impl Step {
+    fn new(status: DeployStatus, text: String, version: Option<VersionId>) -> Step {
+        Step {
+            status,
+            text,
+            version,
+            errors: Vec::new(),
+            restore: None,
+            deadline_ms: None,
+        }
+    }
 }

@@ -68,8 +68,6 @@ pub struct DeploymentRecord {
     pub node: NodeId,
     pub size_bytes: u64,
     pub received_ms: i64,
-    /// When its last step began.
-    pub updated_ms: i64,
     pub end_ms: Option<i64>,
     pub deadline_ms: i64,
     pub version: Option<VersionId>,
@@ -103,7 +101,6 @@ impl DeploymentRecord {
             self.node
         );
         self.end_ms = Some(at_ms);
-        self.updated_ms = at_ms;
     }
 }
 
@@ -223,7 +220,6 @@ impl ClusterState {
             node: start.node,
             size_bytes: start.size_bytes,
             received_ms: start.at_ms,
-            updated_ms: start.at_ms,
             end_ms: None,
             deadline_ms: start.deadline_ms,
             version: None,
@@ -267,7 +263,6 @@ impl ClusterState {
             .ok_or_else(not_found)?;
         record.status = u.status;
         record.status_text = u.status_text.clone();
-        record.updated_ms = u.at_ms;
         if u.version.is_some() {
             record.version = u.version.clone();
         }

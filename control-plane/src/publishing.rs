@@ -401,16 +401,18 @@ where
         (Endpoint::ZipDeploy, &Method::POST) => {
             let headers = request.headers().clone();
             let body = read_zip(&api, request).await?;
-            // The upload took a while: the credential must still be valid (not
-            // rotated or deleted meanwhile, its app not deleted) as of now.
-            let view = api.fresh().await.map_err(status_error)?;
-            if let (Caller::App(_), Some(cluster)) = (&caller, view.state.cluster.as_ref()) {
-                authenticate(
-                    &headers,
-                    &cluster.admin_token_hash,
-                    &target.app,
-                    view.state.deployments.get(&target.app),
-                )?;
+            // The upload took a while: an app's credential must still be valid
+            // (not rotated or deleted meanwhile, its app not deleted) as of now.
+            if let Caller::App(_) = caller {
+                let view = api.fresh().await.map_err(status_error)?;
+                if let Some(cluster) = view.state.cluster.as_ref() {
+                    authenticate(
+                        &headers,
+                        &cluster.admin_token_hash,
+                        &target.app,
+                        view.state.deployments.get(&target.app),
+                    )?;
+                }
             }
             zip_deploy(&api, &target.app, body, &query, location("latest")).await
         }
@@ -428,10 +430,9 @@ where
             let shown = |d: &DeploymentRecord| record_json(&target.app, history, app, d, now);
             match &target.endpoint {
                 Endpoint::Deployments => {
-                    let all: Vec<Value> = history
-                        .map(|h| h.history.iter().rev().map(shown).collect())
-                        .unwrap_or_default();
-                    Ok(json_response(StatusCode::OK, &Value::Array(all)))
+                    let all = serde_json::to_value(self::history(&target.app, &view.state, now))
+                        .unwrap_or(Value::Null);
+                    Ok(json_response(StatusCode::OK, &all))
                 }
                 Endpoint::Latest => {
                     let latest = history.and_then(|h| h.latest()).ok_or_else(|| {
@@ -459,7 +460,7 @@ where
                             format!("app `{}` has no deployment `{id}`", target.app),
                         )
                     })?;
-                    Ok(json_response(StatusCode::OK, &shown(&d.as_of(now))))
+                    Ok(json_response(StatusCode::OK, &shown(d)))
                 }
                 Endpoint::ZipDeploy => unreachable!("matched above"),
             }
@@ -726,17 +727,7 @@ fn deploy_error(e: DeployError) -> HttpError {
 
 /// A gRPC-shaped error as an HTTP answer.
 fn status_error(s: tonic::Status) -> HttpError {
-    use tonic::Code;
-    let (status, code) = match s.code() {
-        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-        Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
-        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-        Code::Aborted => (StatusCode::CONFLICT, "Conflict"),
-        Code::FailedPrecondition => (StatusCode::CONFLICT, "FailedPrecondition"),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
-        Code::ResourceExhausted => (StatusCode::PAYLOAD_TOO_LARGE, "TooLarge"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
-    };
+    let (status, code) = strom_proto::http_status::of(s.code());
     HttpError::new(status, code, s.message().to_string())
 }
 

@@ -138,7 +138,8 @@ impl Managers {
     }
 }
 
-fn leader_hint(s: &tonic::Status) -> Option<String> {
+/// The leader's control URL a refusal names, if any.
+pub(crate) fn leader_hint(s: &tonic::Status) -> Option<String> {
     s.metadata()
         .get(strom_control_plane::membership::LEADER_METADATA)
         .and_then(|v| v.to_str().ok())

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
 use strom_control_plane::admin_service::AdminApi;
 use strom_control_plane::internal_auth::ClusterSecret;
 use strom_proto::codec;
-use strom_proto::command::{Command, CommandResult, KeyScope, Rejection};
+use strom_proto::command::{Command, CommandResult, KeyScope};
 use strom_proto::ids::AppName;
 use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
 use strom_proto::internal_v1::ProposeRequest;
@@ -19,26 +18,10 @@ use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 
 use crate::agent::Managers;
-use crate::gateway::{KeyAdmin, KeyAdminError};
+use crate::gateway::KeyAdmin;
 
 /// How long a write may take: the proposal, then this node's view following it.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-
-fn status_error(s: tonic::Status) -> KeyAdminError {
-    use tonic::Code;
-    let status = match s.code() {
-        Code::InvalidArgument => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    KeyAdminError {
-        status,
-        message: s.message().to_string(),
-    }
-}
 
 /// A management node: its admin API.
 pub struct ManagementKeys(pub AdminApi);
@@ -51,12 +34,11 @@ impl KeyAdmin for ManagementKeys {
         scope: KeyScope,
         name: &str,
         value: &str,
-    ) -> Result<(), KeyAdminError> {
+    ) -> Result<(), tonic::Status> {
         self.0
             .put_key(app.clone(), scope, name, Some(value))
             .await
             .map(|_| ())
-            .map_err(status_error)
     }
 
     async fn delete(
@@ -64,12 +46,11 @@ impl KeyAdmin for ManagementKeys {
         app: &AppName,
         scope: KeyScope,
         name: &str,
-    ) -> Result<(), KeyAdminError> {
+    ) -> Result<(), tonic::Status> {
         self.0
             .delete_key(app.clone(), scope, name)
             .await
             .map(|_| ())
-            .map_err(status_error)
     }
 
     fn is_admin_token(&self, token: &str) -> Option<bool> {
@@ -88,11 +69,8 @@ pub struct RemoteKeys {
 impl RemoteKeys {
     /// Propose `command` to the leader (following leader hints), then wait until
     /// this node's view has applied it.
-    async fn propose(&self, command: Command) -> Result<(), KeyAdminError> {
-        let bytes = codec::encode(&command).map_err(|e| KeyAdminError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-        })?;
+    async fn propose(&self, command: Command) -> Result<(), tonic::Status> {
+        let bytes = codec::encode(&command).map_err(|e| tonic::Status::internal(e.to_string()))?;
         let work = async {
             let mut tried: Vec<String> = Vec::new();
             let mut queue = self.managers.addresses();
@@ -124,31 +102,24 @@ impl RemoteKeys {
                 match ClusterServiceClient::new(channel).propose(request).await {
                     Ok(reply) => return Ok(reply.into_inner()),
                     Err(s) => {
-                        if let Some(leader) = s
-                            .metadata()
-                            .get(strom_control_plane::membership::LEADER_METADATA)
-                            .and_then(|v| v.to_str().ok())
-                        {
-                            queue.insert(0, strom_control_plane::tls::url(leader));
+                        if let Some(leader) = crate::agent::leader_hint(&s) {
+                            queue.insert(0, leader);
                         }
                         last = format!("{addr}: {}", s.message());
                     }
                 }
             }
-            Err(KeyAdminError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: format!("no management node took the change: {last}"),
-            })
+            Err(tonic::Status::unavailable(format!(
+                "no management node took the change: {last}"
+            )))
         };
         let reply = tokio::time::timeout(WRITE_DEADLINE, work)
             .await
             .map_err(|_| timeout())??;
-        let result: CommandResult = codec::decode(&reply.result).map_err(|e| KeyAdminError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("an undecodable answer: {e}"),
-        })?;
+        let result: CommandResult = codec::decode(&reply.result)
+            .map_err(|e| tonic::Status::internal(format!("an undecodable answer: {e}")))?;
         if let CommandResult::Rejected(r) = result {
-            return Err(rejection(&r));
+            return Err(strom_control_plane::admin_service::rejection_status(&r));
         }
         let mut view = self.view.clone();
         tokio::time::timeout(
@@ -162,28 +133,11 @@ impl RemoteKeys {
     }
 }
 
-fn timeout() -> KeyAdminError {
-    KeyAdminError {
-        status: StatusCode::GATEWAY_TIMEOUT,
-        message: format!(
-            "the change was not confirmed within {} s (it may still apply)",
-            WRITE_DEADLINE.as_secs()
-        ),
-    }
-}
-
-fn rejection(r: &Rejection) -> KeyAdminError {
-    let status = match r {
-        Rejection::AppNotFound { .. }
-        | Rejection::FunctionNotFound { .. }
-        | Rejection::KeyNotFound { .. } => StatusCode::NOT_FOUND,
-        Rejection::MasterKeyIsPermanent => StatusCode::BAD_REQUEST,
-        _ => StatusCode::CONFLICT,
-    };
-    KeyAdminError {
-        status,
-        message: r.to_string(),
-    }
+fn timeout() -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "the change was not confirmed within {} s (it may still apply)",
+        WRITE_DEADLINE.as_secs()
+    ))
 }
 
 fn now_ms() -> i64 {
@@ -198,7 +152,7 @@ impl KeyAdmin for RemoteKeys {
         scope: KeyScope,
         name: &str,
         value: &str,
-    ) -> Result<(), KeyAdminError> {
+    ) -> Result<(), tonic::Status> {
         self.propose(Command::PutKey {
             app: app.clone(),
             name: if scope == KeyScope::Master {
@@ -218,7 +172,7 @@ impl KeyAdmin for RemoteKeys {
         app: &AppName,
         scope: KeyScope,
         name: &str,
-    ) -> Result<(), KeyAdminError> {
+    ) -> Result<(), tonic::Status> {
         self.propose(Command::DeleteKey {
             app: app.clone(),
             scope,

@@ -234,14 +234,8 @@ impl Printer {
             "ID", "STATUS", "RECEIVED", "DEPLOYER", "AUTHOR", "VERSION", "DETAILS",
         ]);
         for d in &r.deployments {
-            let status = match d.status {
-                0 => "Pending",
-                1 => "Building",
-                2 => "Deploying",
-                3 => "Failed",
-                4 => "Success",
-                _ => "?",
-            };
+            let status =
+                strom_proto::command::DeployStatus::from_code(d.status).map_or("?", |s| s.as_str());
             let mut details = d.status_text.clone();
             for e in &d.errors {
                 details.push_str("\n  ");

@@ -6,25 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, get, http, test_handler_host, write_app, Load, Up, TEST_HANDLER};
-
-/// curl, as a user would run it (CI installs it; elsewhere a missing curl skips
-/// the test with a message).
-fn curl() -> Option<Command> {
-    match Command::new("curl").arg("--version").output() {
-        Ok(o) if o.status.success() => Some(Command::new("curl")),
-        _ if std::env::var_os("STROM_REQUIRE_DOCKER").is_some() => {
-            panic!("curl is required in CI (.ci/run installs it)")
-        }
-        _ => {
-            eprintln!("skipped: curl is not installed");
-            None
-        }
-    }
-}
+use common::{curl, eventually, get, http, test_handler_host, write_app, Load, Up, TEST_HANDLER};
 
 /// What curl got: status, headers (lower-case names) and body.
 #[derive(Debug)]
@@ -121,6 +105,12 @@ fn post_zip(user: Option<&str>, content_type: Option<&str>, zip: &Path, url: &st
     curl_run(&args, url)
 }
 
+/// [`app`] packed into `dir/{name}.zip` (its folder `dir/{name}`).
+fn app_zip(dir: &Path, name: &str, route: &str, mode: Option<&str>) -> PathBuf {
+    let zip = app(&dir.join(name), route, mode);
+    write(dir, &format!("{name}.zip"), &zip)
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -146,18 +136,14 @@ fn zip_deploy_sync_and_async_serves_and_is_in_the_history() {
     let Some(_) = curl() else { return };
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let first = app(&files.path().join("web"), "v1", None);
+    app(&files.path().join("web"), "v1", None);
     let up = Up::start(data.path(), &[&files.path().join("web")], &[]);
     assert_eq!(get(&up.http, "/api/v1").status, 200);
     let admin = format!("$strom:{}", token(&up));
     let scm = format!("{}/apps/web/scm", up.server);
 
     // Synchronous: 200 once the new version serves.
-    let v2 = write(
-        files.path(),
-        "v2.zip",
-        &app(&files.path().join("v2"), "v2", None),
-    );
+    let v2 = app_zip(files.path(), "v2", "v2", None);
     let r = post_zip(
         Some(&admin),
         Some("application/zip"),
@@ -179,11 +165,7 @@ fn zip_deploy_sync_and_async_serves_and_is_in_the_history() {
 
     // Asynchronous (curl's default content type, as Kudu's documentation sends
     // it): 202 with Location, polled until status 4.
-    let v3 = write(
-        files.path(),
-        "v3.zip",
-        &app(&files.path().join("v3"), "v3", None),
-    );
+    let v3 = app_zip(files.path(), "v3", "v3", None);
     let r = post_zip(
         Some(&admin),
         None,
@@ -238,7 +220,6 @@ fn zip_deploy_sync_and_async_serves_and_is_in_the_history() {
     assert_eq!(cli.len(), 3);
     assert_eq!(cli[0]["id"], id.as_str());
     assert_eq!(cli[0]["active"], true);
-    drop(first);
     up.stop();
 }
 
@@ -297,11 +278,7 @@ fn a_bad_deploy_changes_nothing_while_the_old_version_serves() {
 
     // A version that never starts: refused after its instances crash-loop, and
     // the version that served before is the active one again.
-    let crashing = write(
-        files.path(),
-        "crash.zip",
-        &app(&files.path().join("crash"), "v1", Some("exit-at-once")),
-    );
+    let crashing = app_zip(files.path(), "crash", "v1", Some("exit-at-once"));
     let r = post_zip(
         Some(&admin),
         Some("application/zip"),
@@ -462,11 +439,7 @@ fn one_deployment_at_a_time_and_credentials_only_for_their_app() {
     );
     assert_eq!(r.status, 202, "{r:?}");
     let running = r.json()["id"].as_str().unwrap().to_string();
-    let v3 = write(
-        files.path(),
-        "v3.zip",
-        &app(&files.path().join("v3"), "v3", None),
-    );
+    let v3 = app_zip(files.path(), "v3", "v3", None);
     let r = post_zip(
         Some(&web),
         Some("application/zip"),
@@ -641,11 +614,7 @@ fn a_deployment_cut_short_by_a_crash_is_failed_at_restart_and_the_old_version_ke
     );
     assert_eq!(get(&up.http, "/api/v1").status, 200);
     // The next deployment need not wait for the dead one's deadline.
-    let v3 = write(
-        files.path(),
-        "v3.zip",
-        &app(&files.path().join("v3"), "v3", None),
-    );
+    let v3 = app_zip(files.path(), "v3", "v3", None);
     let r = post_zip(
         Some(&admin),
         Some("application/zip"),

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{eventually, http, test_handler_host, write_app, Up};
+use common::{curl, eventually, http, test_handler_host, write_app, Up};
 use strom_control_plane::internal_auth::{ClusterSecret, PROOF_METADATA};
 use strom_proto::internal_v1::blob_service_client::BlobServiceClient;
 use strom_proto::internal_v1::cluster_service_client::ClusterServiceClient;
@@ -331,21 +331,6 @@ fn connections_beyond_the_limit_get_503() {
         (r.status == 200).then_some(())
     });
     up.stop();
-}
-
-/// curl, as a user would run it (CI installs it; elsewhere a missing curl skips
-/// the test with a message).
-fn curl() -> Option<std::process::Command> {
-    match std::process::Command::new("curl").arg("--version").output() {
-        Ok(o) if o.status.success() => Some(std::process::Command::new("curl")),
-        _ if std::env::var_os("STROM_REQUIRE_DOCKER").is_some() => {
-            panic!("curl is required in CI (.ci/run installs it)")
-        }
-        _ => {
-            eprintln!("skipped: curl is not installed");
-            None
-        }
-    }
 }
 
 #[test]

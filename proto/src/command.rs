@@ -180,6 +180,19 @@ impl DeployStatus {
         }
     }
 
+    /// The status Kudu's number names.
+    pub fn from_code(code: u32) -> Option<DeployStatus> {
+        [
+            DeployStatus::Pending,
+            DeployStatus::Building,
+            DeployStatus::Deploying,
+            DeployStatus::Failed,
+            DeployStatus::Success,
+        ]
+        .into_iter()
+        .find(|s| u32::from(s.code()) == code)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeployStatus::Pending => "Pending",

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod http_status;
 pub mod ids;
 pub mod instances;
 pub mod invocations;

@@ -79,12 +79,7 @@ impl Gateway {
             "extensionBundle": null,
             "errors": errors,
         });
-        let mut r = Response::new(full(Bytes::from(body.to_string())));
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+        super::responses::json(StatusCode::OK, &body)
     }
 
     /// Hand `target` to a local instance and answer 202; the invocation runs on.

@@ -12,22 +12,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use strom_proto::command::KeyScope;
 use strom_proto::ids::AppName;
 
 use super::admission::{KeysScope, KeysTarget};
-use super::responses::{error, full, Body, BoxError};
+use super::responses::{error, full, json, Body, BoxError};
 use super::Gateway;
-
-/// Why a key write failed: the answer's status and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyAdminError {
-    pub status: StatusCode,
-    pub message: String,
-}
 
 /// Where this node's key writes go. The management role commits them itself;
 /// a worker-only node proposes them to the management group.
@@ -40,10 +32,10 @@ pub trait KeyAdmin: Send + Sync {
         scope: KeyScope,
         name: &str,
         value: &str,
-    ) -> Result<(), KeyAdminError>;
+    ) -> Result<(), tonic::Status>;
     /// Remove a key; answered once this node's gateway sees it.
     async fn delete(&self, app: &AppName, scope: KeyScope, name: &str)
-        -> Result<(), KeyAdminError>;
+        -> Result<(), tonic::Status>;
     /// Whether `token` is the admin token; `None` when this node cannot tell
     /// (it has no management role).
     fn is_admin_token(&self, token: &str) -> Option<bool>;
@@ -51,16 +43,6 @@ pub trait KeyAdmin: Send + Sync {
 
 /// Most bytes of a PUT body (`{"name","value"}`).
 const MAX_BODY: usize = 16 * 1024;
-
-fn json_answer(status: StatusCode, body: Value) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    r
-}
 
 /// The key a request names and the collection it is in (`_master` among the
 /// host keys is the master key).
@@ -177,13 +159,13 @@ impl Gateway {
                     .write(admin, |a| async move { a.put(&app, scope, &k, &v).await })
                     .await
                 {
-                    Ok(()) => json_answer(
+                    Ok(()) => json(
                         if created {
                             StatusCode::CREATED
                         } else {
                             StatusCode::OK
                         },
-                        json!({"name": key, "value": value, "links": links(&path)}),
+                        &json!({"name": key, "value": value, "links": links(&path)}),
                     ),
                     Err(e) => e,
                 }
@@ -198,7 +180,7 @@ impl Gateway {
     ) -> Result<(), Response<Body>>
     where
         F: FnOnce(Arc<dyn KeyAdmin>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), KeyAdminError>>,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>>,
     {
         let Some(admin) = admin else {
             return Err(error(
@@ -207,9 +189,10 @@ impl Gateway {
                 "this node cannot change keys yet (it is starting)",
             ));
         };
-        f(admin)
-            .await
-            .map_err(|e| error(e.status, code_of(e.status), e.message))
+        f(admin).await.map_err(|e| {
+            let (status, code) = strom_proto::http_status::of(e.code());
+            error(status, code, e.message())
+        })
     }
 
     /// A key's value in this node's view.
@@ -243,14 +226,14 @@ impl Gateway {
             .iter()
             .map(|(name, value)| json!({"name": name, "value": value}))
             .collect();
-        json_answer(StatusCode::OK, json!({"keys": keys, "links": links(path)}))
+        json(StatusCode::OK, &json!({"keys": keys, "links": links(path)}))
     }
 
     fn get_key(&self, target: &KeysTarget, key: &str, path: &str) -> Response<Body> {
         match self.key_value(target, key) {
-            Some(value) => json_answer(
+            Some(value) => json(
                 StatusCode::OK,
-                json!({"name": key, "value": value, "links": links(path)}),
+                &json!({"name": key, "value": value, "links": links(path)}),
             ),
             None => not_found(&target.app, key),
         }
@@ -267,18 +250,6 @@ fn not_found(app: &AppName, key: &str) -> Response<Body> {
         "NotFound",
         format!("app `{app}` has no key `{key}` there"),
     )
-}
-
-fn code_of(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "BadRequest",
-        StatusCode::NOT_FOUND => "NotFound",
-        StatusCode::CONFLICT => "Conflict",
-        StatusCode::UNAUTHORIZED => "Unauthorized",
-        StatusCode::SERVICE_UNAVAILABLE => "Unavailable",
-        StatusCode::GATEWAY_TIMEOUT => "Timeout",
-        _ => "Internal",
-    }
 }
 
 /// The value a PUT body gives: `{"name": key, "value": "…"}` (`name`, when

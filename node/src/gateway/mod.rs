@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 pub use admission::app_from_host;
 use admission::{Decision, Head, Limits, Origin, HOP_APP};
 use hop::{HopClient, HOP_FROM, HOP_HOST};
-pub use keys_api::{KeyAdmin, KeyAdminError};
+pub use keys_api::KeyAdmin;
 use limiter::Limiters;
 use recorder::Recorder;
 pub use responses::Body;

@@ -17,7 +17,14 @@ pub const UNDELIVERED: &str = "x-strom-undelivered";
 
 /// A refusal or failure, as every Strom HTTP error is shaped.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
-    let body = serde_json::json!({"error": {"code": code, "message": message.into()}});
+    json(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message.into()}}),
+    )
+}
+
+/// A JSON answer the gateway builds itself.
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(

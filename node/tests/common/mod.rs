@@ -19,3 +19,18 @@ pub fn test_handler_host(extra: &str) -> String {
         r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{TEST_HANDLER}"}}{extra}}}}}"#
     )
 }
+
+/// curl, as a user would run it (CI installs it; elsewhere a missing curl skips
+/// the test with a message).
+pub fn curl() -> Option<std::process::Command> {
+    match std::process::Command::new("curl").arg("--version").output() {
+        Ok(o) if o.status.success() => Some(std::process::Command::new("curl")),
+        _ if std::env::var_os("STROM_REQUIRE_DOCKER").is_some() => {
+            panic!("curl is required in CI (.ci/run installs it)")
+        }
+        _ => {
+            eprintln!("skipped: curl is not installed");
+            None
+        }
+    }
+}
