@@ -20,6 +20,10 @@ fn main() {
             std::env::var_os("NO_COLOR").is_some(),
         ))
         .init();
+    // rustls is built with two crypto providers (ring for Strom's own TLS, which
+    // names it everywhere; aws-lc-rs for tiberius): make ring the process default
+    // so no library falls back to a guess.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("STROM_WORKER_THREADS")
         .ok()

@@ -22,6 +22,7 @@
 //! The pure decisions (fencing, retention, chunking) live here and are unit-tested.
 
 pub mod local;
+pub mod sqlserver;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
