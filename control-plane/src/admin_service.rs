@@ -1229,7 +1229,42 @@ impl AdminService for AdminApi {
                     }),
                 })
                 .collect(),
+            // The leader's checkpointing; this node's own when no leader answers
+            // (or the leader has no store configured but this node has).
+            checkpoint: live
+                .as_ref()
+                .and_then(|l| l.checkpoint.as_ref())
+                .map(crate::checkpointer::from_report)
+                .or_else(|| self.node.checkpoints.admin_status(self.node.config.node_id)),
         }))
+    }
+
+    async fn create_checkpoint(
+        &self,
+        _: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
+        let Some(settings) = self.node.checkpoints.settings() else {
+            return Err(Status::failed_precondition(format!(
+                "node {} has no checkpoint store configured: start it with --checkpoint-store \
+                 local:DIR or sqlserver:<connection string>",
+                self.node.config.node_id
+            )));
+        };
+        let store = settings.store.describe();
+        // Everything acknowledged before this call is applied here first.
+        self.fresh().await?;
+        let started = std::time::Instant::now();
+        match self.node.write_checkpoint().await {
+            Ok(meta) => Ok(Response::new(pb::CreateCheckpointResponse {
+                checkpoint: Some(crate::checkpointer::Written::of(meta).info()),
+                store,
+                took_ms: started.elapsed().as_millis() as u64,
+            })),
+            Err(e @ crate::checkpoint::CheckpointError::Stale { .. }) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn scale_app(

@@ -49,6 +49,8 @@ pub struct ManagementConfig {
     pub keep_versions: usize,
     /// Each app's own address is `{app}.<app_domain>` on the function port.
     pub app_domain: String,
+    /// Where and how often the leader writes checkpoints (`None`: it does not).
+    pub checkpoints: Option<crate::checkpointer::CheckpointSettings>,
 }
 
 impl ManagementConfig {
@@ -68,6 +70,7 @@ impl ManagementConfig {
             worker_lease: Duration::from_secs(5),
             keep_versions: crate::retention::DEFAULT_KEEP,
             app_domain: "localhost".into(),
+            checkpoints: None,
         }
     }
 
@@ -144,6 +147,8 @@ pub struct ManagementNode {
     /// The proof of membership this node shows and checks without TLS (from the
     /// join token: `join.token`, created at bootstrap or learned at join).
     pub secret: ClusterSecret,
+    /// Checkpoints to the store outside the group (issue 17).
+    pub checkpoints: Arc<crate::checkpointer::Checkpoints>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -256,6 +261,9 @@ impl ManagementNode {
             raft,
             state,
             blobs,
+            checkpoints: Arc::new(crate::checkpointer::Checkpoints::new(
+                config.checkpoints.clone(),
+            )),
             config: Arc::new(config),
             peers: PeerChannels::new(secret.clone()),
             duties: LeaderDuties::default(),
@@ -514,7 +522,7 @@ impl ManagementNode {
     }
 }
 
-fn check_node_file(data: &Path, node_id: NodeId) -> Result<(), StartError> {
+pub(crate) fn check_node_file(data: &Path, node_id: NodeId) -> Result<(), StartError> {
     let path = data.join("node.json");
     match std::fs::read(&path) {
         Ok(bytes) => {

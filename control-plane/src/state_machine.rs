@@ -96,6 +96,35 @@ impl StateMachine {
     }
 }
 
+/// A checkpoint's state bytes: the snapshot envelope of `view` (what a snapshot
+/// file holds), so a restore reads it with the same code as a snapshot.
+pub fn checkpoint_bytes(view: &StateView) -> Result<Vec<u8>, codec::CodecError> {
+    let meta = SnapshotMeta {
+        last_log_id: view.last_applied,
+        last_membership: view.membership.clone(),
+        snapshot_id: format!("checkpoint-{}", view.applied_index()),
+    };
+    encode_snapshot(&meta, &view.state)
+}
+
+/// A checkpoint's (or a snapshot file's) meta and state, in any format.
+pub fn read_checkpoint(bytes: &[u8]) -> Result<(SnapshotMeta, ClusterState), codec::CodecError> {
+    let body = decode_snapshot(bytes)?;
+    Ok((body.meta, body.state))
+}
+
+/// Write `state` as the snapshot file of a state machine in `dir` (a restore:
+/// the node starts from it, its log beginning after `meta.last_log_id`).
+pub fn write_snapshot_file(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    state: &ClusterState,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = encode_snapshot(meta, state).map_err(std::io::Error::other)?;
+    write_atomically(dir, SNAPSHOT_FILE, &bytes)
+}
+
 /// Format 1: the state before workers and placements existed.
 #[derive(Deserialize)]
 struct SnapshotBodyV1 {

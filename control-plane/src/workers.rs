@@ -428,6 +428,7 @@ impl ManagementNode {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             matched,
+            checkpoint: self.checkpoints.report(self.config.node_id),
         }
     }
 

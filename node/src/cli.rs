@@ -288,6 +288,23 @@ pub struct ServeArgs {
     /// TLS: the CA certificate that signed every node's certificate (PEM).
     #[arg(long, env = "STROM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Management: where the leader writes checkpoints of the cluster's state:
+    /// `local:DIR` (a directory, may be a network share) or
+    /// `sqlserver:<ADO.NET connection string>` (`sqlserver:@FILE` reads it from a
+    /// file, keeping the password off the command line) [default: none].
+    #[arg(long, env = "STROM_CHECKPOINT_STORE", hide_env_values = true)]
+    pub checkpoint_store: Option<String>,
+    /// Management: a checkpoint after this many committed entries [default: 10000].
+    #[arg(long, env = "STROM_CHECKPOINT_EVERY_ENTRIES")]
+    pub checkpoint_every_entries: Option<u64>,
+    /// Management: a checkpoint at least this often while anything changes, e.g.
+    /// `15m`, `1h` [default: 15m].
+    #[arg(long, env = "STROM_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<String>,
+    /// Management: checkpoints kept in the store per cluster (older ones, and
+    /// packages no kept checkpoint references, are deleted) [default: 10].
+    #[arg(long, env = "STROM_CHECKPOINT_KEEP")]
+    pub checkpoint_keep: Option<usize>,
     /// In a `--config` file, these keys sit beside the others (`default-runtime = …`).
     #[command(flatten)]
     #[serde(skip)]
@@ -631,5 +648,58 @@ pub enum ClusterCommand {
         stale: bool,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Write a checkpoint of the cluster's state (apps, packages, settings, keys,
+    /// deployments, timers) to the checkpoint store of the node asked, now.
+    Checkpoint {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The checkpoints a store holds, newest first (id, cluster, term/index, time,
+    /// size, and with --verify whether each reads back whole).
+    Checkpoints {
+        /// The store: `local:DIR`, `sqlserver:<connection string>` or `sqlserver:@FILE`.
+        #[arg(long, env = "STROM_CHECKPOINT_STORE", hide_env_values = true)]
+        from: String,
+        /// Only this cluster's.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Read each checkpoint and its packages back and check their SHA-256.
+        #[arg(long)]
+        verify: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Make a new first management node from a checkpoint (every management node
+    /// lost): its data dir holds the checkpoint's state, packages and a new
+    /// membership of this node alone. Then `strom serve --data-dir D --node-id N`
+    /// starts it; other management nodes and workers `--join` it as usual.
+    Restore {
+        /// The store: `local:DIR`, `sqlserver:<connection string>` or `sqlserver:@FILE`.
+        #[arg(long, env = "STROM_CHECKPOINT_STORE", hide_env_values = true)]
+        from: String,
+        /// The checkpoint (as `strom cluster checkpoints` lists it) [default: the
+        /// newest whole one; a damaged newer one is skipped and named].
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// The new node's data dir: must be empty or absent.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's id (give `strom serve` the same).
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+        /// The control address other nodes will reach it at (give `strom serve`
+        /// the same, as --advertise-addr or --control-addr).
+        #[arg(long, default_value = "127.0.0.1:7171")]
+        advertise_addr: String,
+        /// A new cluster id (e.g. a drill beside the running cluster), so the two
+        /// never fence each other's checkpoints.
+        #[arg(long)]
+        new_cluster_id: bool,
+        /// Keep the cluster's join token (checked against the checkpoint); by
+        /// default a new one is made and written to `join.token`.
+        #[arg(long, env = "STROM_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
 }

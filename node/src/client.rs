@@ -749,6 +749,117 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 .into_inner();
             Printer::of(&client).status(&resp);
         }
+        ClusterCommand::Checkpoint { client } => {
+            let mut c = connect(&client).await?;
+            let resp = c
+                .create_checkpoint(pb::CreateCheckpointRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let text = match &resp.checkpoint {
+                Some(cp) => format!(
+                    "checkpoint {} written to {} in {} ms ({} state, {} packages of {})",
+                    cp.id,
+                    resp.store,
+                    resp.took_ms,
+                    crate::output::bytes(cp.state_size),
+                    cp.packages,
+                    crate::output::bytes(cp.packages_size)
+                ),
+                None => format!("checkpoint written to {}", resp.store),
+            };
+            Printer::of(&client).message(&text, &resp);
+        }
+        ClusterCommand::Checkpoints {
+            from,
+            cluster,
+            verify,
+            output,
+        } => {
+            let store = open_checkpoint_store(&from)?;
+            let list = store
+                .list(cluster.as_deref())
+                .await
+                .map_err(|e| CliError::new(1, e.to_string()))?;
+            let mut rows = Vec::new();
+            for m in list {
+                let verified = if verify {
+                    Some(verify_checkpoint(&*store, &m).await)
+                } else {
+                    None
+                };
+                rows.push((m, verified));
+            }
+            Printer::new(output).checkpoints(&store.describe(), &rows);
+        }
+        ClusterCommand::Restore {
+            from,
+            checkpoint,
+            data_dir,
+            node_id,
+            advertise_addr,
+            new_cluster_id,
+            join_token,
+        } => {
+            if node_id == 0 {
+                return Err(CliError::new(2, "--node-id: must be at least 1"));
+            }
+            let store = open_checkpoint_store(&from)?;
+            // A new data dir is made closed (0700) before anything is written to
+            // it; an existing one is left alone unless empty (restore checks).
+            let created = !data_dir.exists();
+            if created {
+                crate::data_dir::secure(&data_dir)
+                    .map_err(|e| CliError::new(1, format!("{}: {e}", data_dir.display())))?;
+            }
+            let restored = strom_control_plane::restore::restore(
+                strom_control_plane::restore::RestoreRequest {
+                    store: &*store,
+                    checkpoint,
+                    data_dir: data_dir.clone(),
+                    node_id,
+                    advertise_addr: advertise_addr.clone(),
+                    new_cluster_id,
+                    join_token,
+                },
+            )
+            .await
+            .map_err(|e| {
+                if created {
+                    let _ = std::fs::remove_dir_all(&data_dir);
+                }
+                CliError::new(1, format!("restore from {}: {e}", store.describe()))
+            })?;
+            crate::data_dir::secure(&data_dir)
+                .map_err(|e| CliError::new(1, format!("{}: {e}", data_dir.display())))?;
+            crate::output::Printer::new(crate::cli::Output::Table).restored(
+                &restored,
+                &data_dir,
+                node_id,
+                &advertise_addr,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn open_checkpoint_store(
+    spec: &str,
+) -> Result<std::sync::Arc<dyn strom_control_plane::checkpoint::CheckpointStore>, CliError> {
+    strom_control_plane::checkpoint::open_store(spec).map_err(|e| CliError::new(2, e.to_string()))
+}
+
+/// Whether a checkpoint and its packages read back whole (`Ok`), or why not.
+async fn verify_checkpoint(
+    store: &dyn strom_control_plane::checkpoint::CheckpointStore,
+    m: &strom_control_plane::checkpoint::CheckpointMeta,
+) -> Result<(), String> {
+    store.read(&m.id).await.map_err(|e| e.to_string())?;
+    for p in &m.packages {
+        store
+            .get_package(&p.sha256)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -59,6 +59,32 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// A duration in ms as people read it (`3s`, `5m`, `2h`, `3d`).
+pub fn age(ms: i64) -> String {
+    let s = (ms.max(0) / 1000) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// A size as people read it.
+pub fn bytes(n: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = n as f64;
+    if f < K {
+        format!("{n} B")
+    } else if f < K * K {
+        format!("{:.1} KiB", f / K)
+    } else if f < K * K * K {
+        format!("{:.1} MiB", f / K / K)
+    } else {
+        format!("{:.2} GiB", f / K / K / K)
+    }
+}
+
 fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
@@ -322,6 +348,120 @@ impl Printer {
         }
     }
 
+    /// `strom cluster checkpoints`: one row per checkpoint (and, verified, whether
+    /// it reads back whole).
+    pub fn checkpoints(
+        &self,
+        store: &str,
+        rows: &[(
+            strom_control_plane::checkpoint::CheckpointMeta,
+            Option<Result<(), String>>,
+        )],
+    ) {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            id: &'a str,
+            cluster_id: &'a str,
+            term: u64,
+            index: u64,
+            created_ms: i64,
+            state_size: u64,
+            packages: usize,
+            packages_size: u64,
+            verified: Option<bool>,
+            error: Option<&'a str>,
+        }
+        let json: Vec<Row> = rows
+            .iter()
+            .map(|(m, v)| Row {
+                id: &m.id,
+                cluster_id: &m.cluster_id,
+                term: m.term,
+                index: m.index,
+                created_ms: m.created_ms,
+                state_size: m.state_size,
+                packages: m.packages.len(),
+                packages_size: m.packages.iter().map(|p| p.size).sum(),
+                verified: v.as_ref().map(|r| r.is_ok()),
+                error: v
+                    .as_ref()
+                    .and_then(|r| r.as_ref().err().map(String::as_str)),
+            })
+            .collect();
+        if self.json(&json) {
+            return;
+        }
+        if rows.is_empty() {
+            say!("no checkpoints in {store}");
+            return;
+        }
+        let now = strom_control_plane::management::now_ms();
+        let mut t = table(&[
+            "CHECKPOINT",
+            "CLUSTER",
+            "TERM",
+            "INDEX",
+            "TAKEN",
+            "SIZE",
+            "PACKAGES",
+            "VERIFIED",
+        ]);
+        for r in &json {
+            t.add_row(vec![
+                r.id.to_string(),
+                r.cluster_id.to_string(),
+                r.term.to_string(),
+                r.index.to_string(),
+                format!("{} ago", age(now - r.created_ms)),
+                bytes(r.state_size),
+                format!("{} ({})", r.packages, bytes(r.packages_size)),
+                match (r.verified, r.error) {
+                    (None, _) => "-".into(),
+                    (Some(true), _) => "yes".into(),
+                    (Some(false), e) => format!("NO: {}", e.unwrap_or_default()),
+                },
+            ]);
+        }
+        say!("{t}");
+    }
+
+    /// What `strom cluster restore` did, and what to do next.
+    pub fn restored(
+        &self,
+        restored: &strom_control_plane::restore::Restored,
+        data_dir: &std::path::Path,
+        node_id: u64,
+        advertise_addr: &str,
+    ) {
+        for (id, why) in &restored.skipped {
+            eprintln!("warning: skipped checkpoint {id}: {why}");
+        }
+        say!(
+            "restored checkpoint {} (term {}, index {}) of cluster {} into {}: {} apps, {} packages",
+            restored.checkpoint.id,
+            restored.checkpoint.term,
+            restored.checkpoint.index,
+            restored.cluster_id,
+            data_dir.display(),
+            restored.apps,
+            restored.packages
+        );
+        say!(
+            "join token: {} ({})",
+            restored.join_token_path.display(),
+            if restored.new_join_token {
+                "new: other nodes join with it"
+            } else {
+                "the cluster's own"
+            }
+        );
+        say!("admin token: the cluster's own, unchanged");
+        say!(
+            "start it with: strom serve --data-dir {} --node-id {node_id} --advertise-addr {advertise_addr}",
+            data_dir.display()
+        );
+    }
+
     pub fn status(&self, r: &pb::GetClusterStatusResponse) {
         if self.json(r) {
             return;
@@ -346,6 +486,29 @@ impl Printer {
             r.build_version,
             r.protocol
         );
+        match &r.checkpoint {
+            None => say!("checkpoints:  not configured (--checkpoint-store)"),
+            Some(c) => {
+                let now = strom_control_plane::management::now_ms();
+                match &c.last {
+                    Some(l) => say!(
+                        "checkpoint:   {} (term {}, index {}; {} ago; {} state + {} in {} packages) in {}",
+                        l.id,
+                        l.term,
+                        l.index,
+                        age(now - l.created_ms),
+                        bytes(l.state_size),
+                        bytes(l.packages_size),
+                        l.packages,
+                        c.store
+                    ),
+                    None => say!("checkpoint:   none yet in {}", c.store),
+                }
+                if let (Some(e), Some(at)) = (&c.last_error, c.last_error_ms) {
+                    say!("  last error ({} ago): {e}", age(now - at));
+                }
+            }
+        }
         if !r.live {
             say!(
                 "(no leader answered: worker heartbeats and instances of other nodes are unknown)"

@@ -9,6 +9,7 @@ use strom_proto::manifest::ZipLimits;
 
 use crate::cli::ServeArgs;
 use crate::client::CliError;
+use strom_control_plane::checkpointer::CheckpointSettings;
 use strom_control_plane::tls::NodeTls;
 
 use crate::gateway::listener::HttpLimits;
@@ -68,6 +69,12 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.tls_cert = args.tls_cert.or(file.tls_cert);
     args.tls_key = args.tls_key.or(file.tls_key);
     args.tls_ca = args.tls_ca.or(file.tls_ca);
+    args.checkpoint_store = args.checkpoint_store.or(file.checkpoint_store);
+    args.checkpoint_every_entries = args
+        .checkpoint_every_entries
+        .or(file.checkpoint_every_entries);
+    args.checkpoint_every = args.checkpoint_every.or(file.checkpoint_every);
+    args.checkpoint_keep = args.checkpoint_keep.or(file.checkpoint_keep);
     Ok(args)
 }
 
@@ -236,6 +243,10 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
             "advertise-addr: required when the control address is {control_addr} (peers need a reachable address)"
         ));
     }
+    let checkpoints = checkpoint_settings(args, management).unwrap_or_else(|p| {
+        problems.extend(p);
+        None
+    });
     let containers = crate::worker::Containers::from_args(&args.containers).unwrap_or_else(|p| {
         problems.extend(p);
         Default::default()
@@ -270,7 +281,81 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),
         http,
+        checkpoints,
     })
+}
+
+/// The checkpoint flags: the store opened (not connected), the cadence checked.
+fn checkpoint_settings(
+    args: &ServeArgs,
+    management: bool,
+) -> Result<Option<CheckpointSettings>, Vec<String>> {
+    use strom_control_plane::checkpointer as cp;
+    let mut problems = Vec::new();
+    let Some(spec) = &args.checkpoint_store else {
+        for (given, flag) in [
+            (
+                args.checkpoint_every_entries.is_some(),
+                "checkpoint-every-entries",
+            ),
+            (args.checkpoint_every.is_some(), "checkpoint-every"),
+            (args.checkpoint_keep.is_some(), "checkpoint-keep"),
+        ] {
+            if given {
+                problems.push(format!("{flag}: needs --checkpoint-store"));
+            }
+        }
+        return if problems.is_empty() {
+            Ok(None)
+        } else {
+            Err(problems)
+        };
+    };
+    if !management {
+        problems.push("checkpoint-store: only a management node writes checkpoints".into());
+    }
+    let every_entries = args
+        .checkpoint_every_entries
+        .unwrap_or(cp::DEFAULT_EVERY_ENTRIES);
+    if every_entries == 0 {
+        problems.push("checkpoint-every-entries: must be at least 1".into());
+    }
+    let every = match &args.checkpoint_every {
+        None => cp::DEFAULT_EVERY,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            Ok(_) => {
+                problems.push(format!("checkpoint-every: `{text}` is under a second"));
+                cp::DEFAULT_EVERY
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "checkpoint-every: `{text}` is not a duration ({e}; e.g. 15m, 1h)"
+                ));
+                cp::DEFAULT_EVERY
+            }
+        },
+    };
+    let keep = args.checkpoint_keep.unwrap_or(cp::DEFAULT_KEEP);
+    if keep == 0 {
+        problems.push("checkpoint-keep: must be at least 1".into());
+    }
+    let store = match strom_control_plane::checkpoint::open_store(spec) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(format!("checkpoint-store: {e}"));
+            None
+        }
+    };
+    match store {
+        Some(store) if problems.is_empty() => Ok(Some(CheckpointSettings {
+            store,
+            every_entries,
+            every,
+            keep,
+        })),
+        _ => Err(problems),
+    }
 }
 
 fn secs(value: Option<u64>, default: Duration) -> Duration {

@@ -125,6 +125,8 @@ pub struct NodeSettings {
     pub limits: ZipLimits,
     /// The worker's runtimes: default and container defaults.
     pub containers: crate::worker::Containers,
+    /// Checkpoints to a store (management role; `None`: none).
+    pub checkpoints: Option<strom_control_plane::checkpointer::CheckpointSettings>,
 }
 
 /// What a worker offers the scheduler.
@@ -206,6 +208,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             max_entries: args.max_package_entries,
             ..ZipLimits::default()
         },
+        checkpoints: None,
     };
     let problems = crate::serve::http_problems(&settings.http);
     if !problems.is_empty() {
@@ -411,6 +414,7 @@ pub async fn run_node(
         config.worker_lease = settings.worker_lease;
         config.keep_versions = settings.keep_versions;
         config.app_domain = settings.app_domain.clone();
+        config.checkpoints = settings.checkpoints.clone();
         let node = ManagementNode::start(config)
             .await
             .map_err(|e| CliError::new(1, e.to_string()))?;
@@ -433,6 +437,12 @@ pub async fn run_node(
             control,
             running.control_cancel.clone(),
         )));
+        running.duties.push(tokio::spawn(
+            strom_control_plane::checkpointer::run_checkpointer(
+                node.clone(),
+                running.control_cancel.clone(),
+            ),
+        ));
         running.duties.push(tokio::spawn(
             strom_control_plane::leader_duties::run_leader_duties(
                 node.clone(),

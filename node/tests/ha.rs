@@ -907,3 +907,294 @@ fn t94_the_key_management_api_on_any_node_changes_keys_on_every_node() {
         n.stop();
     }
 }
+
+/// Copy a directory tree (a node's data dir, after the node is gone).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Empty a directory (a node's data dir destroyed).
+fn destroy(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+#[test]
+fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store_path = store_dir.path().join("store");
+    let store = format!("local:{}", store_path.display());
+    // 0: the first manager, 1: its worker; 2–4: the cluster restored (a manager
+    // from the checkpoint, a second manager and a worker joining it).
+    let mut c = Cluster::new(5);
+    let m1 = c.start(
+        0,
+        "management",
+        &[
+            "--bootstrap",
+            "--checkpoint-store",
+            &store,
+            "--checkpoint-every",
+            "1h",
+        ],
+    );
+    c.token = std::fs::read_to_string(c.dirs[0].path().join("join.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = c.admin();
+    let w2 = c.join(1, "worker", &c.seeds(&[0]));
+
+    // An HTTP app with a setting and a key of its own; a 3 s timer recording runs.
+    let apps = tempfile::tempdir().unwrap();
+    let web = apps.path().join("web");
+    write_app(
+        &web,
+        &common::test_handler_host(""),
+        &[("hello", &common::http_fn("web/{id:int}"))],
+    );
+    let record = apps.path().join("ticks.jsonl");
+    let ticks = apps.path().join("ticks");
+    write_app(
+        &ticks,
+        &common::test_handler_host(""),
+        &[(
+            "tick",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"*/3 * * * * *","useMonitor":true}]}"#,
+        )],
+    );
+    let settings = serde_json::json!({"Values": {
+        "TEST_HANDLER_RECORD": record.to_str().unwrap(),
+        "TEST_HANDLER_ACTION": "sleep=200",
+    }});
+    std::fs::write(ticks.join("local.settings.json"), settings.to_string()).unwrap();
+    for args in [
+        vec!["app", "deploy", web.to_str().unwrap()],
+        vec![
+            "app",
+            "deploy",
+            ticks.to_str().unwrap(),
+            "--publish-local-settings",
+        ],
+        vec!["app", "settings", "set", "web", "GREETING=hello"],
+        vec![
+            "fn",
+            "set-key",
+            "web",
+            "hello",
+            "ops",
+            "--value",
+            "ops-key-0123456789abcdef",
+        ],
+    ] {
+        let out = cli(&m1.server, &admin, &args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+    }
+    let serves = |http: &str| {
+        eventually(Duration::from_secs(30), "web serves with its key", || {
+            (get(http, "/api/web/1?code=ops-key-0123456789abcdef").status == 200).then_some(())
+        })
+    };
+    serves(&m1.http);
+    more_runs_end(&record, 2);
+
+    // Just after a run ended (well before the next tick): a checkpoint, a change,
+    // a second checkpoint; then every node is lost.
+    eventually(Duration::from_secs(30), "a run just ended", || {
+        let events = read_events(&record);
+        let last = events.last()?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        if last.start || now_ms.saturating_sub(last.at_ms) > 300 {
+            std::thread::sleep(Duration::from_millis(20));
+            return None;
+        }
+        Some(())
+    });
+    let first = json(&m1.server, &admin, &["cluster", "checkpoint"]).expect("checkpoint");
+    let first_id = first["checkpoint"]["id"].as_str().unwrap().to_string();
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "settings", "set", "web", "AFTER=first"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let second = json(&m1.server, &admin, &["cluster", "checkpoint"]).expect("checkpoint");
+    let second_id = second["checkpoint"]["id"].as_str().unwrap().to_string();
+    assert_ne!(first_id, second_id);
+    assert!(
+        second["checkpoint"]["packages"].as_u64() == Some(2),
+        "{second}"
+    );
+    let status = json(&m1.server, &admin, &["cluster", "status"]).unwrap();
+    assert_eq!(
+        status["checkpoint"]["last"]["id"],
+        second_id.as_str(),
+        "{status}"
+    );
+    m1.kill9();
+    w2.kill9();
+    strom_actors::runtime::process::reap_orphans(&c.dirs[1].path().join("run").join("instances"));
+    let old_node = tempfile::tempdir().unwrap();
+    copy_tree(c.dirs[0].path(), old_node.path());
+    destroy(c.dirs[0].path());
+    destroy(c.dirs[1].path());
+    // Long enough for a tick to be missed.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The newest checkpoint is damaged: the restore says so and uses the one before.
+    let state = store_path
+        .join("checkpoints")
+        .join(format!("{second_id}.state"));
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&state, bytes).unwrap();
+    let restore = |dir: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(common::STROM)
+            .args(["cluster", "restore", "--from", &store, "--data-dir"])
+            .arg(dir)
+            .args(["--node-id", "1", "--advertise-addr"])
+            .arg(format!("127.0.0.1:{}", c.ports[2]))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Into a data dir that is not empty: refused, nothing changed.
+    let (code, _, err) = restore(old_node.path(), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not empty"), "{err}");
+    assert!(old_node.path().join("raft").join("log.redb").is_file());
+    let (code, out, err) = restore(c.dirs[2].path(), &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&first_id), "{out}");
+    assert!(
+        err.contains(&format!("skipped checkpoint {second_id}")) && err.contains("corrupt"),
+        "{err}"
+    );
+
+    // The restored manager starts; a second manager and a worker join it with the
+    // new join token. The admin token is the cluster's own.
+    let m1b = Up::serve(
+        c.dirs[2].path(),
+        c.ports[2],
+        &[
+            "--node-id",
+            "1",
+            "--worker-lease-ms",
+            "2000",
+            "--checkpoint-store",
+            &store,
+            "--checkpoint-every",
+            "2s",
+        ],
+    );
+    c.token = std::fs::read_to_string(c.dirs[2].path().join("join.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let m2b = c.join(3, "management", &c.seeds(&[2]));
+    let w3b = c.join(4, "worker", &c.seeds(&[2, 3]));
+    serves(&m2b.http);
+    serves(&m1b.http);
+    let settings = json(&m2b.server, &admin, &["app", "settings", "get", "web"]).unwrap();
+    assert_eq!(settings["settings"]["GREETING"], "hello", "{settings}");
+    assert!(
+        settings["settings"].get("AFTER").is_none(),
+        "the damaged checkpoint was not used: {settings}"
+    );
+    // Timers go on: every tick once (the ones missed while no node ran late, or
+    // as one past-due run), none twice.
+    more_runs_end(&record, 3);
+    let ticks = check_ticks(&read_events(&record), 3000);
+    assert!(ticks.len() >= 5, "{ticks:?}");
+
+    // The restored cluster checkpoints in a later term.
+    let newest = eventually(
+        Duration::from_secs(30),
+        "a checkpoint of the restored cluster",
+        || {
+            let s = json(&m2b.server, &admin, &["cluster", "status"])?;
+            let last = &s["checkpoint"]["last"];
+            (last["term"].as_u64()? > second["checkpoint"]["term"].as_u64()?)
+                .then(|| last["id"].as_str().unwrap().to_string())
+        },
+    );
+
+    // The store goes away (a file where its folder was): writes and serving go
+    // on; the status names the error; once it is back, checkpoints resume.
+    let away = store_dir.path().join("away");
+    std::fs::rename(&store_path, &away).unwrap();
+    std::fs::write(&store_path, "not a folder").unwrap();
+    for i in 0..5 {
+        let out = cli(
+            &m2b.server,
+            &admin,
+            &["app", "settings", "set", "web", &format!("DURING={i}")],
+        );
+        assert_eq!(
+            out.code, 0,
+            "a write while the store is away: {}",
+            out.stderr
+        );
+        assert_eq!(
+            get(&m1b.http, "/api/web/1?code=ops-key-0123456789abcdef").status,
+            200
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the store's error in the status",
+        || {
+            let s = json(&m1b.server, &admin, &["cluster", "status"])?;
+            s["checkpoint"]["last_error"].as_str().map(str::to_string)
+        },
+    );
+    let out = cli(&m1b.server, &admin, &["cluster", "checkpoint"]);
+    assert_ne!(out.code, 0, "no checkpoint without a store");
+    std::fs::remove_file(&store_path).unwrap();
+    std::fs::rename(&away, &store_path).unwrap();
+    eventually(Duration::from_secs(60), "checkpoints again", || {
+        let s = json(&m1b.server, &admin, &["cluster", "status"])?;
+        let c = &s["checkpoint"];
+        (c["last"]["id"] != newest.as_str() && c["last_error"].is_null()).then_some(())
+    });
+
+    // A node of the lost cluster comes back (its old data dir): it leads its old
+    // group again, but its checkpoint is older than the restored cluster's, and
+    // refused.
+    let old = Up::serve(
+        old_node.path(),
+        free_port(),
+        &["--node-id", "1", "--checkpoint-store", &store],
+    );
+    let out = cli(&old.server, &admin, &["cluster", "checkpoint"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("not newer"), "{}", out.stderr);
+    old.kill9();
+    strom_actors::runtime::process::reap_orphans(&old_node.path().join("run").join("instances"));
+    for up in [m1b, m2b, w3b] {
+        up.stop();
+    }
+}

@@ -24,8 +24,49 @@
 pub mod local;
 pub mod sqlserver;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Open the store a `--checkpoint-store` / `--from` value names:
+/// `local:DIR` (or a plain path), `sqlserver:<ADO.NET connection string>`, or
+/// `sqlserver:@FILE` (the connection string read from FILE, so that its password
+/// is not on a command line).
+pub fn open_store(spec: &str) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+    let spec = spec.trim();
+    let bad = |message: String| CheckpointError::Store {
+        store: "checkpoint store".into(),
+        message,
+    };
+    if let Some(rest) = spec.strip_prefix("sqlserver:") {
+        let conn = match rest.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| bad(format!("reading the connection string from {path}: {e}")))?,
+            None => rest.to_string(),
+        };
+        return Ok(Arc::new(sqlserver::SqlServerStore::new(conn.trim())?));
+    }
+    let dir = match spec.split_once(':') {
+        Some(("local", dir)) => dir,
+        // A Windows drive letter is a path, not a scheme.
+        Some((scheme, _)) if scheme.len() > 1 => {
+            return Err(bad(format!(
+            "`{scheme}:` is not a kind of store; use local:DIR or sqlserver:<connection string> \
+                 (or sqlserver:@FILE)"
+        )))
+        }
+        _ => spec,
+    };
+    if dir.is_empty() {
+        return Err(bad(
+            "local: needs a directory (local:/var/backups/strom)".into()
+        ));
+    }
+    Ok(Arc::new(local::LocalStore::open(std::path::Path::new(
+        dir,
+    ))?))
+}
 
 /// What a checkpoint is of, as listed (`strom cluster checkpoints`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +307,33 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_store_is_named_by_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = open_store(&format!("local:{}", dir.path().display())).unwrap();
+        assert!(local.describe().starts_with("local:"));
+        let plain = open_store(&dir.path().display().to_string()).unwrap();
+        assert_eq!(plain.describe(), local.describe());
+        let sql =
+            open_store("sqlserver:server=tcp:db,1433;database=strom;user id=u;password=p").unwrap();
+        assert_eq!(sql.describe(), "sqlserver:db:1433/strom");
+        let file = dir.path().join("conn");
+        std::fs::write(&file, "server=db;user id=u;password=p\n").unwrap();
+        assert!(open_store(&format!("sqlserver:@{}", file.display())).is_ok());
+        for (bad, want) in [
+            ("s3:bucket", "not a kind of store"),
+            ("local:", "needs a directory"),
+            (
+                "sqlserver:@/nonexistent/conn",
+                "reading the connection string",
+            ),
+            ("sqlserver:server=db", "no `user id`"),
+        ] {
+            let e = open_store(bad).err().unwrap().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]
