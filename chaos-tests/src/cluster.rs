@@ -37,6 +37,8 @@ pub const CONTROL_PORT: u16 = 7171;
 pub const HTTP_PORT: u16 = 7071;
 /// Versions each app keeps: low, so that a run's deploys exercise retention.
 pub const KEEP_VERSIONS: usize = 5;
+/// The managers' checkpoint store, a folder in the shared folder.
+pub const CHECKPOINTS: &str = "checkpoints";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -77,7 +79,8 @@ pub struct Cluster {
     pub admin_token: String,
     pub join_token: String,
     pub log_filter: String,
-    /// A host folder every node sees at `/shared` (the timer apps' run records).
+    /// A host folder every node sees at `/shared` (the timer apps' run records,
+    /// the managers' checkpoint store).
     pub shared: Option<std::path::PathBuf>,
 }
 
@@ -375,12 +378,29 @@ impl Cluster {
             image: Some(node.image.clone()),
             cmd: Some(self.args(i, bootstrap)),
             hostname: Some(node.name.clone()),
-            env: Some(vec![
-                format!("STROM_LOG={}", self.log_filter),
-                "STROM_WORKER_THREADS=2".into(),
-                // A variable, not a flag: an older build (`--from-binary`) ignores it.
-                format!("STROM_KEEP_VERSIONS={KEEP_VERSIONS}"),
-            ]),
+            env: Some(
+                vec![
+                    format!("STROM_LOG={}", self.log_filter),
+                    "STROM_WORKER_THREADS=2".into(),
+                    // A variable, not a flag: an older build (`--from-binary`) ignores it.
+                    format!("STROM_KEEP_VERSIONS={KEEP_VERSIONS}"),
+                ]
+                .into_iter()
+                // Managers checkpoint to the shared folder, often (variables too).
+                .chain(
+                    (node.role == Role::Manager && self.shared.is_some())
+                        .then(|| {
+                            [
+                                format!("STROM_CHECKPOINT_STORE=local:/shared/{CHECKPOINTS}"),
+                                "STROM_CHECKPOINT_EVERY=2s".to_string(),
+                                "STROM_CHECKPOINT_EVERY_ENTRIES=200".to_string(),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
+            ),
             labels: Some(labels(&self.run)),
             host_config: Some(HostConfig {
                 binds: Some(

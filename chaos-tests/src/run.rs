@@ -62,12 +62,15 @@ pub enum FaultKind {
     SplitLeaderMinority,
     CutWorker,
     RestartNode,
+    /// The managers' checkpoint store is gone for a while (a file where its
+    /// folder was): it impairs no node, so no write or request may fail.
+    StoreUnavailable,
     RollingUpgrade,
 }
 
 impl FaultKind {
     /// The CI profile's faults (each once, in a seeded order; the upgrade last).
-    pub const CI: [FaultKind; 8] = [
+    pub const CI: [FaultKind; 9] = [
         FaultKind::KillLeader,
         FaultKind::IsolateLeader,
         FaultKind::KillWorker,
@@ -76,10 +79,11 @@ impl FaultKind {
         FaultKind::CutWorker,
         FaultKind::KillFollower,
         FaultKind::RestartNode,
+        FaultKind::StoreUnavailable,
     ];
 
     /// The soak's menu with weights.
-    pub const SOAK: [(FaultKind, u32); 10] = [
+    pub const SOAK: [(FaultKind, u32); 11] = [
         (FaultKind::KillLeader, 12),
         (FaultKind::KillFollower, 10),
         (FaultKind::KillWorker, 12),
@@ -89,6 +93,7 @@ impl FaultKind {
         (FaultKind::SplitLeaderMinority, 10),
         (FaultKind::CutWorker, 10),
         (FaultKind::RestartNode, 8),
+        (FaultKind::StoreUnavailable, 4),
         (FaultKind::RollingUpgrade, 2),
     ];
 }
@@ -175,6 +180,8 @@ struct Chaos {
     rng: StdRng,
     web_key: String,
     http: workload::HttpClient,
+    /// When the checkpoint store came back after `StoreUnavailable` (Unix ms).
+    store_back_ms: Option<i64>,
 }
 
 async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Result<bool> {
@@ -213,6 +220,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         rng: StdRng::seed_from_u64(opts.seed),
         web_key: web_key.clone(),
         http: workload::http_client(),
+        store_back_ms: None,
     };
     chaos.deploy_apps(&work, &opts.handler).await?;
     chaos.wait_healthy(Duration::from_secs(120)).await?;
@@ -252,6 +260,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         .workers()
         .map(|i| chaos.cluster.nodes[i].name.clone())
         .collect();
+    let checkpoints = check_checkpoints(&shared, chaos.store_back_ms).await;
     let records = history.lock();
     let verdicts = checker::check_all(&records, &states, &workers, crate::cluster::KEEP_VERSIONS);
     println!();
@@ -276,11 +285,44 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         }
         passed &= v.passed();
     }
+    println!(
+        "{} checkpoints: {}",
+        if checkpoints.is_ok() { "PASS" } else { "FAIL" },
+        checkpoints.as_ref().unwrap_or_else(|e| e)
+    );
+    passed &= checkpoints.is_ok();
     if let Err(e) = plan_result {
         println!("FAIL the plan: it stopped early: {e:#}");
         passed = false;
     }
     Ok(passed)
+}
+
+/// The managers kept checkpointing: the store holds whole checkpoints, and one
+/// written after the store came back from being unavailable.
+async fn check_checkpoints(shared: &Path, back_ms: Option<i64>) -> Result<String, String> {
+    use strom_control_plane::checkpoint::{local::LocalStore, CheckpointStore};
+    let store =
+        LocalStore::open(&shared.join(crate::cluster::CHECKPOINTS)).map_err(|e| e.to_string())?;
+    let all = store.list(None).await.map_err(|e| e.to_string())?;
+    let newest = all.first().ok_or("the store holds no checkpoint")?;
+    store
+        .read(&newest.id)
+        .await
+        .map_err(|e| format!("the newest checkpoint does not read back: {e}"))?;
+    match back_ms {
+        Some(back) if newest.created_ms < back => Err(format!(
+            "none written after the store came back (newest {} at {})",
+            newest.id, newest.created_ms
+        )),
+        Some(back) => Ok(format!(
+            "{} kept; the newest ({}) {:.1} s after the store came back",
+            all.len(),
+            newest.id,
+            (newest.created_ms - back) as f64 / 1000.0
+        )),
+        None => Ok(format!("{} kept; the newest {}", all.len(), newest.id)),
+    }
 }
 
 /// Counts for the report: faults by kind, writes by outcome, requests by result,
@@ -716,6 +758,27 @@ impl Chaos {
                     .await
                     .with_context(|| format!("stopping {name}"))?;
                 self.cluster.restart(i).await?;
+                self.history.healed(f);
+                self.settle(f).await
+            }
+            FaultKind::StoreUnavailable => {
+                let shared = self
+                    .cluster
+                    .shared
+                    .clone()
+                    .context("no shared folder for the checkpoint store")?;
+                let store = shared.join(crate::cluster::CHECKPOINTS);
+                let away = shared.join(format!("{}.away", crate::cluster::CHECKPOINTS));
+                std::fs::create_dir_all(&store)?;
+                let f = self
+                    .history
+                    .fault("checkpoint store unavailable".to_string(), vec![]);
+                std::fs::rename(&store, &away).context("moving the store away")?;
+                std::fs::write(&store, "the checkpoint store is unavailable")?;
+                tokio::time::sleep(hold).await;
+                std::fs::remove_file(&store)?;
+                std::fs::rename(&away, &store).context("putting the store back")?;
+                self.store_back_ms = Some(strom_control_plane::management::now_ms());
                 self.history.healed(f);
                 self.settle(f).await
             }
