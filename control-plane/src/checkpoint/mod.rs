@@ -237,14 +237,15 @@ pub fn retention(
         all.iter().filter(|m| m.cluster_id == cluster_id).collect();
     ours.sort_by_key(|m| std::cmp::Reverse(m.position()));
     let going: Vec<String> = ours.iter().skip(keep).map(|m| m.id.clone()).collect();
-    let referenced: std::collections::BTreeSet<&str> = all
+    // Compared in lower case: a package id is hex, however a writer spelled it.
+    let referenced: std::collections::BTreeSet<String> = all
         .iter()
         .filter(|m| !going.contains(&m.id))
-        .flat_map(|m| m.packages.iter().map(|p| p.sha256.as_str()))
+        .flat_map(|m| m.packages.iter().map(|p| p.sha256.to_ascii_lowercase()))
         .collect();
     let packages = stored_packages
         .iter()
-        .filter(|p| !referenced.contains(p.as_str()))
+        .filter(|p| !referenced.contains(&p.to_ascii_lowercase()))
         .cloned()
         .collect();
     Retained {

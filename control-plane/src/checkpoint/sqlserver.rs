@@ -51,7 +51,10 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// link included); past it the connection is closed and the transaction rolled back.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(300);
 /// How long a statement waits for a row lock or an application lock.
-const LOCK_TIMEOUT_MS: i32 = 30_000;
+const LOCK_TIMEOUT_MS: i32 = 20_000;
+/// How long one round trip may take (tiberius' own deadline): longer than a lock
+/// wait, so the server's lock timeout (a clean error) always comes first.
+const ROUND_TRIP_DEADLINE: Duration = Duration::from_secs(120);
 
 /// One step of the schema: the statements that take it from `version - 1` to
 /// `version`. Each is idempotent (guarded by an existence check), so a step that
@@ -92,16 +95,19 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
              data          VARBINARY(MAX) NOT NULL,
              CONSTRAINT pk_checkpoint_chunks PRIMARY KEY (checkpoint_id, chunk)
          )",
+        // Package ids are NCHAR: tiberius sends text parameters as NVARCHAR, and a
+        // CHAR column would be converted for the comparison (a scan under SQL_*
+        // collations, with range locks over the whole table).
         "IF OBJECT_ID(N'strom.packages', N'U') IS NULL
          CREATE TABLE strom.packages (
-             sha256    CHAR(64) NOT NULL CONSTRAINT pk_packages PRIMARY KEY,
+             sha256    NCHAR(64) NOT NULL CONSTRAINT pk_packages PRIMARY KEY,
              size      BIGINT   NOT NULL,
              complete  BIT      NOT NULL,
              stored_ms BIGINT   NOT NULL
          )",
         "IF OBJECT_ID(N'strom.package_chunks', N'U') IS NULL
          CREATE TABLE strom.package_chunks (
-             sha256 CHAR(64)       NOT NULL,
+             sha256 NCHAR(64)      NOT NULL,
              chunk  INT            NOT NULL,
              data   VARBINARY(MAX) NOT NULL,
              CONSTRAINT pk_package_chunks PRIMARY KEY (sha256, chunk)
@@ -312,7 +318,11 @@ fn split_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
             }
         }
         if out.iter().any(|(k, _)| *k == key) {
-            return Err(format!("`{key}` is given twice"));
+            return Err(if KNOWN_KEYS.contains(&key.as_str()) {
+                format!("`{key}` is given twice")
+            } else {
+                format!("pair {} repeats an earlier key", out.len() + 1)
+            });
         }
         while chars.peek().is_some_and(|c| *c == ' ') {
             chars.next();
@@ -327,8 +337,40 @@ fn split_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
 
 type Sql = Client<Compat<TcpStream>>;
 
-/// A pooled connection; `busy` is set while an operation runs, so one that did not
-/// finish is closed by the pool instead of being handed out again.
+/// A pooled connection in use: unless [`Busy::done`] is called, dropping it closes
+/// the connection (taken out of the pool) rather than returning it.
+struct Busy(Option<deadpool::managed::Object<Manager>>);
+
+impl Busy {
+    fn new(mut conn: deadpool::managed::Object<Manager>) -> Busy {
+        conn.busy = true;
+        Busy(Some(conn))
+    }
+
+    fn client(&mut self) -> &mut Sql {
+        &mut self.0.as_mut().expect("a connection in use").client
+    }
+
+    /// The operation finished cleanly: back to the pool.
+    fn done(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.busy = false;
+        }
+        self.0 = None;
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Out of the pool and dropped: its socket closes now.
+            drop(deadpool::managed::Object::take(conn));
+        }
+    }
+}
+
+/// A pooled connection; `busy` is set while an operation runs (a connection that
+/// is somehow returned busy is closed when next recycled).
 pub struct Conn {
     client: Sql,
     busy: bool,
@@ -352,7 +394,9 @@ impl deadpool::managed::Manager for Manager {
                 .await
                 .map_err(|e| sql_error(store, "connecting", e))?;
             tcp.set_nodelay(true).ok();
-            let mut client = Client::connect(self.target.config.clone(), tcp.compat_write())
+            let mut config = self.target.config.clone();
+            config.command_timeout(Some(ROUND_TRIP_DEADLINE));
+            let mut client = Client::connect(config, tcp.compat_write())
                 .await
                 .map_err(|e| sql_error(store, "logging in", e))?;
             // XACT_ABORT ON: a run-time error in a transaction rolls all of it back
@@ -486,7 +530,10 @@ impl SqlServerStore {
     }
 
     /// Run `op` on a pooled connection, within the operation deadline; the schema
-    /// is created or migrated first (once per store).
+    /// is created or migrated first (once per store). A connection whose operation
+    /// did not finish cleanly (a store error, the deadline, a dropped future) is
+    /// closed at once, so the server rolls its transaction back and frees its
+    /// locks instead of an idle pooled session holding them.
     async fn with<T>(
         &self,
         op: impl for<'c> FnOnce(
@@ -497,20 +544,20 @@ impl SqlServerStore {
         let run = async {
             self.migrated
                 .get_or_try_init(|| async {
-                    let mut conn = self.connection().await?;
-                    conn.busy = true;
-                    self.migrate(&mut conn.client).await?;
-                    conn.busy = false;
+                    let mut conn = Busy::new(self.connection().await?);
+                    self.migrate(conn.client()).await?;
+                    conn.done();
                     Ok::<(), CheckpointError>(())
                 })
                 .await?;
-            let mut conn = self.connection().await?;
-            conn.busy = true;
-            let out = op(&mut conn.client, self).await;
+            let mut conn = Busy::new(self.connection().await?);
+            let out = op(conn.client(), self).await;
             // A refusal (stale, not found, corrupt) comes after a clean rollback
-            // (see `transaction`): the connection is fine. A store error may have
-            // left it in any state: closed.
-            conn.busy = matches!(out, Err(CheckpointError::Store { .. }));
+            // (see `transaction`): the connection goes back to the pool. A store
+            // error may have left it in any state: closed.
+            if !matches!(out, Err(CheckpointError::Store { .. })) {
+                conn.done();
+            }
             out
         };
         match tokio::time::timeout(OPERATION_DEADLINE, run).await {
@@ -518,7 +565,8 @@ impl SqlServerStore {
             Err(_) => Err(CheckpointError::Store {
                 store: self.describe.clone(),
                 message: format!(
-                    "the operation did not finish within {}s; its transaction was rolled back",
+                    "the operation did not finish within {}s; its connection was closed \
+                     (the server rolls its transaction back)",
                     OPERATION_DEADLINE.as_secs()
                 ),
             }),
@@ -711,13 +759,21 @@ async fn transaction<T>(
         Err(e) => {
             // `IF @@TRANCOUNT > 0`: XACT_ABORT may have rolled back already, and a
             // ROLLBACK without a transaction is error 3903.
-            c.simple_query("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
-                .await
-                .map_err(s.err("rolling back"))?
-                .into_results()
-                .await
-                .map_err(s.err("rolling back"))?;
-            Err(e)
+            let rollback = async {
+                c.simple_query("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
+                    .await?
+                    .into_results()
+                    .await
+            };
+            match rollback.await {
+                Ok(_) => Err(e),
+                // The connection is unusable: a store error (so it is closed),
+                // naming what failed first.
+                Err(r) => Err(CheckpointError::Store {
+                    store: s.describe.clone(),
+                    message: format!("{e}; then rolling back failed too: {r}"),
+                }),
+            }
         }
     }
 }
@@ -1208,7 +1264,7 @@ mod tests {
         ] {
             let e = err(s);
             assert!(e.contains(want), "{s}: {e}");
-            assert!(!e.contains("secret1"), "{s}: {e}");
+            assert!(!e.contains("secret1") && !e.contains("cret1"), "{s}: {e}");
         }
         if !cfg!(windows) {
             let e = err("server=db;Integrated Security=SSPI");
