@@ -1114,7 +1114,21 @@ fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
         .unwrap()
         .trim()
         .to_string();
-    let m2b = c.join(3, "management", &c.seeds(&[2]));
+    let seed = c.seeds(&[2]);
+    let m2b = c.start(
+        3,
+        "management",
+        &[
+            "--join",
+            &seed,
+            "--join-token",
+            &c.token,
+            "--checkpoint-store",
+            &store,
+            "--checkpoint-every",
+            "2s",
+        ],
+    );
     let w3b = c.join(4, "worker", &c.seeds(&[2, 3]));
     serves(&m2b.http);
     serves(&m1b.http);
@@ -1180,6 +1194,31 @@ fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
         let c = &s["checkpoint"];
         (c["last"]["id"] != newest.as_str() && c["last_error"].is_null()).then_some(())
     });
+
+    // Leadership moves (node 1 drained): the new leader (node 4) goes on
+    // checkpointing from the store's newest.
+    let before = json(&m2b.server, &admin, &["cluster", "status"]).unwrap()["checkpoint"]["last"]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drained = json(&m2b.server, &admin, &["node", "drain", "1"]).unwrap();
+    assert_eq!(drained["leader_id"], 4, "{drained}");
+    let out = cli(
+        &m2b.server,
+        &admin,
+        &["app", "settings", "set", "web", "LEADER=4"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eventually(
+        Duration::from_secs(30),
+        "a checkpoint by the new leader",
+        || {
+            let s = json(&m1b.server, &admin, &["cluster", "status"])?;
+            let c = &s["checkpoint"];
+            (c["node_id"] == 4 && c["last"]["id"] != before.as_str()).then_some(())
+        },
+    );
 
     // A node of the lost cluster comes back (its old data dir): it leads its old
     // group again, but its checkpoint is older than the restored cluster's, and

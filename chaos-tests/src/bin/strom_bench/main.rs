@@ -31,6 +31,11 @@
 //! and process runtimes against a bare container and a bare process, and the
 //! worker's memory per instance (skipped with a note without a Docker engine).
 //!
+//! Checkpoints (`ha/checkpoints.rs`): the time and size of a checkpoint of 100
+//! apps to a local store (the first sending every package, the next only the
+//! state), and a 3-member group's write throughput with checkpoints running back
+//! to back against the same load without them.
+//!
 //! Timers (`timers.rs`): how late a timer run reaches a warm instance after its
 //! tick through `strom up`, against a loop that sleeps until each tick and calls
 //! the handler directly.
@@ -41,7 +46,7 @@
 //! baselines, with its rows marked "(before)".
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,gateway-cost,placements,ha,containers,timers] [--before DIR]
+//! [--trials N] [--only gateway,gateway-cost,placements,ha,checkpoints,containers,timers] [--before DIR]
 //! [--no-write]`. The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
@@ -79,11 +84,12 @@ mod placements;
 mod timers;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "gateway",
     "gateway-cost",
     "placements",
     "ha",
+    "checkpoints",
     "containers",
     "timers",
 ];
@@ -218,6 +224,11 @@ async fn main() -> anyhow::Result<()> {
                 out!("### Commit latency, throughput, failover and memory: Strom vs etcd");
                 out!();
                 ha::run(&builds, seconds, trials).await?;
+            }
+            "checkpoints" => {
+                out!("### Checkpoints: time and size for 100 apps, and writes while they run");
+                out!();
+                ha::checkpoints::run(&builds, seconds).await?;
             }
             "timers" => {
                 out!("### Timer dispatch lateness: scheduled tick → handler receives the run");

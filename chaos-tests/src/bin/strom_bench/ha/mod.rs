@@ -31,6 +31,7 @@ use failover::{failover, print_failover_row, print_trials};
 use replicated::{http_client, http_post, Replicated, Writer};
 use strom_group::StromGroup;
 
+pub mod checkpoints;
 mod commit;
 mod daemon;
 mod etcd_group;

@@ -20,6 +20,16 @@ pub(super) struct StromGroup {
 impl StromGroup {
     /// Bootstrap node 1, then join the others one by one.
     pub(super) async fn start(bins: &Path, dir: &Path, n: usize) -> anyhow::Result<StromGroup> {
+        Self::start_with(bins, dir, n, &[]).await
+    }
+
+    /// As [`StromGroup::start`], every node with `extra` flags.
+    pub(super) async fn start_with(
+        bins: &Path,
+        dir: &Path,
+        n: usize,
+        extra: &[String],
+    ) -> anyhow::Result<StromGroup> {
         let control_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut group = StromGroup {
             bins: bins.to_path_buf(),
@@ -47,6 +57,7 @@ impl StromGroup {
                 "--http-addr".into(),
                 format!("127.0.0.1:{}", free_port()),
             ];
+            args.extend(extra.iter().cloned());
             if i == 0 {
                 args.push("--bootstrap".into());
             } else {
