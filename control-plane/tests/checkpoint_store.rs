@@ -350,4 +350,19 @@ async fn a_local_store_answers_bad_names_as_absent() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // What it made is its owner's alone (checkpoints hold keys in clear).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let fresh = local.1.path().join("new").join("store");
+        let store = LocalStore::open(&fresh).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join("checkpoints")), 0o700);
+        let state = bytes(10, 2);
+        let meta = CheckpointMeta::new("modes", 1, 1, 0, &state, vec![]);
+        store.write(&meta, &state).await.unwrap();
+        let file = fresh.join("checkpoints").join(format!("{}.state", meta.id));
+        assert_eq!(mode(&file), 0o600);
+    }
 }

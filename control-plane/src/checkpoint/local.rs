@@ -8,8 +8,10 @@
 //! <dir>/store.lock                 writers and retention hold it (one at a time)
 //! ```
 //!
-//! Every file is written to a temporary name, flushed, renamed into place, and the
-//! folder flushed (`crate::durable::write_atomically`); every read is verified
+//! Folders it creates are 0700 and its files 0600 (checkpoints hold keys and
+//! settings in clear). Every file is written to a temporary name, flushed, renamed
+//! into place, and the folder flushed (`crate::durable::write_atomically`); every
+//! read is verified
 //! against its SHA-256. The lock is an advisory file lock (`flock`): it serializes
 //! writers on one machine and on shares that honour it (NFSv4, SMB); on a share
 //! that does not, point one cluster at one folder.
@@ -31,7 +33,10 @@ impl LocalStore {
             dir: dir.to_path_buf(),
         };
         for sub in ["packages", "checkpoints"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| store.io("creating it", e))?;
+            let path = dir.join(sub);
+            if !path.is_dir() {
+                private_dir(&path).map_err(|e| store.io("creating it", e))?;
+            }
         }
         Ok(store)
     }
@@ -157,6 +162,20 @@ impl LocalStore {
         }
         std::fs::write(&path, bytes).map_err(|e| self.io("corrupting", e))
     }
+}
+
+/// Create `path` (and missing parents) readable by its owner only: checkpoints
+/// hold keys and settings in clear. A folder that exists (a share an operator
+/// made) is left as it is.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
 }
 
 #[async_trait::async_trait]

@@ -944,6 +944,9 @@ impl CheckpointStore for SqlServerStore {
         let sha = check_sha(sha256)?;
         self.with(move |c, s| {
             Box::pin(async move {
+                // READ COMMITTED (no transaction): a package another writer is
+                // storing is absent until it commits; storing it again then waits
+                // on that writer's key lock and finds it complete.
                 let found = rows(
                     c,
                     s,
@@ -981,7 +984,8 @@ impl CheckpointStore for SqlServerStore {
                         if existing.first().and_then(|r| r.get::<bool, _>(0)) == Some(true) {
                             return Ok(());
                         }
-                        // Leftovers of an incomplete package go first.
+                        // Leftovers of an incomplete package go first (its row is
+                        // locked by the SELECT above, so no one else writes it).
                         exec(c, s, "storing a package", "DELETE FROM strom.package_chunks WHERE sha256 = @P1", &[&sha.as_str()]).await?;
                         exec(c, s, "storing a package", "DELETE FROM strom.packages WHERE sha256 = @P1", &[&sha.as_str()]).await?;
                         let now = chrono::Utc::now().timestamp_millis();
@@ -1078,7 +1082,8 @@ impl CheckpointStore for SqlServerStore {
                                 return Err(CheckpointError::PackageNotFound(sha));
                             }
                         }
-                        // Leftovers of an incomplete write of the same checkpoint.
+                        // Leftovers of an incomplete write of the same checkpoint (no
+                        // writer of this cluster runs: we hold its lock).
                         exec(
                             c,
                             s,
@@ -1131,6 +1136,8 @@ impl CheckpointStore for SqlServerStore {
         let cluster = cluster_id.map(str::to_string);
         self.with(move |c, s| {
             Box::pin(async move {
+                // Committed, complete rows only (under READ_COMMITTED_SNAPSHOT,
+                // the last committed version: a write in progress is not listed).
                 let found = match &cluster {
                     Some(id) => rows(c, s, "listing checkpoints", "SELECT meta FROM strom.checkpoints WHERE complete = 1 AND cluster_id = @P1", &[&id.as_str()]).await?,
                     None => rows(c, s, "listing checkpoints", "SELECT meta FROM strom.checkpoints WHERE complete = 1", &[]).await?,
@@ -1176,6 +1183,9 @@ impl CheckpointStore for SqlServerStore {
                     Box::pin(async move {
                         applock(c, s, &format!("strom:checkpoints:{cluster}"), "Exclusive").await?;
                         applock(c, s, "strom:packages", "Exclusive").await?;
+                        // Under the cluster's lock and the exclusive packages lock: no
+                        // writer of any cluster is between its package check and its
+                        // commit, so what is unreferenced here stays unreferenced.
                         let all = rows(c, s, "retention", "SELECT meta FROM strom.checkpoints WHERE complete = 1", &[]).await?;
                         let all = all.iter().map(|r| parse_meta(s, r)).collect::<Result<Vec<_>, _>>()?;
                         let stored: Vec<String> = rows(c, s, "retention", "SELECT sha256 FROM strom.packages", &[])
