@@ -384,6 +384,8 @@ impl Cluster {
                     "STROM_WORKER_THREADS=2".into(),
                     // A variable, not a flag: an older build (`--from-binary`) ignores it.
                     format!("STROM_KEEP_VERSIONS={KEEP_VERSIONS}"),
+                    // No load balancer watches `/readyz` here: a short not-ready grace.
+                    "STROM_SHUTDOWN_DELAY_SECS=1".into(),
                 ]
                 .into_iter()
                 // Managers checkpoint to the shared folder, often (variables too).

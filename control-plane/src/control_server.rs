@@ -88,6 +88,7 @@ pub async fn serve(
     node: ManagementNode,
     api: AdminApi,
     listener: tokio::net::TcpListener,
+    health: Arc<crate::health::Health>,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -147,7 +148,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let router = server
         .layer(crate::decode_errors::DecodeErrorsLayer)
-        .layer(crate::publishing::PublishingLayer::new(api_for_publishing))
+        .layer(crate::publishing::PublishingLayer::new(api_for_publishing).with_health(health))
         .add_service(admin)
         .add_service(raft)
         .add_service(cluster)

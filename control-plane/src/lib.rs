@@ -33,6 +33,7 @@ pub mod deployments;
 pub mod durable;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod impl_raft_network;
 pub mod internal_auth;
 pub mod leader_duties;

@@ -43,15 +43,23 @@ pub const ADMIN_USER: &str = "$strom";
 
 type Body = tonic::body::Body;
 
-/// Puts the publishing endpoint in front of the control port's gRPC services.
+/// Puts the publishing endpoint (and, with [`PublishingLayer::with_health`], the
+/// health endpoints) in front of the control port's gRPC services.
 #[derive(Clone)]
 pub struct PublishingLayer {
     api: AdminApi,
+    health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 impl PublishingLayer {
     pub fn new(api: AdminApi) -> Self {
-        PublishingLayer { api }
+        PublishingLayer { api, health: None }
+    }
+
+    /// Also answer `/healthz` and `/readyz` (docs/operations.md).
+    pub fn with_health(mut self, health: std::sync::Arc<crate::health::Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 }
 
@@ -62,6 +70,7 @@ impl<S> tower_layer::Layer<S> for PublishingLayer {
         Publishing {
             inner,
             api: self.api.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -70,6 +79,7 @@ impl<S> tower_layer::Layer<S> for PublishingLayer {
 pub struct Publishing<S> {
     inner: S,
     api: AdminApi,
+    health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 /// Whether a request is for the publishing endpoint (not gRPC).
@@ -99,6 +109,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some(answer) = self
+            .health
+            .as_ref()
+            .and_then(|h| crate::health::control_port_answer(h, &request))
+        {
+            return Box::pin(async move { Ok(answer) });
+        }
         if !is_publishing(&request) {
             let answer = self.inner.call(request);
             return Box::pin(answer);

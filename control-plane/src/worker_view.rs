@@ -55,6 +55,7 @@ pub fn project(state: &StateView, node: NodeId) -> WorkerView {
                 disabled,
                 placements: s.placements.get(name).cloned().unwrap_or_default(),
                 system_keys: s.system_keys.get(name).cloned().unwrap_or_default(),
+                scaled_to_zero: app.scale == Some(0),
             },
         );
         let instances = s.placed(name, node);

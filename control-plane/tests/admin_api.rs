@@ -35,6 +35,7 @@ async fn serve(max_package: u64) -> Server {
         node.clone(),
         strom_control_plane::admin_service::AdminApi::new(node.clone()),
         listener,
+        strom_control_plane::health::Health::new(1),
         cancel.clone(),
     ));
     let Bootstrap::Created { admin_token } = node.bootstrap(Duration::from_secs(20)).await.unwrap()

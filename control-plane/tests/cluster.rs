@@ -39,6 +39,7 @@ async fn member(id: u64) -> Member {
         node.clone(),
         AdminApi::new(node.clone()),
         listener,
+        strom_control_plane::health::Health::new(id),
         cancel.clone(),
     ));
     Member {

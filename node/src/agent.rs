@@ -162,9 +162,34 @@ pub struct Agent {
     /// The leader's applied index from the latest heartbeat: a watched state that
     /// stays behind it is stale, and the watch moves to another management node.
     pub(crate) leader_index: std::sync::atomic::AtomicU64,
+    /// When the leader last answered (a registration or a heartbeat), and the
+    /// lease it gave: the worker's readiness.
+    heard: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
 }
 
 impl Agent {
+    /// `/readyz`'s worker check: registered, and heard by a leader within its lease.
+    pub fn readiness(&self) -> strom_control_plane::health::Check {
+        use strom_control_plane::health::Check;
+        match *self.heard.lock().expect("heard") {
+            None => Check::not_ready("not registered with the cluster yet"),
+            Some((at, lease)) if at.elapsed() <= lease => Check::ready(format!(
+                "registered; the leader answered {} ms ago (lease {} ms)",
+                at.elapsed().as_millis(),
+                lease.as_millis()
+            )),
+            Some((at, lease)) => Check::not_ready(format!(
+                "no leader has answered for {} ms (lease {} ms): the cluster may mark this worker Down",
+                at.elapsed().as_millis(),
+                lease.as_millis()
+            )),
+        }
+    }
+
+    fn heard(&self, lease: Duration) {
+        *self.heard.lock().expect("heard") = Some((std::time::Instant::now(), lease));
+    }
+
     pub fn new(
         offer: WorkerOffer,
         token: String,
@@ -177,6 +202,7 @@ impl Agent {
             managers,
             data_dir: data_dir.to_path_buf(),
             leader_index: Default::default(),
+            heard: Default::default(),
         }
     }
 
@@ -231,7 +257,9 @@ impl Agent {
                     .map_err(RegisterError::Refused)?;
                 self.managers.lock().cluster_id = r.cluster_id;
                 self.managers.lock().leader = Some(url.to_string());
-                Ok(Duration::from_millis(r.lease_ms.max(1)))
+                let lease = Duration::from_millis(r.lease_ms.max(1));
+                self.heard(lease);
+                Ok(lease)
             }
             Err(s) => match s.code() {
                 tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => Err(
@@ -329,6 +357,7 @@ impl Agent {
                     self.leader_index
                         .fetch_max(r.applied_index, std::sync::atomic::Ordering::Relaxed);
                     let lease = Duration::from_millis(r.lease_ms.max(1));
+                    self.heard(lease);
                     every = (lease / 5).max(Duration::from_millis(100));
                 }
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {

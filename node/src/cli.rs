@@ -288,6 +288,11 @@ pub struct ServeArgs {
     /// TLS: the CA certificate that signed every node's certificate (PEM).
     #[arg(long, env = "STROM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// On SIGTERM/Ctrl-C, seconds to answer not-ready on `/readyz` (still serving)
+    /// before stopping, so a load balancer stops sending first; a second signal
+    /// stops at once [default: 5].
+    #[arg(long, env = "STROM_SHUTDOWN_DELAY_SECS")]
+    pub shutdown_delay_secs: Option<u64>,
     /// Management: where the leader writes checkpoints of the cluster's state:
     /// `local:DIR` (a directory, may be a network share) or
     /// `sqlserver:<ADO.NET connection string>` (`sqlserver:@FILE` reads it from a

@@ -75,6 +75,7 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
         .or(file.checkpoint_every_entries);
     args.checkpoint_every = args.checkpoint_every.or(file.checkpoint_every);
     args.checkpoint_keep = args.checkpoint_keep.or(file.checkpoint_keep);
+    args.shutdown_delay_secs = args.shutdown_delay_secs.or(file.shutdown_delay_secs);
     Ok(args)
 }
 
@@ -212,6 +213,9 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         max_connections: args.http_max_connections.unwrap_or(d.max_connections),
     };
     problems.extend(http_problems(&http));
+    if args.shutdown_delay_secs.is_some_and(|s| s > 300) {
+        problems.push("shutdown-delay-secs: at most 300".into());
+    }
     if args.keep_versions == Some(0) {
         problems.push("keep-versions: must be at least 1 (the active version)".into());
     }
@@ -278,6 +282,7 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         wide: false,
         tls,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_secs.unwrap_or(5)),
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),
         http,

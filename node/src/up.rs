@@ -119,6 +119,9 @@ pub struct NodeSettings {
     /// TLS identity for every listener and node-to-node connection.
     pub tls: Option<strom_control_plane::tls::NodeTls>,
     pub startup_timeout: Duration,
+    /// On SIGTERM/Ctrl-C: answer not-ready on `/readyz` this long, still serving,
+    /// before stopping (a load balancer notices and sends no new requests).
+    pub shutdown_delay: Duration,
     pub max_request_body_bytes: usize,
     /// The function port's timeouts and connection limit.
     pub http: crate::gateway::listener::HttpLimits,
@@ -193,6 +196,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         wide: args.wide,
         tls: None,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
+        // A developer's single node: stop at once.
+        shutdown_delay: Duration::ZERO,
         max_request_body_bytes: args.max_request_body_bytes,
         http: crate::gateway::listener::HttpLimits {
             header_read: Duration::from_secs(args.http_header_timeout_secs),
@@ -251,6 +256,8 @@ struct Running {
     agent_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The node's proof of membership (shown on internal calls and hops).
     secret: ClusterSecret,
+    /// `/healthz` and `/readyz` on both ports: each role adds its check.
+    health: Arc<strom_control_plane::health::Health>,
     /// What this node's worker and gateway see of the cluster.
     view: Option<tokio::sync::watch::Receiver<Arc<WorkerView>>>,
     /// The admin API (a management node): the key management API writes through it.
@@ -317,6 +324,25 @@ pub async fn run_node(
     )))?;
     if let Some(tls) = &settings.tls {
         strom_control_plane::tls::install(tls.clone());
+    }
+    // A new cluster's tokens exist before its control port opens: a script that
+    // waits for the port and then runs the CLI finds `admin.token` (bootstrap
+    // takes the files it finds).
+    let new_cluster = settings.management
+        && matches!(settings.start, Start::Bootstrap)
+        && !settings.data_dir.join("raft").join("log.redb").exists();
+    if new_cluster {
+        for file in ["admin.token", JOIN_TOKEN_FILE] {
+            let path = settings.data_dir.join(file);
+            let present = std::fs::read_to_string(&path).is_ok_and(|t| !t.trim().is_empty());
+            if !present {
+                strom_control_plane::management::write_secret_file(
+                    &path,
+                    &strom_control_plane::management::new_token(),
+                )
+                .map_err(io_error(path.display().to_string()))?;
+            }
+        }
     }
     // Bind first: a taken port is reported before anything else happens.
     let control = match settings.management {
@@ -398,6 +424,7 @@ pub async fn run_node(
         api: None,
         managers: None,
         secret: ClusterSecret::default(),
+        health: strom_control_plane::health::Health::new(settings.node_id),
     };
     let invocations = InvocationStore::new(INVOCATION_RECORDS);
 
@@ -431,12 +458,27 @@ pub async fn run_node(
         let worker_view = api.worker_slot();
         let view_slot = api.view_slot();
         running.api = Some(api.clone());
-        running.server = Some(tokio::spawn(control_server::serve(
-            node.clone(),
-            api,
-            control,
-            running.control_cancel.clone(),
-        )));
+        {
+            let node = node.clone();
+            running.health.set_check("management", move || {
+                strom_control_plane::health::management_check(&node)
+            });
+        }
+        // A new cluster's control port accepts only once the cluster exists (a
+        // client connecting meanwhile waits in the backlog, then is answered);
+        // a joining or restarting member serves at once (its peers need it).
+        let serve = {
+            let (node, health, cancel) = (
+                node.clone(),
+                running.health.clone(),
+                running.control_cancel.clone(),
+            );
+            move || tokio::spawn(control_server::serve(node, api, control, health, cancel))
+        };
+        let mut serve = Some(serve);
+        if !new_cluster {
+            running.server = serve.take().map(|s| s());
+        }
         running.duties.push(tokio::spawn(
             strom_control_plane::checkpointer::run_checkpointer(
                 node.clone(),
@@ -480,6 +522,9 @@ pub async fn run_node(
                 joined
             }
         };
+        if let Some(serve) = serve.take() {
+            running.server = Some(serve());
+        }
         match started {
             Ok(b) => bootstrap = b,
             Err(e) => {
@@ -558,12 +603,19 @@ pub async fn run_node(
                 secret: running.secret.clone(),
                 http: settings.http,
                 key_admin: key_admin(&running, &view),
+                health: Some(running.health.clone()),
                 ..GatewayConfig::default()
             },
             routing,
             view,
             invocations.clone(),
         );
+        {
+            let gateway = gateway.clone();
+            running
+                .health
+                .set_check("gateway", move || gateway.readiness());
+        }
         // The leader's timer duties send runs through this node's gateway.
         if let Some(node) = &running.node {
             node.duties.timers.set(Arc::new(gateway.clone()));
@@ -664,6 +716,19 @@ pub async fn run_node(
     }
 
     shutdown_signal().await;
+    // Not ready first, still serving, so a load balancer stops sending before
+    // the ports close.
+    running.health.stopping();
+    if !settings.shutdown_delay.is_zero() {
+        eprintln!(
+            "stopping in {} s (not ready from now on)…",
+            settings.shutdown_delay.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(settings.shutdown_delay) => {}
+            _ = shutdown_signal() => {}
+        }
+    }
     eprintln!("stopping…");
     running.stop().await;
     Ok(())
@@ -747,6 +812,12 @@ async fn start_worker(
         managers.clone(),
         &settings.data_dir,
     ));
+    {
+        let agent = agent.clone();
+        running
+            .health
+            .set_check("worker", move || agent.readiness());
+    }
     let lease = agent
         .register(Duration::from_secs(60))
         .await

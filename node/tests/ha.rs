@@ -1237,3 +1237,164 @@ fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
         up.stop();
     }
 }
+
+/// `/readyz` of a port: (status, body).
+fn readyz(base: &str) -> (u16, serde_json::Value) {
+    let r = get(base, "/readyz");
+    (
+        r.status,
+        serde_json::from_str(&r.text()).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn t97_readiness_follows_the_leader_the_workers_and_a_stop() {
+    let mut c = Cluster::new(4);
+    let m1 = c.bootstrap(0);
+    let admin = c.admin();
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.start(
+        2,
+        "management",
+        &[
+            "--join",
+            &c.seeds(&[0]),
+            "--join-token",
+            &c.token,
+            "--shutdown-delay-secs",
+            "4",
+        ],
+    );
+    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m1.server, &admin, apps.path(), "web");
+
+    // Everyone ready: the control ports (management), the function ports
+    // (gateway, and the worker's lease); alive without a key.
+    for m in [&m1, &m2, &m3] {
+        let (status, body) = readyz(&m.server);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["checks"]["management"]["ready"], true, "{body}");
+        assert_eq!(get(&m.server, "/healthz").status, 200);
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the worker's gateway ready",
+        || {
+            let (status, body) = readyz(&w4.http);
+            (status == 200 && body["checks"]["worker"]["ready"] == true).then_some(())
+        },
+    );
+    eventually(Duration::from_secs(30), "m1's gateway routes web", || {
+        let (status, body) = readyz(&m1.http);
+        (status == 200
+            && body["checks"]["gateway"]["detail"]
+                .as_str()?
+                .contains("routes 1 app"))
+        .then_some(())
+    });
+
+    // The only worker is lost: gateways say which app they cannot reach.
+    w4.kill9();
+    strom_actors::runtime::process::reap_orphans(&c.dirs[3].path().join("run").join("instances"));
+    let body = eventually(Duration::from_secs(30), "m1's gateway not ready", || {
+        let (status, body) = readyz(&m1.http);
+        (status == 503).then_some(body)
+    });
+    assert!(
+        body["checks"]["gateway"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("web"),
+        "{body}"
+    );
+    assert_eq!(get(&m1.http, "/healthz").status, 200, "alive all the same");
+
+    // A stopping node is not ready for its shutdown delay while it still answers.
+    let pid = m3.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let body = eventually(
+        Duration::from_secs(3),
+        "m3 not ready while stopping",
+        || {
+            let (status, body) = readyz(&m3.server);
+            (status == 503).then_some(body)
+        },
+    );
+    assert!(
+        body["checks"]["node"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopping"),
+        "{body}"
+    );
+    assert_eq!(get(&m3.server, "/healthz").status, 200, "still answering");
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "settings", "set", "web", "DURING=stop"],
+    );
+    assert_eq!(out.code, 0, "writes go on meanwhile: {}", out.stderr);
+    m3.stop();
+
+    // Two of three managers gone: the last has no leader, and says so.
+    m2.kill9();
+    let body = eventually(Duration::from_secs(30), "m1 without a leader", || {
+        let (status, body) = readyz(&m1.server);
+        (status == 503).then_some(body)
+    });
+    let detail = body["checks"]["management"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no known leader") || detail.contains("no known quorum"),
+        "{body}"
+    );
+    m1.kill9();
+}
+
+#[test]
+fn t98_a_new_clusters_admin_token_exists_before_its_control_port_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(
+        std::process::Command::new(common::STROM)
+            .args(["serve", "--bootstrap", "--node-id", "1", "--data-dir"])
+            .arg(dir.path())
+            .args(["--control-addr", &format!("127.0.0.1:{port}")])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env("STROM_SHUTDOWN_DELAY_SECS", "0")
+            .env("STROM_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // The moment the port opens, a script can use the CLI.
+            let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+            assert!(!token.trim().is_empty());
+            let out = common::cli(
+                &format!("http://127.0.0.1:{port}"),
+                &["cluster", "status"],
+                &["--data-dir", dir.path().to_str().unwrap()],
+            );
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port never opened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -79,6 +79,10 @@ pub struct AppRoutes {
     /// the key management API (`/admin/host/systemkeys`).
     #[serde(default)]
     pub system_keys: BTreeMap<String, String>,
+    /// Scaled to 0 on purpose (`strom app scale APP 0`): a gateway with nothing
+    /// placed for it is still ready (`/readyz`). Absent in older views: false.
+    #[serde(default)]
+    pub scaled_to_zero: bool,
 }
 
 /// One app placed on this node.

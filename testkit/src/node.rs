@@ -69,6 +69,10 @@ impl Up {
             .args(["--control-addr", &format!("127.0.0.1:{control_port}")])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(args);
+        // Tests stop nodes often: no not-ready grace unless a test asks for one.
+        if !args.contains(&"--shutdown-delay-secs") {
+            cmd.env("STROM_SHUTDOWN_DELAY_SECS", "0");
+        }
         Self::spawn(cmd, data_dir)
     }
 

@@ -871,6 +871,7 @@ mod tests {
                     disabled: disabled.into_iter().collect(),
                     placements: BTreeMap::from([(2, 1)]),
                     system_keys: BTreeMap::new(),
+                    scaled_to_zero: false,
                 },
             );
         }

@@ -76,6 +76,8 @@ pub struct GatewayConfig {
     pub http: listener::HttpLimits,
     /// Where the key management API's writes go.
     pub key_admin: KeyAdminHandle,
+    /// `/healthz` and `/readyz` (the node's checks; none: always ready).
+    pub health: Option<Arc<strom_control_plane::health::Health>>,
 }
 
 /// This node's [`KeyAdmin`], if it has one.
@@ -100,6 +102,7 @@ impl Default for GatewayConfig {
             secret: ClusterSecret::default(),
             http: listener::HttpLimits::default(),
             key_admin: KeyAdminHandle::default(),
+            health: None,
         }
     }
 }
@@ -250,6 +253,34 @@ impl Gateway {
                 req.headers_mut().insert(hyper::header::HOST, host);
             }
         }
+        // Health requests for load balancers: no key, before any routing (a
+        // client's `/healthz` never reaches an app).
+        if hop_app.is_none() {
+            if let Some(health) = &self.inner.config.health {
+                if let Some((status, body)) = health.answer(
+                    req.method(),
+                    req.uri().path(),
+                    strom_control_plane::health::FUNCTION_PORT_CHECKS,
+                ) {
+                    let head = req.method() == hyper::Method::HEAD;
+                    let mut resp = Response::new(full(if head {
+                        Bytes::new()
+                    } else {
+                        Bytes::from(body)
+                    }));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    resp.headers_mut().insert(
+                        hyper::header::CACHE_CONTROL,
+                        hyper::header::HeaderValue::from_static("no-store"),
+                    );
+                    return resp;
+                }
+            }
+        }
         // A timer run another node's leader sends (trusted hop metadata only).
         if let Some(Ok(app)) = &hop_app {
             if req.headers().contains_key(timer_run::HOP_TIMER) {
@@ -310,6 +341,53 @@ impl Gateway {
             Decision::HostStatus(app) => self.host_status(&app),
             Decision::Keys(target) => self.keys(req, target).await,
             Decision::Remote(app) => self.remote(req, app).await,
+        }
+    }
+
+    /// The gateway's readiness: a route table is loaded, and every app it routes
+    /// (with HTTP functions, not scaled to 0 on purpose) is placed on a worker that
+    /// is up or has a Ready instance here.
+    pub fn readiness(&self) -> strom_control_plane::health::Check {
+        use strom_control_plane::health::Check;
+        let view = self.inner.view.borrow().clone();
+        if view.cluster_id.is_empty() || view.applied_index == 0 {
+            return Check::not_ready("no route table yet (the cluster's state has not arrived)");
+        }
+        let local = self.inner.routing.load();
+        let mut unreachable = Vec::new();
+        let mut routed = 0;
+        for (name, app) in &view.apps {
+            let http = app
+                .manifest
+                .functions
+                .iter()
+                .any(|f| matches!(f.trigger, strom_proto::manifest::Trigger::Http(_)));
+            if !http || app.scaled_to_zero {
+                continue;
+            }
+            routed += 1;
+            let here = local
+                .apps
+                .get(name)
+                .is_some_and(|a| !a.endpoints.is_empty());
+            let up = app
+                .placements
+                .iter()
+                .any(|(node, n)| *n > 0 && view.workers.get(node).is_some_and(|w| w.up));
+            if !here && !up {
+                unreachable.push(name.to_string());
+            }
+        }
+        if unreachable.is_empty() {
+            Check::ready(format!(
+                "routes {routed} app(s) at log index {}",
+                view.applied_index
+            ))
+        } else {
+            Check::not_ready(format!(
+                "no worker that is up runs (or none could be placed for) {}",
+                unreachable.join(", ")
+            ))
         }
     }
 

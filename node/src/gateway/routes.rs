@@ -142,6 +142,7 @@ mod tests {
                 disabled: Default::default(),
                 placements: Default::default(),
                 system_keys: Default::default(),
+                scaled_to_zero: false,
             },
         );
         tx.send_replace(Arc::new(view));

@@ -72,7 +72,7 @@ impl StromGroup {
                 format!("strom node {}", i + 1),
                 &bins.join("strom"),
                 args,
-                vec![("STROM_LOG", STROM_LOG)],
+                vec![("STROM_LOG", STROM_LOG), ("STROM_SHUTDOWN_DELAY_SECS", "0")],
                 dir.join(format!("strom-{}.log", i + 1)),
             )?;
             node.wait_for_line("Ready.", Duration::from_secs(60))
@@ -187,7 +187,7 @@ impl StromGroup {
             format!("strom worker {id}"),
             &self.bins.join("strom"),
             args,
-            vec![("STROM_LOG", STROM_LOG)],
+            vec![("STROM_LOG", STROM_LOG), ("STROM_SHUTDOWN_DELAY_SECS", "0")],
             self.dir.join(format!("strom-{id}.log")),
         )?;
         worker
