@@ -18,7 +18,7 @@ use strom_proto::command::{
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
 use strom_proto::internal_v1::LiveWorkersReply;
-use strom_proto::invocations::{self, InvocationRecord, InvocationStore};
+use strom_proto::invocations::{InvocationRecord, InvocationStore};
 use strom_proto::manifest::AuthLevel;
 use strom_proto::manifest::{
     is_function_disabled, validate_app_for, AppManifest, AppPackage, FunctionManifest,
@@ -48,6 +48,8 @@ pub struct AdminApi {
     handler_check: HandlerCheck,
     /// This node's worker runs apps without `STROM_RUNTIME` in containers.
     containers_by_default: bool,
+    /// How this node asks other workers for their invocation records.
+    pub(crate) peers: crate::cluster_invocations::PeerSlot,
 }
 
 /// Where a node announces how far its own worker view has followed the state.
@@ -90,6 +92,7 @@ impl AdminApi {
             shutdown: tokio_util::sync::CancellationToken::new(),
             handler_check: HandlerCheck::PackageOrPath,
             containers_by_default: false,
+            peers: Default::default(),
         }
     }
 
@@ -134,6 +137,15 @@ impl AdminApi {
     /// The slot this node's worker role fills in once it runs.
     pub fn worker_slot(&self) -> WorkerSlot {
         WorkerSlot(self.worker.clone())
+    }
+
+    /// The slot this node's gateway fills in with its client for other workers.
+    pub fn peers_slot(&self) -> crate::cluster_invocations::PeerSlot {
+        self.peers.clone()
+    }
+
+    pub(crate) fn local_worker(&self) -> Option<&LocalWorker> {
+        self.worker.get()
     }
 
     /// Instances of every worker as the leader last heard of them; this node's own
@@ -1386,20 +1398,18 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListInvocationsResponse>, Status> {
         let filter = InvocationFilter::parse(request.get_ref())?;
         filter.check_exists(&self.node.read_local().state)?;
-        let invocations = match self.worker.get() {
-            Some(w) => w
-                .invocations
-                .recent(
-                    filter.app.as_ref(),
-                    filter.function.as_deref(),
-                    filter.limit,
-                )
+        let (records, unreachable) =
+            crate::cluster_invocations::gather(self, &filter.query, filter.node).await;
+        Ok(Response::new(pb::ListInvocationsResponse {
+            invocations: records
                 .iter()
-                .map(|r| invocation_info(r))
+                .map(|(node, r)| invocation_info(*node, r))
                 .collect(),
-            None => Vec::new(),
-        };
-        Ok(Response::new(pb::ListInvocationsResponse { invocations }))
+            unreachable: unreachable
+                .into_iter()
+                .map(|(node_id, error)| pb::NodeProblem { node_id, error })
+                .collect(),
+        }))
     }
 
     async fn remove_member(
@@ -1565,31 +1575,31 @@ impl AdminService for AdminApi {
         let filter = InvocationFilter::parse(request.get_ref())?;
         filter.check_exists(&self.node.read_local().state)?;
         let follow = request.get_ref().follow;
-        let Some(w) = self.worker.get().cloned() else {
-            return Ok(Response::new(Box::pin(futures::stream::empty())));
-        };
-        // Subscribe before reading the backlog so nothing falls in between.
-        let mut live = w.invocations.subscribe();
-        let backlog = w.invocations.recent(
-            filter.app.as_ref(),
-            filter.function.as_deref(),
-            filter.limit,
-        );
-        let seen: std::collections::HashSet<String> =
-            backlog.iter().map(|r| r.id.clone()).collect();
+        let (backlog, unreachable) =
+            crate::cluster_invocations::gather(self, &filter.query, filter.node).await;
+        let mut seen: std::collections::HashSet<String> =
+            backlog.iter().map(|(_, r)| r.id.clone()).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let shutdown = self.shutdown.clone();
+        let api = self.clone();
         tokio::spawn(async move {
-            for r in &backlog {
-                if tx.send(Ok(invocation_info(r))).await.is_err() {
+            for (node, r) in &backlog {
+                if tx.send(Ok(invocation_info(*node, r))).await.is_err() {
                     return;
                 }
             }
             if !follow {
                 return;
             }
+            // Every node's new records, asked every second (records are written
+            // when an invocation ends; one that started up to 10 minutes before
+            // the follow began still shows when it ends).
+            let mut query = filter.query.clone();
+            query.limit = 1000;
+            let started = now_ms();
+            query.since_ms = Some(query.since_ms.unwrap_or(i64::MIN).max(started - 600_000));
             loop {
-                let next = tokio::select! {
+                tokio::select! {
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => {
                         // A follower is told why the stream ends.
@@ -1600,52 +1610,67 @@ impl AdminService for AdminApi {
                             .await;
                         return;
                     }
-                    next = live.recv() => next,
-                };
-                match next {
-                    Ok(r) => {
-                        if seen.contains(&r.id)
-                            || !invocations::matches(
-                                &r,
-                                filter.app.as_ref(),
-                                filter.function.as_deref(),
-                            )
-                        {
-                            continue;
-                        }
-                        if tx.send(Ok(invocation_info(&r))).await.is_err() {
-                            return;
-                        }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                let (records, _) =
+                    crate::cluster_invocations::gather(&api, &query, filter.node).await;
+                for (node, r) in records {
+                    if !seen.insert(r.id.clone()) {
+                        continue;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("log follower lagged; {n} invocations skipped");
+                    if tx.send(Ok(invocation_info(node, &r))).await.is_err() {
+                        return;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                if seen.len() > 100_000 {
+                    // Bounded: older ids fall out of the window anyway.
+                    seen.clear();
+                    query.since_ms = Some(now_ms() - 60_000);
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let mut response = Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+            as Self::StreamInvocationsStream);
+        // Workers that could not be asked, before the first record: the client
+        // names them (`x-strom-unreachable`, JSON `[[node, "why"], …]`, ASCII).
+        if !unreachable.is_empty() {
+            let text: String = serde_json::to_string(&unreachable)
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() && !c.is_ascii_control() {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            if let Ok(v) = text.parse() {
+                response.metadata_mut().insert(UNREACHABLE_METADATA, v);
+            }
+        }
+        Ok(response)
     }
 }
 
+/// Initial metadata of `StreamInvocations`: the workers that could not be asked.
+pub const UNREACHABLE_METADATA: &str = "x-strom-unreachable";
+
 struct InvocationFilter {
-    app: Option<AppName>,
-    function: Option<String>,
-    limit: usize,
+    query: strom_proto::invocations::Query,
+    node: Option<u64>,
 }
 
 impl InvocationFilter {
     /// An app or function that does not exist is NOT_FOUND, not an empty answer.
     fn check_exists(&self, state: &crate::cluster_state::ClusterState) -> Result<(), Status> {
-        let Some(app) = &self.app else {
+        let Some(app) = &self.query.app else {
             return Ok(());
         };
         let Some(found) = state.apps.get(app) else {
             return Err(Status::not_found(format!("app `{app}` not found")));
         };
-        if let Some(function) = &self.function {
+        if let Some(function) = &self.query.function {
             let known = found
                 .active()
                 .manifest
@@ -1655,6 +1680,13 @@ impl InvocationFilter {
             if !known {
                 return Err(Status::not_found(format!(
                     "function `{function}` not found in app `{app}`"
+                )));
+            }
+        }
+        if let Some(node) = self.node {
+            if !state.workers.contains_key(&node) {
+                return Err(Status::not_found(format!(
+                    "node {node} is not a worker of this cluster"
                 )));
             }
         }
@@ -1674,16 +1706,27 @@ impl InvocationFilter {
             None => 100,
             Some(n) => (n as usize).min(10_000),
         };
+        let status = (!req.status.is_empty()).then(|| req.status.clone());
+        if let Some(s) = &status {
+            strom_proto::invocations::Query::check_status(s).map_err(Status::invalid_argument)?;
+        }
         Ok(InvocationFilter {
-            app,
-            function,
-            limit,
+            query: strom_proto::invocations::Query {
+                app,
+                function,
+                status,
+                since_ms: req.since_ms,
+                id: (!req.invocation_id.is_empty()).then(|| req.invocation_id.clone()),
+                limit,
+            },
+            node: req.node_id.filter(|n| *n != 0),
         })
     }
 }
 
-fn invocation_info(r: &InvocationRecord) -> pb::InvocationInfo {
+fn invocation_info(node_id: u64, r: &InvocationRecord) -> pb::InvocationInfo {
     pb::InvocationInfo {
+        node_id,
         id: r.id.clone(),
         app_name: r.app.to_string(),
         function_name: r.function.clone(),

@@ -25,6 +25,7 @@ pub mod blob_replication;
 pub mod blob_store;
 pub mod checkpoint;
 pub mod checkpointer;
+pub mod cluster_invocations;
 pub mod cluster_state;
 pub mod control_server;
 pub mod decode_errors;

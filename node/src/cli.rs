@@ -598,6 +598,18 @@ pub enum FnCommand {
         /// `--follow` to see only new ones).
         #[arg(long, default_value_t = 20)]
         tail: u32,
+        /// Only those started within this long, e.g. `10m`, `2h`.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only `succeeded`, `failed` (failed or timed out) or `timedout` ones.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only those that ran on this node.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Only this invocation (its id, as the handler received it).
+        #[arg(long)]
+        invocation: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -624,19 +624,47 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             function,
             follow,
             tail,
+            since,
+            status,
+            node,
+            invocation,
             client,
         } => {
+            let since_ms = match since {
+                None => None,
+                Some(text) => {
+                    let d = humantime::parse_duration(&text).map_err(|e| {
+                        CliError::new(2, format!("--since `{text}`: {e} (e.g. 10m, 2h)"))
+                    })?;
+                    Some(strom_control_plane::management::now_ms() - d.as_millis() as i64)
+                }
+            };
             let mut c = connect(&client).await?;
-            let mut stream = c
+            let response = c
                 .stream_invocations(pb::ListInvocationsRequest {
                     app_name: app,
                     function_name: function.unwrap_or_default(),
                     limit: Some(tail),
                     follow,
+                    since_ms,
+                    status: status.unwrap_or_default(),
+                    node_id: node,
+                    invocation_id: invocation.unwrap_or_default(),
                 })
                 .await
-                .map_err(status_error)?
-                .into_inner();
+                .map_err(status_error)?;
+            // Workers that could not be asked are named, never silently left out.
+            if let Some(v) = response
+                .metadata()
+                .get(strom_control_plane::admin_service::UNREACHABLE_METADATA)
+                .and_then(|v| v.to_str().ok())
+            {
+                let nodes: Vec<(u64, String)> = serde_json::from_str(v).unwrap_or_default();
+                for (node, why) in nodes {
+                    eprintln!("warning: node {node} was not asked: {why}");
+                }
+            }
+            let mut stream = response.into_inner();
             let out = Printer::of(&client);
             while let Some(inv) = stream.message().await.map_err(status_error)? {
                 out.invocation(&inv);

@@ -299,8 +299,9 @@ impl Printer {
             return;
         }
         say!(
-            "{} {}/{} {} {} {} {:.1} ms id={}{}",
+            "{} node {} {}/{} {} {} {} {:.1} ms id={}{}",
             format_time_ms(i.started_at_ms),
+            i.node_id,
             i.app_name,
             i.function_name,
             if i.trigger.is_empty() {

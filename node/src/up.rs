@@ -616,6 +616,10 @@ pub async fn run_node(
                 .health
                 .set_check("gateway", move || gateway.readiness());
         }
+        // `strom fn logs` through this node asks other workers with its client.
+        if let Some(api) = &running.api {
+            api.peers_slot().set(gateway.peer_invocations());
+        }
         // The leader's timer duties send runs through this node's gateway.
         if let Some(node) = &running.node {
             node.duties.timers.set(Arc::new(gateway.clone()));

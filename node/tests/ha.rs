@@ -1398,3 +1398,83 @@ fn t98_a_new_clusters_admin_token_exists_before_its_control_port_opens() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn t99_fn_logs_through_any_manager_shows_every_workers_invocations() {
+    let (c, [m1, m2, m3, w4, w5]) = Cluster::three_managers_two_workers();
+    let admin = c.admin();
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m2.server, &admin, apps.path(), "web");
+    let out = cli(&m1.server, &admin, &["app", "scale", "web", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Each worker serves its own calls (a Ready instance here): records on both.
+    for w in [&w4, &w5] {
+        eventually(Duration::from_secs(30), "web served on each worker", || {
+            (get(&w.http, "/api/web/0").status == 200).then_some(())
+        });
+    }
+    for i in 1..=3 {
+        for w in [&w4, &w5] {
+            assert_eq!(get(&w.http, &format!("/api/web/{i}")).status, 200);
+        }
+    }
+    let logs = |server: &str, extra: &[&str]| -> (Vec<serde_json::Value>, String) {
+        let mut args = vec!["fn", "logs", "web", "--tail", "100", "--output", "json"];
+        args.extend(extra);
+        let out = cli(server, &admin, &args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        let records = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (records, out.stderr)
+    };
+    // Through a management-only node: both workers' records, in time order (the
+    // records are written when each call's output grace ends: wait for all).
+    let records = eventually(Duration::from_secs(15), "every record", || {
+        let (r, _) = logs(&m1.server, &[]);
+        (r.len() >= 8).then_some(r)
+    });
+    let nodes: BTreeSet<u64> = records
+        .iter()
+        .map(|r| r["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from([4, 5]), "{records:?}");
+    let times: Vec<i64> = records
+        .iter()
+        .map(|r| r["started_at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {times:?}"
+    );
+    // Filters: one node, one invocation, a status, a time.
+    let (only4, _) = logs(&m3.server, &["--node", "4"]);
+    assert!(!only4.is_empty() && only4.iter().all(|r| r["node_id"] == 4));
+    let id = records[0]["id"].as_str().unwrap();
+    let (one, _) = logs(&m2.server, &["--invocation", id]);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["id"], id);
+    let (failed, _) = logs(&m1.server, &["--status", "failed"]);
+    assert!(failed.is_empty(), "{failed:?}");
+    let (recent, _) = logs(&m1.server, &["--since", "1h"]);
+    assert_eq!(recent.len(), records.len());
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["fn", "logs", "web", "--status", "maybe"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // A worker that is gone is named; the others' records still come.
+    w5.kill9();
+    strom_actors::runtime::process::reap_orphans(&c.dirs[4].path().join("run").join("instances"));
+    let (rest, stderr) = logs(&m1.server, &[]);
+    assert!(stderr.contains("node 5"), "{stderr}");
+    assert!(rest.iter().all(|r| r["node_id"] == 4), "{rest:?}");
+    assert!(!rest.is_empty());
+    for up in [m1, m2, m3, w4] {
+        up.stop();
+    }
+}

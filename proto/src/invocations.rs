@@ -139,6 +139,73 @@ impl InvocationStore {
     }
 }
 
+/// Which invocations a caller asks for (`strom fn logs` and a management node
+/// asking a worker's function port, `/.strom/invocations`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    pub app: Option<AppName>,
+    pub function: Option<String>,
+    /// `succeeded`, `failed` (failed or timed out) or `timedout`.
+    pub status: Option<String>,
+    /// Only those started at or after (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only this invocation.
+    pub id: Option<String>,
+    /// The newest this many.
+    pub limit: usize,
+}
+
+impl Query {
+    pub fn matches(&self, r: &InvocationRecord) -> bool {
+        matches(r, self.app.as_ref(), self.function.as_deref())
+            && self.since_ms.is_none_or(|t| r.started_at_ms >= t)
+            && self.id.as_deref().is_none_or(|id| r.id == id)
+            && self
+                .status
+                .as_deref()
+                .is_none_or(|s| match s.to_ascii_lowercase().as_str() {
+                    "failed" => r.status != InvocationStatus::Succeeded,
+                    other => r.status.as_str().eq_ignore_ascii_case(other),
+                })
+    }
+
+    /// A status filter that is not one of the known words.
+    pub fn check_status(status: &str) -> Result<(), String> {
+        match status.to_ascii_lowercase().as_str() {
+            "succeeded" | "failed" | "timedout" => Ok(()),
+            _ => Err(format!(
+                "status `{status}`: use succeeded, failed (failed or timed out) or timedout"
+            )),
+        }
+    }
+}
+
+impl InvocationStore {
+    /// The newest `query.limit` records the query matches, oldest first.
+    pub fn query(&self, query: &Query) -> Vec<Arc<InvocationRecord>> {
+        let q = self.inner.lock().expect("invocation store lock");
+        let mut out: Vec<_> = q
+            .iter()
+            .rev()
+            .filter(|r| query.matches(r))
+            .take(query.limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+/// Records of several nodes, merged: the newest `limit` by start time, oldest first.
+pub fn merge_newest<T>(
+    mut all: Vec<(T, Arc<InvocationRecord>)>,
+    limit: usize,
+) -> Vec<(T, Arc<InvocationRecord>)> {
+    all.sort_by(|a, b| (a.1.started_at_ms, &a.1.id).cmp(&(b.1.started_at_ms, &b.1.id)));
+    let skip = all.len().saturating_sub(limit);
+    all.into_iter().skip(skip).collect()
+}
+
 pub fn matches(r: &InvocationRecord, app: Option<&AppName>, function: Option<&str>) -> bool {
     app.is_none_or(|a| &r.app == a) && function.is_none_or(|f| r.function.eq_ignore_ascii_case(f))
 }

@@ -218,6 +218,36 @@ impl HopClient {
     }
 
     /// One attempt: send to `peer` at `addr` (`host:port`).
+    /// `GET path` on another node's function port, as a node (its proof; mutual
+    /// TLS with an identity): the body of a 200, or why not. At most 10 MiB.
+    pub(super) async fn get_internal(&self, addr: &str, path: &str) -> Result<Bytes, String> {
+        let mut request = hyper::Request::get(format!("{}://{addr}{path}", self.scheme));
+        if let Some(proof) = self.secret.proof() {
+            request = request.header(PROOF_METADATA, &*proof);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 10 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| format!("{addr}: reading the answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "{addr} answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
+        }
+        Ok(body)
+    }
+
     pub(super) async fn send(
         &self,
         me: NodeId,

@@ -122,6 +122,8 @@ struct Inner {
     /// Rotates ties between equal instances.
     tick: AtomicU64,
     recorder: Recorder,
+    /// This node's invocation records (answered to management nodes asking).
+    invocations: InvocationStore,
     /// Timer runs started here, by invocation id (each runs once per node).
     timer_runs: timer_run::TimerRuns,
     /// When the gateway started (the host status's `processUptime`).
@@ -153,7 +155,7 @@ impl Gateway {
             .build(connector);
         let stop = CancellationToken::new();
         let routes = Routes::new(view.clone());
-        let (recorder, recording) = Recorder::start(invocations, stop.clone());
+        let (recorder, recording) = Recorder::start(invocations.clone(), stop.clone());
         Gateway {
             inner: Arc::new(Inner {
                 hop: HopClient::new(config.hop_tls.clone(), config.secret.clone()),
@@ -165,6 +167,7 @@ impl Gateway {
                 limiters: Limiters::default(),
                 tick: AtomicU64::new(0),
                 recorder,
+                invocations,
                 timer_runs: timer_run::TimerRuns::default(),
                 started: tokio::time::Instant::now(),
                 stop,
@@ -281,6 +284,32 @@ impl Gateway {
                 }
             }
         }
+        // A management node asking for this node's invocation records (`strom fn
+        // logs` across the cluster): other nodes only, like hop metadata.
+        if req.uri().path() == strom_control_plane::cluster_invocations::PEER_PATH {
+            if !self.hop_trusted(proof.as_ref(), node_cert) || proof.is_none() && !node_cert {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("no function at {}", req.uri().path()),
+                );
+            }
+            return match strom_control_plane::cluster_invocations::from_query_string(
+                req.uri().query().unwrap_or(""),
+            ) {
+                Ok(query) => {
+                    let records: Vec<_> = self
+                        .inner
+                        .invocations
+                        .query(&query)
+                        .iter()
+                        .map(|r| (**r).clone())
+                        .collect();
+                    responses::json(StatusCode::OK, &serde_json::json!(records))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "BadRequest", e),
+            };
+        }
         // A timer run another node's leader sends (trusted hop metadata only).
         if let Some(Ok(app)) = &hop_app {
             if req.headers().contains_key(timer_run::HOP_TIMER) {
@@ -342,6 +371,13 @@ impl Gateway {
             Decision::Keys(target) => self.keys(req, target).await,
             Decision::Remote(app) => self.remote(req, app).await,
         }
+    }
+
+    /// How the admin API asks other workers for their invocation records.
+    pub fn peer_invocations(
+        &self,
+    ) -> Arc<dyn strom_control_plane::cluster_invocations::PeerInvocations> {
+        Arc::new(PeerRecords(self.clone()))
     }
 
     /// The gateway's readiness: a route table is loaded, and every app it routes
@@ -438,5 +474,27 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// Another worker's invocation records, through its function port (the hop's
+/// client: TLS and the cluster's proof).
+struct PeerRecords(Gateway);
+
+#[async_trait::async_trait]
+impl strom_control_plane::cluster_invocations::PeerInvocations for PeerRecords {
+    async fn fetch(
+        &self,
+        http_addr: &str,
+        query: &strom_proto::invocations::Query,
+    ) -> Result<Vec<strom_proto::invocations::InvocationRecord>, String> {
+        let path = format!(
+            "{}?{}",
+            strom_control_plane::cluster_invocations::PEER_PATH,
+            strom_control_plane::cluster_invocations::to_query_string(query)
+        );
+        let body = self.0.inner.hop.get_internal(http_addr, &path).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("{http_addr}: not a list of invocation records: {e}"))
     }
 }
