@@ -20,6 +20,14 @@ Exit codes: 0 success, 1 error, 2 invalid input or usage, 3 not found, 4 authent
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines: `text` (default) or `json` (one object per line, with the node
+    /// id and each event's fields). Read before the rest of the command line.
+    #[arg(long, global = true, env = "STROM_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Which log lines, in `tracing` filter syntax (`info`, `warn,strom_node=debug`);
+    /// wins over `STROM_LOG`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

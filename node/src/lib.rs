@@ -9,6 +9,7 @@ pub mod data_dir;
 pub mod gateway;
 pub mod key_admin;
 pub mod local_settings;
+pub mod logging;
 pub mod output;
 pub mod publish_profile;
 pub mod serve;

@@ -9,16 +9,40 @@ fn main() {
     if args.get(1).map(String::as_str) == Some(strom_actors::runtime::process::LAUNCH_ARG) {
         std::process::exit(strom_actors::runtime::process::run_launcher(&args[2..]));
     }
-    let filter = EnvFilter::try_from_env("STROM_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(strom_node::DEFAULT_LOG_FILTER));
+    // `--log-level` wins over `STROM_LOG`; `--log-format` over `STROM_LOG_FORMAT`.
+    let filter = match strom_node::logging::peek(&args, "--log-level") {
+        Some(level) => EnvFilter::try_new(&level).unwrap_or_else(|e| {
+            eprintln!("error: --log-level `{level}`: {e}");
+            std::process::exit(2);
+        }),
+        None => EnvFilter::try_from_env("STROM_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(strom_node::DEFAULT_LOG_FILTER)),
+    };
+    let format = strom_node::logging::peek(&args, "--log-format")
+        .or_else(|| std::env::var("STROM_LOG_FORMAT").ok())
+        .unwrap_or_else(|| "text".into());
+    let json = match format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            eprintln!("error: --log-format `{other}`: use text or json");
+            std::process::exit(2);
+        }
+    };
+    // Colour only for a person at a terminal: files and journald get plain text.
+    let ansi = !json
+        && strom_node::log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some(),
+        );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: files and journald get plain text.
-        .with_ansi(strom_node::log_colours(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").is_some(),
-        ))
+        .with_ansi(ansi)
+        .event_format(strom_node::logging::Lines {
+            json,
+            text: tracing_subscriber::fmt::format().with_ansi(ansi),
+        })
         .init();
     // rustls is built with two crypto providers (ring for Strom's own TLS, which
     // names it everywhere; aws-lc-rs for tiberius): make ring the process default

@@ -313,6 +313,7 @@ pub async fn run_node(
     apps: Vec<AppDir>,
     title: &str,
 ) -> Result<(), CliError> {
+    crate::logging::set_node_id(settings.node_id);
     // Deployments recorded by this node before now are an earlier process's.
     let started_ms = strom_control_plane::management::now_ms();
     // The data dir holds secrets: its owner's alone (older ones are fixed).

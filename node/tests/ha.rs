@@ -1467,6 +1467,9 @@ fn t99_fn_logs_through_any_manager_shows_every_workers_invocations() {
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
 
+    // A client cannot ask a worker for its records (nodes only).
+    let r = get(&w4.http, "/.strom/invocations?app=web");
+    assert_eq!(r.status, 404, "{}", r.text());
     // A worker that is gone is named; the others' records still come.
     w5.kill9();
     strom_actors::runtime::process::reap_orphans(&c.dirs[4].path().join("run").join("instances"));
