@@ -107,6 +107,10 @@ pub async fn watch_remote(
 ) {
     let node = agent.offer.node_id;
     let mut round = 0usize;
+    // Failed attempts since the last stream: the first is logged, the rest are
+    // counted (not a line every 500 ms while no management node answers), and
+    // the recovery says how many there were.
+    let mut failures = 0u64;
     loop {
         let targets = agent.managers.addresses();
         let url = targets[round % targets.len().max(1)].clone();
@@ -124,7 +128,16 @@ pub async fn watch_remote(
                 .await
                 .map_err(|s| format!("{url}: {}", s.message()))?
                 .into_inner();
-            tracing::info!(from = %url, "watching the cluster state");
+            if failures > 0 {
+                tracing::info!(
+                    from = %url,
+                    failed_attempts = failures,
+                    "watching the cluster state again"
+                );
+            } else {
+                tracing::info!(from = %url, "watching the cluster state");
+            }
+            failures = 0;
             let mut behind_since: Option<tokio::time::Instant> = None;
             loop {
                 let next = tokio::select! {
@@ -163,7 +176,14 @@ pub async fn watch_remote(
             _ = cancel.cancelled() => return,
             result = watched => {
                 if let Err(e) = result {
-                    tracing::warn!("state watch: {e}; trying another management node");
+                    if failures == 0 {
+                        tracing::warn!(
+                            "state watch: {e}; trying the management nodes in turn (further failures are counted, and logged at debug level)"
+                        );
+                    } else {
+                        tracing::debug!(failures, "state watch: {e}");
+                    }
+                    failures += 1;
                 }
             }
         }

@@ -908,6 +908,16 @@ fn t94_the_key_management_api_on_any_node_changes_keys_on_every_node() {
     }
 }
 
+/// A process killed (and reaped) when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Copy a directory tree (a node's data dir, after the node is gone).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -1358,13 +1368,6 @@ fn t97_readiness_follows_the_leader_the_workers_and_a_stop() {
 fn t98_a_new_clusters_admin_token_exists_before_its_control_port_opens() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _child = Killed(
         std::process::Command::new(common::STROM)
             .args(["serve", "--bootstrap", "--node-id", "1", "--data-dir"])
@@ -1480,4 +1483,46 @@ fn t99_fn_logs_through_any_manager_shows_every_workers_invocations() {
     for up in [m1, m2, m3, w4] {
         up.stop();
     }
+}
+
+#[test]
+fn t100_a_worker_cut_off_from_every_manager_logs_it_once_not_every_retry() {
+    let mut c = Cluster::new(2);
+    let m1 = c.bootstrap(0);
+    let http = free_port();
+    let log = c.dirs[1].path().join("stderr.log");
+    let _worker = Killed(
+        std::process::Command::new(common::STROM)
+            .args(["serve", "--node-id", "2", "--roles", "worker", "--join"])
+            .arg(c.url(0))
+            .args(["--join-token", &c.token, "--data-dir"])
+            .arg(c.dirs[1].path().join("data"))
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .env("STROM_SHUTDOWN_DELAY_SECS", "0")
+            .env_remove("STROM_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{http}");
+    eventually(Duration::from_secs(30), "the worker ready", || {
+        (common::try_get(&base, "/readyz").is_ok_and(|r| r.status == 200)).then_some(())
+    });
+    m1.kill9();
+    // Several seconds of retries (every 500 ms) without a management node.
+    std::thread::sleep(Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.lines().filter(|l| l.contains("state watch")).count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} state-watch lines:\n{text}"
+    );
+    // Every line says which node wrote it.
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("state watch"))
+            .all(|l| l.starts_with("node=2 ")),
+        "{text}"
+    );
 }
