@@ -34,6 +34,7 @@ pub fn project(state: &StateView, node: NodeId) -> WorkerView {
                 Peer {
                     http_addr: w.info.http_addr.clone(),
                     up: w.up,
+                    draining: w.schedule == strom_proto::command::WorkerSchedule::Draining,
                 },
             )
         })

@@ -1248,6 +1248,16 @@ fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
     }
 }
 
+/// Wait until `base`'s `/readyz` answers 503 with `check` saying `says`.
+fn not_ready_because(base: &str, check: &str, says: &str, within: Duration, what: &str) {
+    let body = eventually(within, what, || {
+        let (status, body) = readyz(base);
+        (status == 503).then_some(body)
+    });
+    let detail = body["checks"][check]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(says), "{body}");
+}
+
 /// `/readyz` of a port: (status, body).
 fn readyz(base: &str) -> (u16, serde_json::Value) {
     let r = get(base, "/readyz");
@@ -1304,19 +1314,32 @@ fn t97_readiness_follows_the_leader_the_workers_and_a_stop() {
         .then_some(())
     });
 
+    // A worker drained for a planned stop turns not-ready (a load balancer
+    // stops sending to it), and ready again when uncordoned.
+    let out = cli(&m1.server, &admin, &["node", "drain", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    not_ready_because(
+        &w4.http,
+        "gateway",
+        "draining",
+        Duration::from_secs(30),
+        "w4 not ready while draining",
+    );
+    let out = cli(&m1.server, &admin, &["node", "uncordon", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    eventually(Duration::from_secs(30), "w4 ready again", || {
+        (readyz(&w4.http).0 == 200).then_some(())
+    });
+
     // The only worker is lost: gateways say which app they cannot reach.
     w4.kill9();
     strom_actors::runtime::process::reap_orphans(&c.dirs[3].path().join("run").join("instances"));
-    let body = eventually(Duration::from_secs(30), "m1's gateway not ready", || {
-        let (status, body) = readyz(&m1.http);
-        (status == 503).then_some(body)
-    });
-    assert!(
-        body["checks"]["gateway"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("web"),
-        "{body}"
+    not_ready_because(
+        &m1.http,
+        "gateway",
+        "web",
+        Duration::from_secs(30),
+        "m1's gateway not ready",
     );
     assert_eq!(get(&m1.http, "/healthz").status, 200, "alive all the same");
 
@@ -1326,20 +1349,12 @@ fn t97_readiness_follows_the_leader_the_workers_and_a_stop() {
         .args(["-TERM", &pid])
         .status()
         .unwrap();
-    let body = eventually(
+    not_ready_because(
+        &m3.server,
+        "node",
+        "stopping",
         Duration::from_secs(3),
         "m3 not ready while stopping",
-        || {
-            let (status, body) = readyz(&m3.server);
-            (status == 503).then_some(body)
-        },
-    );
-    assert!(
-        body["checks"]["node"]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("stopping"),
-        "{body}"
     );
     assert_eq!(get(&m3.server, "/healthz").status, 200, "still answering");
     let out = cli(
@@ -1352,14 +1367,13 @@ fn t97_readiness_follows_the_leader_the_workers_and_a_stop() {
 
     // Two of three managers gone: the last has no leader, and says so.
     m2.kill9();
-    let body = eventually(Duration::from_secs(30), "m1 without a leader", || {
-        let (status, body) = readyz(&m1.server);
-        (status == 503).then_some(body)
-    });
-    let detail = body["checks"]["management"]["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("no known leader") || detail.contains("no known quorum"),
-        "{body}"
+    // ("no known leader", or "no known quorum" if it was the leader)
+    not_ready_because(
+        &m1.server,
+        "management",
+        "no known",
+        Duration::from_secs(30),
+        "m1 without a leader",
     );
     m1.kill9();
 }

@@ -62,6 +62,11 @@ pub struct Peer {
     pub http_addr: String,
     /// `false` once the leader saw its lease expire.
     pub up: bool,
+    /// Being drained for a planned stop (`strom node drain`): its own `/readyz`
+    /// says not-ready so a load balancer stops sending first. Absent in older
+    /// views: false.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// What any gateway needs to route and authorize a request for one app.

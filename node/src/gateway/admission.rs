@@ -880,6 +880,7 @@ mod tests {
             Peer {
                 http_addr: "10.0.0.2:7071".into(),
                 up: true,
+                draining: false,
             },
         );
         let serving = ServingApp {

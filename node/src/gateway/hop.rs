@@ -428,6 +428,7 @@ mod tests {
         Peer {
             http_addr: addr.into(),
             up,
+            draining: false,
         }
     }
 

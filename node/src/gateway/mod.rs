@@ -389,6 +389,15 @@ impl Gateway {
         if view.cluster_id.is_empty() || view.applied_index == 0 {
             return Check::not_ready("no route table yet (the cluster's state has not arrived)");
         }
+        if view
+            .workers
+            .get(&self.inner.config.node_id)
+            .is_some_and(|w| w.draining)
+        {
+            return Check::not_ready(
+                "this worker is draining (`strom node drain`): its instances move to other workers",
+            );
+        }
         let local = self.inner.routing.load();
         let mut unreachable = Vec::new();
         let mut routed = 0;

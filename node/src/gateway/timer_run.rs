@@ -349,6 +349,7 @@ mod tests {
         Peer {
             http_addr: addr.into(),
             up,
+            draining: false,
         }
     }
 
