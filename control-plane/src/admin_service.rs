@@ -1245,8 +1245,7 @@ impl AdminService for AdminApi {
             // (or the leader has no store configured but this node has).
             checkpoint: live
                 .as_ref()
-                .and_then(|l| l.checkpoint.as_ref())
-                .map(crate::checkpointer::from_report)
+                .and_then(|l| crate::checkpointer::from_report(&l.checkpoint))
                 .or_else(|| self.node.checkpoints.admin_status(self.node.config.node_id)),
         }))
     }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strom_proto::admin_v1 as pb;
-use strom_proto::internal_v1::CheckpointReport;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -150,53 +149,33 @@ impl Checkpoints {
         }
     }
 
-    /// The status for other members (in the leader's live view).
-    pub fn report(&self, node_id: u64) -> Option<CheckpointReport> {
+    /// This node's status as the admin API shows it (`None`: no store).
+    pub fn admin_status(&self, node_id: u64) -> Option<pb::CheckpointStatus> {
         let s = self.status()?;
-        let last = s.last.as_ref().map(Written::info);
-        Some(CheckpointReport {
+        Some(pb::CheckpointStatus {
             store: s.store,
-            last_id: last.as_ref().map(|l| l.id.clone()),
-            last_cluster_id: last
-                .as_ref()
-                .map(|l| l.cluster_id.clone())
-                .unwrap_or_default(),
-            last_term: last.as_ref().map(|l| l.term).unwrap_or(0),
-            last_index: last.as_ref().map(|l| l.index).unwrap_or(0),
-            last_created_ms: last.as_ref().map(|l| l.created_ms).unwrap_or(0),
-            last_state_size: last.as_ref().map(|l| l.state_size).unwrap_or(0),
-            last_packages_size: last.as_ref().map(|l| l.packages_size).unwrap_or(0),
-            last_packages: last.as_ref().map(|l| l.packages).unwrap_or(0),
+            last: s.last.as_ref().map(Written::info),
             last_error: s.last_error.as_ref().map(|(_, e)| e.clone()),
             last_error_ms: s.last_error.as_ref().map(|(at, _)| *at),
             node_id,
         })
     }
 
-    /// This node's status as the admin API shows it.
-    pub fn admin_status(&self, node_id: u64) -> Option<pb::CheckpointStatus> {
-        self.report(node_id).map(|r| from_report(&r))
+    /// The status for other members, in the leader's live view (encoded; empty
+    /// without a store).
+    pub fn report(&self, node_id: u64) -> Vec<u8> {
+        self.admin_status(node_id)
+            .map(|s| prost::Message::encode_to_vec(&s))
+            .unwrap_or_default()
     }
 }
 
-/// The leader's report as the admin API shows it.
-pub fn from_report(r: &CheckpointReport) -> pb::CheckpointStatus {
-    pb::CheckpointStatus {
-        store: r.store.clone(),
-        last: r.last_id.as_ref().map(|id| pb::CheckpointInfo {
-            id: id.clone(),
-            cluster_id: r.last_cluster_id.clone(),
-            term: r.last_term,
-            index: r.last_index,
-            created_ms: r.last_created_ms,
-            state_size: r.last_state_size,
-            packages_size: r.last_packages_size,
-            packages: r.last_packages,
-        }),
-        last_error: r.last_error.clone(),
-        last_error_ms: r.last_error_ms,
-        node_id: r.node_id,
+/// The leader's status from its live view.
+pub fn from_report(bytes: &[u8]) -> Option<pb::CheckpointStatus> {
+    if bytes.is_empty() {
+        return None;
     }
+    prost::Message::decode(bytes).ok()
 }
 
 /// Whether a checkpoint of the state at (term, index) is due, the newest being

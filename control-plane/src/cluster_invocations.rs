@@ -93,9 +93,11 @@ pub async fn gather(
     query: &Query,
     node: Option<NodeId>,
 ) -> (Vec<(NodeId, Arc<InvocationRecord>)>, Vec<(NodeId, String)>) {
-    let me = api.node.config.node_id;
+    let local = api.local_worker();
+    // This node's own records come from its store, not over the network.
+    let local_id = local.map_or(api.node.config.node_id, |w| w.node_id);
     let mut all: Vec<(NodeId, Arc<InvocationRecord>)> = Vec::new();
-    if let Some(local) = api.local_worker() {
+    if let Some(local) = local {
         if node.is_none_or(|n| n == local.node_id) {
             all.extend(
                 local
@@ -107,7 +109,6 @@ pub async fn gather(
         }
     }
     let view = api.node.read_local();
-    let local_id = api.local_worker().map(|w| w.node_id).unwrap_or(me);
     let peers: BTreeMap<NodeId, String> = view
         .state
         .workers

@@ -13,3 +13,16 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
     tmp.persist(dir.join(name)).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Create `path` (and missing parents) readable by its owner only (0700 on Unix):
+/// for folders that hold secrets. A folder that exists is left as it is.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}

@@ -159,15 +159,13 @@ pub fn management_check(node: &ManagementNode) -> Check {
         return Check::not_ready("not a member of the management group (yet)");
     }
     let role = if voter { "voter" } else { "learner" };
-    // openraft 0.9 leaders do not step down when cut off: a leader counts only
-    // while a majority acknowledged it recently.
+    // A leader counts only while a majority acknowledged it recently.
     if m.current_leader == Some(me) && m.state == openraft::ServerState::Leader {
-        let voters = membership.voter_ids().count();
         let fresh = (node.config.heartbeat * 10).as_millis() as u64;
-        if voters > 1 && m.millis_since_quorum_ack.is_none_or(|ms| ms > fresh) {
+        if let Some(since) = crate::management::stale_quorum(&m, fresh) {
             return Check::not_ready(format!(
                 "leader with no known quorum: no majority has answered for {} (term {})",
-                m.millis_since_quorum_ack
+                since
                     .map(|ms| format!("{ms} ms"))
                     .unwrap_or_else(|| "ever".into()),
                 m.current_term

@@ -203,6 +203,19 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A leader's quorum has been silent longer than `fresh_ms`: openraft 0.9 leaders
+/// do not step down when cut off, so a leader counts only while a majority
+/// acknowledged it recently. `Some(ms since the last ack, or None if never)` when
+/// stale; a group of one is never stale.
+pub fn stale_quorum(
+    metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    fresh_ms: u64,
+) -> Option<Option<u64>> {
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    let since = metrics.millis_since_quorum_ack;
+    (voters > 1 && since.is_none_or(|ms| ms > fresh_ms)).then_some(since)
+}
+
 /// What bootstrapping did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {

@@ -76,6 +76,8 @@ pub async fn restore(request: RestoreRequest<'_>) -> Result<Restored, RestoreErr
     let dir = &request.data_dir;
     check_empty(dir)?;
     let existed = dir.exists();
+    // A new data dir is its owner's alone from the start (it will hold secrets).
+    crate::durable::private_dir(dir).map_err(|e| io(dir, e))?;
     let result = restore_into(&request).await;
     if result.is_err() {
         // Leave nothing half made: the dir was empty (or absent) before.
@@ -213,7 +215,6 @@ async fn restore_into(request: &RestoreRequest<'_>) -> Result<Restored, RestoreE
     let join_token = prepare_state(&mut state, &whole.meta, request)?;
 
     let dir = &request.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     // The packages first, verified again by the blob store's own hash.
     let blobs = crate::blob_store::BlobStore::open(dir).map_err(|e| RestoreError(e.to_string()))?;
     for (p, bytes) in whole.meta.packages.iter().zip(whole.packages) {

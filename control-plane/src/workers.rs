@@ -163,13 +163,11 @@ impl WorkerServer {
         {
             return Err(self.node.not_leader_status());
         }
-        let voters = metrics.membership_config.membership().voter_ids().count();
         let fresh = self.node.config.worker_lease.as_millis() as u64 / 2;
-        if voters > 1 && metrics.millis_since_quorum_ack.is_none_or(|ms| ms > fresh) {
+        if let Some(since) = crate::management::stale_quorum(&metrics, fresh) {
             return Err(Status::unavailable(format!(
                 "this leader has not heard from a majority for {} ms: it may have been replaced",
-                metrics
-                    .millis_since_quorum_ack
+                since
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "ever".into())
             )));

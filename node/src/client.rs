@@ -833,13 +833,6 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 return Err(CliError::new(2, "--node-id: must be at least 1"));
             }
             let store = open_checkpoint_store(&from)?;
-            // A new data dir is made closed (0700) before anything is written to
-            // it; an existing one is left alone unless empty (restore checks).
-            let created = !data_dir.exists();
-            if created {
-                crate::data_dir::secure(&data_dir)
-                    .map_err(|e| CliError::new(1, format!("{}: {e}", data_dir.display())))?;
-            }
             let restored = strom_control_plane::restore::restore(
                 strom_control_plane::restore::RestoreRequest {
                     store: &*store,
@@ -852,12 +845,8 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
                 },
             )
             .await
-            .map_err(|e| {
-                if created {
-                    let _ = std::fs::remove_dir_all(&data_dir);
-                }
-                CliError::new(1, format!("restore from {}: {e}", store.describe()))
-            })?;
+            .map_err(|e| CliError::new(1, format!("restore from {}: {e}", store.describe())))?;
+            // The files restore wrote (the Raft log, blobs): 0600 like any data dir.
             crate::data_dir::secure(&data_dir)
                 .map_err(|e| CliError::new(1, format!("{}: {e}", data_dir.display())))?;
             crate::output::Printer::new(crate::cli::Output::Table).restored(

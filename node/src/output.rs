@@ -59,30 +59,14 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-/// A duration in ms as people read it (`3s`, `5m`, `2h`, `3d`).
-pub fn age(ms: i64) -> String {
-    let s = (ms.max(0) / 1000) as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m", s / 60),
-        3600..=86_399 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
+/// A time `ms` milliseconds ago, as people read it (`4 minutes`).
+pub fn age(ms: i64) -> indicatif::HumanDuration {
+    indicatif::HumanDuration(std::time::Duration::from_millis(ms.max(0) as u64))
 }
 
-/// A size as people read it.
-pub fn bytes(n: u64) -> String {
-    const K: f64 = 1024.0;
-    let f = n as f64;
-    if f < K {
-        format!("{n} B")
-    } else if f < K * K {
-        format!("{:.1} KiB", f / K)
-    } else if f < K * K * K {
-        format!("{:.1} MiB", f / K / K)
-    } else {
-        format!("{:.2} GiB", f / K / K / K)
-    }
+/// A size as people read it (`38.20 KiB`).
+pub fn bytes(n: u64) -> indicatif::HumanBytes {
+    indicatif::HumanBytes(n)
 }
 
 fn short(version: &str) -> &str {
@@ -414,7 +398,7 @@ impl Printer {
                 r.term.to_string(),
                 r.index.to_string(),
                 format!("{} ago", age(now - r.created_ms)),
-                bytes(r.state_size),
+                bytes(r.state_size).to_string(),
                 format!("{} ({})", r.packages, bytes(r.packages_size)),
                 match (r.verified, r.error) {
                     (None, _) => "-".into(),

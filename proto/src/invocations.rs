@@ -114,25 +114,6 @@ impl InvocationStore {
         let _ = self.tx.send(record);
     }
 
-    /// The newest `limit` records matching the filter, oldest first.
-    pub fn recent(
-        &self,
-        app: Option<&AppName>,
-        function: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<InvocationRecord>> {
-        let q = self.inner.lock().expect("invocation store lock");
-        let mut out: Vec<_> = q
-            .iter()
-            .rev()
-            .filter(|r| matches(r, app, function))
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        out
-    }
-
     /// Records as they are written.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<InvocationRecord>> {
         self.tx.subscribe()
@@ -238,13 +219,20 @@ mod tests {
             s.record(rec(i, if i % 2 == 0 { "even" } else { "odd" }));
         }
         let ids: Vec<_> = s
-            .recent(None, None, 10)
+            .query(&Query {
+                limit: 10,
+                ..Query::default()
+            })
             .iter()
             .map(|r| r.id.clone())
             .collect();
         assert_eq!(ids, ["2", "3", "4"]);
         let even: Vec<_> = s
-            .recent(None, Some("EVEN"), 10)
+            .query(&Query {
+                function: Some("EVEN".into()),
+                limit: 10,
+                ..Query::default()
+            })
             .iter()
             .map(|r| r.id.clone())
             .collect();

@@ -35,7 +35,7 @@ impl LocalStore {
         for sub in ["packages", "checkpoints"] {
             let path = dir.join(sub);
             if !path.is_dir() {
-                private_dir(&path).map_err(|e| store.io("creating it", e))?;
+                crate::durable::private_dir(&path).map_err(|e| store.io("creating it", e))?;
             }
         }
         Ok(store)
@@ -162,20 +162,6 @@ impl LocalStore {
         }
         std::fs::write(&path, bytes).map_err(|e| self.io("corrupting", e))
     }
-}
-
-/// Create `path` (and missing parents) readable by its owner only: checkpoints
-/// hold keys and settings in clear. A folder that exists (a share an operator
-/// made) is left as it is.
-fn private_dir(path: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(path)
 }
 
 #[async_trait::async_trait]

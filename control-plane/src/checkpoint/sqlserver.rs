@@ -573,6 +573,21 @@ impl SqlServerStore {
         }
     }
 
+    /// [`with`](Self::with) one transaction around `body`.
+    async fn in_transaction<T: Send + 'static>(
+        &self,
+        body: impl for<'x> FnOnce(
+                &'x mut Sql,
+                &'x SqlServerStore,
+            )
+                -> futures::future::BoxFuture<'x, Result<T, CheckpointError>>
+            + Send
+            + 'static,
+    ) -> Result<T, CheckpointError> {
+        self.with(move |c, s| Box::pin(transaction(c, s, body)))
+            .await
+    }
+
     async fn connection(&self) -> Result<deadpool::managed::Object<Manager>, CheckpointError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(e) => e,
@@ -672,29 +687,13 @@ impl SqlServerStore {
         state: &[u8],
     ) -> Result<(), CheckpointError> {
         let (meta, state) = (meta.clone(), state.to_vec());
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
-                        insert_checkpoint_row(c, s, &meta).await?;
-                        let parts = chunks(&state, CHUNK);
-                        let keep = parts.len().saturating_sub(1);
-                        for (i, part) in parts.into_iter().take(keep).enumerate() {
-                            insert_chunk(
-                                c,
-                                s,
-                                "strom.checkpoint_chunks",
-                                "checkpoint_id",
-                                &meta.id,
-                                i,
-                                part,
-                            )
-                            .await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .await
+                insert_checkpoint_row(c, s, &meta).await?;
+                let mut parts = chunks(&state, CHUNK);
+                parts.pop();
+                insert_checkpoint_chunks(c, s, &meta.id, parts).await?;
+                Ok(())
             })
         })
         .await
@@ -888,6 +887,28 @@ async fn insert_checkpoint_row(
     Ok(())
 }
 
+/// A checkpoint's state chunks (as [`insert_chunk`]).
+async fn insert_checkpoint_chunks(
+    c: &mut Sql,
+    s: &SqlServerStore,
+    id: &str,
+    parts: Vec<&[u8]>,
+) -> Result<(), CheckpointError> {
+    for (i, part) in parts.into_iter().enumerate() {
+        insert_chunk(
+            c,
+            s,
+            "strom.checkpoint_chunks",
+            "checkpoint_id",
+            id,
+            i,
+            part,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// One chunk as one `VARBINARY(MAX)` parameter (tiberius sends a byte slice over
 /// 8000 bytes as `varbinary(max)`).
 async fn insert_chunk(
@@ -966,10 +987,8 @@ impl CheckpointStore for SqlServerStore {
         let sha = check_sha(sha256)?;
         let size = to_i64("size", bytes.len() as u64)?;
         let bytes = Arc::new(bytes.to_vec());
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
                         applock(c, s, "strom:packages", "Shared").await?;
                         // UPDLOCK, HOLDLOCK: a second writer of the same package waits
                         // here until this one commits, then finds it complete.
@@ -1002,9 +1021,6 @@ impl CheckpointStore for SqlServerStore {
                         }
                         exec(c, s, "storing a package", "UPDATE strom.packages SET complete = 1 WHERE sha256 = @P1", &[&sha.as_str()]).await?;
                         Ok(())
-                    })
-                })
-                .await
             })
         })
         .await
@@ -1012,10 +1028,8 @@ impl CheckpointStore for SqlServerStore {
 
     async fn get_package(&self, sha256: &str) -> Result<Vec<u8>, CheckpointError> {
         let sha = check_sha(sha256)?;
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
                         // Shared: retention (exclusive) cannot delete it while read.
                         applock(c, s, "strom:packages", "Shared").await?;
                         let found = rows(c, s, "reading a package", "SELECT 1 FROM strom.packages WHERE sha256 = @P1 AND complete = 1", &[&sha.as_str()]).await?;
@@ -1024,9 +1038,6 @@ impl CheckpointStore for SqlServerStore {
                         }
                         let parts = rows(c, s, "reading a package", "SELECT chunk, data FROM strom.package_chunks WHERE sha256 = @P1 ORDER BY chunk", &[&sha.as_str()]).await?;
                         reassemble(&format!("package {sha}"), numbered_chunks(parts), &sha)
-                    })
-                })
-                .await
             })
         })
         .await
@@ -1039,94 +1050,78 @@ impl CheckpointStore for SqlServerStore {
             state,
         )?;
         let (meta, state) = (Arc::new(meta.clone()), Arc::new(state.to_vec()));
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
-                        applock(
-                            c,
-                            s,
-                            &format!("strom:checkpoints:{}", meta.cluster_id),
-                            "Exclusive",
-                        )
-                        .await?;
-                        applock(c, s, "strom:packages", "Shared").await?;
-                        // Fencing, decided under the cluster's lock: the newest complete
-                        // checkpoint of this cluster.
-                        let newest = rows(
-                            c,
-                            s,
-                            "fencing",
-                            "SELECT TOP (1) meta FROM strom.checkpoints
+                applock(
+                    c,
+                    s,
+                    &format!("strom:checkpoints:{}", meta.cluster_id),
+                    "Exclusive",
+                )
+                .await?;
+                applock(c, s, "strom:packages", "Shared").await?;
+                // Fencing, decided under the cluster's lock: the newest complete
+                // checkpoint of this cluster.
+                let newest = rows(
+                    c,
+                    s,
+                    "fencing",
+                    "SELECT TOP (1) meta FROM strom.checkpoints
                              WHERE cluster_id = @P1 AND complete = 1
                              ORDER BY term DESC, log_index DESC",
-                            &[&meta.cluster_id.as_str()],
-                        )
-                        .await?;
-                        let stored = newest
-                            .iter()
-                            .map(|r| parse_meta(s, r))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        fence(&meta, &stored)?;
-                        for p in &meta.packages {
-                            let sha = check_sha(&p.sha256)?;
-                            let found = rows(
-                                c,
-                                s,
-                                "checking packages",
-                                "SELECT 1 FROM strom.packages WHERE sha256 = @P1 AND complete = 1",
-                                &[&sha.as_str()],
-                            )
-                            .await?;
-                            if found.is_empty() {
-                                return Err(CheckpointError::PackageNotFound(sha));
-                            }
-                        }
-                        // Leftovers of an incomplete write of the same checkpoint (no
-                        // writer of this cluster runs: we hold its lock).
-                        exec(
-                            c,
-                            s,
-                            "writing the checkpoint",
-                            "DELETE FROM strom.checkpoint_chunks WHERE checkpoint_id = @P1",
-                            &[&meta.id.as_str()],
-                        )
-                        .await?;
-                        exec(
-                            c,
-                            s,
-                            "writing the checkpoint",
-                            "DELETE FROM strom.checkpoints WHERE id = @P1 AND complete = 0",
-                            &[&meta.id.as_str()],
-                        )
-                        .await?;
-                        insert_checkpoint_row(c, s, &meta).await?;
-                        for (i, part) in chunks(&state, CHUNK).into_iter().enumerate() {
-                            insert_chunk(
-                                c,
-                                s,
-                                "strom.checkpoint_chunks",
-                                "checkpoint_id",
-                                &meta.id,
-                                i,
-                                part,
-                            )
-                            .await?;
-                        }
-                        // Marked complete last, in the same transaction: listed and
-                        // readable only once whole.
-                        exec(
-                            c,
-                            s,
-                            "writing the checkpoint",
-                            "UPDATE strom.checkpoints SET complete = 1 WHERE id = @P1",
-                            &[&meta.id.as_str()],
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                })
-                .await
+                    &[&meta.cluster_id.as_str()],
+                )
+                .await?;
+                let stored = newest
+                    .iter()
+                    .map(|r| parse_meta(s, r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                fence(&meta, &stored)?;
+                for p in &meta.packages {
+                    let sha = check_sha(&p.sha256)?;
+                    let found = rows(
+                        c,
+                        s,
+                        "checking packages",
+                        "SELECT 1 FROM strom.packages WHERE sha256 = @P1 AND complete = 1",
+                        &[&sha.as_str()],
+                    )
+                    .await?;
+                    if found.is_empty() {
+                        return Err(CheckpointError::PackageNotFound(sha));
+                    }
+                }
+                // Leftovers of an incomplete write of the same checkpoint (no
+                // writer of this cluster runs: we hold its lock).
+                exec(
+                    c,
+                    s,
+                    "writing the checkpoint",
+                    "DELETE FROM strom.checkpoint_chunks WHERE checkpoint_id = @P1",
+                    &[&meta.id.as_str()],
+                )
+                .await?;
+                exec(
+                    c,
+                    s,
+                    "writing the checkpoint",
+                    "DELETE FROM strom.checkpoints WHERE id = @P1 AND complete = 0",
+                    &[&meta.id.as_str()],
+                )
+                .await?;
+                insert_checkpoint_row(c, s, &meta).await?;
+                insert_checkpoint_chunks(c, s, &meta.id, chunks(&state, CHUNK)).await?;
+                // Marked complete last, in the same transaction: listed and
+                // readable only once whole.
+                exec(
+                    c,
+                    s,
+                    "writing the checkpoint",
+                    "UPDATE strom.checkpoints SET complete = 1 WHERE id = @P1",
+                    &[&meta.id.as_str()],
+                )
+                .await?;
+                Ok(())
             })
         })
         .await
@@ -1152,10 +1147,8 @@ impl CheckpointStore for SqlServerStore {
 
     async fn read(&self, id: &str) -> Result<(CheckpointMeta, Vec<u8>), CheckpointError> {
         let id = id.to_string();
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
                         // HOLDLOCK: the row stays share-locked to the end of this
                         // transaction, so retention (which deletes the row before its
                         // chunks) waits until the chunks are read.
@@ -1167,9 +1160,6 @@ impl CheckpointStore for SqlServerStore {
                         let parts = rows(c, s, "reading a checkpoint", "SELECT chunk, data FROM strom.checkpoint_chunks WHERE checkpoint_id = @P1 ORDER BY chunk", &[&id.as_str()]).await?;
                         let state = reassemble(&format!("checkpoint {id}'s state"), numbered_chunks(parts), &meta.state_sha256)?;
                         Ok((meta, state))
-                    })
-                })
-                .await
             })
         })
         .await
@@ -1177,10 +1167,8 @@ impl CheckpointStore for SqlServerStore {
 
     async fn retain(&self, cluster_id: &str, keep: usize) -> Result<Retained, CheckpointError> {
         let cluster = cluster_id.to_string();
-        self.with(move |c, s| {
+        self.in_transaction(move |c, s| {
             Box::pin(async move {
-                transaction(c, s, |c, s| {
-                    Box::pin(async move {
                         applock(c, s, &format!("strom:checkpoints:{cluster}"), "Exclusive").await?;
                         applock(c, s, "strom:packages", "Exclusive").await?;
                         // Under the cluster's lock and the exclusive packages lock: no
@@ -1216,9 +1204,6 @@ impl CheckpointStore for SqlServerStore {
                             exec(c, s, "retention", "DELETE FROM strom.package_chunks WHERE sha256 = @P1", &[&p.as_str()]).await?;
                         }
                         Ok(plan)
-                    })
-                })
-                .await
             })
         })
         .await

@@ -3,6 +3,7 @@
 //! back to back, against the same load without them.
 
 use super::*;
+use strom_node::output::bytes as size;
 use strom_proto::admin_v1::CreateCheckpointRequest;
 
 const APPS: usize = 100;
@@ -148,17 +149,6 @@ pub async fn run(builds: &Builds, seconds: f64) -> anyhow::Result<()> {
         with.p99_ms / without.p99_ms
     );
     Ok(())
-}
-
-fn size(n: u64) -> String {
-    let f = n as f64;
-    if f >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", f / 1024.0 / 1024.0)
-    } else if f >= 1024.0 {
-        format!("{:.1} KiB", f / 1024.0)
-    } else {
-        format!("{n} B")
-    }
 }
 
 fn dir_size(dir: &Path) -> u64 {
