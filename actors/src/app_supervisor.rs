@@ -146,6 +146,8 @@ impl AppState {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         s.instance_id = spec.instance_id.clone();
+        metrics::counter!("strom_instance_starts_total", "app" => spec.app.to_string())
+            .increment(1);
         s.state = if s.state == InstanceState::CrashLooping {
             InstanceState::CrashLooping
         } else {
@@ -191,6 +193,11 @@ impl AppState {
         let decision = s
             .tracker
             .on_failure(Instant::now(), rand::rng().random::<f64>());
+        let app = self.args.spec.app.to_string();
+        metrics::counter!("strom_instance_restarts_total", "app" => app.clone()).increment(1);
+        if decision.crash_looping && s.state != InstanceState::CrashLooping {
+            metrics::counter!("strom_instance_crash_loops_total", "app" => app).increment(1);
+        }
         s.state = if decision.crash_looping {
             InstanceState::CrashLooping
         } else {

@@ -211,11 +211,14 @@ impl InstanceState {
                     let _ = me.send_message(InstanceMsg::Recycle(reason));
                 }),
             ));
+            let after = self.started_at.elapsed();
             tracing::info!(
                 instance = %self.args.spec.instance_id,
-                after_ms = self.started_at.elapsed().as_millis() as u64,
+                after_ms = after.as_millis() as u64,
                 "instance ready"
             );
+            metrics::histogram!("strom_instance_cold_start_seconds", "app" => self.args.spec.app.to_string())
+                .record(after.as_secs_f64());
             running.endpoint = Some(endpoint.clone());
             self.args.parent.send_message(AppMsg::InstanceReady {
                 slot: self.args.slot,

@@ -94,6 +94,17 @@ impl ManagementNode {
         id: &VersionId,
         bytes: std::sync::Arc<Vec<u8>>,
     ) -> Result<(), ReplicationError> {
+        let replicated = self.replicate_blob_once(id, bytes).await;
+        let outcome = if replicated.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("strom_blob_replications_total", "outcome" => outcome).increment(1);
+        replicated
+    }
+
+    async fn replicate_blob_once(
+        &self,
+        id: &VersionId,
+        bytes: std::sync::Arc<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
         let (voters, peers) = peers(self, true);
         let needed = voters / 2 + 1;
         let mut have = 1;

@@ -128,12 +128,14 @@ impl Checkpoints {
     }
 
     fn succeeded(&self, meta: CheckpointMeta) {
+        metrics::counter!("strom_checkpoints_total").increment(1);
         let mut s = self.status.lock().expect("checkpoint status");
         s.last = Some(Written::of(meta));
         s.last_error = None;
     }
 
     fn failed(&self, e: &CheckpointError) {
+        metrics::counter!("strom_checkpoint_failures_total").increment(1);
         let mut s = self.status.lock().expect("checkpoint status");
         s.last_error = Some((now_ms(), e.to_string()));
     }

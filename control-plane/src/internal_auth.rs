@@ -31,6 +31,7 @@ use crate::state_machine::StateView;
 pub const PROOF_METADATA: &str = "x-strom-proof";
 
 const LABEL: &[u8] = b"strom internal proof v1\n";
+const METRICS_LABEL: &[u8] = b"strom metrics token v1\n";
 
 /// The proof of one join token: `base64url(SHA-256(label ‖ token))`.
 fn derive(join_token: &str) -> Arc<str> {
@@ -85,6 +86,22 @@ impl ClusterSecret {
     /// What this node shows other nodes.
     pub fn proof(&self) -> Option<Arc<str>> {
         self.0.read().expect("secret lock").clone()
+    }
+
+    /// The cluster's read-only metrics token (`GET /metrics`):
+    /// `base64url(SHA-256(label ‖ proof))`, so it reveals neither the proof nor the
+    /// join token, and every node derives the same one.
+    pub fn metrics_token(&self) -> Option<String> {
+        use base64::Engine;
+        let proof = self.proof()?;
+        let digest = Sha256::new()
+            .chain_update(METRICS_LABEL)
+            .chain_update(proof.as_bytes())
+            .finalize();
+        Some(format!(
+            "strom-metrics-{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+        ))
     }
 
     /// Whether `presented` is this cluster's proof (constant time; false while

@@ -360,6 +360,9 @@ impl Term {
                 if !outcome.succeeded {
                     tracing::warn!(%timer, %invocation_id, "timer run failed: {}", outcome.error);
                 }
+                metrics::counter!("strom_timer_runs_total", "app" => timer.app.to_string(), "function" => timer.function.clone(),
+                    "outcome" => if outcome.succeeded { "succeeded" } else { "failed" })
+                .increment(1);
                 let view = self.node.read_local();
                 let command = outcome_command(
                     &view.state,
@@ -371,6 +374,8 @@ impl Term {
                 );
                 if let Command::RetryTimer(r) = &command {
                     tracing::info!(%timer, attempt = r.attempt, retry_at_ms = r.retry_at_ms, "timer run: retrying");
+                    metrics::counter!("strom_timer_retries_total", "app" => timer.app.to_string(), "function" => timer.function.clone())
+                        .increment(1);
                 }
                 self.commit(command, "recording a timer run's outcome")
                     .await;
@@ -380,9 +385,13 @@ impl Term {
 
     /// Commit one of the leader's own writes; a failure is logged (the next round
     /// tries again).
-    async fn commit(&self, command: Command, what: &str) {
-        if let Err(e) = self.node.propose_local_within(command).await {
-            tracing::warn!("{what}: {e}");
+    async fn commit(&self, command: Command, what: &str) -> bool {
+        match self.node.propose_local_within(command).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("{what}: {e}");
+                false
+            }
         }
     }
 
@@ -475,14 +484,19 @@ impl Term {
             return;
         }
         tracing::info!(changes = changes.len(), "scheduler: placing");
-        self.commit(
-            Command::Place {
-                changes,
-                at_ms: now_ms(),
-            },
-            "scheduler: committing placements",
-        )
-        .await;
+        let placed = changes.len() as u64;
+        if self
+            .commit(
+                Command::Place {
+                    changes,
+                    at_ms: now_ms(),
+                },
+                "scheduler: committing placements",
+            )
+            .await
+        {
+            metrics::counter!("strom_scheduler_placements_total").increment(placed);
+        }
     }
 
     /// Timers: commit what the plan proposes (each due tick before it is sent),
@@ -527,6 +541,11 @@ impl Term {
                 continue;
             };
             tracing::info!(%timer, invocation_id = attempt.invocation_id(), attempt = attempt.number(), tick_ms = attempt.run.tick_ms, past_due = attempt.run.past_due, "timer run: sending");
+            if attempt.number() == 0 && dispatch.scheduled {
+                let late = (now_ms() - attempt.run.tick_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!("strom_timer_lateness_seconds", "app" => timer.app.to_string(), "function" => timer.function.clone())
+                    .record(late);
+            }
             self.dispatching.insert(attempt.invocation_id().to_string());
             self.send_run(&dispatcher, timer.clone(), dispatch);
         }

@@ -42,6 +42,7 @@ pub mod leases;
 pub mod log_store;
 pub mod management;
 pub mod membership;
+pub mod metrics;
 pub mod peers;
 pub mod publishing;
 pub mod restore;

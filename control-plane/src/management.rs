@@ -270,7 +270,7 @@ impl ManagementNode {
         )
         .await?;
 
-        Ok(ManagementNode {
+        let node = ManagementNode {
             raft,
             state,
             blobs,
@@ -281,7 +281,9 @@ impl ManagementNode {
             peers: PeerChannels::new(secret.clone()),
             duties: LeaderDuties::default(),
             secret,
-        })
+        };
+        crate::metrics::observe_management(&node);
+        Ok(node)
     }
 
     /// Make this node a single-member cluster if it has never been initialized,
@@ -406,7 +408,15 @@ impl ManagementNode {
         &self,
         command: Command,
     ) -> Result<(u64, CommandResult), ProposeError> {
-        match self.raft.client_write(command).await {
+        let started = tokio::time::Instant::now();
+        let written = self.raft.client_write(command).await;
+        if written.is_ok() {
+            metrics::histogram!("strom_raft_proposal_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        } else {
+            metrics::counter!("strom_raft_proposal_failures_total").increment(1);
+        }
+        match written {
             Ok(r) => Ok((r.log_id.index, r.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotLeader {

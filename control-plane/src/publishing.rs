@@ -43,8 +43,9 @@ pub const ADMIN_USER: &str = "$strom";
 
 type Body = tonic::body::Body;
 
-/// Puts the publishing endpoint (and, with [`PublishingLayer::with_health`], the
-/// health endpoints) in front of the control port's gRPC services.
+/// Puts the publishing endpoint, `GET /metrics` (and, with
+/// [`PublishingLayer::with_health`], the health endpoints) in front of the control
+/// port's gRPC services.
 #[derive(Clone)]
 pub struct PublishingLayer {
     api: AdminApi,
@@ -114,6 +115,24 @@ where
             .as_ref()
             .and_then(|h| crate::health::control_port_answer(h, &request))
         {
+            return Box::pin(async move { Ok(answer) });
+        }
+        if request.uri().path() == crate::metrics::PATH
+            && matches!(*request.method(), Method::GET | Method::HEAD)
+        {
+            let api = &self.api;
+            let (status, headers, body) =
+                crate::metrics::answer(request.headers(), &api.node.secret, false, &|t| {
+                    api.is_admin_token(t)
+                });
+            let body = if request.method() == Method::HEAD {
+                String::new()
+            } else {
+                body
+            };
+            let mut answer = Response::new(Body::new(Full::new(Bytes::from(body))));
+            *answer.status_mut() = status;
+            answer.headers_mut().extend(headers);
             return Box::pin(async move { Ok(answer) });
         }
         if !is_publishing(&request) {

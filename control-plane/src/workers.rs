@@ -303,6 +303,8 @@ impl WorkerService for WorkerServer {
                 Err(e) => tracing::warn!(node = req.node_id, "skipping an instance report: {e}"),
             }
         }
+        metrics::counter!("strom_worker_heartbeats_total", "worker" => req.node_id.to_string())
+            .increment(1);
         // The term task renews the lease, and marks a Down worker Up again.
         term.renew(req.node_id, req.build, req.protocol, instances)
             .await

@@ -48,6 +48,11 @@ fn main() {
     // names it everywhere; aws-lc-rs for tiberius): make ring the process default
     // so no library falls back to a guess.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The node's Prometheus metrics (`GET /metrics`); a client command records none.
+    if let Err(e) = strom_control_plane::metrics::install() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("STROM_WORKER_THREADS")
         .ok()

@@ -630,6 +630,18 @@ pub async fn run_node(
         ));
     }
 
+    // Prometheus reads `/metrics` with this read-only token (never printed).
+    if let Some(token) = running.secret.metrics_token() {
+        let path = settings
+            .data_dir
+            .join(strom_control_plane::metrics::TOKEN_FILE);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(token.as_str()) {
+            if let Err(e) = write_secret_file(&path, &token) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+
     // What the roles created on a first start (the Raft log and its folders) too;
     // later files are created 0600 (tempfile, write_secret_file).
     if first_start {

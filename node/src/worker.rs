@@ -167,6 +167,7 @@ impl Worker {
         let (status_tx, actor_statuses) = watch::channel(Arc::new(Vec::new()));
         let (failures_tx, failures) = watch::channel(Arc::new(Vec::new()));
         let (public_tx, instances) = watch::channel(Arc::new(Vec::new()));
+        count_instances_when_scraped(instances.clone());
         let (supervisor, _) = Actor::spawn(
             Some("node-supervisor".into()),
             NodeSupervisor,
@@ -281,6 +282,37 @@ pub struct UnpackFailure {
 /// 2 s, doubling, at most a minute.
 pub fn unpack_backoff(attempts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 6)).min(60))
+}
+
+/// `strom_instances{app,state}` from this worker's instances, when scraped (an
+/// app or state with none left reads 0).
+fn count_instances_when_scraped(instances: watch::Receiver<Arc<Vec<InstanceStatus>>>) {
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::<(String, &'static str)>::new());
+    strom_control_plane::metrics::on_scrape(move || {
+        let mut counts = std::collections::BTreeMap::<(String, &'static str), u32>::new();
+        for s in instances.borrow().iter() {
+            let state = match s.state {
+                InstanceState::Starting => "starting",
+                InstanceState::Ready => "ready",
+                InstanceState::Draining => "draining",
+                InstanceState::Restarting => "restarting",
+                InstanceState::CrashLooping => "crashlooping",
+            };
+            *counts.entry((s.app.to_string(), state)).or_default() += 1;
+        }
+        let mut seen = seen.lock().expect("instance metrics");
+        for key in seen.iter() {
+            if !counts.contains_key(key) {
+                metrics::gauge!("strom_instances", "app" => key.0.clone(), "state" => key.1)
+                    .set(0.0);
+            }
+        }
+        for ((app, state), n) in &counts {
+            metrics::gauge!("strom_instances", "app" => app.clone(), "state" => *state)
+                .set(f64::from(*n));
+            seen.insert((app.clone(), state));
+        }
+    });
 }
 
 /// How an unpack failure shows among the instances (`strom app show`, `cluster

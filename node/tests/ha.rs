@@ -1540,3 +1540,172 @@ fn t100_a_worker_cut_off_from_every_manager_logs_it_once_not_every_retry() {
         "{text}"
     );
 }
+
+/// One authenticated scrape of `/metrics` on a port, parsed strictly and checked
+/// by promtool.
+fn scrape(base: &str, token: &str) -> strom_testkit::prometheus::Scrape {
+    let r = common::http(
+        "GET",
+        base,
+        "/metrics",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    strom_testkit::prometheus::promtool(&["check", "metrics"], text.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    strom_testkit::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[test]
+fn t101_metrics_need_a_token_parse_and_move_with_invocations_restarts_and_leader_changes() {
+    let mut c = Cluster::new(4);
+    let m1 = c.bootstrap(0);
+    let admin = c.admin();
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.join(2, "management", &c.seeds(&[0]));
+    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m1.server, &admin, apps.path(), "web");
+
+    // Every node keeps the same read-only token, owner-only; it is never printed.
+    let token = std::fs::read_to_string(c.dirs[0].path().join("metrics.token")).unwrap();
+    let token = token.trim();
+    for d in &c.dirs {
+        let path = d.path().join("metrics.token");
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+    for up in [&m1, &m2, &m3, &w4] {
+        assert!(up.stdout.iter().all(|l| !l.contains(token)));
+    }
+    // No token, a wrong one, a client's key: refused on both ports.
+    for (base, headers) in [
+        (&m1.server, vec![]),
+        (&w4.http, vec![]),
+        (
+            &m1.server,
+            vec![("Authorization", "Bearer strom-metrics-wrong")],
+        ),
+        (&w4.http, vec![("x-functions-key", "anything")]),
+    ] {
+        let r = common::http("GET", base, "/metrics", &headers, b"");
+        assert_eq!(r.status, 401, "{base} {headers:?}: {}", r.text());
+        assert!(r.header("www-authenticate").is_some());
+    }
+    // The admin token reads too, where the node can check it.
+    let r = common::http(
+        "GET",
+        &m1.server,
+        "/metrics",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+
+    // Invocations on the worker count there, by app, function, trigger, status.
+    eventually(Duration::from_secs(30), "web served on the worker", || {
+        (get(&w4.http, "/api/web/0").status == 200).then_some(())
+    });
+    let invocations = |s: &strom_testkit::prometheus::Scrape, status: &str| {
+        s.sum(
+            "strom_invocations_total",
+            &[
+                ("app", "web"),
+                ("function", "hello"),
+                ("trigger", "http"),
+                ("status", status),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    // (Records, and so metrics, are written after each call's output grace.)
+    let before = eventually(Duration::from_secs(10), "the first call counted", || {
+        let s = scrape(&w4.http, token);
+        (invocations(&s, "succeeded") >= 1.0).then_some(s)
+    });
+    for i in 1..=3 {
+        assert_eq!(get(&w4.http, &format!("/api/web/{i}")).status, 200);
+    }
+    let after = eventually(Duration::from_secs(10), "3 more invocations", || {
+        let s = scrape(&w4.http, token);
+        (invocations(&s, "succeeded") >= invocations(&before, "succeeded") + 3.0).then_some(s)
+    });
+    assert_eq!(
+        invocations(&after, "succeeded"),
+        invocations(&before, "succeeded") + 3.0
+    );
+    let count = |s: &strom_testkit::prometheus::Scrape, name: &str| {
+        s.sum(name, &[("app", "web")]).unwrap_or(0.0)
+    };
+    assert!(
+        count(&after, "strom_invocation_duration_seconds_count")
+            >= invocations(&after, "succeeded")
+    );
+    assert!(count(&after, "strom_instance_cold_start_seconds_count") >= 1.0);
+    assert_eq!(
+        after.sum("strom_instances", &[("app", "web"), ("state", "ready")]),
+        Some(1.0)
+    );
+    assert!(
+        after
+            .sum("strom_gateway_responses_total", &[("code", "200")])
+            .unwrap()
+            >= 4.0
+    );
+
+    // A handler that crashes: a failed invocation, a restart.
+    let restarts = count(&after, "strom_instance_restarts_total");
+    assert_eq!(get(&w4.http, "/api/web/9?action=crash").status, 500);
+    let crashed = eventually(Duration::from_secs(10), "the restart counted", || {
+        let s = scrape(&w4.http, token);
+        (count(&s, "strom_instance_restarts_total") == restarts + 1.0
+            && invocations(&s, "failed") == invocations(&before, "failed") + 1.0)
+            .then_some(s)
+    });
+    assert!(crashed.sum("strom_gateway_responses_total", &[("code", "500")]) >= Some(1.0));
+
+    // The management group: one leader, every worker up, then a leader change.
+    let managers = [&m1, &m2, &m3];
+    let group = eventually(Duration::from_secs(10), "one leader, a worker up", || {
+        let scrapes: Vec<_> = managers.iter().map(|m| scrape(&m.server, token)).collect();
+        let leaders: f64 = scrapes
+            .iter()
+            .map(|s| s.sum("strom_raft_is_leader", &[]).unwrap())
+            .sum();
+        let up = scrapes[1].sum("strom_workers", &[("state", "up")]);
+        (leaders == 1.0 && up == Some(1.0)).then_some(scrapes)
+    });
+    assert_eq!(
+        group[0].sum("strom_raft_is_leader", &[]),
+        Some(1.0),
+        "m1 bootstrapped"
+    );
+    assert!(group[0].sum("strom_raft_proposal_duration_seconds_count", &[]) > Some(0.0));
+    assert!(group[0].sum("strom_worker_heartbeats_total", &[("worker", "4")]) > Some(0.0));
+    let term = group[1].sum("strom_raft_term", &[]).unwrap();
+    let changes = group[1]
+        .sum("strom_raft_leader_changes_total", &[])
+        .unwrap_or(0.0);
+    m1.kill9();
+    eventually(Duration::from_secs(30), "a new leader, counted", || {
+        let s = scrape(&m2.server, token);
+        (s.sum("strom_raft_term", &[]).unwrap() > term
+            && s.sum("strom_raft_leader_changes_total", &[]).unwrap_or(0.0) > changes
+            && s.sum("strom_raft_has_leader", &[]) == Some(1.0))
+        .then_some(())
+    });
+    for up in [m2, m3, w4] {
+        up.stop();
+    }
+}

@@ -5,6 +5,7 @@
 //! - [`apps`]: app folders, zips and validated manifests.
 //! - [`node`]: a running `strom up` / `strom serve` process and client commands.
 //! - [`http`]: a small blocking HTTP/1.1 client and a background request load.
+//! - [`prometheus`]: the metrics text format, parsed strictly, and `promtool`.
 //! - [`handler`]: the static conformance handler, its app, its local image, and
 //!   the Docker check (skip with a message, or fail under `STROM_REQUIRE_DOCKER=1`).
 
@@ -13,6 +14,7 @@ pub mod handler;
 pub mod http;
 pub mod node;
 pub mod ports;
+pub mod prometheus;
 
 use std::time::Duration;
 

@@ -143,6 +143,8 @@ pub struct HopClient {
     tick: AtomicU64,
     /// Shown to the peer: its gateway trusts hop metadata only with it.
     secret: ClusterSecret,
+    /// `strom_gateway_hops_total` by outcome: answered, undelivered, refused, broken.
+    outcomes: [metrics::Counter; 4],
 }
 
 impl HopClient {
@@ -169,10 +171,18 @@ impl HopClient {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let outcome =
+            |o: &'static str| metrics::counter!("strom_gateway_hops_total", "outcome" => o);
         HopClient {
             client,
             scheme,
             secret,
+            outcomes: [
+                outcome("answered"),
+                outcome("undelivered"),
+                outcome("refused"),
+                outcome("broken"),
+            ],
             outstanding: RwLock::new(HashMap::new()),
             unhealthy: RwLock::new(HashMap::new()),
             tick: AtomicU64::new(0),
@@ -246,6 +256,17 @@ impl HopClient {
             ));
         }
         Ok(body)
+    }
+
+    /// Count a hop's outcome (`strom_gateway_hops_total`).
+    pub(super) fn count(&self, hop: &Hop) {
+        let i = match hop {
+            Hop::Answered(_) => 0,
+            Hop::Undelivered => 1,
+            Hop::Refused => 2,
+            Hop::Broken(_) => 3,
+        };
+        self.outcomes[i].increment(1);
     }
 
     pub(super) async fn send(
@@ -375,6 +396,7 @@ impl Gateway {
             }) {
                 tried.push(peer);
                 let hop = inner.hop.send(me, app, peer, &addr, parts, body).await;
+                inner.hop.count(&hop);
                 let next = after_hop(&hop, parts.method.is_idempotent());
                 match (hop, next) {
                     (Hop::Answered(r), _) => return Ok(r),

@@ -15,6 +15,10 @@ pub struct Limiter {
     outstanding: AtomicUsize,
     max_outstanding: Option<usize>,
     concurrency: Option<Arc<Semaphore>>,
+    /// `strom_gateway_requests_in_flight` and `_queued` of the app (shared by
+    /// its versions' limiters).
+    in_flight: metrics::Gauge,
+    queued: metrics::Gauge,
 }
 
 /// A request counted against its app's limits until dropped.
@@ -28,12 +32,24 @@ struct Outstanding(Arc<Limiter>);
 impl Drop for Outstanding {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.decrement(1.0);
+    }
+}
+
+/// A request waiting for its turn; counted as queued until dropped.
+struct Queued<'a>(&'a metrics::Gauge);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
 impl Limiter {
-    fn new(host: &HostConfig) -> Limiter {
+    fn new(app: &AppName, host: &HostConfig) -> Limiter {
         Limiter {
+            in_flight: metrics::gauge!("strom_gateway_requests_in_flight", "app" => app.to_string()),
+            queued: metrics::gauge!("strom_gateway_requests_queued", "app" => app.to_string()),
             outstanding: AtomicUsize::new(0),
             max_outstanding: host.max_outstanding_requests.map(|n| n as usize),
             concurrency: host
@@ -46,12 +62,20 @@ impl Limiter {
     /// Waits for a turn under `maxConcurrentRequests`.
     pub async fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let outstanding = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
+        self.in_flight.increment(1.0);
         let guard = Outstanding(self.clone());
         if self.max_outstanding.is_some_and(|max| outstanding > max) {
             return None;
         }
         let permit = match &self.concurrency {
-            Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
+            Some(sem) => Some(match sem.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.queued.increment(1.0);
+                    let _queued = Queued(&self.queued);
+                    sem.clone().acquire_owned().await.expect("never closed")
+                }
+            }),
             None => None,
         };
         Some(Admitted {
@@ -80,7 +104,7 @@ impl Limiters {
                 return l.clone();
             }
         }
-        let limiter = Arc::new(Limiter::new(host));
+        let limiter = Arc::new(Limiter::new(app, host));
         map.insert(app.clone(), (version.clone(), limiter.clone()));
         limiter
     }

@@ -121,6 +121,8 @@ struct Inner {
     limiters: Limiters,
     /// Rotates ties between equal instances.
     tick: AtomicU64,
+    /// `strom_gateway_responses_total`.
+    responses: ResponseCounters,
     recorder: Recorder,
     /// This node's invocation records (answered to management nodes asking).
     invocations: InvocationStore,
@@ -131,6 +133,28 @@ struct Inner {
     /// Stops the recorder once the port has closed.
     stop: CancellationToken,
     background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// `strom_gateway_responses_total` by status code, each counter registered the
+/// first time its code is answered (a request pays one atomic add).
+struct ResponseCounters(Box<[std::sync::OnceLock<metrics::Counter>]>);
+
+impl Default for ResponseCounters {
+    fn default() -> Self {
+        ResponseCounters((100..600).map(|_| std::sync::OnceLock::new()).collect())
+    }
+}
+
+impl ResponseCounters {
+    fn count(&self, status: StatusCode) {
+        let code = status.as_u16();
+        if let Some(slot) = self.0.get(usize::from(code).wrapping_sub(100)) {
+            slot.get_or_init(
+                || metrics::counter!("strom_gateway_responses_total", "code" => code.to_string()),
+            )
+            .increment(1);
+        }
+    }
 }
 
 /// Cheap to clone.
@@ -166,6 +190,7 @@ impl Gateway {
                 client,
                 limiters: Limiters::default(),
                 tick: AtomicU64::new(0),
+                responses: ResponseCounters::default(),
                 recorder,
                 invocations,
                 timer_runs: timer_run::TimerRuns::default(),
@@ -232,9 +257,44 @@ impl Gateway {
             )
     }
 
+    /// `GET /metrics` on the function port.
+    fn metrics<B>(
+        &self,
+        req: &Request<B>,
+        proof: Option<&hyper::header::HeaderValue>,
+        node_cert: bool,
+    ) -> Response<Body> {
+        let mut headers = req.headers().clone();
+        if let Some(p) = proof {
+            headers.insert(internal_auth::PROOF_METADATA, p.clone());
+        }
+        let admin = self.inner.config.key_admin.0.clone();
+        let (status, extra, body) = strom_control_plane::metrics::answer(
+            &headers,
+            &self.inner.config.secret,
+            node_cert,
+            &|t| admin.as_ref().and_then(|a| a.is_admin_token(t)) == Some(true),
+        );
+        let body = if req.method() == hyper::Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(body)
+        };
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().extend(extra);
+        resp
+    }
+
     /// Every request starts here. `node_cert`: its connection presented a
     /// certificate the cluster CA signed.
-    async fn handle(&self, mut req: Request<Incoming>, node_cert: bool) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, node_cert: bool) -> Response<Body> {
+        let response = self.route(req, node_cert).await;
+        self.inner.responses.count(response.status());
+        response
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, node_cert: bool) -> Response<Body> {
         // The proof never reaches a handler; hop metadata from anyone but another
         // node is dropped, so a client reaches only what it could without it.
         let proof = req.headers_mut().remove(internal_auth::PROOF_METADATA);
@@ -283,6 +343,14 @@ impl Gateway {
                     return resp;
                 }
             }
+        }
+        // Prometheus (the metrics token, or the admin token where this node can
+        // check it).
+        if hop_app.is_none()
+            && req.uri().path() == strom_control_plane::metrics::PATH
+            && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD)
+        {
+            return self.metrics(&req, proof.as_ref(), node_cert);
         }
         // A management node asking for this node's invocation records (`strom fn
         // logs` across the cluster): other nodes only, like hop metadata.

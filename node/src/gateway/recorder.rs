@@ -9,14 +9,18 @@
 //! flight when it arrived: a line of one is that one's; a line written while
 //! several were in flight appears once, in the earliest one's record, naming them
 //! all); at most [`MAX_RECORD_LINES`] in all. In memory only.
+//!
+//! The same task counts each invocation in the node's metrics
+//! ([`InvocationMetrics`]), so the request path records nothing but the record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strom_actors::log_ring::Owner;
 use strom_actors::runtime::LogStream;
 use strom_actors::Endpoint;
-use strom_proto::invocations::{InvocationRecord, InvocationStore, LogEntry};
+use strom_proto::invocations::{InvocationRecord, InvocationStatus, InvocationStore, LogEntry};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -99,8 +103,50 @@ impl Recorder {
             let pending = match e {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
-            self.store.record(pending.record);
+            let record = pending.record;
+            InvocationMetrics::default().count(&record);
+            self.store.record(record);
         }
+    }
+}
+
+/// `strom_invocations_total` and `strom_invocation_duration_seconds`, with the
+/// handles of each app, function and trigger kept by the one task that records.
+#[derive(Default)]
+pub struct InvocationMetrics {
+    by_function: HashMap<(String, String, &'static str), FunctionMetrics>,
+}
+
+struct FunctionMetrics {
+    /// By status: succeeded, failed, timedout.
+    outcomes: [metrics::Counter; 3],
+    duration: metrics::Histogram,
+}
+
+impl InvocationMetrics {
+    pub fn count(&mut self, record: &InvocationRecord) {
+        let trigger: &'static str = match &*record.trigger {
+            "timer" => "timer",
+            "admin" => "admin",
+            _ => "http",
+        };
+        let key = (record.app.to_string(), record.function.clone(), trigger);
+        let f = self.by_function.entry(key).or_insert_with_key(|(app, function, trigger)| {
+            let counter = |status: &'static str| {
+                metrics::counter!("strom_invocations_total", "app" => app.clone(), "function" => function.clone(), "trigger" => *trigger, "status" => status)
+            };
+            FunctionMetrics {
+                outcomes: [counter("succeeded"), counter("failed"), counter("timedout")],
+                duration: metrics::histogram!("strom_invocation_duration_seconds", "app" => app.clone(), "function" => function.clone(), "trigger" => *trigger),
+            }
+        });
+        let i = match record.status {
+            InvocationStatus::Succeeded => 0,
+            InvocationStatus::Failed => 1,
+            InvocationStatus::TimedOut => 2,
+        };
+        f.outcomes[i].increment(1);
+        f.duration.record(record.duration_us as f64 / 1e6);
     }
 }
 
@@ -108,6 +154,7 @@ impl Recorder {
 /// arrive in due order, as the grace is constant).
 async fn run(mut rx: mpsc::Receiver<Pending>, store: InvocationStore, cancel: CancellationToken) {
     let mut batch = Vec::new();
+    let mut metrics = InvocationMetrics::default();
     loop {
         // Wake once per batch, not once per record: take everything queued, wait
         // for the last one's due time, write them all.
@@ -125,7 +172,9 @@ async fn run(mut rx: mpsc::Receiver<Pending>, store: InvocationStore, cancel: Ca
             }
         }
         for p in batch.drain(..) {
-            store.record(finish(p));
+            let record = finish(p);
+            metrics.count(&record);
+            store.record(record);
         }
     }
     // Stopping: what is queued is written as it is.
@@ -134,7 +183,9 @@ async fn run(mut rx: mpsc::Receiver<Pending>, store: InvocationStore, cancel: Ca
         batch.push(p);
     }
     for p in batch.drain(..) {
-        store.record(finish(p));
+        let record = finish(p);
+        metrics.count(&record);
+        store.record(record);
     }
 }
 

@@ -283,7 +283,9 @@ impl Gateway {
                     ));
                 };
                 let (parts, ()) = request.into_parts();
-                match inner.hop.send(me, &app, node, &addr, &parts, &body).await {
+                let hop = inner.hop.send(me, &app, node, &addr, &parts, &body).await;
+                inner.hop.count(&hop);
+                match hop {
                     Hop::Answered(resp) if resp.status() == StatusCode::OK => {
                         match resp.into_body().collect().await {
                             Ok(b) => match serde_json::from_slice::<TimerOutcome>(&b.to_bytes()) {
