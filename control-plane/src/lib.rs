@@ -53,6 +53,7 @@ pub mod timer_plan;
 pub mod timer_records;
 pub mod timer_service;
 pub mod tls;
+pub mod traces;
 pub mod worker_view;
 pub mod workers;
 

@@ -363,9 +363,12 @@ impl ManagementNode {
     /// Acknowledged only after commit. On a follower the command is forwarded to the
     /// leader (once: if leadership moved meanwhile, the caller gets `NotLeader`).
     pub async fn propose(&self, command: Command) -> Result<(u64, CommandResult), ProposeError> {
-        tokio::time::timeout(QUORUM_WAIT, self.propose_inner(command))
+        let span = crate::traces::write_span(command.kind(), self.config.node_id);
+        let result = tokio::time::timeout(QUORUM_WAIT, self.propose_inner(command))
             .await
-            .unwrap_or_else(|_| Err(self.no_quorum("the write was not committed")))
+            .unwrap_or_else(|_| Err(self.no_quorum("the write was not committed")));
+        crate::traces::end_write(span, &result);
+        result
     }
 
     /// Why nothing commits: what this node sees, for the error message.

@@ -27,9 +27,10 @@
 //!   - `echo`: 200 `{"Outputs":{"res":{"statusCode":200,"headers":{"Content-Type":
 //!     "application/json","x-test-handler":"json"},"body":"<JSON text>"}},
 //!     "Logs":["echo <name>"],"ReturnValue":null}`; the body text is the JSON object
-//!     `{"function","invocationId","hostVersion","worker","pid","data","metadata"}`
-//!     (`invocationId`/`hostVersion` from the `X-Azure-Functions-InvocationId`/
-//!     `X-Azure-Functions-HostVersion` headers, `data`/`metadata` the request's `Data`/
+//!     `{"function","invocationId","hostVersion","traceparent","worker","pid","data",
+//!     "metadata"}` (`invocationId`/`hostVersion`/`traceparent` from the
+//!     `X-Azure-Functions-InvocationId`/`X-Azure-Functions-HostVersion`/`traceparent`
+//!     headers, `data`/`metadata` the request's `Data`/
 //!     `Metadata`; absent values are `null`);
 //!   - `status=N` (100..=999): like `echo` with `statusCode` N;
 //!   - `sleep=MS`: sleeps MS ms, then like `echo`;
@@ -361,6 +362,7 @@ async fn handle(req: Request<Incoming>, identity: &Identity) -> Response<Full<By
             name,
             invocation_id,
             host_version: header(&parts.headers, HOST_VERSION),
+            traceparent: header(&parts.headers, "traceparent"),
             identity,
             payload,
         };
@@ -511,6 +513,7 @@ struct JsonModeContext<'a> {
     name: String,
     invocation_id: Option<String>,
     host_version: Option<String>,
+    traceparent: Option<String>,
     identity: &'a Identity,
     payload: Map<String, Value>,
 }
@@ -532,6 +535,7 @@ fn json_mode_reply(action: &Action, cx: &JsonModeContext<'_>) -> Reply {
             "function": cx.name,
             "invocationId": cx.invocation_id,
             "hostVersion": cx.host_version,
+            "traceparent": cx.traceparent,
             "worker": cx.identity.worker,
             "pid": cx.identity.pid,
             "data": cx.payload.get("Data").cloned().unwrap_or(Value::Null),

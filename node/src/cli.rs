@@ -107,6 +107,11 @@ pub struct UpArgs {
     /// Versions kept per app; older ones are forgotten and their packages removed.
     #[arg(long, env = "STROM_KEEP_VERSIONS", default_value_t = 10)]
     pub keep_versions: usize,
+    /// Export traces (OpenTelemetry, OTLP over gRPC) to this collector, e.g.
+    /// `http://127.0.0.1:4317` (`https://` is checked against the system's roots)
+    /// [default: off].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Each app's own address is `{app}.<domain>` on the function port (`*.localhost`
     /// reaches this machine without DNS); the bare address serves a route only
     /// while one app claims it.
@@ -301,6 +306,11 @@ pub struct ServeArgs {
     /// stops at once [default: 5].
     #[arg(long, env = "STROM_SHUTDOWN_DELAY_SECS")]
     pub shutdown_delay_secs: Option<u64>,
+    /// Export traces (OpenTelemetry, OTLP over gRPC) to this collector, e.g.
+    /// `http://127.0.0.1:4317` (`https://` is checked against the system's roots)
+    /// [default: off].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Management: where the leader writes checkpoints of the cluster's state:
     /// `local:DIR` (a directory, may be a network share) or
     /// `sqlserver:<ADO.NET connection string>` (`sqlserver:@FILE` reads it from a

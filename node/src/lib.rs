@@ -13,6 +13,7 @@ pub mod logging;
 pub mod output;
 pub mod publish_profile;
 pub mod serve;
+pub mod traces;
 pub mod unpacked;
 pub mod up;
 pub mod worker;

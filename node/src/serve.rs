@@ -76,6 +76,7 @@ pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     args.checkpoint_every = args.checkpoint_every.or(file.checkpoint_every);
     args.checkpoint_keep = args.checkpoint_keep.or(file.checkpoint_keep);
     args.shutdown_delay_secs = args.shutdown_delay_secs.or(file.shutdown_delay_secs);
+    args.otlp_endpoint = args.otlp_endpoint.or(file.otlp_endpoint);
     Ok(args)
 }
 
@@ -287,6 +288,7 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         limits: ZipLimits::default(),
         http,
         checkpoints,
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
     })
 }
 

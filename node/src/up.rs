@@ -128,6 +128,8 @@ pub struct NodeSettings {
     pub limits: ZipLimits,
     /// The worker's runtimes: default and container defaults.
     pub containers: crate::worker::Containers,
+    /// Where traces are exported (OTLP/gRPC); none: tracing off.
+    pub otlp_endpoint: Option<String>,
     /// Checkpoints to a store (management role; `None`: none).
     pub checkpoints: Option<strom_control_plane::checkpointer::CheckpointSettings>,
 }
@@ -198,6 +200,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         startup_timeout: Duration::from_secs(args.startup_timeout_secs),
         // A developer's single node: stop at once.
         shutdown_delay: Duration::ZERO,
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
         max_request_body_bytes: args.max_request_body_bytes,
         http: crate::gateway::listener::HttpLimits {
             header_read: Duration::from_secs(args.http_header_timeout_secs),
@@ -314,6 +317,24 @@ pub async fn run_node(
     title: &str,
 ) -> Result<(), CliError> {
     crate::logging::set_node_id(settings.node_id);
+    let exporter = match &settings.otlp_endpoint {
+        Some(endpoint) => Some(
+            crate::traces::start(endpoint, settings.node_id).map_err(|e| CliError::new(2, e))?,
+        ),
+        None => None,
+    };
+    let result = run_node_traced(settings, apps, title).await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    result
+}
+
+async fn run_node_traced(
+    settings: NodeSettings,
+    apps: Vec<AppDir>,
+    title: &str,
+) -> Result<(), CliError> {
     // Deployments recorded by this node before now are an earlier process's.
     let started_ms = strom_control_plane::management::now_ms();
     // The data dir holds secrets: its owner's alone (older ones are fixed).

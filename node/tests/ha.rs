@@ -1709,3 +1709,259 @@ fn t101_metrics_need_a_token_parse_and_move_with_invocations_restarts_and_leader
         up.stop();
     }
 }
+
+/// The spans an in-test OTLP collector received.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let attributes = s
+                        .attributes
+                        .iter()
+                        .map(|kv| {
+                            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                                Some(Value::StringValue(s)) => s.clone(),
+                                Some(Value::IntValue(i)) => i.to_string(),
+                                Some(other) => format!("{other:?}"),
+                                None => String::new(),
+                            };
+                            (kv.key.clone(), v)
+                        })
+                        .collect();
+                    spans.push(ReceivedSpan {
+                        name: s.name,
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent: hex(&s.parent_span_id),
+                        attributes,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Collector {
+    /// Serve OTLP/gRPC on a free port of 127.0.0.1 (in a thread of its own).
+    fn start() -> (Collector, u16) {
+        let collector = Collector::default();
+        let port = free_port();
+        let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve(format!("127.0.0.1:{port}").parse().unwrap())
+                    .await
+                    .unwrap();
+            });
+        });
+        (collector, port)
+    }
+
+    fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        let spans = self.0.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// (trace id, parent span id) of a W3C `traceparent`.
+fn traceparent(value: &str) -> (String, String) {
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16));
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+/// The spans of one invocation that entered at node 1 and ran on node 2, in
+/// order, each the parent of the next: gateway (1) → hop → gateway (2) → invoke,
+/// the last the parent the handler was given.
+fn check_chain(spans: &[ReceivedSpan], caller_parent: &str, handler_parent: &str) {
+    let find = |name: &str, node: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.attributes.get("strom.node_id").map(String::as_str) == Some(node)
+            })
+            .unwrap_or_else(|| panic!("no {name} span of node {node}: {spans:#?}"))
+    };
+    let entry = find("gateway", "1");
+    let hop = find("hop", "1");
+    let worker = find("gateway", "2");
+    let invoke = find("invoke", "2");
+    assert_eq!(entry.parent, caller_parent, "{spans:#?}");
+    assert_eq!(hop.parent, entry.span_id);
+    assert_eq!(worker.parent, hop.span_id);
+    assert_eq!(invoke.parent, worker.span_id);
+    assert_eq!(invoke.span_id, handler_parent);
+    assert!(
+        invoke.attributes.contains_key("faas.invocation_id"),
+        "{invoke:?}"
+    );
+}
+
+#[test]
+fn t102_a_trace_follows_an_invocation_through_gateway_hop_and_instance_to_the_handler() {
+    let (collector, port) = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut c = Cluster::new(2);
+    let id = "1";
+    let m1 = Up::serve(
+        c.dirs[0].path(),
+        c.ports[0],
+        &[
+            "--node-id",
+            id,
+            "--roles",
+            "management",
+            "--bootstrap",
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    c.token = std::fs::read_to_string(c.dirs[0].path().join("join.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = c.admin();
+    let w2 = c.start(
+        1,
+        "worker",
+        &[
+            "--join",
+            &c.seeds(&[0]),
+            "--join-token",
+            &c.token,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    // A forwarding-mode app and a JSON-mode app, both on the worker only.
+    let apps = tempfile::tempdir().unwrap();
+    let fwd = apps.path().join("fwd");
+    write_app(
+        &fwd,
+        &common::test_handler_host(r#","enableForwardingHttpRequest":true"#),
+        &[("hello", &anonymous_fn("fwd/{id:int}"))],
+    );
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "deploy", fwd.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    deploy_web(&m1.server, &admin, apps.path(), "web");
+    for path in ["/api/fwd/0", "/api/web/0"] {
+        eventually(Duration::from_secs(30), "served through the hop", || {
+            (get(&m1.http, path).status == 200).then_some(())
+        });
+    }
+
+    // Forwarding mode, with the caller's context: the handler gets the invoke
+    // span's, in the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let r = common::http(
+        "GET",
+        &m1.http,
+        "/api/fwd/1",
+        &[(
+            "traceparent",
+            &format!("00-{caller_trace}-{caller_span}-01"),
+        )],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (trace_id, handler_parent) = traceparent(&seen);
+    assert_eq!(trace_id, caller_trace);
+    assert_ne!(handler_parent, caller_span);
+    let spans = eventually(Duration::from_secs(30), "the forwarded trace", || {
+        let spans = collector.trace(caller_trace);
+        (spans.len() >= 4).then_some(spans)
+    });
+    check_chain(&spans, caller_span, &handler_parent);
+
+    // JSON mode, no caller context: a new trace, and the handler's request carries it.
+    let r = get(&m1.http, "/api/web/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let seen = body["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    let (trace_id, handler_parent) = traceparent(seen);
+    let spans = eventually(Duration::from_secs(30), "the JSON-mode trace", || {
+        let spans = collector.trace(&trace_id);
+        (spans.len() >= 4).then_some(spans)
+    });
+    check_chain(&spans, "", &handler_parent);
+
+    // Admin writes: a span per write, with the command and its log index.
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "settings", "set", "web", "A=1"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let writes = || -> Vec<ReceivedSpan> {
+        let spans = collector.0.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s.name == "raft write")
+            .cloned()
+            .collect()
+    };
+    let write = eventually(Duration::from_secs(30), "a raft write span", || {
+        writes().into_iter().find(|s| {
+            s.attributes.get("strom.command").map(String::as_str) == Some("SetAppSettings")
+        })
+    });
+    assert!(
+        write.attributes.contains_key("strom.log_index"),
+        "{write:?}"
+    );
+    w2.stop();
+    m1.stop();
+}

@@ -158,6 +158,37 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name (a trace span's attribute, a log field).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "InitCluster",
+            Command::DeployVersion { .. } => "DeployVersion",
+            Command::ActivateVersion { .. } => "ActivateVersion",
+            Command::DeleteApp { .. } => "DeleteApp",
+            Command::SetAppSettings { .. } => "SetAppSettings",
+            Command::PutKey { .. } => "PutKey",
+            Command::DeleteKey { .. } => "DeleteKey",
+            Command::SetScale { .. } => "SetScale",
+            Command::RegisterWorker { .. } => "RegisterWorker",
+            Command::SetWorkerLiveness { .. } => "SetWorkerLiveness",
+            Command::SetWorkerSchedule { .. } => "SetWorkerSchedule",
+            Command::Place { .. } => "Place",
+            Command::RemoveWorker { .. } => "RemoveWorker",
+            Command::SetClusterProtocol { .. } => "SetClusterProtocol",
+            Command::ForgetVersions { .. } => "ForgetVersions",
+            Command::ScheduleTimer { .. } => "ScheduleTimer",
+            Command::FireTimer { .. } => "FireTimer",
+            Command::CompleteTimer { .. } => "CompleteTimer",
+            Command::RetryTimer { .. } => "RetryTimer",
+            Command::BeginDeployment { .. } => "BeginDeployment",
+            Command::UpdateDeployment { .. } => "UpdateDeployment",
+            Command::SetDeployCredential { .. } => "SetDeployCredential",
+            Command::DeployVersionFor { .. } => "DeployVersionFor",
+        }
+    }
+}
+
 /// A deployment's status, as Kudu numbers it (`DeployStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeployStatus {

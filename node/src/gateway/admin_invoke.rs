@@ -5,6 +5,8 @@
 //! For a timer function the body's `input` is ignored and `IsPastDue` is false.
 //! Also Azure's `GET /admin/host/status` (master key) of an app.
 
+use crate::traces::Trace;
+use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,6 +49,16 @@ fn computer_name() -> String {
         .map(|h| h.trim().to_string())
         .or_else(|_| std::env::var("COMPUTERNAME"))
         .unwrap_or_default()
+}
+
+/// One run of a non-HTTP function: its invocation id, `Data` and `Metadata`,
+/// what started it (`timer`, `admin`), and its trace.
+pub(super) struct NonHttpRun {
+    pub id: String,
+    pub data: serde_json::Map<String, serde_json::Value>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub trigger: &'static str,
+    pub trace: Trace,
 }
 
 impl Gateway {
@@ -93,10 +105,11 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
-        let (_, body) = match self.whole_request(req).await {
+        let (parts, body) = match self.whole_request(req).await {
             Ok(r) => r,
             Err(refused) => return refused,
         };
+        let trace = parts.extensions.get::<Trace>().cloned().unwrap_or_default();
         // Azure's body is `{"input": "…"}`; none at all is accepted too.
         if !body.iter().all(u8::is_ascii_whitespace) {
             if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -115,14 +128,14 @@ impl Gateway {
             target.binding.clone(),
             strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false),
         );
-        tokio::spawn(self.clone().run_non_http(
-            target,
-            endpoint,
-            id.clone(),
+        let run = NonHttpRun {
+            id: id.clone(),
             data,
-            serde_json::Map::new(),
-            "admin",
-        ));
+            metadata: serde_json::Map::new(),
+            trigger: "admin",
+            trace,
+        };
+        tokio::spawn(self.clone().run_non_http(target, endpoint, run));
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::ACCEPTED;
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -139,12 +152,28 @@ impl Gateway {
         self,
         target: AdminTarget,
         endpoint: std::sync::Arc<strom_actors::routing::Endpoint>,
-        id: String,
-        data: serde_json::Map<String, serde_json::Value>,
-        mut metadata: serde_json::Map<String, serde_json::Value>,
-        trigger: &'static str,
+        run: NonHttpRun,
     ) -> InvocationRecord {
+        let NonHttpRun {
+            id,
+            data,
+            mut metadata,
+            trigger,
+            trace,
+        } = run;
         let inner = &self.inner;
+        let span = trace.child(
+            "invoke",
+            SpanKind::Client,
+            super::invoke::invoke_attributes(
+                &trace,
+                inner.config.node_id,
+                &target.app,
+                &target.function,
+                &id,
+                trigger,
+            ),
+        );
         let (timeout, unsupported) = match inner.routing.load().apps.get(&target.app) {
             Some(serving) => (
                 serving
@@ -175,7 +204,8 @@ impl Gateway {
             }),
         );
         let payload = json!({"Data": data, "Metadata": metadata});
-        let request = invocation_request(endpoint.addr, &target.function, &id, &payload);
+        let mut request = invocation_request(endpoint.addr, &target.function, &id, &payload);
+        span.inject(request.headers_mut());
         let (in_flight, from_line) = endpoint.begin_invocation(&id);
         let started_at_ms = super::invoke::now_ms();
         let start = Instant::now();
@@ -235,6 +265,7 @@ impl Gateway {
             logs: Vec::new(),
             ..record.clone()
         };
+        span.end(record.error.clone());
         inner
             .recorder
             .submit(Pending::new(record, endpoint, from_line), died);

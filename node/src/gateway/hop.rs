@@ -23,10 +23,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use strom_proto::ids::{AppName, NodeId};
 use strom_proto::worker_view::Peer;
 use tokio::time::Instant;
@@ -37,6 +39,7 @@ use super::admission::HOP_APP;
 use super::responses::{bad_request, error, unavailable, Body, UNDELIVERED};
 use super::translate::{copy_request, relay_response};
 use super::Gateway;
+use crate::traces::Trace;
 
 /// Header naming the node a hop request comes from.
 pub const HOP_FROM: &str = "x-strom-hop-from";
@@ -301,12 +304,44 @@ impl HopClient {
         if let Some(proof) = self.secret.proof() {
             request = request.header(PROOF_METADATA, &*proof);
         }
-        let request = match request.body(Full::new(body.clone())) {
+        let mut request = match request.body(Full::new(body.clone())) {
             Ok(r) => r,
             Err(e) => {
                 return Hop::Answered(bad_request(format!("the request cannot be forwarded: {e}")))
             }
         };
+        let span = match parts.extensions.get::<Trace>() {
+            Some(t @ Trace::On(_)) => t.child(
+                "hop",
+                SpanKind::Client,
+                vec![
+                    crate::traces::node(me),
+                    KeyValue::new("strom.peer", peer as i64),
+                    KeyValue::new("strom.app", app.to_string()),
+                ],
+            ),
+            Some(t) => t.clone(),
+            None => Trace::None,
+        };
+        span.inject(request.headers_mut());
+        let hop = self.exchange(request, peer, addr, parts).await;
+        span.end(match &hop {
+            Hop::Answered(r) if r.status().is_server_error() => Some(r.status().to_string()),
+            Hop::Answered(_) => None,
+            Hop::Undelivered => Some("no instance there".into()),
+            Hop::Refused => Some("connection refused".into()),
+            Hop::Broken(why) => Some(why.clone()),
+        });
+        hop
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        peer: NodeId,
+        addr: &str,
+        parts: &Parts,
+    ) -> Hop {
         let counter = self.counter(peer);
         counter.fetch_add(1, Ordering::AcqRel);
         let guard = PeerInFlight(counter);

@@ -33,6 +33,30 @@ use super::translate::{
     fast_uuid, forward_request, forwards, http_response, json_request, relay_response, Invocation,
 };
 use super::Gateway;
+use crate::traces::Trace;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+
+/// The attributes of an `invoke` span (none when tracing is off).
+pub(super) fn invoke_attributes(
+    trace: &Trace,
+    node: u64,
+    app: &AppName,
+    function: &str,
+    invocation_id: &str,
+    trigger: &'static str,
+) -> Vec<KeyValue> {
+    if !matches!(trace, Trace::On(_)) {
+        return Vec::new();
+    }
+    vec![
+        crate::traces::node(node),
+        KeyValue::new("strom.app", app.to_string()),
+        KeyValue::new("faas.name", function.to_string()),
+        KeyValue::new("faas.invocation_id", invocation_id.to_string()),
+        KeyValue::new("faas.trigger", trigger),
+    ]
+}
 
 /// Instances one request may find unreachable before it fails.
 const MAX_UNREACHABLE: usize = 8;
@@ -117,6 +141,7 @@ impl Gateway {
             .unwrap_or("")
             .to_string();
         let (parts, body) = req.into_parts();
+        let trace = parts.extensions.get::<Trace>().cloned().unwrap_or_default();
         let max = inner.config.max_body_bytes;
         let http2 = parts.version == hyper::Version::HTTP_2;
         let body = match read_body(body, max, inner.config.http.body_read, http2).await {
@@ -140,6 +165,18 @@ impl Gateway {
             id: &invocation_id,
         };
 
+        let span = trace.child(
+            "invoke",
+            SpanKind::Client,
+            invoke_attributes(
+                &trace,
+                inner.config.node_id,
+                app,
+                function,
+                &invocation_id,
+                "http",
+            ),
+        );
         // Instances this request could not reach: skipped until the routing
         // snapshot offers another (a restarted instance has a new id).
         let mut unreachable: Vec<String> = Vec::new();
@@ -158,12 +195,13 @@ impl Gateway {
                 Err(r) => return r,
             };
             let (in_flight, from_line) = endpoint.begin_invocation(&invocation_id);
-            let request = if forwarding {
+            let mut request = if forwarding {
                 let to_function = serving.http_worker.then_some(function);
                 forward_request(&parts, &body, endpoint.addr, &invocation_id, to_function)
             } else {
                 json_request(&parts, &body, endpoint.addr, &call)
             };
+            span.inject(request.headers_mut());
             let sent_at = Instant::now();
             let sent = inner.client.request(request);
             let result = match timeout {
@@ -257,12 +295,20 @@ impl Gateway {
             record.http_status = response.status().as_u16();
         }
         record.duration_us = start.elapsed().as_micros() as u64;
-        inner
-            .recorder
-            .submit(Pending::new(record, endpoint, from_line), died_under_call);
+        inner.recorder.submit(
+            Pending::new(record, endpoint.clone(), from_line),
+            died_under_call,
+        );
         // A handler cannot claim "undelivered": that would make a gateway re-send a
         // request a handler already saw.
         response.headers_mut().remove(UNDELIVERED);
+        span.set(|| {
+            vec![KeyValue::new(
+                "strom.instance",
+                endpoint.instance_id.clone(),
+            )]
+        });
+        span.end_http(response.status());
         response
     }
 

@@ -38,6 +38,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::KeyValue;
 use strom_actors::RoutingTable;
 use strom_control_plane::internal_auth::{self, ClusterSecret};
 use strom_proto::ids::{AppName, NodeId};
@@ -45,6 +46,8 @@ use strom_proto::invocations::InvocationStore;
 use strom_proto::worker_view::WorkerView;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::traces::Trace;
 
 pub use admission::app_from_host;
 use admission::{Decision, Head, Limits, Origin, HOP_APP};
@@ -433,12 +436,48 @@ impl Gateway {
                 resp
             }
             Decision::Undelivered(app) => undelivered(&app),
-            Decision::Local(target) => self.invoke(req, query, target, !from_gateway).await,
-            Decision::AdminInvoke(target) => self.admin_invoke(req, target, !from_gateway).await,
+            Decision::Local(target) => {
+                let trace = self.incoming_trace(&req, &target.app, Some(&target.function));
+                trace.attach(req.extensions_mut());
+                let response = self.invoke(req, query, target, !from_gateway).await;
+                trace.end_http(response.status());
+                response
+            }
+            Decision::AdminInvoke(target) => {
+                let trace = self.incoming_trace(&req, &target.app, Some(&target.function));
+                trace.attach(req.extensions_mut());
+                let response = self.admin_invoke(req, target, !from_gateway).await;
+                trace.end_http(response.status());
+                response
+            }
             Decision::HostStatus(app) => self.host_status(&app),
             Decision::Keys(target) => self.keys(req, target).await,
-            Decision::Remote(app) => self.remote(req, app).await,
+            Decision::Remote(app) => {
+                let trace = self.incoming_trace(&req, &app, None);
+                trace.attach(req.extensions_mut());
+                let response = self.remote(req, app).await;
+                trace.end_http(response.status());
+                response
+            }
         }
+    }
+
+    /// The `gateway` span of a request for a function (a child of the caller's
+    /// or the sending node's `traceparent`).
+    fn incoming_trace<B>(&self, req: &Request<B>, app: &AppName, function: Option<&str>) -> Trace {
+        if !strom_control_plane::traces::enabled() {
+            return Trace::incoming(req.headers(), "gateway", Vec::new());
+        }
+        let mut attributes = vec![
+            crate::traces::node(self.inner.config.node_id),
+            KeyValue::new("strom.app", app.to_string()),
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+        ];
+        if let Some(f) = function {
+            attributes.push(KeyValue::new("faas.name", f.to_string()));
+        }
+        Trace::incoming(req.headers(), "gateway", attributes)
     }
 
     /// How the admin API asks other workers for their invocation records.

@@ -12,6 +12,9 @@
 //! running it again. A worker lost mid-run is the one case where a run is sent
 //! to another worker, with the same id, so a handler can de-duplicate.
 
+use crate::traces::Trace;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use strom_proto::worker_view::Peer;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::admin_invoke::NonHttpRun;
 use super::admission::AdminTarget;
 use super::hop::Hop;
 use super::responses::{bad_request, full, undelivered, Body, BoxError};
@@ -150,7 +154,7 @@ fn failed(error: String, started: Instant) -> TimerOutcome {
 impl Gateway {
     /// Run `run` with a Ready local instance, once per invocation id on this
     /// node. `None`: no instance of the app is Ready here (nothing started).
-    async fn run_timer_here(&self, run: TimerDispatch) -> Option<TimerOutcome> {
+    async fn run_timer_here(&self, run: TimerDispatch, trace: Trace) -> Option<TimerOutcome> {
         let inner = &self.inner;
         let app = run.timer.app.clone();
         if let Some(rx) = inner.timer_runs.join(&run.invocation_id) {
@@ -179,10 +183,13 @@ impl Gateway {
                     .run_non_http(
                         target,
                         endpoint,
-                        run.invocation_id.clone(),
-                        data,
-                        metadata,
-                        if run.scheduled { "timer" } else { "admin" },
+                        NonHttpRun {
+                            id: run.invocation_id.clone(),
+                            data,
+                            metadata,
+                            trigger: if run.scheduled { "timer" } else { "admin" },
+                            trace,
+                        },
                     )
                     .await;
                 let outcome = TimerOutcome {
@@ -208,6 +215,35 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<BoxError>,
     {
+        let trace = Trace::incoming(
+            req.headers(),
+            "gateway",
+            if strom_control_plane::traces::enabled() {
+                vec![
+                    crate::traces::node(self.inner.config.node_id),
+                    KeyValue::new("strom.app", hop_app.to_string()),
+                ]
+            } else {
+                Vec::new()
+            },
+        );
+        let answer = self
+            .serve_timer_run_traced(req, hop_app, trace.clone())
+            .await;
+        trace.end_http(answer.status());
+        answer
+    }
+
+    async fn serve_timer_run_traced<B>(
+        &self,
+        req: Request<B>,
+        hop_app: AppName,
+        trace: Trace,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
         let (_, body) = match self.whole_request(req).await {
             Ok(r) => r,
             Err(refused) => return refused,
@@ -222,7 +258,7 @@ impl Gateway {
                 "{HOP_TIMER}: the run is of app `{app}`, the hop names `{hop_app}`"
             ));
         }
-        match self.run_timer_here(run).await {
+        match self.run_timer_here(run, trace).await {
             Some(outcome) => {
                 let mut r = Response::new(full(Bytes::from(
                     serde_json::to_vec(&outcome).unwrap_or_default(),
@@ -246,6 +282,36 @@ impl Gateway {
         run: TimerDispatch,
         leading: StillLeading,
     ) -> Option<TimerOutcome> {
+        let trace = if strom_control_plane::traces::enabled() {
+            Trace::root(
+                "timer",
+                SpanKind::Producer,
+                vec![
+                    crate::traces::node(self.inner.config.node_id),
+                    KeyValue::new("strom.app", run.timer.app.to_string()),
+                    KeyValue::new("faas.name", run.timer.function.clone()),
+                    KeyValue::new("faas.invocation_id", run.invocation_id.clone()),
+                    KeyValue::new("faas.trigger", "timer"),
+                ],
+            )
+        } else {
+            Trace::None
+        };
+        let outcome = self.send_timer_run_traced(run, leading, &trace).await;
+        trace.end(match &outcome {
+            Some(o) if !o.succeeded => Some(o.error.clone()),
+            Some(_) => None,
+            None => Some("no longer leading".into()),
+        });
+        outcome
+    }
+
+    async fn send_timer_run_traced(
+        self,
+        run: TimerDispatch,
+        leading: StillLeading,
+        trace: &Trace,
+    ) -> Option<TimerOutcome> {
         let inner = &self.inner;
         let me = inner.config.node_id;
         let started = Instant::now();
@@ -267,7 +333,7 @@ impl Gateway {
                     return None;
                 }
                 if node == me {
-                    if let Some(outcome) = self.run_timer_here(run.clone()).await {
+                    if let Some(outcome) = self.run_timer_here(run.clone(), trace.clone()).await {
                         return Some(with_wait(outcome, started));
                     }
                     continue;
@@ -282,7 +348,8 @@ impl Gateway {
                         started,
                     ));
                 };
-                let (parts, ()) = request.into_parts();
+                let (mut parts, ()) = request.into_parts();
+                trace.attach(&mut parts.extensions);
                 let hop = inner.hop.send(me, &app, node, &addr, &parts, &body).await;
                 inner.hop.count(&hop);
                 match hop {
