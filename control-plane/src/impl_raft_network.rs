@@ -5,6 +5,11 @@
 //! cluster and both nodes. A receiver refuses a message for another cluster or
 //! another node id (PERMISSION_DENIED), so a misconfigured node never takes part
 //! in the wrong group. Nothing here is durable.
+//!
+//! A member that cannot be reached is logged once when calls to it start failing
+//! and once when they succeed again, with the count of failed calls between
+//! ([`Reachability`]), not on every heartbeat (openraft's own replication
+//! warnings are off in the default log filter).
 
 use std::sync::Arc;
 
@@ -52,6 +57,57 @@ impl PeerIdentity {
 
 pub struct NetworkFactory {
     pub identity: PeerIdentity,
+    /// Whether each member answered its last call (shared by every client).
+    pub reachability: Arc<std::sync::Mutex<Reachability>>,
+}
+
+impl NetworkFactory {
+    pub fn new(identity: PeerIdentity) -> NetworkFactory {
+        NetworkFactory {
+            identity,
+            reachability: Default::default(),
+        }
+    }
+}
+
+/// What changed for a member after a call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Calls to it started failing.
+    Lost,
+    /// It answered again after `failed` calls over `for_ms`.
+    Back { failed: u64, for_ms: u64 },
+}
+
+/// Which members are failing calls, since when and how often (pure: the caller
+/// passes the time).
+#[derive(Debug, Default)]
+pub struct Reachability {
+    down: std::collections::HashMap<NodeId, (u64, u64)>,
+}
+
+impl Reachability {
+    /// A call to `target` at `now_ms` ended: `Some` when that is news.
+    pub fn record(&mut self, target: NodeId, ok: bool, now_ms: u64) -> Option<Change> {
+        match (ok, self.down.get_mut(&target)) {
+            (true, None) => None,
+            (true, Some(_)) => {
+                let (since, failed) = self.down.remove(&target).expect("present");
+                Some(Change::Back {
+                    failed,
+                    for_ms: now_ms.saturating_sub(since),
+                })
+            }
+            (false, Some((_, failed))) => {
+                *failed += 1;
+                None
+            }
+            (false, None) => {
+                self.down.insert(target, (now_ms, 1));
+                Some(Change::Lost)
+            }
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -63,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             client: None,
+            reachability: self.reachability.clone(),
         }
     }
 }
@@ -72,12 +129,56 @@ pub struct PeerClient {
     target: NodeId,
     node: BasicNode,
     client: Option<RaftServiceClient<crate::internal_auth::InternalChannel>>,
+    reachability: Arc<std::sync::Mutex<Reachability>>,
 }
 
 type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result = self.call_once(method, req, option).await;
+        let failed = match &result {
+            Err(RPCError::Unreachable(e)) => Some(e.to_string()),
+            Err(RPCError::Network(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        let now_ms = crate::management::now_ms().max(0) as u64;
+        let change = self.reachability.lock().expect("reachability").record(
+            self.target,
+            failed.is_none(),
+            now_ms,
+        );
+        match (change, failed) {
+            (Some(Change::Lost), Some(e)) => tracing::warn!(
+                member = self.target,
+                addr = %self.node.addr,
+                "management member {} cannot be reached ({e}); retrying, logged again when it answers",
+                self.target
+            ),
+            (Some(Change::Back { failed, for_ms }), _) => tracing::info!(
+                member = self.target,
+                failed_calls = failed,
+                "management member {} answers again after {failed} failed calls in {} ms",
+                self.target,
+                for_ms
+            ),
+            (_, Some(e)) => tracing::debug!(member = self.target, "{method}: {e}"),
+            _ => {}
+        }
+        result
+    }
+
+    async fn call_once<Req, Resp, E>(
         &mut self,
         method: &'static str,
         req: &Req,
@@ -232,5 +333,30 @@ impl RaftService for RaftServer {
         self.check(&req)?;
         let rpc = decode_req(&req)?;
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_stops_answering_is_news_once_and_again_when_it_answers() {
+        let mut r = Reachability::default();
+        assert_eq!(r.record(2, true, 0), None);
+        assert_eq!(r.record(2, false, 1_000), Some(Change::Lost));
+        for t in 1..=20 {
+            assert_eq!(r.record(2, false, 1_000 + t * 500), None);
+        }
+        // Another member is its own story.
+        assert_eq!(r.record(3, false, 5_000), Some(Change::Lost));
+        assert_eq!(
+            r.record(2, true, 12_000),
+            Some(Change::Back {
+                failed: 21,
+                for_ms: 11_000
+            })
+        );
+        assert_eq!(r.record(2, true, 12_500), None);
     }
 }

@@ -264,7 +264,7 @@ impl ManagementNode {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            NetworkFactory { identity },
+            NetworkFactory::new(identity),
             log_store,
             state_machine,
         )

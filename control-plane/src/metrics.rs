@@ -10,8 +10,9 @@
 //! every metric with its type and meaning; `docs/observability.md` lists the same
 //! (a test keeps the two equal). Labels are bounded: app, function, trigger,
 //! status, state, outcome, HTTP code and worker id — never an invocation or
-//! instance id. Values that are facts of the replicated state (workers by state,
-//! the checkpoint's age) are computed when scraped ([`on_scrape`]).
+//! instance id. Values that are facts of a member's state (Raft term and indexes,
+//! workers by state, the checkpoint's age) are computed when scraped
+//! ([`on_scrape`]), so they cost nothing between scrapes.
 //!
 //! Reading needs a credential ([`authorize`]): `Authorization: Bearer` with the
 //! cluster's read-only metrics token (derived from the join token, so every node
@@ -160,42 +161,41 @@ pub fn render() -> Option<String> {
     Some(handle.render())
 }
 
-/// A management member's metrics: the Raft gauges and leader changes (a task that
-/// follows openraft's metrics and ends with the Raft node), and, when scraped,
-/// workers by state and the newest checkpoint's age.
+/// A management member's metrics: leader changes (a task that follows openraft's
+/// metrics, doing no more than a comparison per update, and ends with the Raft
+/// node), and, when scraped, the Raft gauges, workers by state and the newest
+/// checkpoint's age.
 pub fn observe_management(node: &crate::ManagementNode) {
     let mut raft = node.raft.metrics();
+    let changes = metrics::counter!("strom_raft_leader_changes_total");
     tokio::spawn(async move {
-        let mut leader = None;
-        let mut first = true;
-        loop {
-            {
-                let m = raft.borrow_and_update();
-                metrics::gauge!("strom_raft_term").set(m.current_term as f64);
-                let me_leading =
-                    m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader;
-                metrics::gauge!("strom_raft_is_leader").set(f64::from(u8::from(me_leading)));
-                metrics::gauge!("strom_raft_has_leader")
-                    .set(f64::from(u8::from(m.current_leader.is_some())));
-                if !first && m.current_leader != leader {
-                    metrics::counter!("strom_raft_leader_changes_total").increment(1);
-                }
-                first = false;
-                leader = m.current_leader;
-                let last = m.last_log_index.unwrap_or(0);
-                let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-                metrics::gauge!("strom_raft_last_log_index").set(last as f64);
-                metrics::gauge!("strom_raft_applied_index").set(applied as f64);
-                metrics::gauge!("strom_raft_apply_lag").set(last.saturating_sub(applied) as f64);
-            }
-            if raft.changed().await.is_err() {
-                break;
+        let mut leader = raft.borrow_and_update().current_leader;
+        while raft.changed().await.is_ok() {
+            let now = raft.borrow_and_update().current_leader;
+            if now != leader {
+                changes.increment(1);
+                leader = now;
             }
         }
     });
+    let raft = node.raft.metrics();
     let state = node.state.clone();
     let checkpoints = node.checkpoints.clone();
     on_scrape(move || {
+        {
+            let m = raft.borrow();
+            metrics::gauge!("strom_raft_term").set(m.current_term as f64);
+            let leading =
+                m.current_leader == Some(m.id) && m.state == openraft::ServerState::Leader;
+            metrics::gauge!("strom_raft_is_leader").set(f64::from(u8::from(leading)));
+            metrics::gauge!("strom_raft_has_leader")
+                .set(f64::from(u8::from(m.current_leader.is_some())));
+            let last = m.last_log_index.unwrap_or(0);
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            metrics::gauge!("strom_raft_last_log_index").set(last as f64);
+            metrics::gauge!("strom_raft_applied_index").set(applied as f64);
+            metrics::gauge!("strom_raft_apply_lag").set(last.saturating_sub(applied) as f64);
+        }
         let view = state.borrow().clone();
         let mut by_state: std::collections::BTreeMap<&str, u32> =
             ["up", "down", "draining", "cordoned"]

@@ -22,9 +22,10 @@ use clap::Parser;
 
 /// What the node logs without `STROM_LOG`: warnings, the node's own info lines,
 /// and its handlers' output (`strom_handler`: start-up lines such as "Listening
-/// on …", stdout at info, stderr at warn).
-pub const DEFAULT_LOG_FILTER: &str =
-    "warn,strom_control_plane=info,strom_node=info,strom_handler=info";
+/// on …", stdout at info, stderr at warn). openraft's replication warns on every
+/// failed heartbeat to an unreachable member (several lines a second): off, as
+/// Strom logs a member's reachability once per change (`impl_raft_network`).
+pub const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=off,openraft::engine::handler::replication_handler=off,strom_control_plane=info,strom_node=info,strom_handler=info";
 
 /// Whether log lines carry ANSI colours: only on a terminal, and never with
 /// `NO_COLOR` set (<https://no-color.org>).
