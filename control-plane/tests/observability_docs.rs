@@ -80,6 +80,14 @@ fn the_alert_rules_pass_promtool_and_ask_for_exported_metrics() {
     {
         assert!(out.contains("SUCCESS"), "{out}");
     }
+    // The rules' own unit tests: each alert fires when it should and not before.
+    let tests = docs().join("prometheus/strom-alerts.test.yml");
+    if let Some(out) =
+        strom_testkit::prometheus::promtool(&["test", "rules", tests.to_str().unwrap()], b"")
+            .unwrap()
+    {
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
     let config = docs().join("prometheus/prometheus.yml");
     let text = std::fs::read_to_string(config).unwrap();
     assert!(text.contains("strom-alerts.yml") && text.contains("credentials_file"));

@@ -111,10 +111,11 @@ impl Recorder {
 }
 
 /// `strom_invocations_total` and `strom_invocation_duration_seconds`, with the
-/// handles of each app, function and trigger kept by the one task that records.
+/// handles of each app, function and trigger kept by the one task that records
+/// (looked up by the record's own strings: nothing is allocated per record).
 #[derive(Default)]
 pub struct InvocationMetrics {
-    by_function: HashMap<(String, String, &'static str), FunctionMetrics>,
+    by_app: HashMap<String, HashMap<String, [Option<FunctionMetrics>; 3]>>,
 }
 
 struct FunctionMetrics {
@@ -123,23 +124,34 @@ struct FunctionMetrics {
     duration: metrics::Histogram,
 }
 
+impl FunctionMetrics {
+    fn new(app: &str, function: &str, trigger: &'static str) -> FunctionMetrics {
+        let counter = |status: &'static str| metrics::counter!("strom_invocations_total", "app" => app.to_string(), "function" => function.to_string(), "trigger" => trigger, "status" => status);
+        FunctionMetrics {
+            outcomes: [counter("succeeded"), counter("failed"), counter("timedout")],
+            duration: metrics::histogram!("strom_invocation_duration_seconds", "app" => app.to_string(), "function" => function.to_string(), "trigger" => trigger),
+        }
+    }
+}
+
 impl InvocationMetrics {
     pub fn count(&mut self, record: &InvocationRecord) {
-        let trigger: &'static str = match &*record.trigger {
-            "timer" => "timer",
-            "admin" => "admin",
-            _ => "http",
+        let (t, trigger) = match &*record.trigger {
+            "timer" => (1, "timer"),
+            "admin" => (2, "admin"),
+            _ => (0, "http"),
         };
-        let key = (record.app.to_string(), record.function.clone(), trigger);
-        let f = self.by_function.entry(key).or_insert_with_key(|(app, function, trigger)| {
-            let counter = |status: &'static str| {
-                metrics::counter!("strom_invocations_total", "app" => app.clone(), "function" => function.clone(), "trigger" => *trigger, "status" => status)
-            };
-            FunctionMetrics {
-                outcomes: [counter("succeeded"), counter("failed"), counter("timedout")],
-                duration: metrics::histogram!("strom_invocation_duration_seconds", "app" => app.clone(), "function" => function.clone(), "trigger" => *trigger),
-            }
-        });
+        let app = record.app.as_str();
+        if !self.by_app.contains_key(app) {
+            self.by_app.insert(app.to_string(), HashMap::new());
+        }
+        let functions = self.by_app.get_mut(app).expect("inserted above");
+        if !functions.contains_key(&record.function) {
+            functions.insert(record.function.clone(), Default::default());
+        }
+        let slots = functions.get_mut(&record.function).expect("inserted above");
+        let f =
+            slots[t].get_or_insert_with(|| FunctionMetrics::new(app, &record.function, trigger));
         let i = match record.status {
             InvocationStatus::Succeeded => 0,
             InvocationStatus::Failed => 1,

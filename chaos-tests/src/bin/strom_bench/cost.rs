@@ -10,6 +10,10 @@ use super::*;
 
 /// Requests counted per target.
 const REQUESTS: usize = 2000;
+/// Measurements of each build, interleaved (this build, before, this build, …):
+/// a node's timers and background tasks add a few percent that vary from run to
+/// run, so one measurement each is not enough to compare builds.
+const ROUNDS: usize = 3;
 
 /// Instructions per request of one build in one mode.
 async fn instructions_per_request(strom: &Path, app: &Path, path: &str) -> anyhow::Result<f64> {
@@ -115,24 +119,52 @@ pub async fn run(builds: &Builds) -> anyhow::Result<()> {
         builds_to_measure.push(("before", before.join("strom")));
     }
     out!(
-        "Instructions the `strom up` process executes per request (callgrind, {REQUESTS} requests, one connection, one worker thread, after a warm-up):"
+        "Instructions the `strom up` process executes per request (callgrind, {REQUESTS} requests, one connection, one worker thread, after a warm-up; the median of {ROUNDS} runs of each build, interleaved, with the lowest and highest):"
     );
     out!();
     out!("| build | forwarding mode | JSON mode |");
     out!("|---|---:|---:|");
-    let mut rows = Vec::new();
-    for (name, strom) in &builds_to_measure {
-        let forwarding = instructions_per_request(strom, &app, "/api/fwd/bench").await?;
-        let json = instructions_per_request(strom, &app, "/api/echo").await?;
-        out!("| {name} | {forwarding:.0} | {json:.0} |");
-        rows.push((forwarding, json));
+    let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); builds_to_measure.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, strom)) in builds_to_measure.iter().enumerate() {
+            runs[i]
+                .0
+                .push(instructions_per_request(strom, &app, "/api/fwd/bench").await?);
+            runs[i]
+                .1
+                .push(instructions_per_request(strom, &app, "/api/echo").await?);
+        }
     }
-    if let [now, before] = rows.as_slice() {
+    let mut medians = Vec::new();
+    for ((name, _), (forwarding, json)) in builds_to_measure.iter().zip(&mut runs) {
+        let (f, j) = (spread(forwarding), spread(json));
         out!(
-            "| this build / before | {:.3}× | {:.3}× |",
+            "| {name} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) |",
+            f.1,
+            f.0,
+            f.2,
+            j.1,
+            j.0,
+            j.2
+        );
+        medians.push((f.1, j.1));
+    }
+    if let [now, before] = medians.as_slice() {
+        out!(
+            "| this build / before (medians) | {:.3}× | {:.3}× |",
             now.0 / before.0,
             now.1 / before.1
         );
     }
     Ok(())
+}
+
+/// (lowest, median, highest) of a few measurements.
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    )
 }
