@@ -149,6 +149,9 @@ pub struct ManagementNode {
     pub secret: ClusterSecret,
     /// Checkpoints to the store outside the group (issue 17).
     pub checkpoints: Arc<crate::checkpointer::Checkpoints>,
+    /// This leader is handing leadership over: it takes no new writes (they wait
+    /// for the next leader), so the chosen follower's log can catch up with its.
+    pub handing_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,6 +284,7 @@ impl ManagementNode {
             peers: PeerChannels::new(secret.clone()),
             duties: LeaderDuties::default(),
             secret,
+            handing_over: Default::default(),
         };
         crate::metrics::observe_management(&node);
         Ok(node)
@@ -394,7 +398,15 @@ impl ManagementNode {
                     leader_id: Some(leader),
                     leader_addr: Some(addr),
                 }) if leader != self.config.node_id => {
-                    return self.forward_propose(&addr, &command).await
+                    match self.forward_propose(&addr, &command).await {
+                        // That node no longer leads and knows no leader yet (it is
+                        // handing leadership over, or an election is on): it
+                        // appended nothing, so ask again once there is one.
+                        Err(ProposeError::NotLeader {
+                            leader_addr: None, ..
+                        }) => tokio::time::sleep(ELECTION_POLL).await,
+                        other => return other,
+                    }
                 }
                 // An election is in progress (this node refused the write, so nothing
                 // was appended): wait for its outcome, within the caller's limit.
@@ -411,6 +423,14 @@ impl ManagementNode {
         &self,
         command: Command,
     ) -> Result<(u64, CommandResult), ProposeError> {
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            // A leadership transfer is under way: the caller waits for the next
+            // leader (no leader is known until it is elected).
+            return Err(ProposeError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
         let started = tokio::time::Instant::now();
         let written = self.raft.client_write(command).await;
         if written.is_ok() {

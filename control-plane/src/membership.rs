@@ -184,6 +184,9 @@ impl ClusterService for ClusterServer {
     }
 }
 
+/// How long a leader handing over waits for its chosen follower to catch up.
+const CATCH_UP: Duration = Duration::from_secs(2);
+
 impl ManagementNode {
     /// Leader only: take `node_id` out of the group (joint consensus).
     pub async fn remove_member_local(&self, node_id: u64) -> Result<Vec<u64>, MemberError> {
@@ -264,10 +267,14 @@ pub fn check_removal(
 }
 
 impl ManagementNode {
-    /// Before a planned stop: if this node leads, stop campaigning and heartbeating,
-    /// ask the most caught-up follower to run an election, and wait for the new
-    /// leader (openraft 0.9 has no `transfer_leader`). Returns the new leader, or
-    /// `None` when there was nothing to hand over. On failure this node resumes.
+    /// Before a planned stop: if this node leads, stop campaigning, heartbeating
+    /// and taking new writes (Raft's leadership transfer, §3.10: a write appended
+    /// meanwhile would leave the chosen follower's log behind this node's, and this
+    /// node would refuse it its vote), let the most caught-up follower replicate
+    /// everything, ask it to run an election, and wait for the new leader (openraft
+    /// 0.9 has no `transfer_leader`). Writes proposed meanwhile wait and then go to
+    /// the new leader. Returns the new leader, or `None` when there was nothing to
+    /// hand over. On failure this node resumes.
     pub async fn hand_over_leadership(&self, wait: Duration) -> Result<Option<u64>, HandOverError> {
         let me = self.config.node_id;
         let metrics = self.raft.metrics().borrow().clone();
@@ -296,12 +303,39 @@ impl ManagementNode {
         followers.sort_by_key(|(_, matched, _)| std::cmp::Reverse(*matched));
         self.raft.runtime_config().elect(false);
         self.raft.runtime_config().heartbeat(false);
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let resume = || {
+            self.handing_over
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             self.raft.runtime_config().elect(true);
             self.raft.runtime_config().heartbeat(true);
         };
         let cluster = cluster_of(self);
         for (id, _, addr) in followers {
+            // Everything this node appended (writes admitted before the hand-over
+            // began included) reaches the follower first.
+            let caught_up = self
+                .raft
+                .wait(Some(CATCH_UP))
+                .metrics(
+                    |m| {
+                        let matched = m
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(&id).cloned().flatten())
+                            .map(|l| l.index);
+                        matched >= m.last_log_index
+                    },
+                    "the follower caught up",
+                )
+                .await;
+            if caught_up.is_err() {
+                tracing::warn!(
+                    node = id,
+                    "node {id} did not catch up within {CATCH_UP:?}; asking it anyway"
+                );
+            }
             let asked = async {
                 let mut client = ClusterServiceClient::new(self.peers.get(&addr)?);
                 let mut request = tonic::Request::new(ElectRequest {
@@ -326,6 +360,8 @@ impl ManagementNode {
                 )
                 .await;
             if let Ok(m) = changed {
+                self.handing_over
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(new_leader = ?m.current_leader, "leadership handed over");
                 return Ok(m.current_leader);
             }

@@ -1212,7 +1212,13 @@ fn t96_a_cluster_comes_back_from_a_checkpoint_after_every_node_is_lost() {
         .as_str()
         .unwrap()
         .to_string();
-    let drained = json(&m2b.server, &admin, &["node", "drain", "1"]).unwrap();
+    let drained = cli(
+        &m2b.server,
+        &admin,
+        &["node", "drain", "1", "--output", "json"],
+    );
+    assert_eq!(drained.code, 0, "{}\n{}", drained.stdout, drained.stderr);
+    let drained: serde_json::Value = serde_json::from_str(&drained.stdout).unwrap();
     assert_eq!(drained["leader_id"], 4, "{drained}");
     let out = cli(
         &m2b.server,
@@ -1962,6 +1968,43 @@ fn t102_a_trace_follows_an_invocation_through_gateway_hop_and_instance_to_the_ha
         write.attributes.contains_key("strom.log_index"),
         "{write:?}"
     );
+
+    // A timer run: the leader's `timer` span, the hop to the worker, the worker's
+    // gateway and invoke spans, one trace.
+    let tick = apps.path().join("tick");
+    write_app(
+        &tick,
+        &common::test_handler_host(""),
+        &[(
+            "beat",
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"timer","schedule":"*/2 * * * * *"}]}"#,
+        )],
+    );
+    let out = cli(
+        &m1.server,
+        &admin,
+        &["app", "deploy", tick.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let spans = eventually(Duration::from_secs(60), "a traced timer run", || {
+        let all = collector.0.lock().unwrap().clone();
+        let timer = all.iter().find(|s| {
+            s.name == "timer" && s.attributes.get("faas.name").map(String::as_str) == Some("beat")
+        })?;
+        let trace: Vec<ReceivedSpan> = all
+            .iter()
+            .filter(|s| s.trace_id == timer.trace_id)
+            .cloned()
+            .collect();
+        trace.iter().any(|s| s.name == "invoke").then_some(trace)
+    });
+    let by = |name: &str| spans.iter().find(|s| s.name == name).unwrap();
+    let (timer, hop, gateway, invoke) = (by("timer"), by("hop"), by("gateway"), by("invoke"));
+    assert_eq!(timer.parent, "", "a timer run starts its own trace");
+    assert_eq!(hop.parent, timer.span_id);
+    assert_eq!(gateway.parent, hop.span_id);
+    assert_eq!(invoke.parent, gateway.span_id);
+    assert_eq!(invoke.attributes["faas.trigger"], "timer");
     w2.stop();
     m1.stop();
 }
