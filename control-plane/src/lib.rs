@@ -44,6 +44,7 @@ pub mod management;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod portal_session;
 pub mod publishing;
 pub mod restore;
 pub mod retention;

@@ -141,6 +141,11 @@ impl TokenHash {
         TokenHash(hex::encode(Sha256::digest(token.as_bytes())))
     }
 
+    /// The hash, hex.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `token` hashes to this hash (compared in constant time).
     pub fn matches(&self, token: &str) -> bool {
         let other = Self::of(token);
