@@ -71,6 +71,11 @@ pub fn start(endpoint: &str, node_id: u64) -> Result<Exporter, String> {
     let exporter = builder
         .build()
         .map_err(|e| format!("--otlp-endpoint `{endpoint}`: {e}"))?;
+    let exporter = Reporting {
+        inner: exporter,
+        endpoint: endpoint.to_string(),
+        collector: Default::default(),
+    };
     let processor =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
@@ -91,6 +96,62 @@ pub fn start(endpoint: &str, node_id: u64) -> Result<Exporter, String> {
     opentelemetry::global::set_tracer_provider(provider.clone());
     strom_control_plane::traces::set_enabled(true);
     Ok(Exporter(provider))
+}
+
+/// The OTLP exporter, saying once when exports start failing (a wrong endpoint,
+/// the collector down: spans are dropped meanwhile) and once when they work again,
+/// with the count of failed batches — not on every batch.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    endpoint: String,
+    collector:
+        std::sync::Arc<std::sync::Mutex<strom_control_plane::impl_raft_network::Reachability>>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Reporting<E>
+{
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            let now_ms = strom_control_plane::management::now_ms().max(0) as u64;
+            let change =
+                self.collector
+                    .lock()
+                    .expect("collector state")
+                    .record(0, result.is_ok(), now_ms);
+            use strom_control_plane::impl_raft_network::Change;
+            match (change, &result) {
+                (Some(Change::Lost), Err(e)) => tracing::warn!(
+                    "exporting traces to {} fails ({e}); spans are dropped until it answers (logged again then)",
+                    self.endpoint
+                ),
+                (Some(Change::Back { failed, .. }), _) => tracing::info!(
+                    "exporting traces to {} works again after {failed} failed batches",
+                    self.endpoint
+                ),
+                _ => {}
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 struct Headers<'a>(&'a HeaderMap);
