@@ -26,7 +26,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use subtle::ConstantTimeEq;
 use tonic::codegen::http::{header, HeaderMap, HeaderValue, StatusCode};
 
-use crate::internal_auth::{self, ClusterSecret};
+use crate::internal_auth::ClusterSecret;
 
 /// Where both ports serve the metrics.
 pub const PATH: &str = "/metrics";
@@ -222,20 +222,17 @@ pub fn observe_management(node: &crate::ManagementNode) {
 
 /// Whether a request may read the metrics: the cluster's metrics token or the
 /// admin token (`is_admin`; a node that cannot check it says no) as a bearer
-/// token, or another node's proof or certificate. `Err` says what is missing.
+/// token, or another node's proof (`proof`: the [`crate::internal_auth::PROOF_METADATA`]
+/// value it showed) or certificate. `Err` says what is missing.
 pub fn authorize(
     headers: &HeaderMap,
+    proof: Option<&HeaderValue>,
     secret: &ClusterSecret,
     node_cert: bool,
     is_admin: &dyn Fn(&str) -> bool,
 ) -> Result<(), &'static str> {
-    if node_cert {
+    if node_cert || proof.is_some_and(|p| secret.verify(p.as_bytes())) {
         return Ok(());
-    }
-    if let Some(proof) = headers.get(internal_auth::PROOF_METADATA) {
-        if secret.verify(proof.as_bytes()) {
-            return Ok(());
-        }
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -257,20 +254,21 @@ pub fn authorize(
     Err("invalid metrics token")
 }
 
-/// The answer to `GET /metrics`: (status, content type, body, extra header).
+/// The answer to `GET /metrics` ([`authorize`]'s arguments): (status, response
+/// headers, body).
 pub fn answer(
     headers: &HeaderMap,
+    proof: Option<&HeaderValue>,
     secret: &ClusterSecret,
     node_cert: bool,
     is_admin: &dyn Fn(&str) -> bool,
 ) -> (StatusCode, HeaderMap, String) {
     let mut out = HeaderMap::new();
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let json = |status, code: &str, message: &str| {
-        let _: StatusCode = status;
+    let json = |code: &str, message: &str| {
         serde_json::json!({"error": {"code": code, "message": message}}).to_string() + "\n"
     };
-    if let Err(why) = authorize(headers, secret, node_cert, is_admin) {
+    if let Err(why) = authorize(headers, proof, secret, node_cert, is_admin) {
         out.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"strom metrics\""),
@@ -279,8 +277,7 @@ pub fn answer(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let status = StatusCode::UNAUTHORIZED;
-        return (status, out, json(status, "Unauthorized", why));
+        return (StatusCode::UNAUTHORIZED, out, json("Unauthorized", why));
     }
     match render() {
         Some(text) => {
@@ -292,11 +289,10 @@ pub fn answer(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            let status = StatusCode::SERVICE_UNAVAILABLE;
             (
-                status,
+                StatusCode::SERVICE_UNAVAILABLE,
                 out,
-                json(status, "Unavailable", "this process records no metrics"),
+                json("Unavailable", "this process records no metrics"),
             )
         }
     }
@@ -340,24 +336,22 @@ mod tests {
             );
             h
         };
-        assert!(authorize(&HeaderMap::new(), &secret, false, &no_admin).is_err());
-        assert!(authorize(&bearer(&token), &secret, false, &no_admin).is_ok());
-        assert!(authorize(&bearer("nope"), &secret, false, &no_admin).is_err());
-        assert!(authorize(&bearer("admin"), &secret, false, &|t| t == "admin").is_ok());
-        assert!(authorize(&HeaderMap::new(), &secret, true, &no_admin).is_ok());
-        let mut proof = HeaderMap::new();
-        proof.insert(
-            internal_auth::PROOF_METADATA,
-            secret.proof().unwrap().parse().unwrap(),
-        );
-        assert!(authorize(&proof, &secret, false, &no_admin).is_ok());
+        assert!(authorize(&HeaderMap::new(), None, &secret, false, &no_admin).is_err());
+        assert!(authorize(&bearer(&token), None, &secret, false, &no_admin).is_ok());
+        assert!(authorize(&bearer("nope"), None, &secret, false, &no_admin).is_err());
+        assert!(authorize(&bearer("admin"), None, &secret, false, &|t| t == "admin").is_ok());
+        assert!(authorize(&HeaderMap::new(), None, &secret, true, &no_admin).is_ok());
+        let proof: HeaderValue = secret.proof().unwrap().parse().unwrap();
+        assert!(authorize(&HeaderMap::new(), Some(&proof), &secret, false, &no_admin).is_ok());
+        let wrong = HeaderValue::from_static("not-the-proof");
+        assert!(authorize(&HeaderMap::new(), Some(&wrong), &secret, false, &no_admin).is_err());
         // The token reveals neither the join token nor the proof.
         assert_ne!(&*token, "join-secret");
         assert_ne!(token.as_str(), &*secret.proof().unwrap());
         // A node that does not know the join token accepts no metrics token.
         let unknown = ClusterSecret::default();
-        assert!(authorize(&bearer(&token), &unknown, false, &no_admin).is_err());
-        let (status, headers, body) = answer(&HeaderMap::new(), &secret, false, &no_admin);
+        assert!(authorize(&bearer(&token), None, &unknown, false, &no_admin).is_err());
+        let (status, headers, body) = answer(&HeaderMap::new(), None, &secret, false, &no_admin);
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(headers.contains_key(header::WWW_AUTHENTICATE));
         assert!(body.contains("metrics token"), "{body}");

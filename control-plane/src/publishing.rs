@@ -121,10 +121,13 @@ where
             && matches!(*request.method(), Method::GET | Method::HEAD)
         {
             let api = &self.api;
-            let (status, headers, body) =
-                crate::metrics::answer(request.headers(), &api.node.secret, false, &|t| {
-                    api.is_admin_token(t)
-                });
+            let (status, headers, body) = crate::metrics::answer(
+                request.headers(),
+                request.headers().get(crate::internal_auth::PROOF_METADATA),
+                &api.node.secret,
+                false,
+                &|t| api.is_admin_token(t),
+            );
             let body = if request.method() == Method::HEAD {
                 String::new()
             } else {

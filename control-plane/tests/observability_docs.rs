@@ -32,6 +32,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every name in `used` is an exported metric (`who` uses them).
+fn all_exported(used: &BTreeSet<String>, who: &str) {
+    let exported = catalog();
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "{who} unexported metrics: {unknown:?}");
+}
+
 fn catalog() -> BTreeSet<String> {
     CATALOG.iter().map(|d| d.name.to_string()).collect()
 }
@@ -60,11 +67,7 @@ fn the_alert_rules_pass_promtool_and_ask_for_exported_metrics() {
     let rules = docs().join("prometheus/strom-alerts.yml");
     let text = std::fs::read_to_string(&rules).unwrap();
     let used = metric_names(&text);
-    let unknown: Vec<_> = used.difference(&catalog()).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "rules use unexported metrics: {unknown:?}"
-    );
+    all_exported(&used, "rules use");
     for alert in [
         "StromNoLeader",
         "StromWorkerDown",
@@ -109,11 +112,7 @@ fn the_dashboard_asks_for_exported_metrics_only() {
         }
     }
     let used = metric_names(&exprs);
-    let unknown: Vec<_> = used.difference(&catalog()).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "the dashboard uses unexported metrics: {unknown:?}"
-    );
+    all_exported(&used, "the dashboard uses");
     // The metrics an operator looks at first are on it.
     for name in [
         "strom_invocations_total",

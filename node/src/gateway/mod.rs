@@ -267,13 +267,10 @@ impl Gateway {
         proof: Option<&hyper::header::HeaderValue>,
         node_cert: bool,
     ) -> Response<Body> {
-        let mut headers = req.headers().clone();
-        if let Some(p) = proof {
-            headers.insert(internal_auth::PROOF_METADATA, p.clone());
-        }
         let admin = self.inner.config.key_admin.0.clone();
         let (status, extra, body) = strom_control_plane::metrics::answer(
-            &headers,
+            req.headers(),
+            proof,
             &self.inner.config.secret,
             node_cert,
             &|t| admin.as_ref().and_then(|a| a.is_admin_token(t)) == Some(true),
