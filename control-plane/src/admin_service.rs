@@ -912,8 +912,15 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let app = parse_app(&req.name)?;
         let mut problems = Vec::new();
-        for key in req.set.keys().chain(req.remove.iter()) {
+        for key in req.remove.iter() {
             if let Err(e) = check_setting_name(key) {
+                problems.push(e);
+            }
+        }
+        // A new name must also be one an environment (and Azure) takes; a setting
+        // stored before this rule can still be removed.
+        for key in req.set.keys() {
+            if let Err(e) = check_setting_name(key).and_then(|()| check_new_setting_name(key)) {
                 problems.push(e);
             }
         }
@@ -1868,6 +1875,18 @@ fn key_scope(scope: &str, function: &str) -> Result<KeyScope, Status> {
 }
 
 /// App setting names become environment variables: no `=`, no NUL, not empty.
+/// Whitespace and control characters make a name no shell, `.env` file or
+/// Azure App Settings takes.
+fn check_new_setting_name(key: &str) -> Result<(), String> {
+    match key.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        Some(c) => Err(format!(
+            "setting name `{}` must not contain whitespace or control characters (found {c:?})",
+            key.escape_debug()
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_setting_name(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("setting name is empty".into());
@@ -1876,4 +1895,26 @@ fn check_setting_name(key: &str) -> Result<(), String> {
         return Err(format!("setting name `{key}` must not contain `=` or NUL"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_setting_names_take_no_whitespace_or_control_characters() {
+        for good in [
+            "GREETING",
+            "AzureWebJobs.hello.Disabled",
+            "ConnectionStrings:Db",
+            "a-b_c",
+        ] {
+            assert_eq!(check_new_setting_name(good), Ok(()), "{good}");
+        }
+        for bad in ["bad name", "tab\there", "line\nbreak", "bell\u{7}"] {
+            let e = check_new_setting_name(bad).unwrap_err();
+            assert!(e.contains("whitespace or control"), "{bad}: {e}");
+        }
+        assert!(check_setting_name("a=b").is_err());
+    }
 }

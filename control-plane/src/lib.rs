@@ -17,7 +17,9 @@
 //!   [`timer_plan`]: what the leader fires and sends (pure); [`timer_service`]:
 //!   what a run is sent with, and the dispatcher seam the gateway implements.
 //! - [`internal_auth`]: the proof internal callers show without TLS.
-//! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port.
+//! - [`admin_service`] and [`control_server`]: the gRPC admin API on the control port;
+//!   [`publishing`]: Kudu's zip deploy; [`portal`]: the management portal (web UI),
+//!   its charts from [`invocation_history`].
 
 pub mod admin_service;
 pub mod blob_gc;
@@ -37,6 +39,7 @@ pub mod forward;
 pub mod health;
 pub mod impl_raft_network;
 pub mod internal_auth;
+pub mod invocation_history;
 pub mod leader_duties;
 pub mod leases;
 pub mod log_store;
@@ -44,7 +47,7 @@ pub mod management;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
-pub mod portal_session;
+pub mod portal;
 pub mod publishing;
 pub mod restore;
 pub mod retention;

@@ -83,15 +83,18 @@ pub struct Publishing<S> {
     health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
-/// Whether a request is for the publishing endpoint (not gRPC).
-fn is_publishing<B>(request: &Request<B>) -> bool {
-    let grpc = request
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Whether a request is for the publishing endpoint (not gRPC).
+fn is_publishing<B>(request: &Request<B>) -> bool {
     let path = request.uri().path();
-    !grpc && (path.starts_with("/api/") || path.starts_with("/apps/"))
+    !is_grpc(request) && (path.starts_with("/api/") || path.starts_with("/apps/"))
 }
 
 impl<S, B> tower_service::Service<Request<B>> for Publishing<S>
@@ -138,6 +141,10 @@ where
             answer.headers_mut().extend(headers);
             return Box::pin(async move { Ok(answer) });
         }
+        if !is_grpc(&request) && crate::portal::is_portal(request.uri().path()) {
+            let api = self.api.clone();
+            return Box::pin(async move { Ok(crate::portal::handle(api, request).await) });
+        }
         if !is_publishing(&request) {
             let answer = self.inner.call(request);
             return Box::pin(answer);
@@ -158,6 +165,15 @@ pub struct HttpError {
 }
 
 impl HttpError {
+    /// What the caller is told.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> HttpError {
         HttpError {
             status,
@@ -200,7 +216,10 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 /// without a preflight): a request a browser marks as cross-site, or whose
 /// `Origin` is not this endpoint, is refused. Tools (curl, PowerShell, IDEs) send
 /// neither header.
-fn refuse_cross_site(headers: &http::HeaderMap, host: Option<&str>) -> Result<(), HttpError> {
+pub(crate) fn refuse_cross_site(
+    headers: &http::HeaderMap,
+    host: Option<&str>,
+) -> Result<(), HttpError> {
     let forbidden = |why: String| Err(HttpError::new(StatusCode::FORBIDDEN, "CrossSite", why));
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         if !matches!(site, "same-origin" | "none") {
@@ -378,12 +397,9 @@ fn authenticate(
     }
 }
 
-async fn handle<B>(api: AdminApi, request: Request<B>) -> Result<Response<Body>, HttpError>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    let host = request
+/// The host a request names (its URI's authority, else its `Host`).
+pub(crate) fn request_host<B>(request: &Request<B>) -> Option<String> {
+    request
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
@@ -393,7 +409,15 @@ where
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
-        });
+        })
+}
+
+async fn handle<B>(api: AdminApi, request: Request<B>) -> Result<Response<Body>, HttpError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let host = request_host(&request);
     let target = target(request.uri().path(), host.as_deref())?;
     refuse_cross_site(request.headers(), host.as_deref())?;
     let view = api.node.read_local();
@@ -608,7 +632,7 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), HttpError> {
 }
 
 /// The request body, at most the package limit, each part within [`BODY_READ`].
-async fn read_zip<B>(api: &AdminApi, request: Request<B>) -> Result<Vec<u8>, HttpError>
+pub(crate) async fn read_zip<B>(api: &AdminApi, request: Request<B>) -> Result<Vec<u8>, HttpError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,

@@ -675,6 +675,7 @@ async fn run_node_traced(
     println!("  data dir:  {}", settings.data_dir.display());
     if running.node.is_some() {
         println!("  control:   {scheme}://{control_addr}  (gRPC admin API)");
+        println!("  portal:    {scheme}://{control_addr}/  (sign in with the admin token)");
     }
     println!(
         "  functions: {scheme}://{http_addr}{}",

@@ -159,6 +159,12 @@ impl InvocationMetrics {
         };
         f.outcomes[i].increment(1);
         f.duration.record(record.duration_us as f64 / 1e6);
+        // The portal's charts: the last hour, per minute.
+        strom_control_plane::invocation_history::global().record(
+            record.started_at_ms + (record.duration_us / 1000) as i64,
+            i != 0,
+            record.duration_us,
+        );
     }
 }
 

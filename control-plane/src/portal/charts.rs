@@ -1,0 +1,156 @@
+//! The cluster page's charts: inline SVG, drawn on the server from the node's
+//! [`crate::invocation_history`] (no script, no external Prometheus). Each chart
+//! has a text alternative (its title and a summary) for screen readers.
+
+use maud::{html, Markup};
+
+use crate::invocation_history::Point;
+
+const W: f64 = 320.0;
+const H: f64 = 130.0;
+const PAD_L: f64 = 40.0;
+const PAD_B: f64 = 16.0;
+const PAD_T: f64 = 8.0;
+
+/// One series of a chart.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub colour: &'a str,
+    pub values: Vec<Option<f64>>,
+}
+
+fn ticks_label(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A line chart over the last hour (one value per minute, oldest first).
+pub fn line(id: &str, title: &str, unit: &str, series: &[Series<'_>]) -> Markup {
+    let max = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .fold(0.0f64, |a, b| a.max(*b));
+    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
+    let n = series.first().map(|s| s.values.len()).unwrap_or(0).max(2);
+    let x = |i: usize| PAD_L + (W - PAD_L - 4.0) * i as f64 / (n - 1) as f64;
+    let y = |v: f64| PAD_T + (H - PAD_T - PAD_B) * (1.0 - v / top);
+    let summary: Vec<String> = series
+        .iter()
+        .map(|s| {
+            let last = s.values.iter().rev().flatten().next();
+            let peak = s.values.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
+            match last {
+                Some(l) => format!(
+                    "{}: last {} {unit}, peak {} {unit}",
+                    s.name,
+                    ticks_label(*l),
+                    ticks_label(peak)
+                ),
+                None => format!("{}: no data", s.name),
+            }
+        })
+        .collect();
+    let title_id = format!("{id}-title");
+    let desc_id = format!("{id}-desc");
+    html! {
+        figure.chart.card {
+            figcaption id=(title_id) { (title) }
+            svg viewBox=(format!("0 0 {W} {H}")) role="img"
+                aria-labelledby=(format!("{title_id} {desc_id}")) {
+                desc id=(desc_id) { "Last 60 minutes. " (summary.join("; ")) }
+                line x1=(PAD_L) y1=(H - PAD_B) x2=(W) y2=(H - PAD_B) stroke="#6b7785" stroke-width="1" {}
+                line x1=(PAD_L) y1=(PAD_T) x2=(PAD_L) y2=(H - PAD_B) stroke="#6b7785" stroke-width="1" {}
+                text x=(PAD_L - 4.0) y=(PAD_T + 10.0) text-anchor="end" font-size="10" fill="#4a5361" { (ticks_label(top)) }
+                text x=(PAD_L - 4.0) y=(H - PAD_B) text-anchor="end" font-size="10" fill="#4a5361" { "0" }
+                text x=(PAD_L) y=(H - 3.0) font-size="10" fill="#4a5361" { "-60 min" }
+                text x=(W - 4.0) y=(H - 3.0) text-anchor="end" font-size="10" fill="#4a5361" { "now" }
+                @for s in series {
+                    polyline fill="none" stroke=(s.colour) stroke-width="2"
+                        points=(points(&s.values, &x, &y)) {}
+                }
+            }
+            ul.legend {
+                @for (s, text) in series.iter().zip(&summary) {
+                    li { span.swatch.(swatch_class(s.colour)) aria-hidden="true" {} (text) }
+                }
+            }
+        }
+    }
+}
+
+/// The legend's colour swatch (a class: the page's policy allows no inline style).
+fn swatch_class(colour: &str) -> &'static str {
+    match colour {
+        "#a40e26" => "bad",
+        "#116329" => "ok",
+        "#7a4a00" => "warn",
+        _ => "accent",
+    }
+}
+
+fn points(values: &[Option<f64>], x: &dyn Fn(usize) -> f64, y: &dyn Fn(f64) -> f64) -> String {
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The three charts of the cluster page.
+pub fn hour(points: &[Point]) -> Markup {
+    let rate: Vec<Option<f64>> = points
+        .iter()
+        .map(|p| Some(p.invocations as f64 / 60.0))
+        .collect();
+    let errors: Vec<Option<f64>> = points.iter().map(|p| Some(p.errors as f64)).collect();
+    let p50: Vec<Option<f64>> = points.iter().map(|p| p.p50_ms).collect();
+    let p99: Vec<Option<f64>> = points.iter().map(|p| p.p99_ms).collect();
+    html! {
+        div.grid {
+            (line("chart-rate", "Invocations per second", "/s", &[Series { name: "invocations/s", colour: "#0b57a4", values: rate }]))
+            (line("chart-errors", "Failed invocations per minute", "", &[Series { name: "errors", colour: "#a40e26", values: errors }]))
+            (line("chart-duration", "Duration (ms)", "ms", &[
+                Series { name: "p50", colour: "#116329", values: p50 },
+                Series { name: "p99", colour: "#7a4a00", values: p99 },
+            ]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_draws_its_points_and_says_what_it_shows() {
+        let m = line(
+            "c",
+            "Rate",
+            "/s",
+            &[Series {
+                name: "r",
+                colour: "#000",
+                values: vec![Some(0.0), None, Some(2.0)],
+            }],
+        )
+        .into_string();
+        assert!(m.contains("<polyline"), "{m}");
+        // Two points drawn (the gap skipped).
+        let points = m
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(points.split(' ').count(), 2, "{points}");
+        assert!(m.contains("last 2.0 /s, peak 2.0 /s"), "{m}");
+        assert!(m.contains("role=\"img\""));
+    }
+}
