@@ -222,6 +222,30 @@ async fn accessible(c: &Client, page: &str) {
     assert_eq!(violations, json!([]), "accessibility violations on {page}");
 }
 
+/// What the current page weighs and how soon it drew (measured, never asserted):
+/// the document and every asset it loaded (bytes on the wire, uncompressed) and
+/// Chromium's first contentful paint since navigation start.
+async fn measure(c: &Client, view: &str, table: &mut Vec<Value>) {
+    let m = until(
+        c,
+        "paint timing",
+        "const nav = performance.getEntriesByType('navigation')[0];
+         const fcp = performance.getEntriesByName('first-contentful-paint')[0];
+         if (!nav || !fcp || nav.loadEventEnd === 0) return null;
+         const assets = performance.getEntriesByType('resource')
+             .filter(r => r.name.includes('/assets/'));
+         return {document: nav.decodedBodySize,
+                 assets: assets.reduce((n, r) => n + r.decodedBodySize, 0),
+                 assets_transferred: assets.reduce((n, r) => n + r.transferSize, 0),
+                 first_contentful_paint_ms: Math.round(fcp.startTime),
+                 response_end_ms: Math.round(nav.responseEnd)};",
+    )
+    .await;
+    let mut m = m;
+    m["view"] = json!(view);
+    table.push(m);
+}
+
 fn zip_of(dir: &Path) -> PathBuf {
     let zip = strom_proto::manifest::pack_dir(dir).unwrap();
     let path = dir.with_extension("zip");
@@ -240,7 +264,8 @@ fn the_portal_in_a_real_browser() {
     let v1 = tmp.path().join("web");
     let host = test_handler_host("");
     let function = r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"function","methods":["get","post"],"route":"hello"},{"type":"http","direction":"out","name":"res"}]}"#;
-    write_app(&v1, &host, &[("hello", function)]);
+    let timer = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 0 0 1 1 *"}]}"#;
+    write_app(&v1, &host, &[("hello", function), ("tick", timer)]);
     let v2 = tmp.path().join("web-v2");
     write_app(
         &v2,
@@ -250,7 +275,16 @@ fn the_portal_in_a_real_browser() {
     let v2_zip = zip_of(&v2);
     let not_zip = tmp.path().join("notes.zip");
     std::fs::write(&not_zip, "this is not a zip").unwrap();
-    let up = Up::start(&tmp.path().join("data"), &[&v1], &[]);
+    // A zip's first bytes, but larger than the limit this node takes.
+    let too_large = tmp.path().join("large.zip");
+    let mut large = b"PK\x03\x04".to_vec();
+    large.resize(300_000, 0);
+    std::fs::write(&too_large, large).unwrap();
+    let up = Up::start(
+        &tmp.path().join("data"),
+        &[&v1],
+        &["--max-package-bytes", "200000"],
+    );
     let token = std::fs::read_to_string(up.data_dir.join("admin.token"))
         .unwrap()
         .trim()
@@ -261,11 +295,13 @@ fn the_portal_in_a_real_browser() {
     let up = &up;
     runtime.block_on(async move {
         let c = browser(&driver).await;
+        let mut weights = Vec::new();
 
         // A wrong token is refused, on the page, and gives no session.
         c.goto(&format!("{portal}/")).await.unwrap();
         assert_eq!(c.title().await.unwrap(), "Sign in · Strom");
         accessible(&c, "sign-in").await;
+        measure(&c, "sign-in", &mut weights).await;
         fill(&c, "#token", "strom_not-the-token").await;
         submit(&c, "form").await;
         let refused = text(&c, ".flash.error").await;
@@ -285,6 +321,7 @@ fn the_portal_in_a_real_browser() {
             assert!(page.contains(says), "cluster page lacks {says}: {page}");
         }
         accessible(&c, "cluster").await;
+        measure(&c, "cluster", &mut weights).await;
         shot(&c, "cluster").await;
 
         // The app, in the list and on its page.
@@ -292,16 +329,20 @@ fn the_portal_in_a_real_browser() {
         let list = text(&c, "main table").await;
         assert!(list.contains("web"), "{list}");
         accessible(&c, "apps").await;
+        measure(&c, "apps", &mut weights).await;
         follow(&c, "main table a[href='/portal/apps/web']").await;
         assert_eq!(text(&c, "h1").await, "App web");
         let first_version = js(&c, "return document.querySelector('#versions-h').parentElement.querySelector('tbody code').textContent").await;
         accessible(&c, "app").await;
+        measure(&c, "app", &mut weights).await;
 
         // A bad upload: a clear message, nothing changed.
         upload(&c, &not_zip).await;
         until(&c, "the refused upload is explained", "const s = document.querySelector('[data-status]'); return s.classList.contains('bad') && s.textContent").await;
         let said = text(&c, "[data-status]").await;
         assert!(said.contains("not a zip"), "{said}");
+        upload(&c, &too_large).await;
+        until(&c, "the refused upload is explained", "const s = document.querySelector('[data-status]'); return s.classList.contains('bad') && s.textContent.includes('limit') && s.textContent").await;
         assert_eq!(c.find_all(Locator::Css("#versions-h ~ div tbody tr")).await.unwrap().len(), 1);
 
         // Deploy a new version by upload: it becomes active with its new function.
@@ -354,6 +395,7 @@ fn the_portal_in_a_real_browser() {
         // Rotate the function's key: the old one stops opening the function.
         c.goto(&format!("{portal}/portal/apps/web/functions/hello?reveal=all#keys")).await.unwrap();
         accessible(&c, "function").await;
+        measure(&c, "function", &mut weights).await;
         let old_key = js(&c, "return [...document.querySelectorAll('#keys tbody tr')].find(r => r.cells[1].textContent === 'function').cells[2].querySelector('code').textContent").await;
         let old_key = old_key.as_str().unwrap().to_string();
         follow(&c, "#keys tbody tr:first-child form[action$='/keys'] button").await;
@@ -386,12 +428,51 @@ fn the_portal_in_a_real_browser() {
         let stdout = text(&c, "#test-result pre[data-source='stdout']").await;
         assert_eq!(stdout.trim(), format!("stdout {invocation}"));
         assert_eq!(js(&c, "return window.__pwned === undefined && document.querySelectorAll('main script, main img').length === 0").await, json!(true));
+        c.find(Locator::Css("#test-result")).await.unwrap().screenshot().await.map(|png| {
+            std::fs::write(artifacts().join("function-test-result.png"), png).unwrap()
+        }).unwrap();
         shot(&c, "function-test-panel").await;
+
+        // Create a key with a chosen value, then delete it.
+        fill(&c, "#key-name", "ci-key").await;
+        fill(&c, "#key-value", "ci-key-value-0123456789abcdef").await;
+        submit(&c, "form[action$='/keys']:not(.inline)").await;
+        assert!(text(&c, ".flash.done").await.contains("Key saved"));
+        let keys = text(&c, "#keys table").await;
+        assert!(keys.contains("ci-key") && keys.contains("ci-key-value-0123456789abcdef"), "the new key is shown once: {keys}");
+        let f = functions.clone();
+        let with_new = tokio::task::spawn_blocking(move || {
+            http("GET", &f, "/api/hello", &[("x-functions-key", "ci-key-value-0123456789abcdef")], b"").status
+        }).await.unwrap();
+        assert_eq!(with_new, 200);
+        follow(&c, "form[action$='/deletekey'] button[aria-label='Delete key ci-key']").await;
+        assert!(text(&c, ".flash.done").await.contains("Key deleted"));
+        assert!(!text(&c, "#keys table").await.contains("ci-key"));
+
+        // Disable, then enable the function.
+        follow(&c, "form[action$='/disable'] button").await;
+        assert!(text(&c, ".flash.done").await.contains("disabled"));
+        let settings = up.json(&["app", "settings", "get", "web"]);
+        assert!(settings.to_string().contains("AzureWebJobs.hello.Disabled"), "{settings}");
+        follow(&c, "form[action$='/enable'] button").await;
+        assert!(text(&c, ".flash.done").await.contains("enabled"));
+        let settings = up.json(&["app", "settings", "get", "web"]);
+        assert!(!settings.to_string().contains("AzureWebJobs.hello.Disabled"), "{settings}");
+
+        // A timer: its schedule and next run, and "Run now".
+        c.goto(&format!("{portal}/portal/apps/web/functions/tick")).await.unwrap();
+        let timer = text(&c, "#timer-h + dl").await;
+        assert!(timer.contains("Schedule") && timer.contains("Next run") && timer.contains("2027-01-01"), "{timer}");
+        submit(&c, "form[action$='/run']").await;
+        let ran = text(&c, ".flash").await;
+        assert!(ran.contains("Ran tick now: succeeded"), "{ran}");
+        shot(&c, "function-timer").await;
 
         // Invocations, live: a call made now appears at the top without a reload.
         c.goto(&format!("{portal}/portal/invocations?app=web")).await.unwrap();
         until(&c, "the stream is live", "return document.getElementById('stream-state').textContent.startsWith('Live')").await;
         accessible(&c, "invocations").await;
+        measure(&c, "invocations", &mut weights).await;
         let before = js(&c, "return document.querySelectorAll('table[data-stream] tbody tr').length").await;
         let f = functions.clone();
         let answer = tokio::task::spawn_blocking(move || {
@@ -411,6 +492,14 @@ fn the_portal_in_a_real_browser() {
         }
         shot(&c, "invocations-live").await;
 
+        // One invocation's detail: its logs, stdout and stderr.
+        follow(&c, "table[data-stream] tbody tr:first-child a").await;
+        let id = text(&c, "main dd a code").await;
+        assert_eq!(text(&c, "pre[data-source='stdout']").await.trim(), format!("stdout {id}"));
+        assert_eq!(text(&c, "pre[data-source='stderr']").await.trim(), format!("stderr {id}"));
+        accessible(&c, "invocation").await;
+        shot(&c, "invocation").await;
+
         // At a phone's width the page does not scroll sideways.
         c.set_window_size(390, 844).await.unwrap();
         c.goto(&format!("{portal}/portal/apps/web")).await.unwrap();
@@ -429,5 +518,8 @@ fn the_portal_in_a_real_browser() {
         c.goto(&format!("{portal}/portal/apps")).await.unwrap();
         assert_eq!(c.title().await.unwrap(), "Sign in · Strom");
         c.close().await.unwrap();
+        let report = serde_json::to_string_pretty(&weights).unwrap();
+        std::fs::write(artifacts().join("page-weights.json"), &report).unwrap();
+        println!("page weight and first contentful paint per view:\n{report}");
     });
 }
