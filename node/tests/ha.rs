@@ -2008,3 +2008,128 @@ fn t102_a_trace_follows_an_invocation_through_gateway_hop_and_instance_to_the_ha
     w2.stop();
     m1.stop();
 }
+
+/// A portal form post with a session cookie (and the page's Origin, as a browser
+/// sends it).
+fn portal_post(base: &str, path: &str, cookie: &str, form: &str) -> common::HttpResponse {
+    common::http(
+        "POST",
+        base,
+        path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookie),
+            ("Origin", base),
+        ],
+        form.as_bytes(),
+    )
+}
+
+fn portal_get(base: &str, path: &str, cookie: &str) -> common::HttpResponse {
+    common::http("GET", base, path, &[("Cookie", cookie)], b"")
+}
+
+/// The page's CSRF token (its `<meta name="csrf-token">`).
+fn csrf_of(page: &str) -> String {
+    let after = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .expect("a signed-in page holds its CSRF token");
+    after.split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn t103_a_portal_session_works_on_every_manager_and_outlives_the_leader() {
+    let mut c = Cluster::new(4);
+    let m1 = c.bootstrap(0);
+    let admin = c.admin();
+    let m2 = c.join(1, "management", &c.seeds(&[0]));
+    let m3 = c.join(2, "management", &c.seeds(&[0]));
+    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
+    let apps = tempfile::tempdir().unwrap();
+    deploy_web(&m1.server, &admin, apps.path(), "web");
+
+    // A wrong token gives no session; the right one does, on the leader.
+    let wrong = portal_post(&m1.server, "/portal/signin", "", "token=strom_wrong");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    assert!(
+        wrong.text().contains("not this cluster&#39;s admin token")
+            || wrong.text().contains("not this cluster's admin token")
+    );
+    let signed = portal_post(&m1.server, "/portal/signin", "", &format!("token={admin}"));
+    assert_eq!(signed.status, 303, "{}", signed.text());
+    let set_cookie = signed.header("set-cookie").unwrap().to_string();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    // Followers accept it: nothing is replicated, every manager checks the signature.
+    for up in [&m2, &m3] {
+        let page = portal_get(&up.server, "/portal/cluster", &cookie);
+        assert_eq!(page.status, 200, "{}: {}", up.server, page.text());
+        assert!(page.text().contains("Management members"));
+    }
+    // Without it, or with a forged one: the sign-in page, saying why.
+    let none = portal_get(&m2.server, "/portal/apps", "");
+    assert_eq!(none.status, 303);
+    let forged = portal_get(&m2.server, "/portal/apps", &format!("{cookie}x"));
+    assert_eq!(forged.status, 303);
+    assert_eq!(
+        forged.header("location"),
+        Some("/portal/signin?why=invalid")
+    );
+
+    // A post without the page's CSRF token, or from another site, changes nothing.
+    let page = portal_get(&m2.server, "/portal/apps/web", &cookie);
+    let csrf = csrf_of(&page.text());
+    let missing = portal_post(
+        &m2.server,
+        "/portal/apps/web/settings",
+        &cookie,
+        "name=A&value=1",
+    );
+    assert_eq!(missing.status, 403);
+    let cross = common::http(
+        "POST",
+        &m2.server,
+        "/portal/apps/web/settings",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", &cookie),
+            ("Origin", "http://evil.example"),
+        ],
+        format!("csrf={csrf}&name=A&value=1").as_bytes(),
+    );
+    assert_eq!(cross.status, 403);
+    let settings = cli(&m3.server, &admin, &["app", "settings", "get", "web"]);
+    assert!(!settings.stdout.contains("A=1"), "{}", settings.stdout);
+
+    // The leader dies: the same session, on a survivor, still reads and writes.
+    m1.kill9();
+    let written = eventually(
+        Duration::from_secs(30),
+        "a write through the portal after the leader's death",
+        || {
+            let r = portal_post(
+                &m2.server,
+                "/portal/apps/web/settings",
+                &cookie,
+                &format!("csrf={csrf}&name=AFTER_FAILOVER&value=yes"),
+            );
+            (r.status == 303).then_some(r)
+        },
+    );
+    assert_eq!(
+        written.header("location"),
+        Some("/portal/apps/web?done=settings")
+    );
+    let settings = cli(&m3.server, &admin, &["app", "settings", "get", "web"]);
+    assert!(
+        settings.stdout.contains("AFTER_FAILOVER=yes"),
+        "{}",
+        settings.stdout
+    );
+    let page = portal_get(&m3.server, "/portal/cluster", &cookie);
+    assert_eq!(page.status, 200);
+    w4.stop();
+}

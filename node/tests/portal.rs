@@ -500,6 +500,13 @@ fn the_portal_in_a_real_browser() {
         accessible(&c, "invocation").await;
         shot(&c, "invocation").await;
 
+        // The charts, after this traffic.
+        c.goto(&format!("{portal}/portal/cluster")).await.unwrap();
+        let charts = text(&c, "#charts-h + div").await;
+        assert!(!charts.contains("invocations/s: last 0.00 /s, peak 0.00 /s"), "{charts}");
+        assert!(!charts.contains("p50: no data"), "{charts}");
+        shot(&c, "cluster-with-traffic").await;
+
         // At a phone's width the page does not scroll sideways.
         c.set_window_size(390, 844).await.unwrap();
         c.goto(&format!("{portal}/portal/apps/web")).await.unwrap();

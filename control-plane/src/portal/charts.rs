@@ -72,6 +72,10 @@ pub fn line(id: &str, title: &str, unit: &str, series: &[Series<'_>]) -> Markup 
                 @for s in series {
                     polyline fill="none" stroke=(s.colour) stroke-width="2"
                         points=(points(&s.values, &x, &y)) {}
+                    // A minute with no neighbour draws no line: a dot.
+                    @for (i, v) in isolated(&s.values) {
+                        circle cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(v))) r="2.5" fill=(s.colour) {}
+                    }
                 }
             }
             ul.legend {
@@ -81,6 +85,19 @@ pub fn line(id: &str, title: &str, unit: &str, series: &[Series<'_>]) -> Markup 
             }
         }
     }
+}
+
+/// Points whose neighbours have no value.
+fn isolated(values: &[Option<f64>]) -> Vec<(usize, f64)> {
+    let at = |i: Option<usize>| i.and_then(|i| values.get(i).copied().flatten());
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let v = (*v)?;
+            (at(i.checked_sub(1)).is_none() && at(Some(i + 1)).is_none()).then_some((i, v))
+        })
+        .collect()
 }
 
 /// The legend's colour swatch (a class: the page's policy allows no inline style).
@@ -152,5 +169,9 @@ mod tests {
         assert_eq!(points.split(' ').count(), 2, "{points}");
         assert!(m.contains("last 2.0 /s, peak 2.0 /s"), "{m}");
         assert!(m.contains("role=\"img\""));
+        assert_eq!(
+            isolated(&[None, Some(1.0), None, Some(2.0), Some(3.0)]),
+            vec![(1, 1.0)]
+        );
     }
 }
