@@ -1431,6 +1431,15 @@ fn t99_fn_logs_through_any_manager_shows_every_workers_invocations() {
     let out = cli(&m1.server, &admin, &["app", "scale", "web", "2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Each worker serves its own calls (a Ready instance here): records on both.
+    // (A 200 alone does not say so: a worker without a Ready instance hops.)
+    eventually(
+        Duration::from_secs(30),
+        "a Ready instance on each worker",
+        || {
+            let s = json(&m1.server, &admin, &["cluster", "status"])?;
+            (placement(&s, "web") == vec![(4, 1, 1), (5, 1, 1)]).then_some(())
+        },
+    );
     for w in [&w4, &w5] {
         eventually(Duration::from_secs(30), "web served on each worker", || {
             (get(&w.http, "/api/web/0").status == 200).then_some(())

@@ -414,6 +414,15 @@ fn the_portal_in_a_real_browser() {
         .unwrap();
         assert_eq!((old_status, new_status), (401, 200));
 
+        // The browser sends the portal's cookies to the function port too (same
+        // host): the gateway passes the others, never the session.
+        js(&c, "document.cookie = 'visible=1; path=/'; return null").await;
+        c.goto(&format!("{functions}/api/hello?code={new_key}")).await.unwrap();
+        let echoed = text(&c, "body").await;
+        assert!(echoed.contains("visible=1"), "the browser sent its cookies: {echoed}");
+        assert!(!echoed.contains("strom_session"), "{echoed}");
+        c.goto(&format!("{portal}/portal/apps/web/functions/hello?reveal=all#keys")).await.unwrap();
+
         // The test panel: the response, as text, and that invocation's logs.
         fill(&c, "#t-headers", &format!("X-Evil: {SCRIPT}")).await;
         fill(&c, "#t-body", "hello from the panel").await;
@@ -518,6 +527,18 @@ fn the_portal_in_a_real_browser() {
         assert!(wide.as_u64().unwrap() <= 390, "the cluster page is {wide} px wide at 390 px");
         shot(&c, "cluster-phone").await;
         c.set_window_size(1280, 900).await.unwrap();
+
+        // Delete, with the app's name typed: a mistyped name deletes nothing.
+        c.goto(&format!("{portal}/portal/apps/web")).await.unwrap();
+        fill(&c, "#confirm", "wbe").await;
+        submit(&c, "form[action='/portal/apps/web/delete']").await;
+        let refused = text(&c, ".flash.error").await;
+        assert!(refused.contains("type its name `web` exactly"), "{refused}");
+        assert_eq!(up.json(&["app", "list"]).to_string().matches("\"web\"").count(), 1);
+        fill(&c, "#confirm", "web").await;
+        submit(&c, "form[action='/portal/apps/web/delete']").await;
+        assert!(text(&c, ".flash.done").await.contains("App deleted"));
+        assert!(text(&c, "main").await.contains("No apps yet"));
 
         // Sign out: the session cookie is gone, pages ask to sign in.
         submit(&c, "header form").await;

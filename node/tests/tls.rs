@@ -224,6 +224,73 @@ fn t95_tls_everywhere_with_mutual_tls_between_nodes() {
                 .filter(|(s, _)| *s == 200)
         });
         assert_eq!(status, 200);
+
+        // The portal over HTTPS on the follower: a Secure session cookie, and the
+        // test panel reaching the function through the node's TLS function port.
+        let curl = |args: &[&str]| {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "-i", "--cacert", ca])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let signed = curl(&[
+            "--data-urlencode",
+            &format!("token={}", admin.trim()),
+            &format!("{}/portal/signin", n2.server),
+        ]);
+        let set_cookie = signed
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no session cookie: {signed}"));
+        assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+        let cookie = set_cookie
+            .split_once(':')
+            .unwrap()
+            .1
+            .trim()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let page = curl(&[
+            "-b",
+            &cookie,
+            &format!("{}/portal/apps/secure/functions/hello", n2.server),
+        ]);
+        let csrf = page
+            .split("name=\"csrf-token\" content=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no CSRF token: {page}"))
+            .to_string();
+        let tested = curl(&[
+            "-b",
+            &cookie,
+            "-H",
+            &format!("Origin: {}", n2.server),
+            "--data-urlencode",
+            &format!("csrf={csrf}"),
+            "--data-urlencode",
+            "method=GET",
+            "--data-urlencode",
+            "path=/api/hello2/7",
+            &format!("{}/portal/apps/secure/functions/hello/test", n2.server),
+        ]);
+        assert!(
+            tested.starts_with("HTTP/1.1 200") || tested.starts_with("HTTP/2 200"),
+            "{tested}"
+        );
+        assert!(
+            tested.contains("id=\"test-status\" class=\"ok\">200<"),
+            "{tested}"
+        );
     }
 
     // Plain HTTP is not served on the function port.

@@ -106,8 +106,29 @@ impl From<tonic::Status> for Problem {
 pub(crate) struct Ctx {
     pub api: AdminApi,
     pub csrf: String,
-    /// Where the request came to (for the sign-out and the navigation).
-    pub path: String,
+    /// Where a problem page's "Back" goes: the page an action was posted from,
+    /// or the section of a page that failed.
+    pub back: String,
+    /// When a live stream opened now must end: the session's idle deadline or
+    /// its age limit, whichever is first.
+    pub stream_ends_ms: i64,
+}
+
+/// See [`Ctx::back`].
+fn back_of(method: &Method, path: &str) -> String {
+    if *method == Method::POST {
+        return path
+            .rsplit_once('/')
+            .map(|(p, _)| p)
+            .filter(|p| p.len() > "/portal".len())
+            .unwrap_or("/portal/cluster")
+            .to_string();
+    }
+    ["/portal/apps", "/portal/invocations"]
+        .into_iter()
+        .find(|s| path.starts_with(s))
+        .unwrap_or("/portal/cluster")
+        .to_string()
 }
 
 /// One message shown on top of a page.
@@ -162,10 +183,21 @@ where
             if method == Method::GET || method == Method::HEAD {
                 return redirect(&format!("/portal/signin?why={why}"), None);
             }
-            let mut r = html(
-                StatusCode::UNAUTHORIZED,
-                pages::sign_in(why_text(Some(why)), None),
-            );
+            // The upload's script reads JSON.
+            let mut r = if request.headers().contains_key("x-csrf-token") {
+                json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"message": format!(
+                        "not signed in: {} Reload the page.",
+                        why_text(Some(why)).unwrap_or("sign in first.")
+                    )}),
+                )
+            } else {
+                html(
+                    StatusCode::UNAUTHORIZED,
+                    pages::sign_in(why_text(Some(why)), None),
+                )
+            };
             if cookie.is_some() {
                 add_cookie(&mut r, &session::clear_cookie(secure));
             }
@@ -176,7 +208,9 @@ where
     let ctx = Ctx {
         api,
         csrf: session::csrf_token(&key, &session),
-        path: path.clone(),
+        back: back_of(&method, &path),
+        stream_ends_ms: (now + session::IDLE.as_millis() as i64)
+            .min(session.issued_ms + session::MAX_AGE.as_millis() as i64),
     };
     let mut response = if method == Method::POST {
         post(&ctx, &key, &session, request, secure).await
@@ -188,14 +222,17 @@ where
             "the portal answers GET and POST only",
         )
     };
+    // Not over an answer that sets the cookie itself (sign-out clears it).
     if let Some(c) = refreshed {
-        add_cookie(&mut response, &session::set_cookie(&c, secure));
+        if !response.headers().contains_key(header::SET_COOKIE) {
+            add_cookie(&mut response, &session::set_cookie(&c, secure));
+        }
     }
     response
 }
 
 /// The signing key of this cluster's sessions (and the admin token's hash).
-fn session_key(api: &AdminApi) -> Option<(SessionKey, strom_proto::ids::TokenHash)> {
+pub(crate) fn session_key(api: &AdminApi) -> Option<(SessionKey, strom_proto::ids::TokenHash)> {
     let view = api.node.read_local();
     let cluster = view.state.cluster.as_ref()?;
     let proof = api.node.secret.proof()?;
@@ -342,7 +379,7 @@ async fn get<B>(ctx: &Ctx, request: Request<B>) -> Response<Body> {
                 function: q("function").unwrap_or_default(),
                 status: q("status").unwrap_or_default(),
             };
-            return match pages::invocation_stream(ctx, &filter).await {
+            return match pages::invocation_stream(ctx, &filter, ctx.stream_ends_ms).await {
                 Ok(r) => r,
                 Err(p) => plain(p.status, &p.message),
             };
@@ -447,8 +484,9 @@ where
                 Ok("deleted") => redirect("/portal/apps?done=deleted", None),
                 Ok(done) => redirect(&format!("{back}?done={done}"), None),
                 Err(p) => {
+                    let status = p.status;
                     let page = pages::app(ctx, &app, None, Some(Flash::Error(p))).await;
-                    page_or_problem(ctx, StatusCode::BAD_REQUEST, page)
+                    page_or_problem(ctx, status, page)
                 }
             }
         }
@@ -738,6 +776,9 @@ async fn function_action(
     form: &Form,
 ) -> Result<Option<String>, Problem> {
     let api = &ctx.api;
+    // The function as the app names it (the URL's spelling may differ in case).
+    let info = pages::function_info(api, app, function).await?;
+    let function = info.name.as_str();
     let scope_of = |form: &Form| -> Result<KeyScope, Problem> {
         match form.get("scope").unwrap_or("function") {
             "function" => Ok(KeyScope::Function(function.to_string())),
@@ -756,8 +797,6 @@ async fn function_action(
                 _ => form.required("name", "the key's name")?,
             };
             let value = form.get("value").map(str::trim).filter(|v| !v.is_empty());
-            // The function must exist (the admin API checks the app).
-            pages::function_info(api, app, function).await?;
             let (name, _, _) = api.put_key(app.clone(), scope.clone(), name, value).await?;
             let scope = match scope {
                 KeyScope::Function(_) => "function",
@@ -770,12 +809,10 @@ async fn function_action(
         "deletekey" => {
             let scope = scope_of(form)?;
             let name = form.required("name", "the key's name")?;
-            pages::function_info(api, app, function).await?;
             api.delete_key(app.clone(), scope, name).await?;
             Ok(None)
         }
         "enable" | "disable" => {
-            pages::function_info(api, app, function).await?;
             let setting = format!("AzureWebJobs.{function}.Disabled");
             let (set, remove) = if action == "disable" {
                 (
@@ -813,33 +850,60 @@ async fn function_action(
     }
 }
 
-/// "Run now": an admin invoke (a timer's run, out of schedule), not waited for.
+/// "Run now": an admin invoke (a timer's run, out of schedule). The run is not
+/// tied to this request (a closed page does not cancel it); its outcome is shown
+/// if it ends within [`RUN_NOW_WAIT`].
 async fn run_now(ctx: &Ctx, app: &AppName, function: &str) -> Result<Flash, Problem> {
-    let answer = ctx
+    let started = ctx
         .api
         .invoke_function(tonic::Request::new(pb::InvokeFunctionRequest {
             app_name: app.to_string(),
             function_name: function.to_string(),
             input: String::new(),
-            no_wait: false,
+            no_wait: true,
         }))
         .await?
         .into_inner();
-    Ok(if answer.succeeded {
-        Flash::Done(format!(
-            "Ran {function} now: succeeded in {} ms (invocation {}).",
-            answer.duration_ms, answer.invocation_id
-        ))
-    } else {
-        Flash::Error(Problem::new(
-            StatusCode::OK,
-            format!(
-                "Ran {function} now: it failed after {} ms (invocation {}): {}",
-                answer.duration_ms, answer.invocation_id, answer.error
-            ),
-        ))
-    })
+    let id = started.invocation_id;
+    let deadline = tokio::time::Instant::now() + RUN_NOW_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let found = ctx
+            .api
+            .list_invocations(tonic::Request::new(pb::ListInvocationsRequest {
+                invocation_id: id.clone(),
+                limit: Some(1),
+                ..Default::default()
+            }))
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().invocations.into_iter().next());
+        if let Some(i) = found {
+            let ms = i.duration_us / 1000;
+            return Ok(if i.status == "Succeeded" {
+                Flash::Done(format!(
+                    "Ran {function} now: succeeded in {ms} ms (invocation {id})."
+                ))
+            } else {
+                Flash::Error(Problem::new(
+                    StatusCode::OK,
+                    format!(
+                        "Ran {function} now: {} after {ms} ms (invocation {id}): {}",
+                        i.status.to_lowercase(),
+                        i.error
+                    ),
+                ))
+            });
+        }
+    }
+    Ok(Flash::Done(format!(
+        "Started {function} now (invocation {id}); it is still running: it appears in \
+         Invocations when it ends."
+    )))
 }
+
+/// How long "Run now" waits to show the run's outcome.
+const RUN_NOW_WAIT: Duration = Duration::from_secs(20);
 
 /// The zip upload: the same deploy path as Kudu's zip deploy (history included),
 /// answered once the new version serves, as JSON for the page's script.
@@ -1023,6 +1087,21 @@ mod tests {
             let e = local_settings_values(text).unwrap_err();
             assert!(e.message.contains(says), "{text}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn back_goes_to_the_page_an_action_came_from() {
+        assert_eq!(
+            back_of(&Method::POST, "/portal/apps/web/settings"),
+            "/portal/apps/web"
+        );
+        assert_eq!(
+            back_of(&Method::POST, "/portal/apps/web/functions/f/keys"),
+            "/portal/apps/web/functions/f"
+        );
+        assert_eq!(back_of(&Method::POST, "/portal/signout"), "/portal/cluster");
+        assert_eq!(back_of(&Method::GET, "/portal/apps/nope"), "/portal/apps");
+        assert_eq!(back_of(&Method::GET, "/portal/nothing"), "/portal/cluster");
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn problem(ctx: &Ctx, p: &Problem) -> Markup {
                 (p.message)
                 @if !p.details.is_empty() { ul { @for d in &p.details { li { (d) } } } }
             }
-            p { a href=(ctx.path) { "Back" } " · " a href="/portal/cluster" { "Cluster" } }
+            p { a href=(ctx.back) { "Back" } " · " a href="/portal/cluster" { "Cluster" } }
         },
     )
 }
@@ -691,7 +691,7 @@ pub async fn function(
                 dt { "Auth level" } dd { (f.auth_level) }
                 dt { "URL" } dd { code { (f.url) } " " button.secondary type="button" data-copy=(f.url) { "Copy" } }
                 @if !f.app_url.is_empty() && f.app_url != f.url {
-                    dt { "At the app's address" } dd { code { (f.app_url) (f.route) } }
+                    dt { "At the app's address" } dd { code { (f.app_url) } " " button.secondary type="button" data-copy=(f.app_url) { "Copy" } }
                 }
             }
             dt { "State" } dd {
@@ -828,6 +828,31 @@ fn test_result(r: &TestResult) -> Markup {
 }
 
 // --- invocations ------------------------------------------------------------------
+
+/// Live invocation streams open on this node at most.
+pub const MAX_STREAMS: usize = 64;
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MAX_STREAMS`] slots, given back when dropped.
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        STREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 pub struct InvocationFilter {
     pub app: String,
@@ -966,11 +991,27 @@ pub async fn invocation(ctx: &Ctx, id: &str) -> Result<Markup, Problem> {
 /// `GET /portal/invocations/stream`: server-sent events, one `invocation` event
 /// per new record across the cluster (the admin API's follow), a comment every
 /// 15 s to keep proxies from closing an idle stream.
+///
+/// A stream ends with its session: at the session's idle deadline as of its start
+/// (the browser reconnects, which is a request of the signed-in page and slides
+/// the session) or its 12 hours, and within 15 s of the admin token changing. At
+/// most [`MAX_STREAMS`] are open on a node at once.
 pub async fn invocation_stream(
     ctx: &Ctx,
     filter: &InvocationFilter,
+    ends_at_ms: i64,
 ) -> Result<Response<Body>, Problem> {
     use tokio_stream::StreamExt;
+    let Some(slot) = StreamSlot::take() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_STREAMS} live streams are open on this node: close a tab or try another node"
+            ),
+        ));
+    };
+    let signed_by = super::session_key(&ctx.api).map(|(_, hash)| hash);
+    let api = ctx.api.clone();
     let mut request = filter.request();
     request.follow = true;
     request.limit = Some(50);
@@ -982,11 +1023,18 @@ pub async fn invocation_stream(
         .into_inner();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
         loop {
             let chunk = tokio::select! {
                 _ = tx.closed() => return,
-                _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
+                _ = keepalive.tick() => {
+                    let same_token = super::session_key(&api).map(|(_, hash)| hash) == signed_by;
+                    if !same_token || now_ms() >= ends_at_ms {
+                        return;
+                    }
+                    Bytes::from_static(b": keepalive\n\n")
+                }
                 item = stream.next() => match item {
                     Some(Ok(i)) => {
                         let data = serde_json::json!({

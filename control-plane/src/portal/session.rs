@@ -19,6 +19,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use strom_proto::ids::TokenHash;
+use tonic::codegen::http;
 
 /// The cookie's name.
 pub const COOKIE: &str = "strom_session";
@@ -199,9 +200,73 @@ pub fn clear_cookie(secure: bool) -> String {
     )
 }
 
+/// Remove the portal's session cookie from a request's `Cookie` headers.
+///
+/// A browser sends a host's cookies to every port of it, so an admin signed in to
+/// the portal would hand the session to any function they call on the same host:
+/// every gateway removes it before a request goes anywhere (other cookies are kept).
+/// Cheap when there is no such cookie: one header lookup.
+pub fn strip_from(headers: &mut http::HeaderMap) {
+    const NAMED: &[u8] = b"strom_session=";
+    let has = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(NAMED.len()).any(|w| w == NAMED));
+    if !has {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            // A header that is not text and holds the name goes as a whole.
+            let text = v.to_str().ok()?;
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|c| {
+                    !c.is_empty() && c.split_once('=').map(|(n, _)| n.trim()) != Some(COOKIE)
+                })
+                .collect();
+            (!rest.is_empty())
+                .then(|| http::HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(http::header::COOKIE);
+    for v in kept {
+        headers.append(http::header::COOKIE, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_cookie_never_reaches_a_function() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("a=1; strom_session=v1.x.y; b=2"),
+        );
+        h.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("strom_session=z"),
+        );
+        h.append(http::header::COOKIE, http::HeaderValue::from_static("c=3"));
+        strip_from(&mut h);
+        let left: Vec<_> = h.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2", "c=3"]);
+        // Other cookies, even with a similar name, are left alone.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("strom_session_x=1"),
+        );
+        strip_from(&mut h);
+        assert_eq!(h[http::header::COOKIE], "strom_session_x=1");
+    }
 
     const MIN: i64 = 60_000;
 

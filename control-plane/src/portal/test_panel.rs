@@ -154,12 +154,14 @@ pub async fn run(
             format!("the node's function address: {e}"),
         )
     })?;
-    let own: http::Uri = info.app_url.parse().map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the app's address `{}`: {e}", info.app_url),
-        )
-    })?;
+    // The app's own address: `scheme://{app}.{domain}:port/…route…` (the route
+    // may hold `{…}`, which is not URI syntax: only the authority is taken).
+    let own_authority = info
+        .app_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string);
     let scheme = shared.scheme_str().unwrap_or("http");
     let authority = shared
         .authority()
@@ -168,21 +170,24 @@ pub async fn run(
     let target = format!("{scheme}://{authority}{}", request.path_and_query);
     let shown_url = format!(
         "{scheme}://{}{}",
-        own.authority().map(|a| a.as_str()).unwrap_or(authority),
+        own_authority.as_deref().unwrap_or(authority),
         request.path_and_query
     );
     let mut builder = http::Request::builder()
         .method(request.method.clone())
         .uri(&target);
     // The app's own address: the route is the app's even where another app has it.
-    if let Some(a) = own.authority() {
+    if let Some(a) = &own_authority {
         builder = builder.header(header::HOST, a.as_str());
     }
     let has_key = request
         .headers
         .iter()
         .any(|(n, _)| n.as_str().eq_ignore_ascii_case("x-functions-key"))
-        || request.path_and_query.contains("code=");
+        || request
+            .path_and_query
+            .split_once('?')
+            .is_some_and(|(_, q)| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "code"));
     if !has_key && !info.key.is_empty() {
         builder = builder.header("x-functions-key", info.key.as_str());
     }
@@ -206,11 +211,19 @@ pub async fn run(
             )
         })?;
         let (parts, body) = response.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_READ)
-            .collect()
-            .await
-            .map(|c| (c.to_bytes(), false))
-            .unwrap_or_else(|_| (Bytes::new(), true));
+        let body = match http_body_util::Limited::new(body, MAX_READ).collect().await {
+            Ok(c) => (c.to_bytes(), None),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => (
+                Bytes::new(),
+                Some(format!(
+                    "the body is longer than {MAX_READ} bytes: not shown"
+                )),
+            ),
+            Err(e) => (
+                Bytes::new(),
+                Some(format!("the body could not be read: {e}")),
+            ),
+        };
         Ok::<_, Problem>((parts, body))
     })
     .await
@@ -225,12 +238,10 @@ pub async fn run(
     })??;
     let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let t1_ms = now_ms();
-    let (parts, (bytes, too_long)) = answer;
+    let (parts, (bytes, unread)) = answer;
     let mut body_note = None;
-    let body = if too_long {
-        body_note = Some(format!(
-            "the body is longer than {MAX_READ} bytes: not shown"
-        ));
+    let body = if let Some(why) = unread {
+        body_note = Some(why);
         String::new()
     } else {
         match std::str::from_utf8(&bytes) {

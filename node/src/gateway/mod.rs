@@ -298,6 +298,8 @@ impl Gateway {
         // The proof never reaches a handler; hop metadata from anyone but another
         // node is dropped, so a client reaches only what it could without it.
         let proof = req.headers_mut().remove(internal_auth::PROOF_METADATA);
+        // Nor the portal's session cookie, which a browser sends to every port.
+        strom_control_plane::portal::session::strip_from(req.headers_mut());
         if req.headers().contains_key(HOP_APP) && !self.hop_trusted(proof.as_ref(), node_cert) {
             for name in [HOP_APP, HOP_HOST, HOP_FROM, timer_run::HOP_TIMER] {
                 req.headers_mut().remove(name);
