@@ -309,9 +309,24 @@ fn the_portal_in_a_real_browser() {
         assert!(c.get_all_cookies().await.unwrap().is_empty());
         shot(&c, "signin-refused").await;
 
-        // Sign in: the cluster at a glance, with an HttpOnly, SameSite=Strict session.
-        fill(&c, "#token", &token).await;
-        submit(&c, "form").await;
+        // Sign in with the keyboard alone (the token field has the focus; Enter
+        // submits): the cluster at a glance, with an HttpOnly, SameSite=Strict
+        // session. There, the first Tab reaches the skip link.
+        c.goto(&format!("{portal}/portal/signin")).await.unwrap();
+        assert_eq!(js(&c, "return document.activeElement.id").await, json!("token"));
+        js(&c, "window.__before_submit = true; return null").await;
+        let field = c.find(Locator::Css("#token")).await.unwrap();
+        field.send_keys(&(token.clone() + &fantoccini::key::Key::Enter.to_string())).await.unwrap();
+        until(&c, "the page after signing in", "return window.__before_submit === undefined && document.readyState === 'complete'").await;
+        {
+            use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+            let tab = '\u{e004}'; // WebDriver's Tab key
+            let press = KeyActions::new("keyboard".into())
+                .then(KeyAction::Down { value: tab })
+                .then(KeyAction::Up { value: tab });
+            c.perform_actions(press).await.unwrap();
+        }
+        assert_eq!(js(&c, "return document.activeElement.textContent").await, json!("Skip to content"));
         assert!(text(&c, "h1").await.starts_with("Cluster"));
         let cookie = c.get_named_cookie("strom_session").await.unwrap();
         assert_eq!(cookie.http_only(), Some(true));

@@ -1075,3 +1075,115 @@ pub async fn invocation_stream(
     );
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> pb::GetClusterStatusResponse {
+        pb::GetClusterStatusResponse {
+            leader_id: Some(1),
+            workers: vec![pb::WorkerStatus {
+                node_id: 4,
+                http_addr: "10.0.0.4:7071".into(),
+                status: "Up".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn timer(next_ms: i64, problem: &str) -> pb::FunctionInfo {
+        pb::FunctionInfo {
+            app_name: "jobs".into(),
+            name: "nightly".into(),
+            timer: Some(pb::TimerStatus {
+                schedule: "0 0 2 * * *".into(),
+                next_ms,
+                problem: problem.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_alerts() {
+        let on_time = timer(now_ms() + 60_000, "");
+        assert!(alerts(&healthy(), &[on_time], None).is_empty());
+    }
+
+    #[test]
+    fn every_kind_of_trouble_is_an_alert() {
+        let mut s = healthy();
+        s.leader_id = None;
+        s.workers[0].status = "Down".into();
+        s.workers[0].last_heartbeat_ms = Some(125_000);
+        s.instances.push(pb::InstanceInfo {
+            app_name: "web".into(),
+            node_id: 4,
+            state: "CrashLooping".into(),
+            restarts: 7,
+            last_error: "exit status 3".into(),
+            ..Default::default()
+        });
+        s.timer_runs.push(pb::TimerRunInfo {
+            app_name: "jobs".into(),
+            function_name: "hourly".into(),
+            attempt: 2,
+            last_error: "HTTP 500".into(),
+            ..Default::default()
+        });
+        s.checkpoint = Some(pb::CheckpointStatus {
+            last_error: Some("login failed".into()),
+            ..Default::default()
+        });
+        let late = timer(now_ms() - 5 * 60_000, "");
+        let broken = pb::FunctionInfo {
+            name: "broken".into(),
+            ..timer(0, "%SCHEDULE% is not set")
+        };
+        let all = alerts(&s, &[late, broken], Some("no leader")).join("\n");
+        for says in [
+            "No leader",
+            "this member's own view",
+            "Worker 4 (10.0.0.4:7071) is down: last heartbeat 2 min ago",
+            "App web is crash-looping on node 4 (restarted 7 times): exit status 3",
+            "Timer jobs/nightly is late",
+            "Timer jobs/broken does not run: %SCHEDULE% is not set",
+            "Timer jobs/hourly failed (attempt 2): HTTP 500",
+            "The last checkpoint failed: login failed",
+        ] {
+            assert!(all.contains(says), "missing {says:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_disabled_or_running_timer_is_not_late() {
+        let mut disabled = timer(now_ms() - 5 * 60_000, "");
+        disabled.disabled = true;
+        let mut running = timer(now_ms() - 5 * 60_000, "");
+        running.timer.as_mut().unwrap().running = Some(pb::TimerRunStatus::default());
+        assert!(alerts(&healthy(), &[disabled, running], None).is_empty());
+    }
+
+    #[test]
+    fn app_status_reads_the_placement() {
+        let mut s = healthy();
+        s.placements.push(pb::AppPlacement {
+            app_name: "web".into(),
+            desired: 2,
+            nodes: vec![pb::NodeInstances {
+                node_id: 4,
+                instances: 2,
+                ready: Some(1),
+            }],
+        });
+        assert!(app_status(&s, "web").into_string().contains("starting 1/2"));
+        s.placements[0].nodes[0].ready = Some(2);
+        assert!(app_status(&s, "web").into_string().contains("serving 2/2"));
+        assert!(app_status(&s, "other")
+            .into_string()
+            .contains("scaled to 0"));
+    }
+}
