@@ -43,12 +43,19 @@ pub struct History {
 }
 
 fn bucket_of(duration_us: u64) -> usize {
-    let ratio = duration_us as f64 / FIRST_US;
-    if ratio < 1.0 {
+    // Integer arithmetic only (one call per invocation): with l = ⌊log₂(d/100)⌋,
+    // the bucket is 2l + 1, or 2l + 2 from the half octave d ≥ 100·2^(l+½) on,
+    // that is d² ≥ 10⁴·2^(2l+1).
+    let whole = duration_us / FIRST_US as u64;
+    if whole == 0 {
         return 0;
     }
-    // Half-octaves above the first bound.
-    ((ratio.log2() * 2.0).floor() as usize + 1).min(BUCKETS - 1)
+    let l = whole.ilog2() as usize;
+    if 2 * l + 1 >= BUCKETS - 1 {
+        return BUCKETS - 1;
+    }
+    let half = u128::from(duration_us).pow(2) >= 10_000u128 << (2 * l + 1);
+    (2 * l + 1 + usize::from(half)).min(BUCKETS - 1)
 }
 
 fn bucket_upper_ms(bucket: usize) -> f64 {
@@ -166,6 +173,47 @@ mod tests {
         let (p50, p99) = (p.p50_ms.unwrap(), p.p99_ms.unwrap());
         assert!((1.0..1.5).contains(&p50), "p50 {p50}");
         assert!((400.0..570.0).contains(&p99), "p99 {p99}");
+    }
+
+    #[test]
+    fn buckets_are_half_octaves_from_100_us() {
+        // Bucket i holds durations below 100 µs · 2^(i/2).
+        for d in [
+            0u64,
+            1,
+            99,
+            100,
+            141,
+            142,
+            199,
+            200,
+            1_000,
+            123_456,
+            9_999_999,
+            u64::MAX / 2,
+        ] {
+            let b = bucket_of(d);
+            let below = bucket_upper_ms(b) * 1000.0;
+            assert!(
+                (d as f64) < below || b == BUCKETS - 1,
+                "{d} µs in bucket {b} (< {below})"
+            );
+            if b > 0 && b < BUCKETS - 1 {
+                assert!(
+                    (d as f64) >= bucket_upper_ms(b - 1) * 1000.0,
+                    "{d} µs above bucket {b}"
+                );
+            }
+        }
+        assert_eq!(
+            (
+                bucket_of(99),
+                bucket_of(100),
+                bucket_of(141),
+                bucket_of(142)
+            ),
+            (0, 1, 1, 2)
+        );
     }
 
     #[test]
