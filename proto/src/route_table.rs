@@ -194,8 +194,8 @@ impl RouteTable {
 
     /// Match a request. `path` is the URL path (percent-encoded, leading `/`).
     pub fn lookup(&self, method: &str, path: &str) -> RouteMatch<'_> {
-        let decoded: Vec<String> = split_path(path);
-        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let decoded = split_path(path);
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
         let takes = |e: &RouteEntry| {
             e.methods.is_empty() || e.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         };
@@ -273,7 +273,7 @@ fn mark_contested(entries: &mut [RouteEntry]) {
 }
 
 /// Split a URL path into percent-decoded segments; a trailing `/` is ignored.
-pub fn split_path(path: &str) -> Vec<String> {
+pub fn split_path(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
     let trimmed = path.trim_start_matches('/');
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     if trimmed.is_empty() {
@@ -282,7 +282,12 @@ pub fn split_path(path: &str) -> Vec<String> {
     trimmed.split('/').map(percent_decode).collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// A segment percent-decoded (invalid UTF-8 replaced); borrowed when it holds no
+/// `%` (most do: no allocation per segment of every request).
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -298,7 +303,10 @@ fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 #[cfg(test)]

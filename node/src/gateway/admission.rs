@@ -136,10 +136,27 @@ pub enum Decision {
 
 /// Whether a path has a `.` or `..` segment, percent-encoded or not.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/')
+        .any(|segment| is_dot_segment(segment.as_bytes()))
+}
+
+/// `.` or `..`, each dot written as `.` or `%2e`/`%2E` (no allocation: every
+/// request's path is checked).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut rest = segment;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Decision {
@@ -1275,6 +1292,22 @@ mod tests {
         }
         assert!(!has_dot_segment("/api/.well-known/x"));
         assert!(!has_dot_segment("/api/v1.2/x..y"));
+        for dot in [".", "..", "%2e", "%2E", "%2e.", ".%2E", "%2E%2e"] {
+            assert!(is_dot_segment(dot.as_bytes()), "{dot}");
+        }
+        for not in [
+            "",
+            "...",
+            "%2e%2e%2e",
+            "%2",
+            "%2f",
+            ".a",
+            "%%2e",
+            "a..",
+            "%2e%",
+        ] {
+            assert!(!is_dot_segment(not.as_bytes()), "{not}");
+        }
     }
 
     #[test]
