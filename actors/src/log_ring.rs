@@ -135,6 +135,25 @@ impl LogRing {
             .collect()
     }
 
+    /// Lines numbered `from..to` still in the ring that belong to invocation `id`:
+    /// its own, and those written while several were in flight with `id` the
+    /// earliest (shown once, in its record). Only those are copied out: a record
+    /// is written for every invocation, and its range also holds later lines.
+    pub fn lines_of(&self, from: u64, to: u64, id: &str) -> Vec<TaggedLine> {
+        let r = self.lock();
+        let start = from.max(r.first);
+        let end = to.min(r.first + r.lines.len() as u64);
+        (start..end)
+            .map(|i| &r.lines[(i - r.first) as usize])
+            .filter(|t| match &t.owner {
+                Owner::One(owner) => **owner == *id,
+                Owner::Shared(ids) => ids.first().is_some_and(|first| **first == *id),
+                Owner::Nobody => false,
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Lines numbered `from..to` that are still in the ring, with their owners.
     pub fn tagged_range(&self, from: u64, to: u64) -> Vec<TaggedLine> {
         let r = self.lock();
@@ -174,6 +193,31 @@ mod tests {
             .map(|l| l.text)
             .collect();
         assert_eq!(texts, ["2", "3", "4"], "line 1 fell out of the ring");
+    }
+
+    #[test]
+    fn an_invocations_lines_are_its_own_and_the_shared_ones_it_started_first() {
+        let r = LogRing::new(16);
+        r.push(line("before"));
+        r.begin("a".into());
+        r.push(line("a alone"));
+        r.begin("b".into());
+        r.push(line("a and b"));
+        r.end("a");
+        r.push(line("b alone"));
+        r.end("b");
+        r.push(line("b just ended"));
+        let texts = |id: &str| -> Vec<String> {
+            r.lines_of(0, r.next_seq(), id)
+                .into_iter()
+                .map(|t| t.line.text)
+                .collect()
+        };
+        assert_eq!(texts("a"), ["a alone", "a and b"]);
+        assert_eq!(texts("b"), ["b alone", "b just ended"]);
+        assert!(texts("c").is_empty());
+        // The same as filtering every tagged line.
+        assert_eq!(r.tagged_range(0, r.next_seq()).len(), 5);
     }
 
     fn owners(r: &LogRing) -> Vec<Owner> {

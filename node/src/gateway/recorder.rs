@@ -215,17 +215,16 @@ fn finish(p: Pending) -> InvocationRecord {
         .next_seq()
         .min(p.answered_line + TRAILING_LINES)
         .min(p.from_line + MAX_RECORD_LINES);
-    for tagged in p.endpoint.logs.tagged_range(p.from_line, to) {
+    for tagged in p.endpoint.logs.lines_of(p.from_line, to, &record.id) {
         let text = match &tagged.owner {
-            Owner::One(id) if **id == *record.id => tagged.line.text,
             // Written while several were in flight: shown once, in the earliest's
             // record, naming them all.
-            Owner::Shared(ids) if ids.first().is_some_and(|f| **f == *record.id) => format!(
+            Owner::Shared(ids) => format!(
                 "[instance output while {} were in flight] {}",
                 ids.iter().map(|i| &**i).collect::<Vec<_>>().join(", "),
                 tagged.line.text
             ),
-            _ => continue,
+            _ => tagged.line.text,
         };
         record.logs.push(LogEntry {
             source: match tagged.line.stream {
