@@ -114,12 +114,30 @@ pub fn forward_request(
             None => format!("http://{addr}/{function}"),
         },
     };
-    request_to(parts, uri, &hyper::header::CONTENT_LENGTH)
-        .header("x-azure-functions-invocationid", id)
-        .header("x-azure-functions-hostversion", HOST_VERSION)
-        .body(Full::new(body.clone()))
-        .expect("valid request")
+    // Built in place, not through `request::Builder` (which parses every name and
+    // value it is given again): the client's end-to-end headers as they are, and
+    // the invocation's, which replace any a client sent.
+    let mut request = Request::new(Full::new(body.clone()));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri
+        .parse()
+        .expect("a socket address and a request's path make a URI");
+    let headers = request.headers_mut();
+    headers.reserve(parts.headers.len() + 2);
+    for (k, v) in &parts.headers {
+        if !is_hop_by_hop(k.as_str()) && k != hyper::header::CONTENT_LENGTH {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(id) {
+        headers.insert(INVOCATION_ID, id);
+    }
+    headers.insert(HOST_VERSION_HEADER, HeaderValue::from_static(HOST_VERSION));
+    request
 }
+
+const INVOCATION_ID: HeaderName = HeaderName::from_static("x-azure-functions-invocationid");
+const HOST_VERSION_HEADER: HeaderName = HeaderName::from_static("x-azure-functions-hostversion");
 
 /// What a JSON-mode invocation needs besides the request.
 pub struct Invocation<'a> {
@@ -278,6 +296,34 @@ mod tests {
         assert!(r.headers().get("content-length").is_none());
         assert_eq!(r.headers()["x-app"], "a");
         assert_eq!(r.headers()["x-azure-functions-invocationid"], "id-1");
+        assert!(r.headers()["x-azure-functions-hostversion"]
+            .to_str()
+            .unwrap()
+            .starts_with("4.0.0-strom."));
+        // A client cannot name the invocation to the handler.
+        let (mut spoofed, _) = Request::builder()
+            .uri("/api/echo")
+            .header("x-azure-functions-invocationid", "forged")
+            .header("x-multi", "1")
+            .header("x-multi", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        spoofed.method = hyper::Method::GET;
+        let r = forward_request(
+            &spoofed,
+            &Bytes::new(),
+            "127.0.0.1:9".parse().unwrap(),
+            "id-3",
+            None,
+        );
+        let ids: Vec<_> = r
+            .headers()
+            .get_all("x-azure-functions-invocationid")
+            .iter()
+            .collect();
+        assert_eq!(ids, ["id-3"]);
+        assert_eq!(r.headers().get_all("x-multi").iter().count(), 2);
         // The legacy httpWorker section: to /{FunctionName}, query kept.
         let r = forward_request(
             &parts,
