@@ -631,19 +631,23 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-/// The request body, at most the package limit, each part within [`BODY_READ`].
-pub(crate) async fn read_zip<B>(api: &AdminApi, request: Request<B>) -> Result<Vec<u8>, HttpError>
+/// A request body of at most `limit` bytes (`what` names it when refused), each
+/// part arriving within [`BODY_READ`]; a declared larger length is refused before
+/// anything is read.
+pub(crate) async fn read_body<B>(
+    request: Request<B>,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, HttpError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    check_content_type(request.headers())?;
-    let limit = api.node.config.package_limits.max_compressed_bytes;
     let too_large = || {
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PackageTooLarge",
-            format!("the package is larger than the limit of {limit} bytes"),
+            format!("{what} is larger than the limit of {limit} bytes"),
         )
     };
     let declared = request
@@ -681,6 +685,18 @@ where
             bytes.extend_from_slice(&data);
         }
     }
+    Ok(bytes)
+}
+
+/// The request body, at most the package limit, each part within [`BODY_READ`].
+pub(crate) async fn read_zip<B>(api: &AdminApi, request: Request<B>) -> Result<Vec<u8>, HttpError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    check_content_type(request.headers())?;
+    let limit = api.node.config.package_limits.max_compressed_bytes;
+    let bytes = read_body(request, limit, "the package").await?;
     if bytes.is_empty() {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,

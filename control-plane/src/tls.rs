@@ -150,6 +150,16 @@ pub fn current() -> Option<&'static NodeTls> {
     NODE_TLS.get()
 }
 
+/// A TLS client config for clients that only ever speak plain HTTP (a node
+/// without TLS): no roots, so it could verify nothing, and it is never used.
+pub fn plain_http_only() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// The URL of another node's port from its advertised `host:port`.
 pub fn url(addr: &str) -> String {
     if addr.contains("://") {

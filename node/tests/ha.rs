@@ -141,6 +141,20 @@ impl Cluster {
         (c, [m1, m2, m3, w4, w5])
     }
 
+    /// Nodes 1–3 management, 4 a worker; app `web` deployed (its folder lives as
+    /// long as the returned temp dir).
+    fn three_managers_a_worker_and_web() -> (Cluster, String, [Up; 4], tempfile::TempDir) {
+        let mut c = Cluster::new(4);
+        let m1 = c.bootstrap(0);
+        let admin = c.admin();
+        let m2 = c.join(1, "management", &c.seeds(&[0]));
+        let m3 = c.join(2, "management", &c.seeds(&[0]));
+        let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
+        let apps = tempfile::tempdir().unwrap();
+        deploy_web(&m1.server, &admin, apps.path(), "web");
+        (c, admin, [m1, m2, m3, w4], apps)
+    }
+
     fn admin(&self) -> String {
         std::fs::read_to_string(self.dirs[0].path().join("admin.token"))
             .unwrap()
@@ -1579,14 +1593,7 @@ fn scrape(base: &str, token: &str) -> strom_testkit::prometheus::Scrape {
 
 #[test]
 fn t101_metrics_need_a_token_parse_and_move_with_invocations_restarts_and_leader_changes() {
-    let mut c = Cluster::new(4);
-    let m1 = c.bootstrap(0);
-    let admin = c.admin();
-    let m2 = c.join(1, "management", &c.seeds(&[0]));
-    let m3 = c.join(2, "management", &c.seeds(&[0]));
-    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
-    let apps = tempfile::tempdir().unwrap();
-    deploy_web(&m1.server, &admin, apps.path(), "web");
+    let (c, admin, [m1, m2, m3, w4], _apps) = Cluster::three_managers_a_worker_and_web();
 
     // Every node keeps the same read-only token, owner-only; it is never printed.
     let token = std::fs::read_to_string(c.dirs[0].path().join("metrics.token")).unwrap();
@@ -2049,14 +2056,7 @@ fn csrf_of(page: &str) -> String {
 
 #[test]
 fn t103_a_portal_session_works_on_every_manager_and_outlives_the_leader() {
-    let mut c = Cluster::new(4);
-    let m1 = c.bootstrap(0);
-    let admin = c.admin();
-    let m2 = c.join(1, "management", &c.seeds(&[0]));
-    let m3 = c.join(2, "management", &c.seeds(&[0]));
-    let w4 = c.join(3, "worker", &c.seeds(&[0, 1, 2]));
-    let apps = tempfile::tempdir().unwrap();
-    deploy_web(&m1.server, &admin, apps.path(), "web");
+    let (_cluster, admin, [m1, m2, m3, w4], _apps) = Cluster::three_managers_a_worker_and_web();
 
     // A wrong token gives no session; the right one does, on the leader.
     let wrong = portal_post(&m1.server, "/portal/signin", "", "token=strom_wrong");

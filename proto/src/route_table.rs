@@ -282,9 +282,10 @@ pub fn split_path(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
     trimmed.split('/').map(percent_decode).collect()
 }
 
-/// A segment percent-decoded (invalid UTF-8 replaced); borrowed when it holds no
-/// `%` (most do: no allocation per segment of every request).
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+/// A path segment percent-decoded (`+` stays `+`; invalid UTF-8 replaced);
+/// borrowed when it holds no `%` (most do: no allocation per segment of every
+/// request).
+pub fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('%') {
         return std::borrow::Cow::Borrowed(s);
     }

@@ -12,10 +12,12 @@ const PAD_L: f64 = 40.0;
 const PAD_B: f64 = 16.0;
 const PAD_T: f64 = 8.0;
 
-/// One series of a chart.
+/// One series of a chart. Its colour is the stylesheet's for `tone` (`accent`,
+/// `bad`, `ok`, `warn`): the page's policy allows no inline style, and the colours
+/// live in one place.
 pub struct Series<'a> {
     pub name: &'a str,
-    pub colour: &'a str,
+    pub tone: &'a str,
     pub values: Vec<Option<f64>>,
 }
 
@@ -63,24 +65,23 @@ pub fn line(id: &str, title: &str, unit: &str, series: &[Series<'_>]) -> Markup 
             svg viewBox=(format!("0 0 {W} {H}")) role="img"
                 aria-labelledby=(format!("{title_id} {desc_id}")) {
                 desc id=(desc_id) { "Last 60 minutes. " (summary.join("; ")) }
-                line x1=(PAD_L) y1=(H - PAD_B) x2=(W) y2=(H - PAD_B) stroke="#6b7785" stroke-width="1" {}
-                line x1=(PAD_L) y1=(PAD_T) x2=(PAD_L) y2=(H - PAD_B) stroke="#6b7785" stroke-width="1" {}
-                text x=(PAD_L - 4.0) y=(PAD_T + 10.0) text-anchor="end" font-size="10" fill="#4a5361" { (ticks_label(top)) }
-                text x=(PAD_L - 4.0) y=(H - PAD_B) text-anchor="end" font-size="10" fill="#4a5361" { "0" }
-                text x=(PAD_L) y=(H - 3.0) font-size="10" fill="#4a5361" { "-60 min" }
-                text x=(W - 4.0) y=(H - 3.0) text-anchor="end" font-size="10" fill="#4a5361" { "now" }
+                line.axis x1=(PAD_L) y1=(H - PAD_B) x2=(W) y2=(H - PAD_B) {}
+                line.axis x1=(PAD_L) y1=(PAD_T) x2=(PAD_L) y2=(H - PAD_B) {}
+                text x=(PAD_L - 4.0) y=(PAD_T + 10.0) text-anchor="end" { (ticks_label(top)) }
+                text x=(PAD_L - 4.0) y=(H - PAD_B) text-anchor="end" { "0" }
+                text x=(PAD_L) y=(H - 3.0) { "-60 min" }
+                text x=(W - 4.0) y=(H - 3.0) text-anchor="end" { "now" }
                 @for s in series {
-                    polyline fill="none" stroke=(s.colour) stroke-width="2"
-                        points=(points(&s.values, &x, &y)) {}
+                    polyline.series.(s.tone) points=(points(&s.values, &x, &y)) {}
                     // A minute with no neighbour draws no line: a dot.
                     @for (i, v) in isolated(&s.values) {
-                        circle cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(v))) r="2.5" fill=(s.colour) {}
+                        circle.dot.(s.tone) cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(v))) r="2.5" {}
                     }
                 }
             }
             ul.legend {
                 @for (s, text) in series.iter().zip(&summary) {
-                    li { span.swatch.(swatch_class(s.colour)) aria-hidden="true" {} (text) }
+                    li { span.swatch.(s.tone) aria-hidden="true" {} (text) }
                 }
             }
         }
@@ -98,16 +99,6 @@ fn isolated(values: &[Option<f64>]) -> Vec<(usize, f64)> {
             (at(i.checked_sub(1)).is_none() && at(Some(i + 1)).is_none()).then_some((i, v))
         })
         .collect()
-}
-
-/// The legend's colour swatch (a class: the page's policy allows no inline style).
-fn swatch_class(colour: &str) -> &'static str {
-    match colour {
-        "#a40e26" => "bad",
-        "#116329" => "ok",
-        "#7a4a00" => "warn",
-        _ => "accent",
-    }
 }
 
 fn points(values: &[Option<f64>], x: &dyn Fn(usize) -> f64, y: &dyn Fn(f64) -> f64) -> String {
@@ -130,11 +121,11 @@ pub fn hour(points: &[Point]) -> Markup {
     let p99: Vec<Option<f64>> = points.iter().map(|p| p.p99_ms).collect();
     html! {
         div.grid {
-            (line("chart-rate", "Invocations per second", "/s", &[Series { name: "invocations/s", colour: "#0b57a4", values: rate }]))
-            (line("chart-errors", "Failed invocations per minute", "", &[Series { name: "errors", colour: "#a40e26", values: errors }]))
+            (line("chart-rate", "Invocations per second", "/s", &[Series { name: "invocations/s", tone: "accent", values: rate }]))
+            (line("chart-errors", "Failed invocations per minute", "", &[Series { name: "errors", tone: "bad", values: errors }]))
             (line("chart-duration", "Duration (ms)", "ms", &[
-                Series { name: "p50", colour: "#116329", values: p50 },
-                Series { name: "p99", colour: "#7a4a00", values: p99 },
+                Series { name: "p50", tone: "ok", values: p50 },
+                Series { name: "p99", tone: "warn", values: p99 },
             ]))
         }
     }
@@ -152,7 +143,7 @@ mod tests {
             "/s",
             &[Series {
                 name: "r",
-                colour: "#000",
+                tone: "accent",
                 values: vec![Some(0.0), None, Some(2.0)],
             }],
         )

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use maud::Markup;
 use strom_proto::admin_v1 as pb;
 use strom_proto::admin_v1::admin_service_server::AdminService;
@@ -42,7 +42,7 @@ use session::{Session, SessionKey};
 type Body = tonic::body::Body;
 
 /// Largest form a page posts (settings imports included).
-const MAX_FORM: usize = 256 * 1024;
+const MAX_FORM: u64 = 256 * 1024;
 /// A form must arrive within this.
 const FORM_READ: Duration = Duration::from_secs(30);
 
@@ -149,7 +149,7 @@ where
         return assets::answer(name);
     }
     let secure = crate::tls::current().is_some();
-    let Some((key, _)) = session_key(&api) else {
+    let Some(key) = session_key(&api) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the cluster is not initialized yet",
@@ -231,13 +231,16 @@ where
     response
 }
 
-/// The signing key of this cluster's sessions (and the admin token's hash).
-pub(crate) fn session_key(api: &AdminApi) -> Option<(SessionKey, strom_proto::ids::TokenHash)> {
-    let view = api.node.read_local();
-    let cluster = view.state.cluster.as_ref()?;
+/// The signing key of this cluster's sessions.
+fn session_key(api: &AdminApi) -> Option<SessionKey> {
     let proof = api.node.secret.proof()?;
-    let hash = cluster.admin_token_hash.clone();
-    Some((SessionKey::derive(&proof, &hash), hash))
+    Some(SessionKey::derive(&proof, &admin_token_hash(api)?))
+}
+
+/// The replicated admin token hash (sessions end when it changes).
+pub(crate) fn admin_token_hash(api: &AdminApi) -> Option<strom_proto::ids::TokenHash> {
+    let view = api.node.read_local();
+    Some(view.state.cluster.as_ref()?.admin_token_hash.clone())
 }
 
 fn why_text(why: Option<&str>) -> Option<&'static str> {
@@ -321,15 +324,8 @@ fn segments(path: &str) -> Vec<String> {
         .split('/')
         .skip(1) // "portal"
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(|s| strom_proto::route_table::percent_decode(s).into_owned())
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -606,29 +602,16 @@ where
             ),
         ));
     }
-    let mut body = request.into_body();
-    let mut bytes = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Problem::bad(format!("reading the form: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > MAX_FORM {
-                    return Err(Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the form is larger than {MAX_FORM} bytes"),
-                    ));
-                }
-                bytes.extend_from_slice(&data);
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(FORM_READ, read).await.map_err(|_| {
-        Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the form did not arrive within {} s", FORM_READ.as_secs()),
-        )
-    })??;
+    let read = crate::publishing::read_body(request, MAX_FORM, "the form");
+    let bytes = tokio::time::timeout(FORM_READ, read)
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the form did not arrive within {} s", FORM_READ.as_secs()),
+            )
+        })?
+        .map_err(|e| Problem::new(e.status(), e.message()))?;
     Ok(Form(
         form_urlencoded::parse(&bytes)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))

@@ -1010,7 +1010,7 @@ pub async fn invocation_stream(
             ),
         ));
     };
-    let signed_by = super::session_key(&ctx.api).map(|(_, hash)| hash);
+    let signed_by = super::admin_token_hash(&ctx.api);
     let api = ctx.api.clone();
     let mut request = filter.request();
     request.follow = true;
@@ -1029,7 +1029,7 @@ pub async fn invocation_stream(
             let chunk = tokio::select! {
                 _ = tx.closed() => return,
                 _ = keepalive.tick() => {
-                    let same_token = super::session_key(&api).map(|(_, hash)| hash) == signed_by;
+                    let same_token = super::admin_token_hash(&api) == signed_by;
                     if !same_token || now_ms() >= ends_at_ms {
                         return;
                     }

@@ -294,15 +294,7 @@ fn client() -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> 
     http.enforce_http(false);
     let tls = crate::tls::current()
         .and_then(|t| t.rustls_client().ok())
-        .unwrap_or_else(|| {
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        });
+        .unwrap_or_else(crate::tls::plain_http_only);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

@@ -159,7 +159,7 @@ impl HopClient {
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.unwrap_or_else(no_tls_client))
+            .with_tls_config(tls.unwrap_or_else(strom_control_plane::tls::plain_http_only))
             .https_or_http()
             .enable_http2()
             .wrap_connector(connector);
@@ -388,15 +388,6 @@ impl Drop for PeerInFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// A TLS client config that is never used (plain-HTTP hops only).
-fn no_tls_client() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 impl Gateway {
