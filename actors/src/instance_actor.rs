@@ -132,6 +132,9 @@ impl InstanceState {
         let grace = self.args.stop_grace;
         let running = self.running.as_mut().filter(|r| !r.stopped)?;
         running.stopped = true;
+        if let Some(endpoint) = &running.endpoint {
+            endpoint.close_connections();
+        }
         Some(running.started.control.stop(grace).await)
     }
 

@@ -11,7 +11,8 @@
 //!   (pure); [`stop_reason`]: why an instance stopped, as a value.
 //! - [`runtime`]: the instance runtime trait and the process runtime.
 //! - [`readiness`]: the 25 ms `GET /` readiness probe.
-//! - [`routing`]: the immutable routing snapshot the gateway reads lock-free.
+//! - [`routing`]: the immutable routing snapshot the gateway reads lock-free;
+//!   [`handler_conns`]: each Ready endpoint's own connections to its handler.
 //!
 //! Actors own lifecycle, never the request path: the gateway reads Ready endpoints
 //! from the routing snapshot and talks to handlers directly.
@@ -24,6 +25,7 @@
 //! function, is the clearer of the two.
 
 pub mod app_supervisor;
+pub mod handler_conns;
 pub mod image_build;
 pub mod instance_actor;
 pub mod log_ring;

@@ -15,6 +15,12 @@ use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::RouteTable;
 use tokio::sync::Notify;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::handler_conns::{HandlerConnections, SendError};
 use crate::log_ring::LogRing;
 use crate::runtime::ExitInfo;
 
@@ -30,6 +36,8 @@ pub struct Endpoint {
     /// When the worker noticed the instance had ended, and how it ended.
     exited_at: Arc<std::sync::OnceLock<(tokio::time::Instant, ExitInfo)>>,
     recycle: Box<dyn Fn(String) + Send + Sync>,
+    /// The gateway's connections to this instance's handler (they end with it).
+    connections: HandlerConnections,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -52,6 +60,7 @@ impl Endpoint {
     ) -> Self {
         Endpoint {
             addr,
+            connections: HandlerConnections::new(addr),
             instance_id,
             pid,
             outstanding: AtomicUsize::new(0),
@@ -95,6 +104,26 @@ impl Endpoint {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    /// Send a request to the handler (origin-form URI, `Host` set) on one of this
+    /// instance's connections. Once the worker has noticed the instance's exit, its
+    /// connections are closed and nothing is sent ([`SendError::Ended`]).
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if self.exited_at.get().is_some() {
+            self.connections.close();
+            return Err(SendError::Ended);
+        }
+        self.connections.send(request).await
+    }
+
+    /// Close the idle connections to this instance and open no more (it is
+    /// stopping: its handler's graceful shutdown does not wait on them).
+    pub fn close_connections(&self) {
+        self.connections.close();
     }
 
     /// Ask for this instance to be replaced (e.g. after `functionTimeout`).

@@ -217,7 +217,7 @@ impl Gateway {
             started_at_ms,
             trigger,
         );
-        let sent = inner.client.request(request);
+        let sent = endpoint.send(request);
         let answered = match timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| t),
             None => Ok(sent.await),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use strom_actors::handler_conns::SendError;
 use strom_actors::routing::InFlight;
 use strom_actors::Endpoint;
 use strom_proto::ids::AppName;
@@ -203,7 +204,7 @@ impl Gateway {
             };
             span.inject(request.headers_mut());
             let sent_at = Instant::now();
-            let sent = inner.client.request(request);
+            let sent = endpoint.send(request);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r,
@@ -220,10 +221,11 @@ impl Gateway {
                 Ok(resp) => break (endpoint, from_line, Outcome::Answered { resp, in_flight }),
                 Err(e) => e,
             };
-            let failure = if e.is_connect() {
+            let failure = if let SendError::Connect { .. } = e {
                 SendFailure::Connect
-            } else if unreachable.len() < MAX_UNREACHABLE
-                && endpoint.ended_before(sent_at, EXIT_NOTICE).await
+            } else if matches!(e, SendError::Ended)
+                || (unreachable.len() < MAX_UNREACHABLE
+                    && endpoint.ended_before(sent_at, EXIT_NOTICE).await)
             {
                 SendFailure::EndedBeforeSend
             } else {

@@ -35,9 +35,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::KeyValue;
 use strom_actors::RoutingTable;
 use strom_control_plane::internal_auth::{self, ClusterSecret};
@@ -118,8 +115,6 @@ struct Inner {
     view: watch::Receiver<Arc<WorkerView>>,
     /// The cluster's routes, built from `view`.
     routes: Routes,
-    /// Keep-alive pooled HTTP/1.1 to local handlers.
-    client: Client<HttpConnector, Full<Bytes>>,
     hop: HopClient,
     limiters: Limiters,
     /// Rotates ties between equal instances.
@@ -173,13 +168,6 @@ impl Gateway {
         view: watch::Receiver<Arc<WorkerView>>,
         invocations: InvocationStore,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let stop = CancellationToken::new();
         let routes = Routes::new(view.clone());
         let (recorder, recording) = Recorder::start(invocations.clone(), stop.clone());
@@ -190,7 +178,6 @@ impl Gateway {
                 routing,
                 view,
                 routes,
-                client,
                 limiters: Limiters::default(),
                 tick: AtomicU64::new(0),
                 responses: ResponseCounters::default(),

@@ -100,28 +100,25 @@ pub fn forward_request(
     id: &str,
     to_function: Option<&str>,
 ) -> Request<Full<Bytes>> {
+    // Origin-form: the connection is the instance's own (`Endpoint::send`).
     let uri = match to_function {
-        None => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            format!("http://{addr}{pq}")
-        }
-        Some(function) => match parts.uri.query() {
-            Some(q) => format!("http://{addr}/{function}?{q}"),
-            None => format!("http://{addr}/{function}"),
+        None => match parts.uri.path_and_query() {
+            Some(pq) => hyper::Uri::from(pq.clone()),
+            None => hyper::Uri::from_static("/"),
         },
+        Some(function) => match parts.uri.query() {
+            Some(q) => format!("/{function}?{q}"),
+            None => format!("/{function}"),
+        }
+        .parse()
+        .expect("a function name and a request's query make a URI"),
     };
     // Built in place, not through `request::Builder` (which parses every name and
     // value it is given again): the client's end-to-end headers as they are, and
     // the invocation's, which replace any a client sent.
     let mut request = Request::new(Full::new(body.clone()));
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri
-        .parse()
-        .expect("a socket address and a request's path make a URI");
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
     headers.reserve(parts.headers.len() + 2);
     for (k, v) in &parts.headers {
@@ -133,6 +130,16 @@ pub fn forward_request(
         headers.insert(INVOCATION_ID, id);
     }
     headers.insert(HOST_VERSION_HEADER, HeaderValue::from_static(HOST_VERSION));
+    if !headers.contains_key(hyper::header::HOST) {
+        // An HTTP/2 client names the host in `:authority`; HTTP/1.1 needs `Host`.
+        let host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => HeaderValue::from_str(&addr.to_string()).ok(),
+        };
+        if let Some(host) = host {
+            headers.insert(hyper::header::HOST, host);
+        }
+    }
     request
 }
 
@@ -207,7 +214,8 @@ pub fn invocation_request(
 ) -> Request<Full<Bytes>> {
     Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/{function}"))
+        .uri(format!("/{function}"))
+        .header(hyper::header::HOST, addr.to_string())
         .header(
             hyper::header::CONTENT_TYPE,
             "application/json; charset=utf-8",
@@ -291,7 +299,9 @@ mod tests {
             None,
         );
         assert_eq!(r.method(), "PUT");
-        assert_eq!(r.uri(), "http://127.0.0.1:9/api/echo/x?y=1");
+        // Origin-form on the instance's own connection; HTTP/1.1 needs a Host.
+        assert_eq!(r.uri(), "/api/echo/x?y=1");
+        assert_eq!(r.headers()["host"], "127.0.0.1:9");
         assert!(r.headers().get("transfer-encoding").is_none());
         assert!(r.headers().get("content-length").is_none());
         assert_eq!(r.headers()["x-app"], "a");
@@ -324,6 +334,37 @@ mod tests {
             .collect();
         assert_eq!(ids, ["id-3"]);
         assert_eq!(r.headers().get_all("x-multi").iter().count(), 2);
+        // The client's Host reaches the handler; an HTTP/2 client's `:authority`
+        // stands in for it.
+        let (with_host, _) = Request::builder()
+            .uri("/api/echo")
+            .header("host", "fn.example:7070")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = forward_request(
+            &with_host,
+            &Bytes::new(),
+            "127.0.0.1:9".parse().unwrap(),
+            "i",
+            None,
+        );
+        assert_eq!(r.headers()["host"], "fn.example:7070");
+        let (h2, _) = Request::builder()
+            .uri("https://fn.example/api/echo?z=2")
+            .version(hyper::Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = forward_request(
+            &h2,
+            &Bytes::new(),
+            "127.0.0.1:9".parse().unwrap(),
+            "i",
+            None,
+        );
+        assert_eq!(r.headers()["host"], "fn.example");
+        assert_eq!(r.uri(), "/api/echo?z=2");
         // The legacy httpWorker section: to /{FunctionName}, query kept.
         let r = forward_request(
             &parts,
@@ -332,7 +373,7 @@ mod tests {
             "id-2",
             Some("echo"),
         );
-        assert_eq!(r.uri(), "http://127.0.0.1:9/echo?y=1");
+        assert_eq!(r.uri(), "/echo?y=1");
         assert_eq!(r.method(), "PUT");
         assert_eq!(r.headers()["x-app"], "a");
     }
