@@ -41,6 +41,7 @@ pub mod impl_raft_network;
 pub mod internal_auth;
 pub mod invocation_history;
 pub mod leader_duties;
+pub mod leader_watch;
 pub mod leases;
 pub mod log_store;
 pub mod management;

@@ -89,6 +89,7 @@ pub const CATALOG: &[Described] = &[
     m("strom_raft_is_leader", Gauge, &[], "1 while this member is the leader."),
     m("strom_raft_has_leader", Gauge, &[], "1 while this member knows a leader."),
     m("strom_raft_leader_changes_total", Counter, &[], "Times this member saw the leader change (to another node or to none)."),
+    m("strom_raft_crash_elections_total", Counter, &[], "Elections this member started at once because its leader's process was seen gone (connection closed, port refusing)."),
     m("strom_raft_last_log_index", Gauge, &[], "Index of the last entry in this member's log."),
     m("strom_raft_applied_index", Gauge, &[], "Index of the last entry this member applied to its state."),
     m("strom_raft_apply_lag", Gauge, &[], "Entries in this member's log not applied yet."),

@@ -515,6 +515,12 @@ async fn run_node_traced(
         ));
         running
             .duties
+            .push(tokio::spawn(strom_control_plane::leader_watch::run(
+                node.clone(),
+                running.control_cancel.clone(),
+            )));
+        running
+            .duties
             .push(tokio::spawn(strom_control_plane::blob_gc::run(
                 node.clone(),
                 running.control_cancel.clone(),

@@ -1727,6 +1727,20 @@ fn t101_metrics_need_a_token_parse_and_move_with_invocations_restarts_and_leader
             && s.sum("strom_raft_has_leader", &[]) == Some(1.0))
         .then_some(())
     });
+    // The survivors saw the leader's process gone (its connection closed, its port
+    // refusing) and elected at once, not after the leader lease ran out.
+    let crash_elections: f64 = [&m2, &m3]
+        .iter()
+        .map(|m| {
+            scrape(&m.server, token)
+                .sum("strom_raft_crash_elections_total", &[])
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        crash_elections >= 1.0,
+        "no survivor started an election on the leader's crash"
+    );
     for up in [m2, m3, w4] {
         up.stop();
     }
