@@ -132,6 +132,10 @@ impl Replicated for EtcdGroup {
         self.members[member].kill()
     }
 
+    fn pid(&self, member: usize) -> anyhow::Result<u32> {
+        self.members[member].pid()
+    }
+
     async fn restart(&mut self, member: usize) -> anyhow::Result<()> {
         // `--initial-cluster-state new` is ignored once the data dir holds a member.
         self.members[member].spawn()?;

@@ -11,11 +11,22 @@ pub(super) struct Trial {
     pub(super) ms: f64,
 }
 
-/// `trials` times: kill the leader, time the first write acknowledged through a
-/// survivor, restart the killed member and wait until it has caught up.
+/// What happens to the leader in a failover trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// `kill -9`: its connections close and its port refuses.
+    Kill,
+    /// `SIGSTOP`: as a partition or a frozen host looks to the others (nothing
+    /// closes, nothing answers); `SIGCONT` after the trial.
+    Freeze,
+}
+
+/// `trials` times: kill (or freeze) the leader, time the first write acknowledged
+/// through a survivor, restart (or thaw) the member and wait until it has caught up.
 pub(super) async fn failover<G: Replicated>(
     group: &mut G,
     trials: usize,
+    fault: Fault,
 ) -> anyhow::Result<Vec<Trial>> {
     let mut results = Vec::with_capacity(trials);
     for trial in 1..=trials {
@@ -29,7 +40,10 @@ pub(super) async fn failover<G: Replicated>(
         }
         let survivors: Vec<usize> = (0..group.members()).filter(|m| *m != leader).collect();
         let start = Instant::now();
-        group.kill(leader)?;
+        match fault {
+            Fault::Kill => group.kill(leader)?,
+            Fault::Freeze => group.signal(leader, "STOP")?,
+        }
         let done = std::cell::Cell::new(false);
         // Until the write is acknowledged, each survivor is asked every 20 ms
         // whether it leads: when the election ended, apart from the client's wait.
@@ -51,6 +65,9 @@ pub(super) async fn failover<G: Replicated>(
             acked
         };
         let (acked, first, second) = tokio::join!(write, watch(survivors[0]), watch(survivors[1]));
+        if fault == Fault::Freeze {
+            group.signal(leader, "CONT")?;
+        }
         let ms = acked
             .with_context(|| format!("{} trial {trial}: killed member {}", G::NAME, leader + 1))?
             .as_secs_f64()
@@ -66,10 +83,26 @@ pub(super) async fn failover<G: Replicated>(
             elected_ms: elected.map(|(t, _)| t.as_secs_f64() * 1000.0),
             ms,
         });
-        group
-            .restart(leader)
-            .await
-            .with_context(|| format!("{} trial {trial}", G::NAME))?;
+        match fault {
+            Fault::Kill => group
+                .restart(leader)
+                .await
+                .with_context(|| format!("{} trial {trial}", G::NAME))?,
+            // The thawed member learns of the new term and follows.
+            Fault::Freeze => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while group.is_leader(leader).await {
+                    if Instant::now() > deadline {
+                        bail!(
+                            "{} trial {trial}: the thawed member still leads after 30 s",
+                            G::NAME
+                        );
+                    }
+                    tokio::time::sleep(ELECTION_POLL).await;
+                }
+                group.leader().await?;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(results)

@@ -27,7 +27,7 @@ use strom_testkit::ports::free_port;
 use commit::{commit_load, print_commit_row};
 use daemon::Daemon;
 use etcd_group::EtcdGroup;
-use failover::{failover, print_failover_row, print_trials};
+use failover::{failover, print_failover_row, print_trials, Fault};
 use replicated::{http_client, http_post, Replicated, Writer};
 use strom_group::StromGroup;
 
@@ -184,13 +184,13 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
         ELECTION_POLL.as_millis()
     );
     out!();
-    let strom_trials = failover(&mut strom, trials).await?;
+    let strom_trials = failover(&mut strom, trials, Fault::Kill).await?;
     let before_trials = match &mut before {
-        Some(b) => Some(failover(b, trials).await?),
+        Some(b) => Some(failover(b, trials, Fault::Kill).await?),
         None => None,
     };
     let etcd_trials = match &mut etcd {
-        Some(etcd) => Some(failover(etcd, trials).await?),
+        Some(etcd) => Some(failover(etcd, trials, Fault::Kill).await?),
         None => None,
     };
     out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
@@ -215,6 +215,37 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
     if let Some(t) = &etcd_trials {
         print_trials("etcd", t);
         crate::report::failover("etcd", t.iter().map(|t| t.ms).collect());
+    }
+
+    // The same with the leader frozen (SIGSTOP): what a partition or a frozen host
+    // looks like to the others, which no closed connection reveals.
+    let frozen = failover(&mut strom, trials, Fault::Freeze).await?;
+    let frozen_before = match &mut before {
+        Some(b) => Some(failover(b, trials, Fault::Freeze).await?),
+        None => None,
+    };
+    let frozen_etcd = match &mut etcd {
+        Some(etcd) => Some(failover(etcd, trials, Fault::Freeze).await?),
+        None => None,
+    };
+    out!();
+    out!(
+        "Leader frozen (SIGSTOP, as a partition or a frozen host looks to the others; SIGCONT after each trial) → first write acknowledged through a survivor:"
+    );
+    out!();
+    out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
+    out!("|---|---:|---:|---:|---:|---:|---:|---|");
+    print_failover_row("strom, leader frozen", &frozen);
+    if let Some(t) = &frozen_before {
+        print_failover_row("strom before, leader frozen", t);
+    }
+    if let Some(t) = &frozen_etcd {
+        print_failover_row("etcd, leader frozen", t);
+    }
+    out!();
+    print_trials("strom, frozen", &frozen);
+    if let Some(t) = &frozen_etcd {
+        print_trials("etcd, frozen", t);
     }
     if strom.retried_restarts > 0 {
         out!();

@@ -89,6 +89,21 @@ pub(super) trait Replicated {
     async fn writer(&self, member: usize) -> anyhow::Result<Writer>;
     /// `kill -9` `member`.
     fn kill(&mut self, member: usize) -> anyhow::Result<()>;
+    /// The process id of running `member`.
+    fn pid(&self, member: usize) -> anyhow::Result<u32>;
+    /// Send `signal` (`STOP`, `CONT`) to `member`'s process.
+    fn signal(&self, member: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(member)?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {pid}: {status}");
+        }
+        Ok(())
+    }
     /// Start `member` again on its data dir; return once it serves linearizable
     /// reads (it is a caught-up member again).
     async fn restart(&mut self, member: usize) -> anyhow::Result<()>;

@@ -244,6 +244,10 @@ impl Replicated for StromGroup {
         self.nodes[member].kill()
     }
 
+    fn pid(&self, member: usize) -> anyhow::Result<u32> {
+        self.nodes[member].pid()
+    }
+
     async fn restart(&mut self, member: usize) -> anyhow::Result<()> {
         // A start can fail (the node exits at once): tried again every second
         // for up to a minute, each failure recorded for the report.
