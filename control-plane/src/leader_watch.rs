@@ -12,9 +12,10 @@
 //! The election itself: openraft 0.9 makes a follower wait out the leader lease
 //! (`election_timeout_max`) and then an election timeout, and a follower whose lease
 //! is still valid refuses to vote. So every survivor that saw the proof starts an
-//! election at once (its vote for itself lifts its own lease), and after a pause
-//! that grows with its rank among the survivors, one more if no leader has emerged:
-//! the first of these, at a higher term, wins the votes of the others.
+//! election at once (its vote for itself lifts its own lease), and again after each
+//! pause that grows with its rank among the survivors while no leader has emerged:
+//! the lowest-ranked survivor's second election, at a higher term, wins the votes
+//! of the others. A leader elected meanwhile refuses these (its own lease).
 
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Between one survivor's second election and the next's: enough for an election
 /// on this node's disk (a vote is one fsync).
 const RANK_STEP: Duration = Duration::from_millis(40);
+/// How long a survivor keeps electing after the proof while no leader emerges
+/// (longer than any lease a survivor that missed the proof may still hold).
+const CRASH_ELECTIONS_FOR: Duration = Duration::from_secs(2);
 /// Before watching again after a connection that could not be made (not a proof).
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -167,13 +171,17 @@ async fn elect_after_crash(node: &ManagementNode, leader: u64, cancel: &Cancella
         return;
     }
     metrics::counter!("strom_raft_crash_elections_total").increment(1);
-    let _ = node.raft.trigger().elect().await;
-    tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = tokio::time::sleep(RANK_STEP * (rank as u32 + 1)) => {}
-    }
-    if leaderless() {
+    // Again every pause of this node's rank while no leader has emerged: a
+    // survivor that has not seen the proof (yet) keeps its lease and refuses to
+    // vote until it sees it or the lease runs out; the first election after that
+    // wins, not one a whole election timeout later.
+    let until = tokio::time::Instant::now() + CRASH_ELECTIONS_FOR;
+    while leaderless() && tokio::time::Instant::now() < until {
         let _ = node.raft.trigger().elect().await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RANK_STEP * (rank as u32 + 1)) => {}
+        }
     }
 }
 

@@ -73,16 +73,6 @@ pub(super) async fn failover<G: Replicated>(
             .as_secs_f64()
             * 1000.0;
         let elected = [first, second].into_iter().flatten().min();
-        let new_leader = match elected {
-            Some((_, m)) => m,
-            None => group.leader().await?,
-        };
-        results.push(Trial {
-            killed: leader,
-            new_leader,
-            elected_ms: elected.map(|(t, _)| t.as_secs_f64() * 1000.0),
-            ms,
-        });
         match fault {
             Fault::Kill => group
                 .restart(leader)
@@ -103,6 +93,18 @@ pub(super) async fn failover<G: Replicated>(
                 group.leader().await?;
             }
         }
+        // Asked after the thaw, whose member may claim to lead until it learns of
+        // the new term.
+        let new_leader = match elected {
+            Some((_, m)) => m,
+            None => group.leader().await?,
+        };
+        results.push(Trial {
+            killed: leader,
+            new_leader,
+            elected_ms: elected.map(|(t, _)| t.as_secs_f64() * 1000.0),
+            ms,
+        });
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(results)
