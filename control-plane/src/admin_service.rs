@@ -553,6 +553,7 @@ pub(crate) fn find_app<'a>(view: &'a StateView, name: &AppName) -> Result<&'a Ap
     view.state
         .apps
         .get(name)
+        .map(|a| &**a)
         .ok_or_else(|| Status::not_found(format!("app `{name}` not found")))
 }
 

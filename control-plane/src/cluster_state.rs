@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{
@@ -31,10 +32,16 @@ pub struct ClusterInfo {
     pub created_at_ms: i64,
 }
 
+/// Every app, each behind its own `Arc`: a state change copies only the apps it
+/// changes (`Arc::make_mut`), published states share the rest, and what changed
+/// between two states is found by pointer (`view_feed`). Encoded as before (an
+/// `Arc` encodes as what it holds).
+pub type Apps = BTreeMap<AppName, Arc<AppState>>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster: Option<ClusterInfo>,
-    pub apps: BTreeMap<AppName, AppState>,
+    pub apps: Apps,
     /// Registered worker nodes.
     pub workers: BTreeMap<NodeId, WorkerState>,
     /// The scheduler's placements: per app, how many instances each worker runs.
@@ -62,7 +69,7 @@ pub use crate::deployments::{AppDeployments, DeploymentRecord};
 #[derive(Debug, Deserialize)]
 pub struct ClusterStateV4 {
     pub cluster: Option<ClusterInfo>,
-    pub apps: BTreeMap<AppName, AppState>,
+    pub apps: Apps,
     pub workers: BTreeMap<NodeId, WorkerState>,
     pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -75,7 +82,7 @@ pub struct ClusterStateV4 {
 #[derive(Serialize)]
 pub struct ClusterStateV4Ref<'a> {
     pub cluster: &'a Option<ClusterInfo>,
-    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub apps: &'a Apps,
     pub workers: &'a BTreeMap<NodeId, WorkerState>,
     pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -104,7 +111,7 @@ impl From<ClusterStateV4> for ClusterState {
 #[derive(Debug, Deserialize)]
 pub struct ClusterStateV3 {
     pub cluster: Option<ClusterInfo>,
-    pub apps: BTreeMap<AppName, AppState>,
+    pub apps: Apps,
     pub workers: BTreeMap<NodeId, WorkerState>,
     pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -116,7 +123,7 @@ pub struct ClusterStateV3 {
 #[derive(Serialize)]
 pub struct ClusterStateV3Ref<'a> {
     pub cluster: &'a Option<ClusterInfo>,
-    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub apps: &'a Apps,
     pub workers: &'a BTreeMap<NodeId, WorkerState>,
     pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -144,7 +151,7 @@ impl From<ClusterStateV3> for ClusterState {
 #[derive(Debug, Deserialize)]
 pub struct ClusterStateV2 {
     pub cluster: Option<ClusterInfo>,
-    pub apps: BTreeMap<AppName, AppState>,
+    pub apps: Apps,
     pub workers: BTreeMap<NodeId, WorkerState>,
     pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -154,7 +161,7 @@ pub struct ClusterStateV2 {
 #[derive(Serialize)]
 pub struct ClusterStateV2Ref<'a> {
     pub cluster: &'a Option<ClusterInfo>,
-    pub apps: &'a BTreeMap<AppName, AppState>,
+    pub apps: &'a Apps,
     pub workers: &'a BTreeMap<NodeId, WorkerState>,
     pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
     pub protocol: u32,
@@ -588,23 +595,26 @@ impl ClusterState {
         if let Some(c) = self.route_conflict(&d.app, &d.manifest) {
             return Err(c);
         }
-        let state = self.apps.entry(d.app.clone()).or_insert_with(|| AppState {
-            name: d.app.clone(),
-            created_at_ms: d.at_ms,
-            updated_at_ms: d.at_ms,
-            settings: BTreeMap::new(),
-            versions: Vec::new(),
-            active_version: d.version.clone(),
-            scale: None,
-            keys: AppKeys {
-                master: d.initial_keys.master.clone(),
-                host: BTreeMap::from([(
-                    "default".to_string(),
-                    d.initial_keys.host_default.clone(),
-                )]),
-                functions: BTreeMap::new(),
-            },
+        let state = self.apps.entry(d.app.clone()).or_insert_with(|| {
+            Arc::new(AppState {
+                name: d.app.clone(),
+                created_at_ms: d.at_ms,
+                updated_at_ms: d.at_ms,
+                settings: BTreeMap::new(),
+                versions: Vec::new(),
+                active_version: d.version.clone(),
+                scale: None,
+                keys: AppKeys {
+                    master: d.initial_keys.master.clone(),
+                    host: BTreeMap::from([(
+                        "default".to_string(),
+                        d.initial_keys.host_default.clone(),
+                    )]),
+                    functions: BTreeMap::new(),
+                },
+            })
         });
+        let state = Arc::make_mut(state);
         for (function, value) in &d.initial_keys.function_defaults {
             if d.manifest.functions.iter().any(|f| &f.name == function) {
                 state
@@ -678,12 +688,14 @@ impl ClusterState {
     pub(crate) fn app(&self, app: &AppName) -> Result<&AppState, Rejection> {
         self.apps
             .get(app)
+            .map(|a| &**a)
             .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })
     }
 
     fn app_mut(&mut self, app: &AppName) -> Result<&mut AppState, Rejection> {
         self.apps
             .get_mut(app)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::AppNotFound { app: app.clone() })
     }
 }

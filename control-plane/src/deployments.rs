@@ -11,6 +11,8 @@
 // Rejections are rare business outcomes, returned by value on purpose.
 #![allow(clippy::result_large_err)]
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{Command, DeployStatus, DeploymentStart, DeploymentUpdate, Rejection};
 use strom_proto::ids::{NodeId, TokenHash, VersionId};
@@ -118,7 +120,7 @@ impl ClusterState {
         let (Some(own), Some(restore)) = (own, restore) else {
             return;
         };
-        if let Some(state) = self.apps.get_mut(app) {
+        if let Some(state) = self.apps.get_mut(app).map(Arc::make_mut) {
             if &state.active_version == own && state.version(restore).is_some() {
                 state.active_version = restore.clone();
                 state.updated_at_ms = at_ms;
@@ -431,7 +433,9 @@ mod tests {
         let before = s.apps[&app()].active_version.clone();
         let mut newer = s.apps[&app()].versions[0].clone();
         newer.id = VersionId::of_bytes(b"newer");
-        s.apps.get_mut(&app()).unwrap().versions.push(newer.clone());
+        Arc::make_mut(s.apps.get_mut(&app()).unwrap())
+            .versions
+            .push(newer.clone());
         s.apply(&start("a", 0));
         let mut step = update("a", DeployStatus::Deploying, 10);
         if let Command::UpdateDeployment(u) = &mut step {
@@ -439,7 +443,7 @@ mod tests {
             u.restore = Some(before.clone());
         }
         s.apply(&step);
-        s.apps.get_mut(&app()).unwrap().active_version = newer.id.clone();
+        Arc::make_mut(s.apps.get_mut(&app()).unwrap()).active_version = newer.id.clone();
         // Its node never comes back; the next deployment begins after the deadline.
         assert_eq!(s.apply(&start("b", 2000)), CommandResult::Applied);
         assert_eq!(s.apps[&app()].active_version, before);
@@ -468,8 +472,10 @@ mod tests {
         let before = s.apps[&app()].active_version.clone();
         let mut newer = s.apps[&app()].versions[0].clone();
         newer.id = VersionId::of_bytes(b"newer");
-        s.apps.get_mut(&app()).unwrap().versions.push(newer.clone());
-        s.apps.get_mut(&app()).unwrap().active_version = newer.id.clone();
+        Arc::make_mut(s.apps.get_mut(&app()).unwrap())
+            .versions
+            .push(newer.clone());
+        Arc::make_mut(s.apps.get_mut(&app()).unwrap()).active_version = newer.id.clone();
         s.apply(&start("a", 0));
         let fail = |restore: Option<VersionId>| {
             Command::UpdateDeployment(Box::new(DeploymentUpdate {
@@ -486,13 +492,16 @@ mod tests {
         };
         let mut other = s.clone();
         // Someone rolled back meanwhile: the deployment's version is not active.
-        other.apps.get_mut(&app()).unwrap().active_version = before.clone();
-        other.apps.get_mut(&app()).unwrap().versions.push({
-            let mut v = newer.clone();
-            v.id = VersionId::of_bytes(b"third");
-            v
-        });
-        other.apps.get_mut(&app()).unwrap().active_version = VersionId::of_bytes(b"third");
+        Arc::make_mut(other.apps.get_mut(&app()).unwrap()).active_version = before.clone();
+        Arc::make_mut(other.apps.get_mut(&app()).unwrap())
+            .versions
+            .push({
+                let mut v = newer.clone();
+                v.id = VersionId::of_bytes(b"third");
+                v
+            });
+        Arc::make_mut(other.apps.get_mut(&app()).unwrap()).active_version =
+            VersionId::of_bytes(b"third");
         other.apply(&fail(Some(before.clone())));
         assert_eq!(
             other.apps[&app()].active_version,

@@ -59,6 +59,7 @@ pub mod timer_records;
 pub mod timer_service;
 pub mod tls;
 pub mod traces;
+pub mod view_feed;
 pub mod worker_view;
 pub mod workers;
 

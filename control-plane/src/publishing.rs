@@ -488,7 +488,7 @@ where
         (_, &Method::GET) | (_, &Method::HEAD) => {
             let view = api.fresh().await.map_err(status_error)?;
             let history = view.state.deployments.get(&target.app);
-            let app = view.state.apps.get(&target.app);
+            let app = view.state.apps.get(&target.app).map(|a| &**a);
             let now = now_ms();
             let shown = |d: &DeploymentRecord| record_json(&target.app, history, app, d, now);
             match &target.endpoint {
@@ -765,7 +765,7 @@ fn shown(api: &AdminApi, app: &AppName, id: &str) -> Option<Value> {
     Some(record_json(
         app,
         history,
-        view.state.apps.get(app),
+        view.state.apps.get(app).map(|a| &**a),
         d,
         now_ms(),
     ))
@@ -918,7 +918,7 @@ pub fn history(
             h.history
                 .iter()
                 .rev()
-                .map(|d| deployment_view(app, history, state.apps.get(app), d, now))
+                .map(|d| deployment_view(app, history, state.apps.get(app).map(|a| &**a), d, now))
                 .collect()
         })
         .unwrap_or_default()

@@ -135,7 +135,7 @@ struct SnapshotBodyV1 {
 #[derive(Deserialize)]
 struct ClusterStateV1 {
     cluster: Option<crate::cluster_state::ClusterInfo>,
-    apps: std::collections::BTreeMap<strom_proto::ids::AppName, crate::cluster_state::AppState>,
+    apps: crate::cluster_state::Apps,
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {

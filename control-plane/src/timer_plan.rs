@@ -193,6 +193,7 @@ pub fn to_dispatch<'a>(
 mod tests {
     use super::*;
     use crate::timer_records::tests::with_timer_app;
+    use std::sync::Arc;
     use strom_proto::command::{CommandResult, TimerOutcome};
 
     fn ids() -> impl FnMut() -> String {
@@ -364,13 +365,11 @@ mod tests {
         let mut s = with_timer_app();
         let mut new_id = ids();
         let app = s.apps.keys().next().unwrap().clone();
-        s.apps
-            .get_mut(&app)
-            .unwrap()
+        Arc::make_mut(s.apps.get_mut(&app).unwrap())
             .settings
             .insert("AzureWebJobs.tick.Disabled".into(), "true".into());
         assert_eq!(step(&mut s, 1_000, &mut new_id), Plan::default());
-        let settings = &mut s.apps.get_mut(&app).unwrap().settings;
+        let settings = &mut Arc::make_mut(s.apps.get_mut(&app).unwrap()).settings;
         settings.clear();
         settings.insert("WEBSITE_TIME_ZONE".into(), "Nowhere/Land".into());
         let p = plan(&s, 1_000, &mut new_id);
@@ -380,7 +379,9 @@ mod tests {
         );
         // Before the cluster speaks protocol 6, nothing is planned.
         s.protocol = 5;
-        s.apps.get_mut(&app).unwrap().settings.clear();
+        Arc::make_mut(s.apps.get_mut(&app).unwrap())
+            .settings
+            .clear();
         assert_eq!(plan(&s, 1_000, &mut new_id), Plan::default());
     }
 }

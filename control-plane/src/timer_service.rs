@@ -339,10 +339,7 @@ mod tests {
             at_ms: 1_800_000_000_100,
         });
         // The next run names the previous tick as Last, in the app's zone.
-        s.apps
-            .values_mut()
-            .next()
-            .unwrap()
+        std::sync::Arc::make_mut(s.apps.values_mut().next().unwrap())
             .settings
             .insert("WEBSITE_TIME_ZONE".into(), "W. Europe Standard Time".into());
         assert_eq!(

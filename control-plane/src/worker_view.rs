@@ -2,76 +2,113 @@
 //! ([`strom_proto::worker_view::WorkerView`]): what it runs and what its gateway
 //! needs to route, nothing else. Pure: the same state and node give the same view.
 
-use strom_proto::ids::NodeId;
-use strom_proto::manifest::is_function_disabled;
-use strom_proto::worker_view::{AppRoutes, Peer, Run, WorkerView};
+use std::collections::BTreeMap;
 
+use strom_proto::ids::{AppName, NodeId};
+use strom_proto::manifest::is_function_disabled;
+use strom_proto::worker_view::{AppRoutes, Peer, Run, ViewDelta, WorkerView};
+
+use crate::cluster_state::{AppState, ClusterState, WorkerState};
 use crate::state_machine::StateView;
+use crate::view_feed::Changes;
 
 /// The view of `state` for node `node`.
 pub fn project(state: &StateView, node: NodeId) -> WorkerView {
     let s = &state.state;
     let mut view = WorkerView::new(node);
-    view.cluster_id = s
+    view.cluster_id = cluster_id(state);
+    view.applied_index = state.applied_index();
+    view.protocol = s.protocol();
+    view.managers = managers(state);
+    view.workers = s.workers.iter().map(|(id, w)| (*id, peer(w))).collect();
+    for (name, app) in &s.apps {
+        view.apps.insert(name.clone(), routes(s, name, app));
+        if let Some(run) = run(s, name, app, node) {
+            view.runs.insert(name.clone(), run);
+        }
+    }
+    view
+}
+
+/// What changed for node `node` between the view of the state at `base` and
+/// `state`, given what changed in the state ([`Changes`]): only those entries.
+pub fn project_delta(state: &StateView, node: NodeId, base: u64, changes: &Changes) -> ViewDelta {
+    let s = &state.state;
+    let mut delta = ViewDelta {
+        base_index: base,
+        applied_index: state.applied_index(),
+        protocol: s.protocol(),
+        cluster_id: cluster_id(state),
+        managers: changes.managers.then(|| managers(state)),
+        ..ViewDelta::default()
+    };
+    for id in &changes.workers {
+        delta.workers.insert(*id, s.workers.get(id).map(peer));
+    }
+    for name in &changes.apps {
+        let app = s.apps.get(name);
+        delta
+            .apps
+            .insert(name.clone(), app.map(|a| routes(s, name, a)));
+        delta
+            .runs
+            .insert(name.clone(), app.and_then(|a| run(s, name, a, node)));
+    }
+    delta
+}
+
+fn cluster_id(state: &StateView) -> String {
+    state
+        .state
         .cluster
         .as_ref()
         .map(|c| c.cluster_id.to_string())
-        .unwrap_or_default();
-    view.applied_index = state.applied_index();
-    view.protocol = s.protocol();
-    view.managers = state
+        .unwrap_or_default()
+}
+
+fn managers(state: &StateView) -> BTreeMap<NodeId, String> {
+    state
         .membership
         .membership()
         .nodes()
         .map(|(id, n)| (*id, n.addr.clone()))
-        .collect();
-    view.workers = s
-        .workers
-        .iter()
-        .map(|(id, w)| {
-            (
-                *id,
-                Peer {
-                    http_addr: w.info.http_addr.clone(),
-                    up: w.up,
-                    draining: w.schedule == strom_proto::command::WorkerSchedule::Draining,
-                },
-            )
-        })
-        .collect();
-    for (name, app) in &s.apps {
-        let manifest = app.active().manifest.clone();
-        let disabled = manifest
-            .functions
-            .iter()
-            .filter(|f| is_function_disabled(&app.settings, &f.name))
-            .map(|f| f.name.clone())
-            .collect();
-        view.apps.insert(
-            name.clone(),
-            AppRoutes {
-                version: app.active_version.clone(),
-                manifest,
-                keys: app.keys.clone(),
-                disabled,
-                placements: s.placements.get(name).cloned().unwrap_or_default(),
-                system_keys: s.system_keys.get(name).cloned().unwrap_or_default(),
-                scaled_to_zero: app.scale == Some(0),
-            },
-        );
-        let instances = s.placed(name, node);
-        if instances > 0 {
-            view.runs.insert(
-                name.clone(),
-                Run {
-                    version: app.active_version.clone(),
-                    instances,
-                    settings: app.settings.clone(),
-                },
-            );
-        }
+        .collect()
+}
+
+fn peer(w: &WorkerState) -> Peer {
+    Peer {
+        http_addr: w.info.http_addr.clone(),
+        up: w.up,
+        draining: w.schedule == strom_proto::command::WorkerSchedule::Draining,
     }
-    view
+}
+
+fn routes(s: &ClusterState, name: &AppName, app: &AppState) -> AppRoutes {
+    let manifest = app.active().manifest.clone();
+    let disabled = manifest
+        .functions
+        .iter()
+        .filter(|f| is_function_disabled(&app.settings, &f.name))
+        .map(|f| f.name.clone())
+        .collect();
+    AppRoutes {
+        version: app.active_version.clone(),
+        manifest,
+        keys: app.keys.clone(),
+        disabled,
+        placements: s.placements.get(name).cloned().unwrap_or_default(),
+        system_keys: s.system_keys.get(name).cloned().unwrap_or_default(),
+        scaled_to_zero: app.scale == Some(0),
+    }
+}
+
+fn run(s: &ClusterState, name: &AppName, app: &AppState, node: NodeId) -> Option<Run> {
+    let instances = s.placed(name, node);
+    (instances > 0).then(|| Run {
+        version: app.active_version.clone(),
+        instances,
+        settings: app.settings.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -102,11 +102,15 @@ pub struct WorkerServer {
     /// Ends the state streams when the control server stops.
     shutdown: CancellationToken,
     encoded: Arc<EncodedView>,
+    /// What changed with each state, for the watchers' deltas (`view_feed`).
+    feed: tokio::sync::watch::Receiver<Arc<crate::view_feed::Feed>>,
 }
 
 impl WorkerServer {
+    /// Starts the state feed (a task until `shutdown`): call within the runtime.
     pub fn new(node: ManagementNode, shutdown: CancellationToken) -> Self {
         WorkerServer {
+            feed: crate::view_feed::start(node.state.clone(), shutdown.clone()),
             node,
             shutdown,
             encoded: Arc::default(),
@@ -325,26 +329,22 @@ impl WorkerService for WorkerServer {
         self.check_token(&req.join_token)?;
         // The current state at once, then the latest after every change (a slow
         // watcher skips intermediate states, never the last one).
-        let views = tokio_stream::wrappers::WatchStream::new(self.node.state.clone());
         let stream: StateStream = if req.view_format >= 1 {
-            // What this worker needs, made for it (one projection per watcher).
-            let node = req.node_id;
-            Box::pin(views.map(move |view| {
-                Ok(StateUpdate {
-                    applied_index: view.applied_index(),
-                    view: Vec::new(),
-                    worker_view: crate::worker_view::project(&view, node).encode(),
-                })
-            }))
+            // What this worker needs, made for it: a whole view, then deltas
+            // (format 2) or whole views (format 1).
+            Box::pin(
+                crate::view_feed::updates(self.feed.clone(), req.node_id, req.view_format).map(Ok),
+            )
         } else {
             // A worker of a build from before worker views (mid rolling upgrade):
             // the whole state, encoded once for every such watcher.
+            let views = tokio_stream::wrappers::WatchStream::new(self.node.state.clone());
             let encoded = self.encoded.clone();
             Box::pin(views.map(move |view| {
                 Ok(StateUpdate {
                     applied_index: view.applied_index(),
                     view: encoded.of(&view),
-                    worker_view: Vec::new(),
+                    ..StateUpdate::default()
                 })
             }))
         };

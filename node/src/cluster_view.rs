@@ -21,7 +21,7 @@ use strom_control_plane::worker_view::project;
 use strom_control_plane::workers::decode_view;
 use strom_proto::ids::NodeId;
 use strom_proto::internal_v1::{StateUpdate, WatchStateRequest};
-use strom_proto::worker_view::{WorkerView, WORKER_VIEW_FORMAT};
+use strom_proto::worker_view::{ViewDelta, WorkerView, DELTA_FORMAT};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +123,7 @@ pub async fn watch_remote(
                     join_token: agent.token.clone(),
                     node_id: node,
                     after_index,
-                    view_format: WORKER_VIEW_FORMAT,
+                    view_format: DELTA_FORMAT,
                 })
                 .await
                 .map_err(|s| format!("{url}: {}", s.message()))?
@@ -139,6 +139,7 @@ pub async fn watch_remote(
             }
             failures = 0;
             let mut behind_since: Option<tokio::time::Instant> = None;
+            let mut stream_view: Option<Arc<WorkerView>> = None;
             loop {
                 let next = tokio::select! {
                     m = stream.message() => m.map_err(|s| format!("{url}: {}", s.message()))?,
@@ -158,12 +159,26 @@ pub async fn watch_remote(
                     }
                 };
                 let Some(update) = next else { break };
-                let view = view_of(&update, node)
-                    .map_err(|e| format!("{url} sent an unreadable view: {e}"))?;
+                // A delta applies to this stream's previous view (which may be
+                // older than the one published here, from an earlier stream).
+                let view = if update.worker_view_delta.is_empty() {
+                    view_of(&update, node)
+                        .map_err(|e| format!("{url} sent an unreadable view: {e}"))?
+                } else {
+                    let delta = ViewDelta::decode(&update.worker_view_delta)
+                        .map_err(|e| format!("{url} sent an unreadable view delta: {e}"))?;
+                    stream_view
+                        .as_ref()
+                        .ok_or_else(|| format!("{url} sent a view delta before a whole view"))?
+                        .apply(&delta)
+                        .map_err(|e| format!("{url}: {e}"))?
+                };
+                let view = Arc::new(view);
+                stream_view = Some(view.clone());
                 agent.managers.learn(&view);
                 tx.send_if_modified(|current| {
                     if view.applied_index > current.applied_index {
-                        *current = Arc::new(view);
+                        *current = view;
                         true
                     } else {
                         false
@@ -209,20 +224,20 @@ mod tests {
         let update = StateUpdate {
             applied_index: 0,
             view: strom_control_plane::workers::encode_view(&state),
-            worker_view: Vec::new(),
+            ..StateUpdate::default()
         };
         let view = view_of(&update, 7).unwrap();
         assert_eq!(view.node, 7);
         let newer = StateUpdate {
             applied_index: 0,
-            view: Vec::new(),
             worker_view: view.encode(),
+            ..StateUpdate::default()
         };
         assert_eq!(view_of(&newer, 7).unwrap(), view);
         let broken = StateUpdate {
             applied_index: 0,
             view: vec![1, 2, 3],
-            worker_view: Vec::new(),
+            ..StateUpdate::default()
         };
         assert!(view_of(&broken, 7).is_err());
     }

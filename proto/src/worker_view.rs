@@ -28,8 +28,12 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AppName, NodeId, VersionId};
 use crate::manifest::AppManifest;
 
-/// The format this build writes (and the highest it asks for).
+/// The format this build writes.
 pub const WORKER_VIEW_FORMAT: u32 = 1;
+/// What this build asks a watch stream for (`WatchStateRequest.view_format`):
+/// format-1 views, and after a stream's first (whole) view, deltas
+/// ([`ViewDelta`]).
+pub const DELTA_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerView {
@@ -176,6 +180,83 @@ impl WorkerView {
 
 fn one() -> u32 {
     1
+}
+
+/// What changed in a worker's view from the view at `base_index` to the one at
+/// `applied_index`: only the entries that changed, each whole (`None`: removed).
+/// A watch stream sends one after its first whole view, so the bytes and the
+/// work per change grow with the change, not with the cluster. JSON like the view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDelta {
+    /// The view this applies to (the stream's previous one).
+    pub base_index: u64,
+    pub applied_index: u64,
+    pub protocol: u32,
+    pub cluster_id: String,
+    /// The management members, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managers: Option<BTreeMap<NodeId, String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workers: BTreeMap<NodeId, Option<Peer>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub apps: BTreeMap<AppName, Option<AppRoutes>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runs: BTreeMap<AppName, Option<Run>>,
+}
+
+/// Why a delta could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("the view delta is not valid JSON of a known shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("a view delta from index {base} came for the view at index {have}")]
+    WrongBase { base: u64, have: u64 },
+}
+
+impl ViewDelta {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a view delta always encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ViewDelta, DeltaError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+impl WorkerView {
+    /// This view with `delta` applied; refused unless the delta is from this view.
+    pub fn apply(&self, delta: &ViewDelta) -> Result<WorkerView, DeltaError> {
+        if delta.base_index != self.applied_index {
+            return Err(DeltaError::WrongBase {
+                base: delta.base_index,
+                have: self.applied_index,
+            });
+        }
+        let mut view = self.clone();
+        view.applied_index = delta.applied_index;
+        view.protocol = delta.protocol;
+        view.cluster_id = delta.cluster_id.clone();
+        if let Some(managers) = &delta.managers {
+            view.managers = managers.clone();
+        }
+        patch(&mut view.workers, &delta.workers);
+        patch(&mut view.apps, &delta.apps);
+        patch(&mut view.runs, &delta.runs);
+        Ok(view)
+    }
+}
+
+fn patch<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, changes: &BTreeMap<K, Option<V>>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //! 10), and one incremental round after 10 workers go Down, against a goal of 5,000
 //! placements/s.
 //!
+//! State fan-out (`fanout.rs`): the bytes, the management node's CPU and the
+//! time until the last of 1,000 watching workers has one settings change of a
+//! 10,000-app cluster, with whole views per change and with deltas.
+//!
 //! High availability (`ha/`), with real processes on 127.0.0.1:
 //! - commit latency and throughput of a 3-node management group (sequential and 64
 //!   concurrent `SetAppSettings` over gRPC, each acknowledged after an fsync'd commit
@@ -46,7 +50,7 @@
 //! baselines, with its rows marked "(before)".
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,gateway-cost,placements,ha,checkpoints,containers,timers] [--before DIR]
+//! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR]
 //! [--no-write]`. The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
@@ -78,16 +82,18 @@ mod report;
 
 mod containers;
 mod cost;
+mod fanout;
 mod gateway;
 mod ha;
 mod placements;
 mod timers;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "gateway",
     "gateway-cost",
     "placements",
+    "fanout",
     "ha",
     "checkpoints",
     "containers",
@@ -193,7 +199,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let write_docs = only.is_none() && before.is_none() && !args.iter().any(|a| a == "--no-write");
     machine_facts(before.as_deref());
-    let needs_build = wanted.iter().any(|s| *s != "placements");
+    let needs_build = wanted
+        .iter()
+        .any(|s| !matches!(*s, "placements" | "fanout"));
     let builds = Builds {
         current: if needs_build {
             bin_dir()?
@@ -219,6 +227,11 @@ async fn main() -> anyhow::Result<()> {
                 out!("### Placements per second: the scheduler over 1,000 simulated workers");
                 out!();
                 placements::placements()?;
+            }
+            "fanout" => {
+                out!("### State fan-out: one change, 10,000 apps, 1,000 watching workers");
+                out!();
+                fanout::run().await?;
             }
             "ha" => {
                 out!("### Commit latency, throughput, failover and memory: Strom vs etcd");

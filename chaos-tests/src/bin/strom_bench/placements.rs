@@ -87,7 +87,7 @@ fn print_placement_row(scenario: &str, placed: u32, sorted_ms: &[f64]) {
     );
 }
 
-fn apply(state: &mut ClusterState, command: ClusterCommand) -> anyhow::Result<()> {
+pub(crate) fn apply(state: &mut ClusterState, command: ClusterCommand) -> anyhow::Result<()> {
     match state.apply(&command) {
         CommandResult::Rejected(r) => bail!("{command:?} was rejected: {r}"),
         _ => Ok(()),
@@ -99,7 +99,7 @@ fn apply(state: &mut ClusterState, command: ClusterCommand) -> anyhow::Result<()
 /// `apply`; the rest are copies of it under other names, inserted directly, because
 /// deploying thousands of apps one by one checks every pair of routes and would time
 /// the set-up rather than the scheduler.
-fn bench_cluster(apps: u32, scale: u32) -> anyhow::Result<ClusterState> {
+pub(crate) fn bench_cluster(apps: u32, scale: u32) -> anyhow::Result<ClusterState> {
     let mut state = ClusterState::default();
     apply(
         &mut state,
@@ -154,9 +154,9 @@ fn bench_cluster(apps: u32, scale: u32) -> anyhow::Result<ClusterState> {
     let app = state.apps[&template].clone();
     for i in 1..apps {
         let name = AppName::parse(&format!("app-{i:05}"))?;
-        let mut copy = app.clone();
+        let mut copy = (*app).clone();
         copy.name = name.clone();
-        state.apps.insert(name, copy);
+        state.apps.insert(name, std::sync::Arc::new(copy));
     }
     Ok(state)
 }
