@@ -110,8 +110,12 @@ async fn watch(addr: &str) -> bool {
     let mut stream = match connect(addr).await {
         (Probe::Listening, Some(s)) => s,
         (Probe::Gone, _) => return true,
-        _ => return false,
+        (probe, _) => {
+            tracing::debug!(leader = addr, ?probe, "cannot watch the leader's port");
+            return false;
+        }
     };
+    tracing::debug!(leader = addr, "watching the leader's port");
     loop {
         let mut buf = [0u8; 64];
         // The peer never writes to a connection that sent nothing; a read returns
@@ -121,7 +125,9 @@ async fn watch(addr: &str) -> bool {
                 break;
             }
         }
-        match connect(addr).await {
+        let probe = connect(addr).await;
+        tracing::debug!(leader = addr, probe = ?probe.0, "the leader's connection ended");
+        match probe {
             (Probe::Listening, Some(s)) => stream = s,
             (Probe::Gone, _) => {
                 tracing::info!(leader = addr, "the leader's connection closed and its port refuses connections: its process is gone");
