@@ -28,6 +28,8 @@ use crate::management::ManagementNode;
 
 /// How long a connection attempt to the leader may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Attempts when connecting fails at once without a refusal.
+const CONNECT_ATTEMPTS: u32 = 5;
 /// Between one survivor's second election and the next's: enough for an election
 /// on this node's disk (a vote is one fsync).
 const RANK_STEP: Duration = Duration::from_millis(40);
@@ -138,11 +140,25 @@ async fn watch(addr: &str) -> bool {
     }
 }
 
+/// A connection attempt to `addr`. One that fails at once without a refusal (a
+/// port caught while its process is being torn down can answer a reset) is tried
+/// again a few times, 10 ms apart: the teardown ends in a refusal.
 async fn connect(addr: &str) -> (Probe, Option<TcpStream>) {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Err(_) => (Probe::Unknown, None),
-        Ok(result) => (probe_result(&result), result.ok()),
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Err(_) => return (Probe::Unknown, None),
+            Ok(Ok(stream)) => return (Probe::Listening, Some(stream)),
+            Ok(Err(e)) => {
+                tracing::debug!(leader = addr, attempt, "connecting to the leader: {e}");
+                let probe = probe_result(&Err(e));
+                if probe != Probe::Unknown {
+                    return (probe, None);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
+    (Probe::Unknown, None)
 }
 
 /// Resolves with `true` when the leader is no longer `leader` or this node no
