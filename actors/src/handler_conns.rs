@@ -107,8 +107,7 @@ impl HandlerConnections {
     /// Close every idle connection and keep no more (the instance is stopping or
     /// has ended); requests in flight finish on theirs.
     pub fn close(&self) {
-        let idle = self.idle.lock().expect("connections lock").take();
-        drop(idle);
+        self.idle.lock().expect("connections lock").take();
     }
 
     /// Connections kept for reuse (open or not yet noticed closed).

@@ -40,10 +40,10 @@ const CRASH_ELECTIONS_FOR: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What a fresh connection attempt to the leader says about its process.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Probe {
-    /// Something listens there.
-    Listening,
+    /// Something listens there (the new connection).
+    Listening(TcpStream),
     /// Refused: the host answers and nothing listens (the process is gone).
     Gone,
     /// No answer, or another failure: proves nothing.
@@ -51,9 +51,9 @@ pub enum Probe {
 }
 
 /// How a connection attempt's outcome is read.
-pub fn probe_result(result: &std::io::Result<TcpStream>) -> Probe {
+pub fn probe_result(result: std::io::Result<TcpStream>) -> Probe {
     match result {
-        Ok(_) => Probe::Listening,
+        Ok(stream) => Probe::Listening(stream),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Gone,
         Err(_) => Probe::Unknown,
     }
@@ -110,10 +110,10 @@ pub async fn run(node: ManagementNode, cancel: CancellationToken) {
 /// refused (the process is gone), `false` when nothing could be proven.
 async fn watch(addr: &str) -> bool {
     let mut stream = match connect(addr).await {
-        (Probe::Listening, Some(s)) => s,
-        (Probe::Gone, _) => return true,
-        (probe, _) => {
-            tracing::debug!(leader = addr, ?probe, "cannot watch the leader's port");
+        Probe::Listening(s) => s,
+        Probe::Gone => return true,
+        Probe::Unknown => {
+            tracing::debug!(leader = addr, "cannot watch the leader's port");
             return false;
         }
     };
@@ -128,14 +128,14 @@ async fn watch(addr: &str) -> bool {
             }
         }
         let probe = connect(addr).await;
-        tracing::debug!(leader = addr, probe = ?probe.0, "the leader's connection ended");
+        tracing::debug!(leader = addr, ?probe, "the leader's connection ended");
         match probe {
-            (Probe::Listening, Some(s)) => stream = s,
-            (Probe::Gone, _) => {
+            Probe::Listening(s) => stream = s,
+            Probe::Gone => {
                 tracing::info!(leader = addr, "the leader's connection closed and its port refuses connections: its process is gone");
                 return true;
             }
-            _ => return false,
+            Probe::Unknown => return false,
         }
     }
 }
@@ -143,22 +143,21 @@ async fn watch(addr: &str) -> bool {
 /// A connection attempt to `addr`. One that fails at once without a refusal (a
 /// port caught while its process is being torn down can answer a reset) is tried
 /// again a few times, 10 ms apart: the teardown ends in a refusal.
-async fn connect(addr: &str) -> (Probe, Option<TcpStream>) {
+async fn connect(addr: &str) -> Probe {
     for attempt in 1..=CONNECT_ATTEMPTS {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Err(_) => return (Probe::Unknown, None),
-            Ok(Ok(stream)) => return (Probe::Listening, Some(stream)),
-            Ok(Err(e)) => {
-                tracing::debug!(leader = addr, attempt, "connecting to the leader: {e}");
-                let probe = probe_result(&Err(e));
-                if probe != Probe::Unknown {
-                    return (probe, None);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        let Ok(result) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+        else {
+            return Probe::Unknown;
+        };
+        if let Err(e) = &result {
+            tracing::debug!(leader = addr, attempt, "connecting to the leader: {e}");
+        }
+        match probe_result(result) {
+            Probe::Unknown => tokio::time::sleep(Duration::from_millis(10)).await,
+            probe => return probe,
         }
     }
-    (Probe::Unknown, None)
+    Probe::Unknown
 }
 
 /// Resolves with `true` when the leader is no longer `leader` or this node no
@@ -176,8 +175,9 @@ async fn wait_leader_change(
 /// The leader's process is gone: elect now, and again after this node's rank's
 /// pause if no leader has emerged.
 async fn elect_after_crash(node: &ManagementNode, leader: u64, cancel: &CancellationToken) {
+    let metrics = node.raft.metrics();
     let (me, voters) = {
-        let m = node.raft.metrics().borrow().clone();
+        let m = metrics.borrow();
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         (m.id, voters)
     };
@@ -186,7 +186,7 @@ async fn elect_after_crash(node: &ManagementNode, leader: u64, cancel: &Cancella
     }
     let rank = rank(me, voters.iter().copied(), leader);
     let leaderless = || {
-        let m = node.raft.metrics().borrow().clone();
+        let m = metrics.borrow();
         m.current_leader.is_none() || m.current_leader == Some(leader)
     };
     if !leaderless() {
@@ -225,14 +225,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = TcpStream::connect(addr).await;
-        assert_eq!(probe_result(&open), Probe::Listening);
+        assert!(matches!(probe_result(open), Probe::Listening(_)));
         drop(listener);
         let refused = TcpStream::connect(addr).await;
-        assert_eq!(probe_result(&refused), Probe::Gone);
+        assert!(matches!(probe_result(refused), Probe::Gone));
         let timed_out = Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        assert_eq!(probe_result(&timed_out), Probe::Unknown);
+        assert!(matches!(probe_result(timed_out), Probe::Unknown));
         let unreachable = Err(std::io::Error::from(std::io::ErrorKind::HostUnreachable));
-        assert_eq!(probe_result(&unreachable), Probe::Unknown);
+        assert!(matches!(probe_result(unreachable), Probe::Unknown));
     }
 
     #[tokio::test]

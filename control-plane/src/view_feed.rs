@@ -63,8 +63,11 @@ pub fn diff(old: &StateView, new: &StateView) -> Changes {
     let mut changes = Changes {
         from: old.applied_index(),
         to: new.applied_index(),
-        managers: old.membership.membership().nodes().collect::<Vec<_>>()
-            != new.membership.membership().nodes().collect::<Vec<_>>(),
+        managers: !old
+            .membership
+            .membership()
+            .nodes()
+            .eq(new.membership.membership().nodes()),
         ..Changes::default()
     };
     let (o, n) = (&old.state, &new.state);

@@ -143,6 +143,12 @@ pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The header of the table [`print_failover_row`] fills.
+pub(super) fn print_failover_header() {
+    out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
+    out!("|---|---:|---:|---:|---:|---:|---:|---|");
+}
+
 pub(super) fn print_failover_row(system: &str, trials: &[Trial]) {
     let mut ms: Vec<f64> = trials.iter().map(|t| t.ms).collect();
     ms.sort_by(f64::total_cmp);

@@ -27,7 +27,7 @@ use strom_testkit::ports::free_port;
 use commit::{commit_load, print_commit_row};
 use daemon::Daemon;
 use etcd_group::EtcdGroup;
-use failover::{failover, print_failover_row, print_trials, Fault};
+use failover::{failover, print_failover_header, print_failover_row, print_trials, Fault};
 use replicated::{http_client, http_post, Replicated, Writer};
 use strom_group::StromGroup;
 
@@ -193,8 +193,7 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
         Some(etcd) => Some(failover(etcd, trials, Fault::Kill).await?),
         None => None,
     };
-    out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
-    out!("|---|---:|---:|---:|---:|---:|---:|---|");
+    print_failover_header();
     print_failover_row(
         "strom (heartbeat 100 ms, election timeout 400–800 ms)",
         &strom_trials,
@@ -233,8 +232,7 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
         "Leader frozen (SIGSTOP, as a partition or a frozen host looks to the others; SIGCONT after each trial) → first write acknowledged through a survivor:"
     );
     out!();
-    out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");
-    out!("|---|---:|---:|---:|---:|---:|---:|---|");
+    print_failover_header();
     print_failover_row("strom, leader frozen", &frozen);
     if let Some(t) = &frozen_before {
         print_failover_row("strom before, leader frozen", t);
