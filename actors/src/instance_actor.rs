@@ -2,8 +2,9 @@
 //!
 //! Lifecycle: the start runs in a task that reports back (`StartDone`), so the
 //! actor answers `Drain` while a slow start (a container) is under way, and its
-//! supervisor starts many instances at once → probe readiness every 25 ms (one
-//! probe per message, so the mailbox stays responsive) → Ready: hand an
+//! supervisor starts many instances at once → probe readiness 1 ms after the
+//! start, then at doubling intervals up to 25 ms (one probe per message, so the
+//! mailbox stays responsive) → Ready: hand an
 //! [`Endpoint`] to the app supervisor → on exit, failed start or recycle: the
 //! actor stops with a [`StopReason`] and the app supervisor decides. `Drain` is
 //! the planned stop: a start under way is abandoned (the runtime removes what it
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::app_supervisor::AppMsg;
 use crate::log_ring::LogRing;
-use crate::readiness::{NotReady, PROBE_INTERVAL};
+use crate::readiness::{probe_delay, NotReady};
 use crate::routing::Endpoint;
 use crate::runtime::{ExitInfo, InstanceRuntime, InstanceSpec, RuntimeError, Started};
 use crate::stop_reason::{ReasonSlot, StopReason};
@@ -90,6 +91,8 @@ pub struct InstanceState {
     starting: Option<Starting>,
     running: Option<Running>,
     started_at: Instant,
+    /// Readiness probes that found nothing answering yet.
+    probes_failed: u32,
     drain_deadline: Option<Instant>,
     idle_once: bool,
 }
@@ -238,7 +241,8 @@ impl InstanceState {
             }
             self.finish(myself, StopReason::Failed(report));
         } else {
-            myself.send_after(PROBE_INTERVAL, || InstanceMsg::Probe);
+            myself.send_after(probe_delay(self.probes_failed), || InstanceMsg::Probe);
+            self.probes_failed += 1;
         }
         Ok(())
     }
@@ -269,6 +273,7 @@ impl Actor for InstanceActor {
             starting: Some(Starting { task, result }),
             running: None,
             started_at: Instant::now(),
+            probes_failed: 0,
             drain_deadline: None,
             idle_once: false,
         })

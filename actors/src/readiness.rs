@@ -1,6 +1,9 @@
-//! Readiness, as the Azure host checks it: `GET http://127.0.0.1:{port}/` every
-//! 25 ms; any HTTP response (even a 404) means ready; connection errors mean keep
-//! waiting; the instance exiting or the start-up limit passing means it failed.
+//! Readiness, as the Azure host checks it: `GET http://127.0.0.1:{port}/`; any
+//! HTTP response (even a 404) means ready; connection errors mean keep waiting; the
+//! instance exiting or the start-up limit passing means it failed. The Azure host
+//! probes every 25 ms; Strom probes 1 ms after the start and then at doubling
+//! intervals up to 25 ms ([`probe_delay`]), so a handler that is ready in 4 ms is
+//! not found 25 ms later (a refused probe on loopback costs microseconds).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +15,14 @@ use tokio::time::Instant;
 
 use crate::runtime::ExitInfo;
 
+/// The longest wait between two probes (the Azure host's interval).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The wait before probe number `attempt` + 1, after `attempt` failed probes:
+/// 1, 2, 4, 8, 16, then 25 ms.
+pub fn probe_delay(attempt: u32) -> Duration {
+    Duration::from_millis(1u64 << attempt.min(5)).min(PROBE_INTERVAL)
+}
 
 /// How long a successful probe waits for the rest of the answer before it closes.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
@@ -59,6 +69,7 @@ pub async fn wait_ready(
     limit: Duration,
 ) -> Result<Duration, NotReady> {
     let start = Instant::now();
+    let mut attempt = 0;
     loop {
         if let Some(info) = exited.borrow().clone() {
             return Err(NotReady::Exited(info));
@@ -70,9 +81,10 @@ pub async fn wait_ready(
             return Err(NotReady::Timeout(limit));
         }
         tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = tokio::time::sleep(probe_delay(attempt)) => {}
             _ = exited.changed() => {}
         }
+        attempt += 1;
     }
 }
 
@@ -80,6 +92,13 @@ pub async fn wait_ready(
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn probes_start_1_ms_apart_and_back_off_to_the_azure_interval() {
+        let waits: Vec<u64> = (0..8).map(|a| probe_delay(a).as_millis() as u64).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 25, 25, 25]);
+        assert_eq!(probe_delay(u32::MAX), PROBE_INTERVAL);
+    }
 
     /// A handler that answers in pieces must see every write succeed: the probe reads
     /// the whole answer instead of resetting the connection after "HTTP/".

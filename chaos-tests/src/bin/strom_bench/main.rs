@@ -248,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                 out!();
                 timers::run(&builds, seconds).await?;
             }
-            _ => containers::run(&builds.current).await?,
+            _ => containers::run(&builds).await?,
         }
     }
     if write_docs {
