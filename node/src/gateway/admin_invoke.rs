@@ -204,7 +204,8 @@ impl Gateway {
             }),
         );
         let payload = json!({"Data": data, "Metadata": metadata});
-        let mut request = invocation_request(endpoint.addr, &target.function, &id, &payload);
+        let payload = Bytes::from(payload.to_string());
+        let mut request = invocation_request(endpoint.addr, &target.function, &id, payload);
         span.inject(request.headers_mut());
         let (in_flight, from_line) = endpoint.begin_invocation(&id);
         let started_at_ms = super::invoke::now_ms();

@@ -13,7 +13,7 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Version};
 use strom_proto::manifest::{FunctionManifest, HostConfig, Trigger};
 
-use super::json_mode::{self, request_payload, HttpRequestData};
+use super::json_mode::{self, HttpRequestData, InvocationPayload};
 use super::responses::{full, Body, BoxError, Guarded};
 use super::HOST_VERSION;
 
@@ -164,73 +164,74 @@ pub fn json_request(
     addr: SocketAddr,
     call: &Invocation<'_>,
 ) -> Request<Full<Bytes>> {
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    let url = format!(
-        "http://{}{}",
-        if call.host.is_empty() {
-            "localhost"
-        } else {
-            call.host
-        },
+    let data = HttpRequestData::new(
+        call.host,
         parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let data = HttpRequestData {
-        url,
-        method: parts.method.as_str(),
-        query: call.query,
-        headers: &headers,
-        params: call.params,
-        content_type: parts
+            .unwrap_or("/"),
+        parts.method.as_str(),
+        call.query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        call.params,
+        parts
             .headers
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
         body,
-    };
-    let payload = request_payload(
-        &data,
-        call.binding,
-        call.function,
-        &humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-        &fast_uuid(),
     );
-    invocation_request(addr, call.function, call.id, &payload)
+    let payload = InvocationPayload {
+        req: &data,
+        binding: call.binding,
+        function: call.function,
+        utc_now: std::time::SystemTime::now(),
+        rand_guid: &fast_uuid(),
+    };
+    // Sized for the usual payload: the body and headers twice over, and the frame.
+    let mut buf = Vec::with_capacity(1024 + body.len() * 2);
+    serde_json::to_writer(&mut buf, &payload).expect("a payload of strings serializes");
+    invocation_request(addr, call.function, call.id, Bytes::from(buf))
 }
 
 /// JSON mode: `POST /{function}` with an invocation payload (`Data`, `Metadata`),
-/// as the Azure host sends it.
+/// as the Azure host sends it. Built in place (no `request::Builder`, which parses
+/// every name and value again).
 pub fn invocation_request(
     addr: SocketAddr,
     function: &str,
     id: &str,
-    payload: &serde_json::Value,
+    payload: Bytes,
 ) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method("POST")
-        .uri(format!("/{function}"))
-        .header(hyper::header::HOST, addr.to_string())
-        .header(
-            hyper::header::CONTENT_TYPE,
-            "application/json; charset=utf-8",
-        )
-        .header("x-azure-functions-invocationid", id)
-        .header("x-azure-functions-hostversion", HOST_VERSION)
-        .header(
-            hyper::header::USER_AGENT,
-            concat!(
-                "Azure-Functions-Host/4.0.0-strom.",
-                env!("CARGO_PKG_VERSION")
-            ),
-        )
-        .body(Full::new(Bytes::from(payload.to_string())))
-        .expect("valid request")
+    let mut request = Request::new(Full::new(payload));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = format!("/{function}")
+        .parse()
+        .expect("a function name makes a path");
+    let headers = request.headers_mut();
+    headers.reserve(5);
+    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+        headers.insert(hyper::header::HOST, host);
+    }
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    if let Ok(id) = HeaderValue::from_str(id) {
+        headers.insert(INVOCATION_ID, id);
+    }
+    headers.insert(HOST_VERSION_HEADER, HeaderValue::from_static(HOST_VERSION));
+    headers.insert(
+        hyper::header::USER_AGENT,
+        HeaderValue::from_static(concat!(
+            "Azure-Functions-Host/4.0.0-strom.",
+            env!("CARGO_PKG_VERSION")
+        )),
+    );
+    request
 }
 
 /// The HTTP response a JSON-mode handler's `http` output describes.
