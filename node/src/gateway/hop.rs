@@ -404,6 +404,12 @@ impl Gateway {
         let me = inner.config.node_id;
         let deadline = Instant::now() + inner.config.cold_start_timeout;
         loop {
+            // The signals first, then the routes: a change after this look wakes the
+            // wait below (a clone of the gateway's receiver would count every change
+            // since the gateway started as new, and the wait would spin).
+            let local = inner.routing.changed();
+            let mut view = inner.view.clone();
+            view.mark_unchanged();
             let routes = inner.routes.load();
             let placements = routes.apps.get(app).map(|a| &a.placements);
             let mut tried: Vec<NodeId> = Vec::new();
@@ -457,10 +463,8 @@ impl Gateway {
             }
             // Cold start somewhere else: look again after a local change, a new
             // view, or a short pause (not a tight loop of hops).
-            let changed = inner.routing.changed();
-            let mut view = inner.view.clone();
             tokio::select! {
-                _ = changed => {}
+                _ = local => {}
                 _ = view.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }

@@ -321,6 +321,12 @@ impl Gateway {
         let path = format!("/admin/functions/{}", run.timer.function);
         let mut last_error = String::new();
         loop {
+            // The signals first, then the routes: a change after this look wakes the
+            // wait below (a clone of the gateway's receiver would count every change
+            // since the gateway started as new, and the wait would spin).
+            let local = inner.routing.changed();
+            let mut view = inner.view.clone();
+            view.mark_unchanged();
             let routes = inner.routes.load();
             let order = routes
                 .apps
@@ -390,9 +396,8 @@ impl Gateway {
                     started,
                 ));
             }
-            let mut view = inner.view.clone();
             tokio::select! {
-                _ = inner.routing.changed() => {}
+                _ = local => {}
                 _ = view.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
