@@ -183,7 +183,8 @@ impl Strom {
         let target = format!("/api/{app}/x");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let ok = status_of(self.http, &target).await == Some(200);
+            // At 0 a request would wait for an instance (up to the start-up limit).
+            let ok = n == 0 || status_of(self.http, &target).await == Some(200);
             let count = self.ready_instances(app)?;
             if count == n && (n == 0 || ok) {
                 return Ok(());

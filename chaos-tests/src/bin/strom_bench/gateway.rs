@@ -186,6 +186,7 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
     write_app(&app, &handler)?;
     let http_port = start_strom_up(&bins.join("strom"), &app, &work.path().join("data")).await?;
     let _strom = http_port.1;
+    let strom_pid = _strom.0.id();
     let http_port = http_port.0;
     // An older build's gateway beside it (`--before`), same app and handler.
     let before = match &builds.before {
@@ -259,7 +260,16 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
     let mut rows = Vec::new();
     for connections in [1usize, 32] {
         for t in &targets {
+            let profiled = match (connections, t.name) {
+                (32, "strom gateway, forwarding mode") => Some("gateway-forwarding-32"),
+                (32, "strom gateway, JSON mode") => Some("gateway-json-32"),
+                _ => None,
+            };
+            let recording = profiled.and_then(|name| profile::start(name, &[strom_pid]));
             let r = load(t, connections, seconds).await?;
+            if let Some(recording) = recording {
+                recording.finish();
+            }
             out!(
                 "| {} | {connections} | {:.0} | {:.0} | {:.0} | {} |",
                 t.name,

@@ -51,7 +51,8 @@
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
 //! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR]
-//! [--no-write]`. The gateway and HA sections build the release `strom` binaries if
+//! [--no-write] [--perf DIR]`. `--perf DIR` records CPU profiles of the gateway and
+//! commit measurements for flame graphs (`profile.rs`). The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
 //! the generated block of `docs/benchmarks.md` and `docs/benchmarks.svg`.
@@ -86,6 +87,7 @@ mod fanout;
 mod gateway;
 mod ha;
 mod placements;
+mod profile;
 mod timers;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
@@ -197,7 +199,14 @@ async fn main() -> anyhow::Result<()> {
             bail!("--before {}: no `strom` binary there", dir.display());
         }
     }
-    let write_docs = only.is_none() && before.is_none() && !args.iter().any(|a| a == "--no-write");
+    let perf = value_of("--perf").map(PathBuf::from);
+    if let Some(dir) = &perf {
+        profile::profile_into(dir.clone())?;
+    }
+    let write_docs = only.is_none()
+        && before.is_none()
+        && perf.is_none()
+        && !args.iter().any(|a| a == "--no-write");
     machine_facts(before.as_deref());
     let needs_build = wanted
         .iter()

@@ -127,7 +127,14 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
     let mut runs = Vec::new();
     let mut against_before = Vec::new();
     for clients in CLIENT_COUNTS {
+        let pids: Vec<u32> = (0..strom.members())
+            .map(|m| strom.pid(m))
+            .collect::<anyhow::Result<_>>()?;
+        let recording = crate::profile::start(&format!("commit-{clients}-clients"), &pids);
         let s = commit_load(&strom, clients, seconds).await?;
+        if let Some(recording) = recording {
+            recording.finish();
+        }
         print_commit_row("strom (SetAppSettings, gRPC)", clients, &s);
         if let Some(b) = &before {
             let b = commit_load(b, clients, seconds).await?;
