@@ -2,8 +2,8 @@
 //!
 //! Lifecycle: the start runs in a task that reports back (`StartDone`), so the
 //! actor answers `Drain` while a slow start (a container) is under way, and its
-//! supervisor starts many instances at once → probe readiness 1 ms after the
-//! start, then at doubling intervals up to 25 ms (one probe per message, so the
+//! supervisor starts many instances at once → probe readiness every 1 ms for the
+//! first 10 ms, then at doubling intervals up to 25 ms (one probe per message, so the
 //! mailbox stays responsive) → Ready: hand an
 //! [`Endpoint`] to the app supervisor → on exit, failed start or recycle: the
 //! actor stops with a [`StopReason`] and the app supervisor decides. `Drain` is

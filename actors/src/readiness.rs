@@ -1,9 +1,9 @@
 //! Readiness, as the Azure host checks it: `GET http://127.0.0.1:{port}/`; any
 //! HTTP response (even a 404) means ready; connection errors mean keep waiting; the
 //! instance exiting or the start-up limit passing means it failed. The Azure host
-//! probes every 25 ms; Strom probes 1 ms after the start and then at doubling
-//! intervals up to 25 ms ([`probe_delay`]), so a handler that is ready in 4 ms is
-//! not found 25 ms later (a refused probe on loopback costs microseconds).
+//! probes every 25 ms; Strom probes every 1 ms for the first 10 ms, then at
+//! doubling intervals up to 25 ms ([`probe_delay`]), so a handler that is ready in
+//! 4 ms is not found 25 ms later (a refused probe on loopback costs microseconds).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,10 +18,14 @@ use crate::runtime::ExitInfo;
 /// The longest wait between two probes (the Azure host's interval).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
+/// Probes 1 ms apart at first (a compiled handler is ready within a few ms).
+const QUICK_PROBES: u32 = 10;
+
 /// The wait before probe number `attempt` + 1, after `attempt` failed probes:
-/// 1, 2, 4, 8, 16, then 25 ms.
+/// 1 ms for the first 10, then 2, 4, 8, 16, and 25 ms from then on.
 pub fn probe_delay(attempt: u32) -> Duration {
-    Duration::from_millis(1u64 << attempt.min(5)).min(PROBE_INTERVAL)
+    let doubling = attempt.saturating_sub(QUICK_PROBES - 1).min(5);
+    Duration::from_millis(1u64 << doubling).min(PROBE_INTERVAL)
 }
 
 /// How long a successful probe waits for the rest of the answer before it closes.
@@ -95,8 +99,11 @@ mod tests {
 
     #[test]
     fn probes_start_1_ms_apart_and_back_off_to_the_azure_interval() {
-        let waits: Vec<u64> = (0..8).map(|a| probe_delay(a).as_millis() as u64).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 25, 25, 25]);
+        let waits: Vec<u64> = (0..17).map(|a| probe_delay(a).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 25, 25, 25]
+        );
         assert_eq!(probe_delay(u32::MAX), PROBE_INTERVAL);
     }
 
