@@ -51,8 +51,10 @@
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
 //! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR]
-//! [--no-write] [--perf DIR]`. `--perf DIR` records CPU profiles of the gateway and
-//! commit measurements for flame graphs (`profile.rs`). The gateway and HA sections build the release `strom` binaries if
+//! [--no-write] [--perf DIR] [--steady SECONDS]`. `--perf DIR` records CPU profiles
+//! of the gateway and commit measurements for flame graphs (`profile.rs`);
+//! `--steady SECONDS` adds the counterweight to the HA section: steady writes with
+//! two busy loops on the machine, and whether the leader changed (`ha/steady.rs`). The gateway and HA sections build the release `strom` binaries if
 //! needed; each section prints Markdown tables (latency, throughput and ratios) after
 //! a table of machine facts. A full run (every section, no `--before`) also writes
 //! the generated block of `docs/benchmarks.md` and `docs/benchmarks.svg`.
@@ -193,6 +195,11 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(FAILOVER_TRIALS);
+    let steady: f64 = value_of("--steady")
+        .map(|s| s.parse())
+        .transpose()
+        .context("--steady SECONDS")?
+        .unwrap_or(0.0);
     let before = value_of("--before").map(PathBuf::from);
     if let Some(dir) = &before {
         if !dir.join("strom").is_file() {
@@ -245,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
             "ha" => {
                 out!("### Commit latency, throughput, failover and memory: Strom vs etcd");
                 out!();
-                ha::run(&builds, seconds, trials).await?;
+                ha::run(&builds, seconds, trials, steady).await?;
             }
             "checkpoints" => {
                 out!("### Checkpoints: time and size for 100 apps, and writes while they run");

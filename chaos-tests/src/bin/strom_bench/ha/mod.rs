@@ -37,6 +37,7 @@ mod daemon;
 mod etcd_group;
 mod failover;
 mod replicated;
+mod steady;
 mod strom_group;
 
 /// The app whose settings the write load changes (scaled to 0: nothing runs).
@@ -61,7 +62,12 @@ const STROM_LOG: &str = "error,openraft=off";
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result<()> {
+pub async fn run(
+    builds: &Builds,
+    seconds: f64,
+    trials: usize,
+    steady_seconds: f64,
+) -> anyhow::Result<()> {
     let bins = builds.current.clone();
     let work = tempfile::tempdir()?;
     let handler = bins.join("strom-test-handler");
@@ -266,6 +272,15 @@ pub async fn run(builds: &Builds, seconds: f64, trials: usize) -> anyhow::Result
     }
     drop(etcd);
     drop(before);
+
+    // The counterweight: no leader change under load (`--steady SECONDS`).
+    out!();
+    if steady_seconds > 0.0 {
+        let r = steady::steady(&strom, steady_seconds).await?;
+        steady::print_steady(&r);
+    } else {
+        out!("Steady writes with two busy loops (the counterweight to fast failover): not run; `--steady 600` runs it for the issue's 10 minutes.");
+    }
 
     // A worker-only node: idle, then with one instance.
     let worker = strom.start_worker(4).await?;
