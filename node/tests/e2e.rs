@@ -849,19 +849,23 @@ fn t52_old_versions_and_deleted_apps_leave_the_disks() {
         || (names(&unpacked) == vec![deployed[3].clone()]).then_some(()),
     );
 
-    // Scaled to 0 on purpose, the app keeps its active version unpacked (without
-    // this, it was removed within milliseconds of the instance stopping), so
-    // scaling it up again starts without unpacking first.
+    // Scaled to 0 and up again, the app keeps its active version unpacked (it was
+    // removed when the instance stopped and unpacked again for the scale-up): a
+    // file left in the unpacked folder is still there when it serves again.
+    let marker = unpacked.join(&deployed[3]).join("still-unpacked");
+    std::fs::write(&marker, "").unwrap();
     assert_eq!(up.strom(&["app", "scale", "rolling", "0"]).code, 0);
     eventually(Duration::from_secs(20), "no instance left", || {
         instances(&up, "rolling").is_empty().then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(names(&unpacked), vec![deployed[3].clone()]);
     assert_eq!(up.strom(&["app", "scale", "rolling", "1"]).code, 0);
     eventually(Duration::from_secs(20), "serving again", || {
         (get(&up.http, "/api/items/1").status == 200).then_some(())
     });
+    assert!(
+        marker.exists(),
+        "the unpacked version was removed and unpacked again"
+    );
 
     assert_eq!(up.strom(&["app", "delete", "rolling"]).code, 0);
     eventually(Duration::from_secs(20), "no package left", || {

@@ -72,10 +72,9 @@ async fn until_ok(addr: SocketAddr, target: &str, t0: Instant) -> anyhow::Result
 
 /// The `q` quantile (nearest rank) in ms.
 fn quantile_ms(v: &[Duration], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1].as_secs_f64() * 1000.0
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    crate::quantile(&ms, q)
 }
 
 fn median_ms(v: &mut [Duration]) -> f64 {

@@ -185,8 +185,8 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
     let app = work.path().join("bench");
     write_app(&app, &handler)?;
     let http_port = start_strom_up(&bins.join("strom"), &app, &work.path().join("data")).await?;
-    let _strom = http_port.1;
-    let strom_pid = _strom.0.id();
+    let strom = http_port.1;
+    let strom_pid = strom.0.id();
     let http_port = http_port.0;
     // An older build's gateway beside it (`--before`), same app and handler.
     let before = match &builds.before {

@@ -119,6 +119,12 @@ impl Drop for Proc {
     }
 }
 
+/// The `q` quantile of sorted values, nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// The binaries measured: this build's, and an older build's for comparison.
 #[derive(Debug, Clone)]
 pub struct Builds {

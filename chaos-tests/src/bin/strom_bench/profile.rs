@@ -40,18 +40,23 @@ pub struct Recording {
 pub fn start(name: &str, pids: &[u32]) -> Option<Recording> {
     let dir = DIR.get()?;
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let data = dir.join(format!("{name}.data"));
+    let _ = std::fs::remove_file(&data);
     let child = Command::new("perf")
         .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-p"])
         .arg(pids.join(","))
         .arg("-o")
-        .arg(dir.join(format!("{name}.data")))
+        .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
     match child {
         Ok(child) => {
-            // perf attaches before it samples.
-            std::thread::sleep(Duration::from_millis(300));
+            // perf writes its file's header once it has attached.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !data.is_file() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Some(Recording {
                 child,
                 name: name.to_string(),

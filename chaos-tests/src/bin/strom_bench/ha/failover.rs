@@ -137,12 +137,6 @@ pub(super) async fn first_ack(
     }
 }
 
-/// The `q` quantile of sorted values, nearest rank.
-pub(super) fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// The header of the table [`print_failover_row`] fills.
 pub(super) fn print_failover_header() {
     out!("| system | trials | new leader p50 / p99 ms | first ack p50 ms | p99 ms | max ms | min ms | p99 vs {FAILOVER_GOAL_MS:.0} ms goal |");

@@ -21,7 +21,7 @@ use strom_proto::admin_v1::{ScaleAppRequest, SetAppSettingsRequest};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{proc_kb, which, Builds};
+use super::{proc_kb, quantile, which, Builds};
 use strom_testkit::ports::free_port;
 
 use commit::{commit_load, print_commit_row};
