@@ -52,7 +52,7 @@ use crate::{retention, scheduler, timer_plan};
 const DUTY_TICK: Duration = Duration::from_millis(200);
 /// How often the leader asks members for their build and protocol.
 const VERSION_REFRESH: Duration = Duration::from_secs(3);
-/// Least time between the starts of two rounds woken by state changes.
+/// Least time between two rounds woken by state changes.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(10);
 /// The scheduler runs at least this often, changed or not.
 const PLAN_EVERY: Duration = Duration::from_secs(1);
@@ -272,7 +272,6 @@ impl Term {
         let mut state = self.node.state.clone();
         let mut state_open = true;
         let mut next_round = Instant::now();
-        let mut last_round: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -283,15 +282,10 @@ impl Term {
                 _ = tokio::time::sleep_until(next_round) => {}
                 changed = state.changed(), if state_open => {
                     state_open = changed.is_ok();
-                    // At once after a quiet spell; within a burst, one round per gap.
-                    let earliest = last_round.map_or(Instant::now(), |t| {
-                        (t + MIN_ROUND_GAP).max(Instant::now())
-                    });
-                    next_round = next_round.min(earliest);
+                    next_round = next_round.min(Instant::now() + MIN_ROUND_GAP);
                     continue;
                 }
             }
-            last_round = Some(Instant::now());
             self.round().await;
             next_round = Instant::now() + DUTY_TICK;
             if let Some(wake) = self.timer_wake {
