@@ -11,7 +11,6 @@
 //! be committing.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -91,13 +90,7 @@ impl BlobStore {
             path: target.clone(),
             source,
         };
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
-        tmp.write_all(bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&target).map_err(|e| io(e.error))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        crate::durable::write_durably(&target, bytes).map_err(io)?;
         Ok(id)
     }
 

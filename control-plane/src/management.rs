@@ -166,22 +166,10 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StartError + '_ {
     }
 }
 
-/// Write a secret file readable by its owner only.
+/// Write a secret file (a line of text) readable by its owner only, atomically and
+/// durably.
 pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(contents.as_bytes())?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::durable::write_durably(path, format!("{contents}\n").as_bytes())
 }
 
 /// A new random secret token: `strom_` + 32 random bytes, base64url.

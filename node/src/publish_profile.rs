@@ -1,7 +1,6 @@
 //! Publish profiles: the `.PublishSettings` XML that Visual Studio (and other
 //! tools that read Azure's publish profiles) imports to zip-deploy an app.
 
-use std::io::Write;
 use std::path::Path;
 
 /// What a profile names.
@@ -52,21 +51,7 @@ pub fn render(p: &Profile<'_>) -> String {
 
 /// Write `bytes` to `path`, readable by its owner only (it holds a credential).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(bytes)?;
-    f.sync_all()
+    strom_control_plane::durable::write_durably(path, bytes)
 }
 
 #[cfg(test)]
