@@ -200,6 +200,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
     // The timer apps' handlers record their runs here (every node sees it).
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared)?;
+    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))?;

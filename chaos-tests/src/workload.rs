@@ -100,8 +100,12 @@ pub fn write_ledger_app(dir: &Path) -> anyhow::Result<()> {
     )?;
     let handler = dir.join("handler");
     std::fs::write(&handler, "#!/bin/false\n")?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&handler, std::fs::Permissions::from_mode(0o755))?;
+    // Its nodes are Linux containers: the handler must be executable there.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&handler, std::fs::Permissions::from_mode(0o755))?;
+    }
     Ok(())
 }
 

@@ -709,6 +709,9 @@ pub(crate) mod tests {
     /// A validated manifest of an app whose functions are `(name, function.json)`.
     pub(crate) fn manifest(prefix: &str, functions: &[(&str, &str)]) -> AppManifest {
         let dir = tempfile::tempdir().unwrap();
+        // The handler is in the package (a bare command would depend on this
+        // machine's PATH: no `sh` on Windows).
+        std::fs::write(dir.path().join("sh"), "").unwrap();
         std::fs::write(
             dir.path().join("host.json"),
             format!(

@@ -318,6 +318,9 @@ mod tests {
 
     fn app(prefix: &str, functions: &[(&str, &str, &str)]) -> AppManifest {
         let dir = tempfile::tempdir().unwrap();
+        // The handler is in the package (a bare command would depend on this
+        // machine's PATH: no `sh` on Windows).
+        std::fs::write(dir.path().join("sh"), "").unwrap();
         std::fs::write(
             dir.path().join("host.json"),
             format!(

@@ -525,6 +525,9 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .last_modified_time(zip::DateTime::default())
+            // Unix modes on every platform (zip writes DOS entries on Windows,
+            // whose modes a Linux worker would read as 0o664: no handler to run).
+            .system(zip::System::Unix)
             .unix_permissions(permissions(meta))
             .large_file(meta.len() >= u64::from(u32::MAX));
         if meta.file_type().is_symlink() {
@@ -573,13 +576,11 @@ fn permissions(meta: &std::fs::Metadata) -> u32 {
     meta.permissions().mode() & 0o777
 }
 
+/// Windows has no executable bit to read: every file is recorded 0o755, so a
+/// package zipped on Windows runs on a Linux worker whichever file is its handler.
 #[cfg(not(unix))]
-fn permissions(meta: &std::fs::Metadata) -> u32 {
-    if meta.is_dir() {
-        0o755
-    } else {
-        0o644
-    }
+fn permissions(_meta: &std::fs::Metadata) -> u32 {
+    0o755
 }
 
 #[cfg(test)]
@@ -592,7 +593,9 @@ pub(crate) mod tests {
     pub(crate) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
         for (name, content) in files {
-            let opts = SimpleFileOptions::default().unix_permissions(0o755);
+            let opts = SimpleFileOptions::default()
+                .system(zip::System::Unix)
+                .unix_permissions(0o755);
             if let Some(target) = content.strip_prefix("->") {
                 w.add_symlink(*name, target, opts).unwrap();
             } else if name.ends_with('/') {
@@ -850,7 +853,7 @@ pub(crate) mod tests {
             ]
         );
         assert!(pkg.host_json.is_some());
-        #[cfg(unix)]
+        // Recorded as a Unix mode on every platform (on Windows: 0o755).
         assert_eq!(
             pkg.files["handler"].unix_mode.map(|m| m & 0o777),
             Some(0o755)

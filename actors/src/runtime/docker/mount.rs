@@ -57,6 +57,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn unpacked_files_are_opened_to_the_container_user() {
         use std::os::unix::fs::PermissionsExt;
