@@ -11,6 +11,8 @@
 
 pub mod docker;
 pub mod fake;
+#[cfg(windows)]
+pub mod job;
 pub mod process;
 pub mod select;
 
@@ -90,6 +92,8 @@ pub enum ExitInfo {
 impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Windows' NTSTATUS exit codes (0xC0000005, …) as Windows shows them.
+            ExitInfo::Code(c) if *c < 0 => write!(f, "exited with code {:#010X}", *c as u32),
             ExitInfo::Code(c) => write!(f, "exited with code {c}"),
             ExitInfo::Signal(s) => write!(f, "killed by signal {s}"),
             ExitInfo::OutOfMemory => write!(f, "killed: out of memory"),
@@ -258,6 +262,16 @@ pub fn expand_settings(text: &str, settings: &BTreeMap<String, String>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_codes_read_as_their_platform_shows_them() {
+        assert_eq!(ExitInfo::Code(7).to_string(), "exited with code 7");
+        // STATUS_ACCESS_VIOLATION, as Windows reports a crashed handler.
+        assert_eq!(
+            ExitInfo::Code(0xC000_0005_u32 as i32).to_string(),
+            "exited with code 0xC0000005"
+        );
+    }
 
     #[test]
     fn output_is_split_into_lines_however_it_arrives() {

@@ -8,7 +8,11 @@
 //!   `FUNCTIONS_CUSTOMHANDLER_PORT` (a free port), `FUNCTIONS_CUSTOMHANDLER_WORKER_ID`,
 //!   `FUNCTIONS_APP_ROOT_PATH` and the legacy `FUNCTIONS_HTTPWORKER_PORT`/`_ID`.
 //! - Own process group (Unix), so stop and cleanup reach the handler's children too:
-//!   SIGTERM to the group, a grace period, then SIGKILL to the group.
+//!   SIGTERM to the group, a grace period, then SIGKILL to the group. On Windows a
+//!   Job Object of its own ([`super::job`]): kill-on-close (the handler dies with
+//!   the node, even a killed one), a Ctrl-Break to its console process group, the
+//!   grace period, then `TerminateJobObject`; `STROM_MEMORY_MB` and
+//!   `STROM_CONTAINER_CPUS` are enforced by the job.
 //! - Durable: a pid file per running instance under `<data-dir>/run/instances/`, so
 //!   after the node itself was killed (`kill -9`) the next start kills the process
 //!   groups it left behind ([`reap_orphans`]). The pid file records the process start
@@ -200,12 +204,36 @@ impl InstanceRuntime for ProcessRuntime {
             .kill_on_drop(true);
         #[cfg(unix)]
         cmd.process_group(0);
+        #[cfg(windows)]
+        cmd.creation_flags(super::job::NEW_PROCESS_GROUP);
+        #[cfg(windows)]
+        let limits = windows_limits(spec).map_err(|source| RuntimeError::Spawn {
+            program: program.display().to_string(),
+            dir: dir.clone(),
+            source,
+        })?;
         let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
             program: program.display().to_string(),
             dir: dir.clone(),
             source,
         })?;
         let pid = child.id();
+        #[cfg(windows)]
+        let job = {
+            let job = windows_job(limits, &child).map_err(|source| RuntimeError::Spawn {
+                program: program.display().to_string(),
+                dir: dir.clone(),
+                source,
+            });
+            match job {
+                Ok(job) => std::sync::Arc::new(job),
+                Err(e) => {
+                    // A handler that cannot be contained does not run.
+                    let _ = child.start_kill();
+                    return Err(e);
+                }
+            }
+        };
         let pid_path = pid.map(|p| self.pid_dir.join(format!("{p}.json")));
         if let (Some(pid), Some(path)) = (pid, &pid_path) {
             let record = PidFile {
@@ -239,6 +267,8 @@ impl InstanceRuntime for ProcessRuntime {
             ));
         }
         let (exit_tx, exited) = watch::channel(None);
+        #[cfg(windows)]
+        let job_of_task = job.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let info = match status {
@@ -250,6 +280,8 @@ impl InstanceRuntime for ProcessRuntime {
             if let Some(pid) = pid {
                 kill_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            #[cfg(windows)]
+            let _ = job_of_task.terminate(1);
             // Its last lines are read before its end is reported (a failure report
             // quotes them).
             let _ =
@@ -266,7 +298,12 @@ impl InstanceRuntime for ProcessRuntime {
             logs,
             lines: Some(lines),
             exited: exited.clone(),
-            control: Box::new(ProcessControl { pid, exited }),
+            control: Box::new(ProcessControl {
+                pid,
+                exited,
+                #[cfg(windows)]
+                job,
+            }),
             not_ready_hint: None,
         })
     }
@@ -314,11 +351,40 @@ fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal);
 }
 
+/// The limits of the app's runtime settings, for its handler's Job Object.
+#[cfg(windows)]
+fn windows_limits(spec: &InstanceSpec) -> std::io::Result<super::job::Limits> {
+    let settings = strom_proto::runtime_settings::RuntimeSettings::parse(&spec.settings)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(super::job::Limits::new(
+        settings.memory_mb,
+        settings.nano_cpus,
+        cpus,
+    ))
+}
+
+/// The handler's Job Object, with `limits`, the handler in it.
+#[cfg(windows)]
+fn windows_job(
+    limits: super::job::Limits,
+    child: &tokio::process::Child,
+) -> std::io::Result<super::job::Job> {
+    let job = super::job::Job::new(limits)?;
+    let handle = child
+        .raw_handle()
+        .ok_or_else(|| std::io::Error::other("the handler exited before it joined its job"))?;
+    job.assign(handle)?;
+    Ok(job)
+}
+
 struct ProcessControl {
-    /// The process group to signal (Unix; Windows has no counterpart here yet).
-    #[cfg_attr(not(unix), allow(dead_code))]
+    /// The process group to signal (Unix), the console process group (Windows).
     pid: Option<u32>,
     exited: watch::Receiver<Option<ExitInfo>>,
+    /// Everything the handler started (Windows).
+    #[cfg(windows)]
+    job: std::sync::Arc<super::job::Job>,
 }
 
 async fn wait_exit(
@@ -342,6 +408,12 @@ impl InstanceControl for ProcessControl {
         if let Some(pid) = self.pid {
             kill_group(pid, nix::sys::signal::Signal::SIGTERM);
         }
+        #[cfg(windows)]
+        if let Some(pid) = self.pid {
+            if let Err(e) = super::job::ctrl_break(pid) {
+                tracing::debug!(pid, "Ctrl-Break to the handler: {e}");
+            }
+        }
         if let Some(info) = wait_exit(&mut self.exited, grace).await {
             return info;
         }
@@ -349,9 +421,13 @@ impl InstanceControl for ProcessControl {
         if let Some(pid) = self.pid {
             kill_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        #[cfg(windows)]
+        if let Err(e) = self.job.terminate(1) {
+            tracing::warn!(pid = ?self.pid, "terminating the handler's job: {e}");
+        }
         wait_exit(&mut self.exited, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|| ExitInfo::Other("did not exit after SIGKILL".into()))
+            .unwrap_or_else(|| ExitInfo::Other("did not exit after it was killed".into()))
     }
 }
 
@@ -393,4 +469,59 @@ pub fn reap_orphans(run_dir: &Path) -> Vec<u32> {
         let _ = std::fs::remove_file(&path);
     }
     killed
+}
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use strom_proto::ids::{AppName, VersionId};
+    use strom_proto::manifest::CustomHandler;
+
+    /// `ping` (on every Windows and in Wine) stands in for a handler that runs until
+    /// stopped; it shrugs off Ctrl-Break, so a stop must end it through its job.
+    fn spec(root: &Path) -> InstanceSpec {
+        InstanceSpec {
+            app: AppName::parse("win-test").unwrap(),
+            version: VersionId::of_bytes(b"v1"),
+            instance_id: "win-test-1".into(),
+            app_root: root.to_path_buf(),
+            handler: CustomHandler {
+                default_executable_path: "ping.exe".into(),
+                arguments: vec!["-n".into(), "120".into(), "127.0.0.1".into()],
+                working_directory: None,
+                enable_forwarding_http_request: false,
+            },
+            settings: BTreeMap::from([("STROM_MEMORY_MB".to_string(), "64".to_string())]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_runs_in_its_job_and_a_stop_ends_it() {
+        let run = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(run.path()).unwrap();
+        let mut started = runtime.start(&spec(root.path())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(started.exited.borrow().is_none(), "still running");
+        let info = started.control.stop(Duration::from_millis(500)).await;
+        assert_eq!(info, ExitInfo::Code(1), "ended by TerminateJobObject");
+        assert!(started.exited.borrow().is_some());
+        // Its pid file is gone with it.
+        assert_eq!(std::fs::read_dir(run.path()).unwrap().count(), 0);
+    }
+
+    /// Refused before anything is spawned (nothing to clean up, no pid file).
+    #[tokio::test]
+    async fn bad_runtime_settings_start_nothing() {
+        let run = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut spec = spec(root.path());
+        spec.settings
+            .insert("STROM_MEMORY_MB".to_string(), "lots".to_string());
+        let runtime = ProcessRuntime::new(run.path()).unwrap();
+        let e = runtime.start(&spec).await.err().expect("refused");
+        assert!(e.to_string().contains("STROM_MEMORY_MB"), "{e}");
+        assert_eq!(std::fs::read_dir(run.path()).unwrap().count(), 0);
+    }
 }
