@@ -306,7 +306,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed at once, so a
+/// Resolves on SIGTERM, Ctrl-Break (Windows) or Ctrl-C. The SIGTERM handler is installed at once, so a
 /// SIGTERM during start-up delays is caught too.
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
@@ -319,7 +319,19 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             }
         })
     }
-    #[cfg(not(unix))]
+    // Windows: Strom's process runtime sends Ctrl-Break to the handler's process
+    // group (its SIGTERM); Ctrl-C from a console works too.
+    #[cfg(windows)]
+    {
+        let mut brk = tokio::signal::windows::ctrl_break()?;
+        Ok(async move {
+            tokio::select! {
+                _ = brk.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
