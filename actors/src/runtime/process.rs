@@ -408,12 +408,18 @@ impl InstanceControl for ProcessControl {
         if let Some(pid) = self.pid {
             kill_group(pid, nix::sys::signal::Signal::SIGTERM);
         }
+        // Windows: a Ctrl-Break that cannot be sent (no console shared with the
+        // handler, or Wine: ERROR_INVALID_ACCESS) tells the handler nothing, so
+        // there is no grace period to wait out.
         #[cfg(windows)]
-        if let Some(pid) = self.pid {
-            if let Err(e) = super::job::ctrl_break(pid) {
-                tracing::debug!(pid, "Ctrl-Break to the handler: {e}");
+        let grace = match self.pid.map(super::job::ctrl_break) {
+            Some(Ok(())) => grace,
+            Some(Err(e)) => {
+                tracing::debug!(pid = ?self.pid, "no Ctrl-Break to the handler ({e}): ending its job");
+                Duration::ZERO
             }
-        }
+            None => Duration::ZERO,
+        };
         if let Some(info) = wait_exit(&mut self.exited, grace).await {
             return info;
         }
