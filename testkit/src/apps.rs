@@ -37,6 +37,9 @@ pub fn app_zip(route: &str) -> Vec<u8> {
 pub fn manifest(host: &str, functions: &[(&str, &str)]) -> AppManifest {
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), host, functions);
+    // [`HOST`]'s `sh` in the package: validation finds it there on every platform
+    // (Windows has no `sh` on PATH).
+    std::fs::write(dir.path().join("sh"), "").unwrap();
     let zip = pack_dir(dir.path()).unwrap();
     let pkg = AppPackage::from_zip_bytes(&zip, &ZipLimits::default()).unwrap();
     validate_app(&pkg, &BTreeMap::new()).unwrap()

@@ -823,6 +823,8 @@ mod tests {
 
     fn manifest(functions: &[(&str, &str, &str)]) -> AppManifest {
         let dir = tempfile::tempdir().unwrap();
+        // The handler is in the package (Windows has no `sh` on PATH).
+        std::fs::write(dir.path().join("sh"), "").unwrap();
         std::fs::write(
             dir.path().join("host.json"),
             r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"sh"}}}"#,
