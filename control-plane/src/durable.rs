@@ -22,8 +22,8 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
 }
 
 /// Write `bytes` to `path` atomically and durably. The file is readable by its owner
-/// only: 0600 on Unix; on Windows it takes the folder's ACL (the data dir's allows
-/// SYSTEM and Administrators only).
+/// only: 0600 on Unix; on Windows it takes the folder's ACL (an owner-only ACL on the
+/// data dir is issue 21's work, not done yet).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
