@@ -51,6 +51,43 @@ pub enum Command {
     /// Container images for apps (`STROM_RUNTIME=docker`), built locally.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a node as a Windows service: `strom serve --config FILE`, started with
+    /// Windows, restarted on failure, logging to `logs\` in its data dir (Windows
+    /// only; on Linux run `strom serve` under systemd).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Register the service: checks the configuration first (nothing is registered
+    /// when it is invalid), creates the data dir (SYSTEM and Administrators only),
+    /// and registers `strom.exe serve --config FILE` to start automatically as
+    /// LocalSystem, restarted when it fails. Does not start it.
+    Install(ServiceArgs),
+    /// Stop the service if it runs (a graceful stop), then remove it. The data dir
+    /// is kept.
+    Uninstall(ServiceArgs),
+    /// Start the service and wait until the node serves.
+    Start(ServiceArgs),
+    /// Stop the service gracefully (drain, hand over leadership, stop the
+    /// handlers) and wait until it has stopped.
+    Stop(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The node's configuration (`strom serve`'s TOML file). `install` registers
+    /// it; the other commands, when given, check that the service runs this one
+    /// [default: %ProgramData%\Strom\strom.toml].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The service's name; several nodes on one host need one each.
+    #[arg(long, default_value = "Strom")]
+    pub name: String,
+    /// How long `start`, `stop` and `uninstall` wait for the service, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,13 +253,18 @@ pub struct ServeArgs {
     #[arg(long, env = "STROM_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Run as the Windows service of this name (set by `strom service install`).
+    #[arg(long, hide = true, value_name = "SERVICE")]
+    #[serde(skip)]
+    pub windows_service: Option<String>,
     /// This node's id (≥ 1), unique in the cluster and kept for its data dir.
     #[arg(long, env = "STROM_NODE_ID")]
     pub node_id: Option<u64>,
     /// Roles, comma-separated: `management`, `worker` [default: management,worker].
     #[arg(long, env = "STROM_ROLES", value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
-    /// Where the node keeps its state [default: ./.strom].
+    /// Where the node keeps its state [default: ./.strom; on Windows
+    /// %ProgramData%\Strom].
     #[arg(long, env = "STROM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Control port [default: 127.0.0.1:7171].

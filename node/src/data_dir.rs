@@ -3,20 +3,43 @@
 //! and folder in it 0600/0700 — made so when it is created and on every start
 //! (an older data dir is fixed, with a log line per path).
 //!
+//! On Windows the folder gets a protected ACL (nothing inherited from where it is,
+//! e.g. `C:\ProgramData`'s read access for Users) that gives full control to SYSTEM,
+//! Administrators and the owner of each file only, inherited by everything in it:
+//! the counterpart of 0700 ([`crate::windows_acl`]).
+//!
 //! The unpacked packages under `apps/` are left readable (a container's non-root
 //! user reads its bind-mounted version folder, which it reaches without passing
 //! through the data dir); the 0700 data dir keeps other local users out of them.
 
 use std::path::{Path, PathBuf};
 
+/// `strom serve`'s data dir when none is given: `./.strom`; on Windows
+/// `%ProgramData%\Strom` (where a service's state belongs).
+pub fn default_for_serve() -> PathBuf {
+    #[cfg(windows)]
+    {
+        let program_data =
+            std::env::var_os("ProgramData").unwrap_or_else(|| r"C:\ProgramData".into());
+        PathBuf::from(program_data).join("Strom")
+    }
+    #[cfg(not(windows))]
+    {
+        PathBuf::from("./.strom")
+    }
+}
+
 /// Where the unpacked packages live, left as they are.
+#[cfg(unix)]
 const APPS: &str = "apps";
 
-/// One path whose mode was tightened: `(path, old mode, new mode)`.
-pub type Fixed = (PathBuf, u32, u32);
+/// One path whose access was tightened: `(path, what it was, what it is)`, e.g.
+/// `mode 0644`, `mode 0600` (on Windows, the folder's ACL in SDDL).
+pub type Fixed = (PathBuf, String, String);
 
 /// Create `dir` if needed and make it and everything in it (but `apps/`)
 /// readable by its owner only. Returns what it changed.
+#[cfg(unix)]
 pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
     std::fs::create_dir_all(dir)?;
     let mut fixed = Vec::new();
@@ -25,6 +48,29 @@ pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
     Ok(fixed)
 }
 
+/// Create `dir` if needed and give it the owner-only ACL, which everything in it
+/// inherits. Returns what it changed.
+#[cfg(windows)]
+pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
+    std::fs::create_dir_all(dir)?;
+    Ok(crate::windows_acl::restrict(dir)?
+        .map(|was| {
+            (
+                dir.to_path_buf(),
+                format!("ACL {was}"),
+                format!("ACL {}", crate::windows_acl::OWNER_ONLY),
+            )
+        })
+        .into_iter()
+        .collect())
+}
+
+#[cfg(unix)]
+fn mode(m: u32) -> String {
+    format!("mode {m:04o}")
+}
+
+#[cfg(unix)]
 fn walk(dir: &Path, fixed: &mut Vec<Fixed>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -64,7 +110,7 @@ fn tighten(path: &Path, owner_needs: u32, fixed: &mut Vec<Fixed>) -> std::io::Re
     }
     let new = (mode & 0o700) | owner_needs;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
-    fixed.push((path.to_path_buf(), mode, new));
+    fixed.push((path.to_path_buf(), self::mode(mode), self::mode(new)));
     Ok(())
 }
 
@@ -76,19 +122,8 @@ fn tighten_only_others_write(path: &Path, fixed: &mut Vec<Fixed>) -> std::io::Re
     if mode & 0o022 != 0 {
         let new = mode & !0o022;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
-        fixed.push((path.to_path_buf(), mode, new));
+        fixed.push((path.to_path_buf(), self::mode(mode), self::mode(new)));
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn tighten(_: &Path, _: u32, _: &mut Vec<Fixed>) -> std::io::Result<()> {
-    // Windows: the data dir inherits the ACL of where it is created.
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn tighten_only_others_write(_: &Path, _: &mut Vec<Fixed>) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -102,7 +137,7 @@ pub fn secure_and_log(dir: &Path) -> std::io::Result<()> {
     }
     for (path, old, new) in fixed {
         tracing::info!(
-            "data dir: {} was mode {old:04o}, now {new:04o} (the data dir holds secrets)",
+            "data dir: {} had {old}, now {new} (the data dir holds secrets)",
             path.display()
         );
     }
@@ -147,7 +182,11 @@ mod tests {
         assert_eq!(mode(&dir.join("apps/web/v1/handler.py")), 0o755);
         let paths: Vec<_> = fixed.iter().map(|f| f.0.clone()).collect();
         assert!(paths.contains(&dir.join("raft/log.redb")), "{fixed:?}");
-        assert!(fixed.contains(&(dir.join("worker.json"), 0o666, 0o600)));
+        assert!(fixed.contains(&(
+            dir.join("worker.json"),
+            "mode 0666".into(),
+            "mode 0600".into()
+        )));
 
         // A second start has nothing to fix.
         assert!(secure(&dir).unwrap().is_empty());

@@ -8,14 +8,18 @@ pub mod cluster_view;
 pub mod data_dir;
 pub mod gateway;
 pub mod key_admin;
+pub mod lifecycle;
 pub mod local_settings;
 pub mod logging;
 pub mod output;
 pub mod publish_profile;
 pub mod serve;
+pub mod service;
 pub mod traces;
 pub mod unpacked;
 pub mod up;
+#[cfg(windows)]
+pub mod windows_acl;
 pub mod worker;
 
 use clap::Parser;
@@ -31,6 +35,33 @@ pub const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=off,openraft::e
 /// `NO_COLOR` set (<https://no-color.org>).
 pub fn log_colours(stderr_is_terminal: bool, no_color: bool) -> bool {
     stderr_is_terminal && !no_color
+}
+
+/// What every `strom` process needs before it runs a command (after its logging):
+/// the TLS crypto provider and the metrics recorder.
+pub fn prepare_process() -> Result<(), String> {
+    // rustls is built with two crypto providers (ring for Strom's own TLS, which
+    // names it everywhere; aws-lc-rs for tiberius): make ring the process default
+    // so no library falls back to a guess.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The node's Prometheus metrics (`GET /metrics`); a client command records none.
+    strom_control_plane::metrics::install()
+}
+
+/// The tokio runtime commands run on (`STROM_WORKER_THREADS` threads if set).
+pub fn node_runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("STROM_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
 }
 
 /// Run the CLI; returns the process exit code.
@@ -50,6 +81,7 @@ pub async fn main_with_args(args: Vec<String>) -> i32 {
         cli::Command::Cluster(c) => client::run_cluster(c).await,
         cli::Command::Node(c) => client::run_node_cmd(c).await,
         cli::Command::Image(c) => run_image(c).await,
+        cli::Command::Service(c) => service::run(c).await,
     };
     match result {
         Ok(()) => 0,

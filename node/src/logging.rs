@@ -32,6 +32,45 @@ pub fn peek(args: &[String], flag: &str) -> Option<String> {
     })
 }
 
+/// The log filter (`--log-level`, else `STROM_LOG`, else
+/// [`crate::DEFAULT_LOG_FILTER`]) and whether lines are JSON (`--log-format`, else
+/// `STROM_LOG_FORMAT`), from the raw arguments.
+pub fn filter_and_format(args: &[String]) -> Result<(tracing_subscriber::EnvFilter, bool), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match peek(args, "--log-level") {
+        Some(level) => {
+            EnvFilter::try_new(&level).map_err(|e| format!("--log-level `{level}`: {e}"))?
+        }
+        None => EnvFilter::try_from_env("STROM_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(crate::DEFAULT_LOG_FILTER)),
+    };
+    let format = peek(args, "--log-format")
+        .or_else(|| std::env::var("STROM_LOG_FORMAT").ok())
+        .unwrap_or_else(|| "text".into());
+    match format.as_str() {
+        "text" => Ok((filter, false)),
+        "json" => Ok((filter, true)),
+        other => Err(format!("--log-format `{other}`: use text or json")),
+    }
+}
+
+/// Send this process's log lines to `writer`.
+pub fn init<W>(filter: tracing_subscriber::EnvFilter, json: bool, ansi: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let ansi = ansi && !json;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .event_format(Lines {
+            json,
+            text: tracing_subscriber::fmt::format().with_ansi(ansi),
+        })
+        .init();
+}
+
 /// How each line is written.
 pub struct Lines {
     pub json: bool,

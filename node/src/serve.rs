@@ -2,7 +2,6 @@
 //! optional TOML file, validated as a whole (every problem reported at once).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use strom_proto::manifest::ZipLimits;
@@ -121,7 +120,7 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("./.strom"));
+        .unwrap_or_else(crate::data_dir::default_for_serve);
     let initialized =
         data_dir.join("raft").join("log.redb").is_file() || data_dir.join("worker.json").is_file();
     let start = match (&args.join, args.bootstrap) {
@@ -388,6 +387,13 @@ pub fn http_problems(http: &HttpLimits) -> Vec<String> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    #[cfg(not(windows))]
+    if args.windows_service.is_some() {
+        return Err(CliError::new(
+            2,
+            "--windows-service: only on Windows, where `strom service install` sets it",
+        ));
+    }
     let args = merge_file(args).map_err(|e| CliError::new(2, e))?;
     let settings = validate(&args).map_err(|problems| {
         CliError::new(
@@ -406,6 +412,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn every_problem_is_reported_at_once() {

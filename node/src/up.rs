@@ -310,7 +310,8 @@ impl Running {
     }
 }
 
-/// Run a node until SIGTERM/Ctrl-C.
+/// Run a node until it is asked to stop (Ctrl-C, SIGTERM, a service stop:
+/// [`crate::lifecycle`]).
 pub async fn run_node(
     settings: NodeSettings,
     apps: Vec<AppDir>,
@@ -760,7 +761,9 @@ async fn run_node_traced(
         );
     }
 
-    shutdown_signal().await;
+    crate::lifecycle::started();
+    let mut stops = crate::lifecycle::StopRequests::default();
+    stops.next().await;
     // Not ready first, still serving, so a load balancer stops sending before
     // the ports close.
     running.health.stopping();
@@ -771,7 +774,7 @@ async fn run_node_traced(
         );
         tokio::select! {
             _ = tokio::time::sleep(settings.shutdown_delay) => {}
-            _ = shutdown_signal() => {}
+            _ = stops.next() => {}
         }
     }
     eprintln!("stopping…");
@@ -1197,22 +1200,6 @@ async fn report_health_changes(
             }
         }
         last = now;
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

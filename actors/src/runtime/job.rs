@@ -18,7 +18,9 @@
 use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 
-use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
+use windows_sys::Win32::System::Console::{
+    AllocConsole, GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT,
+};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JobObjectCpuRateControlInformation,
     JobObjectExtendedLimitInformation, SetInformationJobObject, TerminateJobObject,
@@ -151,6 +153,21 @@ pub fn ctrl_break(pid: u32) -> io::Result<()> {
     check(unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) })
 }
 
+/// Whether this runs under Wine (which CI tests with; it lacks some of what Windows
+/// enforces): Wine keeps stand-ins of its own programs in system32, Windows has no
+/// winecfg.
+pub fn under_wine() -> bool {
+    std::path::Path::new(r"C:\windows\system32\winecfg.exe").exists()
+}
+
+/// Give this process a console (hidden: a service has no desktop) that the handlers
+/// it starts share, so that [`ctrl_break`] reaches them. A node run from a console
+/// has one already; a Windows service has none. Fails if the process has one.
+pub fn alloc_console() -> io::Result<()> {
+    // SAFETY: no arguments; failure is an error return.
+    check(unsafe { AllocConsole() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,11 +206,6 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         false
-    }
-
-    /// Wine keeps stand-ins of its own programs in system32; Windows has no winecfg.
-    fn under_wine() -> bool {
-        std::path::Path::new(r"C:\windows\system32\winecfg.exe").exists()
     }
 
     #[test]
