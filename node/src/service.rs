@@ -407,7 +407,11 @@ mod windows {
     fn exit_code_text(code: &ServiceExitCode) -> String {
         match code {
             ServiceExitCode::Win32(c) => format!("Windows error {c}"),
-            ServiceExitCode::ServiceSpecific(c) => format!("exit code {c}"),
+            ServiceExitCode::ServiceSpecific(c) => match c {
+                2 => format!("exit code {c}: invalid command line or configuration"),
+                3 => format!("exit code {c}: its data dir or logs folder could not be created"),
+                c => format!("exit code {c}"),
+            },
         }
     }
 
@@ -514,6 +518,9 @@ mod windows {
     static EXIT: AtomicI32 = AtomicI32::new(0);
     static STOPPING: AtomicBool = AtomicBool::new(false);
     static STOPPED: AtomicBool = AtomicBool::new(false);
+    /// Held while a stop-pending status is reported, so that none follows the
+    /// final "stopped".
+    static REPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     windows_service::define_windows_service!(ffi_service_main, service_main);
 
@@ -558,13 +565,19 @@ mod windows {
                     // node drains, so Windows sees progress.
                     std::thread::spawn(|| {
                         let mut checkpoint = 1;
-                        while !STOPPED.load(Ordering::SeqCst) {
-                            report(
-                                ServiceState::StopPending,
-                                ServiceExitCode::Win32(0),
-                                checkpoint,
-                                Duration::from_secs(30),
-                            );
+                        loop {
+                            {
+                                let _reporting = REPORTING.lock();
+                                if STOPPED.load(Ordering::SeqCst) {
+                                    break;
+                                }
+                                report(
+                                    ServiceState::StopPending,
+                                    ServiceExitCode::Win32(0),
+                                    checkpoint,
+                                    Duration::from_secs(30),
+                                );
+                            }
                             checkpoint += 1;
                             std::thread::sleep(Duration::from_secs(5));
                         }
@@ -593,11 +606,12 @@ mod windows {
         );
         let code = serve();
         EXIT.store(code, Ordering::SeqCst);
-        STOPPED.store(true, Ordering::SeqCst);
         let exit = match code {
             0 => ServiceExitCode::Win32(0),
             c => ServiceExitCode::ServiceSpecific(c as u32),
         };
+        let _reporting = REPORTING.lock();
+        STOPPED.store(true, Ordering::SeqCst);
         report(ServiceState::Stopped, exit, 0, Duration::ZERO);
     }
 
@@ -626,9 +640,10 @@ mod windows {
         if let Err(e) =
             crate::data_dir::secure(&data_dir).and_then(|_| std::fs::create_dir_all(&logs))
         {
-            // Nowhere to log yet: the exit code and the Service Control Manager's
-            // event are what the operator sees.
-            let _ = e;
+            // Nowhere to log: the exit code (3, which `strom service start`
+            // explains) and the Service Control Manager's event are what the
+            // operator sees; the error goes to the (hidden) console.
+            eprintln!("data dir {}: {e}", data_dir.display());
             return 3;
         }
         let appender = match tracing_appender::rolling::Builder::new()
