@@ -11,16 +11,41 @@ use bollard::Docker;
 /// The handler's source (built by [`handler_binary`]).
 pub const HANDLER_SOURCE: &str = include_str!("../assets/conformance_handler.rs");
 
+/// The handler's file name in an app folder (a Windows program ends in `.exe`).
+pub const HANDLER_FILE: &str = if cfg!(windows) {
+    "conformance-handler.exe"
+} else {
+    "conformance-handler"
+};
+
+/// Set to a prebuilt handler, the suite uses it instead of building one: a Windows
+/// build run under Wine cannot run the host's `rustc` (`.ci/windows/run` cross-builds
+/// the handler and sets this).
+pub const PREBUILT_ENV: &str = "STROM_CONFORMANCE_HANDLER";
+
 /// The handler as a statically linked binary, built once per source version (about a
-/// second with `rustc`), cached under `dir`.
+/// second with `rustc`), cached under `dir`; or the one [`PREBUILT_ENV`] names.
 pub fn handler_binary(dir: &Path) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(prebuilt) = std::env::var_os(PREBUILT_ENV) {
+                let path = PathBuf::from(prebuilt);
+                assert!(
+                    path.is_file(),
+                    "{PREBUILT_ENV}={}: no such file",
+                    path.display()
+                );
+                return path;
+            }
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             HANDLER_SOURCE.hash(&mut h);
-            let out = dir.join(format!("conformance-handler-{:016x}", h.finish()));
+            let out = dir.join(format!(
+                "conformance-handler-{:016x}{}",
+                h.finish(),
+                std::env::consts::EXE_SUFFIX
+            ));
             if out.is_file() {
                 return out;
             }
@@ -51,13 +76,15 @@ pub fn handler_binary(dir: &Path) -> PathBuf {
         .clone()
 }
 
-/// An app folder: host.json (custom handler `conformance-handler`, forwarding on),
+/// An app folder: host.json (custom handler [`HANDLER_FILE`], forwarding on),
 /// one HTTP function `hello`, and the handler binary.
 pub fn write_app(dir: &Path, handler: &Path) {
     std::fs::create_dir_all(dir.join("hello")).unwrap();
     std::fs::write(
         dir.join("host.json"),
-        r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"conformance-handler","arguments":["--mode=%MODE%"]},"enableForwardingHttpRequest":true}}"#,
+        format!(
+            r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{HANDLER_FILE}","arguments":["--mode=%MODE%"]}},"enableForwardingHttpRequest":true}}}}"#
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -65,7 +92,7 @@ pub fn write_app(dir: &Path, handler: &Path) {
         r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","methods":["get","post"],"route":"hello/{*rest}"},{"type":"http","direction":"out","name":"res"}]}"#,
     )
     .unwrap();
-    std::fs::copy(handler, dir.join("conformance-handler")).unwrap();
+    std::fs::copy(handler, dir.join(HANDLER_FILE)).unwrap();
 }
 
 /// Whether tests that need a Docker engine run: yes when one answers; with
@@ -87,21 +114,46 @@ pub async fn docker_or_skip(test: &str) -> Option<Docker> {
     found
 }
 
-/// The suite's image: `FROM scratch` with the app folder (so the handler is also
-/// in the image), built locally with `strom image build`'s code; no pull.
+/// Windows containers' isolation for the suite (`process`, `hyperv`; default: the
+/// engine's).
+pub const ISOLATION_ENV: &str = "STROM_CONFORMANCE_ISOLATION";
+
+/// The isolation [`ISOLATION_ENV`] names.
+pub fn isolation() -> strom_actors::runtime::docker::Isolation {
+    match std::env::var(ISOLATION_ENV) {
+        Ok(v) => v.parse().unwrap_or_else(|e| panic!("{ISOLATION_ENV}: {e}")),
+        Err(_) => Default::default(),
+    }
+}
+
+/// The base of the suite's image: `scratch` unless this names another (a Windows
+/// engine needs a Windows base, e.g. `mcr.microsoft.com/windows/nanoserver:ltsc2022`,
+/// present on the host: nothing is pulled).
+pub const BASE_ENV: &str = "STROM_CONFORMANCE_BASE";
+
+/// The suite's image: `FROM scratch` (or [`BASE_ENV`]) with the app folder (so the
+/// handler is also in the image), built locally with `strom image build`'s code; no
+/// pull.
 pub async fn conformance_image(docker: &Docker, scratch_dir: &Path) -> String {
     static TAG: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     TAG.get_or_init(|| async {
         let handler = handler_binary(scratch_dir);
         let app = tempfile::tempdir().unwrap();
         write_app(app.path(), &handler);
-        let name = handler.file_name().unwrap().to_string_lossy().to_string();
-        let tag = format!("strom-conformance:{}", &name[name.len() - 12..]);
+        let base = std::env::var(BASE_ENV).unwrap_or_else(|_| "scratch".into());
+        // One tag per handler and base.
+        let tag = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&handler).unwrap().hash(&mut h);
+            base.hash(&mut h);
+            format!("strom-conformance:{:012x}", h.finish() & 0xffff_ffff_ffff)
+        };
         strom_actors::image_build::build_image(
             docker,
             &strom_actors::image_build::ImageBuild {
                 app_dir: app.path().to_path_buf(),
-                base: "scratch".into(),
+                base,
                 tag: tag.clone(),
                 pull: false,
             },

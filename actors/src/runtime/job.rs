@@ -153,6 +153,28 @@ pub fn ctrl_break(pid: u32) -> io::Result<()> {
     check(unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) })
 }
 
+/// Whether process `pid` is running (it exists and has not exited).
+pub fn running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    /// `STILL_ACTIVE`: the exit code of a process that has not exited.
+    const STILL_ACTIVE: u32 = 259;
+    // SAFETY: no pointers; a pid that names no process is a null return.
+    let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if handle.is_null() {
+        return false;
+    }
+    let mut code = 0u32;
+    // SAFETY: `handle` is the valid process handle opened above; `code` is a
+    // local the call writes to.
+    let ok = unsafe { GetExitCodeProcess(handle, &mut code) };
+    // SAFETY: `handle` was opened above and is closed once, here.
+    unsafe { CloseHandle(handle) };
+    ok != 0 && code == STILL_ACTIVE
+}
+
 /// Whether this runs under Wine (which CI tests with; it lacks some of what Windows
 /// enforces): Wine keeps stand-ins of its own programs in system32, Windows has no
 /// winecfg.

@@ -267,8 +267,11 @@ impl InstanceRuntime for ProcessRuntime {
             ));
         }
         let (exit_tx, exited) = watch::channel(None);
+        // Only the control owns the job: dropping it unstopped (its instance gone
+        // without a stop) closes the job, which ends the handler, as the node's
+        // own end does.
         #[cfg(windows)]
-        let job_of_task = job.clone();
+        let job_of_task = std::sync::Arc::downgrade(&job);
         tokio::spawn(async move {
             let status = child.wait().await;
             let info = match status {
@@ -281,7 +284,9 @@ impl InstanceRuntime for ProcessRuntime {
                 kill_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
             #[cfg(windows)]
-            let _ = job_of_task.terminate(1);
+            if let Some(job) = job_of_task.upgrade() {
+                let _ = job.terminate(1);
+            }
             // Its last lines are read before its end is reported (a failure report
             // quotes them).
             let _ =
