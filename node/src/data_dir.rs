@@ -3,10 +3,10 @@
 //! and folder in it 0600/0700 — made so when it is created and on every start
 //! (an older data dir is fixed, with a log line per path).
 //!
-//! On Windows the folder gets a protected ACL (nothing inherited from where it is,
-//! e.g. `C:\ProgramData`'s read access for Users) that gives full control to SYSTEM,
-//! Administrators and the owner of each file only, inherited by everything in it:
-//! the counterpart of 0700 ([`crate::windows_acl`]).
+//! On Windows the folder and everything in it are owned by the node's user, with a
+//! protected ACL (nothing inherited from where it is, e.g. `C:\ProgramData`'s read
+//! access for Users) that gives full control to SYSTEM, Administrators and the
+//! node's user only: the counterpart of 0700 ([`crate::windows_acl`]).
 //!
 //! The unpacked packages under `apps/` are left readable (a container's non-root
 //! user reads its bind-mounted version folder, which it reaches without passing
@@ -54,11 +54,11 @@ pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
 pub fn secure(dir: &Path) -> std::io::Result<Vec<Fixed>> {
     std::fs::create_dir_all(dir)?;
     Ok(crate::windows_acl::restrict(dir)?
-        .map(|was| {
+        .map(|(was, now)| {
             (
                 dir.to_path_buf(),
                 format!("ACL {was}"),
-                format!("ACL {}", crate::windows_acl::OWNER_ONLY),
+                format!("ACL {now}"),
             )
         })
         .into_iter()

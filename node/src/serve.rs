@@ -14,6 +14,9 @@ use strom_control_plane::tls::NodeTls;
 use crate::gateway::listener::HttpLimits;
 use crate::up::{run_node, Capacity, NodeSettings, Start};
 
+/// Seconds a node stays up, not ready, before it stops (`--shutdown-delay-secs`).
+pub const DEFAULT_SHUTDOWN_DELAY_SECS: u64 = 5;
+
 /// Fill what flags and variables left unset from the `--config` file.
 pub fn merge_file(mut args: ServeArgs) -> Result<ServeArgs, String> {
     let Some(path) = args.config.clone() else {
@@ -282,7 +285,10 @@ pub fn validate(args: &ServeArgs) -> Result<NodeSettings, Vec<String>> {
         wide: false,
         tls,
         startup_timeout: Duration::from_secs(args.startup_timeout_secs.unwrap_or(60)),
-        shutdown_delay: Duration::from_secs(args.shutdown_delay_secs.unwrap_or(5)),
+        shutdown_delay: Duration::from_secs(
+            args.shutdown_delay_secs
+                .unwrap_or(DEFAULT_SHUTDOWN_DELAY_SECS),
+        ),
         max_request_body_bytes: 100 * 1024 * 1024,
         limits: ZipLimits::default(),
         http,

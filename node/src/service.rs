@@ -148,7 +148,7 @@ pub use windows::run_service;
 mod windows {
     use std::ffi::{OsStr, OsString};
     use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU8, Ordering};
     use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
@@ -167,6 +167,7 @@ mod windows {
     const ERROR_ACCESS_DENIED: i32 = 5;
     const ERROR_SERVICE_ALREADY_RUNNING: i32 = 1056;
     const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
+    const ERROR_SERVICE_CANNOT_ACCEPT_CTRL: i32 = 1061;
     const ERROR_SERVICE_NOT_ACTIVE: i32 = 1062;
     const ERROR_SERVICE_EXISTS: i32 = 1073;
 
@@ -241,7 +242,8 @@ mod windows {
             account_name: None, // LocalSystem
             account_password: None,
         };
-        let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::DELETE;
+        // START too: failure actions that restart the service need it.
+        let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::DELETE;
         let service = scm.create_service(&info, access).map_err(|e| {
             if os_code(&e) == Some(ERROR_SERVICE_EXISTS) {
                 CliError::new(
@@ -255,14 +257,20 @@ mod windows {
                 scm_error("install", &args.name, e)
             }
         })?;
-        let configured = configure(&service, &args.name).and_then(|_| {
+        let configured = configure(&service, &args.name, settings.shutdown_delay).and_then(|_| {
             crate::data_dir::secure(&data_dir)
                 .map(|_| ())
                 .map_err(|e| CliError::new(1, format!("data dir {}: {e}", data_dir.display())))
         });
-        if let Err(e) = configured {
+        if let Err(mut e) = configured {
             // Refused: leave nothing registered.
-            let _ = service.delete();
+            if let Err(d) = service.delete() {
+                e.message.push_str(&format!(
+                    "\nand removing the half-installed service failed: {}; remove it with `sc.exe delete {}`",
+                    scm_error("remove", &args.name, d).message,
+                    args.name
+                ));
+            }
             return Err(e);
         }
         println!("installed service {}", args.name);
@@ -280,11 +288,16 @@ mod windows {
         Ok(())
     }
 
-    /// The service's description and what Windows does when it fails: restart it
-    /// (a crash, or an exit with an error) after 5 s, then 30 s, then every
-    /// minute; the count starts over after a day. A Windows that does not know
-    /// these settings (Wine) gets a warning, not a refusal.
-    fn configure(service: &windows_service::service::Service, name: &str) -> Result<(), CliError> {
+    /// The service's description, what Windows does when it fails (restart it — a
+    /// crash, or an exit with an error — after 5 s, then 30 s, then every minute;
+    /// the count starts over after a day), and how long it may take to stop when
+    /// Windows shuts down. A Windows that does not know a setting (Wine) gets a
+    /// warning, not a refusal.
+    fn configure(
+        service: &windows_service::service::Service,
+        name: &str,
+        shutdown_delay: Duration,
+    ) -> Result<(), CliError> {
         const ERROR_INVALID_LEVEL: i32 = 124;
         let tolerate = |what: &str, result: windows_service::Result<()>| match result {
             Ok(()) => Ok(()),
@@ -322,6 +335,12 @@ mod windows {
         tolerate(
             "restart after an exit with an error",
             service.set_failure_actions_on_non_crash_failures(true),
+        )?;
+        // When Windows shuts down, time for a whole graceful stop (the default
+        // pre-shutdown time is 10 s on current Windows).
+        tolerate(
+            "pre-shutdown time",
+            service.set_preshutdown_timeout(shutdown_delay + STOP_WORK),
         )
     }
 
@@ -420,6 +439,19 @@ mod windows {
         match service.start::<&OsStr>(&[]) {
             Ok(()) => {}
             Err(e) if os_code(&e) == Some(ERROR_SERVICE_ALREADY_RUNNING) => {
+                let state = service
+                    .query_status()
+                    .map_err(|e| scm_error("query", &args.name, e))?
+                    .current_state;
+                if state == ServiceState::StopPending {
+                    return Err(CliError::new(
+                        1,
+                        format!(
+                            "service {} is stopping; start it again once it has stopped",
+                            args.name
+                        ),
+                    ));
+                }
                 println!("service {} is already running", args.name);
                 return Ok(());
             }
@@ -456,21 +488,43 @@ mod windows {
         service: &windows_service::service::Service,
         args: &ServiceArgs,
     ) -> Result<bool, CliError> {
+        let timeout = Duration::from_secs(args.timeout);
         match service.stop() {
             Ok(_) => {}
             Err(e) if os_code(&e) == Some(ERROR_SERVICE_NOT_ACTIVE) => return Ok(false),
+            // Starting or stopping: it takes no stop now.
+            Err(e) if os_code(&e) == Some(ERROR_SERVICE_CANNOT_ACCEPT_CTRL) => {
+                let status = service
+                    .query_status()
+                    .map_err(|e| scm_error("query", &args.name, e))?;
+                match status.current_state {
+                    ServiceState::StartPending => {
+                        eprintln!(
+                            "service {} is starting; it is stopped once it runs…",
+                            args.name
+                        );
+                        let now = wait(service, &args.name, timeout, |s| {
+                            s == ServiceState::Running || s == ServiceState::Stopped
+                        })?;
+                        if now.current_state == ServiceState::Stopped {
+                            return Ok(true);
+                        }
+                        service
+                            .stop()
+                            .map_err(|e| scm_error("stop", &args.name, e))?;
+                    }
+                    ServiceState::StopPending => {}
+                    ServiceState::Stopped => return Ok(false),
+                    _ => return Err(scm_error("stop", &args.name, e)),
+                }
+            }
             Err(e) => return Err(scm_error("stop", &args.name, e)),
         }
         eprintln!(
             "stopping service {} (draining its requests, handing over leadership)…",
             args.name
         );
-        let status = wait(
-            service,
-            &args.name,
-            Duration::from_secs(args.timeout),
-            |s| s == ServiceState::Stopped,
-        )?;
+        let status = wait(service, &args.name, timeout, |s| s == ServiceState::Stopped)?;
         if status.exit_code != ServiceExitCode::Win32(0) {
             eprintln!(
                 "service {} stopped with {}",
@@ -516,11 +570,23 @@ mod windows {
     static NAME: OnceLock<String> = OnceLock::new();
     static STATUS: OnceLock<ServiceStatusHandle> = OnceLock::new();
     static EXIT: AtomicI32 = AtomicI32::new(0);
-    static STOPPING: AtomicBool = AtomicBool::new(false);
-    static STOPPED: AtomicBool = AtomicBool::new(false);
-    /// Held while a stop-pending status is reported, so that none follows the
-    /// final "stopped".
+    /// Where the service is: [`STARTING`], [`RUNNING`], [`STOPPING`], [`STOPPED`];
+    /// changed, and reported, only under [`REPORTING`], so no pending status ever
+    /// follows the final "stopped".
+    static PHASE: AtomicU8 = AtomicU8::new(STARTING);
+    const STARTING: u8 = 0;
+    const RUNNING: u8 = 1;
+    const STOPPING: u8 = 2;
+    const STOPPED: u8 = 3;
     static REPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    /// Pending reports so far (a pending state's checkpoint must grow).
+    static CHECKPOINT: AtomicU32 = AtomicU32::new(0);
+    /// How long a stop may show progress: the shutdown delay, the drain (30 s), the
+    /// handlers' grace (10 s) and kill wait (10 s), the hand-over (5 s), with room.
+    /// A stop that takes longer stops advancing its checkpoint, so Windows sees it
+    /// hang.
+    static STOP_BUDGET: OnceLock<Duration> = OnceLock::new();
+    const STOP_WORK: Duration = Duration::from_secs(90);
 
     windows_service::define_windows_service!(ffi_service_main, service_main);
 
@@ -540,8 +606,13 @@ mod windows {
         }
     }
 
-    fn report(state: ServiceState, exit: ServiceExitCode, checkpoint: u32, wait_hint: Duration) {
+    /// Tell Windows where the service is (call under [`REPORTING`]).
+    fn report(state: ServiceState, exit: ServiceExitCode) {
         let Some(handle) = STATUS.get() else { return };
+        let pending = matches!(
+            state,
+            ServiceState::StartPending | ServiceState::StopPending
+        );
         let controls_accepted = match state {
             ServiceState::Running => ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN,
             _ => ServiceControlAccept::empty(),
@@ -551,38 +622,62 @@ mod windows {
             current_state: state,
             controls_accepted,
             exit_code: exit,
-            checkpoint,
-            wait_hint,
+            checkpoint: if pending {
+                CHECKPOINT.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                0
+            },
+            wait_hint: if pending {
+                Duration::from_secs(30)
+            } else {
+                Duration::ZERO
+            },
             process_id: None,
         });
     }
 
+    /// Move to `phase` (unless stopped already) and report it.
+    fn enter(phase: u8, state: ServiceState, exit: ServiceExitCode) {
+        let _reporting = REPORTING.lock();
+        if PHASE.load(Ordering::SeqCst) == STOPPED {
+            return;
+        }
+        PHASE.store(phase, Ordering::SeqCst);
+        report(state, exit);
+    }
+
+    /// While starting or stopping, a new checkpoint every 5 s, so Windows sees
+    /// progress (a stop only within its budget).
+    fn report_progress() {
+        let mut stopping_since = None;
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let _reporting = REPORTING.lock();
+            match PHASE.load(Ordering::SeqCst) {
+                STARTING => report(ServiceState::StartPending, ServiceExitCode::Win32(0)),
+                STOPPING => {
+                    let since = *stopping_since.get_or_insert_with(Instant::now);
+                    let budget = STOP_BUDGET.get().copied().unwrap_or(STOP_WORK);
+                    if since.elapsed() < budget {
+                        report(ServiceState::StopPending, ServiceExitCode::Win32(0));
+                    }
+                }
+                STOPPED => return,
+                _ => {}
+            }
+        }
+    }
+
+    // A plain function, not a capturing closure: windows-service frees the
+    // handler's context after a stop, yet Windows may still call it (interrogate).
     fn on_control(control: ServiceControl) -> ServiceControlHandlerResult {
         match control {
             ServiceControl::Stop | ServiceControl::Preshutdown | ServiceControl::Shutdown => {
-                if !STOPPING.swap(true, Ordering::SeqCst) {
-                    // Stop pending, with a checkpoint every few seconds while the
-                    // node drains, so Windows sees progress.
-                    std::thread::spawn(|| {
-                        let mut checkpoint = 1;
-                        loop {
-                            {
-                                let _reporting = REPORTING.lock();
-                                if STOPPED.load(Ordering::SeqCst) {
-                                    break;
-                                }
-                                report(
-                                    ServiceState::StopPending,
-                                    ServiceExitCode::Win32(0),
-                                    checkpoint,
-                                    Duration::from_secs(30),
-                                );
-                            }
-                            checkpoint += 1;
-                            std::thread::sleep(Duration::from_secs(5));
-                        }
-                    });
-                }
+                enter(
+                    STOPPING,
+                    ServiceState::StopPending,
+                    ServiceExitCode::Win32(0),
+                );
                 crate::lifecycle::request_stop();
                 ServiceControlHandlerResult::NoError
             }
@@ -598,12 +693,12 @@ mod windows {
             return;
         };
         let _ = STATUS.set(handle);
-        report(
+        enter(
+            STARTING,
             ServiceState::StartPending,
             ServiceExitCode::Win32(0),
-            1,
-            Duration::from_secs(60),
         );
+        std::thread::spawn(report_progress);
         let code = serve();
         EXIT.store(code, Ordering::SeqCst);
         let exit = match code {
@@ -611,8 +706,8 @@ mod windows {
             c => ServiceExitCode::ServiceSpecific(c as u32),
         };
         let _reporting = REPORTING.lock();
-        STOPPED.store(true, Ordering::SeqCst);
-        report(ServiceState::Stopped, exit, 0, Duration::ZERO);
+        PHASE.store(STOPPED, Ordering::SeqCst);
+        report(ServiceState::Stopped, exit);
     }
 
     /// The node, as `strom serve` runs it, with its log in the data dir.
@@ -629,13 +724,21 @@ mod windows {
         if let Some(folder) = args.config.as_deref().and_then(Path::parent) {
             let _ = std::env::set_current_dir(folder);
         }
-        let data_dir = crate::serve::merge_file(ServeArgs {
+        let file = crate::serve::merge_file(ServeArgs {
             config: args.config.clone(),
             ..ServeArgs::default()
         })
-        .ok()
-        .and_then(|f| args.data_dir.clone().or(f.data_dir))
-        .unwrap_or_else(crate::data_dir::default_for_serve);
+        .ok();
+        let delay = args
+            .shutdown_delay_secs
+            .or(file.as_ref().and_then(|f| f.shutdown_delay_secs))
+            .unwrap_or(crate::serve::DEFAULT_SHUTDOWN_DELAY_SECS);
+        let _ = STOP_BUDGET.set(Duration::from_secs(delay) + STOP_WORK);
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.and_then(|f| f.data_dir))
+            .unwrap_or_else(crate::data_dir::default_for_serve);
         let logs = data_dir.join("logs");
         if let Err(e) =
             crate::data_dir::secure(&data_dir).and_then(|_| std::fs::create_dir_all(&logs))
@@ -687,13 +790,10 @@ mod windows {
         let code = runtime.block_on(async move {
             tokio::spawn(async {
                 crate::lifecycle::wait_started().await;
-                if !STOPPING.load(Ordering::SeqCst) {
-                    report(
-                        ServiceState::Running,
-                        ServiceExitCode::Win32(0),
-                        0,
-                        Duration::ZERO,
-                    );
+                let _reporting = REPORTING.lock();
+                if PHASE.load(Ordering::SeqCst) == STARTING {
+                    PHASE.store(RUNNING, Ordering::SeqCst);
+                    report(ServiceState::Running, ServiceExitCode::Win32(0));
                 }
             });
             match crate::serve::run(args).await {

@@ -153,26 +153,24 @@ pub fn ctrl_break(pid: u32) -> io::Result<()> {
     check(unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) })
 }
 
-/// Whether process `pid` is running (it exists and has not exited).
+/// Whether process `pid` is running: it exists, this process may wait on it, and it
+/// has not exited (for tests and diagnostics; a pid can be reused).
 pub fn running(pid: u32) -> bool {
-    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
     use windows_sys::Win32::System::Threading::{
-        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
     };
-    /// `STILL_ACTIVE`: the exit code of a process that has not exited.
-    const STILL_ACTIVE: u32 = 259;
     // SAFETY: no pointers; a pid that names no process is a null return.
-    let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    let handle = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
     if handle.is_null() {
         return false;
     }
-    let mut code = 0u32;
-    // SAFETY: `handle` is the valid process handle opened above; `code` is a
-    // local the call writes to.
-    let ok = unsafe { GetExitCodeProcess(handle, &mut code) };
+    // SAFETY: `handle` is the valid process handle opened above; a zero timeout
+    // only polls whether the process has ended.
+    let waited = unsafe { WaitForSingleObject(handle, 0) };
     // SAFETY: `handle` was opened above and is closed once, here.
     unsafe { CloseHandle(handle) };
-    ok != 0 && code == STILL_ACTIVE
+    waited == WAIT_TIMEOUT
 }
 
 /// Whether this runs under Wine (which CI tests with; it lacks some of what Windows
