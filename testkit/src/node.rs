@@ -147,6 +147,9 @@ impl Up {
                 .args(["-TERM", &self.child.id().to_string()])
                 .status();
         }
+        // Windows has no SIGTERM for a process of another console group: the node
+        // is terminated, and its graceful stop is tested through Ctrl-C and the
+        // service's stop (`.ci/windows/smoke`).
         #[cfg(not(unix))]
         let _ = self.child.kill();
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -160,10 +163,13 @@ impl Up {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        #[cfg(unix)]
         assert!(
             status.success(),
             "strom up exits cleanly on SIGTERM: {status:?}"
         );
+        #[cfg(not(unix))]
+        let _ = status;
     }
 
     pub fn kill9(mut self) {

@@ -13,10 +13,13 @@ pub const STROM: &str = env!("CARGO_BIN_EXE_strom");
 /// The Rust test handler (see `examples/test-handler/main.rs` for its contract).
 pub const TEST_HANDLER: &str = env!("CARGO_BIN_EXE_strom-test-handler");
 
-/// host.json for an app run by the test handler.
+/// host.json for an app run by the test handler (its absolute path: under Wine
+/// cargo's `/…` path gets its drive letter).
 pub fn test_handler_host(extra: &str) -> String {
+    let path = std::path::absolute(TEST_HANDLER).expect("the test handler's path");
+    let path = serde_json::to_string(&path.to_string_lossy()).expect("a string");
     format!(
-        r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":"{TEST_HANDLER}"}}{extra}}}}}"#
+        r#"{{"version":"2.0","customHandler":{{"description":{{"defaultExecutablePath":{path}}}{extra}}}}}"#
     )
 }
 
