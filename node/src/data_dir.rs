@@ -135,13 +135,18 @@ pub fn secure_and_log(dir: &Path) -> std::io::Result<()> {
     if !existed {
         return Ok(());
     }
+    log_fixed(fixed);
+    Ok(())
+}
+
+/// A log line per path [`secure`] fixed.
+pub fn log_fixed(fixed: Vec<Fixed>) {
     for (path, old, new) in fixed {
         tracing::info!(
             "data dir: {} had {old}, now {new} (the data dir holds secrets)",
             path.display()
         );
     }
-    Ok(())
 }
 
 #[cfg(all(test, unix))]

@@ -740,15 +740,19 @@ mod windows {
             .or(file.and_then(|f| f.data_dir))
             .unwrap_or_else(crate::data_dir::default_for_serve);
         let logs = data_dir.join("logs");
-        if let Err(e) =
-            crate::data_dir::secure(&data_dir).and_then(|_| std::fs::create_dir_all(&logs))
+        let existed = data_dir.exists();
+        let fixed = match crate::data_dir::secure(&data_dir)
+            .and_then(|fixed| std::fs::create_dir_all(&logs).map(|_| fixed))
         {
-            // Nowhere to log: the exit code (3, which `strom service start`
-            // explains) and the Service Control Manager's event are what the
-            // operator sees; the error goes to the (hidden) console.
-            eprintln!("data dir {}: {e}", data_dir.display());
-            return 3;
-        }
+            Ok(fixed) => fixed,
+            Err(e) => {
+                // Nowhere to log: the exit code (3, which `strom service start`
+                // explains) and the Service Control Manager's event are what the
+                // operator sees; the error goes to the (hidden) console.
+                eprintln!("data dir {}: {e}", data_dir.display());
+                return 3;
+            }
+        };
         let appender = match tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
             .filename_prefix("strom")
@@ -769,6 +773,10 @@ mod windows {
             raw.join(" "),
             name = NAME.get().map(String::as_str).unwrap_or("")
         );
+        // What securing an older data dir changed (a new one is made closed).
+        if existed {
+            crate::data_dir::log_fixed(fixed);
+        }
         if let Err(e) = crate::prepare_process() {
             tracing::error!("{e}");
             return 1;

@@ -1,6 +1,11 @@
 //! The `strom` binary as a user runs it: `strom up` in the background, client
 //! commands against it, restarts (SIGTERM and kill -9), bad input.
 
+// Unix only: not run on Windows yet (signals, `sh` handlers, Unix modes, or
+// untried there); on Windows `.ci/windows/run` runs `e2e.rs` and the smoke test
+// under Wine (docs/windows.md).
+#![cfg(unix)]
+
 mod common;
 
 use std::process::Command;

@@ -11,6 +11,11 @@
 //! and sets `STROM_REQUIRE_BROWSER=1`; elsewhere a missing browser skips the
 //! test with a message.
 
+// Unix only: not run on Windows yet (signals, `sh` handlers, Unix modes, or
+// untried there); on Windows `.ci/windows/run` runs `e2e.rs` and the smoke test
+// under Wine (docs/windows.md).
+#![cfg(unix)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,11 @@
 //! 409 while a deployment runs, per-app deployment credentials, and bad input
 //! that changes nothing while the old version keeps serving.
 
+// Unix only: not run on Windows yet (signals, `sh` handlers, Unix modes, or
+// untried there); on Windows `.ci/windows/run` runs `e2e.rs` and the smoke test
+// under Wine (docs/windows.md).
+#![cfg(unix)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,11 @@
 //! proof (not its id), hop metadata from clients is ignored, the data dir is the
 //! owner's alone, and the function port bounds slow and idle connections.
 
+// Unix only: not run on Windows yet (signals, `sh` handlers, Unix modes, or
+// untried there); on Windows `.ci/windows/run` runs `e2e.rs` and the smoke test
+// under Wine (docs/windows.md).
+#![cfg(unix)]
+
 mod common;
 
 use std::io::{Read, Write};
