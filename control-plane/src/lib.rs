@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod peers;
 pub mod portal;
 pub mod publishing;
+pub mod queue_scale;
 pub mod restore;
 pub mod retention;
 pub mod scheduler;
