@@ -78,8 +78,8 @@ pub fn try_get(base: &str, path: &str) -> Result<HttpResponse, String> {
     Ok(parse_response(&raw))
 }
 
-/// Each request's target gateway and its status (or why there was none).
-type Outcomes = Vec<(String, Result<u16, String>)>;
+/// Each request's target gateway and its status and body (or why there was none).
+type Outcomes = Vec<(String, Result<(u16, String), String>)>;
 
 /// Requests sent in a loop from background threads, each outcome recorded.
 pub struct Load {
@@ -102,7 +102,13 @@ impl Load {
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let r = try_get(&t, &path).map(|r| r.status);
+                        let r = try_get(&t, &path).map(|r| {
+                            let body = match r.status {
+                                200 => String::new(),
+                                _ => String::from_utf8_lossy(&r.body).into_owned(),
+                            };
+                            (r.status, body)
+                        });
                         out.push((t.clone(), r));
                         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         std::thread::sleep(Duration::from_millis(5));
@@ -136,8 +142,12 @@ impl Load {
             for (target, r) in t.join().unwrap() {
                 total += 1;
                 match r {
-                    Ok(200) => {}
-                    Ok(s) => failed.push(format!("{target}: HTTP {s}")),
+                    Ok((200, _)) => {}
+                    // The body says which path refused it.
+                    Ok((s, body)) => {
+                        let body: String = body.chars().take(300).collect();
+                        failed.push(format!("{target}: HTTP {s}: {body}"))
+                    }
                     Err(e) => failed.push(format!("{target}: {e}")),
                 }
             }
