@@ -21,6 +21,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use strom_proto::ids::{AppName, VersionId};
 use strom_proto::instances::InstanceStatus;
+use strom_proto::manifest::rabbitmq::PackageMessaging;
 use strom_proto::manifest::AppManifest;
 use strom_proto::route_table::RouteTable;
 use tokio::sync::watch;
@@ -50,6 +51,8 @@ pub struct Assignment {
     /// The version's host.json uses the legacy `httpWorker` section: forwarded
     /// requests go to `/{FunctionName}` (read from the unpacked package).
     pub http_worker: bool,
+    /// The version's RabbitMQ outputs and prefetch (read from the unpacked package).
+    pub messaging: Arc<PackageMessaging>,
     pub settings: BTreeMap<String, String>,
     pub instances: u32,
 }
@@ -94,6 +97,7 @@ struct Deploy {
     actor: ActorRef<AppMsg>,
     manifest: Arc<AppManifest>,
     http_worker: bool,
+    messaging: Arc<PackageMessaging>,
     statuses: Vec<InstanceStatus>,
     endpoints: Vec<Arc<Endpoint>>,
     wanted: u32,
@@ -143,6 +147,7 @@ impl NodeState {
                         actor,
                         manifest: a.manifest.clone(),
                         http_worker: a.http_worker,
+                        messaging: a.messaging.clone(),
                         statuses: Vec::new(),
                         endpoints: Vec::new(),
                         wanted: a.instances,
@@ -249,6 +254,7 @@ impl NodeState {
                         routes: Arc::new(RouteTable::build([(name, deploy.manifest.as_ref())])),
                         manifest: deploy.manifest.clone(),
                         http_worker: deploy.http_worker,
+                        messaging: deploy.messaging.clone(),
                         endpoints: deploy.endpoints.clone(),
                         unavailable,
                     },

@@ -168,6 +168,8 @@ pub struct ServingApp {
     pub manifest: Arc<AppManifest>,
     /// Legacy `httpWorker`: forwarded requests go to `/{FunctionName}`.
     pub http_worker: bool,
+    /// The version's RabbitMQ outputs and prefetch (read from its package).
+    pub messaging: Arc<strom_proto::manifest::rabbitmq::PackageMessaging>,
     pub routes: Arc<RouteTable>,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Set when no instance can be started (crash loop): requests fail fast.

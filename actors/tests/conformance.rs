@@ -162,6 +162,7 @@ impl Harness {
             app_root: self.app.path().to_path_buf(),
             manifest: self.manifest.clone(),
             http_worker: false,
+            messaging: Default::default(),
             settings,
             instances: n,
         }

@@ -79,6 +79,7 @@ fn assignment(v: u8, instances: u32) -> Assignment {
         app_root: PathBuf::from("/nonexistent"),
         manifest: manifest(),
         http_worker: false,
+        messaging: Default::default(),
         settings: BTreeMap::new(),
         instances,
     }

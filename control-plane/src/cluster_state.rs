@@ -595,6 +595,14 @@ impl ClusterState {
         if let Some(c) = self.route_conflict(&d.app, &d.manifest) {
             return Err(c);
         }
+        let publishes = d.manifest.functions.iter().any(|f| {
+            f.bindings
+                .iter()
+                .any(|b| strom_proto::manifest::rabbitmq::is_output_type(&b.binding_type))
+        });
+        if publishes {
+            self.needs(Feature::Messaging, "RabbitMQ output bindings")?;
+        }
         let state = self.apps.entry(d.app.clone()).or_insert_with(|| {
             Arc::new(AppState {
                 name: d.app.clone(),
@@ -774,6 +782,30 @@ pub(crate) mod tests {
         });
         assert_eq!(r, CommandResult::Applied);
         s
+    }
+
+    /// An older worker would take a RabbitMQ output for unsupported and drop its
+    /// messages: such versions wait until every node speaks protocol 9.
+    #[test]
+    fn rabbitmq_outputs_wait_for_protocol_9() {
+        let mut m = manifest("api", &[("a", &http("a", r#""get""#))]);
+        m.functions[0]
+            .bindings
+            .push(strom_proto::manifest::BindingSpec {
+                binding_type: "rabbitMQ".into(),
+                direction: strom_proto::manifest::Direction::Out,
+                name: "msg".into(),
+                supported: true,
+            });
+        let mut s = initialized();
+        s.protocol = 8;
+        assert!(matches!(
+            s.apply(&deploy("mq", 1, m.clone(), 1)),
+            CommandResult::Rejected(Rejection::NotYetEnabled { needs: 9, .. })
+        ));
+        assert!(!s.apps.contains_key(&app("mq")), "nothing changed");
+        s.protocol = 9;
+        assert_eq!(s.apply(&deploy("mq", 1, m, 1)), CommandResult::Applied);
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub const CATALOG: &[Described] = &[
     m("strom_gateway_responses_total", Counter, &["code"], "Responses of this node's function port by HTTP status code (429: maxOutstandingRequests, 504: functionTimeout, 503: no instance)."),
     m("strom_gateway_requests_in_flight", Gauge, &["app"], "Requests for the app admitted on this node and not yet answered (counted against maxOutstandingRequests)."),
     m("strom_gateway_requests_queued", Gauge, &["app"], "Requests for the app waiting for a turn under maxConcurrentRequests."),
+    m("strom_rabbitmq_published_total", Counter, &["app"], "Messages functions of the app sent to RabbitMQ outputs, each confirmed by the broker."),
     m("strom_gateway_hops_total", Counter, &["outcome"], "Requests this gateway sent to another node's gateway (outcome: answered; undelivered: no instance there; refused: no connection; broken: failed after sending)."),
     // Instances (worker role).
     m("strom_instance_starts_total", Counter, &["app"], "Instances started (first starts, restarts and replacements)."),

@@ -22,6 +22,7 @@ use strom_actors::runtime::select::Runtimes;
 use strom_actors::{Assignment, Lifecycle, NodeArgs, NodeMsg, NodeSupervisor, RoutingTable};
 use strom_proto::ids::{AppName, NodeId, VersionId};
 use strom_proto::instances::{InstanceState, InstanceStatus};
+use strom_proto::manifest::rabbitmq::PackageMessaging;
 use strom_proto::manifest::{is_legacy_http_worker, ZipLimits, HOST_JSON};
 use strom_proto::runtime_settings::{RuntimeKind, RuntimeSettings};
 use strom_proto::worker_view::WorkerView;
@@ -366,12 +367,19 @@ async fn assign_loop(
                     failures.remove(&(name.clone(), run.version.clone()));
                     let http_worker = std::fs::read(root.join(HOST_JSON))
                         .is_ok_and(|bytes| is_legacy_http_worker(&bytes));
+                    // What a RabbitMQ output needs is in the package, not the manifest.
+                    let messaging = PackageMessaging::from_dir(&root, &app.manifest.functions)
+                        .unwrap_or_else(|e| {
+                            tracing::error!(app = %name, version = run.version.short(), "cannot read the RabbitMQ bindings of the package: {e}; its outputs fail");
+                            PackageMessaging::default()
+                        });
                     let a = Assignment {
                         app: name.clone(),
                         version: run.version.clone(),
                         app_root: root,
                         manifest: Arc::new(app.manifest.clone()),
                         http_worker,
+                        messaging: Arc::new(messaging),
                         settings: run.settings.clone(),
                         instances: run.instances,
                     };

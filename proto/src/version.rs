@@ -32,7 +32,9 @@ use crate::ids::NodeId;
 /// - 8: publishing: deployment history and per-app deployment credentials
 ///   (`BeginDeployment`, `UpdateDeployment`, `SetDeployCredential`), system keys
 ///   (`KeyScope::System`) (snapshot format 5).
-pub const PROTOCOL: u32 = 8;
+/// - 9: messaging: apps with `rabbitMQ` output bindings (an older worker would
+///   take them for unsupported and drop their messages). No new wire shape.
+pub const PROTOCOL: u32 = 9;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -61,6 +63,9 @@ pub enum Feature {
     TimerRuns,
     /// Deployment history, deployment credentials and system keys (protocol 8).
     Publishing,
+    /// Versions with RabbitMQ output bindings: every worker publishes them
+    /// (protocol 9).
+    Messaging,
 }
 
 impl Feature {
@@ -73,6 +78,7 @@ impl Feature {
             Feature::Timers => 6,
             Feature::TimerRuns => 7,
             Feature::Publishing => 8,
+            Feature::Messaging => 9,
         }
     }
 }

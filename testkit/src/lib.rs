@@ -8,8 +8,11 @@
 //! - [`prometheus`]: the metrics text format, parsed strictly, and `promtool`.
 //! - [`handler`]: the static conformance handler, its app, its local image, and
 //!   the Docker check (skip with a message, or fail under `STROM_REQUIRE_DOCKER=1`).
+//! - [`broker`]: the RabbitMQ broker of the messaging tests (`STROM_RABBITMQ_URL`)
+//!   and a small client to declare queues and read what was published.
 
 pub mod apps;
+pub mod broker;
 pub mod handler;
 pub mod http;
 pub mod node;

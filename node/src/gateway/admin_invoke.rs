@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::admission::AdminTarget;
 use super::invoke::{answer_failed, record_answer};
-use super::json_mode::parse_answer_with;
+use super::json_mode::parse_answer_capturing;
 use super::recorder::Pending;
 use super::responses::{bad_request, full, Body, BoxError};
 use super::translate::{fast_uuid, invocation_request};
@@ -174,27 +174,39 @@ impl Gateway {
                 trigger,
             ),
         );
-        let (timeout, unsupported) = match inner.routing.load().apps.get(&target.app) {
-            Some(serving) => (
-                serving
-                    .manifest
-                    .host
-                    .function_timeout_ms
-                    .map(Duration::from_millis),
-                serving
-                    .manifest
-                    .functions
-                    .iter()
-                    .find(|f| f.name == target.function)
-                    .map(|f| {
-                        f.unsupported_outputs()
-                            .map(|(n, t)| (n.to_string(), t.to_string()))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default(),
-            ),
-            None => (None, Vec::new()),
-        };
+        let (timeout, unsupported, messages, messaging) =
+            match inner.routing.load().apps.get(&target.app) {
+                Some(serving) => {
+                    let f = serving
+                        .manifest
+                        .functions
+                        .iter()
+                        .find(|f| f.name == target.function);
+                    (
+                        serving
+                            .manifest
+                            .host
+                            .function_timeout_ms
+                            .map(Duration::from_millis),
+                        f.map(|f| {
+                            f.unsupported_outputs()
+                                .map(|(n, t)| (n.to_string(), t.to_string()))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default(),
+                        f.map(|f| {
+                            super::outputs::message_outputs(f)
+                                .into_iter()
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default(),
+                        serving.messaging.clone(),
+                    )
+                }
+                None => (None, Vec::new(), Vec::new(), Default::default()),
+            };
+        let message_refs: Vec<&str> = messages.iter().map(String::as_str).collect();
         metadata.insert(
             "sys".into(),
             json!({
@@ -254,8 +266,27 @@ impl Gateway {
                             .iter()
                             .map(|(n, t)| (n.as_str(), t.as_str()))
                             .collect();
-                        let parsed = parse_answer_with(status, &bytes.to_bytes(), None, &refs);
-                        let _ = record_answer(&mut record, parsed);
+                        let parsed = parse_answer_capturing(
+                            status,
+                            &bytes.to_bytes(),
+                            None,
+                            &refs,
+                            &message_refs,
+                        );
+                        if let Ok((_, values)) = record_answer(&mut record, parsed) {
+                            if values.iter().any(|v| !v.is_null()) {
+                                // A failed publish fails the run (and its retry policy applies).
+                                let _ = self
+                                    .send_outputs(
+                                        &target.app,
+                                        &messaging,
+                                        &message_refs,
+                                        values,
+                                        &mut record,
+                                    )
+                                    .await;
+                            }
+                        }
                     }
                 }
             }

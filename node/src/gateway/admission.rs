@@ -906,6 +906,7 @@ mod tests {
             version: strom_proto::ids::VersionId::of_bytes(b"web"),
             manifest: Arc::new(web.clone()),
             http_worker: false,
+            messaging: Default::default(),
             routes: Arc::new(RouteTable::build([(&app("web"), &web)])),
             endpoints: if web_ready_here {
                 vec![Arc::new(strom_actors::Endpoint::new(

@@ -25,7 +25,7 @@ use strom_proto::manifest::Trigger;
 use tokio::time::Instant;
 
 use super::admission::Target;
-use super::json_mode::{parse_answer_with, Answer, AnswerError, HttpOutput};
+use super::json_mode::{parse_answer_capturing, Answer, AnswerError, HttpOutput};
 use super::recorder::Pending;
 use super::responses::{
     bad_request, error, full, read_body, unavailable, undelivered, Body, BoxError, UNDELIVERED,
@@ -250,32 +250,36 @@ impl Gateway {
         // The instance may have died under the request (out of memory, a crash):
         // its record says how, once the worker has noticed.
         let died_under_call = matches!(outcome, Outcome::Failed(_));
-        let mut response = match outcome {
+        let messages = super::outputs::message_outputs(fmanifest);
+        let (mut response, values) = match outcome {
             Outcome::TimedOut(t) => {
                 record.status = InvocationStatus::TimedOut;
                 record.error = Some(format!(
                     "exceeded functionTimeout ({t:?}); the instance is recycled"
                 ));
-                error(
+                let r = error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "FunctionTimeout",
                     format!("function `{function}` did not finish within functionTimeout ({t:?})"),
-                )
+                );
+                (r, Vec::new())
             }
             Outcome::Failed(e) => {
                 record.status = InvocationStatus::Failed;
                 record.error = Some(format!("calling the handler failed: {e}"));
-                error(
+                let r = error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "InvocationFailed",
                     format!("function `{function}` failed: the handler did not answer ({e})"),
-                )
+                );
+                (r, Vec::new())
             }
             Outcome::Answered { resp, in_flight } if forwarding => {
                 record.http_status = resp.status().as_u16();
                 // The request counts as in flight (for drains and limits) until its
                 // streamed body has been relayed.
-                relay_response(resp, parts.version, (in_flight, admitted))
+                let r = relay_response(resp, parts.version, (in_flight, admitted));
+                (r, Vec::new())
             }
             Outcome::Answered {
                 resp,
@@ -288,11 +292,25 @@ impl Gateway {
                     function,
                     http.output.as_deref(),
                     &unsupported,
+                    &messages,
                     &mut record,
                 )
                 .await
             }
         };
+        // Sent, and confirmed, before the client hears of success.
+        if record.status == InvocationStatus::Succeeded && values.iter().any(|v| !v.is_null()) {
+            if let Err(e) = self
+                .send_outputs(app, &serving.messaging, &messages, values, &mut record)
+                .await
+            {
+                response = error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InvocationFailed",
+                    format!("function `{function}` failed: {e}"),
+                );
+            }
+        }
         if record.status != InvocationStatus::Succeeded || !forwarding {
             record.http_status = response.status().as_u16();
         }
@@ -361,14 +379,16 @@ impl Gateway {
 
 /// A JSON-mode handler's answer as the client's response; the record gets its
 /// `Logs` (kept even when the invocation failed) and its outcome.
+/// Also returns the values of the `captured` outputs (the messages to send).
 async fn json_answer(
     resp: Response<Incoming>,
     timeout: Option<Duration>,
     function: &str,
     output_binding: Option<&str>,
     unsupported: &[(&str, &str)],
+    captured: &[&str],
     record: &mut InvocationRecord,
-) -> Response<Body> {
+) -> (Response<Body>, Vec<serde_json::Value>) {
     let status = resp.status().as_u16();
     let read = match timeout {
         Some(t) => tokio::time::timeout(t, resp.into_body().collect())
@@ -378,34 +398,38 @@ async fn json_answer(
     };
     let bytes = match read {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => return answer_failed(record, function, e.to_string()),
-        Err(e) => return answer_failed(record, function, e),
+        Ok(Err(e)) => return (answer_failed(record, function, e.to_string()), Vec::new()),
+        Err(e) => return (answer_failed(record, function, e), Vec::new()),
     };
     match record_answer(
         record,
-        parse_answer_with(status, &bytes, output_binding, unsupported),
+        parse_answer_capturing(status, &bytes, output_binding, unsupported, captured),
     ) {
-        Ok(None) => {
+        Ok((None, values)) => {
             let mut r = Response::new(full(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
-            r
+            (r, values)
         }
-        Ok(Some(out)) => http_response(out),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InvocationFailed",
-            format!("function `{function}` failed: {e}"),
+        Ok((Some(out), values)) => (http_response(out), values),
+        Err(e) => (
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InvocationFailed",
+                format!("function `{function}` failed: {e}"),
+            ),
+            Vec::new(),
         ),
     }
 }
 
 /// A JSON-mode answer into its invocation's record: the handler's `Logs` (kept
 /// when it failed too), the values dropped for unsupported outputs, the outcome.
-/// Returns the `http` output, or why the invocation failed.
+/// Returns the `http` output and the captured outputs' values, or why the
+/// invocation failed.
 pub(super) fn record_answer(
     record: &mut InvocationRecord,
     parsed: Result<Answer, AnswerError>,
-) -> Result<Option<HttpOutput>, AnswerError> {
+) -> Result<(Option<HttpOutput>, Vec<serde_json::Value>), AnswerError> {
     let line = |source: &str, text: String| LogEntry {
         source: source.into(),
         text,
@@ -418,7 +442,7 @@ pub(super) fn record_answer(
             record
                 .logs
                 .extend(answer.dropped.into_iter().map(|t| line("host", t)));
-            Ok(answer.output)
+            Ok((answer.output, answer.captured))
         }
         Err(e) => {
             record.status = InvocationStatus::Failed;

@@ -250,6 +250,9 @@ pub struct Answer {
     pub output: Option<HttpOutput>,
     /// One line per value given to an output binding this cluster does not support.
     pub dropped: Vec<String>,
+    /// The values of the captured outputs (messages to send), in the order they
+    /// were asked for; null when not given.
+    pub captured: Vec<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -326,6 +329,8 @@ struct Parsed {
     return_value: Best<OutputValue>,
     /// Per unsupported output binding: was it given a value (not null)?
     given: Vec<Best<bool>>,
+    /// Per captured output binding: its value.
+    captured: Vec<Best<Value>>,
 }
 
 /// Reads the answer with the function's output bindings in mind.
@@ -334,6 +339,8 @@ struct AnswerSeed<'c> {
     /// The `http` output's name (`$return` for the return value), if it has one.
     binding: Option<&'c str>,
     unsupported: &'c [(&'c str, &'c str)],
+    /// Outputs whose whole value is kept (`$return` for the return value).
+    captured: &'c [&'c str],
 }
 
 impl<'de> DeserializeSeed<'de> for AnswerSeed<'_> {
@@ -351,10 +358,13 @@ impl<'de> Visitor<'de> for AnswerSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
         let mut p = Parsed {
             given: self.unsupported.iter().map(|_| Best::default()).collect(),
+            captured: self.captured.iter().map(|_| Best::default()).collect(),
             ..Parsed::default()
         };
         let return_read = |n: &(&str, &str)| n.0 == "$return";
-        let return_needed = self.binding.is_some() || self.unsupported.iter().any(return_read);
+        let return_captured = self.captured.contains(&"$return");
+        let return_needed =
+            self.binding.is_some() || self.unsupported.iter().any(return_read) || return_captured;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let key = key.as_str();
             let (logs, outputs, ret) = (
@@ -374,12 +384,27 @@ impl<'de> Visitor<'de> for AnswerSeed<'_> {
                         *g = Best::default();
                     }
                 }
+                for (c, name) in p.captured.iter_mut().zip(self.captured) {
+                    if *name != "$return" {
+                        *c = Best::default();
+                    }
+                }
                 map.next_value_seed(OutputsSeed {
                     answer: self,
                     parsed: &mut p,
                 })?;
             } else if return_needed && p.return_value.takes(ret) {
-                let v = map.next_value_seed(OutputSeed)?;
+                let v = if return_captured {
+                    let value = map.next_value::<Value>()?;
+                    for (c, name) in p.captured.iter_mut().zip(self.captured) {
+                        if *name == "$return" {
+                            c.keep(ret, value.clone());
+                        }
+                    }
+                    OutputSeed.deserialize(&value).map_err(de::Error::custom)?
+                } else {
+                    map.next_value_seed(OutputSeed)?
+                };
                 for (g, (name, _)) in p.given.iter_mut().zip(self.unsupported) {
                     if *name == "$return" {
                         g.keep(ret, v.is_some());
@@ -499,11 +524,28 @@ impl<'de> Visitor<'de> for OutputsSeed<'_, '_> {
                 name => rank(key, name),
             };
             let wanted = (0..unsupported.len()).any(|i| self.parsed.given[i].takes(named(i)));
-            if !self.parsed.http.takes(http) && !wanted {
+            let captured = self.answer.captured;
+            let kept = |i: usize| match captured[i] {
+                "$return" => 0,
+                name => rank(key, name),
+            };
+            let keep = (0..captured.len()).any(|i| self.parsed.captured[i].takes(kept(i)));
+            if !self.parsed.http.takes(http) && !wanted && !keep {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let v = map.next_value_seed(OutputSeed)?;
+            let v = if keep {
+                let value = map.next_value::<Value>()?;
+                for i in 0..captured.len() {
+                    let r = kept(i);
+                    if self.parsed.captured[i].takes(r) {
+                        self.parsed.captured[i].keep(r, value.clone());
+                    }
+                }
+                OutputSeed.deserialize(&value).map_err(de::Error::custom)?
+            } else {
+                map.next_value_seed(OutputSeed)?
+            };
             for i in 0..unsupported.len() {
                 let r = named(i);
                 if self.parsed.given[i].takes(r) {
@@ -707,11 +749,26 @@ pub fn parse_answer_with(
     output_binding: Option<&str>,
     unsupported: &[(&str, &str)],
 ) -> Result<Answer, AnswerError> {
+    parse_answer_capturing(status, body, output_binding, unsupported, &[])
+}
+
+/// [`parse_answer_with`], also keeping the whole values of the outputs named in
+/// `captured` (`$return` for the return value) in [`Answer::captured`]: the
+/// messages a function sends. A return value captured as a message is not also
+/// the HTTP response.
+pub fn parse_answer_capturing(
+    status: u16,
+    body: &[u8],
+    output_binding: Option<&str>,
+    unsupported: &[(&str, &str)],
+    captured: &[&str],
+) -> Result<Answer, AnswerError> {
     if !(200..300).contains(&status) {
         // Azure drops these logs; we keep them.
         let only_logs = AnswerSeed {
             binding: None,
             unsupported: &[],
+            captured: &[],
         };
         let logs = read_answer(body, only_logs)
             .ok()
@@ -722,6 +779,7 @@ pub fn parse_answer_with(
     let seed = AnswerSeed {
         binding: output_binding,
         unsupported,
+        captured,
     };
     let parsed = read_answer(body, seed).map_err(|e| AnswerError::NotJson(e.to_string()))?;
     let dropped = unsupported
@@ -736,17 +794,25 @@ pub fn parse_answer_with(
     let output = match output_binding {
         None => None,
         Some("$return") => parsed.return_value.value.flatten(),
-        // The named output, or the return value when it has none.
+        // The named output, or the return value when it has none (and is not
+        // a message).
+        Some(_) if captured.contains(&"$return") => parsed.http.value.flatten(),
         Some(_) => parsed
             .http
             .value
             .flatten()
             .or(parsed.return_value.value.flatten()),
     };
+    let captured = parsed
+        .captured
+        .into_iter()
+        .map(|c| c.value.unwrap_or(Value::Null))
+        .collect();
     Ok(Answer {
         logs,
         output: output.transpose().map_err(AnswerError::BadOutput)?,
         dropped,
+        captured,
     })
 }
 
@@ -754,6 +820,50 @@ pub fn parse_answer_with(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn message_outputs_are_kept_whole_and_a_return_message_is_not_the_response() {
+        let body = br#"{"Outputs":{"res":{"body":"ok"},"outOrder":[{"id":1},"two"],"other":1},
+            "ReturnValue":{"report":true}}"#;
+        let a =
+            parse_answer_capturing(200, body, Some("res"), &[], &["outOrder", "$return"]).unwrap();
+        assert_eq!(
+            a.captured,
+            vec![json!([{"id": 1}, "two"]), json!({"report": true})]
+        );
+        assert_eq!(a.output.unwrap().body, Bytes::from("ok"));
+        // The return value is a message, so an absent `res` is no response (204),
+        // not the return value.
+        let a = parse_answer_capturing(
+            200,
+            br#"{"Outputs":{},"ReturnValue":"m"}"#,
+            Some("res"),
+            &[],
+            &["$return"],
+        )
+        .unwrap();
+        assert_eq!((a.output, a.captured), (None, vec![json!("m")]));
+        // Names in another case are read as the host reads them; an exact one wins;
+        // a value not given is null.
+        let a = parse_answer_capturing(
+            200,
+            br#"{"Outputs":{"OUTORDER":"upper","outOrder":"exact"}}"#,
+            None,
+            &[],
+            &["outOrder", "absent"],
+        )
+        .unwrap();
+        assert_eq!(a.captured, vec![json!("exact"), Value::Null]);
+        // A failed invocation sends nothing.
+        assert!(parse_answer_capturing(
+            500,
+            br#"{"Outputs":{"outOrder":"x"}}"#,
+            None,
+            &[],
+            &["outOrder"]
+        )
+        .is_err());
+    }
 
     #[test]
     fn values_for_unsupported_outputs_are_named_not_dropped_silently() {

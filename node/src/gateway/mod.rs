@@ -21,6 +21,7 @@ pub mod keys;
 pub mod keys_api;
 pub mod limiter;
 pub mod listener;
+pub mod outputs;
 pub mod recorder;
 pub mod responses;
 pub mod routes;
@@ -126,6 +127,8 @@ struct Inner {
     invocations: InvocationStore,
     /// Timer runs started here, by invocation id (each runs once per node).
     timer_runs: timer_run::TimerRuns,
+    /// Publishes functions' RabbitMQ outputs (a connection per broker).
+    publisher: strom_messaging::Publisher,
     /// When the gateway started (the host status's `processUptime`).
     started: tokio::time::Instant,
     /// Stops the recorder once the port has closed.
@@ -184,6 +187,7 @@ impl Gateway {
                 recorder,
                 invocations,
                 timer_runs: timer_run::TimerRuns::default(),
+                publisher: strom_messaging::Publisher::default(),
                 started: tokio::time::Instant::now(),
                 stop,
                 background: std::sync::Mutex::new(vec![recording]),

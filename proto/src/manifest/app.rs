@@ -132,6 +132,9 @@ pub fn validate_app_for(
             Err(_) => {}
         }
     }
+    if let Some(bytes) = &pkg.host_json {
+        errors.extend(super::rabbitmq::check_host(bytes));
+    }
     if pkg.function_jsons.is_empty() {
         errors.push(ManifestError::new(
             PACKAGE_FILE,

@@ -1,8 +1,11 @@
 //! `<name>/function.json`: one function's trigger and bindings.
 //!
-//! Strom runs `httpTrigger` (with an `http` output) and `timerTrigger`. Every other binding
-//! type is accepted and recorded as unsupported, so an app written for Azure still deploys
-//! and `strom app show` can say which functions will not run here.
+//! Strom runs `httpTrigger` (with an `http` output) and `timerTrigger`, and publishes
+//! `rabbitMQ` outputs (their queue and connection checked here; see
+//! [`super::rabbitmq`]). Every other binding type is accepted and recorded as
+//! unsupported, so an app written for Azure still deploys and `strom app show` can say
+//! which functions will not run here. A `rabbitMQTrigger` is checked like an output
+//! but is not run yet.
 
 use std::collections::BTreeMap;
 
@@ -352,7 +355,31 @@ fn parse_bindings(
                 ),
             }
         }
-        let supported = matches!(lower.as_str(), "httptrigger" | "http" | "timertrigger");
+        let supported = matches!(
+            lower.as_str(),
+            "httptrigger" | "http" | "timertrigger" | "rabbitmq"
+        );
+        if matches!(lower.as_str(), "rabbitmq" | "rabbitmqtrigger") {
+            let wanted = if lower == "rabbitmq" {
+                Direction::Out
+            } else {
+                Direction::In
+            };
+            if direction != wanted {
+                r.err(
+                    &key_path(&path, "direction"),
+                    format!(
+                        "a `{binding_type}` binding must have direction `{}`",
+                        if wanted == Direction::Out {
+                            "out"
+                        } else {
+                            "in"
+                        }
+                    ),
+                );
+            }
+            super::rabbitmq::read_binding(r, obj, &path, &name, Some(ctx.settings));
+        }
         if lower == "http" {
             if direction != Direction::Out {
                 r.err(
@@ -718,6 +745,50 @@ mod tests {
             errors.iter().any(|e| e.contains(needle)),
             "no `{needle}` in {errors:#?}"
         );
+    }
+
+    #[test]
+    fn rabbitmq_bindings_are_checked_at_deploy_with_file_path_and_reason() {
+        let out = r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"},
+            {"type":"rabbitMQ","direction":"out","name":"$return","queueName":"orders",
+             "connectionStringSetting":"RabbitConn"}]}"#;
+        let ok = parse_with("hello", out, &[("RabbitConn", "amqp://u:p@h:5672/")]).unwrap();
+        assert!(ok.unsupported.is_empty(), "{:?}", ok.unsupported);
+        assert_eq!(ok.unsupported_outputs().count(), 0);
+
+        let e: Vec<String> = parse(out)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_has(&e, "hello/function.json: bindings[1].connectionStringSetting: `RabbitConn` names no app setting: set `RabbitConn` to the broker's URI");
+        let e = parse_with("hello", out, &[("RabbitConn", "amqp://u:pw-secret@h:x/")]).unwrap_err();
+        assert_eq!(e[0].json_path, "bindings[1].connectionStringSetting");
+        assert!(e[0].message.contains("not an AMQP URI"), "{}", e[0].message);
+        assert!(!e[0].message.contains("pw-secret"), "{}", e[0].message);
+
+        let e = errs(
+            r#"{"bindings":[{"type":"rabbitMQTrigger","direction":"out","name":"msg","queueName":" ",
+                "connectionStringSetting":"C","port":70000}]}"#,
+        );
+        assert_has(
+            &e,
+            "bindings[0].direction: a `rabbitMQTrigger` binding must have direction `in`",
+        );
+        assert_has(&e, "bindings[0].queueName: must not be empty");
+        assert_has(&e, "bindings[0].port: 70000 is not a port");
+        let e = errs(
+            r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 * * * * *"},
+                {"type":"rabbitMQ","direction":"out","name":"m","queueName":"q"}]}"#,
+        );
+        assert_has(&e, "bindings[1].connectionStringSetting: required");
+        // The extension's older form: a host and the settings of the credentials.
+        let parts = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 * * * * *"},
+            {"type":"rabbitMQ","direction":"out","name":"m","queueName":"q","hostName":"mq1",
+             "userNameSetting":"U","passwordSetting":"P"}]}"#;
+        assert!(parse_with("hello", parts, &[("U", "u"), ("P", "p")]).is_ok());
+        let e = parse_with("hello", parts, &[("U", "u")]).unwrap_err();
+        assert_eq!(e[0].json_path, "bindings[1].passwordSetting");
     }
 
     const HTTP: &str = r#"{"bindings":[

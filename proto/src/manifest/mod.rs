@@ -13,6 +13,7 @@ pub mod function_json;
 pub mod host_json;
 pub mod ncrontab;
 pub mod package;
+pub mod rabbitmq;
 pub mod route_template;
 pub mod timespan;
 

@@ -1,0 +1,241 @@
+//! RabbitMQ outputs through the `strom` binary against a real broker
+//! (`STROM_RABBITMQ_URL`; CI starts one with `.ci/rabbitmq`): the example app
+//! `examples/rabbitmq-orders` unchanged but for its queue names and broker,
+//! its messages read back with a plain AMQP client.
+
+// Unix only: the example's handler is `python3` (docs/windows.md).
+#![cfg(unix)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{examples, http, Up};
+use strom_testkit::broker::{rabbitmq_or_skip, Broker};
+
+/// A copy of the example app whose queues carry `suffix` (tests share the
+/// broker) and whose `RabbitMQConnection` is `url`.
+fn orders_app(dir: &Path, suffix: &str, url: &str) {
+    let src = examples().join("rabbitmq-orders");
+    for entry in [
+        "host.json",
+        "handler.py",
+        "order/function.json",
+        "nightly-report/function.json",
+    ] {
+        let to = dir.join(entry);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let text = std::fs::read_to_string(src.join(entry)).unwrap();
+        let text = text
+            .replace(
+                "\"queueName\": \"orders\"",
+                &format!("\"queueName\": \"orders-{suffix}\""),
+            )
+            .replace(
+                "\"queueName\": \"reports\"",
+                &format!("\"queueName\": \"reports-{suffix}\""),
+            );
+        std::fs::write(to, text).unwrap();
+    }
+    let settings = serde_json::json!({
+        "IsEncrypted": false,
+        "Values": {"FUNCTIONS_WORKER_RUNTIME": "custom", "RabbitMQConnection": url},
+    });
+    std::fs::write(dir.join("local.settings.json"), settings.to_string()).unwrap();
+}
+
+fn suffix() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+#[test]
+fn t_mq1_outputs_are_published_confirmed_and_a_failed_publish_fails_the_invocation() {
+    let Some(url) = rabbitmq_or_skip("t_mq1") else {
+        return;
+    };
+    let broker = Broker::connect(&url);
+    let password = broker.endpoint.password().to_string();
+    let s = suffix();
+    let (orders, reports) = (format!("orders-{s}"), format!("reports-{s}"));
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("shop");
+    orders_app(&app, &s, &url);
+    let up = Up::start(data.path(), &[&app], &[]);
+
+    // No queue yet: the broker returns the message, and the client hears so.
+    let r = http("POST", &up.http, "/api/orders", &[], br#"{"id":1}"#);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains(&format!("no queue `{orders}`")) && r.text().contains("NO_ROUTE"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        !r.text().contains(&password),
+        "the password leaked: {}",
+        r.text()
+    );
+
+    // With the queue: an array is one message per item, persistent, confirmed
+    // before the 202.
+    broker.declare(&orders);
+    broker.declare(&reports);
+    let r = http(
+        "POST",
+        &up.http,
+        "/api/orders",
+        &[],
+        br#"[{"id":1},{"id":2},"three"]"#,
+    );
+    assert_eq!((r.status, r.text().as_str()), (202, r#"{"queued": 3}"#));
+    let got = broker.drain(&orders);
+    let bodies: Vec<String> = got.iter().map(|g| g.text()).collect();
+    assert_eq!(bodies, vec![r#"{"id":1}"#, r#"{"id":2}"#, "three"]);
+    assert!(got.iter().all(|g| g.properties.delivery_mode() == &Some(2)));
+    let types: Vec<String> = got
+        .iter()
+        .map(|g| g.properties.content_type().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(types[0], "application/json");
+    assert_eq!(types[2], "text/plain; charset=utf-8");
+    // One invocation: one correlation id, the message ids numbered.
+    let correlation = got[0].properties.correlation_id().clone().unwrap();
+    assert!(got
+        .iter()
+        .all(|g| g.properties.correlation_id().as_ref() == Some(&correlation)));
+    assert_eq!(
+        got[2].properties.message_id().as_ref().unwrap().to_string(),
+        format!("{}:2", correlation.as_str())
+    );
+
+    // A timer function's return value, run now.
+    let out = up.strom(&["fn", "invoke", "shop", "nightly-report"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = broker.get(&reports).expect("the report message");
+    assert!(
+        report.text().contains(r#""report":"nightly""#),
+        "{}",
+        report.text()
+    );
+
+    // The records say what was sent, and what failed (records land a moment
+    // after the answer).
+    let sent = format!("3 message(s) to rabbitMQ queue `{orders}`");
+    strom_testkit::eventually(Duration::from_secs(10), "both records", || {
+        let logs = up.strom(&["fn", "logs", "shop", "order"]).stdout;
+        (logs.contains(&sent) && logs.contains("NO_ROUTE")).then_some(())
+    });
+
+    // The broker unreachable: the invocation fails naming where, not how to log in.
+    let closed = strom_testkit::ports::free_port();
+    let set = up.strom(&[
+        "app",
+        "settings",
+        "set",
+        "shop",
+        &format!("RabbitMQConnection=amqp://strom:{password}@127.0.0.1:{closed}/"),
+    ]);
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let r = strom_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the new setting",
+        || {
+            let r = http("POST", &up.http, "/api/orders", &[], br#"{"id":4}"#);
+            (r.status == 500 && r.text().contains("connection refused")).then_some(r)
+        },
+    );
+    assert!(
+        r.text()
+            .contains(&format!("connection refused to 127.0.0.1:{closed}")),
+        "{}",
+        r.text()
+    );
+    assert!(
+        !r.text().contains(&password),
+        "the password leaked: {}",
+        r.text()
+    );
+    let logs = strom_testkit::eventually(Duration::from_secs(10), "the failed record", || {
+        let logs = up.strom(&["fn", "logs", "shop", "order"]).stdout;
+        logs.contains("connection refused to").then_some(logs)
+    });
+    assert!(!logs.contains(&password), "the password leaked: {logs}");
+    assert!(broker.get(&orders).is_none(), "nothing was published");
+
+    broker.delete(&orders);
+    broker.delete(&reports);
+    up.stop();
+}
+
+#[test]
+fn t_mq2_bad_bindings_are_refused_at_deploy_and_change_nothing() {
+    // No broker needed: the deploy check reads the package and the settings.
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("shop");
+    orders_app(&app, "bad", "amqp://u:secret-pw@127.0.0.1:5672/");
+    let up = Up::start(data.path(), &[&app], &[]);
+    let active = up.json(&["app", "show", "shop"])["app"]["active_version"].clone();
+
+    let bad = apps.path().join("bad").join("shop");
+    orders_app(&bad, "bad", "amqp://u:secret-pw@127.0.0.1:5672/");
+    let f = bad.join("order/function.json");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        text.replace("\"orders-bad\"", "\"\"")
+            .replace("RabbitMQConnection", "NoSuchSetting"),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("host.json"),
+        std::fs::read_to_string(bad.join("host.json"))
+            .unwrap()
+            .replace("\"prefetchCount\": 30", "\"prefetchCount\": -1"),
+    )
+    .unwrap();
+    // A malformed URI in the setting a binding names.
+    let timer = bad.join("nightly-report/function.json");
+    let text = std::fs::read_to_string(&timer).unwrap();
+    std::fs::write(&timer, text.replace("RabbitMQConnection", "BadUri")).unwrap();
+    let settings = serde_json::json!({
+        "IsEncrypted": false,
+        "Values": {"BadUri": "amqp://u:secret-pw@127.0.0.1:99999/"},
+    });
+    std::fs::write(bad.join("local.settings.json"), settings.to_string()).unwrap();
+    let out = up.strom(&[
+        "app",
+        "deploy",
+        bad.to_str().unwrap(),
+        "--publish-local-settings",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for expected in [
+        "order/function.json: bindings[2].queueName: must not be empty",
+        "order/function.json: bindings[2].connectionStringSetting: `NoSuchSetting` names no app setting",
+        "nightly-report/function.json: bindings[1].connectionStringSetting: the app setting `BadUri` is not an AMQP URI",
+        "host.json: extensions.rabbitMQ.prefetchCount: -1 is out of range",
+    ] {
+        assert!(out.stderr.contains(expected), "missing `{expected}` in:\n{}", out.stderr);
+    }
+    assert!(
+        !out.stderr.contains("secret-pw"),
+        "the password leaked: {}",
+        out.stderr
+    );
+    assert_eq!(
+        up.json(&["app", "show", "shop"])["app"]["active_version"],
+        active,
+        "the previous version stays active"
+    );
+    up.stop();
+}

@@ -1,0 +1,117 @@
+//! The RabbitMQ broker the messaging tests run against: the one
+//! `STROM_RABBITMQ_URL` names (`.ci/rabbitmq start DIR` starts one on loopback
+//! ports). Without it a test skips with a message; with
+//! `STROM_REQUIRE_RABBITMQ=1` (CI) it fails instead.
+//!
+//! [`Broker`] is a plain lapin client, blocking, for what a test does beside
+//! Strom: declare and delete queues, and read what functions published.
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use strom_proto::manifest::rabbitmq::{parse_amqp_uri, AmqpEndpoint};
+
+/// The broker's URL, or `None` (with a message) when the test cannot run.
+pub fn rabbitmq_or_skip(test: &str) -> Option<String> {
+    match std::env::var("STROM_RABBITMQ_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var("STROM_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1") => {
+            panic!("{test}: STROM_RABBITMQ_URL is not set, and STROM_REQUIRE_RABBITMQ=1")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: no RabbitMQ broker (start one with `.ci/rabbitmq start DIR` \
+                 and source DIR/env; STROM_REQUIRE_RABBITMQ=1 makes this an error)"
+            );
+            None
+        }
+    }
+}
+
+/// A message read back from a queue.
+#[derive(Debug)]
+pub struct Got {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub redelivered: bool,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A blocking client of the test broker.
+pub struct Broker {
+    rt: tokio::runtime::Runtime,
+    pub endpoint: AmqpEndpoint,
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Broker {
+    pub fn connect(url: &str) -> Broker {
+        let endpoint = parse_amqp_uri(url).expect("STROM_RABBITMQ_URL is an AMQP URI");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (connection, channel) = rt.block_on(async {
+            let c = strom_messaging::connect(&endpoint, None)
+                .await
+                .unwrap_or_else(|e| panic!("the test broker: {e}"));
+            let ch = c.create_channel().await.unwrap();
+            (c, ch)
+        });
+        Broker {
+            rt,
+            endpoint,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// Declares a durable queue (again: no-op).
+    pub fn declare(&self, queue: &str) {
+        self.rt
+            .block_on(self.channel.queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ))
+            .unwrap_or_else(|e| panic!("declaring queue {queue}: {e}"));
+    }
+
+    pub fn delete(&self, queue: &str) {
+        let _ = self.rt.block_on(
+            self.channel
+                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default()),
+        );
+    }
+
+    /// The next message of `queue`, acknowledged, if there is one.
+    pub fn get(&self, queue: &str) -> Option<Got> {
+        let got = self
+            .rt
+            .block_on(
+                self.channel
+                    .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true }),
+            )
+            .unwrap_or_else(|e| panic!("reading queue {queue}: {e}"))?;
+        Some(Got {
+            body: got.delivery.data.clone(),
+            properties: got.delivery.properties.clone(),
+            redelivered: got.delivery.redelivered,
+        })
+    }
+
+    /// Every message waiting in `queue`, in order.
+    pub fn drain(&self, queue: &str) -> Vec<Got> {
+        std::iter::from_fn(|| self.get(queue)).collect()
+    }
+}
