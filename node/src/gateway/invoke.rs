@@ -119,7 +119,14 @@ impl Gateway {
         let inner = &self.inner;
         let snapshot = inner.routing.load();
         let Some(serving) = snapshot.apps.get(&target.app) else {
-            return undelivered(&target.app);
+            // Admitted while served here, and no longer since (a drain, a
+            // scale-down moved it off this node in between): a client's request,
+            // which no handler saw, goes to another worker that runs the app; a
+            // peer's is "undelivered", and its gateway tries elsewhere.
+            if !wait {
+                return undelivered(&target.app);
+            }
+            return self.proxy_elsewhere(req, &target.app).await;
         };
         let fmanifest = &serving.manifest.functions[target.function_index];
         let Trigger::Http(http) = &fmanifest.trigger else {
@@ -330,6 +337,29 @@ impl Gateway {
         });
         span.end_http(response.status());
         response
+    }
+
+    /// A client's request for `app`, which is no longer served here, sent over
+    /// the hop to a worker that runs it (503 if none can take it).
+    async fn proxy_elsewhere<B>(&self, req: Request<B>, app: &AppName) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let (parts, body) = req.into_parts();
+        let http2 = parts.version == hyper::Version::HTTP_2;
+        let max = inner.config.max_body_bytes;
+        let body = match read_body(body, max, inner.config.http.body_read, http2).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
+        };
+        match self.proxy(app, &parts, &body).await {
+            Ok(elsewhere) => elsewhere,
+            Err(()) => unavailable(format!(
+                "no Ready instance of app `{app}` on this node, and no other worker took the request"
+            )),
+        }
     }
 
     /// A Ready endpoint for `app`, waiting for a cold start if none is Ready yet
