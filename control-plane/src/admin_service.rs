@@ -734,6 +734,10 @@ fn function_info(
         Trigger::Unsupported { binding_type } => {
             info.trigger_type = binding_type.clone();
         }
+        Trigger::RabbitMq(t) => {
+            info.trigger_type = "rabbitMQTrigger".into();
+            info.queue_name = t.queue_name.clone();
+        }
     }
     info
 }
@@ -1012,6 +1016,13 @@ impl AdminService for AdminApi {
         let function = find_function(state, &req.function_name)?;
         match &function.trigger {
             Trigger::Timer(_) => {}
+            Trigger::RabbitMq(t) => {
+                return Err(Status::invalid_argument(format!(
+                    "function `{}` has a RabbitMQ trigger: publish a message to queue `{}` \
+                     (or POST /admin/functions/{} with the app's master key and {{\"input\": \"…\"}})",
+                    function.name, t.queue_name, function.name
+                )))
+            }
             Trigger::Http(_) => {
                 return Err(Status::invalid_argument(format!(
                     "function `{}` has an HTTP trigger: call its URL (strom fn list shows it)",

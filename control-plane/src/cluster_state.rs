@@ -595,13 +595,14 @@ impl ClusterState {
         if let Some(c) = self.route_conflict(&d.app, &d.manifest) {
             return Err(c);
         }
-        let publishes = d.manifest.functions.iter().any(|f| {
-            f.bindings
-                .iter()
-                .any(|b| strom_proto::manifest::rabbitmq::is_output_type(&b.binding_type))
+        let messaging = d.manifest.functions.iter().any(|f| {
+            matches!(f.trigger, strom_proto::manifest::Trigger::RabbitMq(_))
+                || f.bindings
+                    .iter()
+                    .any(|b| strom_proto::manifest::rabbitmq::is_output_type(&b.binding_type))
         });
-        if publishes {
-            self.needs(Feature::Messaging, "RabbitMQ output bindings")?;
+        if messaging {
+            self.needs(Feature::Messaging, "RabbitMQ bindings")?;
         }
         let state = self.apps.entry(d.app.clone()).or_insert_with(|| {
             Arc::new(AppState {

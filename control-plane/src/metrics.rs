@@ -72,12 +72,13 @@ use Kind::{Counter, Gauge, Histogram};
 pub const CATALOG: &[Described] = &[
     m("strom_build_info", Gauge, &["version"], "Always 1; the build this node runs."),
     // Gateway and invocations (the node that ran the instance).
-    m("strom_invocations_total", Counter, &["app", "function", "trigger", "status"], "Invocations of local instances by outcome (status: succeeded, failed, timedout; trigger: http, timer, admin)."),
+    m("strom_invocations_total", Counter, &["app", "function", "trigger", "status"], "Invocations of local instances by outcome (status: succeeded, failed, timedout; trigger: http, timer, admin, rabbitMQ)."),
     m("strom_invocation_duration_seconds", Histogram, &["app", "function", "trigger"], "How long invocations of local instances took, from the gateway's send to the answer."),
     m("strom_gateway_responses_total", Counter, &["code"], "Responses of this node's function port by HTTP status code (429: maxOutstandingRequests, 504: functionTimeout, 503: no instance)."),
     m("strom_gateway_requests_in_flight", Gauge, &["app"], "Requests for the app admitted on this node and not yet answered (counted against maxOutstandingRequests)."),
     m("strom_gateway_requests_queued", Gauge, &["app"], "Requests for the app waiting for a turn under maxConcurrentRequests."),
     m("strom_rabbitmq_published_total", Counter, &["app"], "Messages functions of the app sent to RabbitMQ outputs, each confirmed by the broker."),
+    m("strom_rabbitmq_poisoned_total", Counter, &["app"], "Messages of the app's RabbitMQ triggers moved to their poison queue after the last attempt failed."),
     m("strom_gateway_hops_total", Counter, &["outcome"], "Requests this gateway sent to another node's gateway (outcome: answered; undelivered: no instance there; refused: no connection; broken: failed after sending)."),
     // Instances (worker role).
     m("strom_instance_starts_total", Counter, &["app"], "Instances started (first starts, restarts and replacements)."),

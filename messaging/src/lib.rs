@@ -8,6 +8,7 @@
 //! (`strom_proto::manifest::rabbitmq`); this crate only talks to brokers.
 
 pub mod connect;
+pub mod delivery;
 pub mod publish;
 
 pub use connect::{connect, BrokerError, CONNECT_DEADLINE};

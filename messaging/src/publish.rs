@@ -102,13 +102,43 @@ impl Publisher {
         invocation: &str,
         messages: &[OutMessage],
     ) -> Result<(), PublishError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let messages: Vec<(Vec<u8>, BasicProperties)> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(ShortString::from(m.content_type))
+                    .with_message_id(ShortString::from(format!("{invocation}:{i}")))
+                    .with_correlation_id(ShortString::from(invocation))
+                    .with_timestamp(now)
+                    .with_app_id(ShortString::from("strom"));
+                (m.body.clone(), props)
+            })
+            .collect();
+        self.publish_raw(endpoint, ca_pem, queue, &messages).await
+    }
+
+    /// Publishes messages with the properties given (a poisoned message keeps
+    /// its own), confirmed as [`Publisher::publish`] does.
+    pub async fn publish_raw(
+        &self,
+        endpoint: &AmqpEndpoint,
+        ca_pem: Option<&str>,
+        queue: &str,
+        messages: &[(Vec<u8>, BasicProperties)],
+    ) -> Result<(), PublishError> {
         if messages.is_empty() {
             return Ok(());
         }
         let slot = self.slot(endpoint, ca_pem);
         let sent = tokio::time::timeout(
             PUBLISH_DEADLINE,
-            self.send(&slot, endpoint, ca_pem, queue, invocation, messages),
+            self.send(&slot, endpoint, ca_pem, queue, messages),
         )
         .await;
         match sent {
@@ -192,8 +222,7 @@ impl Publisher {
         endpoint: &AmqpEndpoint,
         ca_pem: Option<&str>,
         queue: &str,
-        invocation: &str,
-        messages: &[OutMessage],
+        messages: &[(Vec<u8>, BasicProperties)],
     ) -> Result<(), PublishError> {
         let channel = Self::channel(slot, endpoint, ca_pem).await?;
         let lost = |what: String| PublishError::Lost {
@@ -201,19 +230,8 @@ impl Publisher {
             what,
         };
         let of = messages.len();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let mut confirms = Vec::with_capacity(of);
-        for (i, m) in messages.iter().enumerate() {
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type(ShortString::from(m.content_type))
-                .with_message_id(ShortString::from(format!("{invocation}:{i}")))
-                .with_correlation_id(ShortString::from(invocation))
-                .with_timestamp(now)
-                .with_app_id(ShortString::from("strom"));
+        for (i, (body, props)) in messages.iter().enumerate() {
             let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
@@ -222,8 +240,8 @@ impl Publisher {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &m.body,
-                    props,
+                    body,
+                    props.clone(),
                 )
                 .await
                 .map_err(|e| lost(format!("publishing message {} of {of} failed: {e}", i + 1)))?;

@@ -720,6 +720,9 @@ pub fn print_functions(functions: &[pb::FunctionInfo], wide: bool) {
 }
 
 fn url_or_schedule(f: &pb::FunctionInfo) -> String {
+    if !f.queue_name.is_empty() {
+        return format!("queue {}", f.queue_name);
+    }
     match &f.timer {
         _ if !f.url.is_empty() => f.url.clone(),
         // As the cluster runs it: `%Setting%` resolved, with its zone.

@@ -15,15 +15,20 @@ use common::{examples, http, Up};
 use strom_testkit::broker::{rabbitmq_or_skip, Broker};
 
 /// A copy of the example app whose queues carry `suffix` (tests share the
-/// broker) and whose `RabbitMQConnection` is `url`.
-fn orders_app(dir: &Path, suffix: &str, url: &str) {
+/// broker) and whose `RabbitMQConnection` is `url`; with `consume`, with its
+/// RabbitMQ trigger.
+fn orders_app(dir: &Path, suffix: &str, url: &str, consume: bool) {
     let src = examples().join("rabbitmq-orders");
-    for entry in [
+    let mut entries = vec![
         "host.json",
         "handler.py",
         "order/function.json",
         "nightly-report/function.json",
-    ] {
+    ];
+    if consume {
+        entries.push("process-order/function.json");
+    }
+    for entry in entries {
         let to = dir.join(entry);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let text = std::fs::read_to_string(src.join(entry)).unwrap();
@@ -35,6 +40,10 @@ fn orders_app(dir: &Path, suffix: &str, url: &str) {
             .replace(
                 "\"queueName\": \"reports\"",
                 &format!("\"queueName\": \"reports-{suffix}\""),
+            )
+            .replace(
+                "\"queueName\": \"processed\"",
+                &format!("\"queueName\": \"processed-{suffix}\""),
             );
         std::fs::write(to, text).unwrap();
     }
@@ -68,7 +77,7 @@ fn t_mq1_outputs_are_published_confirmed_and_a_failed_publish_fails_the_invocati
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("shop");
-    orders_app(&app, &s, &url);
+    orders_app(&app, &s, &url, false);
     let up = Up::start(data.path(), &[&app], &[]);
 
     // No queue yet: the broker returns the message, and the client hears so.
@@ -182,12 +191,12 @@ fn t_mq2_bad_bindings_are_refused_at_deploy_and_change_nothing() {
     let data = tempfile::tempdir().unwrap();
     let apps = tempfile::tempdir().unwrap();
     let app = apps.path().join("shop");
-    orders_app(&app, "bad", "amqp://u:secret-pw@127.0.0.1:5672/");
+    orders_app(&app, "bad", "amqp://u:secret-pw@127.0.0.1:5672/", false);
     let up = Up::start(data.path(), &[&app], &[]);
     let active = up.json(&["app", "show", "shop"])["app"]["active_version"].clone();
 
     let bad = apps.path().join("bad").join("shop");
-    orders_app(&bad, "bad", "amqp://u:secret-pw@127.0.0.1:5672/");
+    orders_app(&bad, "bad", "amqp://u:secret-pw@127.0.0.1:5672/", false);
     let f = bad.join("order/function.json");
     let text = std::fs::read_to_string(&f).unwrap();
     std::fs::write(
@@ -238,4 +247,95 @@ fn t_mq2_bad_bindings_are_refused_at_deploy_and_change_nothing() {
         "the previous version stays active"
     );
     up.stop();
+}
+
+#[test]
+fn t_mq3_a_trigger_acknowledges_after_its_outputs_and_poisons_after_the_last_attempt() {
+    let Some(url) = rabbitmq_or_skip("t_mq3") else {
+        return;
+    };
+    let broker = Broker::connect(&url);
+    let s = suffix();
+    let (orders, processed) = (format!("orders-{s}"), format!("processed-{s}"));
+    let poison = format!("{orders}-poison");
+    broker.declare(&orders);
+    broker.declare(&processed);
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("shop");
+    orders_app(&app, &s, &url, true);
+    let up = Up::start(data.path(), &[&app], &[]);
+    let fns = up.json(&["fn", "list", "shop"]);
+    let f = fns["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "process-order")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (f["trigger_type"].as_str(), f["queue_name"].as_str()),
+        (Some("rabbitMQTrigger"), Some(orders.as_str())),
+        "{fns}"
+    );
+
+    // Three orders through the HTTP function; the trigger takes each.
+    let r = http(
+        "POST",
+        &up.http,
+        "/api/orders",
+        &[],
+        br#"[{"id":1},{"id":2},{"id":3,"fail":true}]"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut done = Vec::new();
+    strom_testkit::eventually(Duration::from_secs(30), "two orders processed", || {
+        done.extend(broker.drain(&processed).into_iter().map(|g| g.text()));
+        (done.len() >= 2).then_some(())
+    });
+    done.sort();
+    assert_eq!(done, vec![r#"{"processed":1}"#, r#"{"processed":2}"#]);
+
+    // The failing one: three attempts (its retry policy), then the poison queue
+    // with its reasons, and nothing left unacknowledged.
+    let bad = strom_testkit::eventually(Duration::from_secs(30), "the poisoned order", || {
+        broker.get(&poison)
+    });
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&bad.body).unwrap(),
+        serde_json::json!({"id": 3, "fail": true})
+    );
+    let headers = bad.properties.headers().clone().expect("poison headers");
+    let header = |k: &str| {
+        strom_messaging::delivery::amqp_json(headers.inner().get(k).expect(k)).to_string()
+    };
+    assert!(header("x-strom-function").contains("process-order"));
+    assert!(
+        header("x-strom-attempts").contains('3'),
+        "{}",
+        header("x-strom-attempts")
+    );
+    assert!(
+        header("x-strom-error").contains("HTTP 500"),
+        "{}",
+        header("x-strom-error")
+    );
+    assert!(broker.get(&processed).is_none(), "nothing handled twice");
+
+    // Each invocation is in the records, with its trigger.
+    let logs = strom_testkit::eventually(Duration::from_secs(10), "the records", || {
+        let logs = up.strom(&["fn", "logs", "shop", "process-order"]).stdout;
+        (logs.matches("rabbitMQ Succeeded").count() == 2
+            && logs.matches("rabbitMQ Failed").count() == 3)
+            .then_some(logs)
+    });
+    assert!(logs.contains("processed order 1"), "{logs}");
+
+    up.stop();
+    // Stopped, the node's consumers are gone: a message they held unacknowledged
+    // would be back in the queue now.
+    assert_eq!(broker.count(&orders), 0, "every message was acknowledged");
+    for q in [&orders, &processed, &poison] {
+        broker.delete(q);
+    }
 }

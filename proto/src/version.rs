@@ -33,7 +33,8 @@ use crate::ids::NodeId;
 ///   (`BeginDeployment`, `UpdateDeployment`, `SetDeployCredential`), system keys
 ///   (`KeyScope::System`) (snapshot format 5).
 /// - 9: messaging: apps with `rabbitMQ` output bindings (an older worker would
-///   take them for unsupported and drop their messages). No new wire shape.
+///   take them for unsupported and drop their messages) and `rabbitMQTrigger`s
+///   (`Trigger::RabbitMq`, appended: an older node cannot decode it).
 pub const PROTOCOL: u32 = 9;
 
 /// The oldest protocol a member can speak; what a member that does not answer
@@ -63,8 +64,8 @@ pub enum Feature {
     TimerRuns,
     /// Deployment history, deployment credentials and system keys (protocol 8).
     Publishing,
-    /// Versions with RabbitMQ output bindings: every worker publishes them
-    /// (protocol 9).
+    /// Versions with RabbitMQ bindings: every worker publishes their outputs and
+    /// every node decodes their triggers (protocol 9).
     Messaging,
 }
 

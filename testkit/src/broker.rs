@@ -87,6 +87,21 @@ impl Broker {
             .unwrap_or_else(|e| panic!("declaring queue {queue}: {e}"));
     }
 
+    /// Messages ready in `queue` (a passive declare: no management plugin).
+    pub fn count(&self, queue: &str) -> u32 {
+        self.rt
+            .block_on(self.channel.queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ))
+            .unwrap_or_else(|e| panic!("counting queue {queue}: {e}"))
+            .message_count()
+    }
+
     pub fn delete(&self, queue: &str) {
         let _ = self.rt.block_on(
             self.channel

@@ -2,7 +2,8 @@
 //! runs a non-HTTP function now. Like Azure, it answers 202 Accepted once the
 //! invocation is handed to an instance and runs it in the background; the answer
 //! names the invocation (`x-ms-invocation-id`), whose record `strom fn logs` shows.
-//! For a timer function the body's `input` is ignored and `IsPastDue` is false.
+//! For a timer function the body's `input` is ignored and `IsPastDue` is false;
+//! a RabbitMQ function gets it as a message body (`Data.{name}`).
 //! Also Azure's `GET /admin/host/status` (master key) of an app.
 
 use crate::traces::Trace;
@@ -124,10 +125,30 @@ impl Gateway {
         };
         let id = fast_uuid();
         let mut data = serde_json::Map::new();
-        data.insert(
-            target.binding.clone(),
-            strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false),
-        );
+        let queue = self
+            .inner
+            .routing
+            .load()
+            .apps
+            .get(&target.app)
+            .and_then(|s| {
+                s.manifest
+                    .functions
+                    .iter()
+                    .find(|f| f.name == target.function)
+            })
+            .is_some_and(|f| matches!(f.trigger, strom_proto::manifest::Trigger::RabbitMq(_)));
+        let value = if queue {
+            // A RabbitMQ function gets `input` as a message body.
+            let input = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("input").and_then(|i| i.as_str().map(str::to_string)))
+                .unwrap_or_default();
+            strom_messaging::delivery::body_value(input.as_bytes())
+        } else {
+            strom_proto::timers::timer_info(chrono_tz::Tz::UTC, None, false)
+        };
+        data.insert(target.binding.clone(), value);
         let run = NonHttpRun {
             id: id.clone(),
             data,

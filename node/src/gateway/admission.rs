@@ -760,6 +760,7 @@ fn admin_invoke(
     }
     let binding = match &f.trigger {
         Trigger::Timer(t) => t.binding_name.clone(),
+        Trigger::RabbitMq(t) => t.binding_name.clone(),
         Trigger::Http(_) => {
             return refuse(
                 StatusCode::BAD_REQUEST,

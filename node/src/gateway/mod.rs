@@ -14,6 +14,7 @@
 
 pub mod admin_invoke;
 pub mod admission;
+pub mod consumers;
 pub mod hop;
 pub mod invoke;
 pub mod json_mode;
@@ -204,6 +205,12 @@ impl Gateway {
             .tls
             .clone()
             .map(tokio_rustls::TlsAcceptor::from);
+        let consumers = tokio::spawn(self.clone().run_consumers());
+        self.inner
+            .background
+            .lock()
+            .expect("tasks lock")
+            .push(consumers);
         listener::accept(self.clone(), listener, tls, cancel).await;
         self.inner.stop.cancel();
         let tasks = std::mem::take(&mut *self.inner.background.lock().expect("tasks lock"));

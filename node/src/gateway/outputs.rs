@@ -27,6 +27,17 @@ pub(super) fn message_outputs(function: &FunctionManifest) -> Vec<&str> {
 }
 
 impl Gateway {
+    /// The settings of `app` as this node runs it (none if it runs no instance).
+    pub(super) fn settings_of(&self, app: &AppName) -> std::collections::BTreeMap<String, String> {
+        self.inner
+            .view
+            .borrow()
+            .runs
+            .get(app)
+            .map(|r| r.settings.clone())
+            .unwrap_or_default()
+    }
+
     /// Publishes `values` (one per name of `names`) and records what was sent;
     /// on a failure the record fails and the error is returned.
     pub(super) async fn send_outputs(
@@ -84,15 +95,7 @@ impl Gateway {
                      from the package on this worker"
                 ));
             };
-            let settings = settings.get_or_insert_with(|| {
-                self.inner
-                    .view
-                    .borrow()
-                    .runs
-                    .get(app)
-                    .map(|r| r.settings.clone())
-                    .unwrap_or_default()
-            });
+            let settings = settings.get_or_insert_with(|| self.settings_of(app));
             let queue = &spec.queue_name;
             let endpoint = spec
                 .connection

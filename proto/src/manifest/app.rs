@@ -205,11 +205,23 @@ pub fn scale_to_zero_problem(
         .filter(|f| matches!(f.trigger, super::Trigger::Http(_)))
         .map(|f| f.name.as_str())
         .collect();
-    (on && !http.is_empty()).then(|| {
-        format!(
+    let queues: Vec<&str> = functions
+        .iter()
+        .filter(|f| matches!(f.trigger, super::Trigger::RabbitMq(_)))
+        .map(|f| f.name.as_str())
+        .collect();
+    if on && !http.is_empty() {
+        return Some(format!(
             "true, but the app has HTTP functions ({}): a scale-to-zero app has no instance \
              between its timer runs to serve them; remove the setting or move them to another app",
             http.join(", ")
+        ));
+    }
+    (on && !queues.is_empty()).then(|| {
+        format!(
+            "true, but the app has RabbitMQ triggers ({}): scaling on queue depth is not built \
+             yet, so a scale-to-zero app would never consume; remove the setting",
+            queues.join(", ")
         )
     })
 }
@@ -568,6 +580,27 @@ mod tests {
         assert_eq!(
             app.functions[0].unsupported,
             vec!["binding `q` of type `queueTrigger` is not supported on this cluster"]
+        );
+    }
+
+    #[test]
+    fn a_rabbitmq_app_cannot_scale_to_zero_until_queue_depth_scales_it() {
+        let q = r#"{"bindings":[{"type":"rabbitMQTrigger","direction":"in","name":"m",
+            "queueName":"jobs","connectionStringSetting":"Mq"}]}"#;
+        let files = [
+            ("host.json", HOST),
+            ("handler", ""),
+            ("work/function.json", q),
+        ];
+        let pkg = AppPackage::from_zip_bytes(&zip_of(&files), &ZipLimits::default()).unwrap();
+        let mut settings = BTreeMap::from([("Mq".to_string(), "amqp://h".to_string())]);
+        assert!(validate_app(&pkg, &settings).is_ok());
+        settings.insert("STROM_SCALE_TO_ZERO".into(), "true".into());
+        let e = validate_app(&pkg, &settings).unwrap_err();
+        assert!(
+            e[0].message.contains("RabbitMQ triggers (work)"),
+            "{}",
+            e[0].message
         );
     }
 

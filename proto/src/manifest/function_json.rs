@@ -5,7 +5,7 @@
 //! [`super::rabbitmq`]). Every other binding type is accepted and recorded as
 //! unsupported, so an app written for Azure still deploys and `strom app show` can say
 //! which functions will not run here. A `rabbitMQTrigger` is checked like an output
-//! but is not run yet.
+//! and runs a consumer per instance.
 
 use std::collections::BTreeMap;
 
@@ -47,7 +47,12 @@ pub enum Direction {
 pub enum Trigger {
     Http(HttpTrigger),
     Timer(TimerTrigger),
-    Unsupported { binding_type: String },
+    Unsupported {
+        binding_type: String,
+    },
+    /// Last: variants are appended (bincode numbers them), and only a cluster of
+    /// protocol 9 accepts a version with one.
+    RabbitMq(super::rabbitmq::RabbitMqTrigger),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +303,7 @@ fn parse_bindings(
     let mut trigger_index: Option<usize> = None;
     let mut trigger_count = 0;
     let mut http_outputs: Vec<(usize, String)> = Vec::new();
+    let mut rabbit: BTreeMap<usize, super::rabbitmq::RabbitMqBinding> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         let path = index_path("bindings", i);
         let Some(obj) = r.object(item, &path) else {
@@ -357,7 +363,7 @@ fn parse_bindings(
         }
         let supported = matches!(
             lower.as_str(),
-            "httptrigger" | "http" | "timertrigger" | "rabbitmq"
+            "httptrigger" | "http" | "timertrigger" | "rabbitmq" | "rabbitmqtrigger"
         );
         if matches!(lower.as_str(), "rabbitmq" | "rabbitmqtrigger") {
             let wanted = if lower == "rabbitmq" {
@@ -378,7 +384,10 @@ fn parse_bindings(
                     ),
                 );
             }
-            super::rabbitmq::read_binding(r, obj, &path, &name, Some(ctx.settings));
+            if let Some(b) = super::rabbitmq::read_binding(r, obj, &path, &name, Some(ctx.settings))
+            {
+                rabbit.insert(i, b);
+            }
         }
         if lower == "http" {
             if direction != Direction::Out {
@@ -431,6 +440,13 @@ fn parse_bindings(
             "timertrigger" => {
                 parse_timer_trigger(r, obj, &path, &spec.name, ctx).map(Trigger::Timer)
             }
+            "rabbitmqtrigger" => rabbit.remove(&i).map(|b| {
+                Trigger::RabbitMq(super::rabbitmq::RabbitMqTrigger {
+                    binding_name: b.binding_name,
+                    queue_name: b.queue_name,
+                    connection: b.connection,
+                })
+            }),
             _ => Some(Trigger::Unsupported {
                 binding_type: spec.binding_type.clone(),
             }),
@@ -782,6 +798,19 @@ mod tests {
                 {"type":"rabbitMQ","direction":"out","name":"m","queueName":"q"}]}"#,
         );
         assert_has(&e, "bindings[1].connectionStringSetting: required");
+        // A trigger: the manifest holds its queue and connection.
+        let trigger = r#"{"bindings":[{"type":"rabbitMQTrigger","direction":"in","name":"order",
+            "queueName":"orders","connectionStringSetting":"RabbitConn"}]}"#;
+        let f = parse_with("hello", trigger, &[("RabbitConn", "amqp://u:p@h:5672/")]).unwrap();
+        assert!(f.unsupported.is_empty(), "{:?}", f.unsupported);
+        assert_eq!(
+            f.trigger,
+            Trigger::RabbitMq(super::super::rabbitmq::RabbitMqTrigger {
+                binding_name: "order".into(),
+                queue_name: "orders".into(),
+                connection: super::super::rabbitmq::Connection::Setting("RabbitConn".into()),
+            })
+        );
         // The extension's older form: a host and the settings of the credentials.
         let parts = r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"0 * * * * *"},
             {"type":"rabbitMQ","direction":"out","name":"m","queueName":"q","hostName":"mq1",

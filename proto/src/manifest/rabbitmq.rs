@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ManifestError;
@@ -36,7 +37,7 @@ pub const CA_SETTING: &str = "STROM_RABBITMQ_CA";
 /// the app setting holding an AMQP URI), or the extension's older form: a
 /// literal `hostName` and `port` with the user name and password in the app
 /// settings `userNameSetting` and `passwordSetting`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Connection {
     Setting(String),
     Parts {
@@ -54,6 +55,15 @@ pub struct RabbitMqBinding {
     pub queue_name: String,
     pub connection: Connection,
     pub disable_certificate_validation: bool,
+}
+
+/// A function's `rabbitMQTrigger`: the queue it consumes and where the broker is
+/// (replicated in the manifest, appended as `Trigger::RabbitMq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RabbitMqTrigger {
+    pub binding_name: String,
+    pub queue_name: String,
+    pub connection: Connection,
 }
 
 /// The RabbitMQ facts of one app version read from its package.

@@ -1,0 +1,446 @@
+//! RabbitMQ triggers: every Ready instance on this node of an app with a
+//! `rabbitMQTrigger` has its own consumer of the function's queue (competing
+//! consumers, each on its own connection), with at most `prefetchCount` (and
+//! `maxConcurrentRequests`) messages unacknowledged. A consumer follows the
+//! routing snapshot: an instance that becomes Ready starts one; one that stops
+//! being served (a drain, a scale-down, a new version) cancels its consumer
+//! first and lets the messages it holds finish — make-before-break, as for HTTP.
+//!
+//! A message is acknowledged only after its invocation succeeded, outputs
+//! confirmed included ([`super::outputs`]). A failed one is tried again by the
+//! function's retry policy (none: 5 attempts a second apart, as Azure), and
+//! after the last attempt published, confirmed, to `<queue>-poison` with
+//! headers saying why — and only then acknowledged; with the app setting
+//! `STROM_RABBITMQ_DEAD_LETTER=reject` it is rejected to the queue's
+//! dead-letter exchange instead. A body over the function port's size limit is
+//! poisoned at once. A message no instance here can take goes back to the
+//! queue. A lost connection (broker restart, network cut) is reconnected with
+//! backoff; the messages it held unacknowledged are redelivered by the broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use strom_actors::Endpoint;
+use strom_messaging::delivery::{
+    after_failure, body_value, metadata, poison_headers, poison_queue, AfterFailure, DeliveryFacts,
+};
+use strom_proto::ids::AppName;
+use strom_proto::invocations::InvocationStatus;
+use strom_proto::manifest::rabbitmq::{AmqpEndpoint, RabbitMqTrigger, CA_SETTING};
+use strom_proto::manifest::{is_function_disabled, RetryPolicy, Trigger};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::admin_invoke::NonHttpRun;
+use super::admission::AdminTarget;
+use super::translate::fast_uuid;
+use super::Gateway;
+use crate::traces::Trace;
+
+/// The app setting that sends poisoned messages to the queue's dead-letter
+/// exchange (`reject`) instead of `<queue>-poison`.
+pub const DEAD_LETTER_SETTING: &str = "STROM_RABBITMQ_DEAD_LETTER";
+/// The longest pause between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One consumer: a function's queue, for one instance.
+#[derive(Clone)]
+struct Spec {
+    app: AppName,
+    function: String,
+    trigger: RabbitMqTrigger,
+    policy: Option<RetryPolicy>,
+    endpoint: Arc<Endpoint>,
+    prefetch: u16,
+}
+
+type Key = (AppName, String, String);
+
+impl Gateway {
+    /// Runs the consumers of this node's instances until the gateway stops.
+    pub(super) async fn run_consumers(self) {
+        let stop = self.inner.stop.clone();
+        let mut running: HashMap<Key, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+        let mut stopping: Vec<JoinHandle<()>> = Vec::new();
+        loop {
+            let changed = self.inner.routing.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wanted = self.wanted_consumers();
+            let gone: Vec<Key> = running
+                .keys()
+                .filter(|k| !wanted.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                if let Some((cancel, task)) = running.remove(&key) {
+                    // Make-before-break: it stops taking messages, finishes those
+                    // it holds, then closes.
+                    cancel.cancel();
+                    stopping.push(task);
+                }
+            }
+            stopping.retain(|t| !t.is_finished());
+            for (key, spec) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let cancel = self.inner.stop.child_token();
+                let task = tokio::spawn(self.clone().consume(spec, cancel.clone()));
+                running.insert(key, (cancel, task));
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        for (_, (cancel, task)) in running {
+            cancel.cancel();
+            stopping.push(task);
+        }
+        for task in stopping {
+            let _ = task.await;
+        }
+    }
+
+    /// A consumer per Ready instance and enabled `rabbitMQTrigger` function.
+    fn wanted_consumers(&self) -> HashMap<Key, Spec> {
+        let snapshot = self.inner.routing.load();
+        let view = self.inner.view.borrow().clone();
+        let mut wanted = HashMap::new();
+        for (app, serving) in &snapshot.apps {
+            let Some(run) = view.runs.get(app) else {
+                continue;
+            };
+            let host = &serving.manifest.host;
+            let prefetch = match (
+                serving.messaging.prefetch_count,
+                host.max_concurrent_requests,
+            ) {
+                (0, Some(m)) => m.min(u32::from(u16::MAX)) as u16,
+                (p, Some(m)) => u32::from(p).min(m) as u16,
+                (p, None) => p,
+            };
+            for f in &serving.manifest.functions {
+                let Trigger::RabbitMq(t) = &f.trigger else {
+                    continue;
+                };
+                if is_function_disabled(&run.settings, &f.name) {
+                    continue;
+                }
+                for endpoint in &serving.endpoints {
+                    let key = (app.clone(), f.name.clone(), endpoint.instance_id.clone());
+                    wanted.insert(
+                        key,
+                        Spec {
+                            app: app.clone(),
+                            function: f.name.clone(),
+                            trigger: t.clone(),
+                            policy: f.retry.clone(),
+                            endpoint: endpoint.clone(),
+                            prefetch,
+                        },
+                    );
+                }
+            }
+        }
+        wanted
+    }
+
+    /// One consumer, reconnecting with backoff until it is cancelled.
+    async fn consume(self, spec: Spec, cancel: CancellationToken) {
+        let tag = format!(
+            "strom-{}-{}",
+            self.inner.config.node_id, spec.endpoint.instance_id
+        );
+        let mut backoff = Duration::from_secs(1);
+        let mut last_error = String::new();
+        loop {
+            match self.consume_once(&spec, &tag, &cancel).await {
+                Ok(()) => return,
+                Err((consumed, e)) => {
+                    if consumed {
+                        backoff = Duration::from_secs(1);
+                    }
+                    // The same failure again is logged once, not every attempt.
+                    if e != last_error {
+                        tracing::warn!(app = %spec.app, function = %spec.function, queue = %spec.trigger.queue_name, "RabbitMQ trigger: {e}; retrying with backoff");
+                        last_error = e;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Connects, consumes until cancelled (`Ok`) or the connection fails
+    /// (`Err`: whether it got to consume, and why).
+    async fn consume_once(
+        &self,
+        spec: &Spec,
+        tag: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), (bool, String)> {
+        let settings = self.settings_of(&spec.app);
+        let queue = spec.trigger.queue_name.as_str();
+        let broker = Arc::new(
+            spec.trigger
+                .connection
+                .resolve(&settings)
+                .map_err(|(field, why)| (false, format!("{field}: {why}")))?,
+        );
+        let ca = settings.get(CA_SETTING).cloned();
+        let describe =
+            |e: &lapin::Error| strom_messaging::connect::describe(&broker, e).to_string();
+        let failed = |e: lapin::Error| (false, describe(&e));
+        let connection = tokio::select! {
+            c = strom_messaging::connect(&broker, ca.as_deref()) => c.map_err(|e| (false, e.to_string()))?,
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        // The poison queue is Strom's: declared (durable) on a channel of its own,
+        // as a refusal closes the channel it came on.
+        let reject = settings
+            .get(DEAD_LETTER_SETTING)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("reject"));
+        if !reject {
+            let side = connection.create_channel().await.map_err(failed)?;
+            let poison = poison_queue(queue);
+            if let Err(e) = side
+                .queue_declare(
+                    ShortString::from(poison.as_str()),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+            {
+                tracing::warn!(app = %spec.app, queue = %poison, "cannot declare the poison queue: {}", describe(&e));
+            }
+            let _ = side.close(200, "strom: declared".into()).await;
+        }
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel
+            .basic_qos(spec.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(failed)?;
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        tracing::info!(app = %spec.app, function = %spec.function, %queue, instance = %spec.endpoint.instance_id, broker = %broker, "RabbitMQ trigger consuming");
+        let spec = Arc::new(spec.clone());
+        let mut held: JoinSet<()> = JoinSet::new();
+        let ended = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    // Stop taking new messages; the ones held finish below.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        channel.basic_cancel(ShortString::from(tag), BasicCancelOptions::default()),
+                    ).await;
+                    break Ok(());
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        let (spec, broker, ca, tag) = (spec.clone(), broker.clone(), ca.clone(), tag.to_string());
+                        held.spawn(async move { this.handle_delivery(spec, delivery, broker, ca, tag).await });
+                    }
+                    Some(Err(e)) => break Err((true, describe(&e))),
+                    None => break Err((true, "the broker ended the consumer".to_string())),
+                },
+                Some(_) = held.join_next(), if !held.is_empty() => {}
+            }
+        };
+        while held.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(200, "strom: consumer stopped".into()),
+        )
+        .await;
+        ended
+    }
+
+    /// One message: invoked (and retried) until it succeeds, then acknowledged;
+    /// or poisoned after the last attempt.
+    async fn handle_delivery(
+        self,
+        spec: Arc<Spec>,
+        d: Delivery,
+        broker: Arc<AmqpEndpoint>,
+        ca: Option<String>,
+        tag: String,
+    ) {
+        let max = self.inner.config.max_body_bytes;
+        if d.data.len() > max {
+            let why = format!(
+                "the message body ({} bytes) is over the limit of {max} bytes",
+                d.data.len()
+            );
+            self.poison(&spec, &d, &broker, ca.as_deref(), "-", 0, &why)
+                .await;
+            return;
+        }
+        let mut attempt = 1u32;
+        loop {
+            let Some(endpoint) = self.instance_for(&spec) else {
+                // No instance here takes it now: back to the queue, for another.
+                requeue(&d).await;
+                return;
+            };
+            let facts = DeliveryFacts {
+                consumer_tag: &tag,
+                delivery_tag: d.delivery_tag,
+                redelivered: d.redelivered,
+                exchange: d.exchange.as_str(),
+                routing_key: d.routing_key.as_str(),
+                properties: &d.properties,
+            };
+            let mut data = serde_json::Map::new();
+            data.insert(spec.trigger.binding_name.clone(), body_value(&d.data));
+            let run = NonHttpRun {
+                id: fast_uuid(),
+                data,
+                metadata: metadata(&facts),
+                trigger: "rabbitMQ",
+                trace: Trace::default(),
+            };
+            let target = AdminTarget {
+                app: spec.app.clone(),
+                function: spec.function.clone(),
+                binding: spec.trigger.binding_name.clone(),
+            };
+            let record = self.clone().run_non_http(target, endpoint, run).await;
+            if record.status == InvocationStatus::Succeeded {
+                if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+                    // The channel is gone: the broker gives the message to another
+                    // consumer (a second handling, which the record shows).
+                    tracing::warn!(app = %spec.app, function = %spec.function, invocation = %record.id, "could not acknowledge (the message will be redelivered): {e}");
+                }
+                return;
+            }
+            let error = record
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("HTTP {}", record.http_status));
+            match after_failure(spec.policy.as_ref(), attempt) {
+                AfterFailure::Retry { delay_ms } => {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    attempt += 1;
+                }
+                AfterFailure::Poison => {
+                    self.poison(
+                        &spec,
+                        &d,
+                        &broker,
+                        ca.as_deref(),
+                        &record.id,
+                        attempt,
+                        &error,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The consumer's own instance while it is Ready here, else another Ready
+    /// instance of the app here.
+    fn instance_for(&self, spec: &Spec) -> Option<Arc<Endpoint>> {
+        let snapshot = self.inner.routing.load();
+        let serving = snapshot.apps.get(&spec.app)?;
+        serving
+            .endpoints
+            .iter()
+            .find(|e| e.instance_id == spec.endpoint.instance_id)
+            .or_else(|| serving.endpoints.first())
+            .cloned()
+    }
+
+    /// After the last attempt: to `<queue>-poison` (confirmed), then acknowledged;
+    /// or rejected to the dead-letter exchange when the app says so. A poison
+    /// publish that fails gives the message back to the queue: never lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn poison(
+        &self,
+        spec: &Spec,
+        d: &Delivery,
+        broker: &AmqpEndpoint,
+        ca: Option<&str>,
+        invocation: &str,
+        attempts: u32,
+        error: &str,
+    ) {
+        let queue = &spec.trigger.queue_name;
+        let settings = self.settings_of(&spec.app);
+        let reject = settings
+            .get(DEAD_LETTER_SETTING)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("reject"));
+        if reject {
+            tracing::warn!(app = %spec.app, function = %spec.function, %queue, attempts, "message rejected to the queue's dead-letter exchange: {error}");
+            let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        let headers = poison_headers(
+            d.properties.headers().as_ref(),
+            &spec.function,
+            invocation,
+            attempts,
+            error,
+        );
+        let props = d
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let poison = poison_queue(queue);
+        match self
+            .inner
+            .publisher
+            .publish_raw(broker, ca, &poison, &[(d.data.clone(), props)])
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(app = %spec.app, function = %spec.function, %queue, attempts, "message moved to `{poison}`: {error}");
+                metrics::counter!("strom_rabbitmq_poisoned_total", "app" => spec.app.to_string())
+                    .increment(1);
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::error!(app = %spec.app, function = %spec.function, %queue, "could not move a failed message to `{poison}` ({e}); it goes back to the queue");
+                requeue(d).await;
+            }
+        }
+    }
+}
+
+/// Gives a message back to its queue, for another consumer (or this one again).
+async fn requeue(d: &Delivery) {
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+}
