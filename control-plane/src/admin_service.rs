@@ -764,6 +764,47 @@ pub fn functions_of(
         .collect()
 }
 
+/// Each RabbitMQ trigger's state from the leader's live view: its consumers on
+/// every worker, the queue's depth and the app's scale on it. Nothing without a
+/// live view (no leader answered).
+pub fn with_queue_status(
+    mut functions: Vec<pb::FunctionInfo>,
+    live: Option<&LiveWorkersReply>,
+) -> Vec<pb::FunctionInfo> {
+    let Some(live) = live else {
+        return functions;
+    };
+    for f in functions.iter_mut().filter(|f| !f.queue_name.is_empty()) {
+        let mut status = pb::QueueTriggerStatus::default();
+        for w in &live.workers {
+            for t in &w.triggers {
+                if t.app != f.app_name || t.function != f.name {
+                    continue;
+                }
+                status.consumers += t.consumers;
+                status.consuming += t.consuming;
+                status.in_flight += t.in_flight;
+                if !t.error.is_empty() {
+                    status
+                        .errors
+                        .push(format!("worker {}: {}", w.node_id, t.error));
+                }
+            }
+        }
+        if let Some(q) = live
+            .queues
+            .iter()
+            .find(|q| q.app == f.app_name && q.queue == f.queue_name)
+        {
+            status.ready = q.ready;
+            status.depth_error = q.error.clone();
+            status.scale = q.scale;
+        }
+        f.queue = Some(status);
+    }
+    functions
+}
+
 /// Warnings for a version of `app` that became active: each route another app
 /// also has, and where each function is still reached.
 fn shared_route_warnings(
@@ -872,6 +913,7 @@ impl AdminService for AdminApi {
         let view = self.fresh().await?;
         let app = find_app(&view, &name)?;
         let manifest = &app.active().manifest;
+        let live = self.node.live_workers().await;
         Ok(Response::new(pb::GetAppResponse {
             app: Some(summary(app, &self.node.config)),
             versions: app
@@ -886,10 +928,13 @@ impl AdminService for AdminApi {
                     active: v.id == app.active_version,
                 })
                 .collect(),
-            functions: functions_of(&view.state, app, manifest, &self.node.config),
+            functions: with_queue_status(
+                functions_of(&view.state, app, manifest, &self.node.config),
+                live.as_ref(),
+            ),
             applied_index: view.applied_index(),
             route_prefix: manifest.host.route_prefix.clone(),
-            instances: self.instances(self.node.live_workers().await.as_ref(), Some(&name)),
+            instances: self.instances(live.as_ref(), Some(&name)),
             scale: app
                 .scale
                 .unwrap_or_else(|| crate::scheduler::desired_in(&view.state, app, now_ms())),
@@ -1103,6 +1148,11 @@ impl AdminService for AdminApi {
                 &app.active().manifest,
                 &self.node.config,
             ));
+        }
+        // Queue triggers' state is the leader's live view (asked only when shown).
+        if functions.iter().any(|f| !f.queue_name.is_empty()) {
+            let live = self.node.live_workers().await;
+            functions = with_queue_status(functions, live.as_ref());
         }
         Ok(Response::new(pb::ListFunctionsResponse {
             functions,
@@ -1858,6 +1908,9 @@ fn check_setting_value(key: &str, value: &str) -> Result<(), String> {
         crate::scheduler::LABELS_SETTING,
         crate::scheduler::SCALE_TO_ZERO_SETTING,
         crate::scheduler::IDLE_STOP_SETTING,
+        crate::scheduler::MAX_SCALE_SETTING,
+        crate::scheduler::TARGET_QUEUE_LENGTH_SETTING,
+        crate::scheduler::SCALE_DOWN_COOLDOWN_SETTING,
     ]
     .contains(&key)
     {

@@ -717,6 +717,15 @@ pub(crate) mod tests {
 
     /// A validated manifest of an app whose functions are `(name, function.json)`.
     pub(crate) fn manifest(prefix: &str, functions: &[(&str, &str)]) -> AppManifest {
+        manifest_with(prefix, functions, &BTreeMap::new())
+    }
+
+    /// [`manifest`], validated with these app settings.
+    pub(crate) fn manifest_with(
+        prefix: &str,
+        functions: &[(&str, &str)],
+        settings: &BTreeMap<String, String>,
+    ) -> AppManifest {
         let dir = tempfile::tempdir().unwrap();
         // The handler is in the package (a bare command would depend on this
         // machine's PATH: no `sh` on Windows).
@@ -735,7 +744,7 @@ pub(crate) mod tests {
         }
         let zip = pack_dir(dir.path()).unwrap();
         let pkg = AppPackage::from_zip_bytes(&zip, &ZipLimits::default()).unwrap();
-        validate_app(&pkg, &BTreeMap::new()).unwrap()
+        validate_app(&pkg, settings).unwrap()
     }
 
     pub(crate) fn http(route: &str, methods: &str) -> String {

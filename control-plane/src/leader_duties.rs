@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strom_proto::command::{Command, CommandResult, TimerId, TimerOutcome};
-use strom_proto::ids::NodeId;
-use strom_proto::instances::InstanceStatus;
+use strom_proto::ids::{AppName, NodeId};
+use strom_proto::instances::{InstanceStatus, TriggerStatus};
 use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
 use strom_proto::internal_v1::NodeInfoRequest;
 use strom_proto::version::{self, Feature, NodeVersion};
@@ -46,7 +46,7 @@ use crate::membership::cluster_of;
 use crate::timer_service::{
     dispatch_for, outcome_command, DispatcherSlot, StillLeading, TimerDispatch, TimerDispatcher,
 };
-use crate::{retention, scheduler, timer_plan};
+use crate::{queue_scale, retention, scheduler, timer_plan};
 
 /// How often the leader looks at leases and runs the scheduler.
 const DUTY_TICK: Duration = Duration::from_millis(200);
@@ -60,6 +60,9 @@ const PLAN_EVERY: Duration = Duration::from_secs(1);
 const MAILBOX: usize = 4096;
 /// How long a timer dispatch waits for this node's leadership to be confirmed.
 const LEADING_CHECK: Duration = Duration::from_secs(2);
+/// How often the leader reads its apps' RabbitMQ trigger queues (a message on
+/// an app at zero starts an instance within about this long, plus a round).
+const QUEUE_READ_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the current term's handle is published. Cheap to clone.
 #[derive(Clone)]
@@ -105,6 +108,7 @@ pub struct HeardWorker {
     pub build: String,
     pub protocol: u32,
     pub instances: Vec<InstanceStatus>,
+    pub triggers: Vec<TriggerStatus>,
 }
 
 /// What the leader knows from outside the log.
@@ -113,6 +117,19 @@ pub struct LiveSnapshot {
     pub workers: Vec<HeardWorker>,
     /// Members' builds and protocols, as last answered.
     pub members: BTreeMap<NodeId, NodeVersion>,
+    /// The RabbitMQ trigger queues as last read, with the scale of apps that
+    /// scale on their depth.
+    pub queues: Vec<QueueView>,
+}
+
+/// One trigger queue as the leader last read it.
+#[derive(Debug, Clone)]
+pub struct QueueView {
+    pub app: AppName,
+    pub queue: String,
+    pub read: queue_scale::Read,
+    /// The app's scale on queue depth (apps that scale so).
+    pub scale: Option<u32>,
 }
 
 enum DutyMsg {
@@ -128,6 +145,8 @@ enum DutyMsg {
     },
     /// This round's answers of the members (from the side task).
     MemberVersions(BTreeMap<NodeId, Option<NodeVersion>>),
+    /// This round's reads of the trigger queues (from the side task).
+    QueueDepths(Vec<(AppName, String, queue_scale::Read)>),
     /// A timer run this term sent has ended (`None`: this node no longer leads;
     /// the next leader sends it again).
     TimerDone {
@@ -149,12 +168,14 @@ impl TermHandle {
         build: String,
         protocol: u32,
         instances: Vec<InstanceStatus>,
+        triggers: Vec<TriggerStatus>,
     ) -> Result<(), TermEnded> {
         let lease = Lease {
             last: Instant::now(),
             build,
             protocol,
             instances,
+            triggers,
         };
         self.send(DutyMsg::Renew { node, lease }).await
     }
@@ -239,6 +260,14 @@ struct Term {
     timer_wake: Option<Instant>,
     /// Timers that cannot be scheduled, and why (each reason logged once).
     invalid_timers: HashMap<TimerId, String>,
+    /// Queue depths and the scale of apps that scale on them.
+    scaler: queue_scale::QueueScaler,
+    /// Reads queue depths (a connection per broker, kept over the term).
+    depth_probe: Arc<strom_messaging::DepthProbe>,
+    reading_queues: bool,
+    last_queue_read: Option<Instant>,
+    /// The term's start: samples are timed from it (a monotonic clock).
+    started: Instant,
 }
 
 impl Term {
@@ -263,6 +292,11 @@ impl Term {
             dispatching: HashSet::new(),
             timer_wake: None,
             invalid_timers: HashMap::new(),
+            scaler: queue_scale::QueueScaler::default(),
+            depth_probe: Arc::new(strom_messaging::DepthProbe::default()),
+            reading_queues: false,
+            last_queue_read: None,
+            started: Instant::now(),
         }
     }
 
@@ -333,17 +367,46 @@ impl Term {
                         build: l.build.clone(),
                         protocol: l.protocol,
                         instances: l.instances.clone(),
+                        triggers: l.triggers.clone(),
                     })
                     .collect();
                 workers.sort_by_key(|w| w.node);
+                let view = self.node.read_local();
+                let scales = self.scaler.scales(&view.state);
+                let queues = self
+                    .scaler
+                    .reads()
+                    .iter()
+                    .map(|((app, queue), read)| QueueView {
+                        app: app.clone(),
+                        queue: queue.clone(),
+                        read: read.clone(),
+                        scale: scales.get(app).copied(),
+                    })
+                    .collect();
                 let _ = reply.send(LiveSnapshot {
                     workers,
                     members: self.members.clone(),
+                    queues,
                 });
             }
             DutyMsg::MemberVersions(answers) => {
                 self.asking_versions = false;
                 self.gate(answers).await;
+            }
+            DutyMsg::QueueDepths(reads) => {
+                self.reading_queues = false;
+                for (app, queue, read) in &reads {
+                    if let Ok(ready) = read {
+                        metrics::gauge!("strom_rabbitmq_queue_ready", "app" => app.to_string(), "queue" => queue.clone())
+                            .set(*ready as f64);
+                    }
+                }
+                let view = self.node.read_local();
+                let at_ms = self.started.elapsed().as_millis() as u64;
+                let leases = &self.leases;
+                self.scaler
+                    .observe(&view.state, reads, |app| leases.in_flight(app), at_ms);
             }
             DutyMsg::TimerDone {
                 timer,
@@ -462,6 +525,7 @@ impl Term {
         }
 
         self.timers().await;
+        self.read_queues(now);
 
         // Scheduler: one round whenever the state or the Ready counts changed, and
         // at least every second.
@@ -469,7 +533,8 @@ impl Term {
         if !view.state.allows(Feature::Workers) {
             return;
         }
-        let live = self.leases.ready_view(&view.state);
+        let mut live = self.leases.ready_view(&view.state);
+        live.queue_scale = self.scaler.scales(&view.state);
         let fingerprint = (view.applied_index(), live_fingerprint(&live));
         let due = match self.last_plan {
             Some((p, at)) => p != fingerprint || now.duration_since(at) >= PLAN_EVERY,
@@ -497,6 +562,54 @@ impl Term {
         {
             metrics::counter!("strom_scheduler_placements_total").increment(placed);
         }
+    }
+
+    /// Reads the apps' trigger queues in a side task (every
+    /// [`QUEUE_READ_EVERY`], one read at a time), for queue-depth scaling and
+    /// for `strom fn list`.
+    fn read_queues(&mut self, now: Instant) {
+        if self.reading_queues
+            || self
+                .last_queue_read
+                .is_some_and(|t| now.duration_since(t) < QUEUE_READ_EVERY)
+        {
+            return;
+        }
+        self.last_queue_read = Some(now);
+        let probes = queue_scale::probes(&self.node.read_local().state);
+        if probes.is_empty() && self.scaler.reads().is_empty() {
+            return;
+        }
+        self.reading_queues = true;
+        let probe = self.depth_probe.clone();
+        let tx = self.tx.clone();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let brokers: Vec<_> = probes
+                .iter()
+                .filter_map(|p| p.broker.as_ref().ok().cloned())
+                .collect();
+            probe.retain(&brokers).await;
+            let reads = futures::future::join_all(probes.into_iter().map(|p| {
+                let probe = probe.clone();
+                async move {
+                    let read = match &p.broker {
+                        Ok((broker, ca)) => probe
+                            .ready(broker, ca.as_deref(), &p.queue)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    (p.app, p.queue, read)
+                }
+            }));
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                reads = reads => {
+                    let _ = tx.send(DutyMsg::QueueDepths(reads)).await;
+                }
+            }
+        });
     }
 
     /// Timers: commit what the plan proposes (each due tick before it is sent),
@@ -621,8 +734,11 @@ fn live_fingerprint(live: &scheduler::LiveView) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut entries: Vec<_> = live.ready.iter().collect();
     entries.sort();
+    let mut scales: Vec<_> = live.queue_scale.iter().collect();
+    scales.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     entries.hash(&mut h);
+    scales.hash(&mut h);
     h.finish()
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use strom_proto::ids::NodeId;
-use strom_proto::instances::{InstanceState, InstanceStatus};
+use strom_proto::instances::{InstanceState, InstanceStatus, TriggerStatus};
 use tokio::time::Instant;
 
 use crate::cluster_state::ClusterState;
@@ -23,6 +23,8 @@ pub struct Lease {
     pub build: String,
     pub protocol: u32,
     pub instances: Vec<InstanceStatus>,
+    /// Its RabbitMQ triggers' consumers.
+    pub triggers: Vec<TriggerStatus>,
 }
 
 #[derive(Debug)]
@@ -99,7 +101,19 @@ impl Leases {
         LiveView {
             ready,
             now_ms: crate::management::now_ms(),
+            ..LiveView::default()
         }
+    }
+
+    /// Messages the workers' consumers of `app` hold unacknowledged, as last
+    /// reported.
+    pub fn in_flight(&self, app: &strom_proto::ids::AppName) -> u64 {
+        self.leases
+            .values()
+            .flat_map(|l| &l.triggers)
+            .filter(|t| &t.app == app)
+            .map(|t| u64::from(t.in_flight))
+            .sum()
     }
 
     /// The protocol each of `workers` reported this term (`None`: not heard yet).
@@ -124,6 +138,7 @@ mod tests {
             build: "b".into(),
             protocol,
             instances: Vec::new(),
+            triggers: Vec::new(),
         }
     }
 

@@ -79,6 +79,7 @@ pub const CATALOG: &[Described] = &[
     m("strom_gateway_requests_queued", Gauge, &["app"], "Requests for the app waiting for a turn under maxConcurrentRequests."),
     m("strom_rabbitmq_published_total", Counter, &["app"], "Messages functions of the app sent to RabbitMQ outputs, each confirmed by the broker."),
     m("strom_rabbitmq_poisoned_total", Counter, &["app"], "Messages of the app's RabbitMQ triggers moved to their poison queue after the last attempt failed."),
+    m("strom_rabbitmq_queue_ready", Gauge, &["app", "queue"], "Messages ready in a RabbitMQ trigger queue at the leader's last read (every 500 ms; only on the leader)."),
     m("strom_gateway_hops_total", Counter, &["outcome"], "Requests this gateway sent to another node's gateway (outcome: answered; undelivered: no instance there; refused: no connection; broken: failed after sending)."),
     // Instances (worker role).
     m("strom_instance_starts_total", Counter, &["app"], "Instances started (first starts, restarts and replacements)."),

@@ -17,8 +17,21 @@
 //!   make the scale flap.
 //! - **Limits**: never below the minimum (0 with `STROM_SCALE_TO_ZERO=true`, else
 //!   the app's `scale`) nor above the maximum (`STROM_MAX_SCALE`).
+//!
+//! Which apps scale so ([`limits_of`]): those whose active version has an enabled
+//! `rabbitMQTrigger` and that set `STROM_SCALE_TO_ZERO=true` or
+//! `STROM_MAX_SCALE`. Without `STROM_MAX_SCALE`, a scale-to-zero app runs 0 or
+//! its `scale` (1 by default).
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
+
+use strom_proto::ids::AppName;
+use strom_proto::manifest::rabbitmq::{AmqpEndpoint, RabbitMqTrigger, CA_SETTING};
+use strom_proto::manifest::{is_function_disabled, Trigger};
+
+use crate::cluster_state::{AppState, ClusterState};
+use crate::scheduler::{app_requirements, desired, eligible_workers, Requirements};
 
 /// Messages per instance when the app does not set `STROM_TARGET_QUEUE_LENGTH`
 /// (KEDA's RabbitMQ scaler uses the same default).
@@ -48,6 +61,192 @@ pub struct Sample {
     /// Messages delivered to the app's consumers and not yet acknowledged.
     pub in_flight: u64,
 }
+
+/// The enabled RabbitMQ triggers of the app's active version: (function, trigger).
+pub fn triggers_of(app: &AppState) -> Vec<(&str, &RabbitMqTrigger)> {
+    app.active()
+        .manifest
+        .functions
+        .iter()
+        .filter(|f| !is_function_disabled(&app.settings, &f.name))
+        .filter_map(|f| match &f.trigger {
+            Trigger::RabbitMq(t) => Some((f.name.as_str(), t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The limits of an app that scales on its queues' depth, or `None` for an app
+/// that does not (no enabled RabbitMQ trigger, or neither
+/// `STROM_SCALE_TO_ZERO=true` nor `STROM_MAX_SCALE`). `eligible`: the workers
+/// it may run on (its default scale depends on them).
+pub fn limits_of(app: &AppState, req: &Requirements, eligible: usize) -> Option<Limits> {
+    if !(req.scale_to_zero || req.max_scale.is_some()) || triggers_of(app).is_empty() {
+        return None;
+    }
+    let min = if req.scale_to_zero {
+        0
+    } else {
+        desired(app, eligible)
+    };
+    let max = req
+        .max_scale
+        .unwrap_or_else(|| app.scale.unwrap_or(1).max(1))
+        .max(min);
+    Some(Limits {
+        min,
+        max,
+        target: req.target_queue_length.max(1),
+        cooldown: Duration::from_millis(req.scale_down_cooldown_ms),
+    })
+}
+
+/// One queue the leader reads: where its broker is (or why that is unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub app: AppName,
+    pub queue: String,
+    /// The broker and the app's CA (`STROM_RABBITMQ_CA`), or why the app's
+    /// settings do not name one.
+    pub broker: Result<(AmqpEndpoint, Option<String>), String>,
+}
+
+/// A queue's ready count as read, or why it could not be.
+pub type Read = Result<u64, String>;
+
+/// The trigger queues of every app whose active version has enabled RabbitMQ
+/// triggers (each queue of an app once).
+pub fn probes(state: &ClusterState) -> Vec<Probe> {
+    let mut out: Vec<Probe> = Vec::new();
+    for (name, app) in &state.apps {
+        for (_, trigger) in triggers_of(app) {
+            if out
+                .iter()
+                .any(|p| &p.app == name && p.queue == trigger.queue_name)
+            {
+                continue;
+            }
+            let ca = app.settings.get(CA_SETTING).cloned();
+            out.push(Probe {
+                app: name.clone(),
+                queue: trigger.queue_name.clone(),
+                broker: trigger
+                    .connection
+                    .resolve(&app.settings)
+                    .map(|e| (e, ca))
+                    .map_err(|(field, why)| format!("{field}: {why}")),
+            });
+        }
+    }
+    out
+}
+
+/// The leader's queue-depth scaling over a term: the reads, each app's recent
+/// samples and the scale it decided. Starts empty at each term: a new leader
+/// keeps the scale it finds until its samples cover a cool-down window.
+#[derive(Debug, Default)]
+pub struct QueueScaler {
+    history: HashMap<AppName, VecDeque<Sample>>,
+    decided: HashMap<AppName, u32>,
+    reads: BTreeMap<(AppName, String), Read>,
+}
+
+fn placed(state: &ClusterState, app: &AppName) -> u32 {
+    state.placements.get(app).map_or(0, |p| p.values().sum())
+}
+
+/// The limits of `app` in `state` if it scales on queue depth.
+fn limits_in(state: &ClusterState, app: &AppState) -> Option<Limits> {
+    let req = app_requirements(&app.settings).ok()?;
+    limits_of(app, &req, eligible_workers(state, &req))
+}
+
+impl QueueScaler {
+    /// Takes one round of reads (`at_ms` on a monotonic clock) and decides the
+    /// scale of each app that scales on queue depth. `in_flight`: messages the
+    /// app's consumers hold, as the workers reported. An app with a failed read
+    /// gets no sample: its scale holds while the leader cannot see its queues.
+    pub fn observe(
+        &mut self,
+        state: &ClusterState,
+        reads: Vec<(AppName, String, Read)>,
+        in_flight: impl Fn(&AppName) -> u64,
+        at_ms: u64,
+    ) {
+        self.reads = reads
+            .into_iter()
+            .map(|(app, queue, read)| ((app, queue), read))
+            .collect();
+        let mut scaled = Vec::new();
+        for (name, app) in &state.apps {
+            let Some(limits) = limits_in(state, app) else {
+                continue;
+            };
+            scaled.push(name.clone());
+            let mine: Vec<&Read> = self
+                .reads
+                .iter()
+                .filter(|((a, _), _)| a == name)
+                .map(|(_, r)| r)
+                .collect();
+            if mine.is_empty() || mine.iter().any(|r| r.is_err()) {
+                continue;
+            }
+            let ready = mine.iter().map(|r| *r.as_ref().expect("checked")).sum();
+            let history = self.history.entry(name.clone()).or_default();
+            history.push_back(Sample {
+                at_ms,
+                ready,
+                in_flight: in_flight(name),
+            });
+            // A little more than the window, so the window is known covered.
+            let keep_from =
+                at_ms.saturating_sub(limits.cooldown.as_millis() as u64 + HISTORY_MARGIN_MS);
+            while history.front().is_some_and(|s| s.at_ms < keep_from) {
+                history.pop_front();
+            }
+            let current = self
+                .decided
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| placed(state, name));
+            let samples: Vec<Sample> = history.iter().copied().collect();
+            let next = decide(&samples, current, &limits);
+            if next != current {
+                tracing::info!(app = %name, from = current, to = next, ready, in_flight = in_flight(name), "queue depth: scaling");
+            }
+            self.decided.insert(name.clone(), next);
+        }
+        self.history.retain(|a, _| scaled.contains(a));
+        self.decided.retain(|a, _| scaled.contains(a));
+    }
+
+    /// The scale of every app that scales on queue depth: as decided, or (none
+    /// decided yet this term) its placed instances within its limits.
+    pub fn scales(&self, state: &ClusterState) -> HashMap<AppName, u32> {
+        state
+            .apps
+            .iter()
+            .filter_map(|(name, app)| {
+                let limits = limits_in(state, app)?;
+                let n = self
+                    .decided
+                    .get(name)
+                    .copied()
+                    .unwrap_or_else(|| clamp(u64::from(placed(state, name)), &limits));
+                Some((name.clone(), n))
+            })
+            .collect()
+    }
+
+    /// The last read of each queue.
+    pub fn reads(&self) -> &BTreeMap<(AppName, String), Read> {
+        &self.reads
+    }
+}
+
+/// History kept beyond the cool-down window.
+const HISTORY_MARGIN_MS: u64 = 5_000;
 
 /// Instances this sample asks for, before limits.
 pub fn demand(sample: &Sample, target: u64) -> u64 {

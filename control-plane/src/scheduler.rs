@@ -63,6 +63,14 @@ pub const SCALE_TO_ZERO_SETTING: &str = "STROM_SCALE_TO_ZERO";
 pub const IDLE_STOP_SETTING: &str = "STROM_IDLE_STOP";
 /// [`IDLE_STOP_SETTING`]'s default: 5 minutes.
 pub const DEFAULT_IDLE_STOP_MS: u64 = 300_000;
+/// The most instances an app with RabbitMQ triggers scales to on queue depth.
+pub const MAX_SCALE_SETTING: &str = "STROM_MAX_SCALE";
+/// Messages (waiting and being handled) per instance when scaling on queue depth.
+pub const TARGET_QUEUE_LENGTH_SETTING: &str = "STROM_TARGET_QUEUE_LENGTH";
+/// How long queue demand must stay lower before the scale falls (`hh:mm:ss`).
+pub const SCALE_DOWN_COOLDOWN_SETTING: &str = "STROM_SCALE_DOWN_COOLDOWN";
+/// The largest `STROM_MAX_SCALE` taken.
+pub const MAX_SCALE_LIMIT: u32 = 1000;
 
 /// What the leader knows from worker heartbeats (not replicated): Ready instances
 /// of each app's *active* version on each worker.
@@ -71,6 +79,9 @@ pub struct LiveView {
     pub ready: HashMap<(NodeId, AppName), u32>,
     /// The leader's clock (Unix ms), for scale-to-zero apps' idle time.
     pub now_ms: i64,
+    /// The scale the leader decided for each app that scales on queue depth
+    /// (`queue_scale`); such an app runs at least this many instances.
+    pub queue_scale: HashMap<AppName, u32>,
 }
 
 /// What an app asks of the workers it runs on, parsed from its settings.
@@ -84,6 +95,14 @@ pub struct Requirements {
     /// after.
     pub scale_to_zero: bool,
     pub idle_stop_ms: u64,
+    /// `STROM_MAX_SCALE`: with RabbitMQ triggers, the app scales on queue depth
+    /// up to this many instances.
+    pub max_scale: Option<u32>,
+    /// `STROM_TARGET_QUEUE_LENGTH`: messages per instance.
+    pub target_queue_length: u64,
+    /// `STROM_SCALE_DOWN_COOLDOWN`: how long queue demand stays lower before the
+    /// scale falls.
+    pub scale_down_cooldown_ms: u64,
 }
 
 impl Default for Requirements {
@@ -93,6 +112,10 @@ impl Default for Requirements {
             labels: BTreeMap::new(),
             scale_to_zero: false,
             idle_stop_ms: DEFAULT_IDLE_STOP_MS,
+            max_scale: None,
+            target_queue_length: crate::queue_scale::DEFAULT_TARGET_QUEUE_LENGTH,
+            scale_down_cooldown_ms: crate::queue_scale::DEFAULT_SCALE_DOWN_COOLDOWN.as_millis()
+                as u64,
         }
     }
 }
@@ -120,22 +143,26 @@ pub fn batch_active(state: &ClusterState, app: &AppName, idle_stop_ms: u64, now_
 
 /// Desired instances of an app with requirements `req` at `now_ms`: a
 /// scale-to-zero app's scale (at least 1) while [`batch_active`], else 0; any
-/// other app's [`desired`].
+/// other app's [`desired`]. An app that scales on queue depth runs at least the
+/// scale the leader decided for it (`queue_scale`).
 fn desired_of(
     state: &ClusterState,
     app: &AppState,
     req: &Requirements,
     eligible: usize,
     now_ms: i64,
+    queue_scale: Option<u32>,
 ) -> u32 {
-    if !req.scale_to_zero {
-        return desired(app, eligible);
-    }
-    if batch_active(state, &app.name, req.idle_stop_ms, now_ms) {
+    let base = if !req.scale_to_zero {
+        desired(app, eligible)
+    } else if batch_active(state, &app.name, req.idle_stop_ms, now_ms) {
         app.scale.unwrap_or(1).max(1)
     } else {
         0
-    }
+    };
+    // The queue's decision is at least the usual scale of an app that does not
+    // scale to zero; a scale-to-zero app also runs while its timers do.
+    queue_scale.map_or(base, |q| base.max(q))
 }
 
 /// Desired instances of `app` in `state` at `now_ms`, counted as [`plan`] counts
@@ -144,7 +171,21 @@ pub fn desired_in(state: &ClusterState, app: &AppState, now_ms: i64) -> u32 {
     let Ok(req) = app_requirements(&app.settings) else {
         return app.scale.unwrap_or(0);
     };
-    let eligible = state
+    let eligible = eligible_workers(state, &req);
+    // The leader's queue decision is not replicated: shown as placed.
+    let queue = crate::queue_scale::limits_of(app, &req, eligible).map(|_| {
+        state
+            .placements
+            .get(&app.name)
+            .map_or(0, |p| p.values().sum())
+    });
+    desired_of(state, app, &req, eligible, now_ms, queue)
+}
+
+/// Workers an app with requirements `req` may be placed on now: Up, not
+/// draining, with its labels.
+pub fn eligible_workers(state: &ClusterState, req: &Requirements) -> usize {
+    state
         .workers
         .values()
         .filter(|w| w.up && w.schedule != WorkerSchedule::Draining)
@@ -153,8 +194,7 @@ pub fn desired_in(state: &ClusterState, app: &AppState, now_ms: i64) -> u32 {
                 .iter()
                 .all(|(k, v)| w.info.labels.get(k) == Some(v))
         })
-        .count();
-    desired_of(state, app, &req, eligible, now_ms)
+        .count()
 }
 
 /// App settings the scheduler reads, parsed; errors name the setting and value.
@@ -176,6 +216,43 @@ pub fn app_requirements(settings: &BTreeMap<String, String>) -> Result<Requireme
         if !value.is_empty() {
             req.idle_stop_ms = strom_proto::manifest::timespan::parse_timespan_ms(value)
                 .ok_or_else(|| format!("{IDLE_STOP_SETTING} `{raw}` is not hh:mm:ss"))?;
+        }
+    }
+    if let Some(raw) = settings.get(MAX_SCALE_SETTING) {
+        let value = raw.trim();
+        if !value.is_empty() {
+            req.max_scale = Some(
+                value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_SCALE_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "{MAX_SCALE_SETTING} `{raw}` is not a whole number from 1 to {MAX_SCALE_LIMIT}"
+                        )
+                    })?,
+            );
+        }
+    }
+    if let Some(raw) = settings.get(TARGET_QUEUE_LENGTH_SETTING) {
+        let value = raw.trim();
+        if !value.is_empty() {
+            req.target_queue_length = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    format!(
+                        "{TARGET_QUEUE_LENGTH_SETTING} `{raw}` is not a whole number of messages (1 or more)"
+                    )
+                })?;
+        }
+    }
+    if let Some(raw) = settings.get(SCALE_DOWN_COOLDOWN_SETTING) {
+        let value = raw.trim();
+        if !value.is_empty() {
+            req.scale_down_cooldown_ms = strom_proto::manifest::timespan::parse_timespan_ms(value)
+                .ok_or_else(|| format!("{SCALE_DOWN_COOLDOWN_SETTING} `{raw}` is not hh:mm:ss"))?;
         }
     }
     if let Some(raw) = settings.get(MEMORY_SETTING) {
@@ -218,7 +295,14 @@ pub fn plan(state: &ClusterState, live: &LiveView) -> Vec<PlacementChange> {
             continue;
         };
         let set = label_sets.index_of(&req.labels, &workers);
-        let desired = desired_of(state, app, &req, label_sets.sets[set].eligible, live.now_ms);
+        let desired = desired_of(
+            state,
+            app,
+            &req,
+            label_sets.sets[set].eligible,
+            live.now_ms,
+            live.queue_scale.get(name).copied(),
+        );
         let mut app_plan = AppPlan {
             name,
             memory_mb: req.memory_mb,
@@ -671,6 +755,37 @@ mod tests {
             })));
         }
 
+        /// An app whose one function `work` consumes RabbitMQ queue `jobs`.
+        fn deploy_queue_app(&mut self, name: &str, settings: &[(&str, &str)]) {
+            let mut settings = pairs(settings);
+            settings.insert("Mq".into(), "amqp://u:p@127.0.0.1:5672/".into());
+            let at_ms = self.now();
+            self.apply(Command::SetClusterProtocol {
+                protocol: strom_proto::version::PROTOCOL,
+                at_ms,
+            });
+            let trigger = r#"{"bindings":[{"type":"rabbitMQTrigger","direction":"in","name":"m",
+                "queueName":"jobs","connectionStringSetting":"Mq"}]}"#;
+            let at_ms = self.now();
+            self.apply(Command::DeployVersion(Box::new(DeployVersion {
+                app: app(name),
+                version: VersionId::of_bytes(name.as_bytes()),
+                size_bytes: 10,
+                manifest: crate::cluster_state::tests::manifest_with(
+                    name,
+                    &[("work", trigger)],
+                    &settings,
+                ),
+                at_ms,
+                initial_keys: InitialKeys {
+                    master: "m".into(),
+                    host_default: "h".into(),
+                    function_defaults: BTreeMap::new(),
+                },
+                settings,
+            })));
+        }
+
         fn settings(&mut self, name: &str, set: &[(&str, &str)]) {
             let at_ms = self.now();
             self.apply(Command::SetAppSettings {
@@ -731,6 +846,115 @@ mod tests {
                 .map(|p| p.iter().map(|(n, c)| (*n, *c)).collect())
                 .unwrap_or_default()
         }
+    }
+
+    /// The leader's queue scaler feeding the scheduler, as the term task does:
+    /// reads every 500 ms, the scaler's scales into the live view, a round.
+    #[test]
+    fn a_queue_app_scales_from_zero_on_depth_and_back_after_the_cool_down() {
+        use crate::queue_scale::QueueScaler;
+        let mut w = World::new();
+        w.workers(1..=2);
+        w.deploy_queue_app(
+            "orders",
+            &[
+                (SCALE_TO_ZERO_SETTING, "true"),
+                (MAX_SCALE_SETTING, "4"),
+                (TARGET_QUEUE_LENGTH_SETTING, "10"),
+                (SCALE_DOWN_COOLDOWN_SETTING, "00:00:05"),
+            ],
+        );
+        // An app without the settings is not the scaler's: its usual scale.
+        w.deploy_queue_app("plain", &[]);
+        let mut scaler = QueueScaler::default();
+        let mut at_ms = 0;
+        let total = |w: &World, name: &str| w.placed(name).iter().map(|(_, n)| n).sum::<u32>();
+        let mut step =
+            |w: &mut World, scaler: &mut QueueScaler, ready: Option<u64>, in_flight: u64| {
+                at_ms += 500;
+                let read = ready.ok_or_else(|| "connection refused to 127.0.0.1:5672".to_string());
+                let reads = vec![
+                    (app("orders"), "jobs".to_string(), read.clone()),
+                    (app("plain"), "jobs".to_string(), read),
+                ];
+                scaler.observe(&w.state, reads, |_| in_flight, at_ms);
+                w.live.queue_scale = scaler.scales(&w.state);
+                w.round();
+            };
+        step(&mut w, &mut scaler, Some(0), 0);
+        assert_eq!(total(&w, "orders"), 0, "an empty queue: no instance");
+        assert_eq!(total(&w, "plain"), 2);
+        step(&mut w, &mut scaler, Some(1), 0);
+        assert_eq!(total(&w, "orders"), 1, "one message starts one instance");
+        step(&mut w, &mut scaler, Some(35), 0);
+        assert_eq!(total(&w, "orders"), 4, "35 messages / 10 = 4");
+        step(&mut w, &mut scaler, Some(500), 0);
+        assert_eq!(total(&w, "orders"), 4, "never above STROM_MAX_SCALE");
+        // The leader cannot read the queue: the scale holds.
+        for _ in 0..20 {
+            step(&mut w, &mut scaler, None, 0);
+        }
+        assert_eq!(total(&w, "orders"), 4);
+        // Drained, but messages still being handled: held.
+        for _ in 0..20 {
+            step(&mut w, &mut scaler, Some(0), 3);
+        }
+        assert_eq!(
+            total(&w, "orders"),
+            1,
+            "3 in flight need 1 after the cool-down"
+        );
+        for _ in 0..9 {
+            step(&mut w, &mut scaler, Some(0), 0);
+        }
+        assert_eq!(total(&w, "orders"), 1, "not before the cool-down");
+        for _ in 0..3 {
+            step(&mut w, &mut scaler, Some(0), 0);
+        }
+        assert_eq!(total(&w, "orders"), 0, "back to zero");
+        assert_eq!(total(&w, "plain"), 2, "the other app never moved");
+
+        // A new term (a new leader's scaler) keeps what it finds placed.
+        step(&mut w, &mut scaler, Some(25), 0);
+        assert_eq!(total(&w, "orders"), 3);
+        let mut fresh = QueueScaler::default();
+        w.live.queue_scale = fresh.scales(&w.state);
+        assert_eq!(w.live.queue_scale.get(&app("orders")), Some(&3));
+        assert_eq!(w.plan(), vec![], "nothing moves before the first read");
+        step(&mut w, &mut fresh, Some(0), 0);
+        assert_eq!(
+            total(&w, "orders"),
+            3,
+            "a fresh history does not scale down"
+        );
+    }
+
+    #[test]
+    fn queue_scaling_settings_are_checked() {
+        let e = app_requirements(&pairs(&[(MAX_SCALE_SETTING, "0")])).unwrap_err();
+        assert!(
+            e.contains("STROM_MAX_SCALE `0` is not a whole number from 1 to 1000"),
+            "{e}"
+        );
+        let e = app_requirements(&pairs(&[(MAX_SCALE_SETTING, "-3")])).unwrap_err();
+        assert!(e.contains("STROM_MAX_SCALE"), "{e}");
+        let e = app_requirements(&pairs(&[(TARGET_QUEUE_LENGTH_SETTING, "0")])).unwrap_err();
+        assert!(e.contains("STROM_TARGET_QUEUE_LENGTH `0`"), "{e}");
+        let e = app_requirements(&pairs(&[(SCALE_DOWN_COOLDOWN_SETTING, "soon")])).unwrap_err();
+        assert!(
+            e.contains("STROM_SCALE_DOWN_COOLDOWN `soon` is not hh:mm:ss"),
+            "{e}"
+        );
+        let r = app_requirements(&pairs(&[
+            (MAX_SCALE_SETTING, " 7 "),
+            (TARGET_QUEUE_LENGTH_SETTING, "50"),
+            (SCALE_DOWN_COOLDOWN_SETTING, "00:02:00"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (r.max_scale, r.target_queue_length, r.scale_down_cooldown_ms),
+            (Some(7), 50, 120_000)
+        );
     }
 
     #[test]

@@ -21,13 +21,13 @@ use futures::{Stream, StreamExt};
 use strom_proto::codec;
 use strom_proto::command::{Command, CommandResult, WorkerCapacity, WorkerInfo};
 use strom_proto::ids::{AppName, VersionId};
-use strom_proto::instances::{InstanceState, InstanceStatus};
+use strom_proto::instances::{InstanceState, InstanceStatus, TriggerStatus};
 use strom_proto::internal_v1::worker_service_client::WorkerServiceClient;
 use strom_proto::internal_v1::worker_service_server::WorkerService;
 use strom_proto::internal_v1::{
     HeartbeatReply, HeartbeatRequest, InstanceReport, LiveWorker, LiveWorkersReply,
-    LiveWorkersRequest, NodeInfoReply, NodeInfoRequest, RegisterWorkerReply, RegisterWorkerRequest,
-    StateUpdate, WatchStateRequest,
+    LiveWorkersRequest, NodeInfoReply, NodeInfoRequest, QueueDepth, RegisterWorkerReply,
+    RegisterWorkerRequest, StateUpdate, TriggerReport, WatchStateRequest,
 };
 use strom_proto::raft_types::{LogId, StoredMembership};
 use strom_proto::version::{self, Feature};
@@ -53,6 +53,51 @@ pub fn report_of(s: &InstanceStatus) -> InstanceReport {
         last_error: s.last_error.clone().unwrap_or_default(),
         serving: s.serving,
     }
+}
+
+/// The trigger report a worker sends for one of its RabbitMQ triggers.
+pub fn trigger_report_of(t: &TriggerStatus) -> TriggerReport {
+    TriggerReport {
+        app: t.app.to_string(),
+        function: t.function.clone(),
+        queue: t.queue.clone(),
+        consumers: t.consumers,
+        consuming: t.consuming,
+        in_flight: t.in_flight,
+        error: t.error.clone().unwrap_or_default(),
+    }
+}
+
+/// The longest trigger error a leader keeps from a report (a worker's reason is
+/// a line; anything longer is cut, not trusted to be small).
+const MAX_TRIGGER_ERROR: usize = 1024;
+
+/// The trigger status in a report, or why the report is malformed.
+pub fn trigger_status_of(r: &TriggerReport) -> Result<TriggerStatus, String> {
+    let mut error = r.error.clone();
+    if error.len() > MAX_TRIGGER_ERROR {
+        let mut cut = MAX_TRIGGER_ERROR;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+        error.push('…');
+    }
+    if r.consuming > r.consumers {
+        return Err(format!(
+            "trigger of `{}`: {} consuming of {} consumers",
+            r.function, r.consuming, r.consumers
+        ));
+    }
+    Ok(TriggerStatus {
+        app: AppName::parse(&r.app).map_err(|e| format!("app `{}`: {e}", r.app))?,
+        function: r.function.chars().take(256).collect(),
+        queue: r.queue.chars().take(256).collect(),
+        consumers: r.consumers,
+        consuming: r.consuming,
+        in_flight: r.in_flight,
+        error: (!error.is_empty()).then_some(error),
+    })
 }
 
 /// The instance status in a report; `None` (with the reason) if the report is malformed.
@@ -276,7 +321,7 @@ impl WorkerService for WorkerServer {
         if let CommandResult::Rejected(r) = result {
             return Err(Status::failed_precondition(r.to_string()));
         }
-        term.renew(req.node_id, req.build, req.protocol, Vec::new())
+        term.renew(req.node_id, req.build, req.protocol, Vec::new(), Vec::new())
             .await
             .map_err(unavailable)?;
         Ok(Response::new(RegisterWorkerReply {
@@ -307,10 +352,17 @@ impl WorkerService for WorkerServer {
                 Err(e) => tracing::warn!(node = req.node_id, "skipping an instance report: {e}"),
             }
         }
+        let mut triggers = Vec::with_capacity(req.triggers.len());
+        for r in &req.triggers {
+            match trigger_status_of(r) {
+                Ok(t) => triggers.push(t),
+                Err(e) => tracing::warn!(node = req.node_id, "skipping a trigger report: {e}"),
+            }
+        }
         metrics::counter!("strom_worker_heartbeats_total", "worker" => req.node_id.to_string())
             .increment(1);
         // The term task renews the lease, and marks a Down worker Up again.
-        term.renew(req.node_id, req.build, req.protocol, instances)
+        term.renew(req.node_id, req.build, req.protocol, instances, triggers)
             .await
             .map_err(unavailable)?;
         Ok(Response::new(HeartbeatReply {
@@ -409,6 +461,7 @@ impl ManagementNode {
                 build: w.build.clone(),
                 protocol: w.protocol,
                 instances: w.instances.iter().map(report_of).collect(),
+                triggers: w.triggers.iter().map(trigger_report_of).collect(),
             })
             .collect();
         let metrics = self.raft.metrics().borrow().clone();
@@ -421,6 +474,17 @@ impl ManagementNode {
                     .collect()
             })
             .unwrap_or_default();
+        let queues = live
+            .queues
+            .iter()
+            .map(|q| QueueDepth {
+                app: q.app.to_string(),
+                queue: q.queue.clone(),
+                ready: q.read.as_ref().ok().copied(),
+                error: q.read.as_ref().err().cloned().unwrap_or_default(),
+                scale: q.scale,
+            })
+            .collect();
         LiveWorkersReply {
             leader_id: metrics.current_leader.unwrap_or(0),
             workers,
@@ -429,6 +493,7 @@ impl ManagementNode {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             matched,
             checkpoint: self.checkpoints.report(self.config.node_id),
+            queues,
         }
     }
 
@@ -474,6 +539,35 @@ mod tests {
     /// field by field: while they may still run (mid rolling upgrade), its bytes
     /// must not change. A change to `ClusterState`'s shape fails here: then older
     /// workers need a frozen copy of the old shape to be encoded for them.
+    #[test]
+    fn a_trigger_report_is_checked_and_its_error_bounded() {
+        let mut r = TriggerReport {
+            app: "shop".into(),
+            function: "f".into(),
+            queue: "orders".into(),
+            consumers: 2,
+            consuming: 1,
+            in_flight: 4,
+            error: "é".repeat(2000),
+        };
+        let t = trigger_status_of(&r).unwrap();
+        let e = t.error.unwrap();
+        assert!(e.len() <= MAX_TRIGGER_ERROR + '…'.len_utf8(), "{}", e.len());
+        assert!(e.ends_with('…'));
+        r.error.clear();
+        assert_eq!(trigger_status_of(&r).unwrap().error, None);
+        assert_eq!(trigger_report_of(&trigger_status_of(&r).unwrap()), r);
+        r.consuming = 3;
+        assert!(trigger_status_of(&r)
+            .unwrap_err()
+            .contains("3 consuming of 2"));
+        r.consuming = 0;
+        r.app = "Not An App!".into();
+        assert!(trigger_status_of(&r)
+            .unwrap_err()
+            .contains("app `Not An App!`"));
+    }
+
     #[test]
     fn a_legacy_watch_is_encoded_as_before() {
         let view = crate::worker_view::tests::state();

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use strom_control_plane::blob_replication::fetch_blob_from;
 use strom_control_plane::internal_auth::{ClusterSecret, InternalChannel};
 use strom_control_plane::tls::url as tls_url;
-use strom_control_plane::workers::report_of;
+use strom_control_plane::workers::{report_of, trigger_report_of};
 use strom_control_plane::ManagementNode;
 use strom_proto::ids::{NodeId, VersionId};
 use strom_proto::instances::InstanceStatus;
@@ -317,6 +317,7 @@ impl Agent {
         self: Arc<Self>,
         lease: Duration,
         instances: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+        triggers: crate::gateway::consumers::TriggerBoard,
         cancel: CancellationToken,
     ) {
         let mut every = (lease / 5).max(Duration::from_millis(100));
@@ -339,12 +340,14 @@ impl Agent {
                 continue;
             };
             let reports = instances.borrow().iter().map(report_of).collect();
+            let trigger_reports = triggers.reports().iter().map(trigger_report_of).collect();
             let call = c.heartbeat(HeartbeatRequest {
                 join_token: self.token.clone(),
                 node_id: self.offer.node_id,
                 build: version::BUILD.to_string(),
                 protocol: version::PROTOCOL,
                 instances: reports,
+                triggers: trigger_reports,
             });
             // A leader that vanished must not hold the next heartbeat up.
             let result = tokio::time::timeout(every * 2, call)

@@ -743,6 +743,36 @@ fn timer_time(ms: i64, zone: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A RabbitMQ trigger's state, for the status column: its consumers, the
+/// messages they hold, the queue's depth, the app's scale on it, and why any
+/// consumer does not consume.
+pub fn queue_notes(q: &pb::QueueTriggerStatus) -> Vec<String> {
+    let mut notes = Vec::new();
+    let plural = |n: u32| if n == 1 { "" } else { "s" };
+    notes.push(match (q.consumers, q.consuming) {
+        (0, _) if q.scale == Some(0) => "no instance (scaled to zero)".to_string(),
+        (0, _) => "no consumer (no Ready instance)".to_string(),
+        (n, c) if n == c => format!("consuming on {n} instance{}", plural(n)),
+        (n, 0) => format!("{n} consumer{} not connected", plural(n)),
+        (n, c) => format!("consuming on {c} of {n} instances"),
+    });
+    if q.in_flight > 0 {
+        notes.push(format!("{} in flight", q.in_flight));
+    }
+    match q.ready {
+        Some(n) => notes.push(format!("{n} waiting")),
+        None if !q.depth_error.is_empty() => {
+            notes.push(format!("queue depth unknown: {}", q.depth_error))
+        }
+        None => {}
+    }
+    if let Some(n) = q.scale {
+        notes.push(format!("scale {n} on queue depth"));
+    }
+    notes.extend(q.errors.iter().cloned());
+    notes
+}
+
 /// A timer's runs, for the status column: not scheduled (why), running, next,
 /// last (its times in the timer's zone).
 pub fn timer_notes(t: &pb::TimerStatus) -> Vec<String> {
@@ -868,16 +898,25 @@ fn function_status(f: &pb::FunctionInfo, with_shared: bool) -> String {
             notes.extend(timer_notes(t));
         }
     }
+    let mut failing = false;
+    if let Some(q) = &f.queue {
+        if f.supported && !f.disabled {
+            notes.extend(queue_notes(q));
+            failing = q.consumers > 0 && q.consuming == 0 && !q.errors.is_empty();
+        }
+    }
     let state = if !f.supported {
         "not supported"
     } else if f.disabled {
         "disabled"
+    } else if failing {
+        "not consuming"
     } else {
         "ok"
     };
     if notes.is_empty() {
         state.into()
-    } else if f.supported && !f.disabled {
+    } else if f.supported && !f.disabled && !failing {
         format!("ok; {}", notes.join("; "))
     } else {
         format!("{state}: {}", notes.join("; "))

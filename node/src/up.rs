@@ -267,6 +267,8 @@ struct Running {
     api: Option<AdminApi>,
     /// The management group as a worker-only node knows it.
     managers: Option<Arc<Managers>>,
+    /// The gateway's RabbitMQ consumers, as the worker's heartbeats report them.
+    triggers: crate::gateway::consumers::TriggerBoard,
 }
 
 impl Running {
@@ -446,6 +448,7 @@ async fn run_node_traced(
         view: None,
         api: None,
         managers: None,
+        triggers: Default::default(),
         secret: ClusterSecret::default(),
         health: strom_control_plane::health::Health::new(settings.node_id),
     };
@@ -633,6 +636,7 @@ async fn run_node_traced(
                 http: settings.http,
                 key_admin: key_admin(&running, &view),
                 health: Some(running.health.clone()),
+                triggers: running.triggers.clone(),
                 ..GatewayConfig::default()
             },
             routing,
@@ -925,6 +929,7 @@ async fn start_worker(
     running.agent_tasks.push(tokio::spawn(agent.heartbeats(
         lease,
         worker.instances.clone(),
+        running.triggers.clone(),
         running.agent_cancel.clone(),
     )));
     running.worker = Some(worker);
@@ -1056,12 +1061,22 @@ async fn wait_until_ready(node: &ManagementNode, worker: &Worker, limit: Duratio
             let starting = all
                 .iter()
                 .any(|i| matches!(i.state, InstanceState::Starting | InstanceState::Restarting));
+            // A scale-to-zero app with nothing placed has nothing to wait for.
+            let idle = |app: &AppName| {
+                view.state.apps.get(app).is_some_and(|a| wants_none(a))
+                    && view
+                        .state
+                        .placements
+                        .get(app)
+                        .is_none_or(|p| p.values().sum::<u32>() == 0)
+            };
             let served = view.state.apps.keys().all(|app| {
-                all.iter().any(|i| {
-                    &i.app == app
-                        && i.serving
-                        && matches!(i.state, InstanceState::Ready | InstanceState::CrashLooping)
-                })
+                idle(app)
+                    || all.iter().any(|i| {
+                        &i.app == app
+                            && i.serving
+                            && matches!(i.state, InstanceState::Ready | InstanceState::CrashLooping)
+                    })
             });
             if served && !starting {
                 return;

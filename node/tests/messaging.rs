@@ -339,3 +339,158 @@ fn t_mq3_a_trigger_acknowledges_after_its_outputs_and_poisons_after_the_last_att
         broker.delete(q);
     }
 }
+
+/// A consumer-only copy of the example (its `process-order` trigger), scaled on
+/// its queue's depth: from zero, up to `STROM_MAX_SCALE`, back to zero.
+fn queue_scaled_app(dir: &Path, suffix: &str, url: &str) {
+    orders_app(dir, suffix, url, true);
+    // No HTTP function and no timer: a scale-to-zero app may have neither.
+    std::fs::remove_dir_all(dir.join("order")).unwrap();
+    std::fs::remove_dir_all(dir.join("nightly-report")).unwrap();
+    let settings = serde_json::json!({
+        "IsEncrypted": false,
+        "Values": {
+            "FUNCTIONS_WORKER_RUNTIME": "custom",
+            "RabbitMQConnection": url,
+            "STROM_SCALE_TO_ZERO": "true",
+            "STROM_MAX_SCALE": "3",
+            "STROM_TARGET_QUEUE_LENGTH": "5",
+            "STROM_SCALE_DOWN_COOLDOWN": "00:00:05",
+        },
+    });
+    std::fs::write(dir.join("local.settings.json"), settings.to_string()).unwrap();
+}
+
+/// A table's words, without its borders (a cell may wrap).
+fn words(table: &str) -> String {
+    table
+        .split_whitespace()
+        .filter(|w| !w.chars().all(|c| "│┌┐└┘─═╞╡".contains(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Ready instances of `app` as `app show` lists them.
+fn ready_instances(up: &Up, app: &str) -> usize {
+    let shown = up.json(&["app", "show", app]);
+    shown["instances"]
+        .as_array()
+        .map(|a| a.iter().filter(|i| i["state"] == "Ready").count())
+        .unwrap_or(0)
+}
+
+/// The `queue` status of function `name` as `fn list` shows it.
+fn queue_status(up: &Up, app: &str, name: &str) -> serde_json::Value {
+    let fns = up.json(&["fn", "list", app]);
+    fns["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .map(|f| f["queue"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn t_mq4_a_scale_to_zero_app_follows_its_queue_depth_from_zero_and_back() {
+    let Some(url) = rabbitmq_or_skip("t_mq4") else {
+        return;
+    };
+    let broker = Broker::connect(&url);
+    let s = suffix();
+    let (orders, processed) = (format!("orders-{s}"), format!("processed-{s}"));
+    broker.declare(&orders);
+    broker.declare(&processed);
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("jobs");
+    queue_scaled_app(&app, &s, &url);
+    let up = Up::start(data.path(), &[&app], &[]);
+
+    // An empty queue: no instance, and the leader says why.
+    let status = strom_testkit::eventually(Duration::from_secs(20), "the queue read", || {
+        let q = queue_status(&up, "jobs", "process-order");
+        (q["ready"] == 0 && q["scale"] == 0).then_some(q)
+    });
+    assert_eq!(ready_instances(&up, "jobs"), 0, "{status}");
+    let list = words(&up.strom(&["fn", "list", "jobs"]).stdout);
+    assert!(
+        list.contains("ok; no instance (scaled to zero); 0 waiting; scale 0 on queue depth"),
+        "{list}"
+    );
+
+    // 40 messages: 40 / 5 per instance = 8, capped at STROM_MAX_SCALE = 3.
+    for id in 0..40 {
+        broker.publish(&orders, format!(r#"{{"id":{id}}}"#).as_bytes());
+    }
+    let q = strom_testkit::eventually(Duration::from_secs(60), "scale 3 on queue depth", || {
+        let q = queue_status(&up, "jobs", "process-order");
+        (q["scale"] == 3).then_some(q)
+    });
+    assert!(q["scale"] == 3, "{q}");
+    let mut done = Vec::new();
+    strom_testkit::eventually(Duration::from_secs(60), "40 orders processed", || {
+        done.extend(broker.drain(&processed).into_iter().map(|g| g.text()));
+        (done.len() >= 40).then_some(())
+    });
+    assert_eq!(done.len(), 40, "each order once: {done:?}");
+
+    // Drained: after the cool-down (5 s), back to zero instances.
+    strom_testkit::eventually(Duration::from_secs(60), "back to zero", || {
+        let q = queue_status(&up, "jobs", "process-order");
+        (q["scale"] == 0 && ready_instances(&up, "jobs") == 0).then_some(())
+    });
+    // Each message was handled once, by the records too.
+    let logs = up
+        .strom(&["fn", "logs", "jobs", "process-order", "--tail", "100"])
+        .stdout;
+    assert_eq!(logs.matches("rabbitMQ Succeeded").count(), 40, "{logs}");
+    up.stop();
+    assert_eq!(broker.count(&orders), 0);
+    for q in [&orders, &processed, &format!("{orders}-poison")] {
+        broker.delete(q);
+    }
+}
+
+#[test]
+fn t_mq5_a_trigger_whose_broker_refuses_it_says_why_and_the_app_keeps_serving() {
+    let Some(url) = rabbitmq_or_skip("t_mq5") else {
+        return;
+    };
+    let broker = Broker::connect(&url);
+    let password = broker.endpoint.password().to_string();
+    let s = suffix();
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("shop");
+    // The right broker, a wrong password.
+    let wrong = url.replacen(&format!(":{password}@"), ":not-the-password@", 1);
+    assert_ne!(wrong, url, "the test URL carries a password");
+    orders_app(&app, &s, &wrong, true);
+    let up = Up::start(data.path(), &[&app], &[]);
+
+    let q = strom_testkit::eventually(Duration::from_secs(30), "the trigger's error", || {
+        let q = queue_status(&up, "shop", "process-order");
+        (!q["errors"].as_array().is_none_or(|e| e.is_empty())).then_some(q)
+    });
+    assert_eq!(q["consuming"], 0, "{q}");
+    let errors = q["errors"].to_string();
+    assert!(errors.contains("worker 1: "), "{errors}");
+    assert!(errors.contains("refused"), "{errors}");
+    assert!(!q["depth_error"].as_str().unwrap_or("").is_empty(), "{q}");
+    let list = words(&up.strom(&["fn", "list", "shop"]).stdout);
+    assert!(
+        list.contains("not consuming: 1 consumer not connected;"),
+        "{list}"
+    );
+    // No secret anywhere it is shown.
+    for text in [&list, &q.to_string()] {
+        assert!(!text.contains(&password), "the password leaked");
+        assert!(!text.contains("not-the-password"), "the password leaked");
+    }
+    // The rest of the app serves: the HTTP function answers (its publish fails
+    // the same way, with the reason).
+    let r = http("POST", &up.http, "/api/orders", &[], br#"{"id":1}"#);
+    assert_eq!(r.status, 500, "{}", r.text());
+    up.stop();
+}

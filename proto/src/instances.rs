@@ -58,3 +58,19 @@ impl InstanceStatus {
         }
     }
 }
+
+/// One function's RabbitMQ trigger on one worker, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerStatus {
+    pub app: AppName,
+    pub function: String,
+    pub queue: String,
+    /// Consumers the worker runs for it (one per Ready instance).
+    pub consumers: u32,
+    /// Of those, consuming now (connected, `basic.consume` answered).
+    pub consuming: u32,
+    /// Messages delivered to them and not yet acknowledged.
+    pub in_flight: u32,
+    /// Why the others do not consume (never a password).
+    pub error: Option<String>,
+}

@@ -125,6 +125,24 @@ impl Broker {
         })
     }
 
+    /// Publishes `body` to `queue` (persistent, default exchange).
+    pub fn publish(&self, queue: &str, body: &[u8]) {
+        self.rt
+            .block_on(async {
+                self.channel
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(queue),
+                        lapin::options::BasicPublishOptions::default(),
+                        body,
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("publishing to {queue}: {e}"));
+    }
+
     /// Every message waiting in `queue`, in order.
     pub fn drain(&self, queue: &str) -> Vec<Got> {
         std::iter::from_fn(|| self.get(queue)).collect()

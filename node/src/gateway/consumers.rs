@@ -33,6 +33,7 @@ use strom_messaging::delivery::{
     after_failure, body_value, metadata, poison_headers, poison_queue, AfterFailure, DeliveryFacts,
 };
 use strom_proto::ids::AppName;
+use strom_proto::instances::TriggerStatus;
 use strom_proto::invocations::InvocationStatus;
 use strom_proto::manifest::rabbitmq::{AmqpEndpoint, RabbitMqTrigger, CA_SETTING};
 use strom_proto::manifest::{is_function_disabled, RetryPolicy, Trigger};
@@ -50,6 +51,85 @@ use crate::traces::Trace;
 pub const DEAD_LETTER_SETTING: &str = "STROM_RABBITMQ_DEAD_LETTER";
 /// The longest pause between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The state of this node's consumers, for its heartbeats (`strom fn list`
+/// shows it; the leader counts the messages in flight when scaling on queue
+/// depth). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct TriggerBoard(Arc<std::sync::Mutex<HashMap<Key, Board>>>);
+
+impl std::fmt::Debug for TriggerBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TriggerBoard")
+    }
+}
+
+/// One consumer's state.
+#[derive(Debug, Clone, Default)]
+struct Board {
+    queue: String,
+    consuming: bool,
+    in_flight: u32,
+    error: Option<String>,
+}
+
+impl TriggerBoard {
+    fn update(&self, key: &Key, f: impl FnOnce(&mut Board)) {
+        if let Some(b) = self.0.lock().expect("trigger board").get_mut(key) {
+            f(b);
+        }
+    }
+
+    fn add(&self, key: Key, queue: &str) {
+        self.0.lock().expect("trigger board").insert(
+            key,
+            Board {
+                queue: queue.to_string(),
+                ..Board::default()
+            },
+        );
+    }
+
+    fn remove(&self, key: &Key) {
+        self.0.lock().expect("trigger board").remove(key);
+    }
+
+    /// Each function's trigger on this node: its consumers summed, and the
+    /// reason of one that does not consume.
+    pub fn reports(&self) -> Vec<TriggerStatus> {
+        let board = self.0.lock().expect("trigger board");
+        let mut out: Vec<TriggerStatus> = Vec::new();
+        for ((app, function, _), b) in board.iter() {
+            let i = match out
+                .iter()
+                .position(|t| &t.app == app && &t.function == function)
+            {
+                Some(i) => i,
+                None => {
+                    out.push(TriggerStatus {
+                        app: app.clone(),
+                        function: function.clone(),
+                        queue: b.queue.clone(),
+                        consumers: 0,
+                        consuming: 0,
+                        in_flight: 0,
+                        error: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let t = &mut out[i];
+            t.consumers += 1;
+            t.consuming += u32::from(b.consuming);
+            t.in_flight += b.in_flight;
+            if !b.consuming && t.error.is_none() {
+                t.error.clone_from(&b.error);
+            }
+        }
+        out.sort_by(|a, b| (&a.app, &a.function).cmp(&(&b.app, &b.function)));
+        out
+    }
+}
 
 /// One consumer: a function's queue, for one instance.
 #[derive(Clone)]
@@ -81,6 +161,7 @@ impl Gateway {
                 .cloned()
                 .collect();
             for key in gone {
+                self.inner.config.triggers.remove(&key);
                 if let Some((cancel, task)) = running.remove(&key) {
                     // Make-before-break: it stops taking messages, finishes those
                     // it holds, then closes.
@@ -93,8 +174,12 @@ impl Gateway {
                 if running.contains_key(&key) {
                     continue;
                 }
+                self.inner
+                    .config
+                    .triggers
+                    .add(key.clone(), &spec.trigger.queue_name);
                 let cancel = self.inner.stop.child_token();
-                let task = tokio::spawn(self.clone().consume(spec, cancel.clone()));
+                let task = tokio::spawn(self.clone().consume(key.clone(), spec, cancel.clone()));
                 running.insert(key, (cancel, task));
             }
             tokio::select! {
@@ -102,7 +187,8 @@ impl Gateway {
                 _ = stop.cancelled() => break,
             }
         }
-        for (_, (cancel, task)) in running {
+        for (key, (cancel, task)) in running {
+            self.inner.config.triggers.remove(&key);
             cancel.cancel();
             stopping.push(task);
         }
@@ -156,7 +242,7 @@ impl Gateway {
     }
 
     /// One consumer, reconnecting with backoff until it is cancelled.
-    async fn consume(self, spec: Spec, cancel: CancellationToken) {
+    async fn consume(self, key: Key, spec: Spec, cancel: CancellationToken) {
         let tag = format!(
             "strom-{}-{}",
             self.inner.config.node_id, spec.endpoint.instance_id
@@ -164,12 +250,16 @@ impl Gateway {
         let mut backoff = Duration::from_secs(1);
         let mut last_error = String::new();
         loop {
-            match self.consume_once(&spec, &tag, &cancel).await {
+            match self.consume_once(&key, &spec, &tag, &cancel).await {
                 Ok(()) => return,
                 Err((consumed, e)) => {
                     if consumed {
                         backoff = Duration::from_secs(1);
                     }
+                    self.inner.config.triggers.update(&key, |b| {
+                        b.consuming = false;
+                        b.error = Some(e.clone());
+                    });
                     // The same failure again is logged once, not every attempt.
                     if e != last_error {
                         tracing::warn!(app = %spec.app, function = %spec.function, queue = %spec.trigger.queue_name, "RabbitMQ trigger: {e}; retrying with backoff");
@@ -189,6 +279,7 @@ impl Gateway {
     /// (`Err`: whether it got to consume, and why).
     async fn consume_once(
         &self,
+        key: &Key,
         spec: &Spec,
         tag: &str,
         cancel: &CancellationToken,
@@ -247,6 +338,11 @@ impl Gateway {
             .await
             .map_err(failed)?;
         tracing::info!(app = %spec.app, function = %spec.function, %queue, instance = %spec.endpoint.instance_id, broker = %broker, "RabbitMQ trigger consuming");
+        let board = self.inner.config.triggers.clone();
+        board.update(key, |b| {
+            b.consuming = true;
+            b.error = None;
+        });
         let spec = Arc::new(spec.clone());
         let mut held: JoinSet<()> = JoinSet::new();
         let ended = loop {
@@ -263,7 +359,12 @@ impl Gateway {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
                         let (spec, broker, ca, tag) = (spec.clone(), broker.clone(), ca.clone(), tag.to_string());
-                        held.spawn(async move { this.handle_delivery(spec, delivery, broker, ca, tag).await });
+                        let (board, key) = (board.clone(), key.clone());
+                        board.update(&key, |b| b.in_flight += 1);
+                        held.spawn(async move {
+                            this.handle_delivery(spec, delivery, broker, ca, tag).await;
+                            board.update(&key, |b| b.in_flight = b.in_flight.saturating_sub(1));
+                        });
                     }
                     Some(Err(e)) => break Err((true, describe(&e))),
                     None => break Err((true, "the broker ended the consumer".to_string())),
@@ -443,4 +544,61 @@ async fn requeue(d: &Delivery) {
             ..Default::default()
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(app: &str, function: &str, instance: &str) -> Key {
+        (
+            AppName::parse(app).unwrap(),
+            function.to_string(),
+            instance.to_string(),
+        )
+    }
+
+    #[test]
+    fn the_board_sums_each_functions_consumers_and_keeps_one_reason() {
+        let board = TriggerBoard::default();
+        let (a, b, c) = (
+            key("shop", "f", "i1"),
+            key("shop", "f", "i2"),
+            key("shop", "g", "i1"),
+        );
+        board.add(a.clone(), "orders");
+        board.add(b.clone(), "orders");
+        board.add(c.clone(), "other");
+        board.update(&a, |s| {
+            s.consuming = true;
+            s.in_flight = 3;
+        });
+        board.update(&b, |s| {
+            s.error = Some("connection refused to 127.0.0.1:5672".into())
+        });
+        let reports = board.reports();
+        assert_eq!(reports.len(), 2);
+        let f = &reports[0];
+        assert_eq!(
+            (
+                f.function.as_str(),
+                f.queue.as_str(),
+                f.consumers,
+                f.consuming,
+                f.in_flight
+            ),
+            ("f", "orders", 2, 1, 3)
+        );
+        assert_eq!(
+            f.error.as_deref(),
+            Some("connection refused to 127.0.0.1:5672")
+        );
+        assert_eq!((reports[1].consumers, reports[1].consuming), (1, 0));
+        assert_eq!(reports[1].error, None, "starting, no failure yet");
+        // A consumer that went is no longer counted; updates to it change nothing.
+        board.remove(&b);
+        board.update(&b, |s| s.in_flight = 9);
+        assert_eq!(board.reports()[0].consumers, 1);
+        assert_eq!(board.reports()[0].error, None);
+    }
 }

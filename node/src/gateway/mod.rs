@@ -80,6 +80,9 @@ pub struct GatewayConfig {
     pub key_admin: KeyAdminHandle,
     /// `/healthz` and `/readyz` (the node's checks; none: always ready).
     pub health: Option<Arc<strom_control_plane::health::Health>>,
+    /// Where the RabbitMQ consumers say how they fare (the worker's heartbeats
+    /// carry it).
+    pub triggers: consumers::TriggerBoard,
 }
 
 /// This node's [`KeyAdmin`], if it has one.
@@ -105,6 +108,7 @@ impl Default for GatewayConfig {
             http: listener::HttpLimits::default(),
             key_admin: KeyAdminHandle::default(),
             health: None,
+            triggers: consumers::TriggerBoard::default(),
         }
     }
 }

@@ -191,8 +191,9 @@ pub fn validate_app_for(
     }
 }
 
-/// Why `STROM_SCALE_TO_ZERO=true` cannot hold for these functions: a batch app
-/// has no instance between its timer runs, so it cannot serve HTTP functions.
+/// Why `STROM_SCALE_TO_ZERO=true` cannot hold for these functions: a
+/// scale-to-zero app has no instance between its timer runs and while its
+/// RabbitMQ trigger queues are empty, so it cannot serve HTTP functions.
 pub fn scale_to_zero_problem(
     functions: &[FunctionManifest],
     settings: &BTreeMap<String, String>,
@@ -205,23 +206,12 @@ pub fn scale_to_zero_problem(
         .filter(|f| matches!(f.trigger, super::Trigger::Http(_)))
         .map(|f| f.name.as_str())
         .collect();
-    let queues: Vec<&str> = functions
-        .iter()
-        .filter(|f| matches!(f.trigger, super::Trigger::RabbitMq(_)))
-        .map(|f| f.name.as_str())
-        .collect();
-    if on && !http.is_empty() {
-        return Some(format!(
-            "true, but the app has HTTP functions ({}): a scale-to-zero app has no instance \
-             between its timer runs to serve them; remove the setting or move them to another app",
-            http.join(", ")
-        ));
-    }
-    (on && !queues.is_empty()).then(|| {
+    (on && !http.is_empty()).then(|| {
         format!(
-            "true, but the app has RabbitMQ triggers ({}): scaling on queue depth is not built \
-             yet, so a scale-to-zero app would never consume; remove the setting",
-            queues.join(", ")
+            "true, but the app has HTTP functions ({}): a scale-to-zero app has no instance \
+             between its timer runs (or while its queues are empty) to serve them; remove the \
+             setting or move them to another app",
+            http.join(", ")
         )
     })
 }
@@ -584,9 +574,11 @@ mod tests {
     }
 
     #[test]
-    fn a_rabbitmq_app_cannot_scale_to_zero_until_queue_depth_scales_it() {
+    fn a_rabbitmq_app_may_scale_to_zero_but_not_with_http_functions() {
         let q = r#"{"bindings":[{"type":"rabbitMQTrigger","direction":"in","name":"m",
             "queueName":"jobs","connectionStringSetting":"Mq"}]}"#;
+        let h = r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"},
+            {"type":"http","direction":"out","name":"res"}]}"#;
         let files = [
             ("host.json", HOST),
             ("handler", ""),
@@ -594,11 +586,18 @@ mod tests {
         ];
         let pkg = AppPackage::from_zip_bytes(&zip_of(&files), &ZipLimits::default()).unwrap();
         let mut settings = BTreeMap::from([("Mq".to_string(), "amqp://h".to_string())]);
-        assert!(validate_app(&pkg, &settings).is_ok());
         settings.insert("STROM_SCALE_TO_ZERO".into(), "true".into());
+        assert!(validate_app(&pkg, &settings).is_ok());
+        let files = [
+            ("host.json", HOST),
+            ("handler", ""),
+            ("work/function.json", q),
+            ("web/function.json", h),
+        ];
+        let pkg = AppPackage::from_zip_bytes(&zip_of(&files), &ZipLimits::default()).unwrap();
         let e = validate_app(&pkg, &settings).unwrap_err();
         assert!(
-            e[0].message.contains("RabbitMQ triggers (work)"),
+            e[0].message.contains("HTTP functions (web)"),
             "{}",
             e[0].message
         );
