@@ -365,23 +365,39 @@ async fn assign_loop(
             match unpacked(&apps_dir, name, &run.version, &packages, &limits).await {
                 Ok(root) => {
                     failures.remove(&(name.clone(), run.version.clone()));
-                    let http_worker = std::fs::read(root.join(HOST_JSON))
-                        .is_ok_and(|bytes| is_legacy_http_worker(&bytes));
-                    // What a RabbitMQ output needs is in the package, not the manifest.
-                    let messaging = PackageMessaging::from_dir(&root, &app.manifest.functions)
-                        .unwrap_or_else(|e| {
-                            tracing::error!(app = %name, version = run.version.short(), "cannot read the RabbitMQ bindings of the package: {e}; its outputs fail");
-                            PackageMessaging::default()
-                        });
-                    let a = Assignment {
-                        app: name.clone(),
-                        version: run.version.clone(),
-                        app_root: root,
-                        manifest: Arc::new(app.manifest.clone()),
-                        http_worker,
-                        messaging: Arc::new(messaging),
-                        settings: run.settings.clone(),
-                        instances: run.instances,
+                    // A version's package never changes: its facts are read once,
+                    // not at every change of the view (a scale, a setting).
+                    let known = last_good
+                        .get(name)
+                        .filter(|p| p.version == run.version && p.app_root == root);
+                    let a = match known {
+                        Some(p) => Assignment {
+                            settings: run.settings.clone(),
+                            instances: run.instances,
+                            ..p.clone()
+                        },
+                        None => {
+                            let http_worker = std::fs::read(root.join(HOST_JSON))
+                                .is_ok_and(|bytes| is_legacy_http_worker(&bytes));
+                            // What a RabbitMQ output needs is in the package, not the
+                            // manifest.
+                            let messaging =
+                                PackageMessaging::from_dir(&root, &app.manifest.functions)
+                                    .unwrap_or_else(|e| {
+                                        tracing::error!(app = %name, version = run.version.short(), "cannot read the RabbitMQ bindings of the package: {e}; its outputs fail");
+                                        PackageMessaging::default()
+                                    });
+                            Assignment {
+                                app: name.clone(),
+                                version: run.version.clone(),
+                                app_root: root,
+                                manifest: Arc::new(app.manifest.clone()),
+                                http_worker,
+                                messaging: Arc::new(messaging),
+                                settings: run.settings.clone(),
+                                instances: run.instances,
+                            }
+                        }
                     };
                     last_good.insert(name.clone(), a.clone());
                     assignments.push(a);

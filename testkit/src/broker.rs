@@ -52,6 +52,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn connect(url: &str) -> Broker {
+        Self::try_connect(url).unwrap_or_else(|e| panic!("the test broker: {e}"))
+    }
+
+    /// A client whose publishes are confirmed, or why the broker is not there.
+    pub fn try_connect(url: &str) -> Result<Broker, String> {
         let endpoint = parse_amqp_uri(url).expect("STROM_RABBITMQ_URL is an AMQP URI");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -61,16 +66,19 @@ impl Broker {
         let (connection, channel) = rt.block_on(async {
             let c = strom_messaging::connect(&endpoint, None)
                 .await
-                .unwrap_or_else(|e| panic!("the test broker: {e}"));
-            let ch = c.create_channel().await.unwrap();
-            (c, ch)
-        });
-        Broker {
+                .map_err(|e| e.to_string())?;
+            let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+            ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((c, ch))
+        })?;
+        Ok(Broker {
             rt,
             endpoint,
             _connection: connection,
             channel,
-        }
+        })
     }
 
     /// Declares a durable queue (again: no-op).
@@ -125,22 +133,36 @@ impl Broker {
         })
     }
 
-    /// Publishes `body` to `queue` (persistent, default exchange).
+    /// Publishes `body` to `queue` (persistent, default exchange), confirmed.
     pub fn publish(&self, queue: &str, body: &[u8]) {
-        self.rt
-            .block_on(async {
-                self.channel
-                    .basic_publish(
-                        ShortString::from(""),
-                        ShortString::from(queue),
-                        lapin::options::BasicPublishOptions::default(),
-                        body,
-                        lapin::BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?
-                    .await
-            })
+        self.try_publish(queue, body)
             .unwrap_or_else(|e| panic!("publishing to {queue}: {e}"));
+    }
+
+    /// [`Broker::publish`], or why the broker did not confirm it (within 10 s).
+    pub fn try_publish(&self, queue: &str, body: &[u8]) -> Result<(), String> {
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue),
+                    lapin::options::BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?
+                .await
+        };
+        // The deadline's timer needs the runtime: made inside it.
+        let confirmed = self.rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(10), publish).await
+        });
+        match confirmed {
+            Ok(Ok(c)) if c.is_ack() => Ok(()),
+            Ok(Ok(c)) => Err(format!("not confirmed: {c:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no confirmation within 10 s".into()),
+        }
     }
 
     /// Every message waiting in `queue`, in order.
