@@ -79,6 +79,23 @@ fn deploy_web(server: &str, token: &str, dir: &Path, name: &str) {
     assert_eq!(out.code, 0, "deploy {name}: {}", out.stderr);
 }
 
+/// `app deploy DIR --publish-local-settings` with `settings` as the folder's
+/// local.settings.json.
+fn deploy_with_settings(server: &str, token: &str, app: &Path, settings: &serde_json::Value) {
+    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
+    let out = cli(
+        server,
+        token,
+        &[
+            "app",
+            "deploy",
+            app.to_str().unwrap(),
+            "--publish-local-settings",
+        ],
+    );
+    assert_eq!(out.code, 0, "deploy: {}", out.stderr);
+}
+
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     ports: Vec<u16>,
@@ -632,18 +649,7 @@ fn t93_a_two_second_timer_runs_every_tick_once_through_leader_worker_and_quorum_
         "TEST_HANDLER_RECORD": record.to_str().unwrap(),
         "TEST_HANDLER_ACTION": "sleep=1200",
     }});
-    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
-    let out = cli(
-        &m2.server,
-        &admin,
-        &[
-            "app",
-            "deploy",
-            app.to_str().unwrap(),
-            "--publish-local-settings",
-        ],
-    );
-    assert_eq!(out.code, 0, "deploy: {}", out.stderr);
+    deploy_with_settings(&m2.server, &admin, &app, &settings);
     eventually(Duration::from_secs(30), "the first ticks", || {
         (read_events(&record).iter().filter(|e| !e.start).count() >= 2).then_some(())
     });
@@ -2237,18 +2243,7 @@ fn t104_rabbitmq_messages_survive_a_worker_kill_and_a_broker_restart_and_scale_f
         "STROM_TARGET_QUEUE_LENGTH": "20",
         "STROM_SCALE_DOWN_COOLDOWN": "00:00:05",
     }});
-    std::fs::write(app.join("local.settings.json"), settings.to_string()).unwrap();
-    let out = cli(
-        &m1.server,
-        &admin,
-        &[
-            "app",
-            "deploy",
-            app.to_str().unwrap(),
-            "--publish-local-settings",
-        ],
-    );
-    assert_eq!(out.code, 0, "deploy: {}", out.stderr);
+    deploy_with_settings(&m1.server, &admin, &app, &settings);
     let queue = |server: &str| -> serde_json::Value {
         json(server, &admin, &["fn", "list", "consumer"])
             .and_then(|f| f["functions"].get(0).map(|f| f["queue"].clone()))
