@@ -215,22 +215,28 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
             content_type: None,
         });
     }
-    targets.push(Target {
-        name: "strom gateway, forwarding mode",
-        method: "GET",
-        url: format!("http://127.0.0.1:{http_port}/api/fwd/bench"),
-        body: Bytes::new(),
-        content_type: None,
-    });
-    if let Some((port, _)) = &before {
-        targets.push(Target {
+    let pair = |targets: &mut Vec<Target>, current: Target, older: Option<Target>| match older {
+        Some(older) if builds.before_first => targets.extend([older, current]),
+        Some(older) => targets.extend([current, older]),
+        None => targets.push(current),
+    };
+    pair(
+        &mut targets,
+        Target {
+            name: "strom gateway, forwarding mode",
+            method: "GET",
+            url: format!("http://127.0.0.1:{http_port}/api/fwd/bench"),
+            body: Bytes::new(),
+            content_type: None,
+        },
+        before.as_ref().map(|(port, _)| Target {
             name: "strom gateway (before), forwarding mode",
             method: "GET",
             url: format!("http://127.0.0.1:{port}/api/fwd/bench"),
             body: Bytes::new(),
             content_type: None,
-        });
-    }
+        }),
+    );
     targets.push(Target {
         name: "direct (JSON-mode shape)",
         method: "POST",
@@ -238,22 +244,23 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
         body: json_payload,
         content_type: Some("application/json"),
     });
-    targets.push(Target {
-        name: "strom gateway, JSON mode",
-        method: "GET",
-        url: format!("http://127.0.0.1:{http_port}/api/echo"),
-        body: Bytes::new(),
-        content_type: None,
-    });
-    if let Some((port, _)) = &before {
-        targets.push(Target {
+    pair(
+        &mut targets,
+        Target {
+            name: "strom gateway, JSON mode",
+            method: "GET",
+            url: format!("http://127.0.0.1:{http_port}/api/echo"),
+            body: Bytes::new(),
+            content_type: None,
+        },
+        before.as_ref().map(|(port, _)| Target {
             name: "strom gateway (before), JSON mode",
             method: "GET",
             url: format!("http://127.0.0.1:{port}/api/echo"),
             body: Bytes::new(),
             content_type: None,
-        });
-    }
+        }),
+    );
 
     out!("| target | connections | p50 µs | p99 µs | req/s | errors |");
     out!("|---|---:|---:|---:|---:|---:|");

@@ -47,10 +47,12 @@
 //! Before and after, in one run: `--before DIR` names the folder of an older build's
 //! `strom` binary (e.g. `target/release` of a worktree at the base commit); the
 //! gateway and HA sections then measure it too, beside this build and the
-//! baselines, with its rows marked "(before)".
+//! baselines, with its rows marked "(before)". `--before-first` measures the
+//! older build first at each step (the default measures this one first), to see
+//! whether the order matters.
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR]
+//! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR [--before-first]]
 //! [--no-write] [--perf DIR] [--steady SECONDS]`. `--perf DIR` records CPU profiles
 //! of the gateway and commit measurements for flame graphs (`profile.rs`);
 //! `--steady SECONDS` adds the counterweight to the HA section: steady writes with
@@ -132,6 +134,9 @@ pub struct Builds {
     pub current: PathBuf,
     /// An older build's folder with its `strom` (`--before`).
     pub before: Option<PathBuf>,
+    /// `--before-first`: measure the older build before this one at each step
+    /// (to see whether the order matters).
+    pub before_first: bool,
 }
 
 /// This build's release binaries, built now.
@@ -231,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
             PathBuf::new()
         },
         before,
+        before_first: args.iter().any(|a| a == "--before-first"),
     };
     for section in wanted {
         out!();
