@@ -158,6 +158,11 @@ fn placed(state: &ClusterState, app: &AppName) -> u32 {
 /// The limits of `app` in `state` if it scales on queue depth.
 fn limits_in(state: &ClusterState, app: &AppState) -> Option<Limits> {
     let req = app_requirements(&app.settings).ok()?;
+    // Most apps do not scale on queues: they cost the leader's round (every
+    // 200 ms) one settings parse, not a pass over the workers.
+    if !(req.scale_to_zero || req.max_scale.is_some()) {
+        return None;
+    }
     limits_of(app, &req, eligible_workers(state, &req))
 }
 
