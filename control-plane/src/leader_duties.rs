@@ -266,8 +266,27 @@ struct Term {
     depth_probe: Arc<strom_messaging::DepthProbe>,
     reading_queues: bool,
     last_queue_read: Option<Instant>,
+    /// The queues whose depth this term has put in the gauge, and the error of
+    /// each queue whose last read failed (logged once per new error).
+    queue_gauges: HashSet<(AppName, String)>,
+    depth_errors: HashMap<(AppName, String), String>,
     /// The term's start: samples are timed from it (a monotonic clock).
     started: Instant,
+}
+
+fn queue_gauge(app: &AppName, queue: &str, ready: u64) {
+    metrics::gauge!("strom_rabbitmq_queue_ready", "app" => app.to_string(), "queue" => queue.to_string())
+        .set(ready as f64);
+}
+
+/// A term that ends leaves no depth behind: only the leader reports queue
+/// depths, every other node 0, so a sum across nodes is the depth.
+impl Drop for Term {
+    fn drop(&mut self) {
+        for (app, queue) in &self.queue_gauges {
+            queue_gauge(app, queue, 0);
+        }
+    }
 }
 
 impl Term {
@@ -296,6 +315,8 @@ impl Term {
             depth_probe: Arc::new(strom_messaging::DepthProbe::default()),
             reading_queues: false,
             last_queue_read: None,
+            queue_gauges: HashSet::new(),
+            depth_errors: HashMap::new(),
             started: Instant::now(),
         }
     }
@@ -396,12 +417,7 @@ impl Term {
             }
             DutyMsg::QueueDepths(reads) => {
                 self.reading_queues = false;
-                for (app, queue, read) in &reads {
-                    if let Ok(ready) = read {
-                        metrics::gauge!("strom_rabbitmq_queue_ready", "app" => app.to_string(), "queue" => queue.clone())
-                            .set(*ready as f64);
-                    }
-                }
+                self.queue_depths_seen(&reads);
                 let view = self.node.read_local();
                 let at_ms = self.started.elapsed().as_millis() as u64;
                 let leases = &self.leases;
@@ -610,6 +626,38 @@ impl Term {
                 }
             }
         });
+    }
+
+    /// The depth gauge and the log: a queue's depth as read, 0 for a queue no
+    /// longer read; a failed read logged when its error is new, and its recovery.
+    fn queue_depths_seen(&mut self, reads: &[(AppName, String, queue_scale::Read)]) {
+        let read_now: HashSet<(AppName, String)> = reads
+            .iter()
+            .map(|(app, queue, _)| (app.clone(), queue.clone()))
+            .collect();
+        for (app, queue) in self.queue_gauges.difference(&read_now) {
+            queue_gauge(app, queue, 0);
+        }
+        self.queue_gauges.retain(|k| read_now.contains(k));
+        self.depth_errors.retain(|k, _| read_now.contains(k));
+        for (app, queue, read) in reads {
+            let key = (app.clone(), queue.clone());
+            match read {
+                Ok(ready) => {
+                    queue_gauge(app, queue, *ready);
+                    self.queue_gauges.insert(key.clone());
+                    if self.depth_errors.remove(&key).is_some() {
+                        tracing::info!(%app, %queue, ready, "queue depth readable again");
+                    }
+                }
+                Err(e) => {
+                    if self.depth_errors.get(&key) != Some(e) {
+                        tracing::warn!(%app, %queue, "cannot read the queue's depth (its scale holds): {e}");
+                        self.depth_errors.insert(key, e.clone());
+                    }
+                }
+            }
+        }
     }
 
     /// Timers: commit what the plan proposes (each due tick before it is sent),

@@ -29,7 +29,10 @@ use clap::Parser;
 /// on …", stdout at info, stderr at warn). openraft's replication warns on every
 /// failed heartbeat to an unreachable member (several lines a second): off, as
 /// Strom logs a member's reachability once per change (`impl_raft_network`).
-pub const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=off,openraft::engine::handler::replication_handler=off,strom_control_plane=info,strom_node=info,strom_handler=info";
+/// lapin (RabbitMQ) logs every closed channel at error level — a missing queue
+/// once per depth read: off, as Strom logs each broker failure itself with the
+/// app and queue it concerns (once per new error, and consumers per retry).
+pub const DEFAULT_LOG_FILTER: &str = "warn,openraft::replication=off,openraft::engine::handler::replication_handler=off,strom_control_plane=info,strom_node=info,strom_handler=info,lapin=off";
 
 /// Whether log lines carry ANSI colours: only on a terminal, and never with
 /// `NO_COLOR` set (<https://no-color.org>).
