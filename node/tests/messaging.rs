@@ -18,6 +18,11 @@ use strom_testkit::broker::{rabbitmq_or_skip, Broker};
 /// broker) and whose `RabbitMQConnection` is `url`; with `consume`, with its
 /// RabbitMQ trigger.
 fn orders_app(dir: &Path, suffix: &str, url: &str, consume: bool) {
+    orders_app_with(dir, suffix, url, consume, &[]);
+}
+
+/// [`orders_app`] with more settings.
+fn orders_app_with(dir: &Path, suffix: &str, url: &str, consume: bool, more: &[(&str, &str)]) {
     let src = examples().join("rabbitmq-orders");
     let mut entries = vec![
         "host.json",
@@ -47,11 +52,24 @@ fn orders_app(dir: &Path, suffix: &str, url: &str, consume: bool) {
             );
         std::fs::write(to, text).unwrap();
     }
-    let settings = serde_json::json!({
-        "IsEncrypted": false,
-        "Values": {"FUNCTIONS_WORKER_RUNTIME": "custom", "RabbitMQConnection": url},
-    });
+    let mut values =
+        serde_json::json!({"FUNCTIONS_WORKER_RUNTIME": "custom", "RabbitMQConnection": url});
+    for (k, v) in more {
+        values[*k] = serde_json::json!(v);
+    }
+    let settings = serde_json::json!({"IsEncrypted": false, "Values": values});
     std::fs::write(dir.join("local.settings.json"), settings.to_string()).unwrap();
+}
+
+/// The first `n` messages of `queue` (within 30 s), sorted.
+fn processed_in(broker: &Broker, queue: &str, n: usize) -> Vec<String> {
+    let mut done = Vec::new();
+    strom_testkit::eventually(Duration::from_secs(30), "orders processed", || {
+        done.extend(broker.drain(queue).into_iter().map(|g| g.text()));
+        (done.len() >= n).then_some(())
+    });
+    done.sort();
+    done
 }
 
 fn suffix() -> String {
@@ -288,13 +306,10 @@ fn t_mq3_a_trigger_acknowledges_after_its_outputs_and_poisons_after_the_last_att
         br#"[{"id":1},{"id":2},{"id":3,"fail":true}]"#,
     );
     assert_eq!(r.status, 202, "{}", r.text());
-    let mut done = Vec::new();
-    strom_testkit::eventually(Duration::from_secs(30), "two orders processed", || {
-        done.extend(broker.drain(&processed).into_iter().map(|g| g.text()));
-        (done.len() >= 2).then_some(())
-    });
-    done.sort();
-    assert_eq!(done, vec![r#"{"processed":1}"#, r#"{"processed":2}"#]);
+    assert_eq!(
+        processed_in(&broker, &processed, 2),
+        vec![r#"{"processed":1}"#, r#"{"processed":2}"#]
+    );
 
     // The failing one: three attempts (its retry policy), then the poison queue
     // with its reasons, and nothing left unacknowledged.
@@ -492,5 +507,78 @@ fn t_mq5_a_trigger_whose_broker_refuses_it_says_why_and_the_app_keeps_serving() 
     // the same way, with the reason).
     let r = http("POST", &up.http, "/api/orders", &[], br#"{"id":1}"#);
     assert_eq!(r.status, 500, "{}", r.text());
+    up.stop();
+}
+
+#[test]
+fn t_mq6_amqps_with_the_apps_ca_publishes_and_consumes_and_without_it_says_why() {
+    let Some(url) = rabbitmq_or_skip("t_mq6") else {
+        return;
+    };
+    let Some((tls_url, ca_pem)) = strom_testkit::broker::rabbitmq_tls_or_skip("t_mq6") else {
+        return;
+    };
+    // The plain listener reads back what Strom sent over TLS.
+    let broker = Broker::connect(&url);
+    let password = broker.endpoint.password().to_string();
+    let s = suffix();
+    let (orders, processed) = (format!("orders-{s}"), format!("processed-{s}"));
+    broker.declare(&orders);
+    broker.declare(&processed);
+    let data = tempfile::tempdir().unwrap();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("shop");
+    orders_app_with(
+        &app,
+        &s,
+        &tls_url,
+        true,
+        &[("STROM_RABBITMQ_CA", ca_pem.as_str())],
+    );
+    let up = Up::start(data.path(), &[&app], &[]);
+
+    // Published over TLS (the HTTP function), consumed over TLS (the trigger),
+    // its output published over TLS.
+    let r = http(
+        "POST",
+        &up.http,
+        "/api/orders",
+        &[],
+        br#"[{"id":1},{"id":2}]"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        processed_in(&broker, &processed, 2),
+        vec![r#"{"processed":1}"#, r#"{"processed":2}"#]
+    );
+    // The trigger's state comes with the worker's next heartbeat.
+    strom_testkit::eventually(Duration::from_secs(30), "consuming on 1 instance", || {
+        let q = queue_status(&up, "shop", "process-order");
+        (q["consuming"] == 1).then_some(())
+    });
+
+    // Without the CA the broker's certificate is not trusted: the publish fails
+    // naming why, the trigger says so, and no password shows.
+    let unset = up.strom(&["app", "settings", "unset", "shop", "STROM_RABBITMQ_CA"]);
+    assert_eq!(unset.code, 0, "{}", unset.stderr);
+    let r = strom_testkit::eventually(Duration::from_secs(30), "the untrusted broker", || {
+        let r = http("POST", &up.http, "/api/orders", &[], br#"{"id":3}"#);
+        (r.status == 500).then_some(r)
+    });
+    assert!(r.text().contains("certificate"), "{}", r.text());
+    let q = strom_testkit::eventually(Duration::from_secs(30), "the trigger's error", || {
+        let q = queue_status(&up, "shop", "process-order");
+        (q["consuming"] == 0 && q["errors"].to_string().contains("certificate")).then_some(q)
+    });
+    for text in [
+        r.text(),
+        q.to_string(),
+        up.strom(&["fn", "list", "shop"]).stdout,
+    ] {
+        assert!(!text.contains(&password), "the password leaked: {text}");
+    }
+    assert!(broker.get(&orders).is_none(), "nothing was published");
+    broker.delete(&orders);
+    broker.delete(&processed);
     up.stop();
 }

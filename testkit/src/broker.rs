@@ -28,6 +28,27 @@ pub fn rabbitmq_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// The broker's TLS URL (`amqps://`) and the PEM of the CA its certificate
+/// comes from (`STROM_RABBITMQ_TLS_URL`, `STROM_RABBITMQ_CA_FILE`, both written
+/// by `.ci/rabbitmq`), or `None` (with a message) when the test cannot run.
+pub fn rabbitmq_tls_or_skip(test: &str) -> Option<(String, String)> {
+    let url = std::env::var("STROM_RABBITMQ_TLS_URL").unwrap_or_default();
+    let ca = std::env::var("STROM_RABBITMQ_CA_FILE").unwrap_or_default();
+    if url.trim().is_empty() || ca.trim().is_empty() {
+        if std::env::var("STROM_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1") {
+            panic!("{test}: STROM_RABBITMQ_TLS_URL or STROM_RABBITMQ_CA_FILE is not set, and STROM_REQUIRE_RABBITMQ=1");
+        }
+        eprintln!(
+            "SKIPPED {test}: no RabbitMQ TLS listener (`.ci/rabbitmq start DIR` starts one; \
+             source DIR/env)"
+        );
+        return None;
+    }
+    let pem = std::fs::read_to_string(&ca)
+        .unwrap_or_else(|e| panic!("{test}: STROM_RABBITMQ_CA_FILE {ca}: {e}"));
+    Some((url, pem))
+}
+
 /// A message read back from a queue.
 #[derive(Debug)]
 pub struct Got {
