@@ -143,15 +143,7 @@ pub async fn gateway_overhead(builds: &Builds, seconds: f64) -> anyhow::Result<(
     let work = tempfile::tempdir()?;
 
     // The handler on its own port: the direct baseline and nginx's upstream.
-    let direct_port = free_port();
-    let _direct = Proc(
-        Command::new(&handler)
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", direct_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_port(([127, 0, 0, 1], direct_port).into()).await?;
+    let (_direct, direct_port) = direct_handler(&handler, &[]).await?;
 
     let nginx_port = free_port();
     let nginx = match which("nginx") {

@@ -44,6 +44,11 @@
 //! tick through `strom up`, against a loop that sleeps until each tick and calls
 //! the handler directly.
 //!
+//! Messaging (`messaging.rs`): messages/s and publish → handler → output
+//! latency of RabbitMQ messages through Strom against a plain `lapin` consumer
+//! calling the same handler, at prefetch 1 and 30, and scale-from-zero latency
+//! (skipped with a note without `STROM_RABBITMQ_URL`).
+//!
 //! Before and after, in one run: `--before DIR` names the folder of an older build's
 //! `strom` binary (e.g. `target/release` of a worktree at the base commit); the
 //! gateway and HA sections then measure it too, beside this build and the
@@ -52,7 +57,7 @@
 //! whether the order matters.
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
-//! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers] [--before DIR [--before-first]]
+//! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers,messaging] [--before DIR [--before-first]]
 //! [--no-write] [--perf DIR] [--steady SECONDS]`. `--perf DIR` records CPU profiles
 //! of the gateway and commit measurements for flame graphs (`profile.rs`);
 //! `--steady SECONDS` adds the counterweight to the HA section: steady writes with
@@ -90,12 +95,13 @@ mod cost;
 mod fanout;
 mod gateway;
 mod ha;
+mod messaging;
 mod placements;
 mod profile;
 mod timers;
 
 /// The benchmark sections, in the order they run; `--only a,b` picks some.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "gateway",
     "gateway-cost",
     "placements",
@@ -104,6 +110,7 @@ const SECTIONS: [&str; 8] = [
     "checkpoints",
     "containers",
     "timers",
+    "messaging",
 ];
 
 /// Failover trials unless `--trials` says otherwise.
@@ -155,6 +162,25 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         bail!("no strom binaries in {} after cargo build", dir.display());
     }
     Ok(dir)
+}
+
+/// The test handler on a port of its own (with `env` besides its port), once it
+/// listens: the direct baseline.
+async fn direct_handler(
+    handler: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(handler);
+    cmd.env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc(cmd.spawn()?);
+    wait_port(([127, 0, 0, 1], port).into()).await?;
+    Ok((proc, port))
 }
 
 async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
@@ -275,6 +301,11 @@ async fn main() -> anyhow::Result<()> {
                 out!("### Timer dispatch lateness: scheduled tick → handler receives the run");
                 out!();
                 timers::run(&builds, seconds).await?;
+            }
+            "messaging" => {
+                out!("### RabbitMQ messages: Strom's consumer vs a plain lapin consumer calling the handler");
+                out!();
+                messaging::run(&builds, seconds).await?;
             }
             _ => containers::run(&builds).await?,
         }

@@ -52,16 +52,8 @@ fn now_ms() -> i64 {
 /// The baseline: sleep until each whole second, POST the run to the handler.
 async fn direct(handler: &Path, dir: &Path, seconds: f64) -> anyhow::Result<Vec<f64>> {
     let record = dir.join("direct.jsonl");
-    let port = free_port();
-    let _handler = Proc(
-        Command::new(handler)
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .env("TEST_HANDLER_RECORD", &record)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_port(([127, 0, 0, 1], port).into()).await?;
+    let (_handler, port) =
+        direct_handler(handler, &[("TEST_HANDLER_RECORD", record.as_os_str())]).await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let end = Instant::now() + Duration::from_secs_f64(seconds);
