@@ -985,13 +985,23 @@ impl AdminService for AdminApi {
         if req.set.is_empty() && req.remove.is_empty() {
             return Err(Status::invalid_argument("nothing to set or remove"));
         }
-        if let Some(state) = self.node.read_local().state.apps.get(&app) {
+        let view = self.node.read_local();
+        if let Some(state) = view.state.apps.get(&app) {
             let mut merged = state.settings.clone();
             for k in &req.remove {
                 merged.remove(k);
             }
             merged.extend(req.set.iter().map(|(k, v)| (k.clone(), v.clone())));
             check_schedule_settings(&state.active().manifest, &req.set, &merged)
+                .map_err(Status::invalid_argument)?;
+            let touched: Vec<&str> = req
+                .set
+                .keys()
+                .chain(req.remove.iter())
+                .map(String::as_str)
+                .collect();
+            self.check_rabbitmq_settings(state, &touched, &merged)
+                .await
                 .map_err(Status::invalid_argument)?;
         }
         let (log_index, _) = self
@@ -1894,6 +1904,84 @@ fn check_schedule_settings(
         Ok(())
     } else {
         Err(problems.join("; "))
+    }
+}
+
+impl AdminApi {
+    /// The RabbitMQ connections of the app's active version that read a setting
+    /// this change touches must still name a broker with the settings as they
+    /// will be (`after`): refused, the change changes nothing, where accepted it
+    /// would leave a trigger that cannot connect or an output that fails every
+    /// invocation. Outputs are read from the package (not in the replicated
+    /// manifest); a member without the package's blob checks the triggers only.
+    async fn check_rabbitmq_settings(
+        &self,
+        app: &AppState,
+        touched: &[&str],
+        after: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        use strom_proto::manifest::rabbitmq::{is_output_type, outputs_of, Connection};
+        let reads_touched = |c: &Connection| {
+            c.settings()
+                .iter()
+                .any(|s| touched.iter().any(|t| t.eq_ignore_ascii_case(s)))
+        };
+        let mut problems = Vec::new();
+        let manifest = &app.active().manifest;
+        for f in &manifest.functions {
+            if let Trigger::RabbitMq(t) = &f.trigger {
+                if reads_touched(&t.connection) {
+                    if let Err((field, why)) = t.connection.resolve(after) {
+                        problems.push(format!(
+                            "function `{}`: its rabbitMQTrigger's {field}: {why}",
+                            f.name
+                        ));
+                    }
+                }
+            }
+        }
+        let with_outputs: Vec<String> = manifest
+            .functions
+            .iter()
+            .filter(|f| f.bindings.iter().any(|b| is_output_type(&b.binding_type)))
+            .map(|f| f.name.clone())
+            .collect();
+        if !with_outputs.is_empty() {
+            if let Ok(bytes) = self.node.blobs.get(&app.active().id).await {
+                let limits = self.node.config.package_limits.clone();
+                let outputs = tokio::task::spawn_blocking(move || {
+                    let pkg = AppPackage::from_zip_bytes(&bytes, &limits).ok()?;
+                    Some(
+                        with_outputs
+                            .into_iter()
+                            .filter_map(|f| {
+                                let json = pkg.function_jsons.get(&f)?;
+                                Some((f.clone(), outputs_of(&f, json).ok()?))
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+                for (function, bindings) in outputs {
+                    for b in bindings.iter().filter(|b| reads_touched(&b.connection)) {
+                        if let Err((field, why)) = b.connection.resolve(after) {
+                            problems.push(format!(
+                                "function `{function}`: its rabbitMQ output `{}`'s {field}: {why}",
+                                b.binding_name
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 

@@ -264,6 +264,47 @@ fn t_mq2_bad_bindings_are_refused_at_deploy_and_change_nothing() {
         active,
         "the previous version stays active"
     );
+
+    // A settings change that would leave the running version's connections
+    // without a broker is refused the same way, and changes nothing.
+    let before = up.strom(&["app", "settings", "get", "shop"]).stdout;
+    let out = up.strom(&["app", "settings", "unset", "shop", "RabbitMQConnection"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for expected in [
+        "function `order`: its rabbitMQ output `outOrder`'s connectionStringSetting: `RabbitMQConnection` names no app setting",
+        "function `nightly-report`: its rabbitMQ output",
+    ] {
+        assert!(out.stderr.contains(expected), "missing `{expected}` in:\n{}", out.stderr);
+    }
+    let out = up.strom(&[
+        "app",
+        "settings",
+        "set",
+        "shop",
+        "RabbitMQConnection=http://u:secret-pw@127.0.0.1/",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the app setting `RabbitMQConnection` is not an AMQP URI"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("secret-pw"),
+        "the password leaked: {}",
+        out.stderr
+    );
+    assert_eq!(up.strom(&["app", "settings", "get", "shop"]).stdout, before);
+    // Another broker is fine.
+    let out = up.strom(&[
+        "app",
+        "settings",
+        "set",
+        "shop",
+        "RabbitMQConnection=amqp://u:other-pw@127.0.0.1:5673/",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     up.stop();
 }
 
