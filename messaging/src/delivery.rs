@@ -141,6 +141,23 @@ pub fn after_failure(policy: Option<&RetryPolicy>, attempt: u32) -> AfterFailure
     }
 }
 
+/// Azure's `Metadata.RetryContext` for attempt `attempt` (1 = the first) when
+/// the function has a retry policy: `RetryCount` (0 on the first attempt),
+/// `MaxRetryCount`, and `Exception` (`{"Message": why the previous attempt
+/// failed}`, null on the first). Without a policy, none, as Azure sends it.
+pub fn retry_context(
+    policy: Option<&RetryPolicy>,
+    attempt: u32,
+    last_error: Option<&str>,
+) -> Option<Value> {
+    let policy = policy?;
+    Some(json!({
+        "RetryCount": attempt.saturating_sub(1),
+        "MaxRetryCount": policy.max_retry_count,
+        "Exception": last_error.map(|e| json!({"Message": e})),
+    }))
+}
+
 /// The poison queue of `queue`.
 pub fn poison_queue(queue: &str) -> String {
     format!("{queue}-poison")
@@ -270,5 +287,24 @@ mod tests {
         assert_eq!(j["x-strom-attempts"], 5);
         assert_eq!(j["x-strom-error"], "the handler answered HTTP 500");
         assert_eq!(poison_queue("orders"), "orders-poison");
+    }
+
+    #[test]
+    fn a_retry_context_only_with_a_policy_counting_retries() {
+        assert_eq!(retry_context(None, 2, Some("boom")), None);
+        let policy = RetryPolicy {
+            strategy: RetryStrategy::FixedDelay { delay_ms: 50 },
+            max_retry_count: 3,
+        };
+        assert_eq!(
+            retry_context(Some(&policy), 1, None),
+            Some(json!({"RetryCount": 0, "MaxRetryCount": 3, "Exception": null}))
+        );
+        assert_eq!(
+            retry_context(Some(&policy), 3, Some("HTTP 500")),
+            Some(
+                json!({"RetryCount": 2, "MaxRetryCount": 3, "Exception": {"Message": "HTTP 500"}})
+            )
+        );
     }
 }

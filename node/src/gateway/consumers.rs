@@ -30,7 +30,8 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use strom_actors::Endpoint;
 use strom_messaging::delivery::{
-    after_failure, body_value, metadata, poison_headers, poison_queue, AfterFailure, DeliveryFacts,
+    after_failure, body_value, metadata, poison_headers, poison_queue, retry_context, AfterFailure,
+    DeliveryFacts,
 };
 use strom_proto::ids::AppName;
 use strom_proto::instances::TriggerStatus;
@@ -402,6 +403,7 @@ impl Gateway {
             return;
         }
         let mut attempt = 1u32;
+        let mut last_error: Option<String> = None;
         loop {
             let Some(endpoint) = self.instance_for(&spec) else {
                 // No instance here takes it now: back to the queue, for another.
@@ -418,10 +420,16 @@ impl Gateway {
             };
             let mut data = serde_json::Map::new();
             data.insert(spec.trigger.binding_name.clone(), body_value(&d.data));
+            let mut metadata = metadata(&facts);
+            if let Some(context) =
+                retry_context(spec.policy.as_ref(), attempt, last_error.as_deref())
+            {
+                metadata.insert("RetryContext".into(), context);
+            }
             let run = NonHttpRun {
                 id: fast_uuid(),
                 data,
-                metadata: metadata(&facts),
+                metadata,
                 trigger: "rabbitMQ",
                 trace: Trace::default(),
             };
@@ -447,6 +455,7 @@ impl Gateway {
                 AfterFailure::Retry { delay_ms } => {
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     attempt += 1;
+                    last_error = Some(error);
                 }
                 AfterFailure::Poison => {
                     self.poison(
