@@ -2,7 +2,7 @@
 //! manager holds once the faults are healed. Pure functions: unit-tested below
 //! with hand-made histories.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::history::{Outcome, Records, Request, TimerEvent, WriteKind};
 
@@ -58,7 +58,138 @@ pub fn check_all(
         faults_settled(records),
         data_plane(records, workers),
         timers(records),
+        messages(records),
     ]
+}
+
+/// The messaging rules, over what the producer published, the outputs (one per
+/// successful handling; an output is confirmed before its message is
+/// acknowledged) and the poison queue at the end:
+/// - every message the broker confirmed was handled at least once, unless it
+///   asks the handler to fail: then it is in the poison queue, and never handled;
+/// - a message is handled more than once only because the broker redelivered
+///   it (its first consumer lost it) or because an attempt of the same delivery
+///   failed and was retried (`RetryContext.RetryCount` > 0; e.g. its output was
+///   not confirmed, so may have been published): at most one of its handlings
+///   was the first attempt of a first delivery;
+/// - the poison queue holds only messages that ask to fail, and nothing else
+///   was handled or poisoned that was not published;
+/// - nothing is left in the queue.
+pub fn messages(records: &Records) -> Verdict {
+    let Some(m) = &records.messages else {
+        return verdict(
+            "messages",
+            "not run (no broker: STROM_RABBITMQ_URL)".into(),
+            vec![],
+        );
+    };
+    let mut violations = Vec::new();
+    let published: BTreeMap<u64, &crate::messages::Published> =
+        m.published.iter().map(|p| (p.id, p)).collect();
+    let mut handled: BTreeMap<u64, Vec<&crate::messages::Handled>> = BTreeMap::new();
+    for h in &m.handled {
+        handled.entry(h.id).or_default().push(h);
+    }
+    let poisoned: HashSet<u64> = m.poisoned.iter().map(|(id, _)| *id).collect();
+    for p in m.published.iter().filter(|p| p.confirmed) {
+        let t = p.at_ms as f64 / 1000.0;
+        if p.failing && !poisoned.contains(&p.id) {
+            violations.push((
+                p.at_ms,
+                format!("message {} (asks to fail; confirmed, published at {t:.1}s) is not in the poison queue", p.id),
+            ));
+        }
+        if !p.failing && !handled.contains_key(&p.id) {
+            violations.push((
+                p.at_ms,
+                format!(
+                    "message {} (confirmed, published at {t:.1}s) was never handled: lost",
+                    p.id
+                ),
+            ));
+        }
+    }
+    let (mut again, mut retried) = (0, 0);
+    for (id, hs) in handled.iter_mut() {
+        hs.sort_by_key(|h| h.at_ms);
+        let at = hs[0].at_ms;
+        match published.get(id) {
+            None => violations.push((at, format!("message {id} was handled but never published"))),
+            Some(p) if p.failing => violations.push((
+                at,
+                format!("message {id} asks the handler to fail, yet it was handled successfully"),
+            )),
+            Some(_) => {}
+        }
+        let firsts = hs.iter().filter(|h| !h.redelivered && h.retry == 0).count();
+        if firsts > 1 {
+            let times: Vec<String> = hs
+                .iter()
+                .map(|h| {
+                    let why = match (h.redelivered, h.retry) {
+                        (true, 0) => " (redelivered)".to_string(),
+                        (true, n) => format!(" (redelivered, retry {n})"),
+                        (false, 0) => String::new(),
+                        (false, n) => format!(" (retry {n})"),
+                    };
+                    format!("{:.1}s{why}", h.at_ms as f64 / 1000.0)
+                })
+                .collect();
+            violations.push((
+                at,
+                format!(
+                    "message {id} was handled {} times, {firsts} of them on the first attempt of a first delivery (no redelivery or retry explains them): {}",
+                    hs.len(),
+                    times.join(", ")
+                ),
+            ));
+        }
+        again += hs.iter().skip(1).filter(|h| h.redelivered).count();
+        retried += hs.iter().skip(1).filter(|h| !h.redelivered).count();
+    }
+    let mut wrongly: BTreeSet<u64> = BTreeSet::new();
+    for (id, error) in &m.poisoned {
+        match published.get(id) {
+            Some(p) if p.failing => {}
+            Some(p) => {
+                if wrongly.insert(*id) {
+                    violations.push((
+                        p.at_ms,
+                        format!("message {id} is in the poison queue but did not ask to fail (its error: {error})"),
+                    ));
+                }
+            }
+            None => violations.push((
+                0,
+                format!("message {id} is in the poison queue but was never published"),
+            )),
+        }
+    }
+    if m.left > 0 {
+        violations.push((
+            records.notes.last().map_or(0, |(t, _)| *t),
+            format!("{} message(s) left in the queue at the end", m.left),
+        ));
+    }
+    let confirmed = m.published.iter().filter(|p| p.confirmed).count();
+    let failing = m.published.iter().filter(|p| p.failing).count();
+    let mut summary = format!(
+        "{} published ({confirmed} confirmed, {failing} asking to fail), {} handlings of {} messages ({again} again after a redelivery, {retried} in a retry of the same delivery), {} poisoned ({} distinct), {} left",
+        m.published.len(),
+        m.handled.len(),
+        handled.len(),
+        m.poisoned.len(),
+        poisoned.len(),
+        m.left
+    );
+    // Why Strom gave up on messages it should have handled: the first reason.
+    if let Some((id, error)) = m.poisoned.iter().find(|(id, _)| wrongly.contains(id)) {
+        summary.push_str(&format!(
+            "; {} poisoned that did not ask to fail (message {id}: {error})",
+            wrongly.len()
+        ));
+    }
+    verdict("messages", summary, violations)
 }
 
 /// The chaos timer apps' period.
@@ -1335,5 +1466,113 @@ mod tests {
         ];
         let v = timers(&timer_records(runs, vec![], 14));
         assert!(v.passed(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn messages_lost_duplicated_without_redelivery_or_wrongly_poisoned_fail() {
+        use crate::messages::{Handled, MessageRecords, Published};
+        let p = |id, failing, confirmed| Published {
+            id,
+            failing,
+            confirmed,
+            at_ms: id * 50,
+        };
+        let h = |id, redelivered, at_ms| Handled {
+            id,
+            redelivered,
+            retry: 0,
+            at_ms,
+        };
+        let run = |m: MessageRecords| {
+            messages(&Records {
+                messages: Some(m),
+                ..Records::default()
+            })
+        };
+        // All handled (1 twice: its second delivery was a redelivery), 2
+        // poisoned, 3 unconfirmed and never seen: passes.
+        let good = MessageRecords {
+            published: vec![
+                p(0, false, true),
+                p(1, false, true),
+                p(2, true, true),
+                p(3, false, false),
+            ],
+            handled: vec![h(0, false, 10), h(1, true, 30), h(1, false, 20)],
+            poisoned: vec![(2, "about to fail".into())],
+            left: 0,
+        };
+        let v = run(good.clone());
+        assert!(v.passed(), "{:?}", v.violations);
+        assert!(
+            v.summary
+                .contains("1 again after a redelivery, 0 in a retry"),
+            "{}",
+            v.summary
+        );
+        // A retry of the same delivery (its first output not confirmed) explains
+        // a second handling too.
+        let mut retried = good.clone();
+        retried.handled.push(Handled {
+            id: 0,
+            redelivered: false,
+            retry: 1,
+            at_ms: 50,
+        });
+        let v = run(retried);
+        assert!(v.passed(), "{:?}", v.violations);
+        assert!(v.summary.contains("1 in a retry"), "{}", v.summary);
+        // Lost: 0 never handled.
+        let mut lost = good.clone();
+        lost.handled.retain(|x| x.id != 0);
+        let v = run(lost);
+        assert_eq!(v.violations.len(), 1);
+        assert!(
+            v.violations[0].1.contains("message 0 (confirmed"),
+            "{:?}",
+            v.violations
+        );
+        // Handled twice, both first deliveries.
+        let mut twice = good.clone();
+        twice.handled.push(h(0, false, 40));
+        let v = run(twice);
+        assert!(
+            v.violations[0]
+                .1
+                .contains("message 0 was handled 2 times, 2 of them on the first attempt"),
+            "{:?}",
+            v.violations
+        );
+        // The failing one handled; a good one poisoned; something left.
+        let mut wrong = good.clone();
+        wrong.handled.push(h(2, false, 40));
+        wrong.poisoned = vec![(0, "boom".into())];
+        wrong.left = 3;
+        let v = run(wrong);
+        let all: Vec<&str> = v.violations.iter().map(|(_, t)| t.as_str()).collect();
+        assert!(
+            all.iter()
+                .any(|t| t.contains("message 2 (asks to fail")
+                    && t.contains("not in the poison queue")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .any(|t| t.contains("message 2 asks the handler to fail, yet")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|t| t.contains(
+                "message 0 is in the poison queue but did not ask to fail (its error: boom)"
+            )),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|t| t.contains("3 message(s) left")),
+            "{all:?}"
+        );
+        // No broker: nothing to check, said so.
+        let v = messages(&Records::default());
+        assert!(v.passed() && v.summary.contains("not run"));
     }
 }

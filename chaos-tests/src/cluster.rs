@@ -288,6 +288,11 @@ impl Cluster {
         })
     }
 
+    /// The host's address on the main network (its gateway).
+    pub fn gateway_ip(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
     pub fn container(&self, i: usize) -> String {
         format!("strom-chaos-{}-{}", self.run, self.nodes[i].name)
     }

@@ -144,6 +144,8 @@ pub struct Records {
     pub timer_events: Vec<TimerEvent>,
     /// The wall clock when the run started (Unix ms): run times + this = wall clock.
     pub started_unix_ms: u64,
+    /// The messaging app's messages (`None`: the run had no broker).
+    pub messages: Option<crate::messages::MessageRecords>,
 }
 
 #[derive(Clone)]

@@ -3,12 +3,14 @@
 //!
 //! - [`cluster`]: a cluster of `strom` containers on a private Docker network;
 //! - [`workload`]: admin writes and HTTP requests recorded in a [`history`];
+//! - [`messages`]: the RabbitMQ app's producer, output reader and broker relay;
 //! - [`checker`]: what must hold afterwards;
 //! - [`run`]: one seeded run (`cargo run -p strom-chaos-tests -- --profile ci`).
 
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod messages;
 pub mod run;
 pub mod workload;
 

@@ -29,7 +29,8 @@ enum ProfileArg {
 )]
 struct Args {
     /// `ci`: each fault once (leader kill, leader isolation, worker kill, pause, 2|3
-    /// split, worker cut, follower kill, restart) in a seeded order, then a rolling
+    /// split, worker cut, follower kill, restart, checkpoint store away, broker
+    /// restart, worker cut from the broker) in a seeded order, then a rolling
     /// upgrade of every node. `soak`: random faults until `--duration` is over.
     /// `upgrade`: one rolling upgrade under load (from `--from-binary`, if given).
     #[arg(long, value_enum, default_value = "ci")]
@@ -75,6 +76,25 @@ fn build_strom() -> anyhow::Result<PathBuf> {
         bail!("no {} after cargo build", strom.display());
     }
     Ok(strom)
+}
+
+/// `strom-test-handler`, built like `strom` (same profile), for the `mq` app.
+fn build_test_handler() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the harness binary's folder")?;
+    let mut cmd = strom_chaos_tests::nested_cargo();
+    cmd.args(["build", "-p", "strom-node", "--bin", "strom-test-handler"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    if !cmd.status().context("running cargo")?.success() {
+        bail!("cargo build of strom-test-handler failed");
+    }
+    let handler = dir.join("strom-test-handler");
+    if !handler.is_file() {
+        bail!("no {} after cargo build", handler.display());
+    }
+    Ok(handler)
 }
 
 #[tokio::main]
@@ -150,6 +170,7 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
     let work = std::env::temp_dir().join("strom-chaos");
     std::fs::create_dir_all(&work)?;
     let handler = support::handler_binary(&work);
+    let echo_handler = build_test_handler()?;
     let options = Options {
         profile: match args.profile {
             ProfileArg::Ci => Profile::Ci,
@@ -165,6 +186,7 @@ async fn main_inner(args: Args) -> anyhow::Result<bool> {
         keep: args.keep,
         work,
         handler,
+        echo_handler,
     };
     run::run(options).await
 }

@@ -16,10 +16,13 @@ use strom_proto::admin_v1 as pb;
 use crate::checker::{self, NodeState};
 use crate::cluster::{self, Cluster, Role};
 use crate::history::{History, Outcome};
+use crate::messages::{Messaging, Relay};
 use crate::workload::{self, Setup, LEDGER, LEDGER_FUNCTION, WEB};
 
 /// The timer apps' run record, in the shared folder.
 const TIMER_RECORD: &str = "timers.jsonl";
+/// The messaging app (with a broker).
+const MQ: &str = "mq";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -48,6 +51,11 @@ pub struct Options {
     pub work: PathBuf,
     /// The static test handler the `web` app runs.
     pub handler: PathBuf,
+    /// `strom-test-handler` (examples/test-handler), built with `strom` and
+    /// linked against the same libraries the image carries for it: the `mq`
+    /// app's handler (its JSON-mode echo answers each message with an output
+    /// that carries it, and fails on request).
+    pub echo_handler: PathBuf,
 }
 
 /// The faults a plan draws from.
@@ -65,12 +73,18 @@ pub enum FaultKind {
     /// The managers' checkpoint store is gone for a while (a file where its
     /// folder was): it impairs no node, so no write or request may fail.
     StoreUnavailable,
+    /// The RabbitMQ broker restarted (every connection closed; durable queues
+    /// and persistent messages kept).
+    RestartBroker,
+    /// One worker's connections to the broker cut, new ones refused, while it
+    /// reaches everything else.
+    CutWorkerFromBroker,
     RollingUpgrade,
 }
 
 impl FaultKind {
     /// The CI profile's faults (each once, in a seeded order; the upgrade last).
-    pub const CI: [FaultKind; 9] = [
+    pub const CI: [FaultKind; 11] = [
         FaultKind::KillLeader,
         FaultKind::IsolateLeader,
         FaultKind::KillWorker,
@@ -80,10 +94,12 @@ impl FaultKind {
         FaultKind::KillFollower,
         FaultKind::RestartNode,
         FaultKind::StoreUnavailable,
+        FaultKind::RestartBroker,
+        FaultKind::CutWorkerFromBroker,
     ];
 
     /// The soak's menu with weights.
-    pub const SOAK: [(FaultKind, u32); 11] = [
+    pub const SOAK: [(FaultKind, u32); 13] = [
         (FaultKind::KillLeader, 12),
         (FaultKind::KillFollower, 10),
         (FaultKind::KillWorker, 12),
@@ -94,6 +110,8 @@ impl FaultKind {
         (FaultKind::CutWorker, 10),
         (FaultKind::RestartNode, 8),
         (FaultKind::StoreUnavailable, 4),
+        (FaultKind::RestartBroker, 4),
+        (FaultKind::CutWorkerFromBroker, 6),
         (FaultKind::RollingUpgrade, 2),
     ];
 }
@@ -182,6 +200,18 @@ struct Chaos {
     http: workload::HttpClient,
     /// When the checkpoint store came back after `StoreUnavailable` (Unix ms).
     store_back_ms: Option<i64>,
+    /// The broker, when the run has one.
+    broker: Option<Broker>,
+}
+
+/// The messaging part's broker: its URL on the host, the command that restarts
+/// it, the relay the containers reach it through, and the queues.
+struct Broker {
+    url: String,
+    restart: String,
+    relay: Relay,
+    input: String,
+    output: String,
 }
 
 async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Result<bool> {
@@ -213,6 +243,38 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         cluster.nodes.len(),
         t.elapsed().as_secs_f64()
     );
+    // The broker, reached from the containers through a relay on the gateway.
+    let relay_stop = tokio_util::sync::CancellationToken::new();
+    let _relay_guard = relay_stop.clone().drop_guard();
+    let broker = match crate::messages::broker_from_env()? {
+        Some(_) if opts.from.is_some() => {
+            println!("--from-binary: the run has no messaging app (an older build may not run it)");
+            None
+        }
+        Some((url, restart)) => {
+            let endpoint = strom_proto::manifest::rabbitmq::parse_amqp_uri(&url)
+                .map_err(|e| anyhow::anyhow!("STROM_RABBITMQ_URL: {e}"))?;
+            let upstream = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+                .await?
+                .next()
+                .context("STROM_RABBITMQ_URL: the host resolves to no address")?;
+            let gateway: std::net::IpAddr = cluster.gateway_ip().parse()?;
+            let relay = Relay::start(gateway, upstream, relay_stop.clone()).await?;
+            let (input, output) = Messaging::declare(&url, &run_id).await?;
+            println!(
+                "RabbitMQ: the containers reach the broker at {} (a relay to {upstream})",
+                relay.addr
+            );
+            Some(Broker {
+                url,
+                restart,
+                relay,
+                input,
+                output,
+            })
+        }
+        None => None,
+    };
     let history = History::new();
     let web_key = format!("chaos-web-key-{:016x}", opts.seed);
     let mut chaos = Chaos {
@@ -222,12 +284,23 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
         web_key: web_key.clone(),
         http: workload::http_client(),
         store_back_ms: None,
+        broker,
     };
-    chaos.deploy_apps(&work, &opts.handler).await?;
+    chaos
+        .deploy_apps(&work, &opts.handler, &opts.echo_handler)
+        .await?;
     chaos.wait_healthy(Duration::from_secs(120)).await?;
     history.note("cluster ready, workload starting");
     let setup = Arc::new(Setup::of(&chaos.cluster, web_key, work.join("ledger")));
     let load = workload::start(setup, history.clone(), opts.seed, 3, 4);
+    let messaging = chaos.broker.as_ref().map(|b| {
+        Messaging::start(
+            b.url.clone(),
+            b.input.clone(),
+            b.output.clone(),
+            history.clone(),
+        )
+    });
     // Quiet time first: the baseline of the run.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let plan_result = match opts.profile {
@@ -244,6 +317,16 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
     tokio::time::sleep(Duration::from_secs(3)).await;
     load.stop().await;
     history.note("workload stopped");
+    if let Some(m) = messaging {
+        let seen = m.finish(&history, Duration::from_secs(120)).await;
+        history.note(format!(
+            "messages: {} published, {} handlings read, {} poisoned",
+            seen.published.len(),
+            seen.handled.len(),
+            seen.poisoned.len()
+        ));
+        history.lock().messages = Some(seen);
+    }
     // A plan that stopped early still gets its history checked (what it did run
     // must hold), and fails the run.
     healthy.context("the cluster did not become healthy after the faults were healed")?;
@@ -408,7 +491,12 @@ impl Chaos {
     /// Deploy `web` (the test handler; the callers' key; one instance per worker),
     /// the timer apps `ticks` and `slow` (their runs recorded in the shared
     /// folder, checked at the end) and `ledger` (never placed: the writers' target).
-    async fn deploy_apps(&mut self, work: &Path, handler: &Path) -> anyhow::Result<()> {
+    async fn deploy_apps(
+        &mut self,
+        work: &Path,
+        handler: &Path,
+        echo_handler: &Path,
+    ) -> anyhow::Result<()> {
         let web = work.join("web");
         std::fs::create_dir_all(web.join("hello"))?;
         std::fs::write(
@@ -475,6 +563,46 @@ impl Chaos {
             workload::deploy_with(&setup, &ip, app, zip, settings)
                 .await
                 .with_context(|| format!("deploying the timer app {app}"))?;
+        }
+        if let Some(b) = &self.broker {
+            // `mq`: the test handler's echo on each message, its answer sent on as
+            // an output message (confirmed before the acknowledgement), on every
+            // worker.
+            let dir = work.join(MQ);
+            std::fs::create_dir_all(dir.join("consume"))?;
+            std::fs::write(
+                dir.join("host.json"),
+                r#"{"version":"2.0","customHandler":{"description":{"defaultExecutablePath":"handler"}},"extensions":{"rabbitMQ":{"prefetchCount":10}}}"#,
+            )?;
+            std::fs::write(
+                dir.join("consume").join("function.json"),
+                serde_json::json!({"bindings": [
+                    {"type": "rabbitMQTrigger", "direction": "in", "name": "msg",
+                     "queueName": b.input, "connectionStringSetting": "Mq"},
+                    {"type": "rabbitMQ", "direction": "out", "name": "res",
+                     "queueName": b.output, "connectionStringSetting": "Mq"},
+                ],
+                // Azure's default attempts, as a policy: each attempt's
+                // `RetryContext` tells a retry from a first handling.
+                "retry": {"strategy": "fixedDelay", "maxRetryCount": 4, "delayInterval": "00:00:01"}})
+                .to_string(),
+            )?;
+            std::fs::copy(echo_handler, dir.join("handler"))?;
+            let settings = HashMap::from([(
+                "Mq".to_string(),
+                crate::messages::url_via(&b.url, b.relay.addr)?,
+            )]);
+            let zip = strom_proto::manifest::pack_dir(&dir)?;
+            workload::deploy_with(&setup, &ip, MQ, zip, settings)
+                .await
+                .context("deploying the messaging app")?;
+            client
+                .scale_app(self.cluster.request(pb::ScaleAppRequest {
+                    name: MQ.into(),
+                    instances: self.cluster.workers().count() as u32,
+                }))
+                .await
+                .context("scaling mq")?;
         }
         let zip = strom_proto::manifest::pack_dir(&ledger)?;
         workload::deploy(&setup, &ip, LEDGER, zip)
@@ -783,6 +911,52 @@ impl Chaos {
                 self.history.healed(f);
                 self.settle(f).await
             }
+            FaultKind::RestartBroker | FaultKind::CutWorkerFromBroker => {
+                let Some((relay, restart)) = self
+                    .broker
+                    .as_ref()
+                    .map(|b| (b.relay.clone(), b.restart.clone()))
+                else {
+                    let f = self.history.fault(format!("{kind:?}"), vec![]);
+                    self.history.skipped(f, "the run has no broker");
+                    return Ok(());
+                };
+                if kind == FaultKind::RestartBroker {
+                    // No node is impaired: the broker is not part of the cluster.
+                    let f = self.history.fault("restart broker".to_string(), vec![]);
+                    let out = tokio::time::timeout(
+                        Duration::from_secs(120),
+                        tokio::process::Command::new("sh")
+                            .arg("-c")
+                            .arg(&restart)
+                            .output(),
+                    )
+                    .await
+                    .context("the broker restart took over 120 s")?
+                    .context("running STROM_RABBITMQ_RESTART")?;
+                    if !out.status.success() {
+                        bail!(
+                            "STROM_RABBITMQ_RESTART failed ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                    self.history.healed(f);
+                    self.settle(f).await
+                } else {
+                    let i = self.random_worker();
+                    let ip: std::net::IpAddr = self.cluster.ip(i).parse()?;
+                    // The worker serves HTTP throughout: not impaired.
+                    let f = self
+                        .history
+                        .fault(format!("cut worker from broker: {}", self.name(i)), vec![]);
+                    relay.cut(ip);
+                    tokio::time::sleep(hold).await;
+                    relay.heal(ip);
+                    self.history.healed(f);
+                    self.settle(f).await
+                }
+            }
             FaultKind::RollingUpgrade => self.rolling_upgrade().await,
         }
     }
@@ -944,6 +1118,9 @@ impl Chaos {
 
     /// Undo anything a failed plan left: unpause, reconnect, start.
     async fn heal_everything(&mut self) {
+        if let Some(b) = &self.broker {
+            b.relay.heal_all();
+        }
         self.cluster.heal_all().await;
     }
 
