@@ -52,9 +52,10 @@
 //! Before and after, in one run: `--before DIR` names the folder of an older build's
 //! `strom` binary (e.g. `target/release` of a worktree at the base commit); the
 //! gateway and HA sections then measure it too, beside this build and the
-//! baselines, with its rows marked "(before)". `--before-first` measures the
-//! older build first at each step (the default measures this one first), to see
-//! whether the order matters.
+//! baselines, with its rows marked "(before)". The gateway section measures each
+//! pair A B B A (this build, the older, the older, this build; each half the
+//! time) and compares their means, so the order a build runs in cancels;
+//! `--before-first` makes it B A A B.
 //!
 //! Run: `cargo run --release -p strom-chaos-tests --bin strom-bench [-- --seconds N]
 //! [--trials N] [--only gateway,gateway-cost,placements,fanout,ha,checkpoints,containers,timers,messaging] [--before DIR [--before-first]]
@@ -141,8 +142,9 @@ pub struct Builds {
     pub current: PathBuf,
     /// An older build's folder with its `strom` (`--before`).
     pub before: Option<PathBuf>,
-    /// `--before-first`: measure the older build before this one at each step
-    /// (to see whether the order matters).
+    /// `--before-first`: measure the older build before this one (B A A B in
+    /// the gateway section, first at each step elsewhere), to see whether the
+    /// order matters.
     pub before_first: bool,
 }
 
