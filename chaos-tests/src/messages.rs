@@ -102,10 +102,17 @@ pub fn url_via(url: &str, addr: SocketAddr) -> anyhow::Result<String> {
     Ok(format!("{scheme_creds}@{addr}{path}"))
 }
 
-async fn connect(url: &str) -> anyhow::Result<Connection> {
-    let endpoint = strom_proto::manifest::rabbitmq::parse_amqp_uri(url)
-        .map_err(|e| anyhow::anyhow!("STROM_RABBITMQ_URL: {e}"))?;
-    strom_messaging::connect(&endpoint, None)
+/// The broker `url` names (`STROM_RABBITMQ_URL`), parsed as Strom does
+/// (`amqp://host/` is the vhost `/`).
+pub fn endpoint(url: &str) -> anyhow::Result<strom_proto::manifest::rabbitmq::AmqpEndpoint> {
+    strom_proto::manifest::rabbitmq::parse_amqp_uri(url)
+        .map_err(|e| anyhow::anyhow!("STROM_RABBITMQ_URL: {e}"))
+}
+
+/// A connection to `url` as Strom makes one (a deadline; errors without the
+/// password).
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    strom_messaging::connect(&endpoint(url)?, None)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -301,6 +308,10 @@ impl Messaging {
         let (want_handled, want_poisoned) = (wanted(false), wanted(true));
         let deadline = tokio::time::Instant::now() + limit;
         let mut left = None;
+        // The input queue's depth as the leader reads it (a passive declare, one
+        // connection kept).
+        let depth = strom_messaging::DepthProbe::default();
+        let broker = endpoint(&url).ok();
         loop {
             let seen: HashSet<u64> = handled
                 .lock()
@@ -314,7 +325,10 @@ impl Messaging {
                 .iter()
                 .map(|(id, _)| *id)
                 .collect();
-            if let Ok(l) = ready(&url, &input).await {
+            if let Some(Ok(l)) = match &broker {
+                Some(b) => Some(depth.ready(b, None, &input).await),
+                None => None,
+            } {
                 left = Some(l);
             }
             let done = want_handled.is_subset(&seen)
@@ -357,24 +371,6 @@ impl Messaging {
 
 fn poison_queue(input: &str) -> String {
     strom_messaging::delivery::poison_queue(input)
-}
-
-/// Messages ready in `queue`.
-async fn ready(url: &str, queue: &str) -> anyhow::Result<u64> {
-    let c = connect(url).await?;
-    let ch = c.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let _ = c.close(200, "read".into()).await;
-    Ok(u64::from(q?.message_count()))
 }
 
 async fn delete_queues(url: &str, queues: &[&str]) {

@@ -252,8 +252,7 @@ async fn run_inner(docker: Docker, run_id: String, opts: Options) -> anyhow::Res
             None
         }
         Some((url, restart)) => {
-            let endpoint = strom_proto::manifest::rabbitmq::parse_amqp_uri(&url)
-                .map_err(|e| anyhow::anyhow!("STROM_RABBITMQ_URL: {e}"))?;
+            let endpoint = crate::messages::endpoint(&url)?;
             let upstream = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
                 .await?
                 .next()

@@ -396,20 +396,7 @@ async fn reqwest_like_get(url: &str) -> bool {
 /// `strom up` of `strom` with the app on a free port, waited for until the app
 /// answers; its port and the process (stopped when dropped).
 async fn start_strom_up(strom: &Path, app: &Path, data: &Path) -> anyhow::Result<(u16, Proc)> {
-    let http_port = free_port();
-    let proc = Proc(
-        Command::new(strom)
-            .arg("up")
-            .arg(app)
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--control-addr", "127.0.0.1:0", "--http-addr"])
-            .arg(format!("127.0.0.1:{http_port}"))
-            .env("STROM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let (proc, http_port, _) = spawn_strom_up(strom, app, data)?;
     wait_port(([127, 0, 0, 1], http_port).into()).await?;
     // Wait for the first instance.
     for _ in 0..400 {

@@ -166,6 +166,27 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// `strom up` of `strom` with `app` on free ports (quiet: errors only), not yet
+/// waited for; the process (stopped when dropped), its HTTP port and its
+/// control URL.
+fn spawn_strom_up(strom: &Path, app: &Path, data: &Path) -> anyhow::Result<(Proc, u16, String)> {
+    let (http_port, control) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let proc = Proc(
+        Command::new(strom)
+            .arg("up")
+            .arg(app)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--control-addr", &control, "--http-addr"])
+            .arg(format!("127.0.0.1:{http_port}"))
+            .env("STROM_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    Ok((proc, http_port, format!("http://{control}")))
+}
+
 /// The test handler on a port of its own (with `env` besides its port), once it
 /// listens: the direct baseline.
 async fn direct_handler(

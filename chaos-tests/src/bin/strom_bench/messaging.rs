@@ -29,6 +29,7 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
+use strom_chaos_tests::messages::connect;
 use tokio::sync::mpsc;
 
 use super::*;
@@ -44,15 +45,6 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// A connection to `url` as Strom makes it (`amqp://host/` is the vhost `/`).
-async fn connect(url: &str) -> anyhow::Result<Connection> {
-    let endpoint = strom_proto::manifest::rabbitmq::parse_amqp_uri(url)
-        .map_err(|e| anyhow::anyhow!("STROM_RABBITMQ_URL: {e}"))?;
-    strom_messaging::connect(&endpoint, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to STROM_RABBITMQ_URL: {e}"))
 }
 
 /// A connection with a confirm-mode channel (declares and publishes).
@@ -354,25 +346,6 @@ fn write_app(
     Ok(())
 }
 
-/// `strom up` on `app`; its control address.
-fn strom_up(strom: &Path, app: &Path, data: &Path) -> anyhow::Result<(Proc, String)> {
-    let control = format!("127.0.0.1:{}", free_port());
-    let proc = Proc(
-        Command::new(strom)
-            .arg("up")
-            .arg(app)
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--control-addr", &control, "--http-addr"])
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .env("STROM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    Ok((proc, format!("http://{control}")))
-}
-
 /// Publishes warm-up messages until one comes back (Strom is consuming).
 async fn warm_up(
     mq: &Mq,
@@ -443,7 +416,7 @@ async fn cold_starts(
         }),
     )?;
     let data = dir.join("cold-data");
-    let (_strom, server) = strom_up(strom, &app, &data)?;
+    let (_strom, _, server) = spawn_strom_up(strom, &app, &data)?;
     let mut rx = outputs(&mq.connection, &output).await?;
     let (mut to_handler, mut to_output) = (Vec::new(), Vec::new());
     let mut token = String::new();
@@ -465,8 +438,6 @@ async fn cold_starts(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // Past the cool-down, so the next message is the only cause.
-        tokio::time::sleep(Duration::from_secs(2)).await;
         let seq = *next;
         *next += 1;
         let sent = now_us();
@@ -534,7 +505,7 @@ pub async fn run(builds: &Builds, seconds: f64) -> anyhow::Result<()> {
             serde_json::json!({"Mq": url}),
         )?;
         let data = dir.path().join(format!("data-{prefetch}"));
-        let (strom_proc, _) = strom_up(&strom, &app, &data)?;
+        let (strom_proc, _, _) = spawn_strom_up(&strom, &app, &data)?;
         let mut rx = outputs(&mq.connection, &output).await?;
         warm_up(&mq, &input, &mut rx, &mut next).await?;
         let through = measure(&mq, &input, &mut rx, &mut next, seconds).await?;

@@ -118,20 +118,7 @@ async fn through_strom(
         app.join("local.settings.json"),
         serde_json::json!({ "Values": values }).to_string(),
     )?;
-    let http_port = free_port();
-    let _strom = Proc(
-        Command::new(strom)
-            .arg("up")
-            .arg(&app)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--control-addr", "127.0.0.1:0", "--http-addr"])
-            .arg(format!("127.0.0.1:{http_port}"))
-            .env("STROM_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let (_strom, _, _) = spawn_strom_up(strom, &app, &dir.join("data"))?;
     // Warm: measure only once runs arrive.
     let warm_deadline = Instant::now() + Duration::from_secs(60);
     while lateness(&record).len() < 2 {
