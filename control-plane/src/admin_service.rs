@@ -29,6 +29,7 @@ use strom_proto::version::Feature;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::client_sessions::{WriteTag, SESSION_METADATA};
 use crate::cluster_state::{AppState, ClusterState};
 use crate::management::{new_function_key, now_ms, ManagementConfig, ManagementNode};
 use crate::state_machine::StateView;
@@ -195,6 +196,7 @@ impl AdminApi {
 
     async fn set_schedule(
         &self,
+        tag: Option<&WriteTag>,
         node: u64,
         schedule: WorkerSchedule,
     ) -> Result<Response<pb::CordonNodeResponse>, Status> {
@@ -209,13 +211,17 @@ impl AdminApi {
                 "node {node} is not a registered worker"
             )));
         }
-        let (log_index, _) = self
-            .commit(Command::SetWorkerSchedule {
-                node,
-                schedule,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self
+            .commit_tagged(
+                tag,
+                Command::SetWorkerSchedule {
+                    node,
+                    schedule,
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+            .index;
         let view = self.node.read_local();
         let status = view
             .state
@@ -246,11 +252,39 @@ impl AdminApi {
     }
 
     pub(crate) async fn commit(&self, command: Command) -> Result<(u64, CommandResult), Status> {
+        let c = self.commit_tagged(None, command).await?;
+        Ok((c.index, c.result))
+    }
+
+    /// Commit `command`, in the client's session when the request carries one
+    /// (a retry is answered with the first outcome, nothing applied again).
+    pub(crate) async fn commit_tagged(
+        &self,
+        tag: Option<&WriteTag>,
+        command: Command,
+    ) -> Result<Committed, Status> {
+        let command = match tag {
+            None => command,
+            Some(tag) => {
+                if !self.node.read_local().state.allows(Feature::ClientSessions) {
+                    return Err(Status::failed_precondition(format!(
+                        "client sessions need cluster protocol {}: send the request without \
+                         {SESSION_METADATA} until every member is upgraded",
+                        Feature::ClientSessions.since()
+                    )));
+                }
+                tag.wrap(command, now_ms())
+            }
+        };
         let (index, result) = self
             .node
             .propose(command)
             .await
             .map_err(|e| e.to_status())?;
+        let (shown_index, result, replayed) = match result {
+            CommandResult::Replayed { index, result } => (index, *result, true),
+            other => (index, other, false),
+        };
         if let CommandResult::Rejected(r) = &result {
             return Err(rejection_status(r));
         }
@@ -271,7 +305,11 @@ impl AdminApi {
                 );
             }
         }
-        Ok((index, result))
+        Ok(Committed {
+            index: shown_index,
+            result,
+            replayed,
+        })
     }
 
     /// Deploy a package as the app's active version through the one deploy path
@@ -283,12 +321,24 @@ impl AdminApi {
         bytes: Vec<u8>,
         new_settings: BTreeMap<String, String>,
     ) -> Result<pb::DeployAppResponse, Status> {
+        self.deploy_bytes_tagged(None, app, bytes, new_settings)
+            .await
+    }
+
+    async fn deploy_bytes_tagged(
+        &self,
+        tag: Option<WriteTag>,
+        app: AppName,
+        bytes: Vec<u8>,
+        new_settings: BTreeMap<String, String>,
+    ) -> Result<pb::DeployAppResponse, Status> {
         let request = crate::deploy::DeployRequest {
             app,
             bytes,
             settings: new_settings,
             meta: crate::deploy::DeployMeta::cli(),
             wait: crate::deploy::DeployWait::Committed,
+            tag,
         };
         self.deploy(request).await.map_err(|e| e.to_status())
     }
@@ -298,6 +348,19 @@ impl AdminApi {
     /// one. Answers the name, the value and the commit's log index.
     pub async fn put_key(
         &self,
+        app: AppName,
+        scope: KeyScope,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<(String, String, u64), Status> {
+        self.put_key_tagged(None, app, scope, name, value).await
+    }
+
+    /// [`AdminApi::put_key`] in a client's session: a retry answers the key as
+    /// the first attempt set it (a random value is not made again).
+    pub(crate) async fn put_key_tagged(
+        &self,
+        tag: Option<&WriteTag>,
         app: AppName,
         scope: KeyScope,
         name: &str,
@@ -317,21 +380,43 @@ impl AdminApi {
                 v.to_string()
             }
         };
-        let (log_index, _) = self
-            .commit(Command::PutKey {
-                app,
-                scope,
-                name: name.clone(),
-                value: value.clone(),
-                at_ms: now_ms(),
-            })
+        let committed = self
+            .commit_tagged(
+                tag,
+                Command::PutKey {
+                    app: app.clone(),
+                    scope: scope.clone(),
+                    name: name.clone(),
+                    value: value.clone(),
+                    at_ms: now_ms(),
+                },
+            )
             .await?;
-        Ok((name, value, log_index))
+        if committed.replayed {
+            let stored = key_value(&self.node.read_local().state, &app, &scope, &name);
+            return match stored {
+                Some(v) => Ok((name, v, committed.index)),
+                None => Err(Status::failed_precondition(format!(
+                    "key `{name}` was set by this request's first attempt, and removed since"
+                ))),
+            };
+        }
+        Ok((name, value, committed.index))
     }
 
     /// Remove a key (not the master key); answers the commit's log index.
     pub async fn delete_key(
         &self,
+        app: AppName,
+        scope: KeyScope,
+        name: &str,
+    ) -> Result<u64, Status> {
+        self.delete_key_tagged(None, app, scope, name).await
+    }
+
+    pub(crate) async fn delete_key_tagged(
+        &self,
+        tag: Option<&WriteTag>,
         app: AppName,
         scope: KeyScope,
         name: &str,
@@ -342,15 +427,18 @@ impl AdminApi {
             ));
         }
         strom_proto::key_rules::check_key_name(name).map_err(Status::invalid_argument)?;
-        let (log_index, _) = self
-            .commit(Command::DeleteKey {
-                app,
-                scope,
-                name: name.to_string(),
-                at_ms: now_ms(),
-            })
+        let committed = self
+            .commit_tagged(
+                tag,
+                Command::DeleteKey {
+                    app,
+                    scope,
+                    name: name.to_string(),
+                    at_ms: now_ms(),
+                },
+            )
             .await?;
-        Ok(log_index)
+        Ok(committed.index)
     }
 
     /// Whether `token` is the cluster's admin token.
@@ -371,6 +459,7 @@ impl AdminApi {
         bytes: Vec<u8>,
         new_settings: BTreeMap<String, String>,
         deployment: Option<&str>,
+        tag: Option<&WriteTag>,
     ) -> Result<pb::DeployAppResponse, crate::deploy::DeployError> {
         use crate::deploy::DeployError;
         let limits = self.node.config.package_limits.clone();
@@ -465,7 +554,14 @@ impl AdminApi {
             },
             None => Command::DeployVersion(deploy),
         };
-        let (log_index, result) = self.commit(command).await.map_err(DeployError::Status)?;
+        let Committed {
+            index: log_index,
+            result,
+            ..
+        } = self
+            .commit_tagged(tag, command)
+            .await
+            .map_err(DeployError::Status)?;
         tracing::info!(%app, version = version.short(), log_index, "deployed");
         let view = self.node.read_local();
         let state = find_app(&view, &app).map_err(DeployError::Status)?;
@@ -490,6 +586,29 @@ fn server_state_name(state: openraft::ServerState) -> &'static str {
         openraft::ServerState::Learner => "learner",
         openraft::ServerState::Shutdown => "shutdown",
     }
+}
+
+/// A key's value in the state, if it exists.
+fn key_value(state: &ClusterState, app: &AppName, scope: &KeyScope, name: &str) -> Option<String> {
+    if *scope == KeyScope::System {
+        return state.system_keys.get(app)?.get(name).cloned();
+    }
+    let keys = &state.apps.get(app)?.keys;
+    match scope {
+        KeyScope::Master => Some(keys.master.clone()),
+        KeyScope::Host => keys.host.get(name).cloned(),
+        KeyScope::Function(f) => keys.functions.get(f)?.get(name).cloned(),
+        KeyScope::System => None,
+    }
+}
+
+/// A committed write: its log index and outcome; for a client session's retry,
+/// the first attempt's (`replayed`: nothing was applied now).
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub index: u64,
+    pub result: CommandResult,
+    pub replayed: bool,
 }
 
 pub fn rejection_status(r: &Rejection) -> Status {
@@ -517,6 +636,12 @@ pub fn rejection_status(r: &Rejection) -> Status {
         }
         Rejection::DeploymentInProgress { .. } | Rejection::DeploymentEnded { .. } => {
             Status::aborted(r.to_string())
+        }
+        Rejection::SessionUnknown { .. }
+        | Rejection::SequenceOld { .. }
+        | Rejection::SequenceAhead { .. } => Status::failed_precondition(r.to_string()),
+        Rejection::SequenceReused { .. } | Rejection::NestedSession => {
+            Status::invalid_argument(r.to_string())
         }
     }
 }
@@ -855,6 +980,7 @@ impl AdminService for AdminApi {
         request: Request<Streaming<pb::DeployAppChunk>>,
     ) -> Result<Response<pb::DeployAppResponse>, Status> {
         let limits = self.node.config.package_limits.clone();
+        let metadata = request.metadata().clone();
         let mut stream = request.into_inner();
         let mut name: Option<AppName> = None;
         let mut bytes = Vec::new();
@@ -884,7 +1010,13 @@ impl AdminService for AdminApi {
             bytes.extend_from_slice(&chunk.data);
         }
         let app = name.ok_or_else(|| Status::invalid_argument("no data: the upload was empty"))?;
-        self.deploy_bytes(app, bytes, settings)
+        let settings_text: String = settings.iter().map(|(k, v)| format!("{k}={v}\0")).collect();
+        let tag = WriteTag::of_parts(
+            &metadata,
+            "DeployApp",
+            &[app.as_str().as_bytes(), settings_text.as_bytes(), &bytes],
+        )?;
+        self.deploy_bytes_tagged(tag, app, bytes, settings)
             .await
             .map(Response::new)
     }
@@ -945,13 +1077,18 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "DeleteApp", request.get_ref())?;
         let app = parse_app(&request.get_ref().name)?;
-        let (log_index, _) = self
-            .commit(Command::DeleteApp {
-                app,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self
+            .commit_tagged(
+                tag.as_ref(),
+                Command::DeleteApp {
+                    app,
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+            .index;
         Ok(Response::new(pb::DeleteAppResponse { log_index }))
     }
 
@@ -959,6 +1096,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetAppSettingsRequest>,
     ) -> Result<Response<pb::SetAppSettingsResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "SetAppSettings", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.name)?;
         let mut problems = Vec::new();
@@ -1004,14 +1142,18 @@ impl AdminService for AdminApi {
                 .await
                 .map_err(Status::invalid_argument)?;
         }
-        let (log_index, _) = self
-            .commit(Command::SetAppSettings {
-                app: app.clone(),
-                set: req.set.into_iter().collect(),
-                remove: req.remove,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self
+            .commit_tagged(
+                tag.as_ref(),
+                Command::SetAppSettings {
+                    app: app.clone(),
+                    set: req.set.into_iter().collect(),
+                    remove: req.remove,
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+            .index;
         let view = self.node.read_local();
         let state = find_app(&view, &app)?;
         Ok(Response::new(pb::SetAppSettingsResponse {
@@ -1037,17 +1179,22 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RollbackAppRequest>,
     ) -> Result<Response<pb::RollbackAppResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "RollbackApp", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.name)?;
         let view = self.fresh().await?;
         let version = resolve_version(find_app(&view, &app)?, &req.version_id)?;
-        let (log_index, _) = self
-            .commit(Command::ActivateVersion {
-                app: app.clone(),
-                version: version.clone(),
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self
+            .commit_tagged(
+                tag.as_ref(),
+                Command::ActivateVersion {
+                    app: app.clone(),
+                    version: version.clone(),
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+            .index;
         let view = self.node.read_local();
         let state = find_app(&view, &app)?;
         let (config, manifest) = (&self.node.config, &state.active().manifest);
@@ -1361,6 +1508,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ScaleAppRequest>,
     ) -> Result<Response<pb::ScaleAppResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "ScaleApp", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.name)?;
         if req.instances > MAX_SCALE {
@@ -1369,13 +1517,17 @@ impl AdminService for AdminApi {
                 req.instances
             )));
         }
-        let (log_index, _) = self
-            .commit(Command::SetScale {
-                app,
-                instances: req.instances,
-                at_ms: now_ms(),
-            })
-            .await?;
+        let log_index = self
+            .commit_tagged(
+                tag.as_ref(),
+                Command::SetScale {
+                    app,
+                    instances: req.instances,
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+            .index;
         Ok(Response::new(pb::ScaleAppResponse {
             instances: req.instances,
             log_index,
@@ -1438,6 +1590,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetFunctionKeyRequest>,
     ) -> Result<Response<pb::SetFunctionKeyResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "SetFunctionKey", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.app_name)?;
         let scope = key_scope(&req.scope, &req.function_name)?;
@@ -1448,7 +1601,9 @@ impl AdminService for AdminApi {
             KeyScope::System => "system",
         };
         let value = (!req.value.is_empty()).then_some(req.value.as_str());
-        let (name, value, log_index) = self.put_key(app, scope, &req.name, value).await?;
+        let (name, value, log_index) = self
+            .put_key_tagged(tag.as_ref(), app, scope, &req.name, value)
+            .await?;
         Ok(Response::new(pb::SetFunctionKeyResponse {
             key: Some(pb::FunctionKey {
                 name,
@@ -1463,10 +1618,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::DeleteFunctionKeyRequest>,
     ) -> Result<Response<pb::DeleteFunctionKeyResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "DeleteFunctionKey", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.app_name)?;
         let scope = key_scope(&req.scope, &req.function_name)?;
-        let log_index = self.delete_key(app, scope, &req.name).await?;
+        let log_index = self
+            .delete_key_tagged(tag.as_ref(), app, scope, &req.name)
+            .await?;
         Ok(Response::new(pb::DeleteFunctionKeyResponse { log_index }))
     }
 
@@ -1566,16 +1724,26 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CordonNodeRequest>,
     ) -> Result<Response<pb::CordonNodeResponse>, Status> {
-        self.set_schedule(request.get_ref().node_id, WorkerSchedule::Cordoned)
-            .await
+        let tag = WriteTag::of(request.metadata(), "CordonNode", request.get_ref())?;
+        self.set_schedule(
+            tag.as_ref(),
+            request.get_ref().node_id,
+            WorkerSchedule::Cordoned,
+        )
+        .await
     }
 
     async fn uncordon_node(
         &self,
         request: Request<pb::CordonNodeRequest>,
     ) -> Result<Response<pb::CordonNodeResponse>, Status> {
-        self.set_schedule(request.get_ref().node_id, WorkerSchedule::Active)
-            .await
+        let tag = WriteTag::of(request.metadata(), "UncordonNode", request.get_ref())?;
+        self.set_schedule(
+            tag.as_ref(),
+            request.get_ref().node_id,
+            WorkerSchedule::Active,
+        )
+        .await
     }
 
     type StreamInvocationsStream = std::pin::Pin<
@@ -1607,6 +1775,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetDeployCredentialRequest>,
     ) -> Result<Response<pb::SetDeployCredentialResponse>, Status> {
+        let tag = WriteTag::of(request.metadata(), "SetDeployCredential", request.get_ref())?;
         let req = request.into_inner();
         let app = parse_app(&req.app_name)?;
         if req.rotate && req.delete {
@@ -1631,18 +1800,78 @@ impl AdminService for AdminApi {
             }));
         }
         let password = (!req.delete).then(new_function_key);
-        let (log_index, _) = self
-            .commit(Command::SetDeployCredential {
-                app,
-                credential: password.as_deref().map(strom_proto::ids::TokenHash::of),
-                at_ms: now_ms(),
-            })
+        let committed = self
+            .commit_tagged(
+                tag.as_ref(),
+                Command::SetDeployCredential {
+                    app,
+                    credential: password.as_deref().map(strom_proto::ids::TokenHash::of),
+                    at_ms: now_ms(),
+                },
+            )
             .await?;
+        if committed.replayed && password.is_some() {
+            // The password is stored hashed: only the lost answer carried it.
+            return Err(Status::failed_precondition(
+                "the deployment credential was set by this request's first attempt, whose \
+                 answer (the only place the password is shown) was lost: make a new one \
+                 with rotate",
+            ));
+        }
+        let log_index = committed.index;
         Ok(Response::new(pb::SetDeployCredentialResponse {
             user_name,
             exists: password.is_some(),
             password: password.unwrap_or_default(),
             log_index,
+        }))
+    }
+
+    async fn open_session(
+        &self,
+        _request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        if !self.node.read_local().state.allows(Feature::ClientSessions) {
+            return Err(Status::failed_precondition(format!(
+                "client sessions need cluster protocol {}: some member runs an older build",
+                Feature::ClientSessions.since()
+            )));
+        }
+        let id = crate::client_sessions::new_session_id();
+        let (log_index, _) = self
+            .commit(Command::OpenSession {
+                id: id.clone(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session_id: id,
+            idle_expiry_seconds: (strom_proto::command::SESSION_IDLE_MS / 1000) as u64,
+            max_sequence_ahead: strom_proto::command::SEQ_WINDOW,
+            log_index,
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                leader: metrics.current_leader == Some(*id),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::ListMembersResponse {
+            members,
+            node_id: metrics.id,
         }))
     }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use strom_proto::command::{
-    Command, CommandResult, DeployVersion, KeyScope, Rejection, TimerId, WorkerInfo, WorkerSchedule,
+    Command, CommandResult, DeployVersion, KeyScope, Rejection, SessionWrite, TimerId, WorkerInfo,
+    WorkerSchedule, MAX_SESSIONS, SEQ_WINDOW, SESSION_IDLE_MS,
 };
 use strom_proto::ids::{AppName, ClusterId, NodeId, TokenHash, VersionId};
 use strom_proto::manifest::AppManifest;
@@ -60,6 +61,73 @@ pub struct ClusterState {
     /// Per app: its system keys (protocol 8; snapshot format 5). They open no
     /// function, so they stay out of the worker view.
     pub system_keys: BTreeMap<AppName, BTreeMap<String, String>>,
+    /// Client sessions by id (protocol 10; snapshot format 6): each one's last
+    /// write and its result, so a retried write is answered, not applied again.
+    pub sessions: BTreeMap<String, ClientSession>,
+}
+
+/// A client session's last write (`seq` 0: none yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSession {
+    pub last_seq: u64,
+    pub fingerprint: String,
+    pub result: CommandResult,
+    /// The log index the last write was applied at.
+    pub index: u64,
+    /// When it was opened or last wrote (the commands' `at_ms`).
+    pub last_used_ms: i64,
+}
+
+impl ClientSession {
+    fn expired(&self, at_ms: i64) -> bool {
+        at_ms - self.last_used_ms > SESSION_IDLE_MS
+    }
+}
+
+/// `ClusterState` as builds of protocol 8 and 9 encode it: snapshot format 5.
+/// Field for field the same, without the session table.
+#[derive(Debug, Deserialize)]
+pub struct ClusterStateV5 {
+    pub cluster: Option<ClusterInfo>,
+    pub apps: Apps,
+    pub workers: BTreeMap<NodeId, WorkerState>,
+    pub placements: BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: BTreeMap<TimerId, TimerRecord>,
+    pub timer_retries: BTreeMap<TimerId, TimerRetryState>,
+    pub deployments: BTreeMap<AppName, AppDeployments>,
+    pub system_keys: BTreeMap<AppName, BTreeMap<String, String>>,
+}
+
+/// Encodes a state as [`ClusterStateV5`] (no sessions exist before protocol 10).
+#[derive(Serialize)]
+pub struct ClusterStateV5Ref<'a> {
+    pub cluster: &'a Option<ClusterInfo>,
+    pub apps: &'a Apps,
+    pub workers: &'a BTreeMap<NodeId, WorkerState>,
+    pub placements: &'a BTreeMap<AppName, BTreeMap<NodeId, u32>>,
+    pub protocol: u32,
+    pub timers: &'a BTreeMap<TimerId, TimerRecord>,
+    pub timer_retries: &'a BTreeMap<TimerId, TimerRetryState>,
+    pub deployments: &'a BTreeMap<AppName, AppDeployments>,
+    pub system_keys: &'a BTreeMap<AppName, BTreeMap<String, String>>,
+}
+
+impl From<ClusterStateV5> for ClusterState {
+    fn from(v: ClusterStateV5) -> ClusterState {
+        ClusterState {
+            cluster: v.cluster,
+            apps: v.apps,
+            workers: v.workers,
+            placements: v.placements,
+            protocol: v.protocol,
+            timers: v.timers,
+            timer_retries: v.timer_retries,
+            deployments: v.deployments,
+            system_keys: v.system_keys,
+            sessions: BTreeMap::new(),
+        }
+    }
 }
 
 pub use crate::deployments::{AppDeployments, DeploymentRecord};
@@ -102,6 +170,7 @@ impl From<ClusterStateV4> for ClusterState {
             timer_retries: v.timer_retries,
             deployments: BTreeMap::new(),
             system_keys: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 }
@@ -142,6 +211,7 @@ impl From<ClusterStateV3> for ClusterState {
             timer_retries: BTreeMap::new(),
             deployments: BTreeMap::new(),
             system_keys: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 }
@@ -179,11 +249,26 @@ impl From<ClusterStateV2> for ClusterState {
             timer_retries: BTreeMap::new(),
             deployments: BTreeMap::new(),
             system_keys: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 }
 
 impl ClusterState {
+    pub fn as_v5(&self) -> ClusterStateV5Ref<'_> {
+        ClusterStateV5Ref {
+            cluster: &self.cluster,
+            apps: &self.apps,
+            workers: &self.workers,
+            placements: &self.placements,
+            protocol: self.protocol,
+            timers: &self.timers,
+            timer_retries: &self.timer_retries,
+            deployments: &self.deployments,
+            system_keys: &self.system_keys,
+        }
+    }
+
     pub fn as_v4(&self) -> ClusterStateV4Ref<'_> {
         ClusterStateV4Ref {
             cluster: &self.cluster,
@@ -281,11 +366,113 @@ impl AppState {
 impl ClusterState {
     /// Apply one committed command. Rejections change nothing.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
+        self.apply_at(command, 0)
+    }
+
+    /// Apply the command committed at log `index` (recorded for a session's
+    /// write, answered again to its retry).
+    pub fn apply_at(&mut self, command: &Command, index: u64) -> CommandResult {
+        if let Command::InSession(write) = command {
+            return self.apply_in_session(write, index);
+        }
         match self.try_apply(command) {
             Ok(true) => CommandResult::Applied,
             Ok(false) => CommandResult::Unchanged,
             Err(r) => CommandResult::Rejected(r),
         }
+    }
+
+    /// A session's write: applied once; its retry answered from the record.
+    fn apply_in_session(&mut self, write: &SessionWrite, index: u64) -> CommandResult {
+        let rejected = CommandResult::Rejected;
+        if self.cluster.is_none() {
+            return rejected(Rejection::NotInitialized);
+        }
+        if let Err(r) = self.needs(Feature::ClientSessions, "client sessions") {
+            return rejected(r);
+        }
+        if matches!(
+            write.command,
+            Command::InSession(_) | Command::OpenSession { .. } | Command::InitCluster { .. }
+        ) {
+            return rejected(Rejection::NestedSession);
+        }
+        let unknown = || Rejection::SessionUnknown {
+            session: write.session.clone(),
+        };
+        let Some(session) = self.sessions.get(&write.session) else {
+            return rejected(unknown());
+        };
+        if session.expired(write.at_ms) {
+            return rejected(unknown());
+        }
+        let last = session.last_seq;
+        if write.seq == last && last > 0 {
+            if session.fingerprint != write.fingerprint {
+                return rejected(Rejection::SequenceReused {
+                    session: write.session.clone(),
+                    seq: write.seq,
+                });
+            }
+            return CommandResult::Replayed {
+                index: session.index,
+                result: Box::new(session.result.clone()),
+            };
+        }
+        if write.seq <= last {
+            return rejected(Rejection::SequenceOld {
+                session: write.session.clone(),
+                seq: write.seq,
+                last,
+            });
+        }
+        if write.seq > last + SEQ_WINDOW {
+            return rejected(Rejection::SequenceAhead {
+                session: write.session.clone(),
+                seq: write.seq,
+                last,
+            });
+        }
+        let result = self.apply_at(&write.command, index);
+        let session = self
+            .sessions
+            .get_mut(&write.session)
+            .expect("the session was found above; applying its command keeps it");
+        session.last_seq = write.seq;
+        session.fingerprint = write.fingerprint.clone();
+        session.result = result.clone();
+        session.index = index;
+        session.last_used_ms = session.last_used_ms.max(write.at_ms);
+        result
+    }
+
+    /// A new session; idle ones are forgotten, and at the limit the one idle longest.
+    fn open_session(&mut self, id: &str, at_ms: i64) -> Result<bool, Rejection> {
+        self.needs(Feature::ClientSessions, "client sessions")?;
+        if self.sessions.contains_key(id) {
+            return Ok(false);
+        }
+        self.sessions.retain(|_, s| !s.expired(at_ms));
+        while self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_used_ms, id.to_string()))
+                .map(|(id, _)| id.clone())
+                .expect("the table is not empty");
+            self.sessions.remove(&oldest);
+        }
+        self.sessions.insert(
+            id.to_string(),
+            ClientSession {
+                last_seq: 0,
+                fingerprint: String::new(),
+                result: CommandResult::Unchanged,
+                index: 0,
+                last_used_ms: at_ms,
+            },
+        );
+        Ok(true)
     }
 
     fn try_apply(&mut self, command: &Command) -> Result<bool, Rejection> {
@@ -311,6 +498,8 @@ impl ClusterState {
                 Ok(true)
             }
             Command::DeployVersion(d) => self.deploy(d),
+            Command::OpenSession { id, at_ms } => self.open_session(id, *at_ms),
+            Command::InSession(_) => Err(Rejection::NestedSession),
             Command::ActivateVersion {
                 app,
                 version,
@@ -792,6 +981,171 @@ pub(crate) mod tests {
         });
         assert_eq!(r, CommandResult::Applied);
         s
+    }
+
+    const SESSION: &str = "0123456789abcdef0123456789abcdef";
+
+    fn scale_in_session(seq: u64, instances: u32, at_ms: i64) -> Command {
+        Command::InSession(Box::new(SessionWrite {
+            session: SESSION.into(),
+            seq,
+            fingerprint: format!("scale-{instances}"),
+            command: Command::SetScale {
+                app: app("api"),
+                instances,
+                at_ms,
+            },
+            at_ms,
+        }))
+    }
+
+    fn with_session() -> ClusterState {
+        let mut s = initialized();
+        s.protocol = 10;
+        let m = manifest("api", &[("a", &http("a", r#""get""#))]);
+        assert_eq!(s.apply(&deploy("api", 1, m, 1)), CommandResult::Applied);
+        let open = Command::OpenSession {
+            id: SESSION.into(),
+            at_ms: 10,
+        };
+        assert_eq!(s.apply(&open), CommandResult::Applied);
+        s
+    }
+
+    /// A write retried in its session is answered with the first result and
+    /// applied once, even when another client changed the state in between.
+    #[test]
+    fn a_retried_session_write_is_applied_once() {
+        let mut s = with_session();
+        assert_eq!(
+            s.apply_at(&scale_in_session(1, 3, 20), 7),
+            CommandResult::Applied
+        );
+        // Someone else scales the app; then the retry of seq 1 arrives.
+        let other = Command::SetScale {
+            app: app("api"),
+            instances: 5,
+            at_ms: 21,
+        };
+        assert_eq!(s.apply(&other), CommandResult::Applied);
+        assert_eq!(
+            s.apply_at(&scale_in_session(1, 3, 22), 9),
+            CommandResult::Replayed {
+                index: 7,
+                result: Box::new(CommandResult::Applied)
+            }
+        );
+        assert_eq!(s.apps[&app("api")].scale, Some(5), "not applied again");
+        // A rejection is an outcome too: its retry gets the same rejection.
+        let missing = Command::InSession(Box::new(SessionWrite {
+            session: SESSION.into(),
+            seq: 2,
+            fingerprint: "del".into(),
+            command: Command::DeleteApp {
+                app: app("nope"),
+                at_ms: 23,
+            },
+            at_ms: 23,
+        }));
+        let first = s.apply_at(&missing, 11);
+        assert!(matches!(
+            first,
+            CommandResult::Rejected(Rejection::AppNotFound { .. })
+        ));
+        assert_eq!(
+            s.apply_at(&missing, 12),
+            CommandResult::Replayed {
+                index: 11,
+                result: Box::new(first)
+            }
+        );
+    }
+
+    /// Malformed sequences are refused and change nothing.
+    #[test]
+    fn reused_old_and_far_ahead_sequence_numbers_are_refused() {
+        let mut s = with_session();
+        assert_eq!(s.apply(&scale_in_session(1, 3, 20)), CommandResult::Applied);
+        let before = s.clone();
+        // The same number with another request.
+        assert!(matches!(
+            s.apply(&scale_in_session(1, 4, 21)),
+            CommandResult::Rejected(Rejection::SequenceReused { seq: 1, .. })
+        ));
+        assert_eq!(s, before);
+        // Gaps are allowed (a refused request used no number), within the window.
+        assert_eq!(s.apply(&scale_in_session(5, 6, 22)), CommandResult::Applied);
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&scale_in_session(3, 7, 23)),
+            CommandResult::Rejected(Rejection::SequenceOld {
+                seq: 3,
+                last: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.apply(&scale_in_session(5 + SEQ_WINDOW + 1, 8, 24)),
+            CommandResult::Rejected(Rejection::SequenceAhead { last: 5, .. })
+        ));
+        assert_eq!(s, before, "refused writes change nothing");
+        // Sessions cannot nest, and an unknown one is refused.
+        let nested = Command::InSession(Box::new(SessionWrite {
+            session: SESSION.into(),
+            seq: 6,
+            fingerprint: "n".into(),
+            command: Command::OpenSession {
+                id: SESSION.into(),
+                at_ms: 1,
+            },
+            at_ms: 25,
+        }));
+        assert_eq!(
+            s.apply(&nested),
+            CommandResult::Rejected(Rejection::NestedSession)
+        );
+        let mut unknown = scale_in_session(6, 9, 26);
+        if let Command::InSession(w) = &mut unknown {
+            w.session = "f".repeat(32);
+        }
+        assert!(matches!(
+            s.apply(&unknown),
+            CommandResult::Rejected(Rejection::SessionUnknown { .. })
+        ));
+        assert_eq!(s, before);
+    }
+
+    /// Idle sessions expire by the commands' own times (every member agrees):
+    /// a late retry gets "outcome unknown", never a second application.
+    #[test]
+    fn idle_sessions_expire_and_the_table_is_bounded() {
+        let mut s = with_session();
+        assert_eq!(s.apply(&scale_in_session(1, 3, 20)), CommandResult::Applied);
+        let late = 20 + SESSION_IDLE_MS + 1;
+        let r = s.apply(&scale_in_session(1, 3, late));
+        match &r {
+            CommandResult::Rejected(e @ Rejection::SessionUnknown { .. }) => {
+                assert!(e.to_string().starts_with("outcome unknown"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Opening another session forgets the idle one.
+        let open = |id: String, at_ms| Command::OpenSession { id, at_ms };
+        assert_eq!(s.apply(&open("a".repeat(32), late)), CommandResult::Applied);
+        assert!(!s.sessions.contains_key(SESSION));
+        // At the limit, the session idle longest makes room.
+        for i in 0..MAX_SESSIONS as i64 {
+            s.apply(&open(format!("{:032x}", i + 1), late + 1 + i));
+        }
+        assert_eq!(s.sessions.len(), MAX_SESSIONS);
+        assert!(!s.sessions.contains_key(&"a".repeat(32)), "the oldest went");
+        // Before protocol 10 there are no sessions.
+        let mut old = initialized();
+        old.protocol = 9;
+        assert!(matches!(
+            old.apply(&open("b".repeat(32), 1)),
+            CommandResult::Rejected(Rejection::NotYetEnabled { needs: 10, .. })
+        ));
     }
 
     /// An older worker would take a RabbitMQ output for unsupported and drop its

@@ -74,6 +74,9 @@ pub struct DeployRequest {
     pub settings: BTreeMap<String, String>,
     pub meta: DeployMeta,
     pub wait: DeployWait,
+    /// The client session's write this deploy is (its version commit is applied
+    /// once; a retry is answered from the first).
+    pub tag: Option<crate::client_sessions::WriteTag>,
 }
 
 /// Why a deploy did not succeed.
@@ -232,7 +235,13 @@ impl AdminApi {
             .get(&app)
             .map(|a| a.active_version.clone());
         let deployed = match self
-            .commit_package(app.clone(), request.bytes, request.settings, id.as_deref())
+            .commit_package(
+                app.clone(),
+                request.bytes,
+                request.settings,
+                id.as_deref(),
+                request.tag.as_ref(),
+            )
             .await
         {
             Ok(d) => d,

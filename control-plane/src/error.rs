@@ -150,6 +150,15 @@ impl ProposeError {
                 Status::new(status.code(), message)
             }
             ProposeError::NotApplied { .. } => Status::unavailable(message),
+            // This node's Raft no longer runs (it is stopping for a restart or an
+            // upgrade, or stopped after a fatal error, in its log): another member
+            // can serve, so a client with several goes on to the next.
+            ProposeError::Fatal(f) if matches!(**f, openraft::error::Fatal::Stopped) => {
+                Status::unavailable(format!(
+                    "{message}: this node no longer serves (stopping, or stopped after a \
+                     fatal error: see its log); another member can"
+                ))
+            }
             ProposeError::Forward(_) | ProposeError::Fatal(_) | ProposeError::Membership(_) => {
                 Status::internal(message)
             }
@@ -394,5 +403,9 @@ mod tests {
         // A fatal error the leader reported keeps its code through forwarding.
         let back = ProposeError::from_peer("10.0.0.1:7171", fatal.to_status());
         assert_eq!(back.to_status().code(), tonic::Code::Internal);
+        // A node that stops (a restart) is unavailable: clients go to another.
+        let stopped = ProposeError::from(openraft::error::Fatal::Stopped);
+        assert_eq!(stopped.to_status().code(), tonic::Code::Unavailable);
+        assert!(stopped.to_status().message().contains("another member can"));
     }
 }

@@ -27,6 +27,7 @@ pub mod blob_replication;
 pub mod blob_store;
 pub mod checkpoint;
 pub mod checkpointer;
+pub mod client_sessions;
 pub mod cluster_invocations;
 pub mod cluster_state;
 pub mod control_server;

@@ -728,6 +728,7 @@ async fn zip_deploy(
             settings: Default::default(),
             meta: query.meta.clone(),
             wait: DeployWait::Serving,
+            tag: None,
         })
         .await
         .map_err(deploy_error)?;

@@ -27,9 +27,9 @@ use crate::cluster_state::ClusterState;
 use crate::durable::write_atomically;
 
 /// Snapshot format written by this build. Formats 1 (no workers, no placements),
-/// 2 (no timers), 3 (no timer retries) and 4 (no deployments, no system keys) are
-/// still read and migrated.
-pub const SNAPSHOT_FORMAT: u32 = 5;
+/// 2 (no timers), 3 (no timer retries), 4 (no deployments, no system keys) and 5
+/// (no client sessions) are still read and migrated.
+pub const SNAPSHOT_FORMAT: u32 = 6;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What readers see: the state as of `last_applied`.
@@ -165,6 +165,13 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody, codec::CodecError> {
             state: old.state.into(),
         });
     }
+    if format == 5 {
+        let old: SnapshotBodyV5 = codec::decode(body)?;
+        return Ok(SnapshotBody {
+            meta: old.meta,
+            state: old.state.into(),
+        });
+    }
     if format == 4 {
         let old: SnapshotBodyV4 = codec::decode(body)?;
         return Ok(SnapshotBody {
@@ -182,12 +189,26 @@ fn encode_snapshot(
     meta: &SnapshotMeta,
     state: &ClusterState,
 ) -> Result<Vec<u8>, codec::CodecError> {
-    if state.allows(strom_proto::version::Feature::Publishing) {
+    if state.allows(strom_proto::version::Feature::ClientSessions) {
         return codec::encode_envelope(
             SNAPSHOT_FORMAT,
             &SnapshotBody {
                 meta: meta.clone(),
                 state: state.clone(),
+            },
+        );
+    }
+    if state.allows(strom_proto::version::Feature::Publishing) {
+        #[derive(Serialize)]
+        struct V5<'a> {
+            meta: &'a SnapshotMeta,
+            state: crate::cluster_state::ClusterStateV5Ref<'a>,
+        }
+        return codec::encode_envelope(
+            5,
+            &V5 {
+                meta,
+                state: state.as_v5(),
             },
         );
     }
@@ -231,6 +252,13 @@ fn encode_snapshot(
             state: state.as_v2(),
         },
     )
+}
+
+/// Format 5: the state before client sessions.
+#[derive(Deserialize)]
+struct SnapshotBodyV5 {
+    meta: SnapshotMeta,
+    state: crate::cluster_state::ClusterStateV5,
 }
 
 /// Format 4: the state before deployments and system keys.
@@ -319,7 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Blank => results.push(CommandResult::Unchanged),
                     EntryPayload::Normal(ref command) => {
-                        let result = state.apply(command);
+                        let result = state.apply_at(command, entry.log_id.index);
                         tracing::debug!(index = entry.log_id.index, ?result, "applied");
                         results.push(result);
                     }
@@ -486,6 +514,19 @@ mod tests {
         let v5 = encode_snapshot(&meta, &state).unwrap();
         assert_eq!(codec::open_envelope(&v5, 5).unwrap().0, 5);
         assert_eq!(decode_snapshot(&v5).unwrap().state, state);
+        // Protocol 10: format 6, with client sessions.
+        state.protocol = 10;
+        let open = strom_proto::command::Command::OpenSession {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            at_ms: 5,
+        };
+        assert_eq!(
+            state.apply(&open),
+            strom_proto::command::CommandResult::Applied
+        );
+        let v6 = encode_snapshot(&meta, &state).unwrap();
+        assert_eq!(codec::open_envelope(&v6, 6).unwrap().0, 6);
+        assert_eq!(decode_snapshot(&v6).unwrap().state, state);
     }
 
     /// A snapshot of a build before timers (format 2) still loads, with no timers.

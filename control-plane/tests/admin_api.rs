@@ -454,10 +454,11 @@ async fn t33_server_reflection_lists_the_admin_service() {
     s.stop().await;
 }
 
-/// A Raft that has stopped (as after a storage error) is a fatal error: the
-/// caller gets INTERNAL with the cause, never UNAVAILABLE ("retry").
+/// A node whose Raft has stopped (a shutdown, or after a storage error) cannot
+/// serve: the caller gets UNAVAILABLE with the cause, so a client with several
+/// members goes on to another (issue 24; before, INTERNAL stopped it there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t34_a_stopped_raft_is_internal_not_unavailable() {
+async fn t34_a_stopped_raft_is_unavailable_with_its_cause() {
     let s = serve(1 << 20).await;
     let mut c = s.client(Some(&s.token)).await;
     let zip = zip_of(&[("host.json", HOST), ("f/function.json", FUNC)]);
@@ -471,13 +472,17 @@ async fn t34_a_stopped_raft_is_internal_not_unavailable() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
-    assert!(err.message().contains("raft stopped"), "{}", err.message());
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("raft stopped") && err.message().contains("another member can"),
+        "{}",
+        err.message()
+    );
     let err = c
         .get_app(pb::GetAppRequest { name: "app".into() })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

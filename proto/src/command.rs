@@ -156,6 +156,48 @@ pub enum Command {
         deployment: String,
         deploy: Box<DeployVersion>,
     },
+    /// Client sessions (protocol 10): a client opens a session before its first
+    /// write; its writes then carry the session and a sequence number, so that a
+    /// retried write is applied once (the Raft dissertation's §6.3). `id` is
+    /// chosen by the node that takes the request (32 random hex digits). Opening
+    /// one also forgets sessions idle for [`SESSION_IDLE_MS`] and, at
+    /// [`MAX_SESSIONS`], the one idle longest.
+    OpenSession {
+        id: String,
+        at_ms: i64,
+    },
+    /// A client's write in its session (protocol 10): applied as `command` when
+    /// `seq` is new (above the session's last, by at most [`SEQ_WINDOW`]); when
+    /// `seq` is the session's last and `fingerprint` matches, the result
+    /// recorded then is answered ([`CommandResult::Replayed`]) and nothing is
+    /// applied again.
+    InSession(Box<SessionWrite>),
+}
+
+/// Sessions idle this long (Unix ms between their last write and a later
+/// session command) are forgotten: a retry then gets "outcome unknown".
+pub const SESSION_IDLE_MS: i64 = 60 * 60 * 1000;
+/// Most sessions the state keeps; opening one more forgets the one idle longest.
+pub const MAX_SESSIONS: usize = 10_000;
+/// How far ahead of the session's last applied sequence number a write may be
+/// (writes refused before they were proposed leave gaps).
+pub const SEQ_WINDOW: u64 = 1_000;
+
+/// One write of a client session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWrite {
+    pub session: String,
+    pub seq: u64,
+    /// Hex SHA-256 of the request as the client sent it (method and body): a
+    /// sequence number reused for another request is refused.
+    pub fingerprint: String,
+    pub command: Command,
+    pub at_ms: i64,
+}
+
+/// Whether `id` has the form of a session id: 32 lower-case hex digits.
+pub fn is_session_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl Command {
@@ -185,6 +227,8 @@ impl Command {
             Command::UpdateDeployment { .. } => "UpdateDeployment",
             Command::SetDeployCredential { .. } => "SetDeployCredential",
             Command::DeployVersionFor { .. } => "DeployVersionFor",
+            Command::OpenSession { .. } => "OpenSession",
+            Command::InSession(w) => w.command.kind(),
         }
     }
 }
@@ -425,6 +469,12 @@ pub enum CommandResult {
     Unchanged,
     /// Refused; nothing changed.
     Rejected(Rejection),
+    /// A client session's write seen before (protocol 10): its result then, at
+    /// log index `index`; nothing was applied now.
+    Replayed {
+        index: u64,
+        result: Box<CommandResult>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -494,4 +544,30 @@ pub enum Rejection {
         "deployment {id} of app `{app}` has ended (failed, or abandoned when its deadline passed)"
     )]
     DeploymentEnded { app: AppName, id: String },
+    #[error(
+        "outcome unknown: client session {session} expired (idle longer than {} min) or never existed; check the state (e.g. `strom app show`) before writing again",
+        SESSION_IDLE_MS / 60_000
+    )]
+    SessionUnknown { session: String },
+    #[error("sequence number {seq} of session {session} was used for another request")]
+    SequenceReused { session: String, seq: u64 },
+    #[error(
+        "sequence number {seq} of session {session} is older than its last write ({last}): its outcome is no longer kept"
+    )]
+    SequenceOld {
+        session: String,
+        seq: u64,
+        last: u64,
+    },
+    #[error(
+        "sequence number {seq} of session {session} is too far ahead of its last write ({last}; at most {} ahead)",
+        SEQ_WINDOW
+    )]
+    SequenceAhead {
+        session: String,
+        seq: u64,
+        last: u64,
+    },
+    #[error("a session command cannot be nested in a session write")]
+    NestedSession,
 }

@@ -35,7 +35,10 @@ use crate::ids::NodeId;
 /// - 9: messaging: apps with `rabbitMQ` output bindings (an older worker would
 ///   take them for unsupported and drop their messages) and `rabbitMQTrigger`s
 ///   (`Trigger::RabbitMq`, appended: an older node cannot decode it).
-pub const PROTOCOL: u32 = 9;
+/// - 10: client sessions: `OpenSession`, `InSession`, `CommandResult::Replayed`
+///   and the state's session table (snapshot format 6), so a retried admin
+///   write is applied once.
+pub const PROTOCOL: u32 = 10;
 
 /// The oldest protocol a member can speak; what a member that does not answer
 /// `NodeInfo` (a build from before the gate) is taken to speak.
@@ -67,6 +70,8 @@ pub enum Feature {
     /// Versions with RabbitMQ bindings: every worker publishes their outputs and
     /// every node decodes their triggers (protocol 9).
     Messaging,
+    /// Client sessions: retried admin writes applied once (protocol 10).
+    ClientSessions,
 }
 
 impl Feature {
@@ -80,6 +85,7 @@ impl Feature {
             Feature::TimerRuns => 7,
             Feature::Publishing => 8,
             Feature::Messaging => 9,
+            Feature::ClientSessions => 10,
         }
     }
 }

@@ -921,6 +921,7 @@ where
                 message: file.chars().take(200).collect(),
             },
             wait: DeployWait::Serving,
+            tag: None,
         })
         .await;
     let outcome = match started {
