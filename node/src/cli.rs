@@ -379,9 +379,18 @@ pub struct ServeArgs {
 /// How a client command reaches and authenticates to a management node.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// A management node's control URL.
+    /// Management nodes' control URLs, comma-separated (`http://a:7171,http://b:7171`):
+    /// a call goes to the first that answers. Members learned from the cluster
+    /// (kept in `client.json` in --data-dir) are tried after these.
     #[arg(long, env = "STROM_SERVER", default_value = "http://127.0.0.1:7171")]
     pub server: String,
+    /// Deadline of each call on one member: seconds, or a duration like `500ms`,
+    /// `2m`; `0` waits forever. An upload instead fails after 15 s without progress.
+    #[arg(long, env = "STROM_TIMEOUT", default_value = "15")]
+    pub timeout: String,
+    /// Say which member answered (and which did not) on stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Admin token (default: `admin.token` in --data-dir).
     #[arg(long, env = "STROM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -9,6 +9,10 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use std::sync::Arc;
+
+use crate::endpoints::{Cluster, Deadline, Kind, Progress};
+
 use crate::cli::{AppCommand, ClientArgs, ClusterCommand, FnCommand, NodeCommand, SettingsCommand};
 use crate::output::Printer;
 
@@ -104,7 +108,7 @@ pub fn status_error(status: tonic::Status) -> CliError {
 }
 
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(pub MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -115,7 +119,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 
-fn read_token(args: &ClientArgs) -> Result<String, CliError> {
+pub(crate) fn read_token(args: &ClientArgs) -> Result<String, CliError> {
     if let Some(t) = &args.token {
         return Ok(t.trim().to_string());
     }
@@ -131,51 +135,6 @@ fn read_token(args: &ClientArgs) -> Result<String, CliError> {
                 ),
             )
         })
-}
-
-pub async fn connect(args: &ClientArgs) -> Result<Client, CliError> {
-    let token = read_token(args)?;
-    let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
-        CliError::new(
-            2,
-            "the admin token contains characters not allowed in a header",
-        )
-    })?;
-    check_server_url(&args.server)?;
-    let mut endpoint = Channel::from_shared(args.server.clone())
-        .map_err(|e| CliError::new(2, format!("--server `{}`: {e}", args.server)))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    if args.server.starts_with("https://") {
-        let Some(path) = &args.ca_cert else {
-            return Err(CliError::new(
-                2,
-                format!(
-                    "--server {} uses TLS: give --ca-cert (the cluster CA, PEM) to verify it",
-                    args.server
-                ),
-            ));
-        };
-        let pem = std::fs::read(path)
-            .map_err(|e| CliError::new(2, format!("--ca-cert {}: {e}", path.display())))?;
-        endpoint = endpoint
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-            )
-            .map_err(|e| CliError::new(2, format!("--ca-cert {}: {e}", path.display())))?;
-    }
-    let channel = endpoint.connect().await.map_err(|e| {
-        CliError::new(
-            5,
-            format!(
-                "cannot reach {}: {} (is `strom up` running?)",
-                args.server,
-                strom_control_plane::tls::error_chain(&e)
-            ),
-        )
-    })?;
-    Ok(AdminServiceClient::with_interceptor(channel, Bearer(value))
-        .max_decoding_message_size(64 * 1024 * 1024))
 }
 
 pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
@@ -213,36 +172,37 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             } else {
                 pack(&dir)?
             };
-            let mut c = connect(&client).await?;
+            let mut cl = Cluster::open(&client)?;
             let out = Printer::of(&client);
-            let resp = upload(&mut c, &name, zip, settings, out.interactive()).await?;
+            let resp = upload(&mut cl, &name, zip, settings, out.interactive()).await?;
             out.deployed(&resp);
         }
         AppCommand::List { client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .list_apps(pb::ListAppsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(pb::ListAppsRequest {}, |mut c, r| async move {
+                    c.list_apps(r).await
+                })
+                .await?;
             Printer::of(&client).apps(&resp);
         }
         AppCommand::Show { name, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .get_app(pb::GetAppRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(pb::GetAppRequest { name }, |mut c, r| async move {
+                    c.get_app(r).await
+                })
+                .await?;
             Printer::of(&client).app(&resp);
         }
         AppCommand::Delete { name, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .delete_app(pb::DeleteAppRequest { name: name.clone() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::DeleteAppRequest { name: name.clone() },
+                    |mut c, r| async move { c.delete_app(r).await },
+                )
+                .await?;
             Printer::of(&client).message(&format!("deleted app `{name}`"), &resp);
         }
         AppCommand::Rollback {
@@ -250,15 +210,16 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             version,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .rollback_app(pb::RollbackAppRequest {
-                    name: name.clone(),
-                    version_id: version,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::RollbackAppRequest {
+                        name: name.clone(),
+                        version_id: version,
+                    },
+                    |mut c, r| async move { c.rollback_app(r).await },
+                )
+                .await?;
             let out = Printer::of(&client);
             out.message(
                 &format!("app `{name}` now runs version {}", &resp.version_id[..12]),
@@ -267,12 +228,13 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             out.warnings(&resp.warnings);
         }
         AppCommand::Deployments { name, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .list_deployments(pb::ListDeploymentsRequest { app_name: name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::ListDeploymentsRequest { app_name: name },
+                    |mut c, r| async move { c.list_deployments(r).await },
+                )
+                .await?;
             Printer::of(&client).deployments(&resp);
         }
         AppCommand::Credentials {
@@ -281,16 +243,17 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             delete,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .set_deploy_credential(pb::SetDeployCredentialRequest {
-                    app_name: name.clone(),
-                    rotate,
-                    delete,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::SetDeployCredentialRequest {
+                        app_name: name.clone(),
+                        rotate,
+                        delete,
+                    },
+                    |mut c, r| async move { c.set_deploy_credential(r).await },
+                )
+                .await?;
             let text = if delete {
                 format!("app `{name}` has no deployment credential now")
             } else if resp.password.is_empty() {
@@ -314,21 +277,23 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             publish_url,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let app = c
-                .get_app(pb::GetAppRequest { name: name.clone() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let resp = c
-                .set_deploy_credential(pb::SetDeployCredentialRequest {
-                    app_name: name.clone(),
-                    rotate,
-                    delete: false,
+            let mut cl = Cluster::open(&client)?;
+            let app = cl
+                .read(
+                    pb::GetAppRequest { name: name.clone() },
+                    |mut c, r| async move { c.get_app(r).await },
+                )
+                .await?;
+            let request = pb::SetDeployCredentialRequest {
+                app_name: name.clone(),
+                rotate,
+                delete: false,
+            };
+            let resp = cl
+                .write(request, |mut c, r| async move {
+                    c.set_deploy_credential(r).await
                 })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                .await?;
             if resp.password.is_empty() {
                 return Err(CliError::new(
                     2,
@@ -339,7 +304,7 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                     ),
                 ));
             }
-            let base = publish_url.unwrap_or_else(|| client.server.clone());
+            let base = publish_url.unwrap_or_else(|| cl.first_endpoint().to_string());
             let base = base.trim_end_matches('/');
             let app_url = app.app.as_ref().map(|a| a.url.clone()).unwrap_or_default();
             let xml = crate::publish_profile::render(&crate::publish_profile::Profile {
@@ -366,15 +331,16 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             );
         }
         AppCommand::Keys { name, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .list_function_keys(pb::ListFunctionKeysRequest {
-                    app_name: name,
-                    function_name: String::new(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::ListFunctionKeysRequest {
+                        app_name: name,
+                        function_name: String::new(),
+                    },
+                    |mut c, r| async move { c.list_function_keys(r).await },
+                )
+                .await?;
             Printer::of(&client).keys(&resp);
         }
         AppCommand::SetKey {
@@ -390,18 +356,19 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                     "--scope function: function keys are set with `strom fn set-key APP FUNCTION KEY`",
                 ));
             }
-            let mut c = connect(&client).await?;
-            let resp = c
-                .set_function_key(pb::SetFunctionKeyRequest {
-                    app_name: name,
-                    function_name: String::new(),
-                    scope,
-                    name: key,
-                    value: value.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::SetFunctionKeyRequest {
+                        app_name: name,
+                        function_name: String::new(),
+                        scope,
+                        name: key,
+                        value: value.unwrap_or_default(),
+                    },
+                    |mut c, r| async move { c.set_function_key(r).await },
+                )
+                .await?;
             Printer::of(&client).key_set(&resp);
         }
         AppCommand::DeleteKey {
@@ -416,17 +383,18 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
                     "--scope function: function keys are deleted with `strom fn delete-key APP FUNCTION KEY`",
                 ));
             }
-            let mut c = connect(&client).await?;
-            let resp = c
-                .delete_function_key(pb::DeleteFunctionKeyRequest {
-                    app_name: name,
-                    function_name: String::new(),
-                    scope,
-                    name: key.clone(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::DeleteFunctionKeyRequest {
+                        app_name: name,
+                        function_name: String::new(),
+                        scope,
+                        name: key.clone(),
+                    },
+                    |mut c, r| async move { c.delete_function_key(r).await },
+                )
+                .await?;
             Printer::of(&client).message(&format!("deleted key `{key}`"), &resp);
         }
         AppCommand::Scale {
@@ -434,15 +402,16 @@ pub async fn run_app(cmd: AppCommand) -> Result<(), CliError> {
             instances,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .scale_app(pb::ScaleAppRequest {
-                    name: name.clone(),
-                    instances,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::ScaleAppRequest {
+                        name: name.clone(),
+                        instances,
+                    },
+                    |mut c, r| async move { c.scale_app(r).await },
+                )
+                .await?;
             Printer::of(&client).message(
                 &format!("app `{name}` now runs {} instance(s)", resp.instances),
                 &resp,
@@ -467,38 +436,40 @@ async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
                 })?;
                 set.insert(k.to_string(), v.to_string());
             }
-            let mut c = connect(&client).await?;
-            let resp = c
-                .set_app_settings(pb::SetAppSettingsRequest {
-                    name,
-                    set,
-                    remove: vec![],
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::SetAppSettingsRequest {
+                        name,
+                        set,
+                        remove: vec![],
+                    },
+                    |mut c, r| async move { c.set_app_settings(r).await },
+                )
+                .await?;
             Printer::of(&client).settings(&resp.settings, &resp);
         }
         SettingsCommand::Unset { name, keys, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .set_app_settings(pb::SetAppSettingsRequest {
-                    name,
-                    set: HashMap::new(),
-                    remove: keys,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::SetAppSettingsRequest {
+                        name,
+                        set: HashMap::new(),
+                        remove: keys,
+                    },
+                    |mut c, r| async move { c.set_app_settings(r).await },
+                )
+                .await?;
             Printer::of(&client).settings(&resp.settings, &resp);
         }
         SettingsCommand::Get { name, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .get_app_settings(pb::GetAppSettingsRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(pb::GetAppSettingsRequest { name }, |mut c, r| async move {
+                    c.get_app_settings(r).await
+                })
+                .await?;
             Printer::of(&client).settings(&resp.settings, &resp);
         }
     }
@@ -508,14 +479,15 @@ async fn run_settings(cmd: SettingsCommand) -> Result<(), CliError> {
 pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
     match cmd {
         FnCommand::List { app, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .list_functions(pb::ListFunctionsRequest {
-                    app_name: app.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::ListFunctionsRequest {
+                        app_name: app.unwrap_or_default(),
+                    },
+                    |mut c, r| async move { c.list_functions(r).await },
+                )
+                .await?;
             Printer::of(&client).functions(&resp.functions, &resp);
         }
         FnCommand::Keys {
@@ -523,15 +495,16 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             function,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .list_function_keys(pb::ListFunctionKeysRequest {
-                    app_name: app,
-                    function_name: function,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::ListFunctionKeysRequest {
+                        app_name: app,
+                        function_name: function,
+                    },
+                    |mut c, r| async move { c.list_function_keys(r).await },
+                )
+                .await?;
             Printer::of(&client).keys(&resp);
         }
         FnCommand::SetKey {
@@ -542,18 +515,19 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             scope,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .set_function_key(pb::SetFunctionKeyRequest {
-                    app_name: app,
-                    function_name: function,
-                    scope,
-                    name,
-                    value: value.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::SetFunctionKeyRequest {
+                        app_name: app,
+                        function_name: function,
+                        scope,
+                        name,
+                        value: value.unwrap_or_default(),
+                    },
+                    |mut c, r| async move { c.set_function_key(r).await },
+                )
+                .await?;
             Printer::of(&client).key_set(&resp);
         }
         FnCommand::DeleteKey {
@@ -563,17 +537,18 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             scope,
             client,
         } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .delete_function_key(pb::DeleteFunctionKeyRequest {
-                    app_name: app,
-                    function_name: function,
-                    scope,
-                    name: name.clone(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(
+                    pb::DeleteFunctionKeyRequest {
+                        app_name: app,
+                        function_name: function,
+                        scope,
+                        name: name.clone(),
+                    },
+                    |mut c, r| async move { c.delete_function_key(r).await },
+                )
+                .await?;
             Printer::of(&client).message(&format!("deleted key `{name}`"), &resp);
         }
         FnCommand::Invoke {
@@ -589,17 +564,18 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                     return Err(CliError::new(2, format!("--input is not JSON: {e}")));
                 }
             }
-            let mut c = connect(&client).await?;
-            let resp = c
-                .invoke_function(pb::InvokeFunctionRequest {
-                    app_name: app.clone(),
-                    function_name: function.clone(),
-                    input,
-                    no_wait,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .once(
+                    pb::InvokeFunctionRequest {
+                        app_name: app.clone(),
+                        function_name: function.clone(),
+                        input,
+                        no_wait,
+                    },
+                    |mut c, r| async move { c.invoke_function(r).await },
+                )
+                .await?;
             let text = match (resp.finished, resp.succeeded) {
                 (false, _) => format!(
                     "started {app}/{function}: invocation {} (`strom fn logs {app} {function}` shows it)",
@@ -639,20 +615,26 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
                     Some(strom_control_plane::management::now_ms() - d.as_millis() as i64)
                 }
             };
-            let mut c = connect(&client).await?;
-            let response = c
-                .stream_invocations(pb::ListInvocationsRequest {
-                    app_name: app,
-                    function_name: function.unwrap_or_default(),
-                    limit: Some(tail),
-                    follow,
-                    since_ms,
-                    status: status.unwrap_or_default(),
-                    node_id: node,
-                    invocation_id: invocation.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?;
+            let mut cl = Cluster::open(&client)?;
+            let request = pb::ListInvocationsRequest {
+                app_name: app,
+                function_name: function.unwrap_or_default(),
+                limit: Some(tail),
+                follow,
+                since_ms,
+                status: status.unwrap_or_default(),
+                node_id: node,
+                invocation_id: invocation.unwrap_or_default(),
+            };
+            // A followed stream runs until interrupted: the deadline is its start's.
+            let response = cl
+                .call(
+                    Kind::Read,
+                    Deadline::FirstAnswer,
+                    request,
+                    |mut c, r| async move { c.stream_invocations(r).await },
+                )
+                .await?;
             // Workers that could not be asked are named, never silently left out.
             if let Some(v) = response
                 .metadata()
@@ -666,8 +648,26 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
             }
             let mut stream = response.into_inner();
             let out = Printer::of(&client);
-            while let Some(inv) = stream.message().await.map_err(status_error)? {
-                out.invocation(&inv);
+            loop {
+                let next =
+                    match cl.timeout() {
+                        Some(t) if !follow => tokio::time::timeout(t, stream.message())
+                            .await
+                            .map_err(|_| {
+                                CliError::new(
+                                    5,
+                                    format!(
+                                        "the invocation list stopped: nothing came for {} s",
+                                        t.as_secs()
+                                    ),
+                                )
+                            })?,
+                        _ => stream.message().await,
+                    };
+                match next.map_err(status_error)? {
+                    Some(inv) => out.invocation(&inv),
+                    None => break,
+                }
             }
         }
     }
@@ -677,12 +677,12 @@ pub async fn run_fn(cmd: FnCommand) -> Result<(), CliError> {
 pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
     match cmd {
         NodeCommand::Drain { node_id, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .drain_node(pb::DrainNodeRequest { node_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(pb::DrainNodeRequest { node_id }, |mut c, r| async move {
+                    c.drain_node(r).await
+                })
+                .await?;
             let mut text = if resp.handed_over {
                 format!(
                     "node {node_id} handed leadership to node {}",
@@ -704,12 +704,12 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
             Printer::of(&client).message(&text, &resp);
         }
         NodeCommand::Cordon { node_id, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .cordon_node(pb::CordonNodeRequest { node_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(pb::CordonNodeRequest { node_id }, |mut c, r| async move {
+                    c.cordon_node(r).await
+                })
+                .await?;
             Printer::of(&client).message(
                 &format!(
                     "worker {node_id} is {}: it takes no new instances",
@@ -719,12 +719,12 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
             );
         }
         NodeCommand::Uncordon { node_id, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .uncordon_node(pb::CordonNodeRequest { node_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .write(pb::CordonNodeRequest { node_id }, |mut c, r| async move {
+                    c.uncordon_node(r).await
+                })
+                .await?;
             Printer::of(&client).message(
                 &format!(
                     "worker {node_id} is {}: it takes instances again",
@@ -740,21 +740,22 @@ pub async fn run_node_cmd(cmd: NodeCommand) -> Result<(), CliError> {
 pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
     match cmd {
         ClusterCommand::Members { client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .get_cluster_status(pb::GetClusterStatusRequest { stale: false })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::GetClusterStatusRequest { stale: false },
+                    |mut c, r| async move { c.get_cluster_status(r).await },
+                )
+                .await?;
             Printer::of(&client).members(&resp);
         }
         ClusterCommand::RemoveMember { node_id, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .remove_member(pb::RemoveMemberRequest { node_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .once(pb::RemoveMemberRequest { node_id }, |mut c, r| async move {
+                    c.remove_member(r).await
+                })
+                .await?;
             Printer::of(&client).message(
                 &format!(
                     "removed node {node_id}{}; voters now: {:?}",
@@ -769,21 +770,22 @@ pub async fn run_cluster(cmd: ClusterCommand) -> Result<(), CliError> {
             );
         }
         ClusterCommand::Status { stale, client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .get_cluster_status(pb::GetClusterStatusRequest { stale })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(
+                    pb::GetClusterStatusRequest { stale },
+                    |mut c, r| async move { c.get_cluster_status(r).await },
+                )
+                .await?;
             Printer::of(&client).status(&resp);
         }
         ClusterCommand::Checkpoint { client } => {
-            let mut c = connect(&client).await?;
-            let resp = c
-                .create_checkpoint(pb::CreateCheckpointRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut cl = Cluster::open(&client)?;
+            let resp = cl
+                .read(pb::CreateCheckpointRequest {}, |mut c, r| async move {
+                    c.create_checkpoint(r).await
+                })
+                .await?;
             let text = match &resp.checkpoint {
                 Some(cp) => format!(
                     "checkpoint {} written to {} in {} ms ({} state, {} packages of {})",
@@ -937,8 +939,10 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>, CliError> {
 }
 
 /// Stream a package to DeployApp in chunks, with a progress bar on a terminal.
+/// The upload fails when no chunk went out for 15 s (not after a total time);
+/// in a client session a lost answer is retried on another member.
 pub async fn upload(
-    client: &mut Client,
+    cluster: &mut Cluster,
     name: &str,
     zip: Vec<u8>,
     settings: HashMap<String, String>,
@@ -959,29 +963,44 @@ pub async fn upload(
     } else {
         None
     };
+    let chunks: Arc<Vec<Vec<u8>>> = Arc::new(zip.chunks(CHUNK).map(|c| c.to_vec()).collect());
+    let tracker = Progress::new();
+    let deadline = Deadline::Progress(tracker.clone());
     let name = name.to_string();
-    let bar2 = bar.clone();
-    let chunks: Vec<Vec<u8>> = zip.chunks(CHUNK).map(|c| c.to_vec()).collect();
-    let stream = futures::stream::iter(chunks.into_iter().enumerate().map(move |(i, data)| {
-        if let Some(b) = &bar2 {
-            b.inc(data.len() as u64);
-        }
-        pb::DeployAppChunk {
-            app_name: if i == 0 { name.clone() } else { String::new() },
-            total_size: if i == 0 { total } else { 0 },
-            settings: if i == 0 {
-                settings.clone()
-            } else {
-                HashMap::new()
-            },
-            data,
-        }
-    }));
-    let result = client.deploy_app(stream).await;
+    let result = cluster
+        .call(Kind::Write, deadline, chunks, |mut c, request| {
+            let (name, settings, bar, tracker) =
+                (name.clone(), settings.clone(), bar.clone(), tracker.clone());
+            if let Some(b) = &bar {
+                b.set_position(0);
+            }
+            let request = request.map(move |chunks| {
+                let count = chunks.len();
+                futures::stream::iter((0..count).map(move |i| {
+                    let data = chunks[i].clone();
+                    tracker.advanced(i + 1 == count);
+                    if let Some(b) = &bar {
+                        b.inc(data.len() as u64);
+                    }
+                    pb::DeployAppChunk {
+                        app_name: if i == 0 { name.clone() } else { String::new() },
+                        total_size: if i == 0 { total } else { 0 },
+                        settings: if i == 0 {
+                            settings.clone()
+                        } else {
+                            HashMap::new()
+                        },
+                        data,
+                    }
+                }))
+            });
+            async move { c.deploy_app(request).await }
+        })
+        .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(result.map_err(status_error)?.into_inner())
+    Ok(result?.into_inner())
 }
 
 #[cfg(test)]

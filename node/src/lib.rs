@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster_view;
 pub mod data_dir;
+pub mod endpoints;
 pub mod gateway;
 pub mod key_admin;
 pub mod lifecycle;

@@ -387,7 +387,8 @@ fn t26_usage_errors_exit_non_zero_with_a_reason() {
     assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot reach http://127.0.0.1:1"),
+        stderr.contains("no member answered; tried:\n  http://127.0.0.1:1: ")
+            && stderr.contains("is `strom up` running?"),
         "{stderr}"
     );
     assert!(

@@ -2388,3 +2388,425 @@ fn t104_rabbitmq_messages_survive_a_worker_kill_and_a_broker_restart_and_scale_f
         n.stop();
     }
 }
+
+/// A client command with a data dir of its own (its `client.json`), a token
+/// and extra flags; returns the output and how long it took.
+fn timed_cli(servers: &str, token: &str, home: &Path, args: &[&str]) -> (Out, Duration) {
+    let started = std::time::Instant::now();
+    let extra = ["--token", token, "--data-dir", home.to_str().unwrap()];
+    let out = common::cli(servers, args, &extra);
+    (out, started.elapsed())
+}
+
+fn signal(up: &Up, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+/// The leader's index among `servers`, as the first that answers says.
+fn leader_index(servers: &[&str], admin: &str) -> usize {
+    eventually(Duration::from_secs(30), "a leader", || {
+        let s = servers
+            .iter()
+            .find_map(|s| json(s, admin, &["cluster", "status"]))?;
+        let id = s["leader_id"].as_u64()?;
+        Some(id as usize - 1)
+    })
+}
+
+#[test]
+fn t105_a_frozen_member_fails_a_call_within_its_deadline_and_the_next_member_answers() {
+    let (c, admin, [m1, m2, m3, w4], _apps) = Cluster::three_managers_a_worker_and_web();
+    let home = tempfile::tempdir().unwrap();
+    let servers = [m1.server.as_str(), m2.server.as_str(), m3.server.as_str()];
+    let ups = [&m1, &m2, &m3];
+    let leader = leader_index(&servers, &admin);
+    // The CLI learns the members into its client file (0600, next to the token).
+    let (out, _) = timed_cli(
+        servers[leader],
+        &admin,
+        home.path(),
+        &["cluster", "members"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.path().join("client.json")).unwrap()).unwrap();
+    let learned: BTreeSet<String> = file["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(learned, servers.iter().map(|s| s.to_string()).collect());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.path().join("client.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // A frozen follower (SIGSTOP: its port accepts, nothing answers).
+    let f = (leader + 1) % 3;
+    let live = (leader + 2) % 3;
+    signal(ups[f], "-STOP");
+    let alone = tempfile::tempdir().unwrap();
+    let (out, took) = timed_cli(
+        servers[f],
+        &admin,
+        alone.path(),
+        &["cluster", "status", "--timeout", "2"],
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("no answer from {} in 2 s", servers[f]))
+            && out.stderr.contains("frozen or overloaded"),
+        "{}",
+        out.stderr
+    );
+    assert!(took < Duration::from_secs(30), "waited {took:?}");
+    // With the learned members the same command goes on to a live one.
+    let (out, _) = timed_cli(
+        servers[f],
+        &admin,
+        home.path(),
+        &["cluster", "status", "--timeout", "2", "--verbose"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("answered by"), "{}", out.stderr);
+    // A list naming the frozen one first: answered by the live one.
+    let list = format!("{},{}", servers[f], servers[live]);
+    let (out, _) = timed_cli(
+        &list,
+        &admin,
+        alone.path(),
+        &["cluster", "status", "--timeout", "2", "-v"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{}: no answer in 2 s", servers[f]))
+            && out
+                .stderr
+                .contains(&format!("answered by {}", servers[live])),
+        "{}",
+        out.stderr
+    );
+    // Writes too (in a session: the frozen member may have had the request).
+    let (out, _) = timed_cli(
+        &list,
+        &admin,
+        alone.path(),
+        &["app", "settings", "set", "web", "F=1", "--timeout", "2"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    signal(ups[f], "-CONT");
+
+    // The leader frozen: a write through the list waits for the election, on
+    // another member, and is applied.
+    signal(ups[leader], "-STOP");
+    let (out, took) = timed_cli(
+        &c.seeds(&[leader, f, live]),
+        &admin,
+        alone.path(),
+        &[
+            "app",
+            "settings",
+            "set",
+            "web",
+            "L=1",
+            "--timeout",
+            "5",
+            "-v",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(took < Duration::from_secs(60), "waited {took:?}");
+    let settings = json(servers[live], &admin, &["app", "settings", "get", "web"]).unwrap();
+    assert_eq!(settings["settings"]["L"], "1", "{settings}");
+    signal(ups[leader], "-CONT");
+
+    // The worker frozen: calls that ask every worker (status, invocation logs)
+    // answer within their deadline, naming it.
+    signal(&w4, "-STOP");
+    let (out, took) = timed_cli(
+        servers[live],
+        &admin,
+        alone.path(),
+        &["cluster", "status", "--timeout", "20"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(took < Duration::from_secs(20), "waited {took:?}");
+    let (out, took) = timed_cli(
+        servers[live],
+        &admin,
+        alone.path(),
+        &["fn", "logs", "web", "--timeout", "20"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("node 4 was not asked"),
+        "{}",
+        out.stderr
+    );
+    assert!(took < Duration::from_secs(20), "waited {took:?}");
+    signal(&w4, "-CONT");
+    for up in [m1, m2, m3, w4] {
+        up.stop();
+    }
+}
+
+/// A TCP proxy in front of `target` that passes everything until the server
+/// answers HTTP/2 stream `drop_stream`; then it runs `meanwhile` (another
+/// client's write), and closes both sides: the answer is lost after the
+/// write was committed. Returns the proxy's URL.
+fn answer_dropping_proxy(
+    target: &str,
+    drop_stream: u32,
+    meanwhile: impl FnOnce() + Send + 'static,
+) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        let mut meanwhile = Some(meanwhile);
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(&target) else {
+                return;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            // Server to client, frame by frame (9-byte headers).
+            loop {
+                let mut header = [0u8; 9];
+                if server.read_exact(&mut header).is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let kind = header[3];
+                let stream =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                let mut body = vec![0u8; len];
+                if server.read_exact(&mut body).is_err() {
+                    break;
+                }
+                // A HEADERS frame of the stream to drop: the handler has finished.
+                if kind == 1 && stream == drop_stream {
+                    if let Some(f) = meanwhile.take() {
+                        f();
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                if client.write_all(&header).is_err() || client.write_all(&body).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn t106_a_write_whose_answer_is_lost_is_retried_on_another_member_and_applied_once() {
+    let (_c, admin, [m1, m2, m3, w4], _apps) = Cluster::three_managers_a_worker_and_web();
+    let home = tempfile::tempdir().unwrap();
+    // The CLI's calls on its first connection: OpenSession (stream 1), learning
+    // the members (3), the write (5). The proxy loses the write's answer, and
+    // before the CLI sends it again another client sets the same setting.
+    let (m3_server, other_admin) = (m3.server.clone(), admin.clone());
+    let proxy = answer_dropping_proxy(&m2.server, 5, move || {
+        let out = cli(
+            &m3_server,
+            &other_admin,
+            &["app", "settings", "set", "web", "OWNER=second"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    });
+    let (out, _) = timed_cli(
+        &format!("{proxy},{}", m1.server),
+        &admin,
+        home.path(),
+        &[
+            "app",
+            "settings",
+            "set",
+            "web",
+            "OWNER=first",
+            "--timeout",
+            "10",
+            "-v",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("{proxy}: connection lost"))
+            && out.stderr.contains(&format!("answered by {}", m1.server)),
+        "{}",
+        out.stderr
+    );
+    // Applied once: the retry did not undo the later write.
+    for server in [&m1.server, &m3.server] {
+        let s = json(server, &admin, &["app", "settings", "get", "web"]).unwrap();
+        assert_eq!(s["settings"]["OWNER"], "second", "on {server}: {s}");
+    }
+
+    // The session rules, as any gRPC client meets them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use strom_proto::admin_v1 as pb;
+        let mut c = pb::admin_service_client::AdminServiceClient::connect(m1.server.clone())
+            .await
+            .unwrap();
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {admin}").parse().unwrap();
+        let request = |body: pb::ScaleAppRequest, session: &str, seq: &str| {
+            let mut r = tonic::Request::new(body);
+            r.metadata_mut().insert("authorization", bearer.clone());
+            if !session.is_empty() {
+                r.metadata_mut()
+                    .insert("strom-session", session.parse().unwrap());
+                r.metadata_mut()
+                    .insert("strom-sequence", seq.parse().unwrap());
+            }
+            r
+        };
+        let mut open = tonic::Request::new(pb::OpenSessionRequest {});
+        open.metadata_mut().insert("authorization", bearer.clone());
+        let session = c.open_session(open).await.unwrap().into_inner().session_id;
+        let scale = |n| pb::ScaleAppRequest {
+            name: "web".into(),
+            instances: n,
+        };
+        let first = c
+            .scale_app(request(scale(2), &session, "1"))
+            .await
+            .unwrap()
+            .into_inner();
+        // The retry answers the first outcome (its log index), applied once.
+        let again = c
+            .scale_app(request(scale(2), &session, "1"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.log_index, first.log_index);
+        let refused = |r: Result<tonic::Response<pb::ScaleAppResponse>, tonic::Status>| {
+            r.map(|_| ()).unwrap_err()
+        };
+        let e = refused(c.scale_app(request(scale(3), &session, "1")).await);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("used for another request"), "{e:?}");
+        let e = refused(c.scale_app(request(scale(3), &session, "5000")).await);
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("too far ahead"), "{e:?}");
+        let e = refused(c.scale_app(request(scale(3), &"a".repeat(32), "1")).await);
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("outcome unknown"), "{e:?}");
+        let e = refused(c.scale_app(request(scale(3), "not-a-session", "1")).await);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        // Nothing of the refused ones was applied.
+        let mut get = tonic::Request::new(pb::GetAppRequest { name: "web".into() });
+        get.metadata_mut().insert("authorization", bearer.clone());
+        assert_eq!(c.get_app(get).await.unwrap().into_inner().scale, 2);
+        // Without a session: as always.
+        let plain = c.scale_app(request(scale(1), "", "")).await.unwrap();
+        assert!(plain.into_inner().log_index > first.log_index);
+    });
+    for up in [m1, m2, m3, w4] {
+        up.stop();
+    }
+}
+
+#[test]
+fn t107_a_write_loop_through_a_rolling_restart_of_every_member_never_fails_or_repeats() {
+    let (c, admin, [m1, m2, m3, w4], _apps) = Cluster::three_managers_a_worker_and_web();
+    let home = tempfile::tempdir().unwrap();
+    let list = c.seeds(&[0, 1, 2]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(Vec::<(u64, i32, String)>::new()));
+    let writer = {
+        let (stop, written, admin, list) =
+            (stop.clone(), written.clone(), admin.clone(), list.clone());
+        let home = home.path().to_path_buf();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let (out, _) = timed_cli(
+                    &list,
+                    &admin,
+                    &home,
+                    &[
+                        "app",
+                        "settings",
+                        "set",
+                        "web",
+                        &format!("N={i}"),
+                        "--timeout",
+                        "5",
+                    ],
+                );
+                written.lock().unwrap().push((i, out.code, out.stderr));
+            }
+        })
+    };
+    let ups = [m1, m2, m3];
+    let servers: Vec<String> = ups.iter().map(|u| u.server.clone()).collect();
+    let server_refs: Vec<&str> = servers.iter().map(String::as_str).collect();
+    let leader = leader_index(&server_refs, &admin);
+    // Followers first, the leader last; each drained (hands over leadership),
+    // stopped and started again with its data, as an upgrade would.
+    let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    order.push(leader);
+    let mut ups: Vec<Option<Up>> = ups.into_iter().map(Some).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for i in order {
+        let out = cli(
+            &servers[(i + 1) % 3],
+            &admin,
+            &["node", "drain", &(i + 1).to_string()],
+        );
+        assert_eq!(out.code, 0, "drain {}: {}", i + 1, out.stderr);
+        ups[i].take().unwrap().stop();
+        std::thread::sleep(Duration::from_secs(1));
+        ups[i] = Some(if i == 0 {
+            c.start(0, "management", &["--bootstrap"])
+        } else {
+            c.join(i, "management", &c.seeds(&[0]))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let written = written.lock().unwrap();
+    let failed: Vec<_> = written.iter().filter(|(_, code, _)| *code != 0).collect();
+    assert!(failed.is_empty(), "failed writes: {failed:#?}");
+    assert!(written.len() > 10, "only {} writes", written.len());
+    // No write applied again after a later one: the last one stands everywhere.
+    let last = written.last().unwrap().0.to_string();
+    for s in &servers {
+        let got = eventually(Duration::from_secs(10), "settings", || {
+            json(s, &admin, &["app", "settings", "get", "web"])
+        });
+        assert_eq!(got["settings"]["N"], last.as_str(), "on {s}: {got}");
+    }
+    eprintln!(
+        "{} writes through the rolling restart, none failed",
+        written.len()
+    );
+    for up in ups.into_iter().flatten() {
+        up.stop();
+    }
+    w4.stop();
+}
