@@ -74,9 +74,10 @@ async fn push_one(
         .collect();
     let mut request = tonic::Request::new(futures::stream::iter(chunks));
     request.set_timeout(PUSH_TIMEOUT);
-    client
-        .put_blob(request)
+    // tonic's deadline starts once a connection exists: this one bounds the connect too.
+    tokio::time::timeout(PUSH_TIMEOUT, client.put_blob(request))
         .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
         .map(|_| ())
         .map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
@@ -183,6 +184,9 @@ impl ManagementNode {
     }
 }
 
+/// How long a package fetch may wait for the answer or for its next chunk.
+const FETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Fetch package `id` from the management node at `addr`, refusing more than
 /// `limit` bytes and verifying the hash.
 pub async fn fetch_blob_from(
@@ -196,18 +200,22 @@ pub async fn fetch_blob_from(
         crate::tls::channel(addr, std::time::Duration::from_secs(2), secret).await?,
     )
     .max_decoding_message_size(CHUNK * 2);
-    let mut stream = client
-        .get_blob(GetBlobRequest {
-            cluster_id: cluster.to_string(),
-            sha256: id.to_string(),
-        })
+    // A frozen or stuck peer must not hold the fetch (and the worker's
+    // assignments behind it): the answer and each chunk have a deadline.
+    let mut request = tonic::Request::new(GetBlobRequest {
+        cluster_id: cluster.to_string(),
+        sha256: id.to_string(),
+    });
+    request.set_timeout(FETCH_IDLE);
+    let mut stream = tokio::time::timeout(FETCH_IDLE, client.get_blob(request))
         .await
+        .map_err(|_| format!("{addr}: no answer within {FETCH_IDLE:?}"))?
         .map_err(|e| e.message().to_string())?
         .into_inner();
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream
-        .message()
+    while let Some(chunk) = tokio::time::timeout(FETCH_IDLE, stream.message())
         .await
+        .map_err(|_| format!("{addr}: the package stopped coming for {FETCH_IDLE:?}"))?
         .map_err(|e| e.message().to_string())?
     {
         if bytes.len() as u64 + chunk.data.len() as u64 > limit {

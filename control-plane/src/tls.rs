@@ -78,10 +78,13 @@ impl NodeTls {
     }
 
     /// Connections to other nodes: verify them against the CA, present this node.
+    /// The handshake has a deadline: a frozen peer accepts the TCP connection (its
+    /// kernel does) but never answers the ClientHello.
     pub fn tonic_client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, String> {
@@ -179,14 +182,21 @@ pub async fn channel(
     secret: &ClusterSecret,
 ) -> Result<InternalChannel, String> {
     let url = url(addr);
-    let channel: Channel = crate::peers::endpoint(&url)
+    let endpoint = crate::peers::endpoint(&url)
         .map_err(|e| e.to_string())?
-        .connect_timeout(connect_timeout)
-        .connect()
+        .connect_timeout(connect_timeout);
+    let connect = endpoint.connect();
+    // The TCP connect and the TLS handshake each have theirs; this bounds both.
+    let limit = connect_timeout + HANDSHAKE_TIMEOUT;
+    let channel: Channel = tokio::time::timeout(limit, connect)
         .await
+        .map_err(|_| format!("{url}: no connection within {limit:?}"))?
         .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
     Ok(crate::internal_auth::internal(channel, secret))
 }
+
+/// How long a TLS handshake with another node may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The whole chain of an error (tonic's transport errors hide the cause), each
 /// cause once: layers that repeat their source's text ("tcp connect error: tcp
@@ -257,5 +267,55 @@ mod tests {
             error_chain(&e),
             "transport error: tcp connect error: Connection refused (os error 111)"
         );
+    }
+
+    /// A node identity signed by a CA made here, as `strom serve --tls-*` loads it.
+    fn node_tls() -> (tempfile::TempDir, NodeTls) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let path = |f: &str| dir.path().join(f);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("n.pem"), cert.pem()).unwrap();
+        std::fs::write(path("n.key"), key.serialize_pem()).unwrap();
+        let tls = NodeTls::load(&path("n.pem"), &path("n.key"), &path("ca.pem")).unwrap();
+        (dir, tls)
+    }
+
+    /// A frozen peer: its kernel accepts the connection, nothing ever answers.
+    fn silent_peer() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        (listener, url)
+    }
+
+    /// The TLS handshake with a peer that never answers gives up (and so does
+    /// every node-to-node channel built with it) instead of waiting forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_with_a_frozen_peer_has_a_deadline() {
+        let (_dir, tls) = node_tls();
+        let (_listener, url) = silent_peer();
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .tls_config(tls.tonic_client())
+            .unwrap();
+        let connect = endpoint.connect();
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(600), connect).await;
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "the handshake ended on its own"
+        );
+        assert!(started.elapsed() <= HANDSHAKE_TIMEOUT + Duration::from_secs(1));
     }
 }

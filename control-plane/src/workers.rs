@@ -521,9 +521,10 @@ impl ManagementNode {
             cluster_id: cluster_of(self),
         });
         request.set_timeout(Duration::from_secs(2));
-        client
-            .live_workers(request)
+        // tonic's deadline starts once a connection exists: this one bounds the connect too.
+        tokio::time::timeout(Duration::from_secs(2), client.live_workers(request))
             .await
+            .ok()?
             .ok()
             .map(|r| r.into_inner())
     }

@@ -29,6 +29,8 @@ use crate::agent::{client, Agent};
 
 /// How long a watched view may stay behind the leader's log before the watch moves.
 const STALE_WATCH: Duration = Duration::from_secs(3);
+/// How long opening the state watch on a manager may take.
+const WATCH_OPEN: Duration = Duration::from_secs(5);
 
 /// Keep `tx` at the projection of the local applied state for `node`, until
 /// `cancel` (or the state machine is gone). A change that leaves the view as it
@@ -118,14 +120,17 @@ pub async fn watch_remote(
         let after_index = tx.borrow().applied_index;
         let watched = async {
             let mut c = client(&url, &agent.managers.secret).await?;
-            let mut stream = c
-                .watch_state(WatchStateRequest {
-                    join_token: agent.token.clone(),
-                    node_id: node,
-                    after_index,
-                    view_format: DELTA_FORMAT,
-                })
+            // The stream's start has a deadline (a frozen manager accepts and
+            // answers nothing); the stream itself is watched below.
+            let open = c.watch_state(WatchStateRequest {
+                join_token: agent.token.clone(),
+                node_id: node,
+                after_index,
+                view_format: DELTA_FORMAT,
+            });
+            let mut stream = tokio::time::timeout(WATCH_OPEN, open)
                 .await
+                .map_err(|_| format!("{url}: no answer within {WATCH_OPEN:?}"))?
                 .map_err(|s| format!("{url}: {}", s.message()))?
                 .into_inner();
             if failures > 0 {

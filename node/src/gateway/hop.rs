@@ -137,9 +137,48 @@ pub fn rank_peers(
     peers.into_iter().map(|p| (p.3, p.4)).collect()
 }
 
+/// How long a hop connection (TCP and, between nodes with TLS, the handshake)
+/// may take: a frozen peer accepts TCP (its kernel does) and never answers a
+/// ClientHello.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A connector whose connections have [`CONNECT_DEADLINE`].
+#[derive(Clone)]
+pub struct ConnectDeadline<C>(C);
+
+impl<C> tower_service::Service<hyper::Uri> for ConnectDeadline<C>
+where
+    C: tower_service::Service<hyper::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<C::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(CONNECT_DEADLINE, connecting).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(format!("no connection within {CONNECT_DEADLINE:?}").into()),
+            }
+        })
+    }
+}
+
 /// The hop's connections and what this gateway knows of each peer.
 pub struct HopClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<ConnectDeadline<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>,
     scheme: &'static str,
     outstanding: RwLock<HashMap<NodeId, Arc<AtomicUsize>>>,
     unhealthy: RwLock<HashMap<NodeId, Instant>>,
@@ -173,7 +212,7 @@ impl HopClient {
             .timer(hyper_util::rt::TokioTimer::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .build(ConnectDeadline(connector));
         let outcome =
             |o: &'static str| metrics::counter!("strom_gateway_hops_total", "outcome" => o);
         HopClient {
@@ -475,6 +514,44 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hop to a frozen peer (TCP accepted, TLS never answered) gives up.
+    #[tokio::test(start_paused = true)]
+    async fn a_hop_connection_to_a_frozen_peer_has_a_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: hyper::Uri = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        )
+        .parse()
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let _ = roots.add(rustls::pki_types::CertificateDer::from(vec![0u8]));
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http);
+        let mut deadline = ConnectDeadline(connector);
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(600),
+            tower_service::Service::call(&mut deadline, uri),
+        )
+        .await;
+        let Ok(Err(e)) = outcome else {
+            panic!("the connect did not end on its own");
+        };
+        assert!(e.to_string().contains("no connection within"), "{e}");
+    }
 
     fn peer(addr: &str, up: bool) -> Peer {
         Peer {
