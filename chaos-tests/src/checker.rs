@@ -54,6 +54,7 @@ pub fn check_all(
         acknowledged_writes_present(records, states, keep),
         same_state_everywhere(states),
         commit_order(records, states),
+        applied_once(records),
         one_leader_per_term(records),
         faults_settled(records),
         data_plane(records, workers),
@@ -700,6 +701,56 @@ pub fn commit_order(records: &Records, states: &[NodeState]) -> Verdict {
     )
 }
 
+/// No write applied twice. Every setting write puts a value of its own in a
+/// register (and its tag in `CHAOS_LAST`), and writers send a write whose answer
+/// was lost again, in their session, to the next member. Were one applied twice,
+/// its value would come back after a later write replaced it: so in each
+/// manager's observed history of a register, a value never reappears once
+/// another took its place.
+pub fn applied_once(records: &Records) -> Verdict {
+    let mut violations = Vec::new();
+    // (node, key) -> (current value, values replaced)
+    let mut registers: BTreeMap<(&str, &str), (&str, std::collections::HashSet<&str>)> =
+        BTreeMap::new();
+    let mut seen = records.ledger_seen.iter().collect::<Vec<_>>();
+    seen.sort_by_key(|s| s.at_ms);
+    for s in &seen {
+        let register = registers
+            .entry((s.node.as_str(), s.key.as_str()))
+            .or_insert_with(|| (s.value.as_str(), Default::default()));
+        if register.0 == s.value {
+            continue;
+        }
+        if register.1.contains(s.value.as_str()) {
+            violations.push((
+                s.at_ms,
+                format!(
+                    "{}: {} went back to `{}` (replaced before, by then `{}`): a write applied twice",
+                    s.node, s.key, s.value, register.0
+                ),
+            ));
+        }
+        let old = register.0;
+        register.1.insert(old);
+        register.0 = s.value.as_str();
+    }
+    let retried = records.writes.iter().filter(|w| w.attempts > 1).count();
+    let acked_after_retry = records
+        .writes
+        .iter()
+        .filter(|w| w.attempts > 1 && matches!(w.outcome, Outcome::Acked { .. }))
+        .count();
+    verdict(
+        "no write applied twice",
+        format!(
+            "{} register changes seen on the managers; {retried} writes sent to more than one \
+             member ({acked_after_retry} of them acknowledged)",
+            seen.len()
+        ),
+        violations,
+    )
+}
+
 /// Leaders only move forward. openraft (without its `single-term-leader` feature,
 /// as Strom runs it) identifies a leader by `(term, node id)`: a second leader may be
 /// elected in the same term, with a higher node id, as a higher term would (a node
@@ -952,6 +1003,7 @@ mod tests {
             start_ms: start,
             end_ms: end,
             outcome,
+            attempts: 1,
         }
     }
 
@@ -1574,5 +1626,33 @@ mod tests {
         // No broker: nothing to check, said so.
         let v = messages(&Records::default());
         assert!(v.passed() && v.summary.contains("not run"));
+    }
+
+    #[test]
+    fn a_value_that_comes_back_is_a_write_applied_twice() {
+        let seen = |at_ms, node: &str, value: &str| crate::history::LedgerSeen {
+            at_ms,
+            node: node.into(),
+            key: "CHAOS_C0_1".into(),
+            value: value.into(),
+        };
+        let mut records = Records {
+            ledger_seen: vec![
+                seen(1, "m1", "a"),
+                seen(2, "m1", "b"),
+                seen(2, "m2", "a"),
+                seen(3, "m2", "b"),
+                seen(4, "m1", "c"),
+            ],
+            ..Records::default()
+        };
+        assert!(applied_once(&records).passed());
+        // `a` again after `b` replaced it on m2.
+        records.ledger_seen.push(seen(5, "m2", "a"));
+        let v = applied_once(&records);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0]
+            .1
+            .contains("m2: CHAOS_C0_1 went back to `a`"));
     }
 }

@@ -46,6 +46,9 @@ pub struct Write {
     pub start_ms: u64,
     pub end_ms: u64,
     pub outcome: Outcome,
+    /// Attempts the client made (more than 1: it went on to other members, in
+    /// its session when the first may have had the write).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,16 @@ pub struct Request {
     pub end_ms: u64,
     /// The HTTP status, or why there was none.
     pub result: Result<u16, String>,
+}
+
+/// A ledger setting's value changed, as a manager showed it (linearizable reads,
+/// every ~150 ms): the applied history of the writers' registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerSeen {
+    pub at_ms: u64,
+    pub node: String,
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +150,8 @@ pub struct Records {
     pub writes: Vec<Write>,
     pub requests: Vec<Request>,
     pub leaders: Vec<LeaderSeen>,
+    /// Changes of the ledger's settings, per manager.
+    pub ledger_seen: Vec<LedgerSeen>,
     pub faults: Vec<Fault>,
     /// Free-form lines (phases, upgrades), for the context of a failed check.
     pub notes: Vec<(u64, String)>,

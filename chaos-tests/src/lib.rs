@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod history;
 pub mod messages;
 pub mod run;
+pub mod session_client;
 pub mod workload;
 
 /// The `strom` binary's crate, re-exported so harness code drives the same CLI.

@@ -429,8 +429,10 @@ pub fn summary(records: &crate::history::Records) -> String {
             Outcome::Unknown(_) => unknown += 1,
         }
     }
+    let resent = records.writes.iter().filter(|w| w.attempts > 1).count();
     out.push_str(&format!(
-        "writes: {} ({acked} acknowledged, {refused} refused, {unknown} unknown)\n",
+        "writes: {} ({acked} acknowledged, {refused} refused, {unknown} unknown; {resent} went \
+         on to another member)\n",
         records.writes.len()
     ));
     let ok = records

@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, HTTP_PORT};
-use crate::history::{History, LeaderSeen, Outcome, Request, Write, WriteKind};
+use crate::history::{History, LeaderSeen, LedgerSeen, Request, Write, WriteKind};
+use crate::session_client::SessionClient;
 
 pub const LEDGER: &str = "ledger";
 pub const LEDGER_FUNCTION: &str = "f";
@@ -76,7 +77,7 @@ impl Setup {
         self.targets.iter().filter(|t| t.manager).collect()
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Ok(v) = format!("Bearer {}", self.admin_token).parse() {
             request.metadata_mut().insert("authorization", v);
@@ -110,7 +111,7 @@ pub fn write_ledger_app(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Zip `dir` with `marker` added, so every deploy is a new version.
-fn ledger_package(dir: &Path, marker: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn ledger_package(dir: &Path, marker: &str) -> anyhow::Result<Vec<u8>> {
     let staging = tempfile::tempdir()?;
     for entry in ["host.json", "handler"] {
         std::fs::copy(dir.join(entry), staging.path().join(entry))?;
@@ -150,9 +151,18 @@ pub async fn deploy_with(
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = pb::admin_service_client::AdminServiceClient::new(channel);
+    let request = setup.request(tokio_stream::iter(deploy_chunks(app, zip, settings)));
+    client.deploy_app(request).await.map(|r| r.into_inner())
+}
+
+/// A package as DeployApp's chunks (the first names the app and the settings).
+pub(crate) fn deploy_chunks(
+    app: &str,
+    zip: Vec<u8>,
+    settings: HashMap<String, String>,
+) -> Vec<pb::DeployAppChunk> {
     let total = zip.len() as u64;
-    let chunks: Vec<pb::DeployAppChunk> = zip
-        .chunks(256 << 10)
+    zip.chunks(256 << 10)
         .enumerate()
         .map(|(i, data)| pb::DeployAppChunk {
             app_name: if i == 0 {
@@ -168,21 +178,7 @@ pub async fn deploy_with(
             },
             data: data.to_vec(),
         })
-        .collect();
-    let request = setup.request(tokio_stream::iter(chunks));
-    client.deploy_app(request).await.map(|r| r.into_inner())
-}
-
-/// Whether a failed call can have taken effect.
-fn classify(status: &tonic::Status) -> Outcome {
-    use tonic::Code::*;
-    let text = format!("{:?}: {}", status.code(), status.message());
-    match status.code() {
-        // ABORTED: another deployment of the app is in progress (refused at once).
-        InvalidArgument | NotFound | AlreadyExists | PermissionDenied | Unauthenticated
-        | FailedPrecondition | OutOfRange | Unimplemented | Aborted => Outcome::Refused(text),
-        _ => Outcome::Unknown(text),
-    }
+        .collect()
 }
 
 pub struct Running {
@@ -239,11 +235,14 @@ async fn writer(
     stop: CancellationToken,
 ) {
     let managers: Vec<Target> = setup.managers().into_iter().cloned().collect();
+    // Every manager in the list, as an operator's script would give them, from
+    // a random first one; a write goes on to the next on no answer.
+    let first = rng.random_range(0..managers.len());
+    let mut admin = SessionClient::new(managers, first);
     let mut n = 0u64;
     while !stop.is_cancelled() {
         n += 1;
         let tag = format!("c{client}-{n}");
-        let target = &managers[rng.random_range(0..managers.len())];
         let roll: u32 = rng.random_range(0..100);
         // Settings and keys are registers from a bounded set per client (each value
         // unique), so the state stays small however long the run.
@@ -270,102 +269,23 @@ async fn writer(
             }
         };
         let start_ms = history.now_ms();
-        let outcome = tokio::select! {
-            o = write_once(&setup, &target.ip, &tag, &kind) => o,
-            // A stop ends nothing in flight early: the call is left to finish.
-            _ = tokio::time::sleep(Duration::from_secs(12)) => Outcome::Unknown("no answer in 12 s".into()),
-        };
+        // A stop ends nothing in flight early: the write is left to finish.
+        let sent = admin.write(&setup, &tag, &kind).await;
         let end_ms = history.now_ms();
         history.lock().writes.push(Write {
             client,
             tag,
             kind,
-            node: target.name.clone(),
+            node: sent.node,
             start_ms,
             end_ms,
-            outcome,
+            outcome: sent.outcome,
+            attempts: sent.attempts,
         });
         let pause = rng.random_range(30..120);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
             _ = stop.cancelled() => {}
-        }
-    }
-}
-
-async fn write_once(setup: &Setup, ip: &str, tag: &str, kind: &WriteKind) -> Outcome {
-    let url = format!("http://{ip}:{}", crate::cluster::CONTROL_PORT);
-    let connect = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .connect_timeout(Duration::from_millis(700))
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
-        Ok::<_, tonic::Status>(pb::admin_service_client::AdminServiceClient::new(channel))
-    };
-    let mut client = match connect.await {
-        Ok(c) => c,
-        // Nothing was sent.
-        Err(e) => return Outcome::Refused(format!("{:?}: {}", e.code(), e.message())),
-    };
-    let acked = |index: u64| Outcome::Acked {
-        index,
-        version: None,
-    };
-    match kind {
-        WriteKind::Setting { key, value } => {
-            let set = HashMap::from([
-                (key.clone(), value.clone()),
-                ("CHAOS_LAST".to_string(), tag.to_string()),
-            ]);
-            let request = setup.request(pb::SetAppSettingsRequest {
-                name: LEDGER.into(),
-                set,
-                remove: Vec::new(),
-            });
-            match client.set_app_settings(request).await {
-                Ok(r) => acked(r.into_inner().log_index),
-                Err(e) => classify(&e),
-            }
-        }
-        WriteKind::PutKey { name, value } => {
-            let request = setup.request(pb::SetFunctionKeyRequest {
-                app_name: LEDGER.into(),
-                function_name: LEDGER_FUNCTION.into(),
-                scope: "function".into(),
-                name: name.clone(),
-                value: value.clone(),
-            });
-            match client.set_function_key(request).await {
-                Ok(r) => acked(r.into_inner().log_index),
-                Err(e) => classify(&e),
-            }
-        }
-        WriteKind::DeleteKey { name } => {
-            let request = setup.request(pb::DeleteFunctionKeyRequest {
-                app_name: LEDGER.into(),
-                function_name: LEDGER_FUNCTION.into(),
-                scope: "function".into(),
-                name: name.clone(),
-            });
-            match client.delete_function_key(request).await {
-                Ok(r) => acked(r.into_inner().log_index),
-                Err(e) => classify(&e),
-            }
-        }
-        WriteKind::Deploy { marker } => {
-            let zip = match ledger_package(&setup.ledger_dir, marker) {
-                Ok(z) => z,
-                Err(e) => return Outcome::Refused(format!("packaging: {e}")),
-            };
-            match deploy(setup, ip, LEDGER, zip).await {
-                Ok(r) => Outcome::Acked {
-                    index: r.log_index,
-                    version: Some(r.version_id),
-                },
-                Err(e) => classify(&e),
-            }
         }
     }
 }
@@ -451,27 +371,31 @@ async fn caller(setup: Arc<Setup>, history: History, client: usize, stop: Cancel
 
 async fn observer(setup: Arc<Setup>, history: History, stop: CancellationToken) {
     let managers: Vec<Target> = setup.managers().into_iter().cloned().collect();
+    // The ledger's settings each manager showed last: only changes are recorded.
+    let seen: Arc<std::sync::Mutex<HashMap<String, HashMap<String, String>>>> = Arc::default();
     while !stop.is_cancelled() {
         let asks = managers.iter().map(|m| {
             let setup = setup.clone();
             let history = history.clone();
             let m = m.clone();
+            let seen = seen.clone();
             async move {
                 let url = format!("http://{}:{}", m.ip, crate::cluster::CONTROL_PORT);
-                let call = async {
+                let connect = async {
                     let channel = tonic::transport::Endpoint::from_shared(url)?
                         .connect_timeout(Duration::from_millis(500))
                         .connect()
                         .await?;
-                    let mut c = pb::admin_service_client::AdminServiceClient::new(channel);
-                    let r = c
-                        .get_cluster_status(
-                            setup.request(pb::GetClusterStatusRequest { stale: true }),
-                        )
-                        .await?;
-                    anyhow::Ok(r.into_inner())
+                    anyhow::Ok(pb::admin_service_client::AdminServiceClient::new(channel))
                 };
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+                let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(1), connect).await
+                else {
+                    return;
+                };
+                let status = c
+                    .get_cluster_status(setup.request(pb::GetClusterStatusRequest { stale: true }));
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), status).await {
+                    let s = s.into_inner();
                     history.lock().leaders.push(LeaderSeen {
                         at_ms: history.now_ms(),
                         node: m.name.clone(),
@@ -480,6 +404,34 @@ async fn observer(setup: Arc<Setup>, history: History, stop: CancellationToken) 
                         state: s.state,
                         leader_id: s.leader_id.unwrap_or(0),
                     });
+                }
+                // The applied history of the ledger's registers, as this manager
+                // shows it (a linearizable read): each change.
+                let read = async {
+                    let r = c
+                        .get_app_settings(setup.request(pb::GetAppSettingsRequest {
+                            name: LEDGER.into(),
+                        }))
+                        .await?;
+                    anyhow::Ok(r.into_inner().settings)
+                };
+                if let Ok(Ok(settings)) = tokio::time::timeout(Duration::from_secs(1), read).await {
+                    let at_ms = history.now_ms();
+                    let mut seen = seen.lock().expect("seen lock");
+                    let last = seen.entry(m.name.clone()).or_default();
+                    let mut changes = Vec::new();
+                    for (key, value) in settings {
+                        if key.starts_with("CHAOS_") && last.get(&key) != Some(&value) {
+                            last.insert(key.clone(), value.clone());
+                            changes.push(LedgerSeen {
+                                at_ms,
+                                node: m.name.clone(),
+                                key,
+                                value,
+                            });
+                        }
+                    }
+                    history.lock().ledger_seen.extend(changes);
                 }
             }
         });
