@@ -53,6 +53,9 @@ pub struct SessionClient {
     current: usize,
     session: Option<String>,
     seq: u64,
+    /// Writes left before trying to open a session again, after the cluster
+    /// said it has none (older members during an upgrade from protocol 9).
+    without_sessions: u32,
 }
 
 impl SessionClient {
@@ -65,6 +68,7 @@ impl SessionClient {
             current: first % n.max(1),
             session: None,
             seq: 0,
+            without_sessions: 0,
         }
     }
 
@@ -172,8 +176,7 @@ impl SessionClient {
         }
     }
 
-    /// One attempt on member `i`: `Ok((index, version))`, `Err(Failed::Refused(status))` for an
-    /// answer that stands, `Err(Ok(miss))` to go on to the next member.
+    /// One attempt on member `i`: the log index (and version) it was applied at, or why not.
     async fn attempt(
         &mut self,
         setup: &Setup,
@@ -186,6 +189,13 @@ impl SessionClient {
             .admin(i)
             .await
             .map_err(|e| Failed::Miss(Miss::Dial(e)))?;
+        if self.session.is_none() && self.without_sessions > 0 {
+            if !*numbered {
+                self.without_sessions -= 1;
+                *numbered = true;
+            }
+            return self.send(&mut admin, setup, tag, kind, None).await;
+        }
         if self.session.is_none() {
             let open = setup.request(pb::OpenSessionRequest {});
             match tokio::time::timeout(ATTEMPT, admin.open_session(open)).await {
@@ -193,6 +203,19 @@ impl SessionClient {
                     self.session = Some(r.into_inner().session_id);
                     self.seq = 0;
                     *numbered = false;
+                }
+                // A cluster still below protocol 10 (an upgrade from an older
+                // build): writes without a session (never resent once they may
+                // have gone out) for a while, then a new try.
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+                    ) =>
+                {
+                    self.without_sessions = 50;
+                    *numbered = true;
+                    return self.send(&mut admin, setup, tag, kind, None).await;
                 }
                 Ok(Err(s)) if is_refusal(&s) => return Err(Failed::Refused(s)),
                 // Opening a session applies nothing a retry could repeat.
@@ -210,6 +233,19 @@ impl SessionClient {
         }
         let session = self.session.clone().expect("opened above");
         let seq = self.seq;
+        self.send(&mut admin, setup, tag, kind, Some((session, seq)))
+            .await
+    }
+
+    /// Send the write once to `admin`, in the session when there is one.
+    async fn send(
+        &self,
+        admin: &mut Admin,
+        setup: &Setup,
+        tag: &str,
+        kind: &WriteKind,
+        session: Option<(String, u64)>,
+    ) -> Result<(u64, Option<String>), Failed> {
         let limit = match kind {
             WriteKind::Deploy { .. } => DEPLOY_ATTEMPT,
             _ => ATTEMPT,
@@ -228,7 +264,7 @@ impl SessionClient {
                     });
                     r.set_timeout(limit);
                     admin
-                        .set_app_settings(tagged(r, &session, seq))
+                        .set_app_settings(in_session(r, &session))
                         .await
                         .map(|r| (r.into_inner().log_index, None))
                 }
@@ -242,7 +278,7 @@ impl SessionClient {
                     });
                     r.set_timeout(limit);
                     admin
-                        .set_function_key(tagged(r, &session, seq))
+                        .set_function_key(in_session(r, &session))
                         .await
                         .map(|r| (r.into_inner().log_index, None))
                 }
@@ -255,7 +291,7 @@ impl SessionClient {
                     });
                     r.set_timeout(limit);
                     admin
-                        .delete_function_key(tagged(r, &session, seq))
+                        .delete_function_key(in_session(r, &session))
                         .await
                         .map(|r| (r.into_inner().log_index, None))
                 }
@@ -263,7 +299,7 @@ impl SessionClient {
                     let zip = crate::workload::ledger_package(&setup.ledger_dir, marker)
                         .map_err(|e| tonic::Status::invalid_argument(format!("packaging: {e}")))?;
                     let chunks = crate::workload::deploy_chunks(LEDGER, zip, HashMap::new());
-                    let r = tagged(setup.request(tokio_stream::iter(chunks)), &session, seq);
+                    let r = in_session(setup.request(tokio_stream::iter(chunks)), &session);
                     admin.deploy_app(r).await.map(|r| {
                         let r = r.into_inner();
                         (r.log_index, Some(r.version_id))
@@ -287,11 +323,16 @@ impl SessionClient {
     }
 }
 
-/// `request` as write `seq` of client session `session`.
-fn tagged<T>(mut request: tonic::Request<T>, session: &str, seq: u64) -> tonic::Request<T> {
-    let m = request.metadata_mut();
-    m.insert("strom-session", session.parse().expect("hex"));
-    m.insert("strom-sequence", seq.to_string().parse().expect("digits"));
+/// `request` as write `seq` of client session `id`, if there is a session.
+fn in_session<T>(
+    mut request: tonic::Request<T>,
+    session: &Option<(String, u64)>,
+) -> tonic::Request<T> {
+    if let Some((id, seq)) = session {
+        let m = request.metadata_mut();
+        m.insert("strom-session", id.parse().expect("hex"));
+        m.insert("strom-sequence", seq.to_string().parse().expect("digits"));
+    }
     request
 }
 

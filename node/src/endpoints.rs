@@ -24,6 +24,8 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// An upload fails when no chunk went out for this long.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(15);
+/// The least an upload waits for its answer once everything is sent.
+pub const DEPLOY_ANSWER: Duration = Duration::from_secs(120);
 /// The client file, next to `admin.token` in the data dir.
 pub const CLIENT_FILE: &str = "client.json";
 /// The client file is refreshed from the cluster when older than this.
@@ -474,6 +476,9 @@ impl Cluster {
                 tokio::time::timeout(t, call).await.map_err(|_| t)
             }
             (Deadline::Progress(p), answer) => {
+                // Once all is sent, the cluster validates, stores and replicates
+                // the package before it answers: that takes longer for a big one.
+                let answer = answer.map(|t| t.max(DEPLOY_ANSWER));
                 let watch = async {
                     loop {
                         tokio::time::sleep(Duration::from_millis(250)).await;
