@@ -338,3 +338,104 @@ fn t95_tls_everywhere_with_mutual_tls_between_nodes() {
     n2.stop();
     n1.stop();
 }
+
+/// A frozen management node under TLS (SIGSTOP: its kernel accepts the TCP
+/// connection, nothing answers the TLS handshake) holds no caller: a worker
+/// whose first seed it is registers through the next one, and the CLI moves on.
+#[test]
+fn t108_a_frozen_member_under_tls_holds_neither_a_joining_worker_nor_the_cli() {
+    let pki = Pki::new(&["n1", "n2", "n3", "w4"]);
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let url = |i: usize| format!("https://127.0.0.1:{}", ports[i]);
+    let start = |i: usize, extra: &[&str]| {
+        let id = (i + 1).to_string();
+        let name = if i == 3 {
+            "w4".to_string()
+        } else {
+            format!("n{}", i + 1)
+        };
+        let mut args: Vec<String> = vec!["--node-id".into(), id];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(pki.flags(&name));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Up::serve(dirs[i].path(), ports[i], &a)
+    };
+    let n1 = start(0, &["--bootstrap", "--roles", "management"]);
+    let token = std::fs::read_to_string(dirs[0].path().join("join.token")).unwrap();
+    let token = token.trim().to_string();
+    let join = |seeds: String| {
+        vec![
+            "--join".to_string(),
+            seeds,
+            "--join-token".to_string(),
+            token.clone(),
+        ]
+    };
+    let j = join(url(0));
+    let mut a: Vec<&str> = j.iter().map(String::as_str).collect();
+    a.extend(["--roles", "management"]);
+    let n2 = start(1, &a);
+    let n3 = start(2, &a);
+    let admin = std::fs::read_to_string(dirs[0].path().join("admin.token")).unwrap();
+    let ca = pki.path("ca.pem");
+    let auth = ["--token", admin.trim(), "--ca-cert", ca.to_str().unwrap()];
+    eventually(Duration::from_secs(30), "three members", || {
+        let out = cli(
+            &n1.server,
+            &["cluster", "members", "--output", "json"],
+            &auth,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (v["members"].as_array()?.len() == 3).then_some(())
+    });
+
+    // Freeze node 3, a follower (node 1 bootstrapped and leads).
+    let pid = n3.child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    kill("-STOP");
+    // A worker whose first seed is the frozen node: the handshake there gives up,
+    // it registers through node 1 and serves (Up::serve waits for "Ready.").
+    let j = join(format!("{},{}", url(2), url(0)));
+    let mut a: Vec<&str> = j.iter().map(String::as_str).collect();
+    a.extend(["--roles", "worker"]);
+    let started = std::time::Instant::now();
+    let w4 = start(3, &a);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    eventually(Duration::from_secs(30), "worker 4 up", || {
+        let out = cli(
+            &n1.server,
+            &["cluster", "status", "--output", "json"],
+            &auth,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let w = v["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["node_id"] == 4)?;
+        (w["status"] == "Up").then_some(())
+    });
+    // The CLI: alone, the frozen node is a clear failure within the deadline;
+    // in a list, the next member answers.
+    let mut with_timeout = auth.to_vec();
+    with_timeout.extend(["--timeout", "2"]);
+    let out = cli(&url(2), &["cluster", "status"], &with_timeout);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains(&url(2)), "{}", out.stderr);
+    let out = cli(
+        &format!("{},{}", url(2), url(1)),
+        &["app", "list"],
+        &with_timeout,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    kill("-CONT");
+    for up in [w4, n3, n2, n1] {
+        up.stop();
+    }
+}
