@@ -305,11 +305,13 @@ impl ManagementNode {
         self.raft.runtime_config().heartbeat(false);
         self.handing_over
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let resume = || {
-            self.handing_over
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            self.raft.runtime_config().elect(true);
-            self.raft.runtime_config().heartbeat(true);
+        // Resumes this node unless the hand-over succeeded — also when this
+        // future is dropped half-way (a StepDown call whose deadline passed while
+        // a frozen follower held it): a node must never stay without elections
+        // and heartbeats because its caller gave up.
+        let mut resume = ResumeUnlessHandedOver {
+            node: self,
+            handed_over: false,
         };
         let cluster = cluster_of(self);
         for (id, _, addr) in followers {
@@ -360,14 +362,35 @@ impl ManagementNode {
                 )
                 .await;
             if let Ok(m) = changed {
+                resume.handed_over = true;
                 self.handing_over
                     .store(false, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(new_leader = ?m.current_leader, "leadership handed over");
                 return Ok(m.current_leader);
             }
         }
-        resume();
+        drop(resume);
         Err(HandOverError::NoTakeOver(wait))
+    }
+}
+
+/// Undoes a hand-over's pause (elections and heartbeats back on, writes taken
+/// again) when dropped, unless leadership was handed over.
+struct ResumeUnlessHandedOver<'a> {
+    node: &'a ManagementNode,
+    handed_over: bool,
+}
+
+impl Drop for ResumeUnlessHandedOver<'_> {
+    fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
+        self.node
+            .handing_over
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.node.raft.runtime_config().elect(true);
+        self.node.raft.runtime_config().heartbeat(true);
     }
 }
 

@@ -258,3 +258,83 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
         m.node.shutdown().await;
     }
 }
+
+/// A hand-over whose caller gives up half-way (a StepDown call past its deadline,
+/// held by a frozen follower: its port accepts, nothing answers) leaves the
+/// leader as it was — campaigning, heartbeating and taking writes — never paused
+/// for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t72_a_hand_over_given_up_half_way_leaves_the_leader_taking_writes() {
+    let m1 = member(1).await;
+    let Bootstrap::Created { .. } = m1.node.bootstrap(WAIT).await.unwrap() else {
+        panic!("new cluster")
+    };
+    let token = std::fs::read_to_string(m1._dir.path().join("join.token")).unwrap();
+    let m2 = member(2).await;
+    let m3 = member(3).await;
+    for m in [&m2, &m3] {
+        m.node
+            .join(std::slice::from_ref(&m1.url), token.trim(), WAIT)
+            .await
+            .unwrap();
+    }
+    let all = [&m1, &m2, &m3];
+    settle(&all, "three voters, caught up", |n| {
+        let m = n.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().count() == 3
+            && m.last_applied.map(|l| l.index) == m.last_log_index
+    })
+    .await;
+    assert_eq!(leader_of(&all).await.config.node_id, 1);
+    // Node 2, the first the leader would ask, freezes: its port is taken by a
+    // listener that accepts and never answers.
+    let port: u16 = m2.url.rsplit(':').next().unwrap().parse().unwrap();
+    m2.cancel.cancel();
+    m2.node.shutdown().await;
+    let frozen = eventually_bind(port).await;
+    // The caller gives up while the leader waits for node 2's answer.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(700),
+        m1.node.hand_over_leadership(WAIT),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the hand-over ended: {gave_up:?}");
+    assert!(
+        !m1.node
+            .handing_over
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "the leader still holds writes back"
+    );
+    // It takes writes again (with node 3 for a majority).
+    let (index, _) = tokio::time::timeout(
+        WAIT,
+        leader_of(&[&m1, &m3]).await.propose(Command::SetScale {
+            app: AppName::parse("nope").unwrap(),
+            instances: 1,
+            at_ms: 1,
+        }),
+    )
+    .await
+    .expect("a write within the deadline")
+    .unwrap();
+    assert!(index > 0);
+    drop(frozen);
+    for m in [&m1, &m3] {
+        m.cancel.cancel();
+        m.node.shutdown().await;
+    }
+}
+
+/// Bind `port` once the member that had it let it go.
+async fn eventually_bind(port: u16) -> std::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "port {port}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
