@@ -50,6 +50,17 @@ async fn member(id: u64) -> Member {
     }
 }
 
+/// Member 1 bootstraps a new cluster; members 2 and 3 are started, not joined.
+/// Returns them with the join token.
+async fn new_cluster_and_two_members() -> (Member, String, Member, Member) {
+    let m1 = member(1).await;
+    let Bootstrap::Created { .. } = m1.node.bootstrap(WAIT).await.unwrap() else {
+        panic!("new cluster")
+    };
+    let token = std::fs::read_to_string(m1._dir.path().join("join.token")).unwrap();
+    (m1, token, member(2).await, member(3).await)
+}
+
 async fn settle(members: &[&Member], what: &str, f: impl Fn(&ManagementNode) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !members.iter().all(|m| f(&m.node)) {
@@ -77,13 +88,7 @@ async fn leader_of(members: &[&Member]) -> ManagementNode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
-    let m1 = member(1).await;
-    let Bootstrap::Created { .. } = m1.node.bootstrap(WAIT).await.unwrap() else {
-        panic!("new cluster")
-    };
-    let token = std::fs::read_to_string(m1._dir.path().join("join.token")).unwrap();
-    let m2 = member(2).await;
-    let m3 = member(3).await;
+    let (m1, token, m2, m3) = new_cluster_and_two_members().await;
 
     // A wrong token is refused and changes nothing.
     let err = m2
@@ -265,13 +270,7 @@ async fn t70_three_members_replicate_and_survive_the_loss_of_the_leader() {
 /// for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t72_a_hand_over_given_up_half_way_leaves_the_leader_taking_writes() {
-    let m1 = member(1).await;
-    let Bootstrap::Created { .. } = m1.node.bootstrap(WAIT).await.unwrap() else {
-        panic!("new cluster")
-    };
-    let token = std::fs::read_to_string(m1._dir.path().join("join.token")).unwrap();
-    let m2 = member(2).await;
-    let m3 = member(3).await;
+    let (m1, token, m2, m3) = new_cluster_and_two_members().await;
     for m in [&m2, &m3] {
         m.node
             .join(std::slice::from_ref(&m1.url), token.trim(), WAIT)

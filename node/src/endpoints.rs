@@ -211,6 +211,8 @@ pub struct Cluster {
     timeout: Option<Duration>,
     verbose: bool,
     data_dir: PathBuf,
+    /// The client file as read at the start, then as this command wrote it.
+    file: Option<ClientFile>,
     /// The member that answered last, and its connection.
     current: Option<(usize, Client)>,
     /// The session and the last sequence number used, once opened; `None`
@@ -257,6 +259,7 @@ impl Cluster {
             timeout,
             verbose: args.verbose,
             data_dir: args.data_dir.clone(),
+            file,
             current: None,
             session: None,
         })
@@ -548,7 +551,7 @@ impl Cluster {
 
     /// Keep the members the cluster names in the client file (when it is old).
     async fn learn(&mut self, answered: usize) {
-        let fresh = read_client_file(&self.data_dir).is_some_and(|f| {
+        let fresh = self.file.as_ref().is_some_and(|f| {
             let age = strom_control_plane::management::now_ms() - f.learned_at_ms;
             (0..LEARN_EVERY.as_millis() as i64).contains(&age)
                 && f.members.contains(&self.endpoints[answered])
@@ -590,6 +593,7 @@ impl Cluster {
             )),
             Err(e) => self.note(&format!("could not write the client file: {e}")),
         }
+        self.file = Some(file);
     }
 
     /// Every member was tried and none answered.
@@ -610,8 +614,12 @@ impl Cluster {
             ""
         };
         // One member that never answered: name it, and what else to try.
-        let mut distinct: Vec<&str> = tried.iter().map(|(u, _)| u.as_str()).collect();
-        distinct.dedup();
+        let mut distinct: Vec<&str> = Vec::new();
+        for (url, _) in tried {
+            if !distinct.contains(&url.as_str()) {
+                distinct.push(url);
+            }
+        }
         let others: Vec<&String> = self
             .endpoints
             .iter()

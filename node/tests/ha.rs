@@ -2769,7 +2769,15 @@ fn t107_a_write_loop_through_a_rolling_restart_of_every_member_never_fails_or_re
     let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     order.push(leader);
     let mut ups: Vec<Option<Up>> = ups.into_iter().map(Some).collect();
-    std::thread::sleep(Duration::from_secs(2));
+    // Each phase lasts until the loop has written a few more times (with the
+    // member up, down, and back).
+    let more_writes = |phase: &str| {
+        let before = written.lock().unwrap().len();
+        eventually(Duration::from_secs(60), phase, || {
+            (written.lock().unwrap().len() >= before + 5).then_some(())
+        });
+    };
+    more_writes("writes before the restarts");
     for i in order {
         let out = cli(
             &servers[(i + 1) % 3],
@@ -2778,15 +2786,14 @@ fn t107_a_write_loop_through_a_rolling_restart_of_every_member_never_fails_or_re
         );
         assert_eq!(out.code, 0, "drain {}: {}", i + 1, out.stderr);
         ups[i].take().unwrap().stop();
-        std::thread::sleep(Duration::from_secs(1));
+        more_writes("writes while a member is down");
         ups[i] = Some(if i == 0 {
             c.start(0, "management", &["--bootstrap"])
         } else {
             c.join(i, "management", &c.seeds(&[0]))
         });
-        std::thread::sleep(Duration::from_secs(2));
+        more_writes("writes after it is back");
     }
-    std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     let written = written.lock().unwrap();

@@ -142,7 +142,8 @@ pub fn rank_peers(
 /// ClientHello.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A connector whose connections have [`CONNECT_DEADLINE`].
+/// A connector whose connections have [`CONNECT_DEADLINE`]. (Not tower's
+/// `Timeout`: its future is not `Unpin`, which hyper-util's connectors must be.)
 #[derive(Clone)]
 pub struct ConnectDeadline<C>(C);
 
